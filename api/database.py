@@ -1,0 +1,74 @@
+"""Tortoise configuration and the one way the process opens and closes the database."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+from tortoise import Tortoise
+from tortoise.migrations.api import migrate
+
+from api.settings import Settings
+
+MIGRATION_LOCK_ID = 7461001
+MODEL_MODULES = ["models.tenancy", "models.credits", "models.records"]
+
+
+def connection_url(settings: Settings) -> str:
+    """The database URL with the pool sized from settings (asyncpg's default is only 5)."""
+    url = settings.database_url
+    if not settings.is_postgres:
+        return url
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("minsize", str(settings.db_pool_min))
+    query.setdefault("maxsize", str(settings.db_pool_max))
+    scheme = "postgres" if parts.scheme == "postgresql" else parts.scheme
+    return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def plain_postgres_dsn(url: str) -> str:
+    """A libpq-style DSN for asyncpg itself, without Tortoise's pool parameters."""
+    parts = urlsplit(url)
+    query = {k: v for k, v in parse_qsl(parts.query) if k not in ("minsize", "maxsize")}
+    return urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
+
+
+def tortoise_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "connections": {"default": connection_url(settings)},
+        "apps": {
+            "models": {
+                "models": MODEL_MODULES,
+                "migrations": "models.migrations",
+                "default_connection": "default",
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+async def init_database(settings: Settings) -> None:
+    await Tortoise.init(config=tortoise_config(settings))
+
+
+async def close_database() -> None:
+    await Tortoise.close_connections()
+
+
+async def apply_migrations(settings: Settings) -> None:
+    """Apply every pending migration; on PostgreSQL under an advisory lock, so that several
+    processes starting at once migrate one after the other instead of racing."""
+    config = tortoise_config(settings)
+    if not settings.is_postgres:
+        await migrate(config=config)
+        return
+    # A separate plain connection holds the lock: migrate() re-initialises Tortoise's pools.
+    lock_conn = await asyncpg.connect(plain_postgres_dsn(settings.database_url))
+    try:
+        await lock_conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        await migrate(config=config)
+    finally:
+        await lock_conn.close()  # closing the session releases the lock

@@ -1,0 +1,29 @@
+"""Configuration, read once from the environment into one typed object."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite://usagegraph.sqlite3"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+    redis_url: str | None = Field(None, alias="REDIS_URL")
+    secret: str = Field("usagegraph-dev-secret-change-me", alias="USAGEGRAPH_SECRET")
+    db_pool_min: int = Field(2, ge=1, alias="USAGEGRAPH_DB_POOL_MIN")
+    db_pool_max: int = Field(20, ge=1, alias="USAGEGRAPH_DB_POOL_MAX")
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgres://", "postgresql://", "asyncpg://"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

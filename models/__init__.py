@@ -1,0 +1,1 @@
+"""usagegraph domain layer: Tortoise models and the ledger operations."""

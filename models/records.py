@@ -1,0 +1,117 @@
+"""Append-only records: ledger entries, usage events, idempotency records and the outbox."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from tortoise import fields
+from tortoise.models import Model
+
+from models.credits import CreditPack, CreditPool, EndUser
+from models.tenancy import Application
+
+
+class LedgerEntryKind(StrEnum):
+    PURCHASE = "PURCHASE"
+    ALLOCATE = "ALLOCATE"
+    RELEASE = "RELEASE"
+    CONSUME = "CONSUME"
+    EXPIRE = "EXPIRE"
+    ADJUST = "ADJUST"
+
+
+class LedgerEntry(Model):
+    """One movement of credits of one lot. Signs: PURCHASE and ALLOCATE positive, RELEASE,
+    CONSUME and EXPIRE negative. Never updated or deleted (a trigger refuses it)."""
+
+    id = fields.BigIntField(primary_key=True)
+    application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
+        "models.Application", related_name="ledger_entries", on_delete=fields.RESTRICT
+    )
+    pool: fields.ForeignKeyRelation[CreditPool] = fields.ForeignKeyField(
+        "models.CreditPool", related_name="ledger_entries", on_delete=fields.RESTRICT
+    )
+    lot: fields.ForeignKeyRelation[CreditPack] = fields.ForeignKeyField(
+        "models.CreditPack", related_name="ledger_entries", on_delete=fields.RESTRICT
+    )
+    end_user: fields.ForeignKeyNullableRelation[EndUser] = fields.ForeignKeyField(
+        "models.EndUser", related_name="ledger_entries", null=True, on_delete=fields.RESTRICT
+    )
+    kind = fields.CharEnumField(LedgerEntryKind, max_length=16)
+    amount = fields.BigIntField()
+    feature = fields.CharField(max_length=100, null=True)
+    idempotency_key = fields.CharField(max_length=255, null=True)
+    actor = fields.CharField(max_length=64, null=True)
+    usage_event_id = fields.BigIntField(null=True)
+    created_at = fields.DatetimeField()
+    occurred_at = fields.DatetimeField()
+
+    class Meta:
+        table = "ledger_entry"
+        indexes = (
+            ("pool_id", "created_at"),
+            ("end_user_id", "pool_id", "created_at"),
+            ("application_id", "occurred_at"),
+        )
+
+
+class UsageEvent(Model):
+    """One consumption as the integrator sent it."""
+
+    id = fields.BigIntField(primary_key=True)
+    application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
+        "models.Application", related_name="usage_events", on_delete=fields.RESTRICT
+    )
+    pool: fields.ForeignKeyRelation[CreditPool] = fields.ForeignKeyField(
+        "models.CreditPool", related_name="usage_events", on_delete=fields.RESTRICT
+    )
+    end_user: fields.ForeignKeyRelation[EndUser] = fields.ForeignKeyField(
+        "models.EndUser", related_name="usage_events", on_delete=fields.RESTRICT
+    )
+    credits = fields.BigIntField()
+    feature = fields.CharField(max_length=100)
+    idempotency_key = fields.CharField(max_length=255, null=True)
+    metadata = fields.JSONField(null=True)
+    occurred_at = fields.DatetimeField()
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "usage_event"
+        indexes = (("application_id", "occurred_at"), ("end_user_id", "occurred_at"))
+
+
+class IdempotencyRecord(Model):
+    """The result of a write applied under an idempotency key (per application, kept ≥ 30 days)."""
+
+    id = fields.BigIntField(primary_key=True)
+    application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
+        "models.Application", related_name="idempotency_records", on_delete=fields.RESTRICT
+    )
+    key = fields.CharField(max_length=255)
+    operation = fields.CharField(max_length=64)
+    request_hash = fields.CharField(max_length=64)
+    response = fields.JSONField(null=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "idempotency_record"
+        unique_together = (("application", "key"),)
+        indexes = (("created_at",),)
+
+
+class OutboxEvent(Model):
+    """A balance or alert event written in the transaction that caused it. The relay
+    publishes it after commit and stamps `published_at`."""
+
+    id = fields.BigIntField(primary_key=True)
+    application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
+        "models.Application", related_name="outbox_events", on_delete=fields.RESTRICT
+    )
+    topic = fields.CharField(max_length=32)
+    payload = fields.JSONField()
+    created_at = fields.DatetimeField()
+    published_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "outbox_event"
+        indexes = (("published_at", "id"),)
