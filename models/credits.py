@@ -24,7 +24,7 @@ class BalanceStatus(StrEnum):
 
 class CreditPool(Model):
     """Counters of one pool. `end_user_remaining` is Σ End User remaining, so
-    unallocated = purchased − used − expired − end_user_remaining."""
+    unallocated = purchased - used - expired - end_user_remaining."""
 
     id = fields.BigIntField(primary_key=True)
     application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
@@ -117,7 +117,7 @@ class EndUser(Model):
 
 
 class EndUserBalance(Model):
-    """The counters of an End User in one pool: remaining = allocated − used − expired."""
+    """The counters of an End User in one pool: remaining = allocated - used - expired."""
 
     id = fields.BigIntField(primary_key=True)
     end_user: fields.ForeignKeyRelation[EndUser] = fields.ForeignKeyField(

@@ -134,7 +134,7 @@ class Migration(migrations.Migration):
                 ('version', fields.BigIntField(default=0)),
                 ('updated_at', fields.DatetimeField(auto_now=True, auto_now_add=False)),
             ],
-            options={'table': 'end_user_balance', 'app': 'models', 'unique_together': (('end_user', 'pool'),), 'constraints': [CheckConstraint(check='allocated >= 0 AND used >= 0 AND expired >= 0 AND remaining >= 0 AND remaining = allocated - used - expired', name='end_user_balance_counters_valid'), CheckConstraint(check='allocated <= 2147483647', name='end_user_balance_total_fits_int')], 'indexes': [Index(fields=['pool_id', 'remaining'])], 'pk_attr': 'id', 'table_description': 'The counters of an End User in one pool: remaining = allocated − used − expired.'},
+            options={'table': 'end_user_balance', 'app': 'models', 'unique_together': (('end_user', 'pool'),), 'constraints': [CheckConstraint(check='allocated >= 0 AND used >= 0 AND expired >= 0 AND remaining >= 0 AND remaining = allocated - used - expired', name='end_user_balance_counters_valid'), CheckConstraint(check='allocated <= 2147483647', name='end_user_balance_total_fits_int')], 'indexes': [Index(fields=['pool_id', 'remaining'])], 'pk_attr': 'id', 'table_description': 'The counters of an End User in one pool: remaining = allocated - used - expired.'},
             bases=['Model'],
         ),
         ops.CreateModel(
