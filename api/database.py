@@ -10,6 +10,7 @@ from tortoise import Tortoise
 from tortoise.migrations.api import migrate
 
 from api.settings import Settings
+from models.references import forget_references
 
 MIGRATION_LOCK_ID = 7461001
 MODEL_MODULES = ["models.tenancy", "models.credits", "models.records"]
@@ -56,6 +57,7 @@ async def init_database(settings: Settings) -> None:
 
 async def close_database() -> None:
     await Tortoise.close_connections()
+    forget_references()
 
 
 async def apply_migrations(settings: Settings) -> None:

@@ -1,0 +1,101 @@
+"""Organizations, applications and API keys (SPEC §2, §8)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from tortoise.transactions import in_transaction
+
+from models.credits import CreditPool
+from models.errors import NotFound, ValidationFailed
+from models.tenancy import ApiKey, ApiKeyRole, Application, Organization
+
+KEY_PREFIX = "ug"
+BUILT_IN_POOLS = {"ai": "AI Credits", "inbox_preview": "Inbox Preview Credits"}
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    api_key: ApiKey
+    secret: str  # the whole `ug_<key id>_<secret>` string, shown once
+
+
+def hash_secret(secret: str) -> str:
+    # The secret is 256 random bits, so a fast hash is as strong as a slow one here.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def split_key(presented: str) -> tuple[str, str] | None:
+    """(key id, secret) of a presented key, or None when it is not of our form."""
+    parts = presented.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+def secret_matches(api_key: ApiKey, secret: str) -> bool:
+    return hmac.compare_digest(api_key.secret_hash, hash_secret(secret))
+
+
+def _name(value: str, field: str = "name") -> str:
+    value = value.strip()
+    if not 0 < len(value) <= 200:
+        raise ValidationFailed(f"{field} must be 1 to 200 characters", field=field)
+    return value
+
+
+async def create_api_key(
+    organization_id: int,
+    name: str,
+    role: ApiKeyRole,
+    application_id: int | None = None,
+) -> IssuedKey:
+    """A new key; without `application_id` it is organization-scoped."""
+    name = _name(name)
+    if application_id is not None and not await Application.exists(
+        id=application_id, organization_id=organization_id
+    ):
+        raise NotFound("no such application", field="applicationId")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    api_key = await ApiKey.create(
+        key_id=key_id,
+        organization_id=organization_id,
+        application_id=application_id,
+        name=name,
+        role=role,
+        secret_hash=hash_secret(secret),
+    )
+    return IssuedKey(api_key=api_key, secret=f"{KEY_PREFIX}_{key_id}_{secret}")
+
+
+async def create_organization(name: str) -> tuple[Organization, IssuedKey]:
+    """A new organization and its first organization-scoped ADMIN key."""
+    name = _name(name)
+    async with in_transaction():
+        organization = await Organization.create(name=name)
+        issued = await create_api_key(organization.id, "initial key", ApiKeyRole.ADMIN)
+    return organization, issued
+
+
+async def create_application(
+    organization_id: int, name: str, plan: str | None = None
+) -> Application:
+    """A new application with the built-in pools (`ai`, `inbox_preview`)."""
+    name = _name(name)
+    if plan is not None:
+        plan = _name(plan, "plan")
+    async with in_transaction():
+        application = await Application.create(
+            organization_id=organization_id, name=name, plan=plan
+        )
+        await CreditPool.bulk_create(
+            [
+                CreditPool(application_id=application.id, key=key, name=title)
+                for key, title in BUILT_IN_POOLS.items()
+            ]
+        )
+    return application

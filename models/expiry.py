@@ -1,0 +1,164 @@
+"""The expiry sweep (SPEC rule 4): the remainder of every lot past `expires_at` becomes
+EXPIRE entries exactly once, however many processes sweep at once.
+
+Until the sweep runs, expired credits are already unusable: every draw filters lots by the
+database clock. The sweep only books them. It follows the ledger's lock order (End User
+balances, then the lot, then the pool); two sweepers of one lot queue on those locks and the
+second finds the lot marked swept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.balances import (
+    END_USER_BALANCE_COLUMNS,
+    POOL_COLUMNS,
+    EndUserBalanceSnapshot,
+    PoolSnapshot,
+    end_user_status_sql,
+    write_balance_events,
+)
+from models.ledger import Draw, insert_ledger_entries
+from models.records import LedgerEntryKind
+from models.sql import Sql, transaction
+
+SWEEP_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    lots: int
+    credits: int
+
+
+class _HoldersChanged(Exception):
+    """An allocation landed in the lot between reading its holders and locking it."""
+
+
+async def expire_lots(limit: int = SWEEP_BATCH) -> SweepResult:
+    """Sweeps up to `limit` expired, unswept lots, each in its own transaction."""
+
+    async def due(db: Sql) -> list[int]:
+        rows = await db.rows(
+            "SELECT id FROM credit_pack WHERE expires_at <= now() AND swept_at IS NULL"
+            " ORDER BY expires_at, id LIMIT $1",
+            limit,
+        )
+        return [row["id"] for row in rows]
+
+    lots = 0
+    credits = 0
+    for lot_id in await transaction(due):
+        swept = await _sweep_lot(lot_id)
+        if swept is not None:
+            lots += 1
+            credits += swept
+    return SweepResult(lots=lots, credits=credits)
+
+
+async def _sweep_lot(lot_id: int) -> int | None:
+    """Expires one lot; the credits it expired, or None when another sweeper did it."""
+    while True:
+        try:
+            return await transaction(lambda db: _sweep_lot_once(db, lot_id))
+        except _HoldersChanged:
+            continue
+
+
+async def _sweep_lot_once(db: Sql, lot_id: int) -> int | None:
+    holders = await db.rows(
+        "SELECT DISTINCT end_user_id FROM allocation WHERE lot_id = $1 AND remaining > 0"
+        " ORDER BY end_user_id",
+        lot_id,
+    )
+    holder_ids = [row["end_user_id"] for row in holders]
+    lot = await db.row(
+        "SELECT l.pool_id, p.application_id, p.key FROM credit_pack l"
+        " JOIN credit_pool p ON p.id = l.pool_id WHERE l.id = $1",
+        lot_id,
+    )
+    assert lot is not None
+    pool_id = lot["pool_id"]
+    for end_user_id in holder_ids:  # balance rows first, in id order
+        await db.rows(
+            "SELECT id FROM end_user_balance WHERE end_user_id = $1 AND pool_id = $2 FOR UPDATE",
+            end_user_id,
+            pool_id,
+        )
+    locked = await db.row(
+        "SELECT unallocated FROM credit_pack WHERE id = $1 AND swept_at IS NULL"
+        " AND expires_at <= now() FOR UPDATE",
+        lot_id,
+    )
+    if locked is None:
+        return None  # swept by another process meanwhile
+    allocations = await db.rows(
+        "SELECT id, end_user_id, remaining FROM allocation WHERE lot_id = $1 AND remaining > 0"
+        " ORDER BY end_user_id",
+        lot_id,
+    )
+    if not {row["end_user_id"] for row in allocations} <= set(holder_ids):
+        raise _HoldersChanged
+    snapshots: list[EndUserBalanceSnapshot | PoolSnapshot] = []
+    held_total = 0
+    for allocation in allocations:
+        amount = allocation["remaining"]
+        held_total += amount
+        await db.run(
+            "UPDATE allocation SET expired = expired + $2, remaining = 0 WHERE id = $1",
+            allocation["id"],
+            amount,
+        )
+        row = await db.row(
+            "UPDATE end_user_balance SET expired = expired + $3, remaining = remaining - $3,"
+            " status = " + end_user_status_sql("remaining - $3") + ","
+            " version = version + 1, updated_at = now()"
+            f" WHERE end_user_id = $1 AND pool_id = $2 RETURNING {END_USER_BALANCE_COLUMNS}",
+            allocation["end_user_id"],
+            pool_id,
+            amount,
+        )
+        assert row is not None
+        snapshots.append(EndUserBalanceSnapshot.from_row(row))
+        await insert_ledger_entries(
+            db,
+            lot["application_id"],
+            pool_id,
+            allocation["end_user_id"],
+            LedgerEntryKind.EXPIRE,
+            [Draw(lot_id=lot_id, credits=amount)],
+            -1,
+        )
+    unallocated = locked["unallocated"]
+    if unallocated > 0:
+        await insert_ledger_entries(
+            db,
+            lot["application_id"],
+            pool_id,
+            None,
+            LedgerEntryKind.EXPIRE,
+            [Draw(lot_id=lot_id, credits=unallocated)],
+            -1,
+        )
+    total = held_total + unallocated
+    await db.run(
+        "UPDATE credit_pack SET expired = expired + $2, unallocated = 0, swept_at = now()"
+        " WHERE id = $1",
+        lot_id,
+        total,
+    )
+    if total > 0:
+        row = await db.row(
+            "UPDATE credit_pool SET expired = expired + $2,"
+            " end_user_remaining = end_user_remaining - $3, version = version + 1"
+            f" WHERE id = $1 RETURNING {POOL_COLUMNS}",
+            pool_id,
+            total,
+            held_total,
+        )
+        assert row is not None
+        snapshots.append(PoolSnapshot.from_row(row))
+        await write_balance_events(
+            db, lot["application_id"], lot["key"], LedgerEntryKind.EXPIRE, snapshots
+        )
+    return total

@@ -1,0 +1,100 @@
+"""The one way the ledger opens a transaction and runs its hand-written SQL.
+
+Statements are written once, in PostgreSQL's dialect, and translated for SQLite: `$n`
+placeholders become `?n`, `now()` becomes SQLite's clock in the format Tortoise stores, and
+row locks are dropped (Tortoise runs one SQLite transaction at a time per process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import OperationalError
+from tortoise.transactions import in_transaction
+
+T = TypeVar("T")
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+_ROW_LOCK = re.compile(r"\s+FOR UPDATE(\s+OF\s+\w+)?(\s+SKIP LOCKED)?", re.IGNORECASE)
+_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f+00:00','now')"
+# PostgreSQL errors worth retrying the whole transaction for.
+_RETRYABLE = ("deadlock detected", "could not serialize access")
+MAX_ATTEMPTS = 5
+
+
+@lru_cache(maxsize=512)
+def to_sqlite(statement: str) -> str:
+    statement = _PLACEHOLDER.sub(r"?\1", statement)
+    statement = _ROW_LOCK.sub("", statement)
+    return statement.replace("now()", _SQLITE_NOW)
+
+
+class Sql:
+    """Runs statements on one connection (normally a transaction's)."""
+
+    __slots__ = ("conn", "postgres")
+
+    def __init__(self, conn: BaseDBAsyncClient) -> None:
+        self.conn = conn
+        self.postgres = conn.capabilities.dialect == "postgres"
+
+    def _text(self, statement: str) -> str:
+        return statement if self.postgres else to_sqlite(statement)
+
+    async def rows(self, statement: str, *args: Any) -> list[dict[str, Any]]:
+        return await self.conn.execute_query_dict(self._text(statement), list(args))
+
+    async def row(self, statement: str, *args: Any) -> dict[str, Any] | None:
+        found = await self.rows(statement, *args)
+        return found[0] if found else None
+
+    async def value(self, statement: str, *args: Any) -> Any:
+        found = await self.row(statement, *args)
+        return next(iter(found.values())) if found else None
+
+    async def run(self, statement: str, *args: Any) -> int:
+        """Runs a statement without RETURNING and answers the number of rows it touched."""
+        affected, _ = await self.conn.execute_query(self._text(statement), list(args))
+        return affected
+
+
+def values_list(rows: int, columns: int, suffix: str = "") -> str:
+    """`($1,$2<suffix>),($3,$4<suffix>)` for a multi-row INSERT of `rows` rows of `columns`
+    parameters each, `suffix` adding SQL expressions (such as `, now()`) to every row."""
+    groups = []
+    for first in range(1, rows * columns + 1, columns):
+        params = ",".join(f"${i}" for i in range(first, first + columns))
+        groups.append(f"({params}{suffix})")
+    return ",".join(groups)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def loads(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _retryable(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(marker in text for marker in _RETRYABLE)
+
+
+async def transaction(work: Callable[[Sql], Awaitable[T]]) -> T:
+    """Runs `work` in one database transaction, retried from the start on a deadlock or
+    serialization failure (both roll the whole transaction back, so a retry is safe)."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            async with in_transaction() as conn:
+                return await work(Sql(conn))
+        except OperationalError as exc:
+            if attempt == MAX_ATTEMPTS or not _retryable(exc):
+                raise
+            await asyncio.sleep(0.005 * attempt)
+    raise AssertionError("unreachable")

@@ -1,0 +1,112 @@
+"""Real databases for the tests: a fresh SQLite file and a fresh PostgreSQL database per run.
+
+PostgreSQL tests skip with a reason when no server answers, unless
+USAGEGRAPH_REQUIRE_SERVICES=1 (CI sets it), where they fail instead."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from tortoise import Tortoise
+from tortoise.backends.base.executor import EXECUTOR_CACHE
+
+from api.database import apply_migrations, close_database, init_database
+from api.settings import Settings
+from models.accounts import create_application, create_organization
+from models.tenancy import Application
+
+PG_ADMIN_DSN = os.environ.get("USAGEGRAPH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_SERVICES = os.environ.get("USAGEGRAPH_REQUIRE_SERVICES") == "1"
+
+
+async def _postgres_database() -> str | None:
+    """Creates a scratch database; its URL, or None when PostgreSQL is not reachable."""
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        if REQUIRE_SERVICES:
+            raise
+        print(f"PostgreSQL not reachable: {exc}")
+        return None
+    name = f"usagegraph_test_{uuid.uuid4().hex[:10]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgres://", 1)
+    return f"{base}/{name}"
+
+
+async def _drop_postgres_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _switch_database() -> None:
+    """Closes the database so that the next backend can bind the models afresh: Tortoise
+    caches each model's SQL per connection name (a server process never needs this)."""
+    await close_database()
+    await Tortoise._reset_apps()
+    EXECUTOR_CACHE.clear()
+
+
+@dataclass
+class Backend:
+    name: str
+    settings: Settings
+
+    @property
+    def postgres(self) -> bool:
+        return self.settings.is_postgres
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path_factory) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = Path(tmp_path_factory.mktemp("sqlite")) / "usagegraph.sqlite3"
+        url = f"sqlite://{path}"
+    else:
+        url = await _postgres_database()
+        if url is None:
+            pytest.skip("PostgreSQL is not reachable at " + PG_ADMIN_DSN)
+    settings = Settings(DATABASE_URL=url, USAGEGRAPH_DB_POOL_MAX=80)
+    await apply_migrations(settings)
+    await _switch_database()
+    await init_database(settings)
+    try:
+        yield Backend(request.param, settings)
+    finally:
+        await _switch_database()
+        if request.param == "postgres":
+            await _drop_postgres_database(url)
+
+
+@dataclass
+class Tenant:
+    organization_id: int
+    application: Application
+
+    @property
+    def application_id(self) -> int:
+        return self.application.id
+
+
+@pytest.fixture
+async def tenant(backend: Backend) -> Tenant:
+    """A fresh organization and application, so tests share a database but not data."""
+    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
+    application = await create_application(organization.id, "app")
+    return Tenant(organization.id, application)
+
+
+__all__ = ["Backend", "Tenant", "Tortoise"]
