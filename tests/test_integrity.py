@@ -1,0 +1,61 @@
+"""The database itself refuses an overdraw and any change to a ledger entry (SPEC rule 2),
+and verify reports a counter that drifted from the ledger."""
+
+from __future__ import annotations
+
+import pytest
+from tortoise import Tortoise
+from tortoise.exceptions import OperationalError
+
+from models.credits import CreditPool
+from models.records import LedgerEntry
+from models.verify import verify_ledger
+from tests.ledger_helpers import end_users_holding
+
+
+async def _execute(statement: str) -> None:
+    await Tortoise.get_connection("default").execute_query(statement)
+
+
+async def test_ledger_entries_cannot_be_updated_or_deleted(tenant) -> None:
+    await end_users_holding(tenant.application_id, count=1, credits_each=5)
+    entry = await LedgerEntry.filter(application_id=tenant.application_id).first()
+    assert entry is not None
+    with pytest.raises(OperationalError, match="append-only"):
+        await _execute(f"UPDATE ledger_entry SET amount = 1000 WHERE id = {entry.id}")
+    with pytest.raises(OperationalError, match="append-only"):
+        await _execute(f"DELETE FROM ledger_entry WHERE id = {entry.id}")
+    assert (await LedgerEntry.get(id=entry.id)).amount == entry.amount
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE end_user_balance SET remaining = remaining - 6, used = used + 6",
+        "UPDATE allocation SET remaining = remaining - 6, used = used + 6",
+        "UPDATE end_user_balance SET remaining = remaining + 1",  # remaining != allocated - ...
+        "UPDATE credit_pack SET unallocated = unallocated - 1000",
+        "UPDATE credit_pool SET used = used + 1000",
+        "UPDATE credit_pool SET purchased = 2147483648",
+    ],
+)
+async def test_check_constraints_refuse_an_overdraw(tenant, statement: str) -> None:
+    [user] = await end_users_holding(tenant.application_id, count=1, credits_each=5)
+    pool = await CreditPool.get(application_id=tenant.application_id, key="ai")
+    scope = "pool_id" if "credit_pool" not in statement else "id"
+    with pytest.raises(OperationalError):
+        await _execute(f"{statement} WHERE {scope} = {pool.id}")
+    assert await verify_ledger() == []
+    del user
+
+
+async def test_verify_reports_a_counter_that_drifted(tenant) -> None:
+    await end_users_holding(tenant.application_id, count=2, credits_each=5)
+    pool = await CreditPool.get(application_id=tenant.application_id, key="ai")
+    await _execute(f"UPDATE credit_pool SET allocated = allocated - 1 WHERE id = {pool.id}")
+    try:
+        problems = await verify_ledger()
+        assert len(problems) == 1 and "allocated is 9, the ledger says 10" in problems[0]
+    finally:
+        await _execute(f"UPDATE credit_pool SET allocated = allocated + 1 WHERE id = {pool.id}")
+    assert await verify_ledger() == []
