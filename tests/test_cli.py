@@ -1,0 +1,69 @@
+"""The command line, run as a real process against a real database file."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _usagegraph(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": f"sqlite://{tmp_path / 'cli.sqlite3'}"}
+    env.pop("REDIS_URL", None)
+    return subprocess.run(
+        [sys.executable, "-c", "from api.cli import main; main()", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def migrated(tmp_path: Path) -> Path:
+    result = _usagegraph(tmp_path, "migrate")
+    assert result.returncode == 0, result.stderr
+    return tmp_path
+
+
+def test_create_org_prints_its_key_last(migrated: Path) -> None:
+    result = _usagegraph(migrated, "create-org", "Acme Mail")
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip().splitlines()[-1]
+    assert key.startswith("ug_") and len(key.split("_", 2)[2]) >= 32
+    with sqlite3.connect(migrated / "cli.sqlite3") as db:
+        key_id, secret_hash = db.execute("SELECT key_id, secret_hash FROM api_key").fetchone()
+        assert key.split("_")[1] == key_id
+        assert key.split("_", 2)[2] not in secret_hash  # only the hash is stored
+
+
+def test_create_org_refuses_an_empty_name(migrated: Path) -> None:
+    result = _usagegraph(migrated, "create-org", "  ")
+    assert result.returncode == 2
+    assert "VALIDATION" in result.stderr
+
+
+def test_migrate_twice_is_a_no_op(migrated: Path) -> None:
+    result = _usagegraph(migrated, "migrate")
+    assert result.returncode == 0, result.stderr
+
+
+def test_verify_exits_1_on_a_difference(migrated: Path) -> None:
+    assert _usagegraph(migrated, "create-org", "Acme").returncode == 0
+    ok = _usagegraph(migrated, "verify")
+    assert ok.returncode == 0, ok.stderr
+    with sqlite3.connect(migrated / "cli.sqlite3") as db:
+        db.execute("INSERT INTO application (organization_id, name, created_at) VALUES (1, 'a', 'x')")
+        db.execute(
+            "INSERT INTO credit_pool (application_id, key, name, purchased, allocated, used,"
+            " expired, end_user_remaining, version, created_at) VALUES (1, 'k', 'k', 7, 0, 0, 0,"
+            " 0, 0, 'x')"
+        )
+    bad = _usagegraph(migrated, "verify")
+    assert bad.returncode == 1
+    assert "purchased is 7, the ledger says 0" in bad.stderr
