@@ -272,6 +272,41 @@ async def _live_allocations(db: Sql, end_user_id: int, pool_id: int) -> list[dic
     )
 
 
+async def _draw_from_end_user(
+    db: Sql, end_user_id: int, pool_id: int, credits: int, counter: str
+) -> tuple[EndUserBalanceSnapshot, list[Draw]]:
+    """Takes `credits` off the End User's balance (into `counter`: used, or allocated for a
+    release) and off their unexpired allocations in FIFO order, or fails whole."""
+    sign = "+" if counter == "used" else "-"  # consumption adds to used, release subtracts
+    balance = await _lock_end_user_balance(
+        db,
+        end_user_id,
+        pool_id,
+        f"{counter} = {counter} {sign} $3,"
+        " remaining = remaining - $3, status = " + end_user_status_sql("remaining - $3"),
+        "remaining >= $3",
+        credits,
+    )
+    draws = (
+        take_fifo(await _live_allocations(db, end_user_id, pool_id), credits, "remaining")
+        if balance
+        else []
+    )
+    if balance is None or not draws:
+        raise InsufficientCredits(
+            f"the End User holds fewer than {credits:,} unexpired credits in this pool",
+            field="credits",
+        )
+    for draw in draws:
+        await db.run(
+            f"UPDATE allocation SET {counter} = {counter} {sign} $2,"
+            " remaining = remaining - $2 WHERE id = $1",
+            draw.allocation_id,
+            draw.credits,
+        )
+    return balance, draws
+
+
 async def _resolve(
     db: Sql, application_id: int, pool_key: str, end_user: EndUserRef
 ) -> tuple[PoolRef, int]:
@@ -399,31 +434,7 @@ async def release_credits(
         record_id, replay = await _begin(db, application_id, idempotency_key, "release", arguments)
         if replay is not None:
             return BalanceResult(EndUserBalanceSnapshot.from_json(replay), replayed=True)
-        balance = await _lock_end_user_balance(
-            db,
-            end_user_id,
-            pool.id,
-            "allocated = allocated - $3, remaining = remaining - $3, status = "
-            + end_user_status_sql("remaining - $3"),
-            "remaining >= $3",
-            credits,
-        )
-        draws = (
-            take_fifo(await _live_allocations(db, end_user_id, pool.id), credits, "remaining")
-            if balance
-            else []
-        )
-        if balance is None or not draws:
-            raise InsufficientCredits(
-                "the End User holds fewer unexpired credits than that", field="credits"
-            )
-        for draw in draws:
-            await db.run(
-                "UPDATE allocation SET allocated = allocated - $2, remaining = remaining - $2"
-                " WHERE id = $1",
-                draw.allocation_id,
-                draw.credits,
-            )
+        balance, draws = await _draw_from_end_user(db, end_user_id, pool.id, credits, "allocated")
         await insert_ledger_entries(
             db,
             application_id,
@@ -527,31 +538,7 @@ async def _consume(
     metadata: dict[str, Any] | None,
     actor: str | None,
 ) -> ConsumeResult:
-    balance = await _lock_end_user_balance(
-        db,
-        end_user_id,
-        pool.id,
-        "used = used + $3, remaining = remaining - $3, status = "
-        + end_user_status_sql("remaining - $3"),
-        "remaining >= $3",
-        credits,
-    )
-    draws = (
-        take_fifo(await _live_allocations(db, end_user_id, pool.id), credits, "remaining")
-        if balance
-        else []
-    )
-    if balance is None or not draws:
-        raise InsufficientCredits(
-            f"the End User has fewer than {credits:,} unexpired credits in this pool",
-            field="credits",
-        )
-    for draw in draws:
-        await db.run(
-            "UPDATE allocation SET used = used + $2, remaining = remaining - $2 WHERE id = $1",
-            draw.allocation_id,
-            draw.credits,
-        )
+    balance, draws = await _draw_from_end_user(db, end_user_id, pool.id, credits, "used")
     usage_event_id = await db.value(
         "INSERT INTO usage_event (application_id, pool_id, end_user_id, credits, feature,"
         " idempotency_key, metadata, occurred_at, created_at)"
