@@ -52,7 +52,8 @@ def tortoise_config(settings: Settings) -> dict[str, Any]:
 
 
 async def init_database(settings: Settings) -> None:
-    await Tortoise.init(config=tortoise_config(settings))
+    # One process-wide context: request tasks and background jobs all see it.
+    await Tortoise.init(config=tortoise_config(settings), _enable_global_fallback=True)
 
 
 async def close_database() -> None:

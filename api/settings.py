@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     secret: str = Field("usagegraph-dev-secret-change-me", alias="USAGEGRAPH_SECRET")
     db_pool_min: int = Field(2, ge=1, alias="USAGEGRAPH_DB_POOL_MIN")
     db_pool_max: int = Field(20, ge=1, alias="USAGEGRAPH_DB_POOL_MAX")
+    # Browser origins allowed to open a WebSocket (Strawberry refuses cross-origin otherwise).
+    allowed_origins: list[str] = Field(default_factory=list, alias="USAGEGRAPH_ALLOWED_ORIGINS")
 
     @property
     def is_postgres(self) -> bool:

@@ -5,6 +5,7 @@ USAGEGRAPH_REQUIRE_SERVICES=1 (CI sets it), where they fail instead."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -79,7 +80,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path_factory) -> AsyncIter
         url = await _postgres_database()
         if url is None:
             pytest.skip("PostgreSQL is not reachable at " + PG_ADMIN_DSN)
-    settings = Settings(DATABASE_URL=url, USAGEGRAPH_DB_POOL_MAX=80)
+    settings = Settings(DATABASE_URL=url, USAGEGRAPH_DB_POOL_MAX=30)
     await apply_migrations(settings)
     await _switch_database()
     await init_database(settings)
@@ -110,3 +111,48 @@ async def tenant(backend: Backend) -> Tenant:
 
 
 __all__ = ["Backend", "Tenant", "Tortoise"]
+
+
+@dataclass
+class Server:
+    url: str
+    organization_key: str
+
+    @property
+    def graphql(self) -> str:
+        return f"{self.url}/graphql"
+
+
+@pytest.fixture(scope="session")
+async def server(backend: Backend) -> AsyncIterator[Server]:
+    """The real ASGI app served by uvicorn on a free port, in this process and event loop,
+    on the backend's database (which the fixture has already opened)."""
+    import socket
+
+    import uvicorn
+
+    from api.app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(backend.settings, migrate=False),
+        host="127.0.0.1",
+        port=port,
+        lifespan="off",
+        log_level="warning",
+        ws="websockets-sansio",
+    )
+    uv = uvicorn.Server(config)
+    task = asyncio.ensure_future(uv.serve())
+    while not uv.started:
+        await asyncio.sleep(0.02)
+        if task.done():
+            task.result()
+    _, issued = await create_organization("HTTP tests")
+    try:
+        yield Server(url=f"http://127.0.0.1:{port}", organization_key=issued.secret)
+    finally:
+        uv.should_exit = True
+        await task

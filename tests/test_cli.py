@@ -58,7 +58,9 @@ def test_verify_exits_1_on_a_difference(migrated: Path) -> None:
     ok = _usagegraph(migrated, "verify")
     assert ok.returncode == 0, ok.stderr
     with sqlite3.connect(migrated / "cli.sqlite3") as db:
-        db.execute("INSERT INTO application (organization_id, name, created_at) VALUES (1, 'a', 'x')")
+        db.execute(
+            "INSERT INTO application (organization_id, name, created_at) VALUES (1, 'a', 'x')"
+        )
         db.execute(
             "INSERT INTO credit_pool (application_id, key, name, purchased, allocated, used,"
             " expired, end_user_remaining, version, created_at) VALUES (1, 'k', 'k', 7, 0, 0, 0,"

@@ -1,0 +1,104 @@
+"""The ASGI application factory: GraphQL over HTTP and WebSocket at /graphql."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+
+from api.auth import authenticate
+from api.database import apply_migrations, close_database, init_database
+from api.settings import Settings, get_settings
+from models.accounts import InvalidCredential
+from resolvers.context import Context
+from resolvers.schema import schema
+
+PRINCIPAL_SCOPE_KEY = "usagegraph.principal"
+
+
+class UsageGraphQL(GraphQL):
+    """Strawberry's ASGI view with our context and WebSocket authentication."""
+
+    async def get_context(self, request: Any, response: Any = None) -> Context:
+        return Context(
+            request=request, response=response, principal=request.scope.get(PRINCIPAL_SCOPE_KEY)
+        )
+
+    async def on_ws_connect(self, context: Context) -> None:
+        params = context.connection_params or {}
+        header = params.get("authorization") or params.get("Authorization")
+        try:
+            context.principal = await authenticate(header if isinstance(header, str) else None)
+        except InvalidCredential:
+            raise ConnectionRejectionError() from None
+
+
+def _wants_ide(scope: Scope) -> bool:
+    if scope["method"] != "GET":
+        return False
+    accept = dict(scope["headers"]).get(b"accept", b"").decode("latin-1")
+    return "text/html" in accept
+
+
+class AuthenticatedGraphQL:
+    """HTTP in front of the GraphQL view: a request without a valid key gets 401 with a
+    GraphQL-shaped error body; GraphiQL (a browser GET) is served without one."""
+
+    def __init__(self, view: UsageGraphQL) -> None:
+        self.view = view
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _wants_ide(scope):
+            request = Request(scope)
+            try:
+                scope[PRINCIPAL_SCOPE_KEY] = await authenticate(
+                    request.headers.get("authorization")
+                )
+            except InvalidCredential as error:
+                response = _unauthenticated(error.message)
+                await response(scope, receive, send)
+                return
+        await self.view(scope, receive, send)
+
+
+def _unauthenticated(message: str) -> Response:
+    body = {"errors": [{"message": message, "extensions": {"code": "UNAUTHENTICATED"}}]}
+    return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool | None = None) -> Starlette:
+    """The service. `migrate` (default: on the embedded SQLite default) applies pending
+    migrations at start-up; on PostgreSQL run `usagegraph migrate` as a deploy step."""
+    settings = settings or get_settings()
+    apply = (not settings.is_postgres) if migrate is None else migrate
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if apply:
+            await apply_migrations(settings)
+            await close_database()
+        await init_database(settings)
+        try:
+            yield
+        finally:
+            await close_database()
+
+    view = UsageGraphQL(schema, allowed_origins=settings.allowed_origins)
+    return Starlette(
+        routes=[
+            Route("/graphql", AuthenticatedGraphQL(view), methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", view),
+        ],
+        lifespan=lifespan,
+    )
+
+
+__all__ = ["create_app"]

@@ -1,0 +1,55 @@
+"""Which applications a principal may read or write (SPEC §8). Anything outside answers
+NOT_FOUND, never a hint that it exists."""
+
+from __future__ import annotations
+
+from models.errors import Forbidden, NotFound
+from models.tenancy import Application
+from resolvers.context import Principal
+from resolvers.errors import parse_id
+
+# Applications never move between organizations, so their owner is cached (bounded).
+_owner: dict[int, int] = {}
+_OWNER_LIMIT = 100_000
+
+
+async def _organization_of(application_id: int) -> int | None:
+    owner = _owner.get(application_id)
+    if owner is None:
+        found = await Application.get_or_none(id=application_id)
+        if found is None:
+            return None
+        if len(_owner) >= _OWNER_LIMIT:
+            _owner.clear()
+        owner = _owner[application_id] = found.organization_id  # type: ignore[attr-defined]
+    return owner
+
+
+def forget_owners() -> None:
+    _owner.clear()
+
+
+async def visible_application(principal: Principal, application_id: object) -> int:
+    """The application id if the principal may see it, else NotFound."""
+    parsed = parse_id(application_id)
+    if parsed is None:
+        raise NotFound("application not found", field="applicationId")
+    if principal.application_id is not None:
+        if parsed != principal.application_id:
+            raise NotFound("application not found", field="applicationId")
+        return parsed
+    if await _organization_of(parsed) != principal.organization_id:
+        raise NotFound("application not found", field="applicationId")
+    return parsed
+
+
+async def writable_application(principal: Principal, application_id: object) -> int:
+    """As `visible_application`, and the key may write (ADMIN)."""
+    parsed = await visible_application(principal, application_id)
+    require_write(principal)
+    return parsed
+
+
+def require_write(principal: Principal) -> None:
+    if not principal.can_write:
+        raise Forbidden("this API key is read-only")

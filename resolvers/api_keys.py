@@ -1,0 +1,103 @@
+"""API keys: listing, creation (the secret is shown once) and revocation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+
+from models.accounts import create_api_key, revoke_api_key
+from models.errors import DomainError, NotFound
+from models.tenancy import ApiKey as ApiKeyRow
+from models.tenancy import ApiKeyRole as DomainApiKeyRole
+from resolvers.access import require_write, visible_application
+from resolvers.context import Info, principal_of
+from resolvers.errors import UserError, parse_id, user_errors
+
+ApiKeyRole = strawberry.enum(DomainApiKeyRole, name="ApiKeyRole")
+
+
+@strawberry.type
+class ApiKey:
+    id: strawberry.ID
+    key_id: str = strawberry.field(description="The public part of the key, as in the request log.")
+    name: str
+    role: ApiKeyRole
+    application_id: strawberry.ID | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: ApiKeyRow) -> ApiKey:
+        app = row.application_id  # type: ignore[attr-defined]
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            key_id=row.key_id,
+            name=row.name,
+            role=row.role,
+            application_id=None if app is None else strawberry.ID(str(app)),
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+@strawberry.input
+class CreateApiKeyInput:
+    application_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Without it, the key is organization-scoped."
+    )
+    name: str
+    role: ApiKeyRole
+
+
+@strawberry.type
+class CreateApiKeyPayload:
+    api_key: ApiKey | None = None
+    secret: str | None = strawberry.field(default=None, description="The whole key, shown once.")
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class RevokeApiKeyPayload:
+    api_key: ApiKey | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+async def resolve_create_api_key(info: Info, input: CreateApiKeyInput) -> CreateApiKeyPayload:
+    principal = principal_of(info)
+    try:
+        require_write(principal)
+        application_id = None
+        if input.application_id is not None:
+            application_id = await visible_application(principal, input.application_id)
+        elif not principal.organization_scoped:
+            raise NotFound(
+                "an application key cannot create organization keys", field="applicationId"
+            )
+        issued = await create_api_key(
+            principal.organization_id, input.name, DomainApiKeyRole(input.role), application_id
+        )
+    except DomainError as error:
+        return CreateApiKeyPayload(errors=user_errors(error))
+    return CreateApiKeyPayload(api_key=ApiKey.from_row(issued.api_key), secret=issued.secret)
+
+
+async def _visible_key(info: Info, key_id: strawberry.ID) -> ApiKeyRow:
+    principal = principal_of(info)
+    parsed = parse_id(key_id)
+    row = None if parsed is None else await ApiKeyRow.get_or_none(id=parsed)
+    visible = row is not None and row.organization_id == principal.organization_id  # type: ignore[attr-defined]
+    if visible and not principal.organization_scoped:
+        visible = row.application_id == principal.application_id  # type: ignore[union-attr, attr-defined]
+    if not visible or row is None:
+        raise NotFound("API key not found", field="id")
+    return row
+
+
+async def resolve_revoke_api_key(info: Info, id: strawberry.ID) -> RevokeApiKeyPayload:
+    try:
+        require_write(principal_of(info))
+        row = await revoke_api_key(await _visible_key(info, id))
+    except DomainError as error:
+        return RevokeApiKeyPayload(errors=user_errors(error))
+    return RevokeApiKeyPayload(api_key=ApiKey.from_row(row))

@@ -1,0 +1,151 @@
+"""Applications: the root of everything an integrator reads."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+
+from models.accounts import create_application
+from models.credits import CreditPool as PoolRow
+from models.credits import EndUser as EndUserRow
+from models.end_users import EndUserInput as DomainEndUserInput
+from models.end_users import upsert_end_users
+from models.errors import DomainError, NotFound, ValidationFailed
+from models.pools import create_pool
+from models.tenancy import Application as ApplicationRow
+from resolvers.access import require_write, visible_application, writable_application
+from resolvers.context import Info, principal_of
+from resolvers.end_users import (
+    EndUser,
+    EndUserConnection,
+    UpsertEndUsersInput,
+    UpsertEndUsersPayload,
+    end_user_page,
+)
+from resolvers.errors import UserError, parse_id, query_error, user_errors
+from resolvers.pools import CreateCreditPoolInput, CreateCreditPoolPayload, CreditPool
+
+
+@strawberry.type
+class Application:
+    id: strawberry.ID
+    name: str
+    plan: str | None
+    created_at: datetime
+    row_id: strawberry.Private[int]
+
+    @classmethod
+    def from_row(cls, row: ApplicationRow) -> Application:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            name=row.name,
+            plan=row.plan,
+            created_at=row.created_at,
+            row_id=row.id,
+        )
+
+    @strawberry.field
+    async def pools(self) -> list[CreditPool]:
+        rows = await PoolRow.filter(application_id=self.row_id).order_by("id")
+        return [CreditPool.from_row(row) for row in rows]
+
+    @strawberry.field
+    async def pool(self, key: str) -> CreditPool | None:
+        row = await PoolRow.get_or_none(application_id=self.row_id, key=key)
+        return None if row is None else CreditPool.from_row(row)
+
+    @strawberry.field(description="End Users in creation order (Relay connection).")
+    async def end_users(self, first: int = 50, after: str | None = None) -> EndUserConnection:
+        try:
+            return await end_user_page(self.row_id, first, after)
+        except DomainError as error:
+            raise query_error(error) from None
+
+    @strawberry.field(description="One End User, by exactly one of id and externalId.")
+    async def end_user(
+        self, id: strawberry.ID | None = None, external_id: str | None = None
+    ) -> EndUser | None:
+        if (id is None) == (external_id is None):
+            raise query_error(ValidationFailed("give exactly one of id and externalId"))
+        if id is not None:
+            parsed = parse_id(id)
+            row = (
+                None
+                if parsed is None
+                else await EndUserRow.get_or_none(application_id=self.row_id, id=parsed)
+            )
+        else:
+            row = await EndUserRow.get_or_none(application_id=self.row_id, external_id=external_id)
+        if row is None:
+            raise query_error(NotFound("End User not found"))
+        return EndUser.from_row(row)
+
+
+async def resolve_applications(info: Info) -> list[Application]:
+    principal = principal_of(info)
+    query = ApplicationRow.filter(organization_id=principal.organization_id)
+    if principal.application_id is not None:
+        query = query.filter(id=principal.application_id)
+    return [Application.from_row(row) for row in await query.order_by("id")]
+
+
+async def resolve_application(info: Info, id: strawberry.ID) -> Application | None:
+    try:
+        application_id = await visible_application(principal_of(info), id)
+    except DomainError as error:
+        raise query_error(error) from None
+    return Application.from_row(await ApplicationRow.get(id=application_id))
+
+
+@strawberry.input
+class CreateApplicationInput:
+    name: str
+    plan: str | None = None
+
+
+@strawberry.type
+class CreateApplicationPayload:
+    application: Application | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+async def resolve_create_application(
+    info: Info, input: CreateApplicationInput
+) -> CreateApplicationPayload:
+    principal = principal_of(info)
+    try:
+        require_write(principal)
+        if not principal.organization_scoped:
+            raise NotFound("applications are created with an organization key")
+        row = await create_application(principal.organization_id, input.name, input.plan)
+    except DomainError as error:
+        return CreateApplicationPayload(errors=user_errors(error))
+    return CreateApplicationPayload(application=Application.from_row(row))
+
+
+async def resolve_create_pool(info: Info, input: CreateCreditPoolInput) -> CreateCreditPoolPayload:
+    try:
+        application_id = await writable_application(principal_of(info), input.application_id)
+        row = await create_pool(
+            application_id,
+            input.key,
+            input.name,
+            low_balance_threshold=input.low_balance_threshold,
+            end_user_low_balance_threshold=input.end_user_low_balance_threshold,
+        )
+    except DomainError as error:
+        return CreateCreditPoolPayload(errors=user_errors(error))
+    return CreateCreditPoolPayload(pool=CreditPool.from_row(row))
+
+
+async def resolve_upsert_end_users(info: Info, input: UpsertEndUsersInput) -> UpsertEndUsersPayload:
+    try:
+        application_id = await writable_application(principal_of(info), input.application_id)
+        rows = await upsert_end_users(
+            application_id,
+            [DomainEndUserInput(u.external_id, u.name, u.email) for u in input.end_users],
+        )
+    except DomainError as error:
+        return UpsertEndUsersPayload(errors=user_errors(error))
+    return UpsertEndUsersPayload(end_users=[EndUser.from_row(row) for row in rows])

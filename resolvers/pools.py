@@ -1,0 +1,131 @@
+"""Credit pools and their packs (lots)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+
+from models.balances import PoolSnapshot, status_for
+from models.credits import BalanceStatus as DomainBalanceStatus
+from models.credits import CreditPack as PackRow
+from models.credits import CreditPool as PoolRow
+from resolvers.errors import UserError
+
+BalanceStatus = strawberry.enum(DomainBalanceStatus, name="BalanceStatus")
+MAX_PAGE = 500
+
+
+@strawberry.type
+class CreditPack:
+    id: strawberry.ID
+    credits: int
+    unallocated: int
+    used: int
+    expired: int
+    remaining: int = strawberry.field(description="credits - used - expired")
+    purchased_at: datetime
+    expires_at: datetime | None
+    package: str | None
+    reference: str | None
+
+    @classmethod
+    def from_row(cls, row: PackRow) -> CreditPack:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            credits=row.credits,
+            unallocated=row.unallocated,
+            used=row.used,
+            expired=row.expired,
+            remaining=row.credits - row.used - row.expired,
+            purchased_at=row.purchased_at,
+            expires_at=row.expires_at,
+            package=row.package,
+            reference=row.reference,
+        )
+
+
+@strawberry.type
+class CreditPool:
+    key: str
+    name: str
+    purchased: int
+    allocated: int
+    used: int
+    remaining: int
+    expired: int
+    unallocated: int
+    status: BalanceStatus
+    low_balance_threshold: int | None
+    end_user_low_balance_threshold: int | None
+    version: int
+    pool_id: strawberry.Private[int]
+
+    @classmethod
+    def from_row(cls, row: PoolRow) -> CreditPool:
+        remaining = row.purchased - row.used - row.expired
+        return cls(
+            key=row.key,
+            name=row.name,
+            purchased=row.purchased,
+            allocated=row.allocated,
+            used=row.used,
+            remaining=remaining,
+            expired=row.expired,
+            unallocated=remaining - row.end_user_remaining,
+            status=status_for(remaining, row.low_balance_threshold),
+            low_balance_threshold=row.low_balance_threshold,
+            end_user_low_balance_threshold=row.end_user_low_balance_threshold,
+            version=row.version,
+            pool_id=row.id,
+        )
+
+    @classmethod
+    def from_snapshot(cls, snapshot: PoolSnapshot, row: PoolRow) -> CreditPool:
+        """The pool as a write left it (`row` gives the fields a snapshot lacks)."""
+        for name in ("purchased", "allocated", "used", "expired", "end_user_remaining", "version"):
+            setattr(row, name, getattr(snapshot, name))
+        return cls.from_row(row)
+
+    @strawberry.field(description="The pool's packs, newest first.")
+    async def packs(self, first: int = 100) -> list[CreditPack]:
+        rows = (
+            await PackRow.filter(pool_id=self.pool_id)
+            .order_by("-purchased_at", "-id")
+            .limit(max(0, min(first, MAX_PAGE)))
+        )
+        return [CreditPack.from_row(row) for row in rows]
+
+
+@strawberry.input
+class CreateCreditPoolInput:
+    application_id: strawberry.ID
+    key: str
+    name: str
+    low_balance_threshold: int | None = None
+    end_user_low_balance_threshold: int | None = None
+
+
+@strawberry.type
+class CreateCreditPoolPayload:
+    pool: CreditPool | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+@strawberry.input
+class PurchaseCreditsInput:
+    application_id: strawberry.ID
+    pool: str
+    credits: int
+    expires_at: datetime | None = None
+    package: str | None = None
+    reference: str | None = None
+    idempotency_key: str | None = None
+
+
+@strawberry.type
+class PurchaseCreditsPayload:
+    pool: CreditPool | None = None
+    pack: CreditPack | None = None
+    replayed: bool = False
+    errors: list[UserError] = strawberry.field(default_factory=list)

@@ -1,0 +1,73 @@
+"""The GraphQL schema: thin entry points assembled from the domain modules."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
+from strawberry.schema.config import StrawberryConfig
+
+from resolvers.api_keys import resolve_create_api_key, resolve_revoke_api_key
+from resolvers.applications import (
+    resolve_application,
+    resolve_applications,
+    resolve_create_application,
+    resolve_create_pool,
+    resolve_upsert_end_users,
+)
+from resolvers.credits import (
+    resolve_allocate,
+    resolve_consume,
+    resolve_purchase,
+    resolve_release,
+)
+from resolvers.viewer import resolve_viewer
+
+MAX_DEPTH = 12
+MAX_TOKENS = 5_000
+MAX_ALIASES = 30
+DOCUMENT_CACHE_SIZE = 1_000
+
+
+@strawberry.type
+class Query:
+    viewer = strawberry.field(resolver=resolve_viewer)
+    applications = strawberry.field(resolver=resolve_applications)
+    application = strawberry.field(resolver=resolve_application)
+
+
+@strawberry.type
+class Mutation:
+    create_application = strawberry.mutation(resolver=resolve_create_application)
+    create_api_key = strawberry.mutation(resolver=resolve_create_api_key)
+    revoke_api_key = strawberry.mutation(resolver=resolve_revoke_api_key)
+    create_credit_pool = strawberry.mutation(resolver=resolve_create_pool)
+    purchase_credits = strawberry.mutation(resolver=resolve_purchase)
+    upsert_end_users = strawberry.mutation(resolver=resolve_upsert_end_users)
+    allocate_credits = strawberry.mutation(resolver=resolve_allocate)
+    release_credits = strawberry.mutation(resolver=resolve_release)
+    consume_credits = strawberry.mutation(resolver=resolve_consume)
+
+
+def build_schema() -> strawberry.Schema:
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        config=StrawberryConfig(),
+        # Factories, not instances; bounded document caches (values go in variables).
+        extensions=[
+            lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
+            lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
+            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+            lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+            lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        ],
+    )
+
+
+schema = build_schema()
