@@ -71,5 +71,60 @@ def create_org(name: str) -> None:
     typer.echo(issued.secret)
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    workers: int = typer.Option(1, min=1, help="Server processes (PostgreSQL and Redis only)."),
+    demo: bool = typer.Option(False, "--demo", help="Seed a demo organization and print a key."),
+) -> None:
+    """Serve GraphQL (and GraphiQL) at /graphql."""
+    import uvicorn
+
+    settings = get_settings()
+    if workers > 1 and not settings.is_postgres:
+        typer.echo(
+            "--workers > 1 needs DATABASE_URL=postgres://... (SQLite is one process)", err=True
+        )
+        raise typer.Exit(2)
+    if not settings.is_postgres:
+        migrate()
+    if demo:
+        from api.demo import seed_demo
+
+        seeded = _with_database(seed_demo)
+        url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/graphql"
+        typer.echo("")
+        typer.echo(f"GraphiQL:       {url}")
+        typer.echo(f"application id: {seeded.application_id}")
+        typer.echo(f"API key:        {seeded.api_key}")
+        typer.echo('In GraphiQL, add the header {"Authorization": "Bearer <API key>"}.')
+        typer.echo("")
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        ws="websockets-sansio",
+        log_level="info",
+    )
+
+
+@app.command("export-schema")
+def export_schema(
+    output: str | None = typer.Option(None, "--output", "-o", help="Write to this file."),
+) -> None:
+    """Print the GraphQL SDL (or write it to --output)."""
+    from resolvers.schema import schema_sdl
+
+    sdl = schema_sdl()
+    if output is None:
+        typer.echo(sdl, nl=False)
+    else:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(sdl)
+
+
 def main() -> None:
     app()

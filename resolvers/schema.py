@@ -71,3 +71,8 @@ def build_schema() -> strawberry.Schema:
 
 
 schema = build_schema()
+
+
+def schema_sdl() -> str:
+    """The SDL as committed in `schema.graphql`."""
+    return schema.as_str() + "\n"
