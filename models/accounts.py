@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from tortoise.transactions import in_transaction
 
@@ -99,3 +101,52 @@ async def create_application(
             ]
         )
     return application
+
+
+# ------------------------------------------------------------------------ key verification
+
+_TTL_SECONDS = 2.0  # how long another process may still accept a key revoked elsewhere
+_CACHE_LIMIT = 10_000
+_verified: dict[str, tuple[float, str, ApiKey]] = {}
+
+
+class InvalidCredential(Exception):
+    """The key is malformed, unknown, wrong or revoked. `key_id` names it (and so its
+    application, for the request log) whenever the presented text held one."""
+
+    def __init__(self, message: str, key_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key_id = key_id
+
+
+async def verify_api_key(presented: str) -> ApiKey:
+    """The live key behind `presented`. A verified key is remembered briefly so a busy
+    client does not cost a query per request; revocation in this process is immediate."""
+    parts = split_key(presented)
+    if parts is None:
+        raise InvalidCredential("malformed API key: expected ug_<key id>_<secret>")
+    key_id, secret = parts
+    now = time.monotonic()
+    cached = _verified.get(key_id)
+    if cached is not None and now - cached[0] < _TTL_SECONDS and cached[1] == secret:
+        api_key = cached[2]
+    else:
+        found = await ApiKey.get_or_none(key_id=key_id)
+        if found is None or not secret_matches(found, secret):
+            raise InvalidCredential("unknown API key or wrong secret", key_id=key_id)
+        api_key = found
+        if len(_verified) >= _CACHE_LIMIT:
+            _verified.clear()
+        _verified[key_id] = (now, secret, api_key)
+    if api_key.revoked_at is not None:
+        raise InvalidCredential("this API key has been revoked", key_id=key_id)
+    return api_key
+
+
+async def revoke_api_key(api_key: ApiKey) -> ApiKey:
+    if api_key.revoked_at is None:
+        api_key.revoked_at = datetime.now(UTC)
+        await api_key.save(update_fields=["revoked_at"])
+    _verified.pop(api_key.key_id, None)
+    return api_key

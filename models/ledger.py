@@ -77,7 +77,7 @@ def validate_credits(credits: int) -> None:
         )
 
 
-def _validate_text(value: str | None, field: str, limit: int, *, required: bool = False) -> None:
+def validate_text(value: str | None, field: str, limit: int, *, required: bool = False) -> None:
     if value is None:
         if required:
             raise ValidationFailed(f"{field} is required", field=field)
@@ -86,7 +86,7 @@ def _validate_text(value: str | None, field: str, limit: int, *, required: bool 
         raise ValidationFailed(f"{field} must be 1 to {limit} characters", field=field)
 
 
-def _aware(value: datetime | None, field: str) -> datetime | None:
+def aware(value: datetime | None, field: str) -> datetime | None:
     if value is None:
         return None
     if value.tzinfo is None:
@@ -184,9 +184,9 @@ async def purchase_credits(
     purchased total may not pass 2,147,483,647."""
     validate_credits(credits)
     validate_key(idempotency_key)
-    _validate_text(package, "package", MAX_TEXT_LENGTH)
-    _validate_text(reference, "reference", MAX_TEXT_LENGTH)
-    expires_at = _aware(expires_at, "expiresAt")
+    validate_text(package, "package", MAX_TEXT_LENGTH)
+    validate_text(reference, "reference", MAX_TEXT_LENGTH)
+    expires_at = aware(expires_at, "expiresAt")
     if expires_at is not None and expires_at <= datetime.now(UTC):
         raise ValidationFailed("expiresAt must be in the future", field="expiresAt")
 
@@ -247,7 +247,7 @@ async def purchase_credits(
 # ---------------------------------------------------------------------- allocate and release
 
 
-async def _lock_end_user_balance(
+async def lock_end_user_balance(
     db: Sql, end_user_id: int, pool_id: int, assignments: str, condition: str, *args: Any
 ) -> EndUserBalanceSnapshot | None:
     row = await db.row(
@@ -261,9 +261,10 @@ async def _lock_end_user_balance(
     return EndUserBalanceSnapshot.from_row(row) if row else None
 
 
-async def _live_allocations(db: Sql, end_user_id: int, pool_id: int) -> list[dict[str, Any]]:
+async def live_allocations(db: Sql, end_user_id: int, pool_id: int) -> list[dict[str, Any]]:
+    """The End User's unexpired allocations in the pool, in FIFO order."""
     return await db.rows(
-        "SELECT a.id, a.lot_id, a.remaining FROM allocation a"
+        "SELECT a.id, a.lot_id, a.remaining, l.expires_at, l.purchased_at FROM allocation a"
         " JOIN credit_pack l ON l.id = a.lot_id"
         f" WHERE a.end_user_id = $1 AND a.pool_id = $2 AND a.remaining > 0 AND {_LIVE_LOT}"
         f" ORDER BY {_FIFO}",
@@ -278,7 +279,7 @@ async def _draw_from_end_user(
     """Takes `credits` off the End User's balance (into `counter`: used, or allocated for a
     release) and off their unexpired allocations in FIFO order, or fails whole."""
     sign = "+" if counter == "used" else "-"  # consumption adds to used, release subtracts
-    balance = await _lock_end_user_balance(
+    balance = await lock_end_user_balance(
         db,
         end_user_id,
         pool_id,
@@ -288,7 +289,7 @@ async def _draw_from_end_user(
         credits,
     )
     draws = (
-        take_fifo(await _live_allocations(db, end_user_id, pool_id), credits, "remaining")
+        take_fifo(await live_allocations(db, end_user_id, pool_id), credits, "remaining")
         if balance
         else []
     )
@@ -343,7 +344,7 @@ async def allocate_credits(
             end_user_id,
             pool.id,
         )
-        balance = await _lock_end_user_balance(
+        balance = await lock_end_user_balance(
             db,
             end_user_id,
             pool.id,
@@ -488,8 +489,8 @@ async def consume_credits(
     validate_credits(credits)
     end_user.validate()
     validate_key(idempotency_key)
-    _validate_text(feature, "feature", MAX_FEATURE_LENGTH, required=True)
-    occurred_at = _aware(occurred_at, "occurredAt")
+    validate_text(feature, "feature", MAX_FEATURE_LENGTH, required=True)
+    occurred_at = aware(occurred_at, "occurredAt")
 
     async def work(db: Sql) -> ConsumeResult:
         pool, end_user_id = await _resolve(db, application_id, pool_key, end_user)

@@ -9,11 +9,13 @@ from typing import TypeVar
 
 import strawberry
 
+from models.consume_batch import MAX_BATCH, Consumption, consume_credits_batch
 from models.credits import CreditPack as PackRow
 from models.credits import CreditPool as PoolRow
 from models.errors import DomainError
 from models.ledger import (
     BalanceResult,
+    ConsumeResult,
     allocate_credits,
     consume_credits,
     purchase_credits,
@@ -145,4 +147,65 @@ async def resolve_consume(info: Info, input: ConsumeCreditsInput) -> ConsumeCred
         return ConsumeCreditsPayload(errors=user_errors(error))
     return ConsumeCreditsPayload(
         balance=EndUserBalance.from_snapshot(input.pool, result.balance), replayed=result.replayed
+    )
+
+
+@strawberry.input
+class ConsumptionInput:
+    end_user: EndUserRef
+    pool: str
+    credits: int
+    feature: str
+    idempotency_key: str | None = None
+    occurred_at: datetime | None = None
+
+
+@strawberry.input
+class ConsumeCreditsBatchInput:
+    application_id: strawberry.ID
+    consumptions: list[ConsumptionInput] = strawberry.field(
+        description=f"1 to {MAX_BATCH:,} consumptions, each with its own result."
+    )
+
+
+@strawberry.type
+class ConsumeCreditsBatchPayload:
+    results: list[ConsumeCreditsPayload] = strawberry.field(
+        default_factory=list, description="One result per consumption, in input order."
+    )
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+async def resolve_consume_batch(
+    info: Info, input: ConsumeCreditsBatchInput
+) -> ConsumeCreditsBatchPayload:
+    principal = principal_of(info)
+    try:
+        application_id = await writable_application(principal, input.application_id)
+        results = await consume_credits_batch(
+            application_id,
+            [
+                Consumption(
+                    end_user=c.end_user.to_domain(),
+                    pool=c.pool,
+                    credits=c.credits,
+                    feature=c.feature,
+                    idempotency_key=c.idempotency_key,
+                    occurred_at=c.occurred_at,
+                )
+                for c in input.consumptions
+            ],
+            actor=principal.key_id,
+        )
+    except DomainError as error:
+        return ConsumeCreditsBatchPayload(errors=user_errors(error))
+    return ConsumeCreditsBatchPayload(
+        results=[
+            ConsumeCreditsPayload(
+                balance=EndUserBalance.from_snapshot(c.pool, r.balance), replayed=r.replayed
+            )
+            if isinstance(r, ConsumeResult)
+            else ConsumeCreditsPayload(errors=user_errors(r))
+            for c, r in zip(input.consumptions, results, strict=True)
+        ]
     )

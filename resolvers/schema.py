@@ -23,6 +23,7 @@ from resolvers.applications import (
 from resolvers.credits import (
     resolve_allocate,
     resolve_consume,
+    resolve_consume_batch,
     resolve_purchase,
     resolve_release,
 )
@@ -52,6 +53,7 @@ class Mutation:
     allocate_credits = strawberry.mutation(resolver=resolve_allocate)
     release_credits = strawberry.mutation(resolver=resolve_release)
     consume_credits = strawberry.mutation(resolver=resolve_consume)
+    consume_credits_batch = strawberry.mutation(resolver=resolve_consume_batch)
 
 
 def build_schema() -> strawberry.Schema:

@@ -329,3 +329,35 @@ async def test_a_gql_client_reads_the_viewer(server) -> None:
         "organization": {"name": "HTTP tests"},
         "application": None,
     }
+
+
+BATCH = """
+mutation($input: ConsumeCreditsBatchInput!) {
+  consumeCreditsBatch(input: $input) {
+    results { balance { pool used remaining } replayed errors { code message } }
+    errors { code message }
+  }
+}"""
+
+
+async def test_consume_credits_batch_over_http(server, http) -> None:
+    app = await _application(server, http, users=2, credits_each=3)
+    items = [
+        {"endUser": {"externalId": "u0"}, "pool": "ai", "credits": 2, "feature": "ai_generation"},
+        {"endUser": {"externalId": "u0"}, "pool": "ai", "credits": 2, "feature": "ai_generation"},
+        {"endUser": {"externalId": "u1"}, "pool": "ai", "credits": 3, "feature": "ai_rewrite",
+         "idempotencyKey": "b-1"},
+        {"endUser": {"externalId": "ghost"}, "pool": "ai", "credits": 1, "feature": "x"},
+    ]  # fmt: skip
+    data = await app.admin(BATCH, input={"applicationId": app.id, "consumptions": items})
+    results = data["consumeCreditsBatch"]["results"]
+    assert [r["errors"][0]["code"] if r["errors"] else "OK" for r in results] == [
+        "OK", "INSUFFICIENT_CREDITS", "OK", "NOT_FOUND",
+    ]  # fmt: skip
+    assert results[0]["balance"] == {"pool": "ai", "used": 2, "remaining": 1}
+    too_many = await app.admin(
+        BATCH, input={"applicationId": app.id, "consumptions": [items[0]] * 1001}
+    )
+    assert [e["code"] for e in too_many["consumeCreditsBatch"]["errors"]] == ["VALIDATION"]
+    read_only = await app.reader(BATCH, input={"applicationId": app.id, "consumptions": items})
+    assert [e["code"] for e in read_only["consumeCreditsBatch"]["errors"]] == ["FORBIDDEN"]

@@ -1,0 +1,116 @@
+"""consume_credits_batch: per-item results in one transaction, under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from models.consume_batch import Consumption, consume_credits_batch
+from models.errors import DomainError, ErrorCode
+from models.ledger import ConsumeResult, consume_credits
+from models.records import LedgerEntry, OutboxEvent
+from models.references import EndUserRef
+from models.verify import verify_ledger
+from tests.ledger_helpers import balance_of, end_users_holding, pool_counters
+
+
+def _codes(results: list) -> list[str]:
+    return ["OK" if isinstance(r, ConsumeResult) else r.code.value for r in results]
+
+
+async def test_each_item_succeeds_or_fails_alone(tenant) -> None:
+    app = tenant.application_id
+    users = await end_users_holding(app, count=3, credits_each=5)
+    outbox_before = await OutboxEvent.filter(application_id=app).count()
+    batch = [
+        Consumption(EndUserRef(id=users[0]), "ai", 2, "ai_generation"),
+        Consumption(EndUserRef(id=users[0]), "ai", 3, "ai_generation"),
+        Consumption(EndUserRef(id=users[0]), "ai", 1, "ai_generation"),  # exhausted by now
+        Consumption(EndUserRef(external_id="nobody"), "ai", 1, "ai_generation"),
+        Consumption(EndUserRef(id=users[1]), "gold", 1, "ai_generation"),
+        Consumption(EndUserRef(id=users[1]), "ai", 0, "ai_generation"),
+        Consumption(EndUserRef(id=users[1]), "ai", 4, "ai_rewrite", idempotency_key="a"),
+        Consumption(EndUserRef(id=users[2]), "ai", 1, "ai_rewrite", idempotency_key="a"),
+        Consumption(EndUserRef(id=users[2]), "ai", 5, "inbox_preview"),
+    ]
+    results = await consume_credits_batch(app, batch)
+    assert _codes(results) == [
+        "OK", "OK", "INSUFFICIENT_CREDITS", "NOT_FOUND", "NOT_FOUND", "VALIDATION", "OK",
+        "VALIDATION", "OK",
+    ]  # fmt: skip
+    assert [r.balance.remaining for r in results if isinstance(r, ConsumeResult)] == [3, 0, 1, 0]
+    pool = await pool_counters(app)
+    assert (pool.used, pool.end_user_remaining) == (14, 1)
+    assert [(await balance_of(u, pool)).used for u in users] == [5, 4, 5]
+    # four End User events and one pool event for the whole batch
+    assert await OutboxEvent.filter(application_id=app).count() == outbox_before + 5
+    assert await verify_ledger() == []
+
+    again = await consume_credits_batch(
+        app, [Consumption(EndUserRef(id=users[1]), "ai", 4, "ai_rewrite", idempotency_key="a")]
+    )
+    assert isinstance(again[0], ConsumeResult) and again[0].replayed
+    assert again[0].balance == results[6].balance
+    conflict = await consume_credits_batch(
+        app, [Consumption(EndUserRef(id=users[1]), "ai", 1, "ai_rewrite", idempotency_key="a")]
+    )
+    assert _codes(conflict) == ["IDEMPOTENCY_CONFLICT"]
+    assert (await pool_counters(app)).used == 14
+
+
+async def test_a_failed_item_leaves_its_key_free(tenant) -> None:
+    app = tenant.application_id
+    [user] = await end_users_holding(app, count=1, credits_each=2)
+    item = Consumption(EndUserRef(id=user), "ai", 3, "ai_generation", idempotency_key="retry-me")
+    assert _codes(await consume_credits_batch(app, [item])) == ["INSUFFICIENT_CREDITS"]
+    from models.ledger import allocate_credits, purchase_credits
+
+    await purchase_credits(app, "ai", 5)
+    await allocate_credits(app, "ai", EndUserRef(id=user), 5)
+    [result] = await consume_credits_batch(app, [item])
+    assert isinstance(result, ConsumeResult) and not result.replayed
+
+
+async def test_batches_racing_single_consumptions_never_overdraw(tenant) -> None:
+    app = tenant.application_id
+    users = await end_users_holding(app, count=10, credits_each=10)
+
+    def batch() -> list[Consumption]:
+        return [
+            Consumption(EndUserRef(id=random.choice(users)), "ai", 1, "ai_generation")
+            for _ in range(25)
+        ]
+
+    work = [consume_credits_batch(app, batch()) for _ in range(8)]
+    work += [
+        consume_credits(app, "ai", EndUserRef(id=random.choice(users)), 1, "ai_generation")
+        for _ in range(60)
+    ]
+    random.shuffle(work)
+    outcomes = await asyncio.gather(*work, return_exceptions=True)
+
+    succeeded = 0
+    for outcome in outcomes:
+        items = outcome if isinstance(outcome, list) else [outcome]
+        for item in items:
+            if isinstance(item, ConsumeResult):
+                succeeded += 1
+            else:
+                assert isinstance(item, DomainError), item
+                assert item.code == ErrorCode.INSUFFICIENT_CREDITS
+    assert succeeded == 100  # 260 asked for, 100 held
+    pool = await pool_counters(app)
+    assert (pool.used, pool.end_user_remaining) == (100, 0)
+    assert await LedgerEntry.filter(application_id=app, kind="CONSUME").count() == 100
+    assert await verify_ledger() == []
+
+
+async def test_batch_size_is_bounded(tenant) -> None:
+    with pytest.raises(DomainError) as caught:
+        await consume_credits_batch(tenant.application_id, [])
+    assert caught.value.code == ErrorCode.VALIDATION
+    item = Consumption(EndUserRef(external_id="x"), "ai", 1, "f")
+    with pytest.raises(DomainError):
+        await consume_credits_batch(tenant.application_id, [item] * 1001)
