@@ -1,4 +1,10 @@
-"""Append-only records: ledger entries, usage events, idempotency records and the outbox."""
+"""Append-only records: ledger entries, usage events, idempotency records and the outbox.
+
+Ledger entries, usage events and outbox rows carry no foreign-key constraints: each insert
+would otherwise lock the pool and lot rows it names (FOR KEY SHARE) just before the same
+transaction updates their counters, which turns every hot pool row into a queue of shared
+lockers. These rows are written only by the ledger operations, in the transaction that
+checked what they reference, and pools, lots and End Users are never deleted."""
 
 from __future__ import annotations
 
@@ -26,16 +32,29 @@ class LedgerEntry(Model):
 
     id = fields.BigIntField(primary_key=True)
     application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
-        "models.Application", related_name="ledger_entries", on_delete=fields.RESTRICT
+        "models.Application",
+        related_name="ledger_entries",
+        on_delete=fields.RESTRICT,
+        db_constraint=False,
     )
     pool: fields.ForeignKeyRelation[CreditPool] = fields.ForeignKeyField(
-        "models.CreditPool", related_name="ledger_entries", on_delete=fields.RESTRICT
+        "models.CreditPool",
+        related_name="ledger_entries",
+        on_delete=fields.RESTRICT,
+        db_constraint=False,
     )
     lot: fields.ForeignKeyRelation[CreditPack] = fields.ForeignKeyField(
-        "models.CreditPack", related_name="ledger_entries", on_delete=fields.RESTRICT
+        "models.CreditPack",
+        related_name="ledger_entries",
+        on_delete=fields.RESTRICT,
+        db_constraint=False,
     )
     end_user: fields.ForeignKeyNullableRelation[EndUser] = fields.ForeignKeyField(
-        "models.EndUser", related_name="ledger_entries", null=True, on_delete=fields.RESTRICT
+        "models.EndUser",
+        related_name="ledger_entries",
+        null=True,
+        on_delete=fields.RESTRICT,
+        db_constraint=False,
     )
     kind = fields.CharEnumField(LedgerEntryKind, max_length=16)
     amount = fields.BigIntField()
@@ -60,13 +79,22 @@ class UsageEvent(Model):
 
     id = fields.BigIntField(primary_key=True)
     application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
-        "models.Application", related_name="usage_events", on_delete=fields.RESTRICT
+        "models.Application",
+        related_name="usage_events",
+        on_delete=fields.RESTRICT,
+        db_constraint=False,
     )
     pool: fields.ForeignKeyRelation[CreditPool] = fields.ForeignKeyField(
-        "models.CreditPool", related_name="usage_events", on_delete=fields.RESTRICT
+        "models.CreditPool",
+        related_name="usage_events",
+        on_delete=fields.RESTRICT,
+        db_constraint=False,
     )
     end_user: fields.ForeignKeyRelation[EndUser] = fields.ForeignKeyField(
-        "models.EndUser", related_name="usage_events", on_delete=fields.RESTRICT
+        "models.EndUser",
+        related_name="usage_events",
+        on_delete=fields.RESTRICT,
+        db_constraint=False,
     )
     credits = fields.BigIntField()
     feature = fields.CharField(max_length=100)
@@ -105,7 +133,10 @@ class OutboxEvent(Model):
 
     id = fields.BigIntField(primary_key=True)
     application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
-        "models.Application", related_name="outbox_events", on_delete=fields.RESTRICT
+        "models.Application",
+        related_name="outbox_events",
+        on_delete=fields.RESTRICT,
+        db_constraint=False,
     )
     topic = fields.CharField(max_length=32)
     payload = fields.JSONField()

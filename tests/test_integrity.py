@@ -59,3 +59,15 @@ async def test_verify_reports_a_counter_that_drifted(tenant) -> None:
     finally:
         await _execute(f"UPDATE credit_pool SET allocated = allocated + 1 WHERE id = {pool.id}")
     assert await verify_ledger() == []
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # SQLite locks no rows
+async def test_hot_append_only_tables_lock_no_counter_rows(backend) -> None:
+    """Ledger, usage and outbox inserts must not take FOR KEY SHARE locks on the pool and
+    lot rows the same transaction updates (the cause of a 5x slowdown under load)."""
+    conn = Tortoise.get_connection("default")
+    rows = await conn.execute_query_dict(
+        "SELECT conrelid::regclass::text AS t FROM pg_constraint WHERE contype = 'f'"
+        " AND conrelid::regclass::text IN ('ledger_entry', 'usage_event', 'outbox_event')"
+    )
+    assert rows == []

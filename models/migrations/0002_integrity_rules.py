@@ -23,10 +23,26 @@ def _model_checks() -> list[tuple[str, CheckConstraint]]:
     return found
 
 
+def _unconstrained_foreign_keys() -> list[tuple[str, str]]:
+    """(table, column) of foreign keys declared with db_constraint=False, which CreateModel
+    still creates on PostgreSQL."""
+    from models import records
+
+    found = []
+    for model in (records.LedgerEntry, records.UsageEvent, records.OutboxEvent):
+        for field in model._meta.fk_fields:
+            fk = model._meta.fields_map[field]
+            if not fk.db_constraint:
+                found.append((model._meta.db_table, fk.source_field or f"{field}_id"))
+    return found
+
+
 async def add_integrity_rules(apps, schema_editor) -> None:
     client = schema_editor.client
     statements: list[str] = []
     if client.capabilities.dialect == "postgres":
+        for table, column in _unconstrained_foreign_keys():
+            statements.append(f'ALTER TABLE "{table}" DROP CONSTRAINT IF EXISTS "{table}_{column}_fkey"')
         for table, c in _model_checks():
             statements.append(
                 f'ALTER TABLE "{table}" ADD CONSTRAINT "{c.name}" CHECK ({c.check})'
