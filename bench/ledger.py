@@ -65,9 +65,9 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from api.database import apply_migrations, close_database, init_database
 from api.settings import Settings
 from models.accounts import create_application, create_organization
+from models.draws import MAX_CREDITS_PER_OPERATION
 from models.end_users import MAX_UPSERT, EndUserInput, upsert_end_users
 from models.ledger import (
-    MAX_CREDITS_PER_OPERATION,
     allocate_credits,
     consume_credits,
     purchase_credits,

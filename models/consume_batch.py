@@ -9,6 +9,8 @@ pools by id."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,9 +24,7 @@ from models.balances import (
     end_user_status_sql,
     write_balance_events,
 )
-from models.errors import DomainError, InsufficientCredits, ValidationFailed
-from models.idempotency import claim_key, request_fingerprint, store_result, validate_key
-from models.ledger import (
+from models.draws import (
     MAX_FEATURE_LENGTH,
     ConsumeResult,
     Draw,
@@ -35,6 +35,8 @@ from models.ledger import (
     validate_credits,
     validate_text,
 )
+from models.errors import DomainError, InsufficientCredits, ValidationFailed
+from models.idempotency import claim_key, request_fingerprint, store_result, validate_key
 from models.records import LedgerEntryKind
 from models.references import EndUserRef, PoolRef, resolve_end_user, resolve_pool
 from models.sql import Sql, dumps, transaction
@@ -51,6 +53,7 @@ class Consumption:
     idempotency_key: str | None = None
     occurred_at: datetime | None = None
     metadata: dict[str, Any] | None = None
+    actor: str | None = None
 
 
 @dataclass(slots=True)
@@ -184,7 +187,7 @@ async def _consume_items(
             -1,
             feature=spec.feature,
             idempotency_key=spec.idempotency_key,
-            actor=actor,
+            actor=spec.actor or actor,
             usage_event_id=usage_event_id,
             occurred_at=item.occurred_at,
         )
@@ -273,3 +276,90 @@ async def _update_shared_rows(
         await write_balance_events(
             db, application_id, pool_keys[pool_id], LedgerEntryKind.CONSUME, snapshots
         )
+
+
+# ----------------------------------------------------------- combining concurrent single calls
+
+
+@dataclass(slots=True)
+class _Waiting:
+    consumption: Consumption
+    result: asyncio.Future[ConsumeResult]
+
+
+class _Combiner:
+    """One application's single consumptions in this process: while a batch of them is
+    committing, new ones queue, and the queue commits as the next batch. Under load one
+    transaction (one lock on the shared lot and pool rows, one commit) serves many callers;
+    alone, a call commits at once. Each caller gets its own result or error."""
+
+    def __init__(self, application_id: int) -> None:
+        self.application_id = application_id
+        self.waiting: list[_Waiting] = []
+        self.drainer: asyncio.Task[None] | None = None
+
+    async def submit(self, consumption: Consumption) -> ConsumeResult:
+        result: asyncio.Future[ConsumeResult] = asyncio.get_running_loop().create_future()
+        self.waiting.append(_Waiting(consumption, result))
+        if self.drainer is None:
+            # A fresh context: the drainer must not inherit a caller's open transaction.
+            self.drainer = asyncio.create_task(self._drain(), context=contextvars.Context())
+        return await result
+
+    def _next_batch(self) -> list[_Waiting]:
+        """Up to MAX_BATCH waiting calls, at most one per idempotency key (a repeat waits
+        for the next batch and then answers as a replay)."""
+        batch: list[_Waiting] = []
+        later: list[_Waiting] = []
+        keys: set[str] = set()
+        for waiting in self.waiting:
+            key = waiting.consumption.idempotency_key
+            if len(batch) >= MAX_BATCH or (key is not None and key in keys):
+                later.append(waiting)
+                continue
+            if key is not None:
+                keys.add(key)
+            batch.append(waiting)
+        self.waiting = later
+        return batch
+
+    async def _drain(self) -> None:
+        try:
+            while self.waiting:
+                batch = self._next_batch()
+                try:
+                    results = await consume_credits_batch(
+                        self.application_id, [w.consumption for w in batch]
+                    )
+                except Exception as error:  # the whole transaction failed: every caller hears
+                    for waiting in batch:
+                        if not waiting.result.done():
+                            waiting.result.set_exception(error)
+                    continue
+                for waiting, outcome in zip(batch, results, strict=True):
+                    if waiting.result.done():  # its caller went away
+                        continue
+                    if isinstance(outcome, ConsumeResult):
+                        waiting.result.set_result(outcome)
+                    else:
+                        waiting.result.set_exception(outcome)
+        finally:
+            self.drainer = None
+            for waiting in self.waiting:  # only when this task itself was cancelled
+                if not waiting.result.done():
+                    waiting.result.cancel()
+            self.waiting = []
+            if _combiners.get(self.application_id) is self:
+                del _combiners[self.application_id]
+
+
+_combiners: dict[int, _Combiner] = {}
+
+
+async def submit_consumption(application_id: int, consumption: Consumption) -> ConsumeResult:
+    """Consumes as `consume_credits_batch` would for a batch of one, committed together with
+    whatever else this process is consuming for the application at the same moment."""
+    combiner = _combiners.get(application_id)
+    if combiner is None:
+        combiner = _combiners[application_id] = _Combiner(application_id)
+    return await combiner.submit(consumption)

@@ -16,36 +16,33 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.balances import (
-    END_USER_BALANCE_COLUMNS,
     POOL_COLUMNS,
     EndUserBalanceSnapshot,
     PoolSnapshot,
     end_user_status_sql,
     write_balance_events,
 )
+from models.consume_batch import Consumption, submit_consumption
 from models.credits import MAX_TOTAL
+from models.draws import (
+    FIFO,
+    LIVE_LOT,
+    MAX_TEXT_LENGTH,
+    ConsumeResult,
+    Draw,
+    aware,
+    insert_ledger_entries,
+    live_allocations,
+    lock_end_user_balance,
+    take_fifo,
+    validate_credits,
+    validate_text,
+)
 from models.errors import InsufficientCredits, ValidationFailed
 from models.idempotency import claim_key, request_fingerprint, store_result, validate_key
 from models.records import LedgerEntryKind
 from models.references import EndUserRef, PoolRef, resolve_end_user, resolve_pool
-from models.sql import Sql, dumps, transaction, values_list
-
-MAX_CREDITS_PER_OPERATION = 1_000_000_000
-MAX_FEATURE_LENGTH = 100
-MAX_TEXT_LENGTH = 200
-
-# Lots an End User can draw from now, first to expire first (never-expiring last).
-_LIVE_LOT = "(l.expires_at IS NULL OR l.expires_at > now())"
-_FIFO = "l.expires_at ASC NULLS LAST, l.purchased_at ASC, l.id ASC"
-
-
-@dataclass(frozen=True, slots=True)
-class Draw:
-    """Credits taken from one lot (through one allocation, for End User draws)."""
-
-    lot_id: int
-    credits: int
-    allocation_id: int | None = None
+from models.sql import Sql, transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,84 +56,6 @@ class PurchaseResult:
 class BalanceResult:
     balance: EndUserBalanceSnapshot
     replayed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumeResult:
-    balance: EndUserBalanceSnapshot
-    usage_event_id: int
-    replayed: bool
-
-
-def validate_credits(credits: int) -> None:
-    if isinstance(credits, bool) or not isinstance(credits, int):
-        raise ValidationFailed("credits must be an integer", field="credits")
-    if not 1 <= credits <= MAX_CREDITS_PER_OPERATION:
-        raise ValidationFailed(
-            f"credits must be between 1 and {MAX_CREDITS_PER_OPERATION:,}", field="credits"
-        )
-
-
-def validate_text(value: str | None, field: str, limit: int, *, required: bool = False) -> None:
-    if value is None:
-        if required:
-            raise ValidationFailed(f"{field} is required", field=field)
-        return
-    if not 0 < len(value) <= limit or not value.strip():
-        raise ValidationFailed(f"{field} must be 1 to {limit} characters", field=field)
-
-
-def aware(value: datetime | None, field: str) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValidationFailed(f"{field} must carry a time zone", field=field)
-    return value.astimezone(UTC)
-
-
-def take_fifo(available: list[dict[str, Any]], credits: int, column: str) -> list[Draw]:
-    """Splits `credits` over rows already in FIFO order; [] if they do not hold enough."""
-    draws: list[Draw] = []
-    wanted = credits
-    for row in available:
-        if wanted == 0:
-            break
-        take = min(wanted, row[column])
-        if take > 0:
-            draws.append(Draw(lot_id=row["lot_id"], credits=take, allocation_id=row.get("id")))
-            wanted -= take
-    return draws if wanted == 0 else []
-
-
-async def insert_ledger_entries(
-    db: Sql,
-    application_id: int,
-    pool_id: int,
-    end_user_id: int | None,
-    kind: LedgerEntryKind,
-    draws: list[Draw],
-    sign: int,
-    *,
-    feature: str | None = None,
-    idempotency_key: str | None = None,
-    actor: str | None = None,
-    usage_event_id: int | None = None,
-    occurred_at: datetime | None = None,
-) -> None:
-    args: list[Any] = []
-    for draw in draws:
-        args += [application_id, pool_id, draw.lot_id, end_user_id, kind.value]
-        args += [sign * draw.credits, feature, idempotency_key, actor, usage_event_id]
-        if occurred_at is not None:
-            args.append(occurred_at)
-    # Without an explicit occurredAt an entry occurs when it is written (database clock).
-    columns, suffix = (11, ", now()") if occurred_at is not None else (10, ", now(), now()")
-    await db.run(
-        "INSERT INTO ledger_entry (application_id, pool_id, lot_id, end_user_id, kind, amount,"
-        " feature, idempotency_key, actor, usage_event_id, occurred_at, created_at) VALUES "
-        + values_list(len(draws), columns, suffix),
-        *args,
-    )
 
 
 async def _update_pool(db: Sql, pool_id: int, assignments: str, *args: Any) -> PoolSnapshot:
@@ -247,44 +166,17 @@ async def purchase_credits(
 # ---------------------------------------------------------------------- allocate and release
 
 
-async def lock_end_user_balance(
-    db: Sql, end_user_id: int, pool_id: int, assignments: str, condition: str, *args: Any
-) -> EndUserBalanceSnapshot | None:
-    row = await db.row(
-        f"UPDATE end_user_balance SET {assignments}, version = version + 1, updated_at = now()"
-        f" WHERE end_user_id = $1 AND pool_id = $2 AND {condition}"
-        f" RETURNING {END_USER_BALANCE_COLUMNS}",
-        end_user_id,
-        pool_id,
-        *args,
-    )
-    return EndUserBalanceSnapshot.from_row(row) if row else None
-
-
-async def live_allocations(db: Sql, end_user_id: int, pool_id: int) -> list[dict[str, Any]]:
-    """The End User's unexpired allocations in the pool, in FIFO order."""
-    return await db.rows(
-        "SELECT a.id, a.lot_id, a.remaining, l.expires_at, l.purchased_at FROM allocation a"
-        " JOIN credit_pack l ON l.id = a.lot_id"
-        f" WHERE a.end_user_id = $1 AND a.pool_id = $2 AND a.remaining > 0 AND {_LIVE_LOT}"
-        f" ORDER BY {_FIFO}",
-        end_user_id,
-        pool_id,
-    )
-
-
-async def _draw_from_end_user(
-    db: Sql, end_user_id: int, pool_id: int, credits: int, counter: str
+async def _take_back(
+    db: Sql, end_user_id: int, pool_id: int, credits: int
 ) -> tuple[EndUserBalanceSnapshot, list[Draw]]:
-    """Takes `credits` off the End User's balance (into `counter`: used, or allocated for a
-    release) and off their unexpired allocations in FIFO order, or fails whole."""
-    sign = "+" if counter == "used" else "-"  # consumption adds to used, release subtracts
+    """Takes `credits` off the End User's allocated credits and unexpired allocations in FIFO
+    order, or fails whole."""
     balance = await lock_end_user_balance(
         db,
         end_user_id,
         pool_id,
-        f"{counter} = {counter} {sign} $3,"
-        " remaining = remaining - $3, status = " + end_user_status_sql("remaining - $3"),
+        "allocated = allocated - $3, remaining = remaining - $3, status = "
+        + end_user_status_sql("remaining - $3"),
         "remaining >= $3",
         credits,
     )
@@ -300,8 +192,8 @@ async def _draw_from_end_user(
         )
     for draw in draws:
         await db.run(
-            f"UPDATE allocation SET {counter} = {counter} {sign} $2,"
-            " remaining = remaining - $2 WHERE id = $1",
+            "UPDATE allocation SET allocated = allocated - $2, remaining = remaining - $2"
+            " WHERE id = $1",
             draw.allocation_id,
             draw.credits,
         )
@@ -359,8 +251,8 @@ async def allocate_credits(
             )
         lots = await db.rows(
             "SELECT l.id AS lot_id, l.unallocated FROM credit_pack l"
-            f" WHERE l.pool_id = $1 AND l.unallocated > 0 AND {_LIVE_LOT}"
-            f" ORDER BY {_FIFO} FOR UPDATE",
+            f" WHERE l.pool_id = $1 AND l.unallocated > 0 AND {LIVE_LOT}"
+            f" ORDER BY {FIFO} FOR UPDATE",
             pool.id,
         )
         draws = take_fifo(lots, credits, "unallocated")
@@ -435,7 +327,7 @@ async def release_credits(
         record_id, replay = await _begin(db, application_id, idempotency_key, "release", arguments)
         if replay is not None:
             return BalanceResult(EndUserBalanceSnapshot.from_json(replay), replayed=True)
-        balance, draws = await _draw_from_end_user(db, end_user_id, pool.id, credits, "allocated")
+        balance, draws = await _take_back(db, end_user_id, pool.id, credits)
         await insert_ledger_entries(
             db,
             application_id,
@@ -472,6 +364,9 @@ async def release_credits(
 # ------------------------------------------------------------------------------------ consume
 
 
+# ------------------------------------------------------------------------------------ consume
+
+
 async def consume_credits(
     application_id: int,
     pool_key: str,
@@ -485,104 +380,18 @@ async def consume_credits(
     actor: str | None = None,
 ) -> ConsumeResult:
     """Debits `credits` from the End User's unexpired allocations in FIFO order, whole or not
-    at all (INSUFFICIENT_CREDITS): one usage event, one CONSUME entry per lot drawn."""
-    validate_credits(credits)
-    end_user.validate()
-    validate_key(idempotency_key)
-    validate_text(feature, "feature", MAX_FEATURE_LENGTH, required=True)
-    occurred_at = aware(occurred_at, "occurredAt")
+    at all (INSUFFICIENT_CREDITS): one usage event, one CONSUME entry per lot drawn.
 
-    async def work(db: Sql) -> ConsumeResult:
-        pool, end_user_id = await _resolve(db, application_id, pool_key, end_user)
-        arguments = {
-            "pool": pool.id,
-            "end_user": end_user_id,
-            "credits": credits,
-            "feature": feature,
-            "occurred_at": occurred_at,
-        }
-        record_id, replay = await _begin(db, application_id, idempotency_key, "consume", arguments)
-        if replay is not None:
-            return ConsumeResult(
-                EndUserBalanceSnapshot.from_json(replay["balance"]),
-                usage_event_id=replay["usage_event_id"],
-                replayed=True,
-            )
-        return await _consume(
-            db,
-            application_id,
-            pool,
-            end_user_id,
-            credits,
-            feature,
-            record_id=record_id,
-            idempotency_key=idempotency_key,
-            occurred_at=occurred_at,
-            metadata=metadata,
-            actor=actor,
-        )
-
-    return await transaction(work)
-
-
-async def _consume(
-    db: Sql,
-    application_id: int,
-    pool: PoolRef,
-    end_user_id: int,
-    credits: int,
-    feature: str,
-    *,
-    record_id: int | None,
-    idempotency_key: str | None,
-    occurred_at: datetime | None,
-    metadata: dict[str, Any] | None,
-    actor: str | None,
-) -> ConsumeResult:
-    balance, draws = await _draw_from_end_user(db, end_user_id, pool.id, credits, "used")
-    usage_event_id = await db.value(
-        "INSERT INTO usage_event (application_id, pool_id, end_user_id, credits, feature,"
-        " idempotency_key, metadata, occurred_at, created_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8, now()), now()) RETURNING id",
-        application_id,
-        pool.id,
-        end_user_id,
-        credits,
-        feature,
-        idempotency_key,
-        None if metadata is None else dumps(metadata),
-        occurred_at,
-    )
-    await insert_ledger_entries(
-        db,
-        application_id,
-        pool.id,
-        end_user_id,
-        LedgerEntryKind.CONSUME,
-        draws,
-        -1,
+    Concurrent consumptions of one application in this process are committed together
+    (see `models.consume_batch`); each keeps its own result and rules."""
+    consumption = Consumption(
+        end_user=end_user,
+        pool=pool_key,
+        credits=credits,
         feature=feature,
         idempotency_key=idempotency_key,
-        actor=actor,
-        usage_event_id=usage_event_id,
         occurred_at=occurred_at,
+        metadata=metadata,
+        actor=actor,
     )
-    if record_id is not None:
-        await store_result(
-            db, record_id, {"balance": balance.to_json(), "usage_event_id": usage_event_id}
-        )
-    # The shared rows (lots, then the pool) come last to hold their locks briefly.
-    for draw in draws:
-        await db.run(
-            "UPDATE credit_pack SET used = used + $2 WHERE id = $1", draw.lot_id, draw.credits
-        )
-    pool_snapshot = await _update_pool(
-        db,
-        pool.id,
-        "used = used + $2, end_user_remaining = end_user_remaining - $2",
-        credits,
-    )
-    await write_balance_events(
-        db, application_id, pool.key, LedgerEntryKind.CONSUME, [balance, pool_snapshot]
-    )
-    return ConsumeResult(balance, usage_event_id=usage_event_id, replayed=False)
+    return await submit_consumption(application_id, consumption)
