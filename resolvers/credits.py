@@ -52,14 +52,18 @@ class ReleaseCreditsPayload:
 
 
 @strawberry.input
-class ConsumeCreditsInput:
-    application_id: strawberry.ID
+class ConsumptionInput:
     end_user: EndUserRef
     pool: str
     credits: int
     feature: str
     idempotency_key: str | None = None
     occurred_at: datetime | None = None
+
+
+@strawberry.input
+class ConsumeCreditsInput(ConsumptionInput):
+    application_id: strawberry.ID
 
 
 @strawberry.type
@@ -148,16 +152,6 @@ async def resolve_consume(info: Info, input: ConsumeCreditsInput) -> ConsumeCred
     return ConsumeCreditsPayload(
         balance=EndUserBalance.from_snapshot(input.pool, result.balance), replayed=result.replayed
     )
-
-
-@strawberry.input
-class ConsumptionInput:
-    end_user: EndUserRef
-    pool: str
-    credits: int
-    feature: str
-    idempotency_key: str | None = None
-    occurred_at: datetime | None = None
 
 
 @strawberry.input
