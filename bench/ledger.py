@@ -1,39 +1,70 @@
 """Consumptions per second through the ledger function on PostgreSQL, beside the same SQL
-statements run by a raw asyncpg loop in the same run.
+statements run by raw asyncpg loops in the same run.
 
 What it measures
-    Phase A, the ledger: `N` concurrent asyncio tasks (default 64), each calling
-    `models.ledger.consume_credits(app, "ai", EndUserRef(id=<random End User>), 1,
-    "ai_generation")` in a loop, over `--end-users` End Users (default 1,000).
-    Phase B, the raw baseline: as many tasks running, with plain asyncpg
-    (`asyncpg.create_pool`, `conn.transaction()`), the very statements the ledger issues for
-    one consumption without an idempotency key, in the same order and with the same
-    arguments, so that they write exactly the rows the ledger would write (the final
-    `verify_ledger()` holds them to that). The script checks at run time that both paths
-    send the same statement texts (asyncpg query loggers) and prints them.
-    The phases run B, A, B (more with `--rounds`), so that both see a similar database
-    size. Each phase has a warm-up (`--warmup`) and then a measured window (`--seconds`):
-    the rate is the consumptions that completed in the window divided by its length; p50 and
-    p99 are the latencies of those consumptions. Both pools hold `--pool-size` connections
-    (default max(64, tasks)); only one of them is open at a time, so that the two never
-    exceed the server's connection limit together. Before the phases every End User
-    consumes once through the ledger, so that its pool and End User ids are cached in the
-    process (`models.references`), as in a long-running server: the ledger then sends no
-    lookup statements, which the printed statement capture shows.
-    By default all End Users are in one application, so every consumption updates the same
-    lot and pool rows; `--applications K` spreads them over K applications (each with its
-    own pool and lot) to take that shared-row contention out of the figures.
+    `consume_credits` does not open a transaction of its own: it submits to a per-application
+    combiner (`models.consume_batch`). Concurrent calls of the process queue while a batch
+    commits, and the queue commits as the next batch through `consume_credits_batch`: one
+    transaction with, per item (End Users in id order), SELECT ... FOR UPDATE of the
+    End User balance, the live-allocation SELECT, UPDATE end_user_balance RETURNING, one
+    UPDATE allocation per lot drawn, INSERT usage_event RETURNING id and one INSERT
+    ledger_entry; then, once per batch, one UPDATE credit_pack per lot (FIFO order), one
+    UPDATE credit_pool RETURNING per pool and one INSERT outbox_event with one row per
+    End User change plus one per pool. Three paths run it, `--tasks` concurrent asyncio tasks
+    each (default 64), each task consuming 1 credit of a random End User of `--end-users`
+    (default 1,000) and waiting for its result before the next:
+
+    ledger        `models.ledger.consume_credits(app, "ai", EndUserRef(id=...), 1,
+                  "ai_generation")`.
+    raw combined  plain asyncpg doing what the combiner does: each task queues its
+                  consumption with an asyncio future and awaits it; one drainer task per
+                  application takes everything queued (up to 1,000) and commits it as one
+                  transaction with the very statements of `consume_credits_batch`, in its
+                  order (items sorted by End User, pool and arrival; lots in FIFO order; one
+                  pool UPDATE; one outbox INSERT). The ledger's framework overhead (Tortoise,
+                  validation, result objects) is measured against this: the 60% target
+                  applies to ledger / raw combined.
+    raw single    plain asyncpg, one transaction per consumption holding exactly what the
+                  ledger sends for a consumption made alone (a batch of one), for context.
+
+    At run time the script captures on the wire (asyncpg query loggers) what the ledger
+    sends for a consumption made alone and for a batch of 3 made together, and exits 1
+    unless the raw single path sends the first and the raw combined path the second: the
+    same statement texts in the same order, with the same arguments (except the generated
+    usage event ids and the outbox payloads' counters and clock, of which only the End User,
+    pool and cause of each row are compared). It prints them, which of them are per item
+    and which per batch, and the amortized statements per consumption at the batch sizes
+    measured.
+
+    Phases run raw single, raw combined, ledger, raw combined, raw single (`--rounds` N
+    repeats the ledger / raw combined pair N times), so that each path sees a similar
+    database size on average. Each phase has a warm-up (`--warmup`) and then a measured
+    window (`--seconds`): the rate is the consumptions completed in the window divided by
+    its length; p50 and p99 are the latencies of those consumptions (queueing for a batch
+    included); the batch size is the window's consumptions divided by the COMMITs sent in it
+    (a COMMIT counter is attached to every path's connections alike). Each path's pool holds
+    `--pool-size` connections (default max(64, tasks)) and only one pool is open at a time.
+    Before the phases every End User consumes once through the ledger, so that its pool and
+    End User ids are cached in the process (`models.references`), as in a long-running
+    server: the ledger then sends no lookup statements, which the statement capture shows.
+    By default all End Users are in one application, so every batch updates the same lot
+    and pool rows; `--applications K` spreads them over K applications (each with its own
+    pool, lot and combiner).
 
 It creates a scratch database on the server named by `--admin-dsn` (default
 $USAGEGRAPH_BENCH_PG, else $USAGEGRAPH_TEST_PG, else postgresql://postgres@127.0.0.1:5432/test),
 migrates it, funds every End User so that the run never runs out, and drops it at the end.
+The default run takes about a minute.
 
 Run it from the project root:
 
-    .venv/bin/python bench/ledger.py [--seconds 10] [--tasks 64] [--end-users 1000]
+    .venv/bin/python bench/ledger.py [--seconds 8] [--tasks 64] [--end-users 1000]
 
-The exit status is 1 when the two paths' statements differ, the rows written do not match
-the consumptions completed, or `verify_ledger()` reports a problem; else 0.
+The exit status is 1 when a raw path's statements differ from the ledger's, a consumption
+fails, the rows written do not match the consumptions and transactions completed (usage
+events = CONSUME entries = consumptions, each drawing on one lot; End User CONSUME outbox
+events = consumptions; pool CONSUME outbox events = committed transactions), or
+`verify_ledger()` reports a problem; else 0.
 """
 
 from __future__ import annotations
@@ -47,6 +78,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,6 +97,7 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from api.database import apply_migrations, close_database, init_database
 from api.settings import Settings
 from models.accounts import create_application, create_organization
+from models.consume_batch import MAX_BATCH
 from models.draws import MAX_CREDITS_PER_OPERATION
 from models.end_users import MAX_UPSERT, EndUserInput, upsert_end_users
 from models.ledger import (
@@ -83,19 +116,16 @@ POOL_KEY = "ai"
 FEATURE = "ai_generation"
 CREDITS = 1
 TARGET_RATIO = 0.60
+CAPTURED_BATCH = 3  # consumptions submitted together for the batch statement capture
+POOL_RESET = "pg_advisory_unlock_all"  # what the asyncpg pool sends when a connection returns
 
-# ------------------------------------------------------------------ the raw baseline's SQL
-# Literal copies of what `models.ledger._consume` sends (no idempotency key, no occurredAt,
-# no metadata); `check_statements` compares them with what the ledger really sends.
+# ------------------------------------------------------------------ the raw baselines' SQL
+# Literal copies of what `models.consume_batch.consume_credits_batch` sends (no idempotency
+# key, no occurredAt, no metadata); `Statements` compares them with what the ledger
+# really sends.
 
-SQL_BALANCE = (
-    "UPDATE end_user_balance SET used = used + $3, remaining = remaining - $3, status ="
-    " CASE WHEN remaining - $3 <= 0 THEN 'EXHAUSTED' WHEN remaining - $3 <="
-    " COALESCE(COALESCE(low_balance_threshold, (SELECT end_user_low_balance_threshold"
-    " FROM credit_pool WHERE credit_pool.id = pool_id)), -1) THEN 'LOW' ELSE 'OK' END,"
-    " version = version + 1, updated_at = now()"
-    " WHERE end_user_id = $1 AND pool_id = $2 AND remaining >= $3"
-    " RETURNING end_user_id, pool_id, allocated, used, expired, remaining, status, version"
+SQL_LOCK_BALANCE = (
+    "SELECT remaining FROM end_user_balance WHERE end_user_id = $1 AND pool_id = $2 FOR UPDATE"
 )
 SQL_LIVE_ALLOCATIONS = (
     "SELECT a.id, a.lot_id, a.remaining, l.expires_at, l.purchased_at FROM allocation a"
@@ -103,6 +133,15 @@ SQL_LIVE_ALLOCATIONS = (
     " WHERE a.end_user_id = $1 AND a.pool_id = $2 AND a.remaining > 0"
     " AND (l.expires_at IS NULL OR l.expires_at > now())"
     " ORDER BY l.expires_at ASC NULLS LAST, l.purchased_at ASC, l.id ASC"
+)
+SQL_BALANCE = (
+    "UPDATE end_user_balance SET used = used + $3, remaining = remaining - $3, status ="
+    " CASE WHEN remaining - $3 <= 0 THEN 'EXHAUSTED' WHEN remaining - $3 <="
+    " COALESCE(COALESCE(low_balance_threshold, (SELECT end_user_low_balance_threshold"
+    " FROM credit_pool WHERE credit_pool.id = pool_id)), -1) THEN 'LOW' ELSE 'OK' END,"
+    " version = version + 1, updated_at = now()"
+    " WHERE end_user_id = $1 AND pool_id = $2"
+    " RETURNING end_user_id, pool_id, allocated, used, expired, remaining, status, version"
 )
 SQL_ALLOCATION = "UPDATE allocation SET used = used + $2, remaining = remaining - $2 WHERE id = $1"
 SQL_USAGE_EVENT = (
@@ -120,18 +159,16 @@ SQL_POOL = (
     " version = version + 1 WHERE id = $1 RETURNING id AS pool_id, purchased, allocated, used,"
     " expired, end_user_remaining, low_balance_threshold, version"
 )
-SQL_OUTBOX = (
-    "INSERT INTO outbox_event (application_id, topic, payload, created_at)"
-    " VALUES ($1,$2,$3, now()),($4,$5,$6, now())"
-)
+SQL_OUTBOX = "INSERT INTO outbox_event (application_id, topic, payload, created_at) VALUES "
+LEDGER_ENTRY_COLUMNS = 10  # parameters per ledger_entry row; the last is the usage event id
 
 
-def _ledger_entry_sql(rows: int) -> str:
+def _values(rows: int, columns: int, suffix: str) -> str:
     groups = []
-    for first in range(1, rows * 10 + 1, 10):
-        params = ",".join(f"${i}" for i in range(first, first + 10))
-        groups.append(f"({params}, now(), now())")
-    return SQL_LEDGER_ENTRY + ",".join(groups)
+    for first in range(1, rows * columns + 1, columns):
+        params = ",".join(f"${i}" for i in range(first, first + columns))
+        groups.append(f"({params}{suffix})")
+    return ",".join(groups)
 
 
 def _dumps(value: Any) -> str:
@@ -146,6 +183,25 @@ def _status(remaining: int, threshold: int | None) -> str:
     return "OK"
 
 
+def _event(account: Account, row: asyncpg.Record, at: str, *, pool: bool) -> dict[str, Any]:
+    """The outbox payload of `models.balances._event` for an End User or a pool row."""
+    remaining = row["purchased"] - row["used"] - row["expired"] if pool else row["remaining"]
+    return {
+        "application_id": account.application_id,
+        "pool_id": account.pool_id,
+        "pool": POOL_KEY,
+        "end_user_id": None if pool else row["end_user_id"],
+        "version": row["version"],
+        "cause": "CONSUME",
+        "at": at,
+        "allocated": row["allocated"],
+        "used": row["used"],
+        "remaining": remaining,
+        "expired": row["expired"],
+        "status": _status(remaining, row["low_balance_threshold"]) if pool else row["status"],
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     """An End User and the application and pool its credits are in."""
@@ -155,16 +211,35 @@ class Account:
     end_user_id: int
 
 
-async def raw_consume(conn: asyncpg.Connection, account: Account) -> None:
-    """One consumption of CREDITS by the End User, as `consume_credits` writes it."""
-    app_id, pool_id, end_user_id = account.application_id, account.pool_id, account.end_user_id
-    async with conn.transaction():
-        balance = await conn.fetchrow(SQL_BALANCE, end_user_id, pool_id, CREDITS)
-        if balance is None:
-            raise RuntimeError(f"End User {end_user_id} ran out of credits")
-        draws: list[tuple[int, int, int]] = []  # (allocation id, lot id, credits), FIFO
+class OutOfCredits(RuntimeError):
+    pass
+
+
+async def raw_consume_items(
+    conn: asyncpg.Connection, accounts: list[Account]
+) -> list[Exception | None]:
+    """In the caller's transaction, one consumption of CREDITS per account (all of one
+    application), as `consume_credits_batch` writes them: None for each that succeeded,
+    else its error (it changed nothing)."""
+    outcome: list[Exception | None] = [None] * len(accounts)
+    order = sorted(
+        range(len(accounts)),
+        key=lambda i: (accounts[i].end_user_id, accounts[i].pool_id, i),
+    )
+    fifo_keys: dict[int, tuple[Any, ...]] = {}
+    # (account, [(allocation id, lot id, credits)] in FIFO order, balance row)
+    applied: list[tuple[Account, list[tuple[int, int, int]], asyncpg.Record]] = []
+    for index in order:
+        account = accounts[index]
+        app_id, pool_id, end_user_id = account.application_id, account.pool_id, account.end_user_id
+        held = await conn.fetchval(SQL_LOCK_BALANCE, end_user_id, pool_id)
+        if held is None or held < CREDITS:
+            outcome[index] = OutOfCredits(f"End User {end_user_id} ran out of credits")
+            continue
+        rows = await conn.fetch(SQL_LIVE_ALLOCATIONS, end_user_id, pool_id)
+        draws: list[tuple[int, int, int]] = []
         wanted = CREDITS
-        for allocation in await conn.fetch(SQL_LIVE_ALLOCATIONS, end_user_id, pool_id):
+        for allocation in rows:
             if wanted == 0:
                 break
             take = min(wanted, allocation["remaining"])
@@ -172,7 +247,17 @@ async def raw_consume(conn: asyncpg.Connection, account: Account) -> None:
                 draws.append((allocation["id"], allocation["lot_id"], take))
                 wanted -= take
         if wanted:
-            raise RuntimeError(f"End User {end_user_id} has no live allocation left")
+            outcome[index] = OutOfCredits(f"End User {end_user_id} has no live allocation left")
+            continue
+        for row in rows:
+            expires_at = row["expires_at"]
+            fifo_keys[row["lot_id"]] = (
+                expires_at is None,
+                expires_at or "",
+                row["purchased_at"],
+                row["lot_id"],
+            )
+        balance = await conn.fetchrow(SQL_BALANCE, end_user_id, pool_id, CREDITS)
         for allocation_id, _, take in draws:
             await conn.execute(SQL_ALLOCATION, allocation_id, take)
         usage_event_id = await conn.fetchval(
@@ -182,46 +267,254 @@ async def raw_consume(conn: asyncpg.Connection, account: Account) -> None:
         for _, lot_id, take in draws:
             entry_args += [app_id, pool_id, lot_id, end_user_id, "CONSUME", -take, FEATURE]
             entry_args += [None, None, usage_event_id]
-        await conn.execute(_ledger_entry_sql(len(draws)), *entry_args)
+        await conn.execute(
+            SQL_LEDGER_ENTRY + _values(len(draws), LEDGER_ENTRY_COLUMNS, ", now(), now()"),
+            *entry_args,
+        )
+        applied.append((account, draws, balance))
+    # Once per batch: the lots in FIFO order, then each pool and its balance events.
+    by_lot: dict[int, int] = defaultdict(int)
+    by_pool: dict[int, int] = defaultdict(int)
+    for account, draws, _ in applied:
         for _, lot_id, take in draws:
-            await conn.execute(SQL_LOT, lot_id, take)
-        pool = await conn.fetchrow(SQL_POOL, pool_id, CREDITS)
+            by_lot[lot_id] += take
+        by_pool[account.pool_id] += CREDITS
+    for lot_id in sorted(by_lot, key=fifo_keys.__getitem__):
+        await conn.execute(SQL_LOT, lot_id, by_lot[lot_id])
+    for pool_id in sorted(by_pool):
+        pool = await conn.fetchrow(SQL_POOL, pool_id, by_pool[pool_id])
         at = datetime.now(UTC).isoformat()
-        pool_remaining = pool["purchased"] - pool["used"] - pool["expired"]
-        events = [
-            {
-                "application_id": app_id,
-                "pool_id": pool_id,
-                "pool": POOL_KEY,
-                "end_user_id": end_user_id,
-                "version": balance["version"],
-                "cause": "CONSUME",
-                "at": at,
-                "allocated": balance["allocated"],
-                "used": balance["used"],
-                "remaining": balance["remaining"],
-                "expired": balance["expired"],
-                "status": balance["status"],
-            },
-            {
-                "application_id": app_id,
-                "pool_id": pool_id,
-                "pool": POOL_KEY,
-                "end_user_id": None,
-                "version": pool["version"],
-                "cause": "CONSUME",
-                "at": at,
-                "allocated": pool["allocated"],
-                "used": pool["used"],
-                "remaining": pool_remaining,
-                "expired": pool["expired"],
-                "status": _status(pool_remaining, pool["low_balance_threshold"]),
-            },
+        in_pool = [
+            (account, balance) for account, _, balance in applied if account.pool_id == pool_id
         ]
+        events = [_event(account, balance, at, pool=False) for account, balance in in_pool]
+        events.append(_event(in_pool[0][0], pool, at, pool=True))
         outbox_args: list[Any] = []
         for event in events:
-            outbox_args += [app_id, "balance", _dumps(event)]
-        await conn.execute(SQL_OUTBOX, *outbox_args)
+            outbox_args += [event["application_id"], "balance", _dumps(event)]
+        await conn.execute(SQL_OUTBOX + _values(len(events), 3, ", now()"), *outbox_args)
+    return outcome
+
+
+async def raw_single(pool: asyncpg.Pool, account: Account) -> None:
+    """One consumption in a transaction of its own: the ledger's batch of one."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            (error,) = await raw_consume_items(conn, [account])
+    if error is not None:
+        raise error
+
+
+class RawCombiner:
+    """`models.consume_batch._Combiner` in plain asyncpg: one application's consumptions
+    queue while a batch commits, and the queue commits as the next batch."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.waiting: list[tuple[Account, asyncio.Future[None]]] = []
+        self.drainer: asyncio.Task[None] | None = None
+
+    async def submit(self, account: Account) -> None:
+        result: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append((account, result))
+        if self.drainer is None:
+            self.drainer = asyncio.create_task(self._drain())
+        await result
+
+    async def _drain(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
+                try:
+                    async with self.pool.acquire() as conn:
+                        async with conn.transaction():
+                            outcome = await raw_consume_items(conn, [a for a, _ in batch])
+                except Exception as error:  # the whole transaction failed
+                    for _, result in batch:
+                        if not result.done():
+                            result.set_exception(error)
+                    continue
+                for (_, result), error in zip(batch, outcome, strict=True):
+                    if result.done():
+                        continue
+                    if error is None:
+                        result.set_result(None)
+                    else:
+                        result.set_exception(error)
+        finally:
+            self.drainer = None
+            for _, result in self.waiting:
+                if not result.done():
+                    result.cancel()
+            self.waiting = []
+
+
+def raw_combined(pool: asyncpg.Pool) -> Callable[[Account], Awaitable[None]]:
+    """A consume function that submits to one RawCombiner per application."""
+    combiners: dict[int, RawCombiner] = {}
+
+    def consume(account: Account) -> Awaitable[None]:
+        combiner = combiners.get(account.application_id)
+        if combiner is None:
+            combiner = combiners[account.application_id] = RawCombiner(pool)
+        return combiner.submit(account)
+
+    return consume
+
+
+def ledger_consume(account: Account) -> Awaitable[Any]:
+    return consume_credits(
+        account.application_id, POOL_KEY, EndUserRef(id=account.end_user_id), CREDITS, FEATURE
+    )
+
+
+# ------------------------------------------------------------------------ query loggers
+
+
+async def attach(pool: asyncpg.Pool, logger: Callable[[LoggedQuery], None]) -> None:
+    """Adds `logger` to every connection of the pool (opening them all)."""
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    for conn in held:
+        conn.add_query_logger(logger)
+    for conn in held:
+        await pool.release(conn)
+
+
+async def detach(pool: asyncpg.Pool, logger: Callable[[LoggedQuery], None]) -> None:
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    for conn in held:
+        conn.remove_query_logger(logger)
+    for conn in held:
+        await pool.release(conn)
+
+
+async def flush_loggers() -> None:
+    await asyncio.sleep(0.01)  # loggers run through call_soon
+
+
+class CommitLog:
+    """When each transaction committed (a COMMIT that succeeded)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, record: LoggedQuery) -> None:
+        if record.exception is None and record.query == "COMMIT;":
+            self.times.append(time.perf_counter())
+
+
+class StatementLog:
+    """Every statement sent on the connections it is attached to."""
+
+    def __init__(self) -> None:
+        self.records: list[LoggedQuery] = []
+
+    def __call__(self, record: LoggedQuery) -> None:
+        self.records.append(record)
+
+    async def capture(self, work: Callable[[], Awaitable[Any]]) -> list[LoggedQuery]:
+        """The statements sent while `work()` runs (started only once earlier ones are in:
+        `asyncio.gather` would start its tasks at once)."""
+        await flush_loggers()
+        self.records.clear()
+        await work()
+        await flush_loggers()
+        return list(self.records)
+
+
+def commits(records: list[LoggedQuery]) -> int:
+    return sum(1 for r in records if r.exception is None and r.query == "COMMIT;")
+
+
+def signature(record: LoggedQuery) -> tuple[str, Any]:
+    """A statement's text and the arguments that are the same on every path: the usage
+    event ids are the database's, and of the outbox payloads only the End User, pool and
+    cause of each row are fixed."""
+    query, args = record.query, tuple(record.args or ())
+    if query.startswith(SQL_LEDGER_ENTRY):
+        args = tuple(
+            "<usage event id>" if i % LEDGER_ENTRY_COLUMNS == LEDGER_ENTRY_COLUMNS - 1 else a
+            for i, a in enumerate(args)
+        )
+    elif query.startswith(SQL_OUTBOX):
+        rows = []
+        for i in range(0, len(args), 3):
+            payload = json.loads(args[i + 2])
+            rows.append((args[i], args[i + 1], payload["pool_id"], payload["end_user_id"]))
+            rows[-1] += (payload["cause"],)
+        args = tuple(rows)
+    return query, args
+
+
+def kind(statement: str) -> str:
+    """The statement without its VALUES list and arguments (an outbox INSERT of any size)."""
+    return " ".join(statement.split()[:3])
+
+
+@dataclass
+class Statements:
+    ledger_uncached: list[LoggedQuery]
+    ledger_alone: list[LoggedQuery]
+    ledger_batch: list[LoggedQuery]  # CAPTURED_BATCH consumptions submitted together
+    raw_single: list[LoggedQuery]
+    raw_batch: list[LoggedQuery]
+
+    @property
+    def single_same(self) -> bool:
+        return [signature(r) for r in self.ledger_alone] == [signature(r) for r in self.raw_single]
+
+    @property
+    def combined_same(self) -> bool:
+        return [signature(r) for r in self.ledger_batch] == [signature(r) for r in self.raw_batch]
+
+    def per_item(self) -> set[str]:
+        """Kinds of statement sent once per consumption (the others once per batch)."""
+        alone = [kind(r.query) for r in self.ledger_alone]
+        batch = [kind(r.query) for r in self.ledger_batch]
+        return {k for k in set(alone) if batch.count(k) == CAPTURED_BATCH * alone.count(k)}
+
+    def counts(self) -> tuple[int, int, int]:
+        """(per item, per batch in the transaction, per batch after it: the pool reset)."""
+        items = self.per_item()
+        item = sum(1 for r in self.ledger_alone if kind(r.query) in items)
+        reset = sum(1 for r in self.ledger_alone if POOL_RESET in r.query)
+        return item, len(self.ledger_alone) - item - reset, reset
+
+
+async def capture_ledger(
+    accounts: list[Account], batch: list[Account]
+) -> tuple[list[LoggedQuery], list[LoggedQuery], list[LoggedQuery], int]:
+    """Statements of a ledger consumption made alone with empty reference caches, then of
+    the next one (cached pool and End User ids), and of CAPTURED_BATCH consumptions
+    submitted together; between them every End User consumes once, so that all are cached.
+    Also answers the transactions committed."""
+    await ledger_consume(accounts[0])  # alone: opens Tortoise's pool
+    pool: asyncpg.Pool = connections.get("default")._pool
+    log = StatementLog()
+    await attach(pool, log)
+    forget_references()
+    uncached = await log.capture(lambda: ledger_consume(accounts[0]))
+    alone = await log.capture(lambda: ledger_consume(accounts[0]))
+    warm = await log.capture(lambda: asyncio.gather(*(ledger_consume(a) for a in accounts)))
+    together = await log.capture(lambda: asyncio.gather(*(ledger_consume(a) for a in batch)))
+    await detach(pool, log)
+    await close_tortoise_pool()
+    return uncached, alone, together, 1 + commits(uncached + alone + warm + together)
+
+
+async def capture_raw(
+    dsn: str, account: Account, batch: list[Account]
+) -> tuple[list[LoggedQuery], list[LoggedQuery]]:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        log = StatementLog()
+        await attach(pool, log)
+        single = await log.capture(lambda: raw_single(pool, account))
+        consume = raw_combined(pool)
+        together = await log.capture(lambda: asyncio.gather(*(consume(a) for a in batch)))
+        return single, together
+    finally:
+        await pool.close()
 
 
 # ------------------------------------------------------------------------------- phases
@@ -233,6 +526,8 @@ class PhaseResult:
     seconds: float
     completed: int = 0  # consumptions completed in the measured window
     total: int = 0  # consumptions completed in the whole phase (warm-up included)
+    commits: int = 0  # transactions committed in the measured window
+    commits_total: int = 0  # transactions committed in the whole phase
     errors: int = 0
     first_error: str | None = None
     latencies: list[float] = field(default_factory=list)
@@ -241,6 +536,11 @@ class PhaseResult:
     @property
     def rate(self) -> float:
         return self.completed / self.seconds
+
+    @property
+    def batch(self) -> float:
+        """Mean consumptions per transaction in the window."""
+        return self.completed / self.commits if self.commits else float("nan")
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
@@ -252,20 +552,19 @@ class PhaseResult:
 async def run_phase(
     name: str,
     consume: Callable[[Account], Awaitable[Any]],
+    commit_log: CommitLog,
     accounts: list[Account],
-    tasks: int,
-    warmup: float,
-    seconds: float,
-    seed: int,
+    args: argparse.Namespace,
 ) -> PhaseResult:
-    """`tasks` tasks calling `consume(random End User)` until the window closes."""
-    result = PhaseResult(name, seconds)
+    """`args.tasks` tasks calling `consume(random End User)` until the window closes."""
+    result = PhaseResult(name, args.seconds)
     begin = time.perf_counter()
-    start = begin + warmup
-    end = start + seconds
+    start = begin + args.warmup
+    end = start + args.seconds
+    commit_log.times.clear()
 
     async def worker(index: int) -> None:
-        rng = random.Random(seed * 1_000 + index)  # the same draws for every phase
+        rng = random.Random(args.seed * 1_000 + index)  # the same draws for every phase
         while True:
             t0 = time.perf_counter()
             if t0 >= end:
@@ -289,50 +588,39 @@ async def run_phase(
         wall1, cpu1 = time.perf_counter(), time.process_time()
         result.client_cpu = (cpu1 - cpu0) / (wall1 - wall0)
 
-    await asyncio.gather(cpu_meter(), *(worker(i) for i in range(tasks)))
+    await asyncio.gather(cpu_meter(), *(worker(i) for i in range(args.tasks)))
+    await flush_loggers()
+    result.commits = sum(1 for t in commit_log.times if start <= t < end)
+    result.commits_total = len(commit_log.times)
     return result
 
 
 async def raw_phase(
-    dsn: str, accounts: list[Account], pool_size: int, args: argparse.Namespace
+    name: str, dsn: str, accounts: list[Account], pool_size: int, args: argparse.Namespace
 ) -> PhaseResult:
     pool = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size)
     try:
+        commit_log = CommitLog()
+        await attach(pool, commit_log)
+        if name == "raw single":
 
-        async def consume(account: Account) -> None:
-            async with pool.acquire() as conn:
-                await raw_consume(conn, account)
+            def consume(account: Account) -> Awaitable[None]:
+                return raw_single(pool, account)
 
-        return await run_phase(
-            "raw asyncpg",
-            consume,
-            accounts,
-            args.tasks,
-            args.warmup,
-            args.seconds,
-            args.seed,
-        )
+        else:
+            consume = raw_combined(pool)
+        return await run_phase(name, consume, commit_log, accounts, args)
     finally:
         await pool.close()
 
 
-def ledger_consume(account: Account) -> Awaitable[Any]:
-    return consume_credits(
-        account.application_id, POOL_KEY, EndUserRef(id=account.end_user_id), CREDITS, FEATURE
-    )
-
-
 async def ledger_phase(accounts: list[Account], args: argparse.Namespace) -> PhaseResult:
+    client = connections.get("default")
     try:
-        return await run_phase(
-            "ledger",
-            ledger_consume,
-            accounts,
-            args.tasks,
-            args.warmup,
-            args.seconds,
-            args.seed,
-        )
+        await client.execute_query("SELECT 1")  # opens Tortoise's pool
+        commit_log = CommitLog()
+        await attach(client._pool, commit_log)
+        return await run_phase("ledger", ledger_consume, commit_log, accounts, args)
     finally:
         await close_tortoise_pool()  # so that the raw pool can open its connections
 
@@ -341,80 +629,6 @@ async def close_tortoise_pool() -> None:
     """Closes the pool's connections; Tortoise reopens it on next use (the reference cache
     of `models.references` is kept)."""
     await connections.get("default").close()
-
-
-# ---------------------------------------------------------------------- statement capture
-
-
-class StatementLog:
-    """Collects the text of every statement sent on the connections it is attached to."""
-
-    def __init__(self) -> None:
-        self.queries: list[str] = []
-
-    def __call__(self, record: LoggedQuery) -> None:
-        self.queries.append(record.query)
-
-    async def attach(self, pool: asyncpg.Pool) -> None:
-        held = [await pool.acquire() for _ in range(pool.get_max_size())]
-        for conn in held:
-            conn.add_query_logger(self)
-        for conn in held:
-            await pool.release(conn)
-
-    async def detach(self, pool: asyncpg.Pool) -> None:
-        held = [await pool.acquire() for _ in range(pool.get_max_size())]
-        for conn in held:
-            conn.remove_query_logger(self)
-        for conn in held:
-            await pool.release(conn)
-
-    async def capture(self, work: Awaitable[Any]) -> list[str]:
-        await asyncio.sleep(0.01)  # loggers run through call_soon: flush earlier ones
-        self.queries.clear()
-        await work
-        await asyncio.sleep(0.01)
-        return list(self.queries)
-
-
-@dataclass
-class Statements:
-    ledger_uncached: list[str]
-    ledger: list[str]
-    raw: list[str]
-
-    @property
-    def same(self) -> bool:
-        return self.ledger == self.raw
-
-
-async def capture_ledger(account: Account) -> tuple[list[str], list[str]]:
-    """Statements of one ledger consumption with empty reference caches, then of the next
-    one for the same End User (cached pool and End User ids)."""
-    await ledger_consume(account)  # opens Tortoise's pool
-    pool: asyncpg.Pool = connections.get("default")._pool
-    log = StatementLog()
-    await log.attach(pool)
-    forget_references()
-    uncached = await log.capture(ledger_consume(account))
-    cached = await log.capture(ledger_consume(account))
-    await log.detach(pool)
-    return uncached, cached
-
-
-async def capture_raw(dsn: str, account: Account) -> list[str]:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-    try:
-        log = StatementLog()
-        await log.attach(pool)
-
-        async def consume() -> None:
-            async with pool.acquire() as conn:
-                await raw_consume(conn, account)
-
-        return await log.capture(consume())
-    finally:
-        await pool.close()
 
 
 # -------------------------------------------------------------------------- the database
@@ -487,15 +701,16 @@ async def fund(end_users: int, applications: int) -> list[Account]:
 
 async def row_counts() -> dict[str, int]:
     conn = connections.get("default")
-    counts = {}
-    for table, where in (
-        ("usage_event", ""),
-        ("ledger_entry", " WHERE kind = 'CONSUME'"),
-        ("outbox_event", " WHERE payload->>'cause' = 'CONSUME'"),
-    ):
-        rows = await conn.execute_query_dict(f"SELECT count(*) AS n FROM {table}{where}")
-        counts[table] = rows[0]["n"]
-    return counts
+    consume_event = (
+        "FROM outbox_event WHERE payload->>'cause' = 'CONSUME' AND payload->>'end_user_id'"
+    )
+    rows = await conn.execute_query_dict(
+        "SELECT (SELECT count(*) FROM usage_event) AS usage_events,"
+        " (SELECT count(*) FROM ledger_entry WHERE kind = 'CONSUME') AS consume_entries,"
+        f" (SELECT count(*) {consume_event} IS NOT NULL) AS end_user_events,"
+        f" (SELECT count(*) {consume_event} IS NULL) AS pool_events"
+    )
+    return dict(rows[0])
 
 
 # ------------------------------------------------------------------------------- report
@@ -503,11 +718,11 @@ async def row_counts() -> dict[str, int]:
 
 def _short(statement: str) -> str:
     text = " ".join(statement.split())
-    return text if len(text) <= 96 else text[:93] + "..."
+    return text if len(text) <= 92 else text[:89] + "..."
 
 
-def _mean_rate(results: list[PhaseResult]) -> float:
-    return statistics.fmean(r.rate for r in results)
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
 
 
 def _merged(name: str, results: list[PhaseResult]) -> PhaseResult:
@@ -515,11 +730,76 @@ def _merged(name: str, results: list[PhaseResult]) -> PhaseResult:
     for r in results:
         merged.completed += r.completed
         merged.total += r.total
+        merged.commits += r.commits
+        merged.commits_total += r.commits_total
         merged.errors += r.errors
         merged.latencies += r.latencies
         merged.first_error = merged.first_error or r.first_error
-    merged.client_cpu = statistics.fmean(r.client_cpu for r in results)
+    merged.client_cpu = _mean([r.client_cpu for r in results])
     return merged
+
+
+def _print_differences(what: str, ledger: list[LoggedQuery], raw: list[LoggedQuery]) -> None:
+    print(f"  {what}: the statements that differ (update the SQL_* copies in this script):")
+    for number in range(max(len(ledger), len(raw))):
+        mine = signature(ledger[number]) if number < len(ledger) else None
+        theirs = signature(raw[number]) if number < len(raw) else None
+        if mine != theirs:
+            print(f"  {number + 1:3}. ledger: {mine}")
+            print(f"       raw:    {theirs}")
+
+
+def print_statements(statements: Statements, ledger: PhaseResult, combined: PhaseResult) -> None:
+    print("SQL statements (no idempotency key; captured on the wire):")
+    print("  a consumption made alone, i.e. a batch of one (the raw single path's transaction):")
+    items = statements.per_item()
+    for number, record in enumerate(statements.ledger_alone, 1):
+        if POOL_RESET in record.query:
+            role = "reset"
+        else:
+            role = "item" if kind(record.query) in items else "batch"
+        print(f"  {number:3}. [{role:<5}] {_short(record.query)}")
+    item, batch, reset = statements.counts()
+    print(
+        f"  = per consumption (item, drawing on one lot): {item}; per batch: {batch} in the"
+        f" transaction (BEGIN, COMMIT, the lot UPDATE, the pool UPDATE, the outbox INSERT),"
+        f" plus {reset} reset sent by the asyncpg pool on release"
+    )
+    print(
+        f"  a batch of {CAPTURED_BATCH} submitted together sent"
+        f" {len(statements.ledger_batch)} statements"
+        f" = {batch} + {CAPTURED_BATCH} x {item} + {reset}"
+        f" (its outbox INSERT has {CAPTURED_BATCH + 1} rows: one per End User change, one for"
+        " the pool)"
+    )
+    print("  amortized statements per consumption at the measured batch sizes:")
+    for r in (ledger, combined):
+        print(
+            f"    {r.name:<13} {r.batch:7.1f} consumptions per transaction:"
+            f" {item} + {batch}/{r.batch:.1f} = {item + batch / r.batch:.2f} in transactions"
+            f" (+{reset / r.batch:.2f} reset)"
+        )
+    print(
+        f"    {'raw single':<13} {1:7.1f} consumption per transaction:"
+        f" {item} + {batch} = {item + batch} (+{reset} reset)"
+    )
+    extra = len(statements.ledger_uncached) - len(statements.ledger_alone)
+    print(
+        f"  lookups: the first consumption after an empty reference cache sent {extra} more"
+        " (pool and End User id SELECTs); once cached, none, as above"
+    )
+    print(
+        "  raw single path sends the statements of the ledger's batch of one, same order and"
+        " arguments: " + ("yes" if statements.single_same else "NO")
+    )
+    if not statements.single_same:
+        _print_differences("raw single", statements.ledger_alone, statements.raw_single)
+    print(
+        f"  raw combined path sends the statements of the ledger's batch of {CAPTURED_BATCH},"
+        " same order and arguments: " + ("yes" if statements.combined_same else "NO")
+    )
+    if not statements.combined_same:
+        _print_differences("raw combined", statements.ledger_batch, statements.raw_batch)
 
 
 def print_report(
@@ -527,14 +807,19 @@ def print_report(
     pool_size: int,
     load: tuple[float, float],
     statements: Statements,
-    ledger_runs: list[PhaseResult],
-    raw_runs: list[PhaseResult],
+    runs: list[PhaseResult],
 ) -> None:
+    by_name = {
+        name: [r for r in runs if r.name == name]
+        for name in ("ledger", "raw combined", "raw single")
+    }
+    merged = {name: _merged(name, results) for name, results in by_name.items()}
+    rates = {name: _mean([r.rate for r in results]) for name, results in by_name.items()}
     print()
     print("== usagegraph ledger benchmark: consume_credits on PostgreSQL ==")
     print(
         f"tasks {args.tasks}, End Users {args.end_users} in {args.applications} application(s),"
-        f" pool size {pool_size} (both paths), warm-up {args.warmup:g} s,"
+        f" pool size {pool_size} (every path), warm-up {args.warmup:g} s,"
         f" window {args.seconds:g} s per phase"
     )
     before, after = load
@@ -543,59 +828,39 @@ def print_report(
         f" {after:.2f} after (other processes on the machine skew the figures)"
     )
     print()
-    print("SQL statements per consumption (no idempotency key; captured on the wire):")
-    for number, statement in enumerate(statements.ledger, 1):
-        print(f"  {number:2}. {_short(statement)}")
-    pool_resets = sum(1 for s in statements.ledger if "pg_advisory_unlock_all" in s)
-    print(
-        f"  = {len(statements.ledger) - pool_resets} statements in the transaction (BEGIN and"
-        f" COMMIT included), plus {pool_resets} reset sent by the asyncpg pool on release"
-    )
-    extra = len(statements.ledger_uncached) - len(statements.ledger)
-    print(
-        f"  lookups: the first consumption after an empty reference cache sent {extra} more"
-        " (pool and End User id SELECTs); once cached, none, as above"
-    )
-    print(
-        "  raw asyncpg path sends the same statements in the same order: "
-        + ("yes" if statements.same else "NO")
-    )
-    if not statements.same:
-        print("  the statements that differ (update the SQL_* copies in this script):")
-        for number in range(max(len(statements.ledger), len(statements.raw))):
-            ledger = statements.ledger[number] if number < len(statements.ledger) else None
-            raw = statements.raw[number] if number < len(statements.raw) else None
-            if ledger != raw:
-                print(f"  {number + 1:2}. ledger: {ledger}")
-                print(f"      raw:    {raw}")
+    print_statements(statements, merged["ledger"], merged["raw combined"])
     print()
-    header = f"{'phase':<14}{'cons/s':>9}{'count':>8}{'p50 ms':>9}{'p99 ms':>9}{'client CPU':>12}"
+    header = (
+        f"{'phase':<14}{'cons/s':>9}{'count':>8}{'batch':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'client CPU':>12}"
+    )
     print(header)
     print("-" * len(header))
-    order = [raw_runs[0]]
-    for ledger, raw in zip(ledger_runs, raw_runs[1:], strict=True):
-        order += [ledger, raw]
-    for r in order:
+    for r in runs:
         print(
-            f"{r.name:<14}{r.rate:>9.1f}{r.completed:>8}{r.percentile(0.50):>9.2f}"
+            f"{r.name:<14}{r.rate:>9.1f}{r.completed:>8}{r.batch:>8.1f}{r.percentile(0.50):>9.2f}"
             f"{r.percentile(0.99):>9.2f}{r.client_cpu:>11.0%}"
             + (f"   errors {r.errors}: {r.first_error}" if r.errors else "")
         )
-    ledger_all = _merged("ledger", ledger_runs)
-    raw_all = _merged("raw asyncpg", raw_runs)
-    ledger_rate, raw_rate = _mean_rate(ledger_runs), _mean_rate(raw_runs)
-    ratio = ledger_rate / raw_rate if raw_rate else float("nan")
+    print("(batch: consumptions per transaction in the window, from the COMMITs sent)")
     print()
-    print(
-        f"ledger rate {ledger_rate:.1f} consumptions/s (p50 {ledger_all.percentile(0.5):.2f} ms,"
-        f" p99 {ledger_all.percentile(0.99):.2f} ms, {ledger_all.completed} measured)"
-    )
-    print(
-        f"raw rate    {raw_rate:.1f} consumptions/s (p50 {raw_all.percentile(0.5):.2f} ms,"
-        f" p99 {raw_all.percentile(0.99):.2f} ms, {raw_all.completed} measured)"
-    )
+    for name in ("ledger", "raw combined", "raw single"):
+        m = merged[name]
+        print(
+            f"{name:<13} {rates[name]:7.1f} consumptions/s (p50 {m.percentile(0.5):.2f} ms,"
+            f" p99 {m.percentile(0.99):.2f} ms, batch {m.batch:.1f}, {m.completed} measured)"
+        )
+    ratio = rates["ledger"] / rates["raw combined"] if rates["raw combined"] else float("nan")
     verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
-    print(f"ratio ledger/raw {ratio:.1%} ({verdict} the {TARGET_RATIO:.0%} target)")
+    print(
+        f"ratio ledger / raw combined {ratio:.1%} ({verdict} the {TARGET_RATIO:.0%} target;"
+        " the same batched SQL)"
+    )
+    context = rates["ledger"] / rates["raw single"] if rates["raw single"] else float("nan")
+    print(
+        f"ratio ledger / raw single   {context:.1%} (context: one transaction per consumption,"
+        " what the ledger sent before the combiner)"
+    )
 
 
 # --------------------------------------------------------------------------------- main
@@ -603,7 +868,7 @@ def print_report(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured window per phase")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured window per phase")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window")
     parser.add_argument("--tasks", type=int, default=64, help="concurrent tasks")
     parser.add_argument("--end-users", type=int, default=1_000, help="End Users drawn from")
@@ -612,10 +877,12 @@ def parse_args() -> argparse.Namespace:
         "--applications",
         type=int,
         default=1,
-        help="spread the End Users over this many applications, each with its own pool and"
-        " lot (1: every consumption updates the same lot and pool rows)",
+        help="spread the End Users over this many applications, each with its own pool, lot"
+        " and combiner (1: every batch updates the same lot and pool rows)",
     )
-    parser.add_argument("--rounds", type=int, default=1, help="ledger phases (raw: one more)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="ledger / raw combined pairs (default 1)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--admin-dsn",
@@ -649,33 +916,49 @@ async def main() -> int:
             f"funded {len(accounts)} End Users in {args.applications} application(s) in"
             f" {time.perf_counter() - started:.1f} s"
         )
-        uncached, cached = await capture_ledger(accounts[0])
-        # Resolve every End User once through the ledger, as a long-running server would have.
-        await asyncio.gather(*(ledger_consume(account) for account in accounts))
-        await close_tortoise_pool()
-        statements = Statements(uncached, cached, await capture_raw(dsn, accounts[0]))
-        bench_total = 4 + len(accounts)  # captures and cache warm-up
+        # CAPTURED_BATCH End Users of one application, not in id order (repeated if fewer).
+        same_app = [a for a in accounts if a.application_id == accounts[0].application_id]
+        batch = [same_app[i % len(same_app)] for i in (2, 0, 1)][:CAPTURED_BATCH]
+        uncached, alone, together, ledger_commits = await capture_ledger(accounts, batch)
+        raw_alone, raw_together = await capture_raw(dsn, accounts[0], batch)
+        statements = Statements(uncached, alone, together, raw_alone, raw_together)
+        # consumptions and transactions of the captures and the cache warm-up
+        consumed = 3 + len(accounts) + 2 * len(batch) + 1
+        transactions = ledger_commits + commits(raw_alone + raw_together)
 
         load_before = os.getloadavg()
-        raw_runs = [await raw_phase(dsn, accounts, pool_size, args)]
-        ledger_runs: list[PhaseResult] = []
+        runs = [
+            await raw_phase("raw single", dsn, accounts, pool_size, args),
+            await raw_phase("raw combined", dsn, accounts, pool_size, args),
+        ]
         for _ in range(args.rounds):
-            ledger_runs.append(await ledger_phase(accounts, args))
-            raw_runs.append(await raw_phase(dsn, accounts, pool_size, args))
+            runs.append(await ledger_phase(accounts, args))
+            runs.append(await raw_phase("raw combined", dsn, accounts, pool_size, args))
+        runs.append(await raw_phase("raw single", dsn, accounts, pool_size, args))
         load = (load_before[0], os.getloadavg()[0])
-        bench_total += sum(r.total for r in raw_runs + ledger_runs)
+        consumed += sum(r.total for r in runs)
+        transactions += sum(r.commits_total for r in runs)
+        errors = sum(r.errors for r in runs)
 
-        print_report(args, pool_size, load, statements, ledger_runs, raw_runs)
+        print_report(args, pool_size, load, statements, runs)
         print()
         counts = await row_counts()
-        expected = {"usage_event": bench_total, "ledger_entry": bench_total}
-        expected["outbox_event"] = 2 * bench_total
+        expected = {
+            "usage_events": consumed,
+            "consume_entries": consumed,
+            "end_user_events": consumed,
+            "pool_events": transactions,
+        }
         rows_ok = counts == expected
         print(
-            f"rows written: {counts['usage_event']} usage events, {counts['ledger_entry']}"
-            f" CONSUME entries, {counts['outbox_event']} CONSUME outbox events for"
-            f" {bench_total} consumptions completed: " + ("consistent" if rows_ok else "MISMATCH")
+            f"rows written: {counts['usage_events']} usage events, {counts['consume_entries']}"
+            f" CONSUME entries, {counts['end_user_events']} End User CONSUME outbox events for"
+            f" {consumed} consumptions completed; {counts['pool_events']} pool CONSUME outbox"
+            f" events for {transactions} transactions committed: "
+            + ("consistent" if rows_ok else "MISMATCH")
         )
+        if errors:
+            print(f"consumptions failed: {errors}")
         problems = await verify_ledger()
         print(
             "verify_ledger(): "
@@ -685,7 +968,8 @@ async def main() -> int:
             print(f"  {problem}")
         if len(problems) > 20:
             print(f"  ... {len(problems) - 20} more")
-        return 0 if statements.same and not problems and rows_ok else 1
+        same = statements.single_same and statements.combined_same
+        return 0 if same and rows_ok and not errors and not problems else 1
     finally:
         await close_database()
         if args.keep:
