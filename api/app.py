@@ -15,11 +15,12 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 
 from api.auth import authenticate
-from api.database import apply_migrations, close_database, init_database
+from api.database import apply_migrations, close_database, init_database, plain_postgres_dsn
 from api.settings import Settings, get_settings
 from models.accounts import InvalidCredential
 from resolvers.context import Context
 from resolvers.schema import schema
+from subscriptions.realtime import Realtime
 
 PRINCIPAL_SCOPE_KEY = "usagegraph.principal"
 
@@ -27,9 +28,16 @@ PRINCIPAL_SCOPE_KEY = "usagegraph.principal"
 class UsageGraphQL(GraphQL):
     """Strawberry's ASGI view with our context and WebSocket authentication."""
 
+    def __init__(self, *args: Any, realtime: Realtime, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.realtime = realtime
+
     async def get_context(self, request: Any, response: Any = None) -> Context:
         return Context(
-            request=request, response=response, principal=request.scope.get(PRINCIPAL_SCOPE_KEY)
+            request=request,
+            response=response,
+            principal=request.scope.get(PRINCIPAL_SCOPE_KEY),
+            realtime=self.realtime,
         )
 
     async def on_ws_connect(self, context: Context) -> None:
@@ -79,6 +87,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     migrations at start-up; on PostgreSQL run `usagegraph migrate` as a deploy step."""
     settings = settings or get_settings()
     apply = (not settings.is_postgres) if migrate is None else migrate
+    realtime = Realtime.create(
+        settings.redis_url,
+        plain_postgres_dsn(settings.database_url) if settings.is_postgres else None,
+    )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -86,19 +98,23 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             await apply_migrations(settings)
             await close_database()
         await init_database(settings)
+        await realtime.start()
         try:
             yield
         finally:
+            await realtime.close()
             await close_database()
 
-    view = UsageGraphQL(schema, allowed_origins=settings.allowed_origins)
-    return Starlette(
+    view = UsageGraphQL(schema, allowed_origins=settings.allowed_origins, realtime=realtime)
+    app = Starlette(
         routes=[
             Route("/graphql", AuthenticatedGraphQL(view), methods=["GET", "POST"]),
             WebSocketRoute("/graphql", view),
         ],
         lifespan=lifespan,
     )
+    app.state.realtime = realtime  # started by the lifespan (or by a test that skips it)
+    return app
 
 
 __all__ = ["create_app"]

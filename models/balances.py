@@ -136,6 +136,7 @@ async def write_balance_events(
     (SPEC rule 6: published after commit, never for a rolled-back change)."""
     if not snapshots:
         return
+    db.wrote_outbox = True
     at = datetime.now(UTC).isoformat()
     args: list[Any] = []
     for snapshot in snapshots:

@@ -308,11 +308,14 @@ class _Combiner:
 
     def _next_batch(self) -> list[_Waiting]:
         """Up to MAX_BATCH waiting calls, at most one per idempotency key (a repeat waits
-        for the next batch and then answers as a replay)."""
+        for the next batch and then answers as a replay). A call whose caller went away
+        before its batch began is dropped, as a cancelled transaction would be."""
         batch: list[_Waiting] = []
         later: list[_Waiting] = []
         keys: set[str] = set()
         for waiting in self.waiting:
+            if waiting.result.done():  # its caller was cancelled before the batch began
+                continue
             key = waiting.consumption.idempotency_key
             if len(batch) >= MAX_BATCH or (key is not None and key in keys):
                 later.append(waiting)
@@ -327,6 +330,8 @@ class _Combiner:
         try:
             while self.waiting:
                 batch = self._next_batch()
+                if not batch:
+                    continue
                 try:
                     results = await consume_credits_batch(
                         self.application_id, [w.consumption for w in batch]

@@ -26,6 +26,9 @@ _SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f+00:00','now')"
 _RETRYABLE = ("deadlock detected", "could not serialize access")
 MAX_ATTEMPTS = 5
 
+# Called after a transaction that wrote outbox rows commits (the relay's wake-up).
+outbox_hooks: list[Callable[[], None]] = []
+
 
 @lru_cache(maxsize=512)
 def to_sqlite(statement: str) -> str:
@@ -37,11 +40,12 @@ def to_sqlite(statement: str) -> str:
 class Sql:
     """Runs statements on one connection (normally a transaction's)."""
 
-    __slots__ = ("conn", "postgres")
+    __slots__ = ("conn", "postgres", "wrote_outbox")
 
     def __init__(self, conn: BaseDBAsyncClient) -> None:
         self.conn = conn
         self.postgres = conn.capabilities.dialect == "postgres"
+        self.wrote_outbox = False  # set by the outbox writer; read after commit
 
     def _text(self, statement: str) -> str:
         return statement if self.postgres else to_sqlite(statement)
@@ -92,7 +96,12 @@ async def transaction(work: Callable[[Sql], Awaitable[T]]) -> T:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             async with in_transaction() as conn:
-                return await work(Sql(conn))
+                db = Sql(conn)
+                result = await work(db)
+            if db.wrote_outbox:
+                for hook in outbox_hooks:
+                    hook()
+            return result
         except OperationalError as exc:
             if attempt == MAX_ATTEMPTS or not _retryable(exc):
                 raise

@@ -35,6 +35,7 @@ class Context:
     response: Any
     principal: Principal | None = None
     connection_params: dict[str, Any] | None = None
+    realtime: Any = None  # subscriptions.realtime.Realtime, wired by the app
     cache: dict[str, Any] = field(default_factory=dict)
 
 

@@ -29,6 +29,7 @@ from resolvers.credits import (
     resolve_purchase,
     resolve_release,
 )
+from resolvers.realtime import balance_changed
 from resolvers.viewer import resolve_viewer
 
 MAX_DEPTH = 12
@@ -58,6 +59,11 @@ class Mutation:
     consume_credits_batch = strawberry.mutation(resolver=resolve_consume_batch)
 
 
+@strawberry.type
+class Subscription:
+    balance_changed = strawberry.subscription(resolver=balance_changed)
+
+
 def _unexpected(error: GraphQLError) -> bool:
     """Errors we did not raise on purpose: their text (a stack, SQL) never reaches a client."""
     original = error.original_error
@@ -78,6 +84,7 @@ def build_schema() -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         config=StrawberryConfig(),
         # Factories, not instances; bounded document caches (values go in variables).
         extensions=[

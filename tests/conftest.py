@@ -61,6 +61,25 @@ async def _switch_database() -> None:
     EXECUTOR_CACHE.clear()
 
 
+REDIS_TEST_URL = os.environ.get("USAGEGRAPH_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+async def _redis_url() -> str | None:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (OSError, redis.RedisError) as exc:
+        if REQUIRE_SERVICES:
+            raise
+        print(f"Redis not reachable ({exc}): PostgreSQL tests use the in-process broker")
+        return None
+    finally:
+        await client.aclose()
+    return REDIS_TEST_URL
+
+
 @dataclass
 class Backend:
     name: str
@@ -80,7 +99,9 @@ async def backend(request: pytest.FixtureRequest, tmp_path_factory) -> AsyncIter
         url = await _postgres_database()
         if url is None:
             pytest.skip("PostgreSQL is not reachable at " + PG_ADMIN_DSN)
-    settings = Settings(DATABASE_URL=url, USAGEGRAPH_DB_POOL_MAX=30)
+    # PostgreSQL runs with Redis (the production pair), SQLite with the in-process broker.
+    redis_url = await _redis_url() if request.param == "postgres" else None
+    settings = Settings(DATABASE_URL=url, USAGEGRAPH_DB_POOL_MAX=30, REDIS_URL=redis_url)
     await apply_migrations(settings)
     await _switch_database()
     await init_database(settings)
@@ -136,8 +157,10 @@ async def server(backend: Backend) -> AsyncIterator[Server]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    app = create_app(backend.settings, migrate=False)
+    await app.state.realtime.start()
     config = uvicorn.Config(
-        create_app(backend.settings, migrate=False),
+        app,
         host="127.0.0.1",
         port=port,
         lifespan="off",
@@ -156,3 +179,4 @@ async def server(backend: Backend) -> AsyncIterator[Server]:
     finally:
         uv.should_exit = True
         await task
+        await app.state.realtime.close()

@@ -114,3 +114,19 @@ async def test_batch_size_is_bounded(tenant) -> None:
     item = Consumption(EndUserRef(external_id="x"), "ai", 1, "f")
     with pytest.raises(DomainError):
         await consume_credits_batch(tenant.application_id, [item] * 1001)
+
+
+async def test_a_call_cancelled_while_queued_is_not_consumed(tenant) -> None:
+    app = tenant.application_id
+    [user] = await end_users_holding(app, count=1, credits_each=10)
+    ref = EndUserRef(id=user)
+    first = asyncio.ensure_future(consume_credits(app, "ai", ref, 1, "ai_generation"))
+    await asyncio.sleep(0)  # the first call's batch is under way
+    queued = asyncio.ensure_future(consume_credits(app, "ai", ref, 5, "ai_generation"))
+    await asyncio.sleep(0)
+    queued.cancel()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    await consume_credits(app, "ai", ref, 1, "ai_generation")  # the combiner carries on
+    assert (await balance_of(user, await pool_counters(app))).used == 2

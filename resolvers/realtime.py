@@ -1,0 +1,90 @@
+"""Subscriptions: live balances (SPEC §3, rule 6)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from datetime import datetime
+
+import strawberry
+
+from models.credits import EndUser as EndUserRow
+from models.errors import DomainError, NotFound
+from models.records import LedgerEntryKind as DomainLedgerEntryKind
+from resolvers.access import visible_application
+from resolvers.context import Info, principal_of
+from resolvers.end_users import EndUser
+from resolvers.errors import parse_id, query_error
+from resolvers.pools import BalanceStatus
+
+LedgerEntryKind = strawberry.enum(DomainLedgerEntryKind, name="LedgerEntryKind")
+
+
+@strawberry.type(
+    description="A balance after a change: the pool's (endUser null) or an End User's."
+)
+class BalanceEvent:
+    application_id: strawberry.ID
+    pool: str
+    version: int = strawberry.field(description="Increases with every change of this balance.")
+    cause: LedgerEntryKind = strawberry.field(
+        description="The kind of ledger entry that changed it (for the first message, the "
+        "balance's last entry)."
+    )
+    at: datetime
+    allocated: int
+    used: int
+    remaining: int
+    expired: int
+    status: BalanceStatus
+    end_user_id: strawberry.ID | None
+    row_end_user_id: strawberry.Private[int | None]
+
+    @strawberry.field
+    async def end_user(self) -> EndUser | None:
+        if self.row_end_user_id is None:
+            return None
+        row = await EndUserRow.get_or_none(id=self.row_end_user_id)
+        return None if row is None else EndUser.from_row(row)
+
+    @classmethod
+    def from_event(cls, event: dict) -> BalanceEvent:
+        end_user_id = event["end_user_id"]
+        return cls(
+            application_id=strawberry.ID(str(event["application_id"])),
+            pool=event["pool"],
+            version=event["version"],
+            cause=DomainLedgerEntryKind(event["cause"]),
+            at=datetime.fromisoformat(event["at"]),
+            allocated=event["allocated"],
+            used=event["used"],
+            remaining=event["remaining"],
+            expired=event["expired"],
+            status=BalanceStatus(event["status"]),
+            end_user_id=None if end_user_id is None else strawberry.ID(str(end_user_id)),
+            row_end_user_id=end_user_id,
+        )
+
+
+async def balance_changed(
+    info: Info,
+    application_id: strawberry.ID,
+    pool: str | None = None,
+    end_user_id: strawberry.ID | None = None,
+) -> AsyncGenerator[BalanceEvent, None]:
+    """With endUserId, that End User's balances; without, the pool balances and every End
+    User balance of the application (of `pool`, when given). The first messages are the
+    current snapshots; a slow subscriber gets the latest snapshot per balance."""
+    principal = principal_of(info)
+    try:
+        application = await visible_application(principal, application_id)
+        end_user = None
+        if end_user_id is not None:
+            end_user = parse_id(end_user_id)
+            if end_user is None or not await EndUserRow.exists(
+                id=end_user, application_id=application
+            ):
+                raise NotFound("End User not found", field="endUserId")
+    except DomainError as error:
+        raise query_error(error) from None
+    async for event in info.context.realtime.balance_events(application, pool, end_user):
+        yield BalanceEvent.from_event(event)

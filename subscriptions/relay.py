@@ -1,0 +1,135 @@
+"""The outbox relay: publishes outbox rows after their transaction committed (SPEC rule 6).
+
+Exactly one relay publishes at a time across all processes (a PostgreSQL advisory lock held
+by a dedicated connection; on SQLite there is one process). It publishes rows in id order,
+which is commit order per balance (a balance's row lock is held until commit), and marks
+them published afterwards. When the holder dies its session ends, the lock is released and
+another process's relay takes over; rows it published but did not mark are published again,
+which subscribers drop by version. When the broker is down the relay keeps the rows and
+retries with back-off until it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import asyncpg
+
+from models.sql import Sql, outbox_hooks, transaction
+from subscriptions.broker import Broker, application_channel
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK_ID = 7461002
+BATCH = 500
+IDLE_POLL_SECONDS = 0.02  # how soon another process's commit is seen by the leader
+LEADER_RETRY_SECONDS = 0.5
+
+
+class OutboxRelay:
+    def __init__(self, broker: Broker, postgres_dsn: str | None) -> None:
+        self.broker = broker
+        self.postgres_dsn = postgres_dsn  # None: SQLite, this process is the only relay
+        self.task: asyncio.Task[None] | None = None
+        self.wake_event = asyncio.Event()
+        self.lock_connection: asyncpg.Connection | None = None
+        self.published = 0
+
+    async def start(self) -> None:
+        outbox_hooks.append(self.wake)
+        self.task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            outbox_hooks.remove(self.wake)
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self._release_leadership()
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    @property
+    def leader(self) -> bool:
+        return self.postgres_dsn is None or self.lock_connection is not None
+
+    async def _lead(self) -> bool:
+        if self.postgres_dsn is None or self.lock_connection is not None:
+            if self.lock_connection is not None and self.lock_connection.is_closed():
+                self.lock_connection = None
+                return False
+            return True
+        connection = await asyncpg.connect(self.postgres_dsn, timeout=5)
+        if await connection.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID):
+            self.lock_connection = connection
+            log.info("this process now relays the outbox")
+            return True
+        await connection.close()
+        return False
+
+    async def _release_leadership(self) -> None:
+        if self.lock_connection is not None:
+            with contextlib.suppress(Exception):
+                await self.lock_connection.close()  # ends the session: the lock goes with it
+            self.lock_connection = None
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                if not await self._lead():
+                    await asyncio.sleep(LEADER_RETRY_SECONDS)
+                    continue
+                sent = await self.publish_pending()
+                backoff = 0.05
+                if sent < BATCH:
+                    self.wake_event.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake_event.wait(), IDLE_POLL_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # broker or database away: keep the rows, retry
+                log.warning("outbox relay paused (%s); retrying in %.2fs", error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                if self.lock_connection is not None and self.lock_connection.is_closed():
+                    self.lock_connection = None
+
+    async def publish_pending(self) -> int:
+        """Publishes up to BATCH unpublished rows in id order; the number published."""
+        rows = await transaction(_pending)
+        if not rows:
+            return 0
+        for row in rows:
+            message = _envelope(row)
+            await self.broker.publish(application_channel(row["application_id"]), message)
+        ids = [row["id"] for row in rows]
+        await transaction(lambda db: _mark_published(db, ids))
+        self.published += len(ids)
+        return len(ids)
+
+
+async def _pending(db: Sql) -> list[dict[str, Any]]:
+    return await db.rows(
+        "SELECT id, application_id, topic, payload FROM outbox_event"
+        " WHERE published_at IS NULL ORDER BY id LIMIT $1",
+        BATCH,
+    )
+
+
+async def _mark_published(db: Sql, ids: list[int]) -> None:
+    placeholders = ",".join(f"${i}" for i in range(1, len(ids) + 1))
+    await db.run(f"UPDATE outbox_event SET published_at = now() WHERE id IN ({placeholders})", *ids)
+
+
+def _envelope(row: dict[str, Any]) -> bytes:
+    payload = row["payload"]
+    event = json.loads(payload) if isinstance(payload, str | bytes) else payload
+    return json.dumps(
+        {"topic": row["topic"], "outbox_id": row["id"], "event": event}, separators=(",", ":")
+    ).encode()

@@ -1,0 +1,155 @@
+"""balanceChanged over WebSocket with an existing client (gql, graphql-transport-ws)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from gql import Client, GraphQLRequest, gql
+from gql.transport.exceptions import TransportQueryError
+from gql.transport.websockets import WebsocketsTransport
+
+from tests.graphql_client import CONSUME, Caller
+from tests.test_graphql_api import App, _application, _consume
+
+BALANCE_CHANGED = gql(
+    """
+subscription($app: ID!, $pool: String, $endUser: ID) {
+  balanceChanged(applicationId: $app, pool: $pool, endUserId: $endUser) {
+    applicationId pool endUserId version cause allocated used remaining expired status
+    endUser { externalId }
+  }
+}"""
+)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        yield client
+
+
+@asynccontextmanager
+async def subscribed(
+    url: str, key: str, protocol: str = WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL, **variables: Any
+) -> AsyncIterator[asyncio.Queue]:
+    """Events of one subscription, received in the background into a queue."""
+    transport = WebsocketsTransport(
+        url=url.replace("http", "ws", 1),
+        init_payload={"authorization": f"Bearer {key}"},
+        subprotocols=[protocol],
+    )
+    events: asyncio.Queue = asyncio.Queue()
+    async with Client(transport=transport) as session:
+
+        async def receive() -> None:
+            try:
+                async for result in session.subscribe(
+                    GraphQLRequest(BALANCE_CHANGED, variable_values=variables)
+                ):
+                    await events.put(result["balanceChanged"])
+            except Exception as error:  # surfaced to the test through the queue
+                await events.put(error)
+
+        task = asyncio.create_task(receive())
+        try:
+            yield events
+        finally:
+            task.cancel()
+
+
+async def next_event(events: asyncio.Queue, wait: float = 5.0) -> dict:
+    event = await asyncio.wait_for(events.get(), wait)
+    if isinstance(event, BaseException):
+        raise event
+    return event
+
+
+async def test_an_end_user_subscription_gets_a_snapshot_then_each_change(server, http) -> None:
+    app = await _application(server, http, users=2, credits_each=10)
+    user = app.end_user_ids[0]
+    async with subscribed(
+        server.graphql, app.reader.key, app=app.id, pool="ai", endUser=user
+    ) as events:
+        first = await next_event(events)
+        assert (first["remaining"], first["used"], first["cause"]) == (10, 0, "ALLOCATE")
+        assert first["endUser"] == {"externalId": "u0"}
+        for expected_remaining in (9, 8, 7):
+            payload = (await app.admin(CONSUME, input=_consume(app, {"id": user})))[
+                "consumeCredits"
+            ]
+            assert payload["errors"] == []
+            event = await next_event(events)
+            assert event["remaining"] == expected_remaining
+            assert event["cause"] == "CONSUME" and event["endUserId"] == user
+            assert event["version"] == payload["balance"]["version"] > first["version"]
+        # Another End User's changes and refused consumptions send nothing here.
+        await app.admin(CONSUME, input=_consume(app, {"id": app.end_user_ids[1]}))
+        refused = await app.admin(CONSUME, input=_consume(app, {"id": user}, credits=50))
+        assert refused["consumeCredits"]["errors"][0]["code"] == "INSUFFICIENT_CREDITS"
+        with pytest.raises(TimeoutError):
+            await next_event(events, wait=0.7)
+
+
+async def test_an_application_subscription_sees_pool_and_end_user_events(server, http) -> None:
+    app = await _application(server, http, users=2, credits_each=10)
+    async with subscribed(server.graphql, app.admin.key, app=app.id, pool="ai") as events:
+        snapshot = await next_event(events)
+        assert snapshot["endUserId"] is None and snapshot["remaining"] == 20
+        await app.admin(CONSUME, input=_consume(app, {"id": app.end_user_ids[1]}, credits=4))
+        seen = [await next_event(events), await next_event(events)]
+        by_kind = {e["endUserId"] is None: e for e in seen}
+        assert by_kind[True]["remaining"] == 16 and by_kind[True]["used"] == 4
+        assert (
+            by_kind[False]["remaining"] == 6 and by_kind[False]["endUserId"] == app.end_user_ids[1]
+        )
+
+
+async def test_the_legacy_graphql_ws_protocol_works_too(server, http) -> None:
+    app = await _application(server, http, users=1, credits_each=5)
+    async with subscribed(
+        server.graphql,
+        app.reader.key,
+        protocol=WebsocketsTransport.APOLLO_SUBPROTOCOL,
+        app=app.id,
+        endUser=app.end_user_ids[0],
+    ) as events:
+        assert (await next_event(events))["remaining"] == 5
+
+
+async def test_subscriptions_never_cross_applications(server, http) -> None:
+    mine = await _application(server, http, users=1)
+    theirs = await _application(server, http, users=1)
+    for variables in (
+        {"app": theirs.id},
+        {"app": mine.id, "endUser": theirs.end_user_ids[0]},
+    ):
+        async with subscribed(server.graphql, mine.reader.key, **variables) as events:
+            with pytest.raises(TransportQueryError) as caught:
+                await next_event(events)
+            assert caught.value.errors[0]["extensions"]["code"] == "NOT_FOUND"
+
+
+async def test_a_bad_key_closes_the_socket(server) -> None:
+    """Refused in connection_init with 4403, never acknowledged (plain websockets client,
+    to read the close code)."""
+    import json
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    url = server.graphql.replace("http", "ws", 1)
+    for payload in ({"authorization": "Bearer ug_nope_nope"}, {"authorization": "junk"}, {}):
+        async with connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+            await socket.send(json.dumps({"type": "connection_init", "payload": payload}))
+            with pytest.raises(ConnectionClosed) as caught:
+                message = await asyncio.wait_for(socket.recv(), 5)
+                raise AssertionError(f"expected a close, got {message}")
+            assert caught.value.rcvd is not None and caught.value.rcvd.code == 4403
+
+
+__all__ = ["App", "Caller"]
