@@ -19,6 +19,7 @@ from typing import Any
 from models.balances import (
     END_USER_BALANCE_COLUMNS,
     POOL_COLUMNS,
+    BalanceChange,
     EndUserBalanceSnapshot,
     PoolSnapshot,
     end_user_status_sql,
@@ -269,12 +270,12 @@ async def _update_shared_rows(
             by_pool[pool_id],
         )
         assert row is not None
-        snapshots: list[EndUserBalanceSnapshot | PoolSnapshot] = [
-            balance for item, balance, _ in applied if item.pool.id == pool_id
+        changes: list[BalanceChange] = [
+            (balance, -item.spec.credits) for item, balance, _ in applied if item.pool.id == pool_id
         ]
-        snapshots.append(PoolSnapshot.from_row(row))
+        changes.append((PoolSnapshot.from_row(row), -by_pool[pool_id]))
         await write_balance_events(
-            db, application_id, pool_keys[pool_id], LedgerEntryKind.CONSUME, snapshots
+            db, application_id, pool_keys[pool_id], LedgerEntryKind.CONSUME, changes
         )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from models.balances import (
     END_USER_BALANCE_COLUMNS,
     POOL_COLUMNS,
+    BalanceChange,
     EndUserBalanceSnapshot,
     PoolSnapshot,
     end_user_status_sql,
@@ -99,7 +100,7 @@ async def _sweep_lot_once(db: Sql, lot_id: int) -> int | None:
     )
     if not {row["end_user_id"] for row in allocations} <= set(holder_ids):
         raise _HoldersChanged
-    snapshots: list[EndUserBalanceSnapshot | PoolSnapshot] = []
+    changes: list[BalanceChange] = []
     held_total = 0
     for allocation in allocations:
         amount = allocation["remaining"]
@@ -119,7 +120,7 @@ async def _sweep_lot_once(db: Sql, lot_id: int) -> int | None:
             amount,
         )
         assert row is not None
-        snapshots.append(EndUserBalanceSnapshot.from_row(row))
+        changes.append((EndUserBalanceSnapshot.from_row(row), -amount))
         await insert_ledger_entries(
             db,
             lot["application_id"],
@@ -157,8 +158,8 @@ async def _sweep_lot_once(db: Sql, lot_id: int) -> int | None:
             held_total,
         )
         assert row is not None
-        snapshots.append(PoolSnapshot.from_row(row))
+        changes.append((PoolSnapshot.from_row(row), -total))
         await write_balance_events(
-            db, lot["application_id"], lot["key"], LedgerEntryKind.EXPIRE, snapshots
+            db, lot["application_id"], lot["key"], LedgerEntryKind.EXPIRE, changes
         )
     return total

@@ -154,7 +154,7 @@ async def purchase_credits(
             actor=actor,
         )
         await write_balance_events(
-            db, application_id, pool.key, LedgerEntryKind.PURCHASE, [snapshot]
+            db, application_id, pool.key, LedgerEntryKind.PURCHASE, [(snapshot, credits)]
         )
         if record_id is not None:
             await store_result(db, record_id, {"pack_id": pack_id})
@@ -299,7 +299,11 @@ async def allocate_credits(
             credits,
         )
         await write_balance_events(
-            db, application_id, pool.key, LedgerEntryKind.ALLOCATE, [balance, pool_snapshot]
+            db,
+            application_id,
+            pool.key,
+            LedgerEntryKind.ALLOCATE,
+            [(balance, credits), (pool_snapshot, 0)],
         )
         return BalanceResult(balance, replayed=False)
 
@@ -354,7 +358,11 @@ async def release_credits(
             credits,
         )
         await write_balance_events(
-            db, application_id, pool.key, LedgerEntryKind.RELEASE, [balance, pool_snapshot]
+            db,
+            application_id,
+            pool.key,
+            LedgerEntryKind.RELEASE,
+            [(balance, -credits), (pool_snapshot, 0)],
         )
         return BalanceResult(balance, replayed=False)
 

@@ -146,3 +146,30 @@ class OutboxEvent(Model):
     class Meta:
         table = "outbox_event"
         indexes = (("published_at", "id"),)
+
+
+class AlertKind(StrEnum):
+    LOW = "LOW"
+    EXHAUSTED = "EXHAUSTED"
+    RECOVERED = "RECOVERED"
+
+
+class Alert(Model):
+    """A low-credit alert (SPEC §4), written in the transaction whose change moved a balance
+    to another status. Pool alerts have no End User."""
+
+    id = fields.BigIntField(primary_key=True)
+    application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
+        "models.Application", related_name="alerts", on_delete=fields.RESTRICT
+    )
+    pool_id = fields.BigIntField()  # no foreign key: it would lock the hot pool row
+    end_user_id = fields.BigIntField(null=True)
+    kind = fields.CharEnumField(AlertKind, max_length=16)
+    remaining = fields.BigIntField()
+    threshold = fields.BigIntField(null=True)
+    created_at = fields.DatetimeField()
+    acknowledged_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "alert"
+        indexes = (("application_id", "id"),)

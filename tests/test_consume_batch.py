@@ -10,7 +10,7 @@ import pytest
 from models.consume_batch import Consumption, consume_credits_batch
 from models.errors import DomainError, ErrorCode
 from models.ledger import ConsumeResult, consume_credits
-from models.records import LedgerEntry, OutboxEvent
+from models.records import Alert, LedgerEntry, OutboxEvent
 from models.references import EndUserRef
 from models.verify import verify_ledger
 from tests.ledger_helpers import balance_of, end_users_holding, pool_counters
@@ -23,7 +23,7 @@ def _codes(results: list) -> list[str]:
 async def test_each_item_succeeds_or_fails_alone(tenant) -> None:
     app = tenant.application_id
     users = await end_users_holding(app, count=3, credits_each=5)
-    outbox_before = await OutboxEvent.filter(application_id=app).count()
+    outbox_before = await OutboxEvent.filter(application_id=app, topic="balance").count()
     batch = [
         Consumption(EndUserRef(id=users[0]), "ai", 2, "ai_generation"),
         Consumption(EndUserRef(id=users[0]), "ai", 3, "ai_generation"),
@@ -45,7 +45,15 @@ async def test_each_item_succeeds_or_fails_alone(tenant) -> None:
     assert (pool.used, pool.end_user_remaining) == (14, 1)
     assert [(await balance_of(u, pool)).used for u in users] == [5, 4, 5]
     # four End User events and one pool event for the whole batch
-    assert await OutboxEvent.filter(application_id=app).count() == outbox_before + 5
+    assert (
+        await OutboxEvent.filter(application_id=app, topic="balance").count() == outbox_before + 5
+    )
+    # users 0 and 2 ran out; their first allocation was no recovery
+    alerts = await Alert.filter(application_id=app).order_by("id")
+    assert [(a.end_user_id, a.kind) for a in alerts] == [
+        (users[0], "EXHAUSTED"),
+        (users[2], "EXHAUSTED"),
+    ]
     assert await verify_ledger() == []
 
     again = await consume_credits_batch(

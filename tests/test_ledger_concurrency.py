@@ -45,7 +45,7 @@ async def test_200_concurrent_consumptions_exactly_100_succeed(tenant) -> None:
 async def test_50_concurrent_calls_with_one_idempotency_key_debit_once(tenant) -> None:
     app = tenant.application_id
     [user] = await end_users_holding(app, count=1, credits_each=100)
-    outbox_before = await OutboxEvent.filter(application_id=app).count()
+    outbox_before = await OutboxEvent.filter(application_id=app, topic="balance").count()
 
     results = await asyncio.gather(
         *(
@@ -65,7 +65,9 @@ async def test_50_concurrent_calls_with_one_idempotency_key_debit_once(tenant) -
     assert (await balance_of(user, pool)).used == 3
     assert await LedgerEntry.filter(application_id=app, kind="CONSUME").count() == 1
     # One consumption: one End User event and one pool event, nothing for the replays.
-    assert await OutboxEvent.filter(application_id=app).count() == outbox_before + 2
+    assert (
+        await OutboxEvent.filter(application_id=app, topic="balance").count() == outbox_before + 2
+    )
 
     for other in (
         {"credits": 4, "feature": "ai_rewrite"},
