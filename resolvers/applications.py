@@ -15,6 +15,7 @@ from models.errors import DomainError, NotFound, ValidationFailed
 from models.pools import create_pool
 from models.tenancy import Application as ApplicationRow
 from resolvers.access import require_write, visible_application, writable_application
+from resolvers.alerts import CreditAlertConnection, alert_page
 from resolvers.context import Info, principal_of
 from resolvers.end_users import (
     EndUser,
@@ -61,6 +62,10 @@ class Application:
             return await end_user_page(self.row_id, first, after)
         except DomainError as error:
             raise query_error(error) from None
+
+    @strawberry.field(description="Low-credit alerts, newest first.")
+    async def alerts(self, first: int = 50, after: str | None = None) -> CreditAlertConnection:
+        return await alert_page(self.row_id, first, after)
 
     @strawberry.field(description="One End User, by exactly one of id and externalId.")
     async def end_user(

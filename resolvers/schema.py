@@ -14,6 +14,7 @@ from strawberry.extensions import (
 )
 from strawberry.schema.config import StrawberryConfig
 
+from resolvers.alerts import low_credit_alerts, resolve_acknowledge, resolve_set_threshold
 from resolvers.api_keys import resolve_create_api_key, resolve_revoke_api_key
 from resolvers.applications import (
     resolve_application,
@@ -57,11 +58,14 @@ class Mutation:
     release_credits = strawberry.mutation(resolver=resolve_release)
     consume_credits = strawberry.mutation(resolver=resolve_consume)
     consume_credits_batch = strawberry.mutation(resolver=resolve_consume_batch)
+    set_low_balance_threshold = strawberry.mutation(resolver=resolve_set_threshold)
+    acknowledge_alert = strawberry.mutation(resolver=resolve_acknowledge)
 
 
 @strawberry.type
 class Subscription:
     balance_changed = strawberry.subscription(resolver=balance_changed)
+    low_credit_alerts = strawberry.subscription(resolver=low_credit_alerts)
 
 
 def _unexpected(error: GraphQLError) -> bool:

@@ -63,6 +63,14 @@ class Realtime:
             finally:
                 self.streams.pop(stream, None)
 
+    async def alert_events(self, application_id: int) -> AsyncIterator[Event]:
+        """Every alert of the application from now on (bounded; alerts are not conflated,
+        the oldest waiting ones are dropped past the bound)."""
+        stream = ConflatingStream(lambda event: True, topic="alert", key=lambda e: e["id"])
+        with self.broker.listen(application_channel(application_id), stream.offer_message):
+            async for event in stream.events():
+                yield event
+
     def _resync_everyone(self) -> None:
         for stream, (application_id, pool_key, end_user_id) in list(self.streams.items()):
             asyncio.get_running_loop().create_task(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Any
 
 Event = dict[str, Any]
@@ -32,14 +32,16 @@ class ConflatingStream:
         accept: Callable[[Event], bool],
         *,
         topic: str = "balance",
+        key: Callable[[Event], Hashable] = balance_key,
         max_balances: int = MAX_PENDING_BALANCES,
     ) -> None:
         self.accept = accept
         self.topic = topic
+        self.key = key
         self.max_balances = max_balances
-        self.pending: OrderedDict[BalanceKey, Event] = OrderedDict()
+        self.pending: OrderedDict[Hashable, Event] = OrderedDict()
         # Versions delivered, to drop republished or stale events (bounded, least recent out).
-        self.delivered: OrderedDict[BalanceKey, int] = OrderedDict()
+        self.delivered: OrderedDict[Hashable, int] = OrderedDict()
         self.wakeup = asyncio.Event()
         self.dropped = 0
 
@@ -53,7 +55,7 @@ class ConflatingStream:
     def offer(self, event: Event) -> None:
         if not self.accept(event):
             return
-        key = balance_key(event)
+        key = self.key(event)
         if event["version"] <= self.delivered.get(key, -1):
             return
         waiting = self.pending.get(key)
@@ -72,7 +74,7 @@ class ConflatingStream:
             self.wakeup.clear()
             while self.pending:
                 _, event = self.pending.popitem(last=False)
-                key = balance_key(event)
+                key = self.key(event)
                 if event["version"] <= self.delivered.get(key, -1):
                     continue
                 self._remember(key, event["version"])
@@ -80,10 +82,10 @@ class ConflatingStream:
 
     def mark_delivered(self, event: Event) -> None:
         """Records a snapshot sent outside the stream (the first message, a resync)."""
-        key = balance_key(event)
+        key = self.key(event)
         self._remember(key, max(event["version"], self.delivered.get(key, -1)))
 
-    def _remember(self, key: BalanceKey, version: int) -> None:
+    def _remember(self, key: Hashable, version: int) -> None:
         self.delivered[key] = version
         self.delivered.move_to_end(key)
         if len(self.delivered) > MAX_REMEMBERED_VERSIONS:

@@ -35,7 +35,11 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 @asynccontextmanager
 async def subscribed(
-    url: str, key: str, protocol: str = WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL, **variables: Any
+    url: str,
+    key: str,
+    protocol: str = WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL,
+    document: Any = None,
+    **variables: Any,
 ) -> AsyncIterator[asyncio.Queue]:
     """Events of one subscription, received in the background into a queue."""
     transport = WebsocketsTransport(
@@ -48,10 +52,9 @@ async def subscribed(
 
         async def receive() -> None:
             try:
-                async for result in session.subscribe(
-                    GraphQLRequest(BALANCE_CHANGED, variable_values=variables)
-                ):
-                    await events.put(result["balanceChanged"])
+                request = GraphQLRequest(document or BALANCE_CHANGED, variable_values=variables)
+                async for result in session.subscribe(request):
+                    await events.put(next(iter(result.values())))
             except Exception as error:  # surfaced to the test through the queue
                 await events.put(error)
 
@@ -138,6 +141,59 @@ async def test_subscriptions_never_cross_applications(server, http) -> None:
             with pytest.raises(TransportQueryError) as caught:
                 await next_event(events)
             assert caught.value.errors[0]["extensions"]["code"] == "NOT_FOUND"
+
+
+LOW_CREDIT_ALERTS = gql(
+    """
+subscription($app: ID!) {
+  lowCreditAlerts(applicationId: $app) {
+    id pool kind remaining threshold acknowledged endUser { externalId }
+  }
+}"""
+)
+SET_THRESHOLD = """
+mutation($input: SetLowBalanceThresholdInput!) {
+  setLowBalanceThreshold(input: $input) { pool { key endUserLowBalanceThreshold } errors { code } }
+}"""
+ALERTS = """
+query($id: ID!) {
+  application(id: $id) {
+    alerts(first: 10) { totalCount edges { node { id kind remaining acknowledged pool } } }
+  }
+}"""
+ACKNOWLEDGE = """
+mutation($id: ID!) { acknowledgeAlert(id: $id) { alert { acknowledged } errors { code } } }"""
+
+
+async def test_low_credit_alerts_are_pushed_listed_and_acknowledged(server, http) -> None:
+    app = await _application(server, http, users=1, credits_each=5)
+    from tests.graphql_client import PURCHASE
+
+    await app.admin(PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": 100})
+    threshold = {"applicationId": app.id, "pool": "ai", "threshold": 2, "endUserDefault": True}
+    done = await app.admin(SET_THRESHOLD, input=threshold)
+    assert done["setLowBalanceThreshold"]["pool"]["endUserLowBalanceThreshold"] == 2
+    async with subscribed(
+        server.graphql, app.reader.key, document=LOW_CREDIT_ALERTS, app=app.id
+    ) as alerts:
+        await asyncio.sleep(0.3)  # the subscription is registered
+        for _ in range(5):
+            await app.admin(CONSUME, input=_consume(app, {"externalId": "u0"}))
+        low = await next_event(alerts)
+        exhausted = await next_event(alerts)
+        assert (low["kind"], low["remaining"], low["threshold"]) == ("LOW", 2, 2)
+        assert (exhausted["kind"], exhausted["remaining"]) == ("EXHAUSTED", 0)
+        assert exhausted["endUser"] == {"externalId": "u0"}
+        with pytest.raises(TimeoutError):
+            await next_event(alerts, wait=0.5)
+    listed = (await app.reader(ALERTS, id=app.id))["application"]["alerts"]
+    assert listed["totalCount"] == 2
+    assert [e["node"]["kind"] for e in listed["edges"]] == ["EXHAUSTED", "LOW"]
+    alert_id = listed["edges"][0]["node"]["id"]
+    refused = await app.reader(ACKNOWLEDGE, id=alert_id)
+    assert refused["acknowledgeAlert"]["errors"] == [{"code": "FORBIDDEN"}]
+    acknowledged = await app.admin(ACKNOWLEDGE, id=alert_id)
+    assert acknowledged["acknowledgeAlert"]["alert"] == {"acknowledged": True}
 
 
 async def test_a_bad_key_closes_the_socket(server) -> None:

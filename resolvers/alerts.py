@@ -1,0 +1,195 @@
+"""Low-credit alerts: thresholds, the alert list, acknowledgement and the live stream."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncGenerator
+from datetime import datetime
+
+import strawberry
+
+from models.alerts import acknowledge_alert, set_low_balance_threshold
+from models.credits import CreditPool as PoolRow
+from models.credits import EndUser as EndUserRow
+from models.errors import DomainError, NotFound, ValidationFailed
+from models.records import Alert as AlertRow
+from models.records import AlertKind as DomainAlertKind
+from resolvers.access import visible_application, writable_application
+from resolvers.context import Info, principal_of
+from resolvers.end_users import EndUser, EndUserRef, PageInfo
+from resolvers.errors import UserError, parse_id, query_error, user_errors
+from resolvers.pools import MAX_PAGE, CreditPool
+
+AlertKind = strawberry.enum(DomainAlertKind, name="AlertKind")
+
+
+@strawberry.type
+class CreditAlert:
+    id: strawberry.ID
+    application_id: strawberry.ID
+    pool: str
+    kind: AlertKind
+    remaining: int
+    threshold: int | None
+    at: datetime
+    acknowledged: bool
+    end_user_row_id: strawberry.Private[int | None]
+
+    @strawberry.field
+    async def end_user(self) -> EndUser | None:
+        if self.end_user_row_id is None:
+            return None
+        row = await EndUserRow.get_or_none(id=self.end_user_row_id)
+        return None if row is None else EndUser.from_row(row)
+
+    @classmethod
+    def from_row(cls, row: AlertRow, pool_key: str) -> CreditAlert:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            application_id=strawberry.ID(str(row.application_id)),  # type: ignore[attr-defined]
+            pool=pool_key,
+            kind=row.kind,
+            remaining=row.remaining,
+            threshold=row.threshold,
+            at=row.created_at,
+            acknowledged=row.acknowledged_at is not None,
+            end_user_row_id=row.end_user_id,
+        )
+
+    @classmethod
+    def from_event(cls, event: dict) -> CreditAlert:
+        return cls(
+            id=strawberry.ID(str(event["id"])),
+            application_id=strawberry.ID(str(event["application_id"])),
+            pool=event["pool"],
+            kind=DomainAlertKind(event["kind"]),
+            remaining=event["remaining"],
+            threshold=event["threshold"],
+            at=datetime.fromisoformat(event["at"]),
+            acknowledged=False,
+            end_user_row_id=event["end_user_id"],
+        )
+
+
+@strawberry.type
+class CreditAlertEdge:
+    cursor: str
+    node: CreditAlert
+
+
+@strawberry.type
+class CreditAlertConnection:
+    edges: list[CreditAlertEdge]
+    page_info: PageInfo
+    total_count: int
+
+
+def _cursor(alert_id: int) -> str:
+    return base64.urlsafe_b64encode(f"Alert:{alert_id}".encode()).decode()
+
+
+def _after(cursor: str) -> int:
+    try:
+        kind, _, raw = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        if kind == "Alert" and raw.isdigit():
+            return int(raw)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise ValidationFailed("after is not a cursor of this connection", field="after")
+
+
+async def alert_page(application_id: int, first: int, after: str | None) -> CreditAlertConnection:
+    """Newest first."""
+    if not 0 <= first <= MAX_PAGE:
+        raise query_error(ValidationFailed(f"first must be between 0 and {MAX_PAGE}"))
+    query = AlertRow.filter(application_id=application_id)
+    total = await query.count()
+    if after is not None:
+        try:
+            query = query.filter(id__lt=_after(after))
+        except DomainError as error:
+            raise query_error(error) from None
+    rows = await query.order_by("-id").limit(first + 1)
+    keys = dict(await PoolRow.filter(application_id=application_id).values_list("id", "key"))
+    page = [
+        CreditAlertEdge(cursor=_cursor(r.id), node=CreditAlert.from_row(r, keys[r.pool_id]))
+        for r in rows[:first]
+    ]
+    return CreditAlertConnection(
+        edges=page,
+        page_info=PageInfo(
+            has_next_page=len(rows) > first, end_cursor=page[-1].cursor if page else None
+        ),
+        total_count=total,
+    )
+
+
+@strawberry.input
+class SetLowBalanceThresholdInput:
+    application_id: strawberry.ID
+    pool: str
+    threshold: int | None = strawberry.field(description="null clears the threshold")
+    end_user: EndUserRef | None = strawberry.field(
+        default=None, description="Set this End User's own threshold."
+    )
+    end_user_default: bool = strawberry.field(
+        default=False, description="Set the pool's default threshold for its End Users."
+    )
+
+
+@strawberry.type
+class SetLowBalanceThresholdPayload:
+    pool: CreditPool | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+async def resolve_set_threshold(
+    info: Info, input: SetLowBalanceThresholdInput
+) -> SetLowBalanceThresholdPayload:
+    """Without endUser or endUserDefault: the pool's own threshold."""
+    try:
+        application_id = await writable_application(principal_of(info), input.application_id)
+        await set_low_balance_threshold(
+            application_id,
+            input.pool,
+            input.threshold,
+            end_user=None if input.end_user is None else input.end_user.to_domain(),
+            end_user_default=input.end_user_default,
+        )
+    except DomainError as error:
+        return SetLowBalanceThresholdPayload(errors=user_errors(error))
+    pool = await PoolRow.get(application_id=application_id, key=input.pool)
+    return SetLowBalanceThresholdPayload(pool=CreditPool.from_row(pool))
+
+
+@strawberry.type
+class AcknowledgeAlertPayload:
+    alert: CreditAlert | None = None
+    errors: list[UserError] = strawberry.field(default_factory=list)
+
+
+async def resolve_acknowledge(info: Info, id: strawberry.ID) -> AcknowledgeAlertPayload:
+    principal = principal_of(info)
+    try:
+        parsed = parse_id(id)
+        row = None if parsed is None else await AlertRow.get_or_none(id=parsed)
+        if row is None:
+            raise NotFound("alert not found", field="id")
+        application_id = await writable_application(principal, row.application_id)  # type: ignore[attr-defined]
+        row = await acknowledge_alert(application_id, row.id)
+    except DomainError as error:
+        return AcknowledgeAlertPayload(errors=user_errors(error))
+    pool = await PoolRow.get(id=row.pool_id)
+    return AcknowledgeAlertPayload(alert=CreditAlert.from_row(row, pool.key))
+
+
+async def low_credit_alerts(
+    info: Info, application_id: strawberry.ID
+) -> AsyncGenerator[CreditAlert, None]:
+    """Every LOW, EXHAUSTED and RECOVERED alert of the application from now on."""
+    try:
+        application = await visible_application(principal_of(info), application_id)
+    except DomainError as error:
+        raise query_error(error) from None
+    async for event in info.context.realtime.alert_events(application):
+        yield CreditAlert.from_event(event)
