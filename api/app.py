@@ -28,9 +28,10 @@ PRINCIPAL_SCOPE_KEY = "usagegraph.principal"
 class UsageGraphQL(GraphQL):
     """Strawberry's ASGI view with our context and WebSocket authentication."""
 
-    def __init__(self, *args: Any, realtime: Realtime, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, realtime: Realtime, secret: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.realtime = realtime
+        self.secret = secret
 
     async def get_context(self, request: Any, response: Any = None) -> Context:
         return Context(
@@ -38,13 +39,16 @@ class UsageGraphQL(GraphQL):
             response=response,
             principal=request.scope.get(PRINCIPAL_SCOPE_KEY),
             realtime=self.realtime,
+            secret=self.secret,
         )
 
     async def on_ws_connect(self, context: Context) -> None:
         params = context.connection_params or {}
         header = params.get("authorization") or params.get("Authorization")
         try:
-            context.principal = await authenticate(header if isinstance(header, str) else None)
+            context.principal = await authenticate(
+                header if isinstance(header, str) else None, self.secret
+            )
         except InvalidCredential:
             raise ConnectionRejectionError() from None
 
@@ -57,19 +61,22 @@ def _wants_ide(scope: Scope) -> bool:
 
 
 class AuthenticatedGraphQL:
-    """HTTP in front of the GraphQL view: a request without a valid key gets 401 with a
-    GraphQL-shaped error body; GraphiQL (a browser GET) is served without one."""
+    """HTTP in front of the GraphQL view: a request with a bad credential gets 401 with a
+    GraphQL-shaped error body. One without a credential reaches the view unauthenticated:
+    only exchangeTemporaryCode answers it, every other field gives 401 as well. GraphiQL
+    (a browser GET) is served without one."""
 
     def __init__(self, view: UsageGraphQL) -> None:
         self.view = view
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _wants_ide(scope):
-            request = Request(scope)
+            header = Request(scope).headers.get("authorization")
+            if header is None:
+                await self.view(scope, receive, send)
+                return
             try:
-                scope[PRINCIPAL_SCOPE_KEY] = await authenticate(
-                    request.headers.get("authorization")
-                )
+                scope[PRINCIPAL_SCOPE_KEY] = await authenticate(header, self.view.secret)
             except InvalidCredential as error:
                 response = _unauthenticated(error.message)
                 await response(scope, receive, send)
@@ -105,7 +112,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             await realtime.close()
             await close_database()
 
-    view = UsageGraphQL(schema, allowed_origins=settings.allowed_origins, realtime=realtime)
+    view = UsageGraphQL(
+        schema, allowed_origins=settings.allowed_origins, realtime=realtime, secret=settings.secret
+    )
     app = Starlette(
         routes=[
             Route("/graphql", AuthenticatedGraphQL(view), methods=["GET", "POST"]),

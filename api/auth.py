@@ -1,10 +1,14 @@
-"""API key authentication (SPEC §8): `Authorization: Bearer ug_<key id>_<secret>`."""
+"""Authentication (SPEC §8): `Authorization: Bearer <credential>`, where the credential is
+an API key (`ug_<key id>_<secret>`) or an End User token (`ugt_...`)."""
 
 from __future__ import annotations
 
 from models.accounts import InvalidCredential, verify_api_key
-from models.tenancy import ApiKeyRole
+from models.end_user_tokens import TOKEN_PREFIX, InvalidToken, verify_token
+from models.tenancy import ApiKeyRole, Application
 from resolvers.context import Principal
+
+_organization_of: dict[int, int] = {}  # applications never change organization
 
 
 def bearer_credential(header: str | None) -> str:
@@ -16,13 +20,37 @@ def bearer_credential(header: str | None) -> str:
     return credential.strip()
 
 
-async def authenticate(header: str | None) -> Principal:
+async def authenticate(header: str | None, secret: str) -> Principal:
     """The principal behind an Authorization header, or InvalidCredential."""
-    api_key = await verify_api_key(bearer_credential(header))
+    credential = bearer_credential(header)
+    if credential.startswith(TOKEN_PREFIX):
+        return await _token_principal(credential, secret)
+    api_key = await verify_api_key(credential)
     return Principal(
         organization_id=api_key.organization_id,  # type: ignore[attr-defined]
         application_id=api_key.application_id,  # type: ignore[attr-defined]
         role=ApiKeyRole(api_key.role),
         api_key_id=api_key.id,
         key_id=api_key.key_id,
+    )
+
+
+async def _token_principal(credential: str, secret: str) -> Principal:
+    try:
+        claims = verify_token(secret, credential)
+    except InvalidToken as error:
+        raise InvalidCredential(error.message) from None
+    organization_id = _organization_of.get(claims.application_id)
+    if organization_id is None:
+        application = await Application.get_or_none(id=claims.application_id)
+        if application is None:
+            raise InvalidCredential("invalid End User token")
+        organization_id = _organization_of[claims.application_id] = application.organization_id  # type: ignore[attr-defined]
+    return Principal(
+        organization_id=organization_id,
+        application_id=claims.application_id,
+        role=ApiKeyRole.READ,
+        api_key_id=None,
+        key_id=None,
+        end_user_id=claims.end_user_id,
     )

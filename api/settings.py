@@ -15,7 +15,12 @@ class Settings(BaseSettings):
 
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     redis_url: str | None = Field(None, alias="REDIS_URL")
-    secret: str = Field("usagegraph-dev-secret-change-me", alias="USAGEGRAPH_SECRET")
+    # HS256 wants at least 32 bytes of key.
+    secret: str = Field(
+        "usagegraph-development-secret-change-me-in-production",
+        min_length=32,
+        alias="USAGEGRAPH_SECRET",
+    )
     db_pool_min: int = Field(2, ge=1, alias="USAGEGRAPH_DB_POOL_MIN")
     db_pool_max: int = Field(20, ge=1, alias="USAGEGRAPH_DB_POOL_MAX")
     # Browser origins allowed to open a WebSocket (Strawberry refuses cross-origin otherwise).

@@ -173,3 +173,22 @@ class Alert(Model):
     class Meta:
         table = "alert"
         indexes = (("application_id", "id"),)
+
+
+class TemporaryCode(Model):
+    """A one-time, short-lived code a widget exchanges for an End User token. Only a hash
+    of the code is kept."""
+
+    id = fields.BigIntField(primary_key=True)
+    code_hash = fields.CharField(max_length=64, unique=True)
+    application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
+        "models.Application", related_name="temporary_codes", on_delete=fields.RESTRICT
+    )
+    end_user_id = fields.BigIntField()
+    token_ttl_seconds = fields.IntField()
+    created_at = fields.DatetimeField()
+    expires_at = fields.DatetimeField()
+    used_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "temporary_code"

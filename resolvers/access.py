@@ -53,3 +53,14 @@ async def writable_application(principal: Principal, application_id: object) -> 
 def require_write(principal: Principal) -> None:
     if not principal.can_write:
         raise Forbidden("this API key is read-only")
+
+
+def require_api_key(principal: Principal) -> None:
+    """End User tokens see their own balances and nothing else of the application."""
+    if principal.end_user_id is not None:
+        raise NotFound("not visible to an End User token")
+
+
+def require_end_user(principal: Principal, end_user_id: int) -> None:
+    if principal.end_user_id is not None and principal.end_user_id != end_user_id:
+        raise NotFound("End User not found", field="endUser")

@@ -14,7 +14,7 @@ from models.credits import EndUser as EndUserRow
 from models.errors import DomainError, NotFound, ValidationFailed
 from models.records import Alert as AlertRow
 from models.records import AlertKind as DomainAlertKind
-from resolvers.access import visible_application, writable_application
+from resolvers.access import require_api_key, visible_application, writable_application
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
 from resolvers.errors import UserError, parse_id, query_error, user_errors
@@ -188,7 +188,9 @@ async def low_credit_alerts(
 ) -> AsyncGenerator[CreditAlert, None]:
     """Every LOW, EXHAUSTED and RECOVERED alert of the application from now on."""
     try:
-        application = await visible_application(principal_of(info), application_id)
+        principal = principal_of(info)
+        require_api_key(principal)
+        application = await visible_application(principal, application_id)
     except DomainError as error:
         raise query_error(error) from None
     async for event in info.context.realtime.alert_events(application):

@@ -14,7 +14,13 @@ from models.end_users import upsert_end_users
 from models.errors import DomainError, NotFound, ValidationFailed
 from models.pools import create_pool
 from models.tenancy import Application as ApplicationRow
-from resolvers.access import require_write, visible_application, writable_application
+from resolvers.access import (
+    require_api_key,
+    require_end_user,
+    require_write,
+    visible_application,
+    writable_application,
+)
 from resolvers.alerts import CreditAlertConnection, alert_page
 from resolvers.context import Info, principal_of
 from resolvers.end_users import (
@@ -47,29 +53,37 @@ class Application:
         )
 
     @strawberry.field
-    async def pools(self) -> list[CreditPool]:
+    async def pools(self, info: Info) -> list[CreditPool]:
+        _api_keys_only(info)
         rows = await PoolRow.filter(application_id=self.row_id).order_by("id")
         return [CreditPool.from_row(row) for row in rows]
 
     @strawberry.field
-    async def pool(self, key: str) -> CreditPool | None:
+    async def pool(self, info: Info, key: str) -> CreditPool | None:
+        _api_keys_only(info)
         row = await PoolRow.get_or_none(application_id=self.row_id, key=key)
         return None if row is None else CreditPool.from_row(row)
 
     @strawberry.field(description="End Users in creation order (Relay connection).")
-    async def end_users(self, first: int = 50, after: str | None = None) -> EndUserConnection:
+    async def end_users(
+        self, info: Info, first: int = 50, after: str | None = None
+    ) -> EndUserConnection:
+        _api_keys_only(info)
         try:
             return await end_user_page(self.row_id, first, after)
         except DomainError as error:
             raise query_error(error) from None
 
     @strawberry.field(description="Low-credit alerts, newest first.")
-    async def alerts(self, first: int = 50, after: str | None = None) -> CreditAlertConnection:
+    async def alerts(
+        self, info: Info, first: int = 50, after: str | None = None
+    ) -> CreditAlertConnection:
+        _api_keys_only(info)
         return await alert_page(self.row_id, first, after)
 
     @strawberry.field(description="One End User, by exactly one of id and externalId.")
     async def end_user(
-        self, id: strawberry.ID | None = None, external_id: str | None = None
+        self, info: Info, id: strawberry.ID | None = None, external_id: str | None = None
     ) -> EndUser | None:
         if (id is None) == (external_id is None):
             raise query_error(ValidationFailed("give exactly one of id and externalId"))
@@ -84,7 +98,18 @@ class Application:
             row = await EndUserRow.get_or_none(application_id=self.row_id, external_id=external_id)
         if row is None:
             raise query_error(NotFound("End User not found"))
+        try:
+            require_end_user(principal_of(info), row.id)
+        except DomainError as error:
+            raise query_error(error) from None
         return EndUser.from_row(row)
+
+
+def _api_keys_only(info: Info) -> None:
+    try:
+        require_api_key(principal_of(info))
+    except DomainError as error:
+        raise query_error(error) from None
 
 
 async def resolve_applications(info: Info) -> list[Application]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from graphql import GraphQLError
 from strawberry.types import Info as StrawberryInfo
 
 from models.tenancy import ApiKeyRole
@@ -12,13 +13,15 @@ from models.tenancy import ApiKeyRole
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: an organization key (application_id None) or an application key."""
+    """Who is calling: an organization key (application_id None), an application key, or
+    an End User token (end_user_id set: it reads that End User's balances only)."""
 
     organization_id: int
     application_id: int | None
     role: ApiKeyRole
-    api_key_id: int
-    key_id: str
+    api_key_id: int | None
+    key_id: str | None
+    end_user_id: int | None = None
 
     @property
     def can_write(self) -> bool:
@@ -36,6 +39,7 @@ class Context:
     principal: Principal | None = None
     connection_params: dict[str, Any] | None = None
     realtime: Any = None  # subscriptions.realtime.Realtime, wired by the app
+    secret: str = ""  # signs End User tokens
     cache: dict[str, Any] = field(default_factory=dict)
 
 
@@ -43,7 +47,15 @@ Info = StrawberryInfo[Context, None]
 
 
 def principal_of(info: Info) -> Principal:
+    """The caller; a request without credentials gets 401 (only exchangeTemporaryCode
+    works without one)."""
     principal = info.context.principal
-    if principal is None:  # the HTTP layer refuses unauthenticated requests before this
-        raise PermissionError("not authenticated")
+    if principal is None:
+        response = info.context.response
+        if response is not None and hasattr(response, "status_code"):
+            response.status_code = 401
+        raise GraphQLError(
+            "missing Authorization header: send 'Bearer <API key or End User token>'",
+            extensions={"code": "UNAUTHENTICATED"},
+        )
     return principal

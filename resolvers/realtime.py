@@ -10,7 +10,7 @@ import strawberry
 from models.credits import EndUser as EndUserRow
 from models.errors import DomainError, NotFound
 from models.records import LedgerEntryKind as DomainLedgerEntryKind
-from resolvers.access import visible_application
+from resolvers.access import require_end_user, visible_application
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser
 from resolvers.errors import parse_id, query_error
@@ -77,13 +77,14 @@ async def balance_changed(
     principal = principal_of(info)
     try:
         application = await visible_application(principal, application_id)
-        end_user = None
+        end_user = principal.end_user_id  # an End User token watches its own balances
         if end_user_id is not None:
             end_user = parse_id(end_user_id)
             if end_user is None or not await EndUserRow.exists(
                 id=end_user, application_id=application
             ):
                 raise NotFound("End User not found", field="endUserId")
+            require_end_user(principal, end_user)
     except DomainError as error:
         raise query_error(error) from None
     async for event in info.context.realtime.balance_events(application, pool, end_user):

@@ -30,6 +30,11 @@ from resolvers.credits import (
     resolve_purchase,
     resolve_release,
 )
+from resolvers.end_user_tokens import (
+    resolve_create_code,
+    resolve_exchange_code,
+    resolve_issue_token,
+)
 from resolvers.realtime import balance_changed
 from resolvers.viewer import resolve_viewer
 
@@ -60,6 +65,9 @@ class Mutation:
     consume_credits_batch = strawberry.mutation(resolver=resolve_consume_batch)
     set_low_balance_threshold = strawberry.mutation(resolver=resolve_set_threshold)
     acknowledge_alert = strawberry.mutation(resolver=resolve_acknowledge)
+    issue_end_user_token = strawberry.mutation(resolver=resolve_issue_token)
+    create_temporary_code = strawberry.mutation(resolver=resolve_create_code)
+    exchange_temporary_code = strawberry.mutation(resolver=resolve_exchange_code)
 
 
 @strawberry.type

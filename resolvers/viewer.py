@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import strawberry
 
+from models.credits import EndUser as EndUserRow
 from models.tenancy import ApiKey as ApiKeyRow
 from models.tenancy import Application as ApplicationRow
 from models.tenancy import Organization as OrganizationRow
 from resolvers.api_keys import ApiKey, ApiKeyRole
 from resolvers.applications import Application
 from resolvers.context import Info, principal_of
+from resolvers.end_users import EndUser
 
 
 @strawberry.type
@@ -24,7 +26,8 @@ class Viewer:
     application: Application | None = strawberry.field(
         description="The application an application key is scoped to; null for organization keys."
     )
-    api_key: ApiKey
+    api_key: ApiKey | None = strawberry.field(description="null for an End User token")
+    end_user: EndUser | None = strawberry.field(description="The End User a token belongs to.")
     role: ApiKeyRole
 
 
@@ -34,9 +37,16 @@ async def resolve_viewer(info: Info) -> Viewer:
     application = None
     if principal.application_id is not None:
         application = Application.from_row(await ApplicationRow.get(id=principal.application_id))
+    api_key = None
+    if principal.api_key_id is not None:
+        api_key = ApiKey.from_row(await ApiKeyRow.get(id=principal.api_key_id))
+    end_user = None
+    if principal.end_user_id is not None:
+        end_user = EndUser.from_row(await EndUserRow.get(id=principal.end_user_id))
     return Viewer(
         organization=Organization(id=strawberry.ID(str(organization.id)), name=organization.name),
         application=application,
-        api_key=ApiKey.from_row(await ApiKeyRow.get(id=principal.api_key_id)),
+        api_key=api_key,
+        end_user=end_user,
         role=principal.role,
     )
