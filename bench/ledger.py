@@ -141,7 +141,9 @@ SQL_BALANCE = (
     " FROM credit_pool WHERE credit_pool.id = pool_id)), -1) THEN 'LOW' ELSE 'OK' END,"
     " version = version + 1, updated_at = now()"
     " WHERE end_user_id = $1 AND pool_id = $2"
-    " RETURNING end_user_id, pool_id, allocated, used, expired, remaining, status, version"
+    " RETURNING end_user_id, pool_id, allocated, used, expired, remaining, status, version,"
+    " COALESCE(low_balance_threshold, (SELECT end_user_low_balance_threshold FROM credit_pool"
+    " WHERE credit_pool.id = pool_id)) AS threshold"
 )
 SQL_ALLOCATION = "UPDATE allocation SET used = used + $2, remaining = remaining - $2 WHERE id = $1"
 SQL_USAGE_EVENT = (
