@@ -361,3 +361,42 @@ async def test_consume_credits_batch_over_http(server, http) -> None:
     assert [e["code"] for e in too_many["consumeCreditsBatch"]["errors"]] == ["VALIDATION"]
     read_only = await app.reader(BATCH, input={"applicationId": app.id, "consumptions": items})
     assert [e["code"] for e in read_only["consumeCreditsBatch"]["errors"]] == ["FORBIDDEN"]
+
+
+PAGE = """
+query($id: ID!, $after: String) {
+  application(id: $id) {
+    endUsers(first: 2, after: $after) {
+      totalCount pageInfo { hasNextPage endCursor } edges { cursor node { externalId } }
+    }
+  }
+}"""
+
+
+async def test_end_users_page_by_cursor(server, http) -> None:
+    app = await _application(server, http, users=5, credits_each=1)
+    seen: list[str] = []
+    after = None
+    while True:
+        page = (await app.reader(PAGE, id=app.id, after=after))["application"]["endUsers"]
+        assert page["totalCount"] == 5
+        seen += [edge["node"]["externalId"] for edge in page["edges"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert seen == [f"u{i}" for i in range(5)]
+    body = (await app.reader.raw(PAGE, {"id": app.id, "after": "not-a-cursor"})).json()
+    assert body["errors"][0]["extensions"]["code"] == "VALIDATION"
+
+
+async def test_query_limits_refuse_deep_and_wide_documents(server, http) -> None:
+    app = await _application(server, http, users=1)
+    deep = "{ viewer { application { " + "pools { key } " + "} } }"
+    nested = "{ viewer " + "{ application " * 15 + "{ id }" + " }" * 15 + " }"
+    aliases = "{ " + " ".join(f"a{i}: viewer {{ role }}" for i in range(100)) + " }"
+    assert (await app.reader(deep))["viewer"]["application"]["pools"]
+    for document, expected in ((nested, "maximum operation depth"), (aliases, "aliases")):
+        response = await app.reader.raw(document)
+        assert response.status_code < 500
+        messages = [e["message"] for e in response.json()["errors"]]
+        assert any(expected in m for m in messages), messages
