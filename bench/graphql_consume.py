@@ -1,0 +1,1149 @@
+"""`consumeCredits` over HTTP against one `usagegraph serve` process on PostgreSQL, beside
+the same ledger SQL run by raw asyncpg loops in the same run.
+
+What it measures
+    consumeCredits: `--clients` concurrent HTTP clients (default 64) each POSTing
+    `consumeCredits` of 1 credit for a random End User of `--end-users` (default 1,000),
+    waiting for the answer before the next. The mutation text is fixed and every value is
+    in `variables` (the server caches parsed and validated documents by their text). The
+    selection is the README's, `balance { remaining status version } replayed errors { code
+    message }` (`lowBalanceThreshold` would add two reads per request).
+    consumeCreditsBatch: `--batch-size` (default 100) consumptions of distinct random End
+    Users per request, at each concurrency of `--batch-clients` (default 8 and 64: 8 keeps
+    about as many consumptions in flight as 64 single clients would batch together, 64 is
+    the single phase's concurrency); its rate is consumptions per second (batch size x
+    requests per second).
+    Raw baselines (`bench/ledger.py`'s raw paths, `--clients` asyncio tasks on a plain
+    asyncpg pool): "raw single", one transaction per consumption with exactly the statements
+    the ledger sends for a consumption made alone, the rate the targets refer to; and "raw
+    combined", the server's per-application combiner (concurrent single consumptions queue
+    while a batch commits) in plain asyncpg, i.e. the same transactions the server runs for
+    `consumeCredits` under load, for seeing what HTTP, GraphQL and the ORM cost on top.
+    Each runs once before the HTTP phases and once after; the mean of the two counts.
+    Every phase has a warm-up (`--warmup`, default 2 s) and a measured window (`--seconds`,
+    default 10 s): rates count what completed in the window; p50/p99 are the latencies of
+    those calls as the caller saw them. Every HTTP answer must be 200 with no GraphQL error
+    and no error in the payload (or in any batch item); anything else is counted and printed.
+    For each window it reads the CPU seconds used by the server process (/proc/<pid>/stat
+    utime+stime), by this (client) process, by every `postgres` process and by the whole
+    machine, to show which is the bottleneck; and the database transactions that wrote the
+    phase's consumptions (pool balance events: one per transaction).
+
+Setup
+    A scratch database on `--admin-dsn` (default postgresql://postgres@127.0.0.1:5432/test,
+    or $USAGEGRAPH_BENCH_PG / $USAGEGRAPH_TEST_PG), migrated, with one organization, one
+    application, an application ADMIN API key and `--end-users` End Users each allocated an
+    equal share of 10^9 credits (`bench/ledger.py`'s `fund`, through the model functions).
+    The server is `usagegraph serve --port <free port>`, with DATABASE_URL and
+    USAGEGRAPH_DB_POOL_MIN/MAX set to `--pool-size` (default 40) and this checkout first on
+    PYTHONPATH; the raw pools have the same size. PostgreSQL allows 100 connections, shared
+    with whatever else runs on the machine: the server runs only between the raw phases, so
+    that no two pools are open together, and each pool waits for enough free connections
+    before it opens. Before the HTTP phases every End User consumes once over HTTP, so that
+    the server has its pool and End User ids cached, as a long-running server would.
+    The clients are `httpx.AsyncClient`s with keep-alive, one per concurrent client with one
+    connection each; `--shared-client` uses one client with `max_connections` = clients
+    instead (the same connections, but httpcore's pool then scans every connection for each
+    request, which costs the client process ms of CPU per request at 64).
+    At the end the rows written are checked against the consumptions completed (usage
+    events = CONSUME entries = End User balance events), `verify_ledger()` recomputes every
+    counter from the ledger, the server is stopped and the database dropped.
+
+Run it from the project root:
+
+    .venv/bin/python bench/graphql_consume.py [--seconds 10] [--clients 64] [--end-users 1000]
+
+`--profile` samples the server with py-spy during each HTTP window and prints where its CPU
+went, by library, by stage and by function (install py-spy first:
+`.venv/bin/pip install py-spy`). `usagegraph serve` runs uvicorn at log level INFO with its
+access log, a line per request, and has no option to turn that off; `--no-access-log`
+starts the same application with the same uvicorn settings but `access_log=False`, to
+measure what the log costs. `--server-cmd` starts any other command instead (for
+experiments such as a patched launcher; `{port}` and `{python}` are filled in).
+
+The server and this process import the project this script sits in (it goes first on
+PYTHONPATH), so a copy of the project, e.g. `git archive HEAD | tar -x -C /tmp/copy`, with
+this script in its bench/ benchmarks that copy with the same virtualenv.
+
+Exit status: 1 when an HTTP answer was wrong, the rows written do not match the
+consumptions completed, or `verify_ledger()` reports a problem; else 0. Missed targets are
+printed, not reflected in the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+from tortoise import connections  # noqa: E402
+
+from api.database import close_database  # noqa: E402
+from api.settings import Settings  # noqa: E402
+from bench.ledger import (  # noqa: E402
+    CREDITS,
+    DEFAULT_ADMIN_DSN,
+    FEATURE,
+    POOL_KEY,
+    Account,
+    create_database,
+    database_urls,
+    drop_database,
+    fund,
+    open_database,
+    raw_combined,
+    raw_single,
+)
+from models.accounts import create_api_key  # noqa: E402
+from models.credits import EndUser  # noqa: E402
+from models.tenancy import ApiKeyRole, Application  # noqa: E402
+from models.verify import verify_ledger  # noqa: E402
+
+TARGET_RATIO = 0.35  # HTTP consumeCredits rate / raw rate
+TARGET_P99_MS = 150.0
+TARGET_BATCH_RATIO = 1.0  # batch consumptions/s / raw single-transaction rate
+
+CONSUME = """mutation Consume($input: ConsumeCreditsInput!) {
+  consumeCredits(input: $input) {
+    balance { remaining status version } replayed errors { code message }
+  }
+}"""
+CONSUME_BATCH = """mutation ConsumeMany($input: ConsumeCreditsBatchInput!) {
+  consumeCreditsBatch(input: $input) {
+    results { balance { remaining } replayed errors { code message } } errors { code message }
+  }
+}"""
+READY = "query Ready { __typename }"
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------- CPU accounting
+
+
+def _proc_ticks(stat_path: str) -> tuple[str, int] | None:
+    """(comm, utime + stime) of one /proc/<pid>/stat, or None if the process is gone."""
+    try:
+        with open(stat_path, encoding="ascii", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return comm, int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def _postgres_ticks() -> dict[int, int]:
+    ticks: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            found = _proc_ticks(f"/proc/{entry.name}/stat")
+            if found is not None and found[0] == "postgres":
+                ticks[int(entry.name)] = found[1]
+    return ticks
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already in user
+    return total - idle, total
+
+
+@dataclass
+class CpuSnapshot:
+    wall: float
+    client: float
+    server: int | None
+    postgres: dict[int, int]
+    machine: tuple[int, int]
+
+    @classmethod
+    def take(cls, server_pid: int | None) -> CpuSnapshot:
+        server = None
+        if server_pid is not None:
+            found = _proc_ticks(f"/proc/{server_pid}/stat")
+            server = found[1] if found else None
+        return cls(
+            time.perf_counter(),
+            time.process_time(),
+            server,
+            _postgres_ticks(),
+            _machine_ticks(),
+        )
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds used in a window, and the window's length."""
+
+    wall: float
+    client: float
+    server: float | None
+    postgres: float
+    machine_cores: float  # busy CPUs on average over the window
+
+    @property
+    def others(self) -> float:
+        """Cores busy outside the server, this process and PostgreSQL."""
+        mine = self.client + (self.server or 0.0) + self.postgres
+        return self.machine_cores - mine / self.wall
+
+    @classmethod
+    def between(cls, a: CpuSnapshot, b: CpuSnapshot) -> CpuUse:
+        server = None
+        if a.server is not None and b.server is not None:
+            server = (b.server - a.server) / CLK_TCK
+        postgres = sum(t - a.postgres.get(pid, 0) for pid, t in b.postgres.items()) / CLK_TCK
+        busy, total = b.machine[0] - a.machine[0], b.machine[1] - a.machine[1]
+        cores = (os.cpu_count() or 1) * busy / total if total else float("nan")
+        return cls(b.wall - a.wall, b.client - a.client, server, postgres, cores)
+
+
+# ------------------------------------------------------------------------------ phases
+
+
+@dataclass
+class Phase:
+    """One measured phase. A call is one HTTP request or one raw consumption; a call of a
+    batch phase holds `per_call` consumptions."""
+
+    label: str
+    concurrency: int
+    per_call: int
+    seconds: float
+    completed: int = 0  # calls completed in the measured window
+    total: int = 0  # calls completed in the whole phase (warm-up included)
+    errors: int = 0
+    first_error: str | None = None
+    latencies: list[float] = field(default_factory=list)
+    cpu: CpuUse | None = None
+    profile: Path | None = None
+    transactions: int | None = None  # transactions that wrote the phase's consumptions
+
+    @property
+    def calls_per_second(self) -> float:
+        return self.completed / self.seconds
+
+    @property
+    def consumptions_per_second(self) -> float:
+        return self.calls_per_second * self.per_call
+
+    @property
+    def consumptions_total(self) -> int:
+        return self.total * self.per_call
+
+    def percentile(self, q: float) -> float:
+        """Latency at quantile q, in ms."""
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+@dataclass
+class Profiler:
+    """py-spy, run on the server during one window."""
+
+    executable: str
+    out_dir: Path
+    process: asyncio.subprocess.Process | None = None
+
+    async def start(self, pid: int, name: str, seconds: float) -> Path:
+        out = self.out_dir / f"{name}.txt"
+        self.process = await asyncio.create_subprocess_exec(
+            self.executable,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(seconds))),
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--function",  # a function's samples together, whatever line they were on
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        return out
+
+    async def finish(self) -> None:
+        if self.process is not None:
+            _, err = await self.process.communicate()
+            if self.process.returncode != 0:
+                print(f"py-spy failed: {err.decode(errors='replace').strip()[-500:]}")
+            self.process = None
+
+
+async def run_phase(
+    label: str,
+    consume: Callable[[Account], Awaitable[Any]],
+    accounts: list[Account],
+    concurrency: int,
+    per_call: int,
+    args: argparse.Namespace,
+    server_pid: int | None = None,
+    profiler: Profiler | None = None,
+) -> Phase:
+    """`concurrency` tasks calling `consume(random End User)` until the window closes (the
+    loop of `bench/ledger.py`'s run_phase), with the CPU of every party read at the
+    window's ends and, given a profiler, the server sampled during the window."""
+    phase = Phase(label, concurrency, per_call, args.seconds)
+    before = await consumption_rows()
+    begin = time.perf_counter()
+    start = begin + args.warmup
+    end = start + args.seconds
+
+    async def worker(index: int) -> None:
+        rng = random.Random(args.seed * 1_000 + index)  # the same draws for every phase
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= end:
+                return
+            try:
+                await consume(rng.choice(accounts))
+            except Exception as exc:
+                phase.errors += 1
+                phase.first_error = phase.first_error or f"{type(exc).__name__}: {exc}"
+                continue
+            t1 = time.perf_counter()
+            phase.total += 1
+            if start <= t1 < end:
+                phase.completed += 1
+                phase.latencies.append(t1 - t0)
+
+    async def meter() -> None:
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        first = CpuSnapshot.take(server_pid)
+        if profiler is not None and server_pid is not None:
+            name = "".join(c if c.isalnum() else "_" for c in label) + f"_x{concurrency}"
+            phase.profile = await profiler.start(server_pid, name, args.seconds)
+        await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        phase.cpu = CpuUse.between(first, CpuSnapshot.take(server_pid))
+
+    await asyncio.gather(meter(), *(worker(i) for i in range(concurrency)))
+    if profiler is not None:
+        await profiler.finish()
+    phase.transactions = (await consumption_rows())["pool_event"] - before["pool_event"]
+    return phase
+
+
+async def raw_phase(
+    label: str, dsn: str, accounts: list[Account], args: argparse.Namespace
+) -> Phase:
+    """A raw baseline of `bench/ledger.py` on an asyncpg pool of `--pool-size`: "raw single"
+    (one transaction per consumption, `raw_single`) or "raw combined" (the server's
+    combiner in plain asyncpg, `raw_combined`)."""
+    await wait_for_connections(args.admin_dsn, args.pool_size + 1)
+    pool = await asyncpg.create_pool(dsn, min_size=args.pool_size, max_size=args.pool_size)
+    try:
+        if label.startswith("raw single"):
+
+            def consume(account: Account) -> Awaitable[None]:
+                return raw_single(pool, account)
+
+        else:
+            consume = raw_combined(pool)
+        return await run_phase(label, consume, accounts, args.clients, 1, args)
+    finally:
+        await pool.close()
+
+
+# -------------------------------------------------------------------------- HTTP client
+
+
+class AnswerError(Exception):
+    """An HTTP answer that is not a successful consumption."""
+
+
+@dataclass
+class Target:
+    url: str
+    api_key: str
+    application_id: int
+    refs: dict[int, dict[str, str]]  # End User id -> its EndUserRef input
+
+    def consumption(self, account: Account) -> dict[str, Any]:
+        return {
+            "endUser": self.refs[account.end_user_id],
+            "pool": POOL_KEY,
+            "credits": CREDITS,
+            "feature": FEATURE,
+        }
+
+
+class Clients:
+    """`count` concurrent HTTP clients with keep-alive. By default each is its own
+    `httpx.AsyncClient` holding one connection: httpcore's pool scans every connection for
+    each request it places (`_assign_requests_to_connections`), which costs a shared client
+    of 64 connections several ms of CPU per request. `shared` uses one client with
+    `max_connections=count` instead (the same connections on the wire)."""
+
+    def __init__(self, target: Target, count: int, shared: bool) -> None:
+        self.target = target
+
+        def make(connections: int) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                headers={"Authorization": f"Bearer {target.api_key}"},
+                limits=httpx.Limits(
+                    max_connections=connections, max_keepalive_connections=connections
+                ),
+                timeout=httpx.Timeout(60.0),
+            )
+
+        if shared:
+            self.unique = [make(count)]
+            self.free = self.unique * count
+        else:
+            self.unique = [make(1) for _ in range(count)]
+            self.free = list(self.unique)
+
+    async def __aenter__(self) -> Clients:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for client in self.unique:
+            await client.aclose()
+
+    async def post(self, query: str, variables: dict[str, Any]) -> Any:
+        """The `data` of a 200 answer without GraphQL errors, else AnswerError."""
+        client = self.free.pop()  # there are as many clients as tasks using them
+        try:
+            response = await client.post(
+                self.target.url, json={"query": query, "variables": variables}
+            )
+        finally:
+            self.free.append(client)
+        if response.status_code != 200:
+            raise AnswerError(f"HTTP {response.status_code}: {response.text[:300]}")
+        body = response.json()
+        if body.get("errors"):
+            raise AnswerError(f"GraphQL errors: {body['errors']}"[:300])
+        return body["data"]
+
+
+def single_consumer(clients: Clients) -> Callable[[Account], Awaitable[None]]:
+    target = clients.target
+
+    async def consume(account: Account) -> None:
+        variables = {
+            "input": {"applicationId": str(target.application_id), **target.consumption(account)}
+        }
+        payload = (await clients.post(CONSUME, variables))["consumeCredits"]
+        if payload["errors"] or payload["balance"] is None:
+            raise AnswerError(f"payload errors: {payload['errors']}"[:300])
+
+    return consume
+
+
+def batch_consumer(
+    clients: Clients, accounts: list[Account], size: int, seed: int
+) -> Callable[[Account], Awaitable[None]]:
+    target = clients.target
+    rng = random.Random(seed)
+
+    async def consume(_: Account) -> None:
+        picked = rng.sample(accounts, size)  # distinct End Users, random order
+        variables = {
+            "input": {
+                "applicationId": str(target.application_id),
+                "consumptions": [target.consumption(account) for account in picked],
+            }
+        }
+        payload = (await clients.post(CONSUME_BATCH, variables))["consumeCreditsBatch"]
+        if payload["errors"]:
+            raise AnswerError(f"payload errors: {payload['errors']}"[:300])
+        results = payload["results"]
+        if len(results) != size:
+            raise AnswerError(f"{len(results)} results for {size} consumptions")
+        for result in results:
+            if result["errors"] or result["balance"] is None:
+                raise AnswerError(f"item errors: {result['errors']}"[:300])
+
+    return consume
+
+
+async def prewarm(clients: Clients, accounts: list[Account], concurrency: int) -> int:
+    """One consumption per End User over HTTP: fills the server's reference caches and opens
+    its pool's connections. Answers the consumptions made."""
+    queue = list(accounts)
+    consume = single_consumer(clients)
+
+    async def worker() -> None:
+        while queue:
+            await consume(queue.pop())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(accounts)
+
+
+# ------------------------------------------------------------------------------ server
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+    command: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # uvicorn shuts down gracefully
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def server_command(port: int, access_log: bool, template: str | None) -> list[str]:
+    if template is not None:
+        return shlex.split(template.format(port=port, python=sys.executable))
+    bin_dir = Path(sys.executable).parent
+    if access_log:
+        return [str(bin_dir / "usagegraph"), "serve", "--port", str(port)]
+    # What `usagegraph serve` runs (api/cli.py), minus the access log.
+    code = (
+        "import uvicorn; uvicorn.run('api.app:create_app', factory=True, host='127.0.0.1',"
+        f" port={port}, workers=1, ws='websockets-sansio', log_level='info', access_log=False)"
+    )
+    return [sys.executable, "-c", code]
+
+
+def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as handle:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+async def start_server(
+    url: str, pool_size: int, access_log: bool, template: str | None, log_dir: Path
+) -> Server:
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=url,
+        USAGEGRAPH_DB_POOL_MIN=str(pool_size),
+        USAGEGRAPH_DB_POOL_MAX=str(pool_size),
+        # This checkout's code, whichever checkout the script runs from.
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
+    command = server_command(port, access_log, template)
+    log = log_dir / "server.log"
+    process = _spawn(command, env, log)
+    server = Server(process, f"http://127.0.0.1:{port}/graphql", log, " ".join(command))
+    deadline = time.monotonic() + 60
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited ({process.returncode}):\n{server.tail()}")
+            try:
+                await client.get(server.url)  # any HTTP answer: it is listening
+                return server
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"the server did not answer in 60 s:\n{server.tail()}")
+            await asyncio.sleep(0.1)
+
+
+async def check_server(server: Server, api_key: str) -> None:
+    """An authenticated query must answer 200 without errors before anything is measured."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        response = await client.post(
+            server.url,
+            json={"query": READY},
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+    if response.status_code != 200 or response.json().get("errors"):
+        server.stop()
+        raise RuntimeError(
+            f"the server answered {response.status_code}: {response.text[:300]}\n{server.tail()}"
+        )
+
+
+# ------------------------------------------------------------------------------- setup
+
+
+async def wait_for_connections(admin_dsn: str, needed: int, patience: float = 600.0) -> None:
+    """Waits until PostgreSQL has `needed` free connection slots (other processes on the
+    machine share its max_connections), or fails after `patience` seconds."""
+    deadline = time.monotonic() + patience
+    announced = False
+    while True:
+        admin = await asyncpg.connect(admin_dsn, timeout=5)
+        try:
+            free = await admin.fetchval(
+                "SELECT current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int"
+                " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+            )
+        finally:
+            await admin.close()
+        if free >= needed:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"PostgreSQL has {free} free connections, {needed} needed")
+        if not announced:
+            print(f"  waiting for {needed} free PostgreSQL connections ({free} free)", flush=True)
+            announced = True
+        await asyncio.sleep(1.0)
+
+
+async def seed(end_users: int) -> tuple[list[Account], int, str, dict[int, dict[str, str]]]:
+    """Funded End Users (bench/ledger.py), an application ADMIN key and each End User's
+    reference as sent in the mutation."""
+    accounts = await fund(end_users, 1)
+    application_id = accounts[0].application_id
+    application = await Application.get(id=application_id)
+    issued = await create_api_key(
+        application.organization_id,  # type: ignore[attr-defined]
+        "bench key",
+        ApiKeyRole.ADMIN,
+        application_id=application_id,
+    )
+    rows = await EndUser.filter(application_id=application_id).values_list("id", "external_id")
+    refs = {end_user_id: {"externalId": external_id} for end_user_id, external_id in rows}
+    return accounts, application_id, issued.secret, refs
+
+
+async def consumption_rows() -> dict[str, int]:
+    """Rows written by consumptions: one usage event, one CONSUME entry (one lot) and one End
+    User balance event each; one pool balance event per transaction."""
+    conn = connections.get("default")
+    rows = await conn.execute_query_dict(
+        "SELECT (SELECT count(*) FROM usage_event) AS usage_event,"
+        " (SELECT count(*) FROM ledger_entry WHERE kind = 'CONSUME') AS ledger_entry,"
+        " count(*) FILTER (WHERE payload->>'end_user_id' IS NOT NULL) AS balance_event,"
+        " count(*) FILTER (WHERE payload->>'end_user_id' IS NULL) AS pool_event"
+        " FROM outbox_event WHERE topic = 'balance' AND payload->>'cause' = 'CONSUME'"
+    )
+    return {key: int(value) for key, value in rows[0].items()}
+
+
+# ------------------------------------------------------------------------------ report
+
+
+AREAS = (
+    ("strawberry", "strawberry/"),
+    ("graphql-core", "graphql/"),
+    ("tortoise/pypika", "tortoise/"),
+    ("tortoise/pypika", "pypika"),
+    ("asyncpg", "asyncpg/"),
+    ("uvicorn/httptools", "uvicorn/"),
+    ("uvicorn/httptools", "httptools/"),
+    ("starlette", "starlette/"),
+    ("httpx/httpcore/anyio", "httpx/"),
+    ("httpx/httpcore/anyio", "httpcore/"),
+    ("httpx/httpcore/anyio", "anyio/"),
+    ("pydantic", "pydantic"),
+    ("logging", "logging/"),
+    ("json", "json/"),
+    # uvloop's C loop shows as the frame that started it (asyncio.Runner.run)
+    ("event loop (uvloop/asyncio, C)", "asyncio/"),
+    ("event loop (uvloop/asyncio, C)", "uvloop/"),
+)
+# Inclusive shares of the stages a request goes through (a sample can count in several).
+STAGES = (
+    ("GraphQL parse", ("(graphql/language/parser",)),
+    (
+        "GraphQL validation (graphql-core validate + strawberry validators)",
+        ("(graphql/validation/", "query_depth_limiter", "max_aliases"),
+    ),
+    ("GraphQL execution (graphql-core execute, all resolvers)", ("(graphql/execution/",)),
+    ("our resolvers (resolvers/)", ("(resolvers/",)),
+    ("our ledger (models/)", ("(models/",)),
+    ("our auth (api/auth.py, models/accounts.py)", ("(api/auth.py", "(models/accounts.py")),
+    ("Tortoise (tortoise/, pypika)", ("(tortoise/", "(pypika")),
+    ("asyncpg (Python part; its Cython protocol counts as event loop)", ("(asyncpg/",)),
+    ("uvicorn access log (logging)", ("(logging/",)),
+)
+OUTSIDE_APP = (
+    "outside a request's stack (uvicorn/httptools, event loop, asyncpg protocol, tasks such as"
+    " the consumption combiner's)"
+)
+# Frames every sample has (process start-up, the loop, uvicorn, Starlette's routing).
+ROOT_FRAMES = ("(typer/", "(usagegraph:", "(api/cli.py", "(uvicorn/", "(starlette/", "(asyncio/")
+
+
+def _area(frames: list[str]) -> str:
+    """The library (or our package) of a stack's top frame, `function (path:line)`; code
+    compiled from a string (graphql-core's visitor lambdas, dataclass methods) counts for
+    the frame that called it."""
+    for frame in reversed(frames):
+        path = frame[frame.rfind("(") + 1 :]
+        if path.startswith("<"):
+            continue
+        for name, marker in AREAS:
+            if marker in path:
+                return name
+        if path.startswith(("api/", "models/", "resolvers/", "subscriptions/")):
+            return "usagegraph (api/models/resolvers)"
+        return "other (stdlib)"
+    return "other (stdlib)"
+
+
+def _label(frames: list[str]) -> str:
+    """The top frame, naming its caller when it is code compiled from a string."""
+    if frames[-1].endswith("(<string>:1)") or "(<string>:" in frames[-1]:
+        callers = [f for f in frames[:-1] if "(<string>:" not in f]
+        if callers:
+            return f"{frames[-1]} called by {callers[-1]}"
+    return frames[-1]
+
+
+def print_profile(path: Path, top: int = 25) -> None:
+    """Self and inclusive samples by function, by library and by stage, from py-spy's raw
+    output (one line per distinct stack: `frame;frame;... count`)."""
+    self_by_frame: Counter[str] = Counter()
+    incl_by_frame: Counter[str] = Counter()
+    self_by_area: Counter[str] = Counter()
+    by_stage: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += count
+        self_by_frame[_label(frames)] += count
+        self_by_area[_area(frames)] += count
+        for frame in set(frames):
+            if not any(marker in frame for marker in ROOT_FRAMES):
+                incl_by_frame[frame] += count
+        for stage, markers in STAGES:
+            if any(marker in frame for frame in frames for marker in markers):
+                by_stage[stage] += count
+        if not any("(starlette/" in frame for frame in frames):
+            by_stage[OUTSIDE_APP] += count
+    if not total:
+        print(f"  no samples in {path}")
+        return
+    print(f"  {total} samples (py-spy, on-CPU only; {path})")
+    print("  by library, self time (where the CPU was):")
+    for area, count in self_by_area.most_common():
+        print(f"    {count / total:6.1%}  {area}")
+    print("  by stage, inclusive (what the CPU was spent for; a sample can count twice):")
+    for stage in (*(name for name, _ in STAGES), OUTSIDE_APP):
+        print(f"    {by_stage[stage] / total:6.1%}  {stage}")
+    print(f"  top {top} functions by self time:")
+    for frame, count in self_by_frame.most_common(top):
+        print(f"    {count / total:6.1%}  {_short_frame(frame)}")
+    print(f"  top {top} functions by inclusive time (below Starlette's routing):")
+    for frame, count in incl_by_frame.most_common(top):
+        print(f"    {count / total:6.1%}  {_short_frame(frame)}")
+
+
+def _short_frame(frame: str) -> str:
+    for marker in ("site-packages/", str(ROOT) + "/", "/lib/python3.11/"):
+        at = frame.find(marker)
+        if at >= 0:
+            frame = frame[: frame.rfind("(") + 1] + frame[at + len(marker) :]
+    return frame if len(frame) <= 160 else frame[:157] + "..."
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(phases: list[Phase]) -> None:
+    header = (
+        f"{'phase':<26}{'conc':>5}{'calls/s':>9}{'cons/s':>9}{'calls':>7}{'p50 ms':>8}"
+        f"{'p99 ms':>8}{'cons/tx':>8}{'server':>8}{'srv ms/call':>12}{'client':>8}"
+        f"{'postgres':>9}{'machine':>9}{'others':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for p in phases:
+        cpu = p.cpu
+        server = cpu.server if cpu is not None else None
+        per_tx = p.consumptions_total / p.transactions if p.transactions else None
+        print(
+            f"{p.label:<26}{p.concurrency:>5}{p.calls_per_second:>9.1f}"
+            f"{p.consumptions_per_second:>9.1f}{p.completed:>7}{p.percentile(0.5):>8.1f}"
+            f"{p.percentile(0.99):>8.1f}{_fmt(per_tx, '.1f'):>8}"
+            f"{_fmt(server / cpu.wall if cpu and server is not None else None, '.2f'):>8}"
+            f"{_fmt(server / p.completed * 1000 if server and p.completed else None, '.2f'):>12}"
+            f"{_fmt(cpu.client / cpu.wall if cpu else None, '.2f'):>8}"
+            f"{_fmt(cpu.postgres / cpu.wall if cpu else None, '.2f'):>9}"
+            f"{_fmt(cpu.machine_cores if cpu else None, '.2f'):>9}"
+            f"{_fmt(cpu.others if cpu else None, '.2f'):>8}"
+            + (f"   errors {p.errors}: {p.first_error}" if p.errors else "")
+        )
+    print(
+        "  conc: concurrent clients (tasks); calls/s: requests (raw: consumptions) per second;"
+        " cons/s: consumptions per second;\n"
+        "  p50/p99: latency per call as the caller saw it; cons/tx: consumptions per database"
+        " transaction (warm-up included);\n"
+        "  server, client, postgres, machine: CPU cores busy on average in the window (server:"
+        " the uvicorn process, client: this\n"
+        "  process, postgres: every postgres process on the machine, machine: all"
+        f" {os.cpu_count()} CPUs, others: machine - server - client - postgres,\n"
+        "  i.e. other processes, py-spy and the kernel); srv ms/call: server CPU ms per request"
+    )
+
+
+def _verdict(ok: bool, good: str, bad: str) -> str:
+    return good if ok else bad
+
+
+def print_summary(
+    args: argparse.Namespace,
+    raw_single_runs: list[Phase],
+    raw_combined_runs: list[Phase],
+    single: Phase,
+    batches: list[Phase],
+) -> None:
+    raw_rate = statistics.fmean(p.consumptions_per_second for p in raw_single_runs)
+    combined_rate = statistics.fmean(p.consumptions_per_second for p in raw_combined_runs)
+    print(
+        f"raw single   (one transaction per consumption; mean of before/after):"
+        f" {raw_rate:.1f} consumptions/s"
+        f" ({', '.join(f'{p.consumptions_per_second:.1f}' for p in raw_single_runs)})"
+    )
+    print(
+        f"raw combined (the server's combiner in plain asyncpg; mean of before/after):"
+        f" {combined_rate:.1f} consumptions/s"
+        f" ({', '.join(f'{p.consumptions_per_second:.1f}' for p in raw_combined_runs)})"
+    )
+    rate, p99 = single.consumptions_per_second, single.percentile(0.99)
+    ratio = rate / raw_rate if raw_rate else float("nan")
+    print(
+        f"consumeCredits over HTTP, {single.concurrency} clients: {rate:.1f} consumptions/s,"
+        f" p50 {single.percentile(0.5):.1f} ms, p99 {p99:.1f} ms ({single.completed} measured)"
+    )
+    print(
+        f"  rate / raw single {ratio:.1%}: "
+        + _verdict(ratio >= TARGET_RATIO, "meets", "BELOW")
+        + f" the {TARGET_RATIO:.0%} target"
+        + (f" (rate / raw combined {rate / combined_rate:.1%})" if combined_rate else "")
+    )
+    print(
+        f"  p99 {p99:.1f} ms: "
+        + _verdict(p99 < TARGET_P99_MS, "meets", "ABOVE")
+        + f" the < {TARGET_P99_MS:.0f} ms target"
+    )
+    for batch in batches:
+        batch_ratio = batch.consumptions_per_second / raw_rate if raw_rate else float("nan")
+        print(
+            f"consumeCreditsBatch({batch.per_call}), {batch.concurrency} clients:"
+            f" {batch.consumptions_per_second:.1f} consumptions/s"
+            f" ({batch.calls_per_second:.1f} requests/s, request p50"
+            f" {batch.percentile(0.5):.1f} ms, p99 {batch.percentile(0.99):.1f} ms)"
+        )
+        print(
+            f"  = {batch_ratio:.2f}x the raw single-transaction rate: "
+            + _verdict(batch_ratio >= TARGET_BATCH_RATIO, "meets", "BELOW")
+            + f" the {TARGET_BATCH_RATIO:.1f}x target"
+        )
+    for p in (single, *batches):
+        if p.cpu is None or p.cpu.server is None:
+            continue
+        cores = p.cpu.server / p.cpu.wall
+        print(
+            f"server CPU during {p.label} x{p.concurrency}: {p.cpu.server:.2f} s in"
+            f" {p.cpu.wall:.1f} s = {cores:.2f} of one core"
+            f" ({p.cpu.server / max(1, p.completed) * 1000:.2f} ms per request;"
+            f" machine {p.cpu.machine_cores:.2f} of {os.cpu_count()} cores busy) -> "
+            + _verdict(
+                cores >= 0.9,
+                "the server is CPU bound",
+                "the server is not CPU bound"
+                + (
+                    " (the machine is)"
+                    if p.cpu.machine_cores >= 0.9 * (os.cpu_count() or 1)
+                    else ""
+                ),
+            )
+        )
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window per phase")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent HTTP clients")
+    parser.add_argument("--end-users", type=int, default=1_000, help="End Users drawn from")
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=40,
+        help="server pool (USAGEGRAPH_DB_POOL_MIN/MAX) and raw pool size",
+    )
+    parser.add_argument("--batch-size", type=int, default=100, help="consumptions per batch")
+    parser.add_argument(
+        "--batch-clients",
+        default="8,64",
+        help="comma-separated concurrencies of the batch phases ('' for none)",
+    )
+    parser.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="start the app as `usagegraph serve` does but with uvicorn's access log off",
+    )
+    parser.add_argument(
+        "--server-cmd",
+        default=None,
+        help="for experiments: the server command instead of `usagegraph serve`, with {port}"
+        " and {python} placeholders (run from the project root, same environment)",
+    )
+    parser.add_argument(
+        "--shared-client",
+        action="store_true",
+        help="one httpx.AsyncClient with max_connections=clients instead of one per client",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the server with py-spy during each HTTP window and print where its CPU"
+        " went (needs `.venv/bin/pip install py-spy`)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop of this process (the server uses uvloop)",
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--admin-dsn",
+        default=DEFAULT_ADMIN_DSN,
+        help="server and database to create the scratch database from",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    args = parser.parse_args()
+    args.batch_clients = [int(c) for c in args.batch_clients.split(",") if c.strip()]
+    if min(args.clients, args.end_users, args.pool_size, args.batch_size, *args.batch_clients) < 1:
+        parser.error("clients, end-users, pool-size and batch figures must be positive")
+    if args.seconds <= 0 or args.warmup < 0:
+        parser.error("seconds must be positive and warmup not negative")
+    if args.batch_size > args.end_users:
+        parser.error("a batch draws distinct End Users: batch-size <= end-users")
+    return args
+
+
+def find_py_spy() -> str:
+    found = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if found is None:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return found
+
+
+async def main(args: argparse.Namespace) -> int:
+    profiler = None
+    work_dir = Path(tempfile.mkdtemp(prefix="usagegraph_graphql_bench_"))
+    if args.profile:
+        profiler = Profiler(find_py_spy(), work_dir)
+    load_start = os.getloadavg()
+    name = await create_database(args.admin_dsn)
+    url, dsn = database_urls(args.admin_dsn, name)
+    print(f"scratch database {name}; work files in {work_dir}")
+    server: Server | None = None
+    try:
+        # This process's own Tortoise pool (seeding, counts, verify) stays small.
+        await open_database(
+            Settings(DATABASE_URL=url, USAGEGRAPH_DB_POOL_MIN=1, USAGEGRAPH_DB_POOL_MAX=4)
+        )
+        started = time.perf_counter()
+        accounts, application_id, api_key, refs = await seed(args.end_users)
+        print(f"funded {len(accounts)} End Users in {time.perf_counter() - started:.1f} s")
+
+        def progress(phase: Phase) -> None:
+            print(
+                f"  {phase.label} x{phase.concurrency}:"
+                f" {phase.consumptions_per_second:.1f} consumptions/s",
+                flush=True,
+            )
+
+        raw_single_runs = [await raw_phase("raw single (before)", dsn, accounts, args)]
+        progress(raw_single_runs[-1])
+        raw_combined_runs = [await raw_phase("raw combined (before)", dsn, accounts, args)]
+        progress(raw_combined_runs[-1])
+
+        # The raw pools are closed: the server's pool opens now, and closes before the next.
+        await wait_for_connections(args.admin_dsn, args.pool_size + 1)
+        server = await start_server(
+            url, args.pool_size, not args.no_access_log, args.server_cmd, work_dir
+        )
+        print(f"server pid {server.pid} at {server.url}: {server.command}", flush=True)
+        await check_server(server, api_key)
+        target = Target(server.url, api_key, application_id, refs)
+        async with Clients(target, args.clients, args.shared_client) as clients:
+            warmed = await prewarm(clients, accounts, args.clients)
+            single = await run_phase(
+                "consumeCredits",
+                single_consumer(clients),
+                accounts,
+                args.clients,
+                1,
+                args,
+                server.pid,
+                profiler,
+            )
+        progress(single)
+        batches: list[Phase] = []
+        for number, concurrency in enumerate(args.batch_clients):
+            async with Clients(target, concurrency, args.shared_client) as clients:
+                batches.append(
+                    await run_phase(
+                        f"consumeCreditsBatch({args.batch_size})",
+                        batch_consumer(clients, accounts, args.batch_size, args.seed + number),
+                        accounts,
+                        concurrency,
+                        args.batch_size,
+                        args,
+                        server.pid,
+                        profiler,
+                    )
+                )
+            progress(batches[-1])
+        server.stop()
+
+        raw_combined_runs.append(await raw_phase("raw combined (after)", dsn, accounts, args))
+        progress(raw_combined_runs[-1])
+        raw_single_runs.append(await raw_phase("raw single (after)", dsn, accounts, args))
+        progress(raw_single_runs[-1])
+        load_end = os.getloadavg()
+        phases = [*raw_single_runs[:1], *raw_combined_runs[:1], single, *batches]
+        phases += [*raw_combined_runs[1:], *raw_single_runs[1:]]
+
+        print()
+        print("== usagegraph GraphQL benchmark: consumeCredits over HTTP on PostgreSQL ==")
+        print(
+            f"server: 1 process, `{server.command}`, pool {args.pool_size}; raw pools"
+            f" {args.pool_size}; uvicorn access log"
+            + (
+                " as --server-cmd sets it"
+                if args.server_cmd
+                else " OFF (--no-access-log)"
+                if args.no_access_log
+                else " ON (INFO, a line a request)"
+            )
+        )
+        print(
+            f"clients: httpx.AsyncClient keep-alive, {args.clients} concurrent for"
+            f" consumeCredits, {', '.join(map(str, args.batch_clients)) or 'none'} for batches of"
+            f" {args.batch_size} ("
+            + (
+                "one shared AsyncClient, max_connections = concurrency"
+                if args.shared_client
+                else "one AsyncClient of one connection per client"
+            )
+            + f"); {args.end_users} End Users in 1 application, named by externalId;"
+            f" {args.loop} loop in this process; raw phases: {args.clients} tasks"
+        )
+        print(
+            f"warm-up {args.warmup:g} s, window {args.seconds:g} s per phase; CPUs"
+            f" {os.cpu_count()}; load average at start {load_start[0]:.2f} {load_start[1]:.2f}"
+            f" {load_start[2]:.2f}, at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}"
+        )
+        print()
+        print_table(phases)
+        print()
+        print_summary(args, raw_single_runs, raw_combined_runs, single, batches)
+
+        print()
+        consumptions = warmed + sum(p.consumptions_total for p in phases)
+        counts = await consumption_rows()
+        errors = sum(p.errors for p in phases)
+        rows_ok = all(
+            counts[key] == consumptions for key in ("usage_event", "ledger_entry", "balance_event")
+        )
+        print(
+            f"rows written: {counts['usage_event']} usage events, {counts['ledger_entry']}"
+            f" CONSUME entries, {counts['balance_event']} End User balance events for"
+            f" {consumptions} consumptions completed: "
+            + ("consistent" if rows_ok else "MISMATCH")
+            + f"; {counts['pool_event']} pool balance events (one per transaction)"
+            + (f"; {errors} failed calls (they may have committed)" if errors else "")
+        )
+        problems = await verify_ledger()
+        print(
+            "verify_ledger(): "
+            + ("[] (every counter equals its ledger sum)" if not problems else "")
+        )
+        for problem in problems[:20]:
+            print(f"  {problem}")
+        if len(problems) > 20:
+            print(f"  ... {len(problems) - 20} more")
+        for phase in (single, *batches):
+            if phase.profile is not None:
+                print()
+                print(f"server profile during {phase.label} x{phase.concurrency}:")
+                print_profile(phase.profile, 25 if phase is single else 12)
+        return 0 if rows_ok and not problems and not errors else 1
+    finally:
+        if server is not None:
+            server.stop()
+            if server.process.returncode not in (0, -signal.SIGTERM):
+                print(f"server exited with {server.process.returncode}:\n{server.tail()}")
+        await close_database()
+        if args.keep:
+            print(f"kept database {name}")
+        else:
+            await drop_database(args.admin_dsn, name)
+            print(f"dropped database {name}")
+        if not args.profile and not args.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def run() -> int:
+    args = parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main(args))
+    return asyncio.run(main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(run())
