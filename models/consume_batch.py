@@ -420,23 +420,29 @@ class _Waiting:
     result: asyncio.Future[ConsumeResult]
 
 
+MAX_DRAINERS = 2  # one batch gathers its rows while the one before it commits
+
+
 class _Combiner:
-    """One application's single consumptions in this process: while a batch of them is
+    """One application's single consumptions in this process: while batches of them are
     committing, new ones queue, and the queue commits as the next batch. Under load one
     transaction (one lock on the shared lot and pool rows, one commit) serves many callers;
-    alone, a call commits at once. Each caller gets its own result or error."""
+    alone, a call commits at once. Each caller gets its own result or error. Two batches
+    may be under way at once; their row locks (taken in the ledger's order) keep them
+    apart wherever they touch the same balances."""
 
     def __init__(self, application_id: int) -> None:
         self.application_id = application_id
         self.waiting: list[_Waiting] = []
-        self.drainer: asyncio.Task[None] | None = None
+        self.drainers: set[asyncio.Task[None]] = set()
 
     async def submit(self, consumption: Consumption) -> ConsumeResult:
         result: asyncio.Future[ConsumeResult] = asyncio.get_running_loop().create_future()
         self.waiting.append(_Waiting(consumption, result))
-        if self.drainer is None:
-            # A fresh context: the drainer must not inherit a caller's open transaction.
-            self.drainer = asyncio.create_task(self._drain(), context=contextvars.Context())
+        if len(self.drainers) < MAX_DRAINERS:
+            # A fresh context: a drainer must not inherit a caller's open transaction.
+            drainer = asyncio.create_task(self._drain(), context=contextvars.Context())
+            self.drainers.add(drainer)
         return await result
 
     def _next_batch(self) -> list[_Waiting]:
@@ -482,13 +488,16 @@ class _Combiner:
                     else:
                         waiting.result.set_exception(outcome)
         finally:
-            self.drainer = None
-            for waiting in self.waiting:  # only when this task itself was cancelled
-                if not waiting.result.done():
-                    waiting.result.cancel()
-            self.waiting = []
-            if _combiners.get(self.application_id) is self:
-                del _combiners[self.application_id]
+            current = asyncio.current_task()
+            if current is not None:
+                self.drainers.discard(current)  # type: ignore[arg-type]
+            if not self.drainers:
+                for waiting in self.waiting:  # only when the drainers were cancelled
+                    if not waiting.result.done():
+                        waiting.result.cancel()
+                self.waiting = []
+                if _combiners.get(self.application_id) is self:
+                    del _combiners[self.application_id]
 
 
 _combiners: dict[int, _Combiner] = {}
