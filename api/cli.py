@@ -77,6 +77,9 @@ def serve(
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="Server processes (PostgreSQL and Redis only)."),
     demo: bool = typer.Option(False, "--demo", help="Seed a demo organization and print a key."),
+    access_log: bool = typer.Option(
+        True, "--access-log/--no-access-log", help="uvicorn's per-request log line."
+    ),
 ) -> None:
     """Serve GraphQL (and GraphiQL) at /graphql."""
     import uvicorn
@@ -108,6 +111,7 @@ def serve(
         workers=workers,
         ws="websockets-sansio",
         log_level="info",
+        access_log=access_log,
     )
 
 

@@ -138,7 +138,8 @@ class EndUserBalance(Model):
     class Meta:
         table = "end_user_balance"
         unique_together = (("end_user", "pool"),)
-        indexes = (("pool_id", "remaining"),)
+        # No counter in an index: balance updates stay HOT (no index writes per debit).
+        indexes = (("pool_id",),)
         constraints = (
             CheckConstraint(
                 check="allocated >= 0 AND used >= 0 AND expired >= 0 AND remaining >= 0"
@@ -172,7 +173,8 @@ class Allocation(Model):
     class Meta:
         table = "allocation"
         unique_together = (("end_user", "lot"),)
-        indexes = (("end_user_id", "pool_id"), ("lot_id", "remaining"))
+        # No counter in an index: allocation updates stay HOT (no index writes per debit).
+        indexes = (("end_user_id", "pool_id"), ("lot_id",))
         constraints = (
             CheckConstraint(
                 check="allocated >= 0 AND used >= 0 AND expired >= 0 AND remaining >= 0"
