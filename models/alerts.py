@@ -11,6 +11,7 @@ from typing import Any
 
 from models.balances import EndUserBalanceSnapshot, PoolSnapshot, _write_alert, status_for
 from models.credits import MAX_TOTAL, BalanceStatus
+from models.draws import ensure_end_user_balance
 from models.errors import NotFound, ValidationFailed
 from models.records import Alert, AlertKind
 from models.references import EndUserRef, resolve_end_user, resolve_pool
@@ -50,13 +51,7 @@ async def set_low_balance_threshold(
         at = datetime.now(UTC).isoformat()
         if end_user is not None:
             end_user_id = await resolve_end_user(db, application_id, end_user)
-            await db.run(
-                "INSERT INTO end_user_balance (end_user_id, pool_id, allocated, used, expired,"
-                " remaining, status, version, updated_at) VALUES ($1, $2, 0, 0, 0, 0,"
-                " 'EXHAUSTED', 0, now()) ON CONFLICT (end_user_id, pool_id) DO NOTHING",
-                end_user_id,
-                pool.id,
-            )
+            await ensure_end_user_balance(db, end_user_id, pool.id)
             rows = await db.rows(
                 "SELECT end_user_id, status, version FROM end_user_balance"
                 " WHERE end_user_id = $1 AND pool_id = $2 FOR UPDATE",

@@ -132,3 +132,14 @@ async def live_allocations(db: Sql, end_user_id: int, pool_id: int) -> list[dict
         end_user_id,
         pool_id,
     )
+
+
+async def ensure_end_user_balance(db: Sql, end_user_id: int, pool_id: int) -> None:
+    """Creates the End User's (empty) balance row in the pool if it is not there yet."""
+    await db.run(
+        "INSERT INTO end_user_balance (end_user_id, pool_id, allocated, used, expired,"
+        " remaining, status, version, updated_at) VALUES ($1, $2, 0, 0, 0, 0, 'EXHAUSTED', 0,"
+        " now()) ON CONFLICT (end_user_id, pool_id) DO NOTHING",
+        end_user_id,
+        pool_id,
+    )

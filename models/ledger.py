@@ -31,6 +31,7 @@ from models.draws import (
     ConsumeResult,
     Draw,
     aware,
+    ensure_end_user_balance,
     insert_ledger_entries,
     live_allocations,
     lock_end_user_balance,
@@ -229,13 +230,7 @@ async def allocate_credits(
         record_id, replay = await _begin(db, application_id, idempotency_key, "allocate", arguments)
         if replay is not None:
             return BalanceResult(EndUserBalanceSnapshot.from_json(replay), replayed=True)
-        await db.run(
-            "INSERT INTO end_user_balance (end_user_id, pool_id, allocated, used, expired,"
-            " remaining, status, version, updated_at) VALUES ($1, $2, 0, 0, 0, 0, 'EXHAUSTED', 0,"
-            " now()) ON CONFLICT (end_user_id, pool_id) DO NOTHING",
-            end_user_id,
-            pool.id,
-        )
+        await ensure_end_user_balance(db, end_user_id, pool.id)
         balance = await lock_end_user_balance(
             db,
             end_user_id,
