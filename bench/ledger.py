@@ -4,26 +4,31 @@ statements run by raw asyncpg loops in the same run.
 What it measures
     `consume_credits` does not open a transaction of its own: it submits to a per-application
     combiner (`models.consume_batch`). Concurrent calls of the process queue while a batch
-    commits, and the queue commits as the next batch through `consume_credits_batch`: one
-    transaction with, per item (End Users in id order), SELECT ... FOR UPDATE of the
-    End User balance, the live-allocation SELECT, UPDATE end_user_balance RETURNING, one
-    UPDATE allocation per lot drawn, INSERT usage_event RETURNING id and one INSERT
-    ledger_entry; then, once per batch, one UPDATE credit_pack per lot (FIFO order), one
-    UPDATE credit_pool RETURNING per pool and one INSERT outbox_event with one row per
-    End User change plus one per pool. Three paths run it, `--tasks` concurrent asyncio tasks
-    each (default 64), each task consuming 1 credit of a random End User of `--end-users`
-    (default 1,000) and waiting for its result before the next:
+    commits, and the queue commits as the next batch through `consume_credits_batch`; up to
+    two batches per application are under way at once (a second one gathers and starts
+    while the first commits). A batch is one transaction of a fixed number of statements,
+    whatever its size: one SELECT ... FOR UPDATE locking every End User balance of the batch
+    in End User order (joined to a VALUES table of its (End User, pool) pairs), one SELECT of
+    their live allocations, the draws in Python, then one UPDATE end_user_balance (absolute
+    values), one UPDATE allocation, one INSERT usage_event RETURNING id and one INSERT
+    ledger_entry, with one VALUES row per balance, allocation drawn, item or lot drawn; then
+    one UPDATE credit_pack per lot (FIFO order), one UPDATE credit_pool RETURNING per pool
+    and one INSERT outbox_event with one row per End User change plus one per pool. Three
+    paths run it, `--tasks` concurrent asyncio tasks each (default 64), each task consuming
+    1 credit of a random End User of `--end-users` (default 1,000) and waiting for its
+    result before the next:
 
     ledger        `models.ledger.consume_credits(app, "ai", EndUserRef(id=...), 1,
                   "ai_generation")`.
     raw combined  plain asyncpg doing what the combiner does: each task queues its
-                  consumption with an asyncio future and awaits it; one drainer task per
-                  application takes everything queued (up to 1,000) and commits it as one
-                  transaction with the very statements of `consume_credits_batch`, in its
-                  order (items sorted by End User, pool and arrival; lots in FIFO order; one
-                  pool UPDATE; one outbox INSERT). The ledger's framework overhead (Tortoise,
-                  validation, result objects) is measured against this: the 60% target
-                  applies to ledger / raw combined.
+                  consumption with an asyncio future and awaits it; up to two drainer tasks
+                  per application (`MAX_DRAINERS`) each take everything queued (up to 1,000)
+                  and commit it as one transaction with the very statements of
+                  `consume_credits_batch`, in its order (pairs and items sorted by End User,
+                  pool and arrival; lots in FIFO order; one pool UPDATE; one outbox INSERT),
+                  retried on a deadlock as the ledger retries. The ledger's framework
+                  overhead (Tortoise, validation, result objects) is measured against this:
+                  the 60% target applies to ledger / raw combined.
     raw single    plain asyncpg, one transaction per consumption holding exactly what the
                   ledger sends for a consumption made alone (a batch of one), for context.
 
@@ -31,10 +36,13 @@ What it measures
     sends for a consumption made alone and for a batch of 3 made together, and exits 1
     unless the raw single path sends the first and the raw combined path the second: the
     same statement texts in the same order, with the same arguments (except the generated
-    usage event ids and the outbox payloads' counters and clock, of which only the End User,
-    pool and cause of each row are compared). It prints them, which of them are per item
-    and which per batch, and the amortized statements per consumption at the batch sizes
-    measured.
+    usage event ids, the absolute used, remaining and version the balance UPDATE writes,
+    which depend on what the End User consumed before and which `verify_ledger()` checks at
+    the end, and the outbox payloads' counters and clock, of which only the End User, pool
+    and cause of each row are compared). It prints them, which of them are per item (none:
+    an item adds VALUES rows, not statements) and which per batch, how many VALUES
+    rows each has alone and in the batch of 3, and the amortized statements per
+    consumption at the batch sizes measured.
 
     Phases run raw single, raw combined, ledger, raw combined, raw single (`--rounds` N
     repeats the ledger / raw combined pair N times), so that each path sees a similar
@@ -97,7 +105,7 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from api.database import apply_migrations, close_database, init_database
 from api.settings import Settings
 from models.accounts import create_application, create_organization
-from models.consume_batch import MAX_BATCH
+from models.consume_batch import MAX_BATCH, MAX_DRAINERS
 from models.draws import MAX_CREDITS_PER_OPERATION
 from models.end_users import MAX_UPSERT, EndUserInput, upsert_end_users
 from models.ledger import (
@@ -106,6 +114,7 @@ from models.ledger import (
     purchase_credits,
 )
 from models.references import EndUserRef, forget_references
+from models.sql import MAX_ATTEMPTS
 from models.verify import verify_ledger
 
 DEFAULT_ADMIN_DSN = os.environ.get(
@@ -120,40 +129,60 @@ CAPTURED_BATCH = 3  # consumptions submitted together for the batch statement ca
 POOL_RESET = "pg_advisory_unlock_all"  # what the asyncpg pool sends when a connection returns
 
 # ------------------------------------------------------------------ the raw baselines' SQL
-# Literal copies of what `models.consume_batch.consume_credits_batch` sends (no idempotency
-# key, no occurredAt, no metadata); `Statements` compares them with what the ledger
-# really sends.
+# Literal copies of what `models.consume_batch.consume_credits_batch` sends for a batch
+# without idempotency keys, occurredAt or metadata; `Statements` compares them with what the
+# ledger really sends. Each is sent once per batch (the lot UPDATE once per lot drawn, the
+# pool UPDATE once per pool); `{table}` is the derived table of the batch's (End User, pool)
+# pairs and `{rows}` a VALUES list of one row per pair, allocation drawn, usage event, entry
+# or outbox event, built by `_rows` from the `*_ROW` templates as the ledger builds them.
 
-SQL_LOCK_BALANCE = (
-    "SELECT remaining FROM end_user_balance WHERE end_user_id = $1 AND pool_id = $2 FOR UPDATE"
+PAIR_ROW = "(CAST({0} AS BIGINT), CAST({1} AS BIGINT))"
+PAIRS_TABLE = "(SELECT column1 AS e, column2 AS p FROM (VALUES {rows}) AS pairs)"
+SQL_LOCK_BALANCES = (
+    "SELECT b.end_user_id, b.pool_id, b.allocated, b.used, b.expired, b.remaining,"
+    " b.version, COALESCE(b.low_balance_threshold, p.end_user_low_balance_threshold)"
+    " AS threshold FROM end_user_balance b JOIN {table} v"
+    " ON b.end_user_id = v.e AND b.pool_id = v.p JOIN credit_pool p ON p.id = b.pool_id"
+    " ORDER BY b.end_user_id, b.pool_id FOR UPDATE OF b"
 )
 SQL_LIVE_ALLOCATIONS = (
-    "SELECT a.id, a.lot_id, a.remaining, l.expires_at, l.purchased_at FROM allocation a"
-    " JOIN credit_pack l ON l.id = a.lot_id"
-    " WHERE a.end_user_id = $1 AND a.pool_id = $2 AND a.remaining > 0"
-    " AND (l.expires_at IS NULL OR l.expires_at > now())"
-    " ORDER BY l.expires_at ASC NULLS LAST, l.purchased_at ASC, l.id ASC"
+    "SELECT a.id, a.end_user_id, a.pool_id, a.lot_id, a.remaining, l.expires_at,"
+    " l.purchased_at FROM allocation a JOIN credit_pack l ON l.id = a.lot_id JOIN {table} v"
+    " ON a.end_user_id = v.e AND a.pool_id = v.p WHERE a.remaining > 0 AND"
+    " (l.expires_at IS NULL OR l.expires_at > now())"
+    " ORDER BY a.end_user_id, a.pool_id,"
+    " l.expires_at ASC NULLS LAST, l.purchased_at ASC, l.id ASC"
 )
-SQL_BALANCE = (
-    "UPDATE end_user_balance SET used = used + $3, remaining = remaining - $3, status ="
-    " CASE WHEN remaining - $3 <= 0 THEN 'EXHAUSTED' WHEN remaining - $3 <="
-    " COALESCE(COALESCE(low_balance_threshold, (SELECT end_user_low_balance_threshold"
-    " FROM credit_pool WHERE credit_pool.id = pool_id)), -1) THEN 'LOW' ELSE 'OK' END,"
-    " version = version + 1, updated_at = now()"
-    " WHERE end_user_id = $1 AND pool_id = $2"
-    " RETURNING end_user_id, pool_id, allocated, used, expired, remaining, status, version,"
-    " COALESCE(low_balance_threshold, (SELECT end_user_low_balance_threshold FROM credit_pool"
-    " WHERE credit_pool.id = pool_id)) AS threshold"
+BALANCE_ROW = (
+    "(CAST({0} AS BIGINT), CAST({1} AS BIGINT), CAST({2} AS BIGINT), CAST({3} AS BIGINT),"
+    " CAST({4} AS VARCHAR(16)), CAST({5} AS BIGINT))"
 )
-SQL_ALLOCATION = "UPDATE allocation SET used = used + $2, remaining = remaining - $2 WHERE id = $1"
-SQL_USAGE_EVENT = (
+BALANCE_COLUMNS = 6  # End User, pool, then the absolute used, remaining, status, version
+SQL_BALANCES = (
+    "UPDATE end_user_balance SET used = v.used, remaining = v.remaining, status = v.status,"
+    " version = v.version, updated_at = now() FROM (SELECT column1 AS e, column2 AS p,"
+    " column3 AS used, column4 AS remaining, column5 AS status, column6 AS version"
+    " FROM (VALUES {rows}) AS x) AS v"
+    " WHERE end_user_balance.end_user_id = v.e AND end_user_balance.pool_id = v.p"
+)
+ALLOCATION_ROW = PAIR_ROW  # allocation id, credits drawn
+SQL_ALLOCATIONS = (
+    "UPDATE allocation SET used = allocation.used + v.d, remaining = allocation.remaining"
+    " - v.d FROM (SELECT column1 AS id, column2 AS d FROM (VALUES {rows}) AS x) AS v"
+    " WHERE allocation.id = v.id"
+)
+USAGE_ROW = "({0},{1},{2},{3},{4},{5},{6},COALESCE({7}, now()),now())"
+USAGE_COLUMNS = 8
+SQL_USAGE_EVENTS = (
     "INSERT INTO usage_event (application_id, pool_id, end_user_id, credits, feature,"
-    " idempotency_key, metadata, occurred_at, created_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8, now()), now()) RETURNING id"
+    " idempotency_key, metadata, occurred_at, created_at) VALUES {rows} RETURNING id"
 )
-SQL_LEDGER_ENTRY = (
+ENTRY_ROW = "({0},{1},{2},{3},{4},{5},{6},{7},{8},{9},COALESCE({10}, now()),now())"
+ENTRY_COLUMNS = 11  # parameters per ledger_entry row; the 10th is the usage event id
+ENTRY_USAGE_EVENT = 9
+SQL_LEDGER_ENTRIES = (
     "INSERT INTO ledger_entry (application_id, pool_id, lot_id, end_user_id, kind, amount,"
-    " feature, idempotency_key, actor, usage_event_id, occurred_at, created_at) VALUES "
+    " feature, idempotency_key, actor, usage_event_id, occurred_at, created_at) VALUES {rows}"
 )
 SQL_LOT = "UPDATE credit_pack SET used = used + $2 WHERE id = $1"
 SQL_POOL = (
@@ -162,7 +191,17 @@ SQL_POOL = (
     " expired, end_user_remaining, low_balance_threshold, version"
 )
 SQL_OUTBOX = "INSERT INTO outbox_event (application_id, topic, payload, created_at) VALUES "
-LEDGER_ENTRY_COLUMNS = 10  # parameters per ledger_entry row; the last is the usage event id
+# PostgreSQL errors on which the ledger retries the whole transaction (`models.sql`).
+RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+def _rows(count: int, template: str, width: int) -> str:
+    """`count` VALUES rows from a template of `{0}`..`{width-1}` parameter slots."""
+    rows = []
+    for row in range(count):
+        slots = [f"${row * width + i + 1}" for i in range(width)]
+        rows.append(template.format(*slots))
+    return ",".join(rows)
 
 
 def _values(rows: int, columns: int, suffix: str) -> str:
@@ -171,6 +210,11 @@ def _values(rows: int, columns: int, suffix: str) -> str:
         params = ",".join(f"${i}" for i in range(first, first + columns))
         groups.append(f"({params}{suffix})")
     return ",".join(groups)
+
+
+def _prefix(template: str) -> str:
+    """A statement template's text before its first `{table}` or `{rows}`."""
+    return template.split("{", 1)[0]
 
 
 def _dumps(value: Any) -> str:
@@ -185,8 +229,9 @@ def _status(remaining: int, threshold: int | None) -> str:
     return "OK"
 
 
-def _event(account: Account, row: asyncpg.Record, at: str, *, pool: bool) -> dict[str, Any]:
-    """The outbox payload of `models.balances._event` for an End User or a pool row."""
+def _event(account: Account, row: Any, at: str, *, pool: bool) -> dict[str, Any]:
+    """The outbox payload of `models.balances._event` for an End User snapshot (a dict) or a
+    pool row (the pool UPDATE's RETURNING)."""
     remaining = row["purchased"] - row["used"] - row["expired"] if pool else row["remaining"]
     return {
         "application_id": account.application_id,
@@ -217,6 +262,42 @@ class OutOfCredits(RuntimeError):
     pass
 
 
+@dataclass(slots=True)
+class _Allocation:
+    id: int
+    lot_id: int
+    remaining: int
+    drawn: int = 0
+
+
+@dataclass(slots=True)
+class _Held:
+    """One locked End User balance as the batch moves it (written back once at the end)."""
+
+    allocated: int
+    used: int
+    expired: int
+    remaining: int
+    version: int
+    threshold: int | None
+    allocations: list[_Allocation] = field(default_factory=list)  # live ones, FIFO order
+
+
+def _take_fifo(allocations: list[_Allocation], credits: int) -> list[tuple[_Allocation, int]]:
+    """`models.draws.take_fifo`: `credits` split over the allocations in FIFO order, [] if
+    they do not hold enough."""
+    draws: list[tuple[_Allocation, int]] = []
+    wanted = credits
+    for allocation in allocations:
+        if wanted == 0:
+            break
+        take = min(wanted, allocation.remaining)
+        if take > 0:
+            draws.append((allocation, take))
+            wanted -= take
+    return draws if wanted == 0 else []
+
+
 async def raw_consume_items(
     conn: asyncpg.Connection, accounts: list[Account]
 ) -> list[Exception | None]:
@@ -228,57 +309,97 @@ async def raw_consume_items(
         range(len(accounts)),
         key=lambda i: (accounts[i].end_user_id, accounts[i].pool_id, i),
     )
+    pairs = sorted({(account.end_user_id, account.pool_id) for account in accounts})
+    flat = [value for pair in pairs for value in pair]
+    table = PAIRS_TABLE.replace("{rows}", _rows(len(pairs), PAIR_ROW, 2))
+    # One ordered lock of every balance, one read of every live allocation.
+    held: dict[tuple[int, int], _Held] = {}
+    for row in await conn.fetch(SQL_LOCK_BALANCES.replace("{table}", table), *flat):
+        held[(row["end_user_id"], row["pool_id"])] = _Held(
+            row["allocated"],
+            row["used"],
+            row["expired"],
+            row["remaining"],
+            row["version"],
+            row["threshold"],
+        )
     fifo_keys: dict[int, tuple[Any, ...]] = {}
-    # (account, [(allocation id, lot id, credits)] in FIFO order, balance row)
-    applied: list[tuple[Account, list[tuple[int, int, int]], asyncpg.Record]] = []
+    for row in await conn.fetch(SQL_LIVE_ALLOCATIONS.replace("{table}", table), *flat):
+        held[(row["end_user_id"], row["pool_id"])].allocations.append(
+            _Allocation(row["id"], row["lot_id"], row["remaining"])
+        )
+        expires_at = row["expires_at"]
+        fifo_keys[row["lot_id"]] = (
+            expires_at is None,
+            expires_at or "",
+            row["purchased_at"],
+            row["lot_id"],
+        )
+    # The draws, in Python, item by item in lock order.
+    # (account, [(lot id, credits)] in FIFO order, End User snapshot after the item)
+    applied: list[tuple[Account, list[tuple[int, int]], dict[str, Any]]] = []
     for index in order:
         account = accounts[index]
-        app_id, pool_id, end_user_id = account.application_id, account.pool_id, account.end_user_id
-        held = await conn.fetchval(SQL_LOCK_BALANCE, end_user_id, pool_id)
-        if held is None or held < CREDITS:
-            outcome[index] = OutOfCredits(f"End User {end_user_id} ran out of credits")
-            continue
-        rows = await conn.fetch(SQL_LIVE_ALLOCATIONS, end_user_id, pool_id)
-        draws: list[tuple[int, int, int]] = []
-        wanted = CREDITS
-        for allocation in rows:
-            if wanted == 0:
-                break
-            take = min(wanted, allocation["remaining"])
-            if take > 0:
-                draws.append((allocation["id"], allocation["lot_id"], take))
-                wanted -= take
-        if wanted:
-            outcome[index] = OutOfCredits(f"End User {end_user_id} has no live allocation left")
-            continue
-        for row in rows:
-            expires_at = row["expires_at"]
-            fifo_keys[row["lot_id"]] = (
-                expires_at is None,
-                expires_at or "",
-                row["purchased_at"],
-                row["lot_id"],
-            )
-        balance = await conn.fetchrow(SQL_BALANCE, end_user_id, pool_id, CREDITS)
-        for allocation_id, _, take in draws:
-            await conn.execute(SQL_ALLOCATION, allocation_id, take)
-        usage_event_id = await conn.fetchval(
-            SQL_USAGE_EVENT, app_id, pool_id, end_user_id, CREDITS, FEATURE, None, None, None
+        balance = held.get((account.end_user_id, account.pool_id))
+        draws = (
+            _take_fifo(balance.allocations, CREDITS)
+            if balance is not None and balance.remaining >= CREDITS
+            else []
         )
-        entry_args: list[Any] = []
-        for _, lot_id, take in draws:
-            entry_args += [app_id, pool_id, lot_id, end_user_id, "CONSUME", -take, FEATURE]
-            entry_args += [None, None, usage_event_id]
-        await conn.execute(
-            SQL_LEDGER_ENTRY + _values(len(draws), LEDGER_ENTRY_COLUMNS, ", now(), now()"),
-            *entry_args,
-        )
-        applied.append((account, draws, balance))
-    # Once per batch: the lots in FIFO order, then each pool and its balance events.
+        if balance is None or not draws:
+            outcome[index] = OutOfCredits(f"End User {account.end_user_id} ran out of credits")
+            continue
+        for allocation, take in draws:
+            allocation.remaining -= take
+            allocation.drawn += take
+        balance.used += CREDITS
+        balance.remaining -= CREDITS
+        balance.version += 1
+        snapshot = {
+            "end_user_id": account.end_user_id,
+            "allocated": balance.allocated,
+            "used": balance.used,
+            "expired": balance.expired,
+            "remaining": balance.remaining,
+            "status": _status(balance.remaining, balance.threshold),
+            "version": balance.version,
+        }
+        applied.append((account, [(a.lot_id, take) for a, take in draws], snapshot))
+    if not applied:
+        return outcome
+    # One write each: balances (absolute values), allocations, usage events, entries.
+    moved = [(pair, h) for pair, h in held.items() if any(a.drawn for a in h.allocations)]
+    args: list[Any] = []
+    for (end_user_id, pool_id), h in moved:
+        args += [end_user_id, pool_id, h.used, h.remaining, _status(h.remaining, h.threshold)]
+        args.append(h.version)
+    rows = _rows(len(moved), BALANCE_ROW, BALANCE_COLUMNS)
+    await conn.execute(SQL_BALANCES.replace("{rows}", rows), *args)
+    drawn = [a for _, h in moved for a in h.allocations if a.drawn]
+    rows = _rows(len(drawn), ALLOCATION_ROW, 2)
+    await conn.execute(
+        SQL_ALLOCATIONS.replace("{rows}", rows), *(v for a in drawn for v in (a.id, a.drawn))
+    )
+    args = []
+    for account, _, _ in applied:
+        args += [account.application_id, account.pool_id, account.end_user_id, CREDITS]
+        args += [FEATURE, None, None, None]
+    rows = _rows(len(applied), USAGE_ROW, USAGE_COLUMNS)
+    usage_ids = sorted(
+        r["id"] for r in await conn.fetch(SQL_USAGE_EVENTS.replace("{rows}", rows), *args)
+    )
+    args = []
+    for (account, draws, _), usage_event_id in zip(applied, usage_ids, strict=True):
+        for lot_id, take in draws:
+            args += [account.application_id, account.pool_id, lot_id, account.end_user_id]
+            args += ["CONSUME", -take, FEATURE, None, None, usage_event_id, None]
+    rows = _rows(len(args) // ENTRY_COLUMNS, ENTRY_ROW, ENTRY_COLUMNS)
+    await conn.execute(SQL_LEDGER_ENTRIES.replace("{rows}", rows), *args)
+    # Once per lot (FIFO order) and per pool (id order), then the pool's balance events.
     by_lot: dict[int, int] = defaultdict(int)
     by_pool: dict[int, int] = defaultdict(int)
     for account, draws, _ in applied:
-        for _, lot_id, take in draws:
+        for lot_id, take in draws:
             by_lot[lot_id] += take
         by_pool[account.pool_id] += CREDITS
     for lot_id in sorted(by_lot, key=fifo_keys.__getitem__):
@@ -287,9 +408,9 @@ async def raw_consume_items(
         pool = await conn.fetchrow(SQL_POOL, pool_id, by_pool[pool_id])
         at = datetime.now(UTC).isoformat()
         in_pool = [
-            (account, balance) for account, _, balance in applied if account.pool_id == pool_id
+            (account, snapshot) for account, _, snapshot in applied if account.pool_id == pool_id
         ]
-        events = [_event(account, balance, at, pool=False) for account, balance in in_pool]
+        events = [_event(account, snapshot, at, pool=False) for account, snapshot in in_pool]
         events.append(_event(in_pool[0][0], pool, at, pool=True))
         outbox_args: list[Any] = []
         for event in events:
@@ -298,39 +419,60 @@ async def raw_consume_items(
     return outcome
 
 
+async def raw_transaction(pool: asyncpg.Pool, accounts: list[Account]) -> list[Exception | None]:
+    """`raw_consume_items` in a transaction of its own, retried from the start on a deadlock
+    or serialization failure as `models.sql.transaction` retries."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    return await raw_consume_items(conn, accounts)
+        except RETRYABLE:
+            if attempt == MAX_ATTEMPTS:
+                raise
+            await asyncio.sleep(0.005 * attempt)
+    raise AssertionError("unreachable")
+
+
 async def raw_single(pool: asyncpg.Pool, account: Account) -> None:
     """One consumption in a transaction of its own: the ledger's batch of one."""
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            (error,) = await raw_consume_items(conn, [account])
+    (error,) = await raw_transaction(pool, [account])
     if error is not None:
         raise error
 
 
 class RawCombiner:
     """`models.consume_batch._Combiner` in plain asyncpg: one application's consumptions
-    queue while a batch commits, and the queue commits as the next batch."""
+    queue while batches commit, and the queue commits as the next batch; up to MAX_DRAINERS
+    batches are under way at once (a second one gathers and starts while the first
+    commits), each taking everything queued, up to MAX_BATCH."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.waiting: list[tuple[Account, asyncio.Future[None]]] = []
-        self.drainer: asyncio.Task[None] | None = None
+        self.drainers: set[asyncio.Task[None]] = set()
 
     async def submit(self, account: Account) -> None:
         result: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting.append((account, result))
-        if self.drainer is None:
-            self.drainer = asyncio.create_task(self._drain())
+        if len(self.drainers) < MAX_DRAINERS:
+            self.drainers.add(asyncio.create_task(self._drain()))
         await result
+
+    def _next_batch(self) -> list[tuple[Account, asyncio.Future[None]]]:
+        """Up to MAX_BATCH waiting calls, dropping those whose caller went away."""
+        live = [waiting for waiting in self.waiting if not waiting[1].done()]
+        batch, self.waiting = live[:MAX_BATCH], live[MAX_BATCH:]
+        return batch
 
     async def _drain(self) -> None:
         try:
             while self.waiting:
-                batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
+                batch = self._next_batch()
+                if not batch:
+                    continue
                 try:
-                    async with self.pool.acquire() as conn:
-                        async with conn.transaction():
-                            outcome = await raw_consume_items(conn, [a for a, _ in batch])
+                    outcome = await raw_transaction(self.pool, [a for a, _ in batch])
                 except Exception as error:  # the whole transaction failed
                     for _, result in batch:
                         if not result.done():
@@ -344,11 +486,14 @@ class RawCombiner:
                     else:
                         result.set_exception(error)
         finally:
-            self.drainer = None
-            for _, result in self.waiting:
-                if not result.done():
-                    result.cancel()
-            self.waiting = []
+            current = asyncio.current_task()
+            if current is not None:
+                self.drainers.discard(current)  # type: ignore[arg-type]
+            if not self.drainers:
+                for _, result in self.waiting:  # only when the drainers were cancelled
+                    if not result.done():
+                        result.cancel()
+                self.waiting = []
 
 
 def raw_combined(pool: asyncpg.Pool) -> Callable[[Account], Awaitable[None]]:
@@ -430,14 +575,19 @@ def commits(records: list[LoggedQuery]) -> int:
 
 def signature(record: LoggedQuery) -> tuple[str, Any]:
     """A statement's text and the arguments that are the same on every path: the usage
-    event ids are the database's, and of the outbox payloads only the End User, pool and
-    cause of each row are fixed."""
+    event ids are the database's; the balance UPDATE's absolute used, remaining and version
+    depend on what the End User consumed before (`verify_ledger()` checks them against the
+    ledger at the end); of the outbox payloads only the End User, pool and cause of each
+    row are fixed."""
     query, args = record.query, tuple(record.args or ())
-    if query.startswith(SQL_LEDGER_ENTRY):
+    if query.startswith(_prefix(SQL_LEDGER_ENTRIES)):
         args = tuple(
-            "<usage event id>" if i % LEDGER_ENTRY_COLUMNS == LEDGER_ENTRY_COLUMNS - 1 else a
+            "<usage event id>" if i % ENTRY_COLUMNS == ENTRY_USAGE_EVENT else a
             for i, a in enumerate(args)
         )
+    elif query.startswith(_prefix(SQL_BALANCES)):
+        counters = {2: "<used>", 3: "<remaining>", 5: "<version>"}
+        args = tuple(counters.get(i % BALANCE_COLUMNS, a) for i, a in enumerate(args))
     elif query.startswith(SQL_OUTBOX):
         rows = []
         for i in range(0, len(args), 3):
@@ -751,28 +901,69 @@ def _print_differences(what: str, ledger: list[LoggedQuery], raw: list[LoggedQue
             print(f"       raw:    {theirs}")
 
 
+def _value_rows(statement: str) -> int | None:
+    """Rows of the statement's VALUES list (None without one)."""
+    return statement.count("),(") + 1 if "VALUES" in statement else None
+
+
+def _rows_in_batch(statements: Statements) -> list[str]:
+    """Per statement of the batch of one: its VALUES rows alone -> in the batch of
+    CAPTURED_BATCH (the same kind of statement, same occurrence), or ''."""
+    in_batch: dict[str, list[int | None]] = defaultdict(list)
+    for record in statements.ledger_batch:
+        in_batch[kind(record.query)].append(_value_rows(record.query))
+    seen: dict[str, int] = defaultdict(int)
+    shown = []
+    for record in statements.ledger_alone:
+        k = kind(record.query)
+        alone = _value_rows(record.query)
+        occurrence = seen[k]
+        seen[k] += 1
+        there = in_batch[k][occurrence] if occurrence < len(in_batch[k]) else None
+        shown.append("" if alone is None else f"{alone} -> {there}")
+    return shown
+
+
 def print_statements(statements: Statements, ledger: PhaseResult, combined: PhaseResult) -> None:
     print("SQL statements (no idempotency key; captured on the wire):")
-    print("  a consumption made alone, i.e. a batch of one (the raw single path's transaction):")
+    print(
+        "  a consumption made alone, i.e. a batch of one (the raw single path's transaction),"
+        f" with the VALUES rows of each statement alone -> in a batch of {CAPTURED_BATCH}:"
+    )
     items = statements.per_item()
+    rows = _rows_in_batch(statements)
     for number, record in enumerate(statements.ledger_alone, 1):
         if POOL_RESET in record.query:
             role = "reset"
         else:
             role = "item" if kind(record.query) in items else "batch"
-        print(f"  {number:3}. [{role:<5}] {_short(record.query)}")
+        print(f"  {number:3}. [{role:<5}] {rows[number - 1]:>6} {_short(record.query)}")
     item, batch, reset = statements.counts()
     print(
-        f"  = per consumption (item, drawing on one lot): {item}; per batch: {batch} in the"
-        f" transaction (BEGIN, COMMIT, the lot UPDATE, the pool UPDATE, the outbox INSERT),"
-        f" plus {reset} reset sent by the asyncpg pool on release"
+        f"  = {item} statements per consumption and {batch} per batch in the transaction"
+        " (BEGIN; one SELECT locking every balance in End User order; one SELECT of the live"
+        " allocations; one UPDATE each of the balances and the allocations drawn; one INSERT"
+        " each of the usage events and the ledger entries; one lot UPDATE per lot drawn; one"
+        f" pool UPDATE per pool; the outbox INSERT; COMMIT), plus {reset} reset sent by the"
+        " asyncpg pool on release. A consumption adds VALUES rows, not statements: one per"
+        " End User balance, allocation drawn, usage event, ledger entry (one per lot drawn)"
+        " and End User outbox event"
+    )
+    sent = len(statements.ledger_batch)
+    formula = (
+        f"the same {batch} + {reset} as alone, with longer VALUES lists"
+        if item == 0
+        else f"{batch} + {CAPTURED_BATCH} x {item} + {reset}"
     )
     print(
-        f"  a batch of {CAPTURED_BATCH} submitted together sent"
-        f" {len(statements.ledger_batch)} statements"
-        f" = {batch} + {CAPTURED_BATCH} x {item} + {reset}"
-        f" (its outbox INSERT has {CAPTURED_BATCH + 1} rows: one per End User change, one for"
-        " the pool)"
+        f"  a batch of {CAPTURED_BATCH} submitted together sent {sent} statements"
+        + (
+            f" = {formula}"
+            if sent == batch + CAPTURED_BATCH * item + reset
+            else f" (NOT {formula})"
+        )
+        + f" (its outbox INSERT has {CAPTURED_BATCH + 1} rows: one per End User change, one"
+        " for the pool)"
     )
     print("  amortized statements per consumption at the measured batch sizes:")
     for r in (ledger, combined):
