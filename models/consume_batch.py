@@ -475,6 +475,11 @@ class _Combiner:
                     results = await consume_credits_batch(
                         self.application_id, [w.consumption for w in batch]
                     )
+                except asyncio.CancelledError:  # shutting down: nobody may wait forever
+                    for waiting in batch:
+                        if not waiting.result.done():
+                            waiting.result.cancel()
+                    raise
                 except Exception as error:  # the whole transaction failed: every caller hears
                     for waiting in batch:
                         if not waiting.result.done():

@@ -138,3 +138,20 @@ async def test_a_call_cancelled_while_queued_is_not_consumed(tenant) -> None:
         await queued
     await consume_credits(app, "ai", ref, 1, "ai_generation")  # the combiner carries on
     assert (await balance_of(user, await pool_counters(app))).used == 2
+
+
+async def test_callers_are_answered_when_a_drainer_is_cancelled(tenant) -> None:
+    from models.consume_batch import _combiners
+
+    app = tenant.application_id
+    [user] = await end_users_holding(app, count=1, credits_each=10)
+    calls = [
+        asyncio.ensure_future(consume_credits(app, "ai", EndUserRef(id=user), 1, "f"))
+        for _ in range(5)
+    ]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    for drainer in list(_combiners[app].drainers):
+        drainer.cancel()
+    _, pending = await asyncio.wait(calls, timeout=10)
+    assert not pending  # every caller got an answer: a result or a cancellation
