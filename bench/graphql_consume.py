@@ -2,7 +2,8 @@
 the same ledger SQL run by raw asyncpg loops in the same run.
 
 What it measures
-    consumeCredits: `--clients` concurrent HTTP clients (default 64) each POSTing
+    consumeCredits: `--clients` concurrent HTTP clients (default 64; httpx clients, or wrk's
+    connections with `--load wrk`, see below) each POSTing
     `consumeCredits` of 1 credit for a random End User of `--end-users` (default 1,000),
     waiting for the answer before the next. The mutation text is fixed and every value is
     in `variables` (the server caches parsed and validated documents by their text). The
@@ -49,9 +50,41 @@ Setup
     events = CONSUME entries = End User balance events), `verify_ledger()` recomputes every
     counter from the ledger, the server is stopped and the database dropped.
 
+Load generator (`--load`)
+    httpx (default): the consumeCredits phase runs on this process's httpx clients, as above.
+    They cost about half a core at 64 clients, which on a small machine the server and
+    PostgreSQL then lack, so the server's latency is inflated by its own load generator.
+    wrk: the consumeCredits phase is driven by wrk (a C load generator; exit status 2 if
+    `wrk` is not on PATH) instead: a warm-up run of `--warmup` s, then the measured run,
+    `wrk -t<--wrk-threads, default 1> -c<--clients> -d<--seconds>s --timeout 60s --latency
+    -s bench/wrk_consume.lua <server>/graphql`. One thread is plenty: wrk spends about 0.04
+    ms of CPU per request (0.03 core at 800 requests/s). The script POSTs the same fixed
+    mutation with the same variables (the bodies, one per End User, are written by this
+    script to a file in the work directory and passed with the key in environment
+    variables), with `Content-Type: application/json` and `Authorization: Bearer <key>`,
+    for a random End User per request. Its `response` hook counts answers that are not 200
+    and bodies holding a non-empty `errors` list (`"errors":[{`, GraphQL's or the
+    payload's) or `"balance":null`; `--wrk-check-every n` checks every n-th body only (1,
+    every body, is the default: the hook costs wrk no measurable CPU at this rate) and 0
+    drops the hook (then only statuses > 399 are seen). Its `done` hook prints wrk's totals,
+    error counts and latency percentiles in one `WRK_RESULT key=value ...` line, which this
+    script parses. The phase (labelled `consumeCredits [wrk -t1]`) reports the same columns:
+    rate = successful answers in the measured run / its duration, p50/p99 from wrk's latency
+    distribution (the latency of every answer of the run), and CPU over the measured run,
+    where "client" is wrk's CPU (wait4 of the wrk process) plus this process's (idle
+    meanwhile). The summary's target verdicts then use this phase, and say which load
+    generator ran it. The other phases (prewarm, batches, raw) are unchanged.
+    wrk drops the requests in flight when a run ends (up to `--clients` per run), which the
+    server still commits. So the phase's consumptions, for the row check, are the usage
+    events written from the warm-up's start until the row counts stay unchanged for 1 s
+    after the measured run (any later commit would then show as a row MISMATCH); and these
+    are checked against wrk's successful answers: answered <= committed <= answered +
+    clients per run + failed answers, else the run fails.
+
 Run it from the project root:
 
     .venv/bin/python bench/graphql_consume.py [--seconds 10] [--clients 64] [--end-users 1000]
+        [--load httpx|wrk]
 
 `--profile` samples the server with py-spy during each HTTP window and prints where its CPU
 went, by library, by stage and by function (install py-spy first:
@@ -66,7 +99,8 @@ PYTHONPATH), so a copy of the project, e.g. `git archive HEAD | tar -x -C /tmp/c
 this script in its bench/ benchmarks that copy with the same virtualenv.
 
 Exit status: 1 when an HTTP answer was wrong, the rows written do not match the
-consumptions completed, or `verify_ledger()` reports a problem; else 0. Missed targets are
+consumptions completed (or, with `--load wrk`, wrk's answers), or `verify_ledger()` reports
+a problem; 2 when `--load wrk` is given and wrk is not installed; else 0. Missed targets are
 printed, not reflected in the exit status.
 """
 
@@ -74,6 +108,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import random
 import shlex
@@ -242,6 +278,9 @@ class Phase:
     cpu: CpuUse | None = None
     profile: Path | None = None
     transactions: int | None = None  # transactions that wrote the phase's consumptions
+    # Latencies (ms by quantile) of a phase whose calls this process did not time (wrk's).
+    quantiles: dict[float, float] | None = None
+    wrk: WrkPhase | None = None
 
     @property
     def calls_per_second(self) -> float:
@@ -257,6 +296,8 @@ class Phase:
 
     def percentile(self, q: float) -> float:
         """Latency at quantile q, in ms."""
+        if self.quantiles is not None:
+            return self.quantiles.get(q, float("nan"))
         if not self.latencies:
             return float("nan")
         ordered = sorted(self.latencies)
@@ -501,6 +542,202 @@ async def prewarm(clients: Clients, accounts: list[Account], concurrency: int) -
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return len(accounts)
+
+
+# ---------------------------------------------------------------------------- wrk load
+
+WRK_SCRIPT = ROOT / "bench" / "wrk_consume.lua"
+
+
+@dataclass
+class WrkRun:
+    """One wrk run: the WRK_RESULT line of `bench/wrk_consume.lua`'s `done`, and wrk's CPU
+    seconds (user + system, from wait4)."""
+
+    result: dict[str, float]
+    cpu: float
+    output: Path
+
+    @property
+    def errors(self) -> int:
+        """Failed answers and socket errors. Without the `response` hook (check every 0)
+        only wrk's own status count (> 399) is known."""
+        r = self.result
+        statuses = r["non200"] if r["check_every"] else r["status_gt399"]
+        sockets = r["connect"] + r["read"] + r["write"] + r["timeout"]
+        return int(statuses + r["bad_body"] + sockets)
+
+    @property
+    def answered(self) -> int:
+        """Answers counted as successful consumptions (of the checked bodies, all sound)."""
+        r = self.result
+        statuses = r["non200"] if r["check_every"] else r["status_gt399"]
+        return int(r["requests"] - statuses - r["bad_body"])
+
+    def describe_errors(self) -> str:
+        r = self.result
+        return (
+            f"wrk: {int(r['non200'] if r['check_every'] else r['status_gt399'])} non-200"
+            f" answers, {int(r['bad_body'])} of {int(r['checked'])} checked bodies with"
+            f" errors, socket errors connect {int(r['connect'])} read {int(r['read'])}"
+            f" write {int(r['write'])} timeout {int(r['timeout'])} (output: {self.output})"
+        )
+
+
+@dataclass
+class WrkPhase:
+    warmup: WrkRun | None
+    window: WrkRun
+    threads: int
+    check_every: int
+    rows: int  # consumptions committed from the start of the warm-up until the rows settled
+    settle: float  # seconds waited after the window for the server's last commits
+
+    @property
+    def runs(self) -> list[WrkRun]:
+        return [run for run in (self.warmup, self.window) if run is not None]
+
+    @property
+    def answered(self) -> int:
+        return sum(run.answered for run in self.runs)
+
+    @property
+    def errors(self) -> int:
+        return sum(run.errors for run in self.runs)
+
+    @property
+    def unanswered(self) -> int:
+        """Consumptions committed without a successful answer counted by wrk: those in
+        flight when a run stopped (wrk drops them), at most `connections` per run."""
+        return self.rows - self.answered
+
+
+def find_wrk() -> str | None:
+    return shutil.which("wrk")
+
+
+def write_wrk_bodies(target: Target, accounts: list[Account], path: Path) -> None:
+    """One JSON request body per End User and line, the same mutation text and variables
+    the httpx clients send."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for account in accounts:
+            variables = {
+                "input": {
+                    "applicationId": str(target.application_id),
+                    **target.consumption(account),
+                }
+            }
+            body = {"query": CONSUME, "variables": variables}
+            handle.write(json.dumps(body, separators=(",", ":")) + "\n")
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+def _wait4(pid: int) -> tuple[int, float]:
+    _, status, usage = os.wait4(pid, 0)
+    return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
+
+
+async def run_wrk(
+    wrk: str, url: str, seconds: float, args: argparse.Namespace, env: dict[str, str], out: Path
+) -> WrkRun:
+    """`wrk -t<threads> -c<clients> -d<seconds>s --latency` with bench/wrk_consume.lua; its
+    CPU comes from wait4 of exactly this child."""
+    command = [
+        wrk,
+        f"-t{args.wrk_threads}",
+        f"-c{args.clients}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "60s",  # the httpx clients' timeout; wrk's default 2 s would drop slow answers
+        "--latency",
+        "-s",
+        str(WRK_SCRIPT),
+        url,
+    ]
+    process = _spawn(command, env, out)
+    try:
+        code, cpu = await asyncio.to_thread(_wait4, process.pid)
+    except BaseException:
+        process.kill()
+        raise
+    process.returncode = code  # reaped by wait4
+    text = _read_text(out)
+    line = next((x for x in text.splitlines() if x.startswith("WRK_RESULT ")), None)
+    if code != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({code}): {' '.join(command)}\n{text[-2000:]}")
+    result = {k: float(v) for k, v in (item.split("=", 1) for item in line.split()[1:])}
+    return WrkRun(result, cpu, out)
+
+
+async def wrk_phase(
+    wrk: str,
+    target: Target,
+    accounts: list[Account],
+    args: argparse.Namespace,
+    server_pid: int,
+    work_dir: Path,
+    profiler: Profiler | None = None,
+) -> Phase:
+    """consumeCredits driven by wrk: a warm-up run of `--warmup` s, then the measured run of
+    `--seconds` s, with the CPU of every party read at the measured run's ends (the client
+    is wrk, plus this process, idle meanwhile). wrk drops the requests in flight when a run
+    ends; the server still commits them, so the phase's consumptions are the rows written
+    from the warm-up's start until they stop changing."""
+    label = f"consumeCredits [wrk -t{args.wrk_threads}]"
+    bodies = work_dir / "wrk_bodies.jsonl"
+    write_wrk_bodies(target, accounts, bodies)
+    env = dict(os.environ)
+    env.update(
+        USAGEGRAPH_WRK_BODIES=str(bodies),
+        USAGEGRAPH_WRK_KEY=target.api_key,
+        USAGEGRAPH_WRK_SEED=str(args.seed),
+        USAGEGRAPH_WRK_CHECK_EVERY=str(args.wrk_check_every),
+    )
+    before = await consumption_rows()
+    warmup = None
+    if args.warmup > 0:
+        warmup = await run_wrk(wrk, target.url, args.warmup, args, env, work_dir / "wrk_warmup.txt")
+    first = CpuSnapshot.take(server_pid)
+    profile = None
+    if profiler is not None:
+        profile = await profiler.start(server_pid, "consumeCredits_wrk", args.seconds)
+    window = await run_wrk(wrk, target.url, args.seconds, args, env, work_dir / "wrk_window.txt")
+    cpu = CpuUse.between(first, CpuSnapshot.take(server_pid))
+    if profiler is not None:
+        await profiler.finish()
+    # The requests wrk dropped at its stop are still running in the server: wait until the
+    # rows stop changing (the server answers within a second at this load).
+    settled = time.perf_counter()
+    rows, steady = await consumption_rows(), 0
+    while steady < 2 and time.perf_counter() - settled < 30:  # unchanged for 1 s
+        await asyncio.sleep(0.5)
+        again = await consumption_rows()
+        steady = steady + 1 if again == rows else 0
+        rows = again
+    info = WrkPhase(
+        warmup,
+        window,
+        args.wrk_threads,
+        args.wrk_check_every,
+        rows["usage_event"] - before["usage_event"],
+        time.perf_counter() - settled,
+    )
+    r = window.result
+    phase = Phase(label, args.clients, 1, r["duration_us"] / 1e6)
+    phase.completed = window.answered
+    phase.total = info.rows
+    phase.errors = info.errors
+    if phase.errors:
+        phase.first_error = "; ".join(run.describe_errors() for run in info.runs if run.errors)
+    phase.quantiles = {0.5: r["p50_us"] / 1000, 0.9: r["p90_us"] / 1000, 0.99: r["p99_us"] / 1000}
+    phase.cpu = dataclasses.replace(cpu, client=cpu.client + window.cpu)
+    phase.profile = profile
+    phase.transactions = rows["pool_event"] - before["pool_event"]
+    phase.wrk = info
+    return phase
 
 
 # ------------------------------------------------------------------------------ server
@@ -823,9 +1060,12 @@ def print_table(phases: list[Phase]) -> None:
         " transaction (warm-up included);\n"
         "  server, client, postgres, machine: CPU cores busy on average in the window (server:"
         " the uvicorn process, client: this\n"
-        "  process, postgres: every postgres process on the machine, machine: all"
-        f" {os.cpu_count()} CPUs, others: machine - server - client - postgres,\n"
-        "  i.e. other processes, py-spy and the kernel); srv ms/call: server CPU ms per request"
+        "  process, plus wrk in a [wrk] phase, postgres: every postgres process on the machine,"
+        f" machine: all {os.cpu_count()} CPUs,\n"
+        "  others: machine - server - client - postgres, i.e. other processes, py-spy and the"
+        " kernel); srv ms/call: server CPU ms per request;\n"
+        "  a [wrk] phase's calls/s and p50/p99 are wrk's: successful answers over its run's"
+        " duration, its latency distribution"
     )
 
 
@@ -854,10 +1094,24 @@ def print_summary(
     )
     rate, p99 = single.consumptions_per_second, single.percentile(0.99)
     ratio = rate / raw_rate if raw_rate else float("nan")
+    if single.wrk is None:
+        generator = "load generator: httpx in this process"
+    else:
+        generator = f"load generator: wrk -t{single.wrk.threads} -c{single.concurrency}"
     print(
-        f"consumeCredits over HTTP, {single.concurrency} clients: {rate:.1f} consumptions/s,"
-        f" p50 {single.percentile(0.5):.1f} ms, p99 {p99:.1f} ms ({single.completed} measured)"
+        f"consumeCredits over HTTP, {single.concurrency} clients ({generator}):"
+        f" {rate:.1f} consumptions/s, p50 {single.percentile(0.5):.1f} ms,"
+        f" p99 {p99:.1f} ms ({single.completed} measured)"
     )
+    if single.wrk is not None and single.cpu is not None:
+        info, cpu = single.wrk, single.cpu
+        print(
+            f"  wrk used {info.window.cpu:.2f} s of CPU in {cpu.wall:.1f} s ="
+            f" {info.window.cpu / cpu.wall:.2f} of one core"
+            f" ({info.window.result['requests'] / cpu.wall:.0f} requests/s;"
+            f" p90 {single.percentile(0.9):.1f} ms, max"
+            f" {info.window.result['max_us'] / 1000:.1f} ms)"
+        )
     print(
         f"  rate / raw single {ratio:.1%}: "
         + _verdict(ratio >= TARGET_RATIO, "meets", "BELOW")
@@ -942,6 +1196,26 @@ def parse_args() -> argparse.Namespace:
         help="one httpx.AsyncClient with max_connections=clients instead of one per client",
     )
     parser.add_argument(
+        "--load",
+        choices=("httpx", "wrk"),
+        default="httpx",
+        help="load generator of the consumeCredits phase: this process's httpx clients, or"
+        " wrk (a C load generator using far less CPU; bench/wrk_consume.lua)",
+    )
+    parser.add_argument(
+        "--wrk-threads",
+        type=int,
+        default=1,
+        help="wrk threads (-t) with --load wrk; the --clients connections are spread over them",
+    )
+    parser.add_argument(
+        "--wrk-check-every",
+        type=int,
+        default=1,
+        help="with --load wrk: check the body of every n-th answer for errors (every answer's"
+        " status is checked); 0: no response hook (only statuses > 399 are seen)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="sample the server with py-spy during each HTTP window and print where its CPU"
@@ -964,6 +1238,8 @@ def parse_args() -> argparse.Namespace:
     args.batch_clients = [int(c) for c in args.batch_clients.split(",") if c.strip()]
     if min(args.clients, args.end_users, args.pool_size, args.batch_size, *args.batch_clients) < 1:
         parser.error("clients, end-users, pool-size and batch figures must be positive")
+    if args.wrk_threads < 1 or args.wrk_threads > args.clients or args.wrk_check_every < 0:
+        parser.error("wrk-threads must be 1 to clients, wrk-check-every not negative")
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("seconds must be positive and warmup not negative")
     if args.batch_size > args.end_users:
@@ -979,6 +1255,16 @@ def find_py_spy() -> str:
 
 
 async def main(args: argparse.Namespace) -> int:
+    wrk = None
+    if args.load == "wrk":
+        wrk = find_wrk()
+        if wrk is None:
+            print(
+                "--load wrk needs wrk (https://github.com/wg/wrk) on PATH, e.g. `apt-get install"
+                " wrk`; or run without --load wrk to use the httpx clients",
+                file=sys.stderr,
+            )
+            return 2
     profiler = None
     work_dir = Path(tempfile.mkdtemp(prefix="usagegraph_graphql_bench_"))
     if args.profile:
@@ -1019,16 +1305,19 @@ async def main(args: argparse.Namespace) -> int:
         target = Target(server.url, api_key, application_id, refs)
         async with Clients(target, args.clients, args.shared_client) as clients:
             warmed = await prewarm(clients, accounts, args.clients)
-            single = await run_phase(
-                "consumeCredits",
-                single_consumer(clients),
-                accounts,
-                args.clients,
-                1,
-                args,
-                server.pid,
-                profiler,
-            )
+            if wrk is None:
+                single = await run_phase(
+                    "consumeCredits",
+                    single_consumer(clients),
+                    accounts,
+                    args.clients,
+                    1,
+                    args,
+                    server.pid,
+                    profiler,
+                )
+        if wrk is not None:
+            single = await wrk_phase(wrk, target, accounts, args, server.pid, work_dir, profiler)
         progress(single)
         batches: list[Phase] = []
         for number, concurrency in enumerate(args.batch_clients):
@@ -1069,16 +1358,34 @@ async def main(args: argparse.Namespace) -> int:
                 else " ON (INFO, a line a request)"
             )
         )
-        print(
-            f"clients: httpx.AsyncClient keep-alive, {args.clients} concurrent for"
-            f" consumeCredits, {', '.join(map(str, args.batch_clients)) or 'none'} for batches of"
-            f" {args.batch_size} ("
-            + (
-                "one shared AsyncClient, max_connections = concurrency"
-                if args.shared_client
-                else "one AsyncClient of one connection per client"
+        httpx_clients = (
+            "one shared AsyncClient, max_connections = concurrency"
+            if args.shared_client
+            else "one AsyncClient of one connection per client"
+        )
+        if wrk is None:
+            load = (
+                f"load: httpx.AsyncClient keep-alive, {args.clients} concurrent for"
+                f" consumeCredits, {', '.join(map(str, args.batch_clients)) or 'none'} for"
+                f" batches of {args.batch_size} ({httpx_clients})"
             )
-            + f"); {args.end_users} End Users in 1 application, named by externalId;"
+        else:
+            checks = (
+                "status and body of every answer checked"
+                if args.wrk_check_every == 1
+                else f"every status and every {args.wrk_check_every}th body checked"
+                if args.wrk_check_every
+                else "no response hook: only statuses > 399 seen"
+            )
+            load = (
+                f"load: consumeCredits by wrk -t{args.wrk_threads} -c{args.clients} keep-alive"
+                f" ({wrk}, bench/wrk_consume.lua, {checks}; warm-up and window are separate wrk"
+                f" runs); batches by httpx.AsyncClient keep-alive,"
+                f" {', '.join(map(str, args.batch_clients)) or 'none'} concurrent of"
+                f" {args.batch_size} ({httpx_clients}); prewarm by httpx"
+            )
+        print(
+            load + f"; {args.end_users} End Users in 1 application, named by externalId;"
             f" {args.loop} loop in this process; raw phases: {args.clients} tasks"
         )
         print(
@@ -1106,6 +1413,20 @@ async def main(args: argparse.Namespace) -> int:
             + f"; {counts['pool_event']} pool balance events (one per transaction)"
             + (f"; {errors} failed calls (they may have committed)" if errors else "")
         )
+        wrk_ok = True
+        if single.wrk is not None:
+            info = single.wrk
+            bound = args.clients * len(info.runs) + info.errors
+            wrk_ok = 0 <= info.unanswered <= bound
+            print(
+                f"wrk phase: {info.rows} consumptions committed from its warm-up's start until"
+                f" the rows settled ({info.settle:.1f} s after the window), {info.answered}"
+                f" answered successfully to wrk: {info.unanswered} unanswered (in flight when a"
+                f" wrk run stopped; at most {args.clients} per run"
+                + (f" + {info.errors} failed" if info.errors else "")
+                + "): "
+                + ("consistent" if wrk_ok else "MISMATCH")
+            )
         problems = await verify_ledger()
         print(
             "verify_ledger(): "
@@ -1120,7 +1441,7 @@ async def main(args: argparse.Namespace) -> int:
                 print()
                 print(f"server profile during {phase.label} x{phase.concurrency}:")
                 print_profile(phase.profile, 25 if phase is single else 12)
-        return 0 if rows_ok and not problems and not errors else 1
+        return 0 if rows_ok and wrk_ok and not problems and not errors else 1
     finally:
         if server is not None:
             server.stop()
