@@ -471,27 +471,19 @@ class _Combiner:
                 batch = self._next_batch()
                 if not batch:
                     continue
+                committing = asyncio.ensure_future(
+                    consume_credits_batch(self.application_id, [w.consumption for w in batch])
+                )
                 try:
-                    results = await consume_credits_batch(
-                        self.application_id, [w.consumption for w in batch]
-                    )
-                except asyncio.CancelledError:  # shutting down: nobody may wait forever
-                    for waiting in batch:
-                        if not waiting.result.done():
-                            waiting.result.cancel()
+                    # Shielded: cancelling the drainer (shutdown) must not cut a transaction
+                    # in half; it finishes, and its callers still get their answers.
+                    await asyncio.shield(committing)
+                except asyncio.CancelledError:
+                    committing.add_done_callback(lambda done, b=batch: _answer(b, done))
                     raise
-                except Exception as error:  # the whole transaction failed: every caller hears
-                    for waiting in batch:
-                        if not waiting.result.done():
-                            waiting.result.set_exception(error)
-                    continue
-                for waiting, outcome in zip(batch, results, strict=True):
-                    if waiting.result.done():  # its caller went away
-                        continue
-                    if isinstance(outcome, ConsumeResult):
-                        waiting.result.set_result(outcome)
-                    else:
-                        waiting.result.set_exception(outcome)
+                except Exception:  # the whole transaction failed: every caller hears
+                    pass
+                _answer(batch, committing)
         finally:
             current = asyncio.current_task()
             if current is not None:
@@ -503,6 +495,24 @@ class _Combiner:
                 self.waiting = []
                 if _combiners.get(self.application_id) is self:
                     del _combiners[self.application_id]
+
+
+def _answer(batch: list[_Waiting], committed: asyncio.Future[list[BatchResult]]) -> None:
+    """Gives every caller of a batch its result, its error, or the batch's failure."""
+    failure = None if committed.cancelled() else committed.exception()
+    for index, waiting in enumerate(batch):
+        if waiting.result.done():  # its caller went away
+            continue
+        if committed.cancelled():
+            waiting.result.cancel()
+        elif failure is not None:
+            waiting.result.set_exception(failure)
+        else:
+            outcome = committed.result()[index]
+            if isinstance(outcome, ConsumeResult):
+                waiting.result.set_result(outcome)
+            else:
+                waiting.result.set_exception(outcome)
 
 
 _combiners: dict[int, _Combiner] = {}

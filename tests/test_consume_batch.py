@@ -155,3 +155,7 @@ async def test_callers_are_answered_when_a_drainer_is_cancelled(tenant) -> None:
         drainer.cancel()
     _, pending = await asyncio.wait(calls, timeout=10)
     assert not pending  # every caller got an answer: a result or a cancellation
+    succeeded = [c for c in calls if not c.cancelled() and c.exception() is None]
+    # A batch under way when its drainer was cancelled still committed and answered.
+    assert (await balance_of(user, await pool_counters(app))).used == len(succeeded)
+    assert await verify_ledger() == []
