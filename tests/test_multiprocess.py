@@ -90,11 +90,19 @@ class Process:
         self.popen.wait(timeout=10)
 
 
-def _start_server(cluster: Cluster, redis_url: str) -> Process:
+def _start_server(cluster: Cluster, redis_url: str, *options: str) -> Process:
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": cluster.database_url, "REDIS_URL": redis_url}
     popen = subprocess.Popen(
-        [sys.executable, "-c", "from api.cli import main; main()", "serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-c",
+            "from api.cli import main; main()",
+            "serve",
+            "--port",
+            str(port),
+            *list(options),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -278,5 +286,34 @@ async def test_everything_committed_during_a_redis_restart_is_published(
         if process is not None:
             process.popen.terminate()
             process.popen.wait(timeout=10)
+        redis_process.terminate()
+        redis_process.wait(timeout=10)
+
+
+async def test_serve_workers_share_subscriptions_through_redis(cluster, http, redis_server) -> None:
+    """`usagegraph serve --workers 2`: requests land on either worker, events reach all."""
+    redis_url, binary = redis_server
+    redis_process = _start_redis(redis_url, binary)
+    workers = None
+    try:
+        workers = _start_server(cluster, redis_url, "--workers", "2", "--no-access-log")
+        url = workers.graphql
+        app = await _application(
+            _Entry(url, cluster.organization_key), http, users=1, credits_each=30
+        )
+        user = app.end_user_ids[0]
+        async with subscribed(url, app.reader.key, app=app.id, endUser=user, pool="ai") as events:
+            await next_event(events)
+            for expected in (29, 28, 27, 26, 25, 24):
+                # A new connection each time, so the calls spread over both workers.
+                async with httpx.AsyncClient(timeout=30) as fresh:
+                    await Caller(fresh, url, app.admin.key)(
+                        CONSUME, input=_consume(app, {"id": user})
+                    )
+                assert (await next_event(events, wait=10))["remaining"] == expected
+    finally:
+        if workers is not None:
+            workers.popen.terminate()
+            workers.popen.wait(timeout=20)
         redis_process.terminate()
         redis_process.wait(timeout=10)
