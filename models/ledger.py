@@ -11,6 +11,7 @@ Expiry is decided by the database clock (`now()`)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -209,6 +210,131 @@ async def _resolve(
     return pool, end_user_id
 
 
+async def _allocate(
+    db: Sql, pool: PoolRef, end_user_id: int, credits: int
+) -> tuple[EndUserBalanceSnapshot, list[Draw]]:
+    """Takes `credits` from the pool's unexpired lots in FIFO order into the End User's
+    allocations, or fails whole."""
+    await ensure_end_user_balance(db, end_user_id, pool.id)
+    balance = await lock_end_user_balance(
+        db,
+        end_user_id,
+        pool.id,
+        "allocated = allocated + $3, remaining = remaining + $3, status = "
+        + end_user_status_sql("remaining + $3"),
+        f"allocated + $3 <= {MAX_TOTAL}",
+        credits,
+    )
+    if balance is None:
+        raise ValidationFailed(
+            f"the End User's allocated total would pass {MAX_TOTAL:,}", field="credits"
+        )
+    lots = await db.rows(
+        "SELECT l.id AS lot_id, l.unallocated FROM credit_pack l"
+        f" WHERE l.pool_id = $1 AND l.unallocated > 0 AND {LIVE_LOT}"
+        f" ORDER BY {FIFO} FOR UPDATE",
+        pool.id,
+    )
+    draws = take_fifo(lots, credits, "unallocated")
+    if not draws:
+        available = sum(lot["unallocated"] for lot in lots)
+        raise InsufficientCredits(
+            f"the pool has {available:,} unallocated credits, {credits:,} requested",
+            field="credits",
+        )
+    for draw in draws:
+        await db.run(
+            "UPDATE credit_pack SET unallocated = unallocated - $2 WHERE id = $1",
+            draw.lot_id,
+            draw.credits,
+        )
+        await db.run(
+            "INSERT INTO allocation (end_user_id, pool_id, lot_id, allocated, used, expired,"
+            " remaining) VALUES ($1, $2, $3, $4, 0, 0, $4)"
+            " ON CONFLICT (end_user_id, lot_id) DO UPDATE SET"
+            " allocated = allocation.allocated + excluded.allocated,"
+            " remaining = allocation.remaining + excluded.remaining",
+            end_user_id,
+            pool.id,
+            draw.lot_id,
+            draw.credits,
+        )
+    return balance, draws
+
+
+async def _release(
+    db: Sql, pool: PoolRef, end_user_id: int, credits: int
+) -> tuple[EndUserBalanceSnapshot, list[Draw]]:
+    """Gives `credits` of the End User's unexpired allocations back to their lots, in FIFO
+    order, or fails whole."""
+    balance, draws = await _take_back(db, end_user_id, pool.id, credits)
+    for draw in draws:
+        await db.run(
+            "UPDATE credit_pack SET unallocated = unallocated + $2 WHERE id = $1",
+            draw.lot_id,
+            draw.credits,
+        )
+    return balance, draws
+
+
+Mover = Callable[[Sql, PoolRef, int, int], Awaitable[tuple[EndUserBalanceSnapshot, list[Draw]]]]
+
+
+async def _move_credits(
+    kind: LedgerEntryKind,
+    move: Mover,
+    application_id: int,
+    pool_key: str,
+    end_user: EndUserRef,
+    credits: int,
+    idempotency_key: str | None,
+    actor: str | None,
+) -> BalanceResult:
+    """Allocation and release: the End User's credits move to or from the pool's
+    unallocated part, one entry per lot, in one transaction."""
+    validate_credits(credits)
+    end_user.validate()
+    validate_key(idempotency_key)
+    sign = 1 if kind == LedgerEntryKind.ALLOCATE else -1
+    operator = "+" if sign > 0 else "-"
+
+    async def work(db: Sql) -> BalanceResult:
+        pool, end_user_id = await _resolve(db, application_id, pool_key, end_user)
+        arguments = {"pool": pool.id, "end_user": end_user_id, "credits": credits}
+        record_id, replay = await _begin(
+            db, application_id, idempotency_key, kind.value.lower(), arguments
+        )
+        if replay is not None:
+            return BalanceResult(EndUserBalanceSnapshot.from_json(replay), replayed=True)
+        balance, draws = await move(db, pool, end_user_id, credits)
+        await insert_ledger_entries(
+            db,
+            application_id,
+            pool.id,
+            end_user_id,
+            kind,
+            draws,
+            sign,
+            idempotency_key=idempotency_key,
+            actor=actor,
+        )
+        if record_id is not None:
+            await store_result(db, record_id, balance.to_json())
+        pool_snapshot = await _update_pool(
+            db,
+            pool.id,
+            f"allocated = allocated {operator} $2,"
+            f" end_user_remaining = end_user_remaining {operator} $2",
+            credits,
+        )
+        await write_balance_events(
+            db, application_id, pool.key, kind, [(balance, sign * credits), (pool_snapshot, 0)]
+        )
+        return BalanceResult(balance, replayed=False)
+
+    return await transaction(work)
+
+
 async def allocate_credits(
     application_id: int,
     pool_key: str,
@@ -220,89 +346,16 @@ async def allocate_credits(
 ) -> BalanceResult:
     """Moves `credits` from the pool's unallocated part to the End User, lot by lot in FIFO
     order, from unexpired lots only (one ALLOCATE entry per lot)."""
-    validate_credits(credits)
-    end_user.validate()
-    validate_key(idempotency_key)
-
-    async def work(db: Sql) -> BalanceResult:
-        pool, end_user_id = await _resolve(db, application_id, pool_key, end_user)
-        arguments = {"pool": pool.id, "end_user": end_user_id, "credits": credits}
-        record_id, replay = await _begin(db, application_id, idempotency_key, "allocate", arguments)
-        if replay is not None:
-            return BalanceResult(EndUserBalanceSnapshot.from_json(replay), replayed=True)
-        await ensure_end_user_balance(db, end_user_id, pool.id)
-        balance = await lock_end_user_balance(
-            db,
-            end_user_id,
-            pool.id,
-            "allocated = allocated + $3, remaining = remaining + $3, status = "
-            + end_user_status_sql("remaining + $3"),
-            f"allocated + $3 <= {MAX_TOTAL}",
-            credits,
-        )
-        if balance is None:
-            raise ValidationFailed(
-                f"the End User's allocated total would pass {MAX_TOTAL:,}", field="credits"
-            )
-        lots = await db.rows(
-            "SELECT l.id AS lot_id, l.unallocated FROM credit_pack l"
-            f" WHERE l.pool_id = $1 AND l.unallocated > 0 AND {LIVE_LOT}"
-            f" ORDER BY {FIFO} FOR UPDATE",
-            pool.id,
-        )
-        draws = take_fifo(lots, credits, "unallocated")
-        if not draws:
-            available = sum(lot["unallocated"] for lot in lots)
-            raise InsufficientCredits(
-                f"the pool has {available:,} unallocated credits, {credits:,} requested",
-                field="credits",
-            )
-        for draw in draws:
-            await db.run(
-                "UPDATE credit_pack SET unallocated = unallocated - $2 WHERE id = $1",
-                draw.lot_id,
-                draw.credits,
-            )
-            await db.run(
-                "INSERT INTO allocation (end_user_id, pool_id, lot_id, allocated, used, expired,"
-                " remaining) VALUES ($1, $2, $3, $4, 0, 0, $4)"
-                " ON CONFLICT (end_user_id, lot_id) DO UPDATE SET"
-                " allocated = allocation.allocated + excluded.allocated,"
-                " remaining = allocation.remaining + excluded.remaining",
-                end_user_id,
-                pool.id,
-                draw.lot_id,
-                draw.credits,
-            )
-        await insert_ledger_entries(
-            db,
-            application_id,
-            pool.id,
-            end_user_id,
-            LedgerEntryKind.ALLOCATE,
-            draws,
-            1,
-            idempotency_key=idempotency_key,
-            actor=actor,
-        )
-        if record_id is not None:
-            await store_result(db, record_id, balance.to_json())
-        pool_snapshot = await _update_pool(
-            db,
-            pool.id,
-            "allocated = allocated + $2, end_user_remaining = end_user_remaining + $2",
-            credits,
-        )
-        await write_balance_events(
-            db,
-            application_id,
-            pool.key,
-            LedgerEntryKind.ALLOCATE,
-            [(balance, credits), (pool_snapshot, 0)],
-        )
-        return BalanceResult(balance, replayed=False)
-
-    return await transaction(work)
+    return await _move_credits(
+        LedgerEntryKind.ALLOCATE,
+        _allocate,
+        application_id,
+        pool_key,
+        end_user,
+        credits,
+        idempotency_key,
+        actor,
+    )
 
 
 async def release_credits(
@@ -316,52 +369,16 @@ async def release_credits(
 ) -> BalanceResult:
     """Returns `credits` of the End User's unexpired allocation to the pool's unallocated
     part, drawn in FIFO order (one RELEASE entry per lot)."""
-    validate_credits(credits)
-    end_user.validate()
-    validate_key(idempotency_key)
-
-    async def work(db: Sql) -> BalanceResult:
-        pool, end_user_id = await _resolve(db, application_id, pool_key, end_user)
-        arguments = {"pool": pool.id, "end_user": end_user_id, "credits": credits}
-        record_id, replay = await _begin(db, application_id, idempotency_key, "release", arguments)
-        if replay is not None:
-            return BalanceResult(EndUserBalanceSnapshot.from_json(replay), replayed=True)
-        balance, draws = await _take_back(db, end_user_id, pool.id, credits)
-        await insert_ledger_entries(
-            db,
-            application_id,
-            pool.id,
-            end_user_id,
-            LedgerEntryKind.RELEASE,
-            draws,
-            -1,
-            idempotency_key=idempotency_key,
-            actor=actor,
-        )
-        if record_id is not None:
-            await store_result(db, record_id, balance.to_json())
-        for draw in draws:
-            await db.run(
-                "UPDATE credit_pack SET unallocated = unallocated + $2 WHERE id = $1",
-                draw.lot_id,
-                draw.credits,
-            )
-        pool_snapshot = await _update_pool(
-            db,
-            pool.id,
-            "allocated = allocated - $2, end_user_remaining = end_user_remaining - $2",
-            credits,
-        )
-        await write_balance_events(
-            db,
-            application_id,
-            pool.key,
-            LedgerEntryKind.RELEASE,
-            [(balance, -credits), (pool_snapshot, 0)],
-        )
-        return BalanceResult(balance, replayed=False)
-
-    return await transaction(work)
+    return await _move_credits(
+        LedgerEntryKind.RELEASE,
+        _release,
+        application_id,
+        pool_key,
+        end_user,
+        credits,
+        idempotency_key,
+        actor,
+    )
 
 
 # ------------------------------------------------------------------------------------ consume
