@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any, TypeVar
 
+from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import OperationalError
 from tortoise.transactions import in_transaction
@@ -88,6 +89,11 @@ def loads(value: Any) -> Any:
 def _retryable(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(marker in text for marker in _RETRYABLE)
+
+
+async def single_statement(work: Callable[[Sql], Awaitable[T]]) -> T:
+    """Runs `work` (one statement, atomic by itself) without BEGIN and COMMIT around it."""
+    return await work(Sql(connections.get("default")))
 
 
 async def transaction(work: Callable[[Sql], Awaitable[T]]) -> T:

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from models.sql import Sql, outbox_hooks, transaction
+from models.sql import Sql, outbox_hooks, single_statement
 from subscriptions.broker import Broker, application_channel
 
 log = logging.getLogger(__name__)
@@ -102,14 +102,14 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """Publishes up to BATCH unpublished rows in id order; the number published."""
-        rows = await transaction(_pending)
+        rows = await single_statement(_pending)
         if not rows:
             return 0
         for row in rows:
             message = _envelope(row)
             await self.broker.publish(application_channel(row["application_id"]), message)
         ids = [row["id"] for row in rows]
-        await transaction(lambda db: _mark_published(db, ids))
+        await single_statement(lambda db: _mark_published(db, ids))
         self.published += len(ids)
         return len(ids)
 
