@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -106,6 +107,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             await close_database()
         await init_database(settings)
         await realtime.start()
+        # Everything loaded at start-up lives forever: keep it out of the cyclic collector,
+        # and collect young objects less often (fewer pauses in the latency tail).
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         try:
             yield
         finally:
