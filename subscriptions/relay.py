@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -27,6 +29,8 @@ RELAY_LOCK_ID = 7461002
 BATCH = 500
 IDLE_POLL_SECONDS = 0.02  # how soon another process's commit is seen by the leader
 LEADER_RETRY_SECONDS = 0.5
+PUBLISHED_KEPT = timedelta(hours=1)  # published rows stay this long, for inspection
+PURGE_EVERY_SECONDS = 60.0
 
 
 class OutboxRelay:
@@ -37,6 +41,7 @@ class OutboxRelay:
         self.wake_event = asyncio.Event()
         self.lock_connection: asyncpg.Connection | None = None
         self.published = 0
+        self.next_purge = time.monotonic() + PURGE_EVERY_SECONDS
 
     async def start(self) -> None:
         outbox_hooks.append(self.wake)
@@ -86,6 +91,9 @@ class OutboxRelay:
                     await asyncio.sleep(LEADER_RETRY_SECONDS)
                     continue
                 sent = await self.publish_pending()
+                if time.monotonic() >= self.next_purge:
+                    self.next_purge = time.monotonic() + PURGE_EVERY_SECONDS
+                    await self.purge_published()
                 backoff = 0.05
                 if sent < BATCH:
                     self.wake_event.clear()
@@ -112,6 +120,13 @@ class OutboxRelay:
         await single_statement(lambda db: _mark_published(db, ids))
         self.published += len(ids)
         return len(ids)
+
+    async def purge_published(self, kept: timedelta = PUBLISHED_KEPT) -> int:
+        """Deletes rows published longer than `kept` ago; the number deleted."""
+        cutoff = datetime.now(UTC) - kept
+        return await single_statement(
+            lambda db: db.run("DELETE FROM outbox_event WHERE published_at < $1", cutoff)
+        )
 
 
 async def _pending(db: Sql) -> list[dict[str, Any]]:

@@ -215,3 +215,24 @@ async def test_a_bad_key_closes_the_socket(server) -> None:
 
 
 __all__ = ["App", "Caller"]
+
+
+async def test_the_relay_purges_rows_published_long_ago(backend, tenant) -> None:
+    """Published outbox rows do not pile up: the relay deletes them after a while."""
+    from datetime import timedelta
+
+    from models.ledger import purchase_credits
+    from models.records import OutboxEvent
+    from subscriptions.broker import InProcessBroker
+    from subscriptions.relay import OutboxRelay
+
+    app = tenant.application_id
+    await purchase_credits(app, "ai", 5)
+    relay = OutboxRelay(InProcessBroker(), None)
+    while await relay.publish_pending():  # publish everything still pending
+        pass
+    assert not await OutboxEvent.filter(application_id=app, published_at=None).exists()
+    await relay.purge_published()
+    assert await OutboxEvent.filter(application_id=app).exists()  # just published: kept
+    await relay.purge_published(kept=timedelta(seconds=-1))
+    assert not await OutboxEvent.filter(application_id=app).exists()
