@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from models.accounts import InvalidCredential, verify_api_key
 from models.end_user_tokens import TOKEN_PREFIX, InvalidToken, verify_token
-from models.tenancy import ApiKeyRole, Application
+from models.references import organization_of
+from models.tenancy import ApiKeyRole
 from resolvers.context import Principal
-
-_organization_of: dict[int, int] = {}  # applications never change organization
 
 
 def bearer_credential(header: str | None) -> str:
@@ -40,12 +39,9 @@ async def _token_principal(credential: str, secret: str) -> Principal:
         claims = verify_token(secret, credential)
     except InvalidToken as error:
         raise InvalidCredential(error.message) from None
-    organization_id = _organization_of.get(claims.application_id)
+    organization_id = await organization_of(claims.application_id)
     if organization_id is None:
-        application = await Application.get_or_none(id=claims.application_id)
-        if application is None:
-            raise InvalidCredential("invalid End User token")
-        organization_id = _organization_of[claims.application_id] = application.organization_id  # type: ignore[attr-defined]
+        raise InvalidCredential("invalid End User token")
     return Principal(
         organization_id=organization_id,
         application_id=claims.application_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from models.balances import EndUserBalanceSnapshot, PoolSnapshot, _write_alert, status_for
+from models.balances import EndUserBalanceSnapshot, PoolSnapshot, status_for, write_alert
 from models.credits import MAX_TOTAL, BalanceStatus
 from models.draws import ensure_end_user_balance
 from models.errors import NotFound, ValidationFailed
@@ -127,7 +127,7 @@ async def set_low_balance_threshold(
                 version=row["version"],
                 low_balance_threshold=threshold,
             )
-            await _write_alert(db, application_id, pool.key, at, snapshot, kind)
+            await write_alert(db, application_id, pool.key, at, snapshot, kind)
             db.wrote_outbox = True
 
     await transaction(work)
@@ -160,7 +160,7 @@ async def _alerts_for(
             version=old["version"],
             threshold=row["threshold"],
         )
-        await _write_alert(db, application_id, pool_key, at, snapshot, kind)
+        await write_alert(db, application_id, pool_key, at, snapshot, kind)
         db.wrote_outbox = True
 
 

@@ -181,10 +181,10 @@ async def write_balance_events(
     for change in changes:
         kind = alert_kind(change)
         if kind is not None:
-            await _write_alert(db, application_id, pool_key, at, change[0], kind)
+            await write_alert(db, application_id, pool_key, at, change[0], kind)
 
 
-async def _write_alert(
+async def write_alert(
     db: Sql,
     application_id: int,
     pool_key: str,

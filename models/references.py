@@ -1,7 +1,8 @@
 """Resolving what callers name (a pool key, an End User id or external id) inside one
-application. A name outside the application is NOT_FOUND, never a hint that it exists.
+application, and an application's owner. A name outside the application is NOT_FOUND,
+never a hint that it exists.
 
-Pools and End Users are never deleted and their keys never change, so a resolved id is
+Pools, End Users and applications are never deleted and their keys never change, so a resolved id is
 cached per process (bounded); misses are not cached."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from models.errors import NotFound, ValidationFailed
 from models.sql import Sql
+from models.tenancy import Application
 
 _CACHE_SIZE = 100_000
 
@@ -48,12 +50,26 @@ class _Lru(OrderedDict):
 
 _pools = _Lru()
 _end_users = _Lru()
+_owners = _Lru()
 
 
 def forget_references() -> None:
     """Empties the caches (when the process switches to another database)."""
     _pools.clear()
     _end_users.clear()
+    _owners.clear()
+
+
+async def organization_of(application_id: int) -> int | None:
+    """The organization owning an application (applications never move), None if none."""
+    owner = _owners.get(application_id)
+    if owner is None:
+        found = await Application.get_or_none(id=application_id)
+        if found is None:
+            return None
+        owner = found.organization_id  # type: ignore[attr-defined]
+        _owners.remember(application_id, owner)
+    return owner
 
 
 async def resolve_pool(db: Sql, application_id: int, key: str) -> PoolRef:

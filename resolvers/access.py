@@ -4,29 +4,9 @@ NOT_FOUND, never a hint that it exists."""
 from __future__ import annotations
 
 from models.errors import Forbidden, NotFound
-from models.tenancy import Application
+from models.references import organization_of
 from resolvers.context import Principal
 from resolvers.errors import parse_id
-
-# Applications never move between organizations, so their owner is cached (bounded).
-_owner: dict[int, int] = {}
-_OWNER_LIMIT = 100_000
-
-
-async def _organization_of(application_id: int) -> int | None:
-    owner = _owner.get(application_id)
-    if owner is None:
-        found = await Application.get_or_none(id=application_id)
-        if found is None:
-            return None
-        if len(_owner) >= _OWNER_LIMIT:
-            _owner.clear()
-        owner = _owner[application_id] = found.organization_id  # type: ignore[attr-defined]
-    return owner
-
-
-def forget_owners() -> None:
-    _owner.clear()
 
 
 async def visible_application(principal: Principal, application_id: object) -> int:
@@ -38,7 +18,7 @@ async def visible_application(principal: Principal, application_id: object) -> i
         if parsed != principal.application_id:
             raise NotFound("application not found", field="applicationId")
         return parsed
-    if await _organization_of(parsed) != principal.organization_id:
+    if await organization_of(parsed) != principal.organization_id:
         raise NotFound("application not found", field="applicationId")
     return parsed
 
