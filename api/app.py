@@ -17,6 +17,7 @@ from strawberry.exceptions import ConnectionRejectionError
 
 from api.auth import authenticate
 from api.database import apply_migrations, close_database, init_database, plain_postgres_dsn
+from api.jobs import JobRunner, default_jobs
 from api.settings import Settings, get_settings
 from models.accounts import InvalidCredential
 from resolvers.context import Context
@@ -107,6 +108,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             await close_database()
         await init_database(settings)
         await realtime.start()
+        jobs = JobRunner(default_jobs(settings) if settings.jobs_enabled else [])
+        await jobs.start()
         # Everything loaded at start-up lives forever: keep it out of the cyclic collector,
         # and collect young objects less often (fewer pauses in the latency tail).
         gc.freeze()
@@ -114,6 +117,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         try:
             yield
         finally:
+            await jobs.close()
             await realtime.close()
             await close_database()
 

@@ -1,0 +1,65 @@
+"""Background jobs: every process runs all of them; each job is safe to run in every process
+at once (it takes advisory locks, `SKIP LOCKED` rows or writes idempotently), so no process
+is special and a dead one is simply replaced by the others."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from api.settings import Settings
+from models.expiry import SWEEP_BATCH, expire_lots
+
+log = logging.getLogger("usagegraph.jobs")
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    name: str
+    interval_seconds: float
+    run: Callable[[], Awaitable[object]]
+
+
+async def sweep_expired_lots() -> None:
+    """Books every expired lot's remainder, a batch at a time, until none is left."""
+    while (await expire_lots()).lots == SWEEP_BATCH:
+        pass
+
+
+def default_jobs(settings: Settings) -> list[PeriodicJob]:
+    """The jobs a server process runs. Other domains add theirs here."""
+    return [PeriodicJob("expire-lots", settings.expiry_sweep_seconds, sweep_expired_lots)]
+
+
+class JobRunner:
+    """One task per job: run, sleep its interval (with jitter, so processes started together
+    spread out), repeat. A failing run is logged and retried at the next tick."""
+
+    def __init__(self, jobs: Sequence[PeriodicJob]) -> None:
+        self.jobs = list(jobs)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.tasks = [
+            asyncio.create_task(self._loop(job), name=f"job-{job.name}") for job in self.jobs
+        ]
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks = []
+
+    async def _loop(self, job: PeriodicJob) -> None:
+        await asyncio.sleep(random.uniform(0, min(job.interval_seconds, 5.0)))
+        while True:
+            try:
+                await job.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job %s failed; retrying in %.0f s", job.name, job.interval_seconds)
+            await asyncio.sleep(job.interval_seconds * random.uniform(0.9, 1.1))
