@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -16,6 +17,7 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 
 from api.auth import authenticate
+from api.body_limit import BodySizeLimit
 from api.database import apply_migrations, close_database, init_database, plain_postgres_dsn
 from api.jobs import JobRunner, default_jobs
 from api.settings import Settings, get_settings
@@ -129,6 +131,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             Route("/graphql", AuthenticatedGraphQL(view), methods=["GET", "POST"]),
             WebSocketRoute("/graphql", view),
         ],
+        middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)],
         lifespan=lifespan,
     )
     app.state.realtime = realtime  # started by the lifespan (or by a test that skips it)

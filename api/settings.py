@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(20, ge=1, alias="USAGEGRAPH_DB_POOL_MAX")
     # Browser origins allowed to open a WebSocket (Strawberry refuses cross-origin otherwise).
     allowed_origins: list[str] = Field(default_factory=list, alias="USAGEGRAPH_ALLOWED_ORIGINS")
+    # Largest HTTP request body accepted (413 beyond); a 1,000-record batch fits.
+    max_body_bytes: int = Field(1_048_576, ge=1024, alias="USAGEGRAPH_MAX_BODY_BYTES")
     # Background jobs (api/jobs.py); 0 turns them off in this process.
     jobs_enabled: bool = Field(True, alias="USAGEGRAPH_JOBS")
     expiry_sweep_seconds: float = Field(30.0, gt=0, alias="USAGEGRAPH_EXPIRY_SWEEP_SECONDS")

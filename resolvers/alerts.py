@@ -18,7 +18,7 @@ from resolvers.access import require_api_key, visible_application, writable_appl
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
 from resolvers.errors import UserError, parse_id, query_error, user_errors
-from resolvers.pools import MAX_PAGE, CreditPool
+from resolvers.pools import CreditPool, check_page_size
 
 AlertKind = strawberry.enum(DomainAlertKind, name="AlertKind")
 
@@ -100,8 +100,10 @@ def _after(cursor: str) -> int:
 
 async def alert_page(application_id: int, first: int, after: str | None) -> CreditAlertConnection:
     """Newest first."""
-    if not 0 <= first <= MAX_PAGE:
-        raise query_error(ValidationFailed(f"first must be between 0 and {MAX_PAGE}"))
+    try:
+        check_page_size(first)
+    except DomainError as error:
+        raise query_error(error) from None
     query = AlertRow.filter(application_id=application_id)
     total = await query.count()
     if after is not None:

@@ -66,7 +66,6 @@ class RevokeApiKeyPayload:
 async def resolve_create_api_key(info: Info, input: CreateApiKeyInput) -> CreateApiKeyPayload:
     principal = principal_of(info)
     try:
-        require_write(principal)
         application_id = None
         if input.application_id is not None:
             application_id = await visible_application(principal, input.application_id)
@@ -74,6 +73,7 @@ async def resolve_create_api_key(info: Info, input: CreateApiKeyInput) -> Create
             raise NotFound(
                 "an application key cannot create organization keys", field="applicationId"
             )
+        require_write(principal)  # after visibility: another application's is NOT_FOUND
         issued = await create_api_key(
             principal.organization_id, input.name, DomainApiKeyRole(input.role), application_id
         )
@@ -96,8 +96,9 @@ async def _visible_key(info: Info, key_id: strawberry.ID) -> ApiKeyRow:
 
 async def resolve_revoke_api_key(info: Info, id: strawberry.ID) -> RevokeApiKeyPayload:
     try:
-        require_write(principal_of(info))
-        row = await revoke_api_key(await _visible_key(info, id))
+        row = await _visible_key(info, id)
+        require_write(principal_of(info))  # after visibility: another's key is NOT_FOUND
+        row = await revoke_api_key(row)
     except DomainError as error:
         return RevokeApiKeyPayload(errors=user_errors(error))
     return RevokeApiKeyPayload(api_key=ApiKey.from_row(row))

@@ -14,7 +14,7 @@ from models.credits import EndUserBalance as BalanceRow
 from models.errors import ValidationFailed
 from models.references import EndUserRef as DomainEndUserRef
 from resolvers.errors import UserError, parse_id
-from resolvers.pools import MAX_PAGE, BalanceStatus
+from resolvers.pools import BalanceStatus, check_page_size
 
 
 @strawberry.input(description="Exactly one of id and externalId.")
@@ -169,8 +169,7 @@ def decode_cursor(cursor: str) -> int:
 
 
 async def end_user_page(application_id: int, first: int, after: str | None) -> EndUserConnection:
-    if not 0 <= first <= MAX_PAGE:
-        raise ValidationFailed(f"first must be between 0 and {MAX_PAGE}", field="first")
+    check_page_size(first)
     query = EndUserRow.filter(application_id=application_id)
     total = await query.count()
     if after is not None:

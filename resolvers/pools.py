@@ -10,10 +10,17 @@ from models.balances import PoolSnapshot, status_for
 from models.credits import BalanceStatus as DomainBalanceStatus
 from models.credits import CreditPack as PackRow
 from models.credits import CreditPool as PoolRow
-from resolvers.errors import UserError
+from models.errors import ValidationFailed
+from resolvers.errors import UserError, query_error
 
 BalanceStatus = strawberry.enum(DomainBalanceStatus, name="BalanceStatus")
 MAX_PAGE = 500
+
+
+def check_page_size(first: int) -> None:
+    """`first` of every list field: 0 to MAX_PAGE, else VALIDATION (never a silent clamp)."""
+    if not 0 <= first <= MAX_PAGE:
+        raise ValidationFailed(f"first must be between 0 and {MAX_PAGE}", field="first")
 
 
 @strawberry.type
@@ -89,10 +96,12 @@ class CreditPool:
 
     @strawberry.field(description="The pool's packs, newest first.")
     async def packs(self, first: int = 100) -> list[CreditPack]:
+        try:
+            check_page_size(first)
+        except ValidationFailed as error:
+            raise query_error(error) from None
         rows = (
-            await PackRow.filter(pool_id=self.pool_id)
-            .order_by("-purchased_at", "-id")
-            .limit(max(0, min(first, MAX_PAGE)))
+            await PackRow.filter(pool_id=self.pool_id).order_by("-purchased_at", "-id").limit(first)
         )
         return [CreditPack.from_row(row) for row in rows]
 
