@@ -21,6 +21,7 @@ from api.body_limit import BodySizeLimit
 from api.database import apply_migrations, close_database, init_database, plain_postgres_dsn
 from api.jobs import JobRunner, default_jobs
 from api.settings import Settings, get_settings
+from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler
 from models.accounts import InvalidCredential
 from resolvers.context import Context
 from resolvers.schema import schema
@@ -30,7 +31,11 @@ PRINCIPAL_SCOPE_KEY = "usagegraph.principal"
 
 
 class UsageGraphQL(GraphQL):
-    """Strawberry's ASGI view with our context and WebSocket authentication."""
+    """Strawberry's ASGI view with our context, WebSocket authentication and subscriptions
+    rendered once per selection (api/websocket.py)."""
+
+    graphql_transport_ws_handler_class = LiveTransportWSHandler
+    graphql_ws_handler_class = LiveGraphQLWSHandler
 
     def __init__(self, *args: Any, realtime: Realtime, secret: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

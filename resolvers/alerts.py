@@ -18,7 +18,9 @@ from resolvers.access import require_api_key, visible_application, writable_appl
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
 from resolvers.errors import UserError, parse_id, query_error, user_errors
+from resolvers.live import live_events
 from resolvers.pools import CreditPool, check_page_size
+from subscriptions.fanout import Topic
 
 AlertKind = strawberry.enum(DomainAlertKind, name="AlertKind")
 
@@ -195,5 +197,5 @@ async def low_credit_alerts(
         application = await visible_application(principal, application_id)
     except DomainError as error:
         raise query_error(error) from None
-    async for event in info.context.realtime.alert_events(application):
-        yield CreditAlert.from_event(event)
+    async for alert in live_events(info, Topic(application, "alert"), CreditAlert.from_event):
+        yield alert

@@ -14,7 +14,9 @@ from resolvers.access import require_end_user, visible_application
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser
 from resolvers.errors import parse_id, query_error
+from resolvers.live import live_events
 from resolvers.pools import BalanceStatus
+from subscriptions.fanout import Topic
 
 LedgerEntryKind = strawberry.enum(DomainLedgerEntryKind, name="LedgerEntryKind")
 
@@ -87,5 +89,6 @@ async def balance_changed(
             require_end_user(principal, end_user)
     except DomainError as error:
         raise query_error(error) from None
-    async for event in info.context.realtime.balance_events(application, pool, end_user):
-        yield BalanceEvent.from_event(event)
+    topic = Topic(application, "balance", pool, end_user)
+    async for event in live_events(info, topic, BalanceEvent.from_event):
+        yield event

@@ -8,6 +8,7 @@ from typing import Any
 from models.balances import status_for
 from models.credits import BalanceStatus
 from models.sql import Sql, transaction
+from subscriptions.fanout import Topic
 from subscriptions.streams import Event
 
 
@@ -103,3 +104,12 @@ async def end_user_snapshots(
         return events
 
     return await transaction(read)
+
+
+async def topic_snapshots(topic: Topic) -> list[Event]:
+    """What a new subscriber of `topic` receives first: its balances as they are now."""
+    if topic.kind != "balance":
+        return []
+    if topic.end_user_id is None:
+        return await pool_snapshots(topic.application_id, topic.pool)
+    return await end_user_snapshots(topic.application_id, topic.end_user_id, topic.pool)

@@ -1,92 +1,77 @@
-"""Per-subscriber event streams with conflation (SPEC §3: a slow subscriber gets the latest
-snapshot per balance, never an unbounded queue).
+"""Bounded, conflating buffers (SPEC §3: a slow subscriber gets the latest snapshot per
+balance, never an unbounded queue).
 
-A stream keeps at most one pending event per balance (the newest version) and at most
-`max_balances` balances; past that the balance that waited longest is dropped, and its next
-change brings the subscriber up to date again (every event is a full snapshot). Events at or
-below the version already delivered for a balance are dropped, so a republished outbox row
-or an out-of-date resync never goes backwards."""
+A buffer keeps at most one pending item per key (a balance, or an alert), the one of the
+newest version, and at most `bound` keys; past that the key that waited longest is dropped,
+and its next change brings the reader up to date again (every event is a full snapshot).
+Items are whatever the owner buffers: the events themselves, or their rendered text."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import Hashable
 from typing import Any
 
 Event = dict[str, Any]
-BalanceKey = tuple[int, int | None]  # (pool id, End User id or None for the pool itself)
+Key = Hashable
 
-MAX_PENDING_BALANCES = 1_000
-MAX_REMEMBERED_VERSIONS = 4_096
+MAX_PENDING_KEYS = 1_000
 
 
-def balance_key(event: Event) -> BalanceKey:
+def event_key(kind: str, event: Event) -> Key:
+    """What conflates: a balance (pool, End User or None for the pool itself); an alert is
+    never conflated with another, so it is its own key."""
+    if kind == "alert":
+        return ("alert", event["id"])
     return (event["pool_id"], event["end_user_id"])
 
 
-class ConflatingStream:
-    def __init__(
-        self,
-        accept: Callable[[Event], bool],
-        *,
-        topic: str = "balance",
-        key: Callable[[Event], Hashable] = balance_key,
-        max_balances: int = MAX_PENDING_BALANCES,
-    ) -> None:
-        self.accept = accept
-        self.topic = topic
-        self.key = key
-        self.max_balances = max_balances
-        self.pending: OrderedDict[Hashable, Event] = OrderedDict()
-        # Versions delivered, to drop republished or stale events (bounded, least recent out).
-        self.delivered: OrderedDict[Hashable, int] = OrderedDict()
-        self.wakeup = asyncio.Event()
+class ConflatingBuffer:
+    __slots__ = ("bound", "dropped", "floors", "pending", "waiter")
+
+    def __init__(self, bound: int = MAX_PENDING_KEYS) -> None:
+        self.bound = bound
+        self.pending: dict[Key, tuple[int, Any]] = {}
+        # Versions already delivered outside the buffer (a first snapshot): anything at or
+        # below them is stale. A key leaves as soon as a newer version is offered.
+        self.floors: dict[Key, int] = {}
+        self.waiter: asyncio.Future[None] | None = None
         self.dropped = 0
 
-    def offer_message(self, message: bytes) -> None:
-        """A broker listener: never blocks, never grows past the bound."""
-        envelope = json.loads(message)
-        if envelope.get("topic") != self.topic:
+    def offer(self, key: Key, version: int, item: Any) -> None:
+        """Never blocks, never grows past the bound."""
+        if self.floors:
+            floor = self.floors.get(key)
+            if floor is not None:
+                if version <= floor:
+                    return
+                del self.floors[key]
+        waiting = self.pending.pop(key, None)
+        if waiting is not None and waiting[0] >= version:
+            self.pending[key] = waiting
             return
-        self.offer(envelope["event"])
-
-    def offer(self, event: Event) -> None:
-        if not self.accept(event):
-            return
-        key = self.key(event)
-        if event["version"] <= self.delivered.get(key, -1):
-            return
-        waiting = self.pending.get(key)
-        if waiting is not None and waiting["version"] >= event["version"]:
-            return
-        self.pending[key] = event
-        self.pending.move_to_end(key)
-        if len(self.pending) > self.max_balances:
-            self.pending.popitem(last=False)
+        self.pending[key] = (version, item)  # (re)inserted last: the order of arrival
+        if len(self.pending) > self.bound:
+            del self.pending[next(iter(self.pending))]
             self.dropped += 1
-        self.wakeup.set()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
-    async def events(self) -> AsyncIterator[Event]:
-        while True:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            while self.pending:
-                _, event = self.pending.popitem(last=False)
-                key = self.key(event)
-                if event["version"] <= self.delivered.get(key, -1):
-                    continue
-                self._remember(key, event["version"])
-                yield event
+    def mark_delivered(self, key: Key, version: int) -> None:
+        """Records an item of `key` delivered outside the buffer, at `version`."""
+        self.floors[key] = max(version, self.floors.get(key, -1))
+        waiting = self.pending.get(key)
+        if waiting is not None and waiting[0] <= version:
+            del self.pending[key]
 
-    def mark_delivered(self, event: Event) -> None:
-        """Records a snapshot sent outside the stream (the first message, a resync)."""
-        key = self.key(event)
-        self._remember(key, max(event["version"], self.delivered.get(key, -1)))
-
-    def _remember(self, key: Hashable, version: int) -> None:
-        self.delivered[key] = version
-        self.delivered.move_to_end(key)
-        if len(self.delivered) > MAX_REMEMBERED_VERSIONS:
-            self.delivered.popitem(last=False)
+    async def take(self) -> list[Any]:
+        """Every pending item, oldest first; waits for at least one."""
+        while not self.pending:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        items = [item for _, item in self.pending.values()]
+        self.pending = {}
+        return items

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -138,6 +139,7 @@ __all__ = ["Backend", "Tenant", "Tortoise"]
 class Server:
     url: str
     organization_key: str
+    realtime: Any = None  # the served app's subscriptions.realtime.Realtime
 
     @property
     def graphql(self) -> str:
@@ -175,7 +177,11 @@ async def server(backend: Backend) -> AsyncIterator[Server]:
             task.result()
     _, issued = await create_organization("HTTP tests")
     try:
-        yield Server(url=f"http://127.0.0.1:{port}", organization_key=issued.secret)
+        yield Server(
+            url=f"http://127.0.0.1:{port}",
+            organization_key=issued.secret,
+            realtime=app.state.realtime,
+        )
     finally:
         uv.should_exit = True
         await task

@@ -1,0 +1,242 @@
+"""WebSocket subscriptions rendered once per selection.
+
+Strawberry runs a WebSocket operation per subscriber: it parses and validates the document
+(with our extensions and caches), runs the subscription resolver (which authorises the
+topic) and then executes the selection again for every event and every subscriber. Our two
+protocol handlers keep everything up to the resolver, and give each operation a `LiveFeed`
+as root value (resolvers/live.py): a subscription resolver hands its topic to the feed and
+ends; the handler then sends the topic's events itself, from the process's fan-out, where
+an event is rendered once per selection -- (document, operation, shaping variables) -- and
+serialized once. Each subscriber gets that text inside its own frame (only the operation
+id differs): `{"id":...,"type":"next","payload":<text>}` (graphql-transport-ws) or
+`{"type":"data","id":...,"payload":<text>}` (legacy graphql-ws).
+
+Variables used only in the subscription field's own arguments choose the topic (which the
+resolver authorised for this subscriber) and do not shape the result, so subscribers that
+differ only there share renderings. Renderings run with a context without a principal:
+nothing under a balance event or an alert depends on who is watching (the topic does)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from contextlib import suppress
+from functools import lru_cache
+from inspect import isawaitable
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    GraphQLError,
+    Node,
+    OperationDefinitionNode,
+    VariableNode,
+    Visitor,
+    execute_subscription_event,
+    get_operation_ast,
+    parse,
+    visit,
+)
+from graphql.execution import Executor
+from starlette.websockets import WebSocketDisconnect
+from strawberry.execution import optimized_is_awaitable
+from strawberry.http.exceptions import WebSocketDisconnected
+from strawberry.schema import Schema
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+    _OperationStreamClosed,
+)
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.types.execution import PreExecutionError
+from strawberry.utils.aio import aclosing
+
+from resolvers.context import Context
+from resolvers.live import LiveFeed
+from resolvers.schema import DOCUMENT_CACHE_SIZE, MaskUnexpectedErrors
+from subscriptions.fanout import Selection
+from subscriptions.realtime import Realtime
+from subscriptions.streams import Event
+
+_MASK = MaskUnexpectedErrors()
+
+
+class _CountVariables(Visitor):
+    def __init__(self, counts: Counter[str]) -> None:
+        super().__init__()
+        self.counts = counts
+
+    def enter_variable(self, node: VariableNode, *_: Any) -> None:
+        self.counts[node.name.value] += 1
+
+
+def _variables_in(node: Node) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    visit(node, _CountVariables(counts))
+    return counts
+
+
+@lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
+def _shaping_variables(query: str, operation_name: str | None) -> tuple[str, ...]:
+    """Every variable used anywhere but in the subscription field's own arguments (those
+    only choose the topic)."""
+    document = _document(query)
+    operation = get_operation_ast(document, operation_name)
+    if operation is None:
+        return ()
+    used = _variables_in(operation.selection_set)
+    for definition in document.definitions:
+        if not isinstance(definition, OperationDefinitionNode):
+            used += _variables_in(definition)  # fragments
+    topic: Counter[str] = Counter()
+    for selection in operation.selection_set.selections:
+        if isinstance(selection, FieldNode):
+            for argument in selection.arguments:
+                topic += _variables_in(argument)
+    return tuple(sorted(name for name, count in used.items() if count > topic[name]))
+
+
+def selection_of(feed: LiveFeed, schema: Schema, realtime: Realtime) -> Selection:
+    variables = feed.variables or {}
+    shaping = tuple(
+        (name, json.dumps(variables[name], sort_keys=True) if name in variables else None)
+        for name in _shaping_variables(feed.query, feed.operation_name)
+    )
+    return Selection((feed.query, feed.operation_name, shaping), _Renderer(feed, schema, realtime))
+
+
+class _Renderer:
+    """One execution of the selection per event: the GraphQL `payload` as JSON text."""
+
+    __slots__ = ("executor", "feed", "realtime", "schema")
+
+    def __init__(self, feed: LiveFeed, schema: Schema, realtime: Realtime) -> None:
+        self.feed = feed
+        self.schema = schema
+        self.realtime = realtime
+        self.executor: Executor | None = None  # built at the first rendering
+
+    def _build(self) -> Executor:
+        feed = self.feed
+        executor = self.schema.execution_context_class.build(
+            self.schema._schema,
+            _document(feed.query),
+            context_value=Context(request=None, response=None, realtime=self.realtime),
+            raw_variable_values=feed.variables,
+            operation_name=feed.operation_name,
+            is_awaitable=optimized_is_awaitable,
+        )
+        if isinstance(executor, list):  # the operation was validated: cannot happen
+            raise GraphQLError(f"cannot render the subscription: {executor}")
+        self.executor = executor
+        return executor
+
+    async def __call__(self, event: Event) -> str:
+        assert self.feed.to_object is not None
+        executor = self.executor or self._build()
+        result = execute_subscription_event(
+            executor.build_per_event_executor(self.feed.to_object(event))
+        )
+        if isawaitable(result):
+            result = await result
+        payload: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            self.schema.process_errors(result.errors)  # logged, as Strawberry does
+            payload["errors"] = [
+                (_MASK.anonymise_error(e) if _MASK.should_mask_error(e) else e).formatted
+                for e in result.errors
+            ]
+        return json.dumps(payload, separators=(",", ":"))
+
+
+@lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
+def _document(query: str) -> DocumentNode:
+    return parse(query)
+
+
+async def _serve(handler: Any, feed: LiveFeed, frame_prefix: str) -> None:
+    """Sends the feed's events until the operation is stopped or the client leaves."""
+    assert feed.topic is not None
+    view = handler.view
+    selection = selection_of(feed, handler.schema, view.realtime)
+    socket = handler.websocket.ws
+    try:
+        async for payload in view.realtime.feed(feed.topic, selection):
+            await socket.send_text(frame_prefix + payload + "}")
+    except WebSocketDisconnect as error:
+        raise WebSocketDisconnected from error
+
+
+class LiveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        """Strawberry 0.341's run_operation, with a LiveFeed as root value, served between
+        the operation's own results and its completion."""
+        feed = LiveFeed(operation.query, operation.operation_name, operation.variables)
+        try:
+            result_source = await self.schema.stream(
+                operation.query,
+                variable_values=operation.variables,
+                context_value=self.context,
+                root_value=feed,
+                operation_name=operation.operation_name,
+            )
+            async with aclosing(result_source):
+                await self._send_result_stream(operation, result_source)
+            if feed.topic is not None:
+                prefix = f'{{"id":{json.dumps(operation.id)},"type":"next","payload":'
+                await _serve(self, feed, prefix)
+            await operation.send_operation_message({"id": operation.id, "type": "complete"})
+        except (_OperationStreamClosed, WebSocketDisconnected):
+            return
+        except Exception as error:
+            await self.handle_task_exception(error)
+            with suppress(Exception):
+                await operation.send_operation_message({"id": operation.id, "type": "complete"})
+            self.operations.pop(operation.id, None)
+            raise
+
+
+class LiveGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
+    async def handle_async_results(
+        self,
+        operation_id: str,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, object] | None,
+    ) -> None:
+        """Strawberry 0.341's handle_async_results, with a LiveFeed as root value, served
+        between the operation's own results and its completion."""
+        feed = LiveFeed(query, operation_name, variables)
+        try:
+            result_source = await self.schema.subscribe(
+                query=query,
+                variable_values=variables,
+                operation_name=operation_name,
+                context_value=self.context,
+                root_value=feed,
+            )
+            self.subscriptions[operation_id] = result_source
+            is_first_result = True
+            async for result in result_source:
+                if is_first_result and isinstance(result, PreExecutionError):
+                    assert result.errors
+                    error = result.errors[0].formatted
+                    await self.send_message({"type": "error", "id": operation_id, "payload": error})
+                    return
+                await self.send_data_message(result, operation_id)
+                is_first_result = False
+            self.subscriptions.pop(operation_id, None)
+            if feed.topic is not None:
+                await _serve(
+                    self, feed, f'{{"type":"data","id":{json.dumps(operation_id)},"payload":'
+                )
+            await self.send_message({"type": "complete", "id": operation_id})
+        except WebSocketDisconnected:
+            return
+        except asyncio.CancelledError:
+            await self.send_message({"type": "complete", "id": operation_id})
+        finally:
+            self.subscriptions.pop(operation_id, None)
+            self.tasks.pop(operation_id, None)

@@ -1,0 +1,242 @@
+"""One process's fan-out of balance and alert events to its subscribers, rendered once per
+selection.
+
+A subscriber is a topic (what it watches, already authorised: an application, maybe a pool,
+maybe one End User) and a selection (how an event becomes the text sent to it: the GraphQL
+document, operation and the variables that shape the result). Subscribers of an
+application share one broker listener, which decodes each message once; one dispatcher task
+per application routes the event through an index on (kind, End User, pool) to the
+subscribers whose topic wants it, renders it once per selection among them and offers the
+same text to each one's bounded, conflating buffer, which its own sender drains. So an event
+costs one rendering per distinct selection, not one per subscriber, and a slow subscriber
+(or a slow rendering) never holds up the broker's reader or the other subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from subscriptions.broker import Broker, application_channel
+from subscriptions.streams import ConflatingBuffer, Event, Key, event_key
+
+log = logging.getLogger(__name__)
+
+KINDS = ("balance", "alert")
+MAX_INTAKE_KEYS = 10_000  # events waiting for the dispatcher, newest per balance
+DISPATCHED_VERSIONS = 65_536  # versions remembered per application, to drop a republished row
+
+Render = Callable[[Event], Awaitable[Any]]
+Route = tuple[str, int | None, str | None]  # (kind, End User or None for all, pool or None)
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """Balances: with an End User, that End User's balances; without, the pool balances and
+    every End User balance of the application. Either way of `pool` only, when given.
+    Alerts: every alert of the application."""
+
+    application_id: int
+    kind: str = "balance"
+    pool: str | None = None
+    end_user_id: int | None = None
+
+    @property
+    def route(self) -> Route:
+        return (self.kind, self.end_user_id, self.pool)
+
+
+def routes_of(kind: str, event: Event) -> tuple[Route, ...]:
+    """The routes of every topic that wants `event`."""
+    end_user = event.get("end_user_id")
+    users = (None,) if end_user is None else (end_user, None)
+    return tuple((kind, user, pool) for user in users for pool in (event["pool"], None))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Selection:
+    """How events become what subscribers receive. Subscribers with equal keys share one
+    rendering of each event (the first one's `render` is used for all)."""
+
+    key: Hashable
+    render: Render
+
+
+async def _as_is(event: Event) -> Event:
+    return event
+
+
+# The event itself, for readers that render it themselves.
+EVENTS = Selection(("events",), _as_is)
+
+
+class Subscriber(ConflatingBuffer):
+    __slots__ = ("render", "topic")
+
+    def __init__(self, topic: Topic) -> None:
+        super().__init__()
+        self.topic = topic
+        self.render: Render = _as_is  # its selection's shared rendering, set on joining
+
+
+class _Application:
+    """The subscribers of one application, indexed by route and selection."""
+
+    def __init__(self, application_id: int) -> None:
+        self.application_id = application_id
+        self.routes: dict[Route, dict[Hashable, set[Subscriber]]] = {}
+        self.renders: dict[Hashable, list[Any]] = {}  # selection key -> [render, subscribers]
+        self.count = 0
+        self.renderings = 0
+        self.intake = ConflatingBuffer(MAX_INTAKE_KEYS)
+        self.dispatched: OrderedDict[Key, int] = OrderedDict()
+        self.listening = contextlib.ExitStack()
+        self.dispatcher: asyncio.Task[None] | None = None
+
+    def add(self, subscriber: Subscriber, selection: Selection) -> None:
+        by_selection = self.routes.setdefault(subscriber.topic.route, {})
+        by_selection.setdefault(selection.key, set()).add(subscriber)
+        render = self.renders.setdefault(selection.key, [selection.render, 0])
+        render[1] += 1
+        subscriber.render = render[0]
+        self.count += 1
+
+    def remove(self, subscriber: Subscriber, selection: Selection) -> None:
+        route = subscriber.topic.route
+        members = self.routes[route][selection.key]
+        members.discard(subscriber)
+        if not members:
+            del self.routes[route][selection.key]
+            if not self.routes[route]:
+                del self.routes[route]
+        render = self.renders[selection.key]
+        render[1] -= 1
+        if render[1] == 0:
+            del self.renders[selection.key]
+        self.count -= 1
+
+    def on_message(self, message: bytes) -> None:
+        """The broker listener: one decoding per message, whatever the subscriber count."""
+        try:
+            envelope = json.loads(message)
+            kind, event = envelope["topic"], envelope["event"]
+            if kind in KINDS:
+                self.intake.offer((kind, event_key(kind, event)), event["version"], (kind, event))
+        except (ValueError, KeyError, TypeError):
+            log.exception("malformed message on application %s", self.application_id)
+
+    async def dispatch_forever(self) -> None:
+        while True:
+            for kind, event in await self.intake.take():
+                try:
+                    await self.dispatch(kind, event)
+                except Exception:  # a malformed event must not stop the application's stream
+                    log.exception("dispatch failed on application %s", self.application_id)
+
+    async def dispatch(self, kind: str, event: Event) -> None:
+        key, version = event_key(kind, event), event["version"]
+        if version <= self.dispatched.get(key, -1):
+            return  # republished by a relay that took over, or an out-of-date resync
+        self.dispatched[key] = version
+        self.dispatched.move_to_end(key)
+        if len(self.dispatched) > DISPATCHED_VERSIONS:
+            self.dispatched.popitem(last=False)
+        matched: dict[Hashable, list[set[Subscriber]]] = {}
+        for route in routes_of(kind, event):
+            for selection_key, members in self.routes.get(route, {}).items():
+                matched.setdefault(selection_key, []).append(members)
+        for selection_key, groups in matched.items():
+            render = self.renders.get(selection_key)
+            if render is None:
+                continue  # its last subscriber left while an earlier selection rendered
+            self.renderings += 1
+            try:
+                item = await render[0](event)
+            except Exception:  # the other selections still get the event
+                log.exception("rendering failed on application %s", self.application_id)
+                continue
+            for members in groups:
+                for subscriber in tuple(members):
+                    subscriber.offer(key, version, item)
+
+
+class Fanout:
+    """Every subscriber of this process. `snapshots(topic)` reads a topic's current events
+    (used to bring everyone up to date after the broker lost messages)."""
+
+    def __init__(self, broker: Broker, snapshots: Callable[[Topic], Awaitable[list[Event]]]):
+        self.broker = broker
+        self.snapshots = snapshots
+        self.applications: dict[int, _Application] = {}
+        self.resyncs: set[asyncio.Task[None]] = set()
+        broker.on_reconnect(self._resync_everyone)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(application.count for application in self.applications.values())
+
+    def renderings(self, application_id: int) -> int:
+        """Events rendered for the application's subscribers since its first one joined."""
+        application = self.applications.get(application_id)
+        return 0 if application is None else application.renderings
+
+    @contextlib.contextmanager
+    def join(self, topic: Topic, selection: Selection) -> Iterator[Subscriber]:
+        """A subscriber of `topic`, receiving `selection`'s renderings from now on, for the
+        duration of the `with` block."""
+        application = self.applications.get(topic.application_id)
+        if application is None:
+            application = self._open(topic.application_id)
+        subscriber = Subscriber(topic)
+        application.add(subscriber, selection)
+        try:
+            yield subscriber
+        finally:
+            application.remove(subscriber, selection)
+            if application.count == 0:
+                self._close(application)
+
+    def _open(self, application_id: int) -> _Application:
+        application = _Application(application_id)
+        application.listening.enter_context(
+            self.broker.listen(application_channel(application_id), application.on_message)
+        )
+        application.dispatcher = asyncio.get_running_loop().create_task(
+            application.dispatch_forever(), name=f"fanout-{application_id}"
+        )
+        self.applications[application_id] = application
+        return application
+
+    def _close(self, application: _Application) -> None:
+        del self.applications[application.application_id]
+        application.listening.close()
+        if application.dispatcher is not None:
+            application.dispatcher.cancel()
+
+    def _resync_everyone(self) -> None:
+        loop = asyncio.get_running_loop()
+        for application in list(self.applications.values()):
+            topics = {
+                Topic(application.application_id, kind, pool, end_user)
+                for kind, end_user, pool in application.routes
+                if kind == "balance"
+            }
+            task = loop.create_task(self._resync(application, topics))
+            self.resyncs.add(task)
+            task.add_done_callback(self.resyncs.discard)
+
+    async def _resync(self, application: _Application, topics: set[Topic]) -> None:
+        """After missed messages: every topic's snapshots go through the dispatcher like any
+        event; those not newer than what was dispatched are dropped there."""
+        try:
+            for topic in topics:
+                for event in await self.snapshots(topic):
+                    key = ("balance", event_key("balance", event))
+                    application.intake.offer(key, event["version"], ("balance", event))
+        except Exception:
+            log.exception("resync after a broker reconnect failed")

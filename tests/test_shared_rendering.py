@@ -1,0 +1,263 @@
+"""Subscriptions rendered once per selection (api/websocket.py, subscriptions/fanout.py):
+subscribers of one (document, operation, shaping variables) share each rendering, whatever
+their topic filters, protocol or credential; other selections are rendered apart and right;
+a slow subscriber is conflated and holds nobody up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from api.websocket import _shaping_variables
+from models.records import OutboxEvent
+from subscriptions.broker import InProcessBroker, application_channel
+from subscriptions.fanout import Fanout, Selection, Topic
+from subscriptions.streams import MAX_PENDING_KEYS
+from tests.graphql_client import CONSUME
+from tests.test_end_user_tokens import ISSUE
+from tests.test_graphql_api import _application, _consume
+
+TRANSPORT_WS = "graphql-transport-ws"
+LEGACY_WS = "graphql-ws"
+REMAINING = """
+subscription($app: ID!, $pool: String, $endUser: ID) {
+  balanceChanged(applicationId: $app, pool: $pool, endUserId: $endUser) { remaining version }
+}"""
+WHO = """
+subscription Who($app: ID!, $endUser: ID, $who: Boolean!) {
+  balanceChanged(applicationId: $app, endUserId: $endUser) {
+    remaining endUser @include(if: $who) { externalId }
+  }
+}"""
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        yield client
+
+
+@asynccontextmanager
+async def subscriber(
+    server: Any, key: str, document: str, protocol: str = TRANSPORT_WS, **variables: Any
+) -> AsyncIterator[ClientConnection]:
+    """One subscription on its own socket (a plain websockets client: the raw frames)."""
+    async with connect(server.graphql.replace("http", "ws", 1), subprotocols=[protocol]) as ws:
+        init = {"type": "connection_init", "payload": {"authorization": f"Bearer {key}"}}
+        await ws.send(json.dumps(init))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        start = "subscribe" if protocol == TRANSPORT_WS else "start"
+        payload = {"query": document, "variables": variables}
+        await ws.send(json.dumps({"id": "7", "type": start, "payload": payload}))
+        yield ws
+
+
+async def frame(ws: ClientConnection, wait: float = 5.0) -> str:
+    """The next result frame, as sent."""
+    while True:
+        text = await asyncio.wait_for(ws.recv(), wait)
+        assert isinstance(text, str)
+        if json.loads(text)["type"] in ("next", "data"):
+            return text
+
+
+async def drained(ws: ClientConnection) -> None:
+    with pytest.raises(TimeoutError):
+        while True:
+            await frame(ws, wait=0.2)
+
+
+def data(text: str) -> dict:
+    message = json.loads(text)
+    assert message["id"] == "7" and "errors" not in message["payload"], message
+    return message["payload"]["data"]["balanceChanged"]
+
+
+async def settled(server: Any, application_id: int) -> None:
+    """Every outbox row of the application published and dispatched, so that the render
+    counter moves only for what the test does next."""
+    pending = OutboxEvent.filter(application_id=application_id, published_at=None)
+    for _ in range(500):
+        if not await pending.exists():
+            break
+        await asyncio.sleep(0.02)
+    while True:
+        before = server.realtime.fanout.renderings(application_id)
+        await asyncio.sleep(0.3)
+        if server.realtime.fanout.renderings(application_id) == before:
+            return
+
+
+async def test_subscribers_of_one_selection_share_each_rendering(server, http) -> None:
+    app = await _application(server, http, users=2, credits_each=10)
+    u0, u1 = app.end_user_ids
+    token = (await app.reader(ISSUE, input={"applicationId": app.id, "endUser": {"id": u0}}))[
+        "issueEndUserToken"
+    ]["token"]
+    async with AsyncExitStack() as stack:
+        # One selection, reached through other topic filters, credentials and protocols.
+        variants = [
+            (app.reader.key, TRANSPORT_WS, {"endUser": u0}),
+            (app.reader.key, TRANSPORT_WS, {"endUser": u0, "pool": "ai"}),
+            (app.admin.key, LEGACY_WS, {"endUser": u0}),
+            (token, TRANSPORT_WS, {}),  # the token's End User
+            (token, LEGACY_WS, {"pool": "ai"}),
+        ] * 2
+        watchers = [
+            await stack.enter_async_context(
+                subscriber(server, key, REMAINING, protocol, app=app.id, **variables)
+            )
+            for key, protocol, variables in variants
+        ]
+        others = [
+            await stack.enter_async_context(
+                subscriber(server, app.reader.key, REMAINING, app=app.id, endUser=u1)
+            )
+            for _ in range(3)
+        ]
+        for ws in watchers + others:
+            assert data(await frame(ws))["remaining"] == 10  # the snapshot, first
+        await settled(server, int(app.id))
+        for ws in watchers + others:
+            await drained(ws)  # the other pool's snapshot, for those watching every pool
+        before = server.realtime.fanout.renderings(int(app.id))
+
+        consumed = await app.admin(CONSUME, input=_consume(app, {"id": u0}, credits=3))
+        version = consumed["consumeCredits"]["balance"]["version"]
+        frames = [await frame(ws) for ws in watchers]
+        assert {data(text)["version"] for text in frames} == {version}
+        assert data(frames[0]) == {"remaining": 7, "version": version}
+        # One rendering (the pool's own event has no subscriber here); the payload text is
+        # the same in both protocols' frames.
+        assert server.realtime.fanout.renderings(int(app.id)) == before + 1
+        payloads = {json.dumps(json.loads(text)["payload"]) for text in frames}
+        assert len(payloads) == 1
+        for ws in others:
+            with pytest.raises(TimeoutError):
+                await frame(ws, wait=0.3)
+
+
+async def test_different_selections_are_rendered_apart_and_right(server, http) -> None:
+    app = await _application(server, http, users=1, credits_each=10)
+    [u0] = app.end_user_ids
+    async with AsyncExitStack() as stack:
+        plain, named, anonymous = [
+            await stack.enter_async_context(subscriber(server, app.reader.key, document, **v))
+            for document, v in (
+                (REMAINING, {"app": app.id, "endUser": u0}),
+                (WHO, {"app": app.id, "endUser": u0, "who": True}),
+                (WHO, {"app": app.id, "endUser": u0, "who": False}),  # a shaping variable
+            )
+        ]
+        await settled(server, int(app.id))
+        for ws in (plain, named, anonymous):
+            await drained(ws)  # the snapshots
+        before = server.realtime.fanout.renderings(int(app.id))
+        await app.admin(CONSUME, input=_consume(app, {"id": u0}, credits=2))
+        assert data(await frame(plain))["remaining"] == 8
+        assert data(await frame(named)) == {"remaining": 8, "endUser": {"externalId": "u0"}}
+        assert data(await frame(anonymous)) == {"remaining": 8}
+        assert server.realtime.fanout.renderings(int(app.id)) == before + 3
+
+
+async def test_an_application_subscriber_gets_pool_and_end_user_renderings(server, http) -> None:
+    app = await _application(server, http, users=2, credits_each=10)
+    async with subscriber(server, app.reader.key, REMAINING, LEGACY_WS, app=app.id) as ws:
+        assert data(await frame(ws))["remaining"] == 20  # the pool's snapshot
+        await settled(server, int(app.id))
+        await drained(ws)
+        await app.admin(CONSUME, input=_consume(app, {"id": app.end_user_ids[1]}, credits=4))
+        remaining = sorted([data(await frame(ws))["remaining"] for _ in range(2)])
+        assert remaining == [6, 16]  # the End User's balance and the pool's
+
+
+def test_only_the_variables_outside_the_topic_arguments_shape_the_result() -> None:
+    assert _shaping_variables(REMAINING, None) == ()
+    assert _shaping_variables(WHO, "Who") == ("who",)
+    both = """subscription($app: ID!, $e: ID) {
+      balanceChanged(applicationId: $app, endUserId: $e) { endUser { balance(pool: $e) { used } } }
+    }"""
+    assert _shaping_variables(both, None) == ("e",)
+    via_fragment = """subscription($app: ID!, $who: Boolean!) {
+      balanceChanged(applicationId: $app) { ...F } }
+    fragment F on BalanceEvent { endUser @skip(if: $who) { id } }"""
+    assert _shaping_variables(via_fragment, None) == ("who",)
+
+
+# ---------------------------------------------------------------- the fan-out on its own
+
+
+def _envelope(end_user: int | None, version: int, pool_id: int = 1) -> bytes:
+    event = {"pool_id": pool_id, "pool": "ai", "end_user_id": end_user, "version": version}
+    return json.dumps({"topic": "balance", "outbox_id": 0, "event": event}).encode()
+
+
+async def _no_snapshots(_: Topic) -> list[dict]:
+    return []
+
+
+async def test_a_slow_subscriber_is_conflated_and_holds_nobody_up() -> None:
+    broker = InProcessBroker()
+    fanout = Fanout(broker, _no_snapshots)
+    rendered: list[tuple[int | None, int]] = []
+
+    async def render(event: dict) -> str:
+        rendered.append((event["end_user_id"], event["version"]))
+        return f"{event['end_user_id']}@{event['version']}"
+
+    balances, versions = MAX_PENDING_KEYS + 500, 3
+    channel = application_channel(1)
+    with (
+        fanout.join(Topic(1), Selection("doc", render)) as slow,
+        fanout.join(Topic(1), Selection("doc", render)) as fast,
+    ):
+        received: list[str] = []
+
+        async def read_fast() -> None:
+            while len(received) < balances * versions:
+                received.extend(await fast.take())
+
+        reader = asyncio.create_task(read_fast())
+        for version in range(1, versions + 1):
+            for end_user in range(balances):
+                await broker.publish(channel, _envelope(end_user, version))
+                await asyncio.sleep(0)  # the dispatcher and the fast reader keep up
+        await asyncio.wait_for(reader, 5)
+        # The fast subscriber saw every change; each was rendered once for both.
+        assert received == [f"{u}@{v}" for v in range(1, versions + 1) for u in range(balances)]
+        assert len(rendered) == balances * versions
+        # The slow one holds the latest rendering of at most MAX_PENDING_KEYS balances.
+        assert len(slow.pending) == MAX_PENDING_KEYS and slow.dropped > 0
+        assert {version for version, _ in slow.pending.values()} == {versions}
+        latest = await slow.take()
+        assert latest == [f"{u}@{versions}" for u in range(balances - MAX_PENDING_KEYS, balances)]
+    assert fanout.subscriber_count == 0 and not broker.hub.listeners
+
+
+async def test_versions_never_go_backwards_and_republished_rows_are_not_rendered() -> None:
+    broker = InProcessBroker()
+    fanout = Fanout(broker, _no_snapshots)
+    rendered: list[int] = []
+
+    async def render(event: dict) -> int:
+        rendered.append(event["version"])
+        return event["version"]
+
+    channel = application_channel(1)
+    with fanout.join(Topic(1, end_user_id=5), Selection("doc", render)) as subscriber:
+        subscriber.mark_delivered((1, 5), 4)  # its first snapshot was version 4
+        for version in (3, 4, 6, 5, 6, 7):
+            await broker.publish(channel, _envelope(5, version))
+            await asyncio.sleep(0)
+        await broker.publish(channel, _envelope(6, 9))  # another End User's
+        # 6 then 7 of one balance, unread: conflated to the latest.
+        assert await asyncio.wait_for(subscriber.take(), 1) == [7]
+        await asyncio.sleep(0.01)
+        assert rendered == [3, 4, 6, 7]  # once per new version; the other End User: never
