@@ -13,7 +13,13 @@ from api.settings import Settings
 from models.references import forget_references
 
 MIGRATION_LOCK_ID = 7461001
-MODEL_MODULES = ["models.tenancy", "models.credits", "models.records", "models.request_log"]
+MODEL_MODULES = [
+    "models.tenancy",
+    "models.credits",
+    "models.records",
+    "models.request_log",
+    "models.rollups",
+]
 
 
 def connection_url(settings: Settings) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import strawberry
 
@@ -22,15 +23,26 @@ from resolvers.access import (
     writable_application,
 )
 from resolvers.alerts import CreditAlertConnection, alert_page
+from resolvers.allocation_summary import AllocationSummary, allocation_summary_of
+from resolvers.consumption import (
+    SERIES_DESCRIPTION,
+    ConsumptionSeries,
+    Granularity,
+    load_series,
+)
 from resolvers.context import Info, principal_of
 from resolvers.end_users import (
     EndUser,
     EndUserConnection,
+    EndUserFilter,
+    EndUserOrder,
     UpsertEndUsersInput,
     UpsertEndUsersPayload,
     end_user_page,
+    pool_id_of,
 )
 from resolvers.errors import UserError, parse_id, query_error, user_errors
+from resolvers.loaders import loaders_of
 from resolvers.pools import CreateCreditPoolInput, CreateCreditPoolPayload, CreditPool
 
 
@@ -55,8 +67,7 @@ class Application:
     @strawberry.field
     async def pools(self, info: Info) -> list[CreditPool]:
         _api_keys_only(info)
-        rows = await PoolRow.filter(application_id=self.row_id).order_by("id")
-        return [CreditPool.from_row(row) for row in rows]
+        return [CreditPool.from_row(row) for row in await loaders_of(info).pools.load(self.row_id)]
 
     @strawberry.field
     async def pool(self, info: Info, key: str) -> CreditPool | None:
@@ -64,15 +75,58 @@ class Application:
         row = await PoolRow.get_or_none(application_id=self.row_id, key=key)
         return None if row is None else CreditPool.from_row(row)
 
-    @strawberry.field(description="End Users in creation order (Relay connection).")
+    @strawberry.field(
+        description="End Users (Relay connection), in creation order unless `orderBy` says"
+        " otherwise; `filter` keeps those in the given states in a pool."
+    )
     async def end_users(
-        self, info: Info, first: int = 50, after: str | None = None
+        self,
+        info: Info,
+        first: int = 50,
+        after: str | None = None,
+        filter: EndUserFilter | None = None,
+        order_by: EndUserOrder | None = None,
     ) -> EndUserConnection:
         _api_keys_only(info)
         try:
-            return await end_user_page(self.row_id, first, after)
+            return await end_user_page(info, self.row_id, first, after, filter, order_by)
         except DomainError as error:
             raise query_error(error) from None
+
+    @strawberry.field(description=SERIES_DESCRIPTION + " Without `pool`, every pool summed.")
+    async def consumption(
+        self,
+        info: Info,
+        from_: Annotated[datetime, strawberry.argument(name="from")],
+        to: datetime,
+        granularity: Granularity,
+        pool: str | None = None,
+        feature: str | None = None,
+        end_user_id: strawberry.ID | None = None,
+    ) -> ConsumptionSeries:
+        _api_keys_only(info)
+        pool_id = await pool_id_of(info, self.row_id, pool)
+        end_user = None
+        if end_user_id is not None:
+            end_user = parse_id(end_user_id)
+            row = None if end_user is None else await loaders_of(info).end_users.load(end_user)
+            if row is None or row.application_id != self.row_id:  # type: ignore[attr-defined]
+                raise query_error(NotFound("End User not found", field="endUserId"))
+        return await load_series(
+            info,
+            self.row_id,
+            from_,
+            to,
+            granularity,
+            pool_id=pool_id,
+            end_user_id=end_user,
+            feature=feature,
+        )
+
+    @strawberry.field(description="How the pool's credits sit with its End Users.")
+    async def allocation_summary(self, info: Info, pool: str) -> AllocationSummary:
+        _api_keys_only(info)
+        return await allocation_summary_of(info, self.row_id, pool)
 
     @strawberry.field(description="Low-credit alerts, newest first.")
     async def alerts(

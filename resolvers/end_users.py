@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any
 
 import strawberry
 
+from models.allocation_report import (
+    BalanceLine,
+    Burn,
+    EndUserLine,
+    Listing,
+    OrderField,
+    StatusFilter,
+)
+from models.allocation_report import end_user_page as report_page
 from models.balances import EndUserBalanceSnapshot
-from models.credits import CreditPool as PoolRow
 from models.credits import EndUser as EndUserRow
-from models.credits import EndUserBalance as BalanceRow
-from models.errors import ValidationFailed
+from models.errors import NotFound, ValidationFailed
 from models.references import EndUserRef as DomainEndUserRef
-from resolvers.errors import UserError, parse_id
+from resolvers.consumption import (
+    SERIES_DESCRIPTION,
+    ConsumptionSeries,
+    Granularity,
+    load_series,
+)
+from resolvers.context import Info
+from resolvers.errors import UserError, parse_id, query_error
+from resolvers.loaders import loaders_of
 from resolvers.pools import BalanceStatus, check_page_size
 
 
@@ -45,17 +62,50 @@ class EndUserBalance:
     end_user_id: strawberry.Private[int]
     pool_id: strawberry.Private[int]
     known_threshold: strawberry.Private[object] = _UNKNOWN
+    burn: strawberry.Private[Burn | None] = None
+    end_user_row: strawberry.Private[EndUserLine | None] = None
+
+    async def _line(self, info: Info) -> BalanceLine | None:
+        """This balance as the report reads it (a write's result knows less)."""
+        for line in await loaders_of(info).balances.load(self.end_user_id):
+            if line.pool_id == self.pool_id:
+                return line
+        return None
 
     @strawberry.field(description="The End User's own threshold, else the pool's default.")
-    async def low_balance_threshold(self) -> int | None:
+    async def low_balance_threshold(self, info: Info) -> int | None:
         if self.known_threshold is _UNKNOWN:  # a write's result: read it only when asked
-            own = await BalanceRow.filter(end_user_id=self.end_user_id, pool_id=self.pool_id)
-            pool = await PoolRow.get(id=self.pool_id)
-            override = own[0].low_balance_threshold if own else None
-            self.known_threshold = (
-                override if override is not None else pool.end_user_low_balance_threshold
-            )
+            line = await self._line(info)
+            self.known_threshold = None if line is None else line.threshold
         return self.known_threshold  # type: ignore[return-value]
+
+    async def _burn(self, info: Info) -> Burn:
+        if self.burn is None:
+            line = await self._line(info)
+            self.burn = (
+                Burn(0, self.remaining, loaders_of(info).now)
+                if line is None
+                else Burn(line.burn.window_used, self.remaining, line.burn.now)
+            )
+        return self.burn
+
+    @strawberry.field(
+        description="Mean daily use over the last 7 days (since the start of the UTC hour 7"
+        " days ago, divided by that window's length in days)."
+    )
+    async def burn_rate_per_day(self, info: Info) -> float:
+        return (await self._burn(info)).rate_per_day
+
+    @strawberry.field(description="now + remaining / burnRatePerDay; null when that rate is 0.")
+    async def projected_exhaustion_at(self, info: Info) -> datetime | None:
+        return (await self._burn(info)).exhaustion_at
+
+    @strawberry.field
+    async def end_user(self, info: Info) -> EndUser | None:
+        if self.end_user_row is not None:
+            return EndUser.from_line(self.end_user_row)
+        row = await loaders_of(info).end_users.load(self.end_user_id)
+        return None if row is None else EndUser.from_row(row)
 
     @classmethod
     def from_snapshot(cls, pool_key: str, snapshot: EndUserBalanceSnapshot) -> EndUserBalance:
@@ -71,34 +121,22 @@ class EndUserBalance:
             pool_id=snapshot.pool_id,
         )
 
-
-async def balances_of(end_user_id: int, application_id: int) -> list[EndUserBalance]:
-    """The End User's balance in every pool of the application (zero where none)."""
-    pools = await PoolRow.filter(application_id=application_id).order_by("id")
-    rows = {row.pool_id: row for row in await BalanceRow.filter(end_user_id=end_user_id)}  # type: ignore[attr-defined]
-    result = []
-    for pool in pools:
-        row = rows.get(pool.id)
-        default = pool.end_user_low_balance_threshold
-        result.append(
-            EndUserBalance(
-                pool=pool.key,
-                allocated=row.allocated if row else 0,
-                used=row.used if row else 0,
-                remaining=row.remaining if row else 0,
-                expired=row.expired if row else 0,
-                status=BalanceStatus(row.status) if row else BalanceStatus.EXHAUSTED,
-                version=row.version if row else 0,
-                end_user_id=end_user_id,
-                pool_id=pool.id,
-                known_threshold=(
-                    row.low_balance_threshold
-                    if row and row.low_balance_threshold is not None
-                    else default
-                ),
-            )
+    @classmethod
+    def from_line(cls, line: BalanceLine, end_user: EndUserLine | None = None) -> EndUserBalance:
+        return cls(
+            pool=line.pool_key,
+            allocated=line.allocated,
+            used=line.used,
+            remaining=line.remaining,
+            expired=line.expired,
+            status=line.status,
+            version=line.version,
+            end_user_id=line.end_user_id,
+            pool_id=line.pool_id,
+            known_threshold=line.threshold,
+            burn=line.burn,
+            end_user_row=end_user,
         )
-    return result
 
 
 @strawberry.type
@@ -123,16 +161,61 @@ class EndUser:
             application_id=row.application_id,  # type: ignore[attr-defined]
         )
 
-    @strawberry.field
-    async def balances(self) -> list[EndUserBalance]:
-        return await balances_of(self.row_id, self.application_id)
+    @classmethod
+    def from_line(cls, line: EndUserLine) -> EndUser:
+        return cls(
+            id=strawberry.ID(str(line.id)),
+            external_id=line.external_id,
+            name=line.name,
+            email=line.email,
+            created_at=line.created_at,
+            row_id=line.id,
+            application_id=line.application_id,
+        )
+
+    @strawberry.field(description="The End User's balance in every pool of the application.")
+    async def balances(self, info: Info) -> list[EndUserBalance]:
+        lines = await loaders_of(info).balances.load(self.row_id)
+        return [EndUserBalance.from_line(line) for line in lines]
 
     @strawberry.field
-    async def balance(self, pool: str) -> EndUserBalance | None:
-        for balance in await balances_of(self.row_id, self.application_id):
-            if balance.pool == pool:
-                return balance
+    async def balance(self, info: Info, pool: str) -> EndUserBalance | None:
+        for line in await loaders_of(info).balances.load(self.row_id):
+            if line.pool_key == pool:
+                return EndUserBalance.from_line(line)
         return None
+
+    @strawberry.field(description=SERIES_DESCRIPTION)
+    async def consumption(
+        self,
+        info: Info,
+        from_: Annotated[datetime, strawberry.argument(name="from")],
+        to: datetime,
+        granularity: Granularity,
+        pool: str | None = None,
+        feature: str | None = None,
+    ) -> ConsumptionSeries:
+        pool_id = await pool_id_of(info, self.application_id, pool)
+        return await load_series(
+            info,
+            self.application_id,
+            from_,
+            to,
+            granularity,
+            pool_id=pool_id,
+            end_user_id=self.row_id,
+            feature=feature,
+        )
+
+
+async def pool_id_of(info: Info, application_id: int, key: str | None) -> int | None:
+    """The id of the application's pool `key` (None for None); NOT_FOUND if none."""
+    if key is None:
+        return None
+    for row in await loaders_of(info).pools.load(application_id):
+        if row.key == key:
+            return row.id
+    raise query_error(NotFound(f"no credit pool {key!r} in this application", field="pool"))
 
 
 @strawberry.type
@@ -154,34 +237,94 @@ class EndUserConnection:
     total_count: int
 
 
-def encode_cursor(row_id: int) -> str:
-    return base64.urlsafe_b64encode(f"EndUser:{row_id}".encode()).decode()
+AllocationStatus = strawberry.enum(
+    StatusFilter,
+    name="AllocationStatus",
+    description="An End User's state in one pool: OK, LOW, EXHAUSTED (was allocated credits,"
+    " none left) or NO_ALLOCATION (never allocated any, net of releases).",
+)
+EndUserOrderField = strawberry.enum(OrderField, name="EndUserOrderField")
 
 
-def decode_cursor(cursor: str) -> int:
+@strawberry.enum
+class OrderDirection(Enum):
+    ASC = "ASC"
+    DESC = "DESC"
+
+
+@strawberry.input(description="End Users whose balance in `pool` is in one of `status`.")
+class EndUserFilter:
+    pool: str
+    status: list[AllocationStatus] | None = None  # type: ignore[valid-type]
+
+
+@strawberry.input(
+    description="CREATED (default), or by the balance in `pool` (default: the filter's):"
+    " USED, REMAINING, PROJECTED_EXHAUSTION (soonest first ascending; End Users using"
+    " nothing never run out and come last). Ties by id."
+)
+class EndUserOrder:
+    field: EndUserOrderField  # type: ignore[valid-type]
+    direction: OrderDirection = OrderDirection.ASC
+    pool: str | None = None
+
+
+def encode_cursor(order: OrderField, key: Any, row_id: int) -> str:
+    if order == OrderField.CREATED:
+        text = f"EndUser:{row_id}"
+    else:
+        text = f"EndUser:{order.value}:{key!r}:{row_id}"
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def decode_cursor(cursor: str, order: OrderField) -> tuple[Any, int]:
+    """(sort key, id) of a cursor made for the same order."""
     try:
-        kind, _, raw = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        if kind == "EndUser" and raw.isdigit():
-            return int(raw)
+        parts = base64.urlsafe_b64decode(cursor.encode()).decode().split(":")
+        if order == OrderField.CREATED and len(parts) == 2 and parts[0] == "EndUser":
+            return int(parts[1]), int(parts[1])
+        if len(parts) == 4 and parts[0] == "EndUser" and parts[1] == order.value:
+            number = float if order == OrderField.PROJECTED_EXHAUSTION else int
+            return number(parts[2]), int(parts[3])
     except (ValueError, UnicodeDecodeError):
         pass
-    raise ValidationFailed("after is not a cursor of this connection", field="after")
+    raise ValidationFailed("after is not a cursor of this connection and order", field="after")
 
 
-async def end_user_page(application_id: int, first: int, after: str | None) -> EndUserConnection:
+async def end_user_page(
+    info: Info,
+    application_id: int,
+    first: int,
+    after: str | None,
+    filter: EndUserFilter | None = None,
+    order_by: EndUserOrder | None = None,
+) -> EndUserConnection:
     check_page_size(first)
-    query = EndUserRow.filter(application_id=application_id)
-    total = await query.count()
-    if after is not None:
-        query = query.filter(id__gt=decode_cursor(after))
-    rows = await query.order_by("id").limit(first + 1)
-    page = [EndUserEdge(cursor=encode_cursor(r.id), node=EndUser.from_row(r)) for r in rows[:first]]
+    order = OrderField(order_by.field.value) if order_by else OrderField.CREATED
+    pool_key = (order_by.pool if order_by else None) or (filter.pool if filter else None)
+    if filter is not None and order_by is not None and order_by.pool not in (None, filter.pool):
+        raise ValidationFailed("filter and orderBy must name the same pool", field="orderBy")
+    pool_id = await pool_id_of(info, application_id, pool_key)
+    listing = Listing(
+        pool_id=pool_id,
+        statuses=tuple(StatusFilter(s.value) for s in (filter.status or [])) if filter else (),
+        order=order,
+        descending=order_by is not None and order_by.direction == OrderDirection.DESC,
+    )
+    cursor = None if after is None else decode_cursor(after, order)
+    page = await report_page(application_id, listing, first, cursor, loaders_of(info).now)
+    edges = [
+        EndUserEdge(
+            cursor=encode_cursor(order, line.sort_key, line.id), node=EndUser.from_line(line)
+        )
+        for line in page.lines
+    ]
     return EndUserConnection(
-        edges=page,
+        edges=edges,
         page_info=PageInfo(
-            has_next_page=len(rows) > first, end_cursor=page[-1].cursor if page else None
+            has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None
         ),
-        total_count=total,
+        total_count=page.total,
     )
 
 

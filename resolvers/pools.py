@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import strawberry
 
@@ -11,7 +12,15 @@ from models.credits import BalanceStatus as DomainBalanceStatus
 from models.credits import CreditPack as PackRow
 from models.credits import CreditPool as PoolRow
 from models.errors import ValidationFailed
+from resolvers.consumption import (
+    SERIES_DESCRIPTION,
+    ConsumptionSeries,
+    Granularity,
+    load_series,
+)
+from resolvers.context import Info
 from resolvers.errors import UserError, query_error
+from resolvers.loaders import loaders_of
 
 BalanceStatus = strawberry.enum(DomainBalanceStatus, name="BalanceStatus")
 MAX_PAGE = 500
@@ -67,6 +76,7 @@ class CreditPool:
     end_user_low_balance_threshold: int | None
     version: int
     pool_id: strawberry.Private[int]
+    application_id: strawberry.Private[int]
 
     @classmethod
     def from_row(cls, row: PoolRow) -> CreditPool:
@@ -85,6 +95,7 @@ class CreditPool:
             end_user_low_balance_threshold=row.end_user_low_balance_threshold,
             version=row.version,
             pool_id=row.id,
+            application_id=row.application_id,  # type: ignore[attr-defined]
         )
 
     @classmethod
@@ -95,15 +106,26 @@ class CreditPool:
         return cls.from_row(row)
 
     @strawberry.field(description="The pool's packs, newest first.")
-    async def packs(self, first: int = 100) -> list[CreditPack]:
+    async def packs(self, info: Info, first: int = 100) -> list[CreditPack]:
         try:
             check_page_size(first)
         except ValidationFailed as error:
             raise query_error(error) from None
-        rows = (
-            await PackRow.filter(pool_id=self.pool_id).order_by("-purchased_at", "-id").limit(first)
-        )
+        rows = await loaders_of(info).packs.load((self.pool_id, first))
         return [CreditPack.from_row(row) for row in rows]
+
+    @strawberry.field(description=SERIES_DESCRIPTION)
+    async def consumption(
+        self,
+        info: Info,
+        from_: Annotated[datetime, strawberry.argument(name="from")],
+        to: datetime,
+        granularity: Granularity,
+        feature: str | None = None,
+    ) -> ConsumptionSeries:
+        return await load_series(
+            info, self.application_id, from_, to, granularity, pool_id=self.pool_id, feature=feature
+        )
 
 
 @strawberry.input

@@ -1,0 +1,335 @@
+"""Consumption series: ledger sums in contiguous UTC buckets (HOUR, DAY, WEEK from Monday,
+MONTH), empty buckets included, for pools or End Users.
+
+The range is widened to whole buckets (`from` rounded down, `to` up to a bucket boundary),
+and every entry is counted in the bucket its `occurred_at` falls in, so Σ used over the
+buckets equals the CONSUME entries of that range exactly. Pool series read the hourly
+rollup plus the unfolded tail of the ledger (`models.rollups`); End User series read the
+End User's own ledger entries.
+
+Per bucket: `used` (CONSUME, narrowed by the feature when one is given), `expired`
+(EXPIRE), `purchased` (PURCHASE for a pool; for an End User, the credits allocated to it,
+net of releases) and `remaining` at the bucket's end (the counters now, less what occurred
+after the bucket), so remaining(b) = remaining(b-1) + purchased(b) - used(b) - expired(b)
+when no feature is given.
+
+Spikes: a bucket is a spike when its `used` exceeds median + max(3·sigma, median, 1), where
+median and sigma = 1.4826·MAD (median absolute deviation, the robust sigma of a normal series) are
+taken over the whole series' `used`. The `median` floor means a spike is at least twice
+the typical bucket (a flat or gently noisy series never flags), and series shorter than
+`MIN_SPIKE_BUCKETS` never flag."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from models.errors import ValidationFailed
+from models.rollups import STATE_CTE
+from models.sql import Sql, single_statement
+
+MAX_BUCKETS = 10_000
+MIN_SPIKE_BUCKETS = 5
+SPIKE_SIGMAS = 3.0
+MAD_TO_SIGMA = 1.4826
+
+
+class Granularity(StrEnum):
+    HOUR = "HOUR"
+    DAY = "DAY"
+    WEEK = "WEEK"
+    MONTH = "MONTH"
+
+
+_WIDTH = {
+    Granularity.HOUR: timedelta(hours=1),
+    Granularity.DAY: timedelta(days=1),
+    Granularity.WEEK: timedelta(weeks=1),
+}
+
+
+def bucket_floor(moment: datetime, granularity: Granularity) -> datetime:
+    """The start of the UTC bucket holding `moment` (weeks start on Monday)."""
+    moment = moment.astimezone(UTC)
+    hour = moment.replace(minute=0, second=0, microsecond=0)
+    if granularity == Granularity.HOUR:
+        return hour
+    day = hour.replace(hour=0)
+    if granularity == Granularity.DAY:
+        return day
+    if granularity == Granularity.WEEK:
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def next_bucket(start: datetime, granularity: Granularity) -> datetime:
+    if granularity != Granularity.MONTH:
+        return start + _WIDTH[granularity]
+    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+
+def _month_number(moment: datetime) -> int:
+    return moment.year * 12 + moment.month - 1
+
+
+@dataclass(frozen=True, slots=True)
+class BucketRange:
+    """Whole buckets from `start` (inclusive) to `end` (exclusive)."""
+
+    granularity: Granularity
+    start: datetime
+    end: datetime
+    count: int
+
+    def starts(self) -> list[datetime]:
+        if self.granularity != Granularity.MONTH:
+            width = _WIDTH[self.granularity]
+            return [self.start + i * width for i in range(self.count)]
+        result = [self.start]
+        for _ in range(self.count - 1):
+            result.append(next_bucket(result[-1], self.granularity))
+        return result
+
+
+def bucket_range(start: datetime, end: datetime, granularity: Granularity) -> BucketRange:
+    """Validates a requested range and widens it to whole buckets: timezone-aware bounds,
+    `from` before `to`, at most MAX_BUCKETS buckets."""
+    for value, field in ((start, "from"), (end, "to")):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValidationFailed(f"{field} must carry a time zone (e.g. ...Z)", field=field)
+    if start >= end:
+        raise ValidationFailed("from must be before to", field="from")
+    first = bucket_floor(start, granularity)
+    last = bucket_floor(end, granularity)
+    if last < end.astimezone(UTC):
+        last = next_bucket(last, granularity)
+    if granularity == Granularity.MONTH:
+        count = _month_number(last) - _month_number(first)
+    else:
+        count = (last - first) // _WIDTH[granularity]
+    if count > MAX_BUCKETS:
+        raise ValidationFailed(
+            f"the range holds {count:,} {granularity.value} buckets; at most {MAX_BUCKETS:,}",
+            field="to",
+        )
+    return BucketRange(granularity, first, last, count)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    start: datetime
+    used: int
+    expired: int
+    purchased: int
+    remaining: int
+    spike: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    granularity: Granularity
+    buckets: list[Bucket]
+
+    @property
+    def total_used(self) -> int:
+        return sum(bucket.used for bucket in self.buckets)
+
+    @property
+    def total_expired(self) -> int:
+        return sum(bucket.expired for bucket in self.buckets)
+
+
+def spikes(used: Sequence[int]) -> list[bool]:
+    """The spike rule of this module's docstring."""
+    if len(used) < MIN_SPIKE_BUCKETS:
+        return [False] * len(used)
+    median = statistics.median(used)
+    sigma = MAD_TO_SIGMA * statistics.median(abs(value - median) for value in used)
+    threshold = median + max(SPIKE_SIGMAS * sigma, median, 1)
+    return [value > threshold for value in used]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesKey:
+    """What one series covers: a pool (None: every pool of the application, summed) or an
+    End User's balances (in that pool, or in all), narrowed to a feature or not."""
+
+    application_id: int
+    range: BucketRange
+    pool_id: int | None = None
+    end_user_id: int | None = None
+    feature: str | None = None
+
+    @property
+    def group(self) -> tuple[Any, ...]:
+        """Keys with the same group are computed by one statement."""
+        return (self.application_id, self.range, self.feature, self.end_user_id is not None)
+
+
+def _index_sql(db: Sql, key: SeriesKey, column: str, start: str) -> str:
+    """SQL for the index of the bucket holding `column`, `start` being the range start."""
+    granularity = key.range.granularity
+    if granularity == Granularity.MONTH:
+        if db.postgres:
+            utc = f"({column} AT TIME ZONE 'UTC')"
+            number = f"(CAST(extract(year FROM {utc}) AS BIGINT) * 12 + CAST(extract(month FROM {utc}) AS BIGINT) - 1)"  # noqa: E501
+        else:
+            number = (
+                f"(CAST(strftime('%Y', {column}) AS INTEGER) * 12"
+                f" + CAST(strftime('%m', {column}) AS INTEGER) - 1)"
+            )
+        return f"({number} - {start})"
+    seconds = (
+        f"CAST(floor(extract(epoch FROM {column})) AS BIGINT)"
+        if db.postgres
+        else f"CAST(strftime('%s', {column}) AS INTEGER)"
+    )
+    width = int(_WIDTH[granularity].total_seconds())
+    return f"(({seconds} - {start}) / {width})"
+
+
+def _range_origin(key: SeriesKey) -> int:
+    if key.range.granularity == Granularity.MONTH:
+        return _month_number(key.range.start)
+    return int(key.range.start.timestamp())
+
+
+# Per fact row: used (all features), used of the feature asked, expired, purchased.
+_AFTER = -1  # facts that occurred after the range: only their net matters (remaining)
+_NOW = -2  # the counters' remaining now
+
+
+async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[dict[str, Any]]:
+    """One statement for every pool series of a group: sums per (pool, bucket)."""
+    head = keys[0]
+    all_pools = any(key.pool_id is None for key in keys)
+    args: list[Any] = [head.range.start, head.range.end, _range_origin(head)]
+    if all_pools:
+        args.append(head.application_id)
+        pools = "(SELECT id FROM credit_pool WHERE application_id = $4)"
+    else:
+        ids = sorted({key.pool_id for key in keys if key.pool_id is not None})
+        marks = ",".join(f"${len(args) + 1 + i}" for i in range(len(ids)))
+        args += ids
+        pools = f"({marks})"
+    feature_match = "1 = 1"
+    if head.feature is not None:
+        args.append(head.feature)
+        feature_match = f"f.feature = ${len(args)}"
+    index = _index_sql(db, head, "f.at", "$3")
+    statement = (
+        f"WITH {STATE_CTE}, f AS ("
+        " SELECT r.pool_id, r.hour AS at, r.feature, r.used, r.expired, r.purchased"
+        f" FROM usage_rollup r WHERE r.pool_id IN {pools} AND r.hour >= $1"
+        " UNION ALL"
+        " SELECT l.pool_id, l.occurred_at,"
+        " CASE WHEN l.kind = 'CONSUME' THEN COALESCE(l.feature, '') ELSE '' END,"
+        " CASE WHEN l.kind = 'CONSUME' THEN -l.amount ELSE 0 END,"
+        " CASE WHEN l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END,"
+        " CASE WHEN l.kind = 'PURCHASE' THEN l.amount ELSE 0 END"
+        " FROM st JOIN ledger_entry l ON l.created_at >= st.wm"
+        f" WHERE l.pool_id IN {pools} AND l.occurred_at >= $1"
+        " AND l.kind IN ('CONSUME', 'EXPIRE', 'PURCHASE'))"
+        f" SELECT f.pool_id AS owner, CASE WHEN f.at >= $2 THEN {_AFTER} ELSE {index} END"
+        " AS bucket, SUM(f.used) AS used_all,"
+        f" SUM(CASE WHEN {feature_match} THEN f.used ELSE 0 END) AS used,"
+        " SUM(f.expired) AS expired, SUM(f.purchased) AS purchased FROM f GROUP BY 1, 2"
+        f" UNION ALL SELECT id, {_NOW}, 0, 0, 0, purchased - used - expired"
+        f" FROM credit_pool WHERE id IN {pools}"
+    )
+    return await db.rows(statement, *args)
+
+
+async def _end_user_rows(db: Sql, keys: list[SeriesKey]) -> list[dict[str, Any]]:
+    """One statement for every End User series of a group: sums per (End User, pool,
+    bucket), from the End Users' ledger entries."""
+    head = keys[0]
+    ids = sorted({key.end_user_id for key in keys if key.end_user_id is not None})
+    args: list[Any] = [head.range.start, head.range.end, _range_origin(head), head.application_id]
+    marks = ",".join(f"${len(args) + 1 + i}" for i in range(len(ids)))
+    args += ids
+    feature_match = "1 = 1"
+    if head.feature is not None:
+        args.append(head.feature)
+        feature_match = f"l.feature = ${len(args)}"
+    index = _index_sql(db, head, "l.occurred_at", "$3")
+    statement = (
+        "SELECT l.end_user_id AS owner, l.pool_id,"
+        f" CASE WHEN l.occurred_at >= $2 THEN {_AFTER} ELSE {index} END AS bucket,"
+        " SUM(CASE WHEN l.kind = 'CONSUME' THEN -l.amount ELSE 0 END) AS used_all,"
+        f" SUM(CASE WHEN l.kind = 'CONSUME' AND {feature_match} THEN -l.amount ELSE 0 END)"
+        " AS used,"
+        " SUM(CASE WHEN l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END) AS expired,"
+        " SUM(CASE WHEN l.kind IN ('ALLOCATE', 'RELEASE') THEN l.amount ELSE 0 END)"
+        f" AS purchased FROM ledger_entry l WHERE l.end_user_id IN ({marks})"
+        " AND l.application_id = $4 AND l.occurred_at >= $1"
+        " AND l.kind IN ('CONSUME', 'EXPIRE', 'ALLOCATE', 'RELEASE') GROUP BY 1, 2, 3"
+        f" UNION ALL SELECT end_user_id, pool_id, {_NOW}, 0, 0, 0, remaining"
+        f" FROM end_user_balance WHERE end_user_id IN ({marks})"
+    )
+    return await db.rows(statement, *args)
+
+
+def _assemble(key: SeriesKey, rows: list[dict[str, Any]]) -> Series:
+    count = key.range.count
+    used = [0] * count
+    used_all = [0] * count
+    expired = [0] * count
+    purchased = [0] * count
+    net_after = 0  # purchased - used - expired of what occurred after the range
+    remaining_now = 0
+    for row in rows:
+        bucket = int(row["bucket"])
+        if bucket == _NOW:
+            remaining_now += int(row["purchased"])
+        elif bucket == _AFTER:
+            net_after += int(row["purchased"]) - int(row["used_all"]) - int(row["expired"])
+        else:
+            used[bucket] += int(row["used"])
+            used_all[bucket] += int(row["used_all"])
+            expired[bucket] += int(row["expired"])
+            purchased[bucket] += int(row["purchased"])
+    remaining = [0] * count
+    level = remaining_now - net_after
+    for index in range(count - 1, -1, -1):
+        remaining[index] = level
+        level -= purchased[index] - used_all[index] - expired[index]
+    flags = spikes(used)
+    return Series(
+        key.range.granularity,
+        [
+            Bucket(start, used[i], expired[i], purchased[i], remaining[i], flags[i])
+            for i, start in enumerate(key.range.starts())
+        ],
+    )
+
+
+async def consumption_series(keys: Sequence[SeriesKey]) -> list[Series]:
+    """The series of each key, in order, in one statement per group of keys sharing a
+    range, feature and kind (pool or End User): the statement count does not grow with
+    the number of pools or End Users asked for."""
+    groups: dict[tuple[Any, ...], list[SeriesKey]] = defaultdict(list)
+    for key in keys:
+        groups[key.group].append(key)
+    found: dict[SeriesKey, Series] = {}
+    for members in groups.values():
+        by_end_user = members[0].end_user_id is not None
+        fetch = _end_user_rows if by_end_user else _pool_rows
+        rows = await single_statement(lambda db, m=members, f=fetch: f(db, m))
+        for key in members:
+            if by_end_user:
+                mine = [
+                    r
+                    for r in rows
+                    if r["owner"] == key.end_user_id
+                    and (key.pool_id is None or r["pool_id"] == key.pool_id)
+                ]
+            else:
+                mine = [r for r in rows if key.pool_id is None or r["owner"] == key.pool_id]
+            found[key] = _assemble(key, mine)
+    return [found[key] for key in keys]

@@ -1,0 +1,90 @@
+"""`Application.allocationSummary(pool)` (SPEC §3): how a pool's credits sit with its End
+Users, who uses most, who runs out first, and whether the pool must allocate more soon."""
+
+from __future__ import annotations
+
+import strawberry
+
+from models.allocation_report import (
+    HORIZON_DAYS,
+    Ranking,
+    allocation_summary,
+    ranked_end_users,
+)
+from models.errors import DomainError
+from resolvers.context import Info
+from resolvers.end_users import EndUserBalance, pool_id_of
+from resolvers.errors import query_error
+from resolvers.loaders import loaders_of
+from resolvers.pools import check_page_size
+
+NEEDS_ALLOCATION = (
+    f"True when the End Users' projected use of the next {HORIZON_DAYS} days that their own"
+    " credits do not cover (Σ max(0, 7 * burnRatePerDay - remaining), see"
+    " projectedShortfall) is more than the pool's unallocated credits."
+)
+
+
+@strawberry.type
+class AllocationSummary:
+    pool: str
+    end_users_total: int = strawberry.field(description="End Users of the application.")
+    with_allocation: int = strawberry.field(description="End Users allocated credits (net).")
+    with_credits: int = strawberry.field(description="End Users with remaining > 0.")
+    low: int = strawberry.field(description="End Users whose balance is LOW.")
+    exhausted: int = strawberry.field(description="End Users allocated credits, none left.")
+    allocated: int
+    used: int
+    remaining: int = strawberry.field(description="Credits the End Users still hold.")
+    unallocated: int
+    burn_rate_per_day: float = strawberry.field(description="The pool's mean daily use (7 days).")
+    projected_shortfall: int = strawberry.field(
+        description=f"Credits the End Users will lack in the next {HORIZON_DAYS} days at"
+        " their burn rates (rounded up)."
+    )
+    needs_allocation: bool = strawberry.field(description=NEEDS_ALLOCATION)
+    application_id: strawberry.Private[int]
+    pool_id: strawberry.Private[int]
+
+    async def _ranked(self, info: Info, ranking: Ranking, first: int) -> list[EndUserBalance]:
+        try:
+            check_page_size(first)
+        except DomainError as error:
+            raise query_error(error) from None
+        lines = await ranked_end_users(
+            self.application_id, self.pool_id, ranking, first, loaders_of(info).now
+        )
+        return [EndUserBalance.from_line(line.balance, line) for line in lines if line.balance]
+
+    @strawberry.field(description="End Users by credits used in the pool, most first.")
+    async def top_consumers(self, info: Info, first: int = 10) -> list[EndUserBalance]:
+        return await self._ranked(info, Ranking.TOP_CONSUMERS, first)
+
+    @strawberry.field(
+        description="End Users holding credits and using them, soonest projected exhaustion first."
+    )
+    async def close_to_running_out(self, info: Info, first: int = 10) -> list[EndUserBalance]:
+        return await self._ranked(info, Ranking.CLOSE_TO_RUNNING_OUT, first)
+
+
+async def allocation_summary_of(info: Info, application_id: int, pool: str) -> AllocationSummary:
+    pool_id = await pool_id_of(info, application_id, pool)
+    assert pool_id is not None
+    figures = await allocation_summary(application_id, pool_id, loaders_of(info).now)
+    return AllocationSummary(
+        pool=pool,
+        end_users_total=figures.end_users_total,
+        with_allocation=figures.with_allocation,
+        with_credits=figures.with_credits,
+        low=figures.low,
+        exhausted=figures.exhausted,
+        allocated=figures.allocated,
+        used=figures.used,
+        remaining=figures.remaining,
+        unallocated=figures.unallocated,
+        burn_rate_per_day=figures.burn_rate_per_day,
+        projected_shortfall=int(-(-figures.shortfall // 1)),
+        needs_allocation=figures.needs_allocation,
+        application_id=application_id,
+        pool_id=pool_id,
+    )

@@ -1,0 +1,81 @@
+"""DataLoaders: every relation a list resolves (End User balances, pool packs, series, End
+Users by id) is fetched for all the list's items at once, so the number of statements a
+query runs does not grow with the number of items it returns.
+
+Built fresh for every request (`loaders_of`): their caches live as long as the request and
+never serve a later one. A WebSocket connection keeps one context for its lifetime, so a
+subscription gets new loaders at every call instead."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from graphql import OperationType
+from strawberry.dataloader import DataLoader
+
+from models.allocation_report import BalanceLine, balance_lines
+from models.consumption import Series, SeriesKey, consumption_series
+from models.credits import CreditPack as PackRow
+from models.credits import CreditPool as PoolRow
+from models.credits import EndUser as EndUserRow
+
+PackKey = tuple[int, int]  # (pool id, first)
+
+
+async def _packs(keys: Sequence[PackKey]) -> list[list[PackRow]]:
+    """The newest `first` packs of each pool, in one statement."""
+    limit = max(first for _, first in keys)
+    pool_ids = ",".join(str(int(pool_id)) for pool_id in sorted({p for p, _ in keys}))
+    rows = await PackRow.raw(
+        "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY pool_id"
+        " ORDER BY purchased_at DESC, id DESC) AS n FROM credit_pack"
+        f" WHERE pool_id IN ({pool_ids})) x WHERE n <= {int(limit)}"
+        " ORDER BY pool_id, purchased_at DESC, id DESC"
+    )
+    by_pool: dict[int, list[PackRow]] = defaultdict(list)
+    for pack in rows:  # type: ignore[union-attr]
+        by_pool[pack.pool_id].append(pack)  # type: ignore[attr-defined]
+    return [by_pool[pool_id][:first] for pool_id, first in keys]
+
+
+class Loaders:
+    """The loaders of one request, and the one `now` its figures are computed at."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+        self.balances = DataLoader(self._balances)
+        self.packs = DataLoader(_packs)
+        self.series = DataLoader(consumption_series)
+        self.end_users = DataLoader(self._end_users)
+        self.pools = DataLoader(self._pools)
+
+    async def _balances(self, end_user_ids: Sequence[int]) -> list[list[BalanceLine]]:
+        found = await balance_lines(list(end_user_ids), self.now)
+        return [found.get(i, []) for i in end_user_ids]
+
+    async def _end_users(self, ids: Sequence[int]) -> list[EndUserRow | None]:
+        found = {row.id: row for row in await EndUserRow.filter(id__in=list(ids))}
+        return [found.get(i) for i in ids]
+
+    async def _pools(self, application_ids: Sequence[int]) -> list[list[PoolRow]]:
+        found: dict[int, list[PoolRow]] = defaultdict(list)
+        for row in await PoolRow.filter(application_id__in=list(application_ids)).order_by("id"):
+            found[row.application_id].append(row)  # type: ignore[attr-defined]
+        return [found[i] for i in application_ids]
+
+    async def series_of(self, key: SeriesKey) -> Series:
+        return await self.series.load(key)
+
+
+def loaders_of(info: object) -> Loaders:
+    """This request's loaders (a subscription's: new ones at every call)."""
+    operation = getattr(info, "operation", None)
+    context = info.context  # type: ignore[attr-defined]
+    if operation is not None and operation.operation == OperationType.SUBSCRIPTION:
+        return Loaders()
+    loaders = context.cache.get("loaders")
+    if loaders is None:
+        loaders = context.cache["loaders"] = Loaders()
+    return loaders

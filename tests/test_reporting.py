@@ -1,0 +1,561 @@
+"""Usage reporting (issue 5): consumption series equal the ledger, buckets are contiguous
+UTC periods, burn rates and projections, the allocation summary, End User filters and
+orders, and a dashboard query whose statement count does not grow with the End Users."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.accounts import create_application, create_organization
+from models.allocation_report import balance_lines, window_days
+from models.consumption import (
+    Granularity,
+    SeriesKey,
+    bucket_floor,
+    bucket_range,
+    consumption_series,
+    spikes,
+)
+from models.end_users import EndUserInput, upsert_end_users
+from models.errors import ValidationFailed
+from models.ledger import allocate_credits, consume_credits, purchase_credits
+from models.references import EndUserRef
+from models.rollups import fold_usage, window_start
+from models.sql import Sql, single_statement, transaction
+from models.tenancy import ApiKeyRole
+from models.verify import verify_ledger
+from resolvers.context import Context, Principal
+from resolvers.schema import schema
+from tests.conftest import Backend
+from tests.statement_counter import counting
+
+SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FEATURES = ("ai_generation", "ai_rewrite")
+
+
+# ---------------------------------------------------------------------- bucket arithmetic
+
+
+def test_buckets_are_whole_utc_periods_and_weeks_start_on_monday() -> None:
+    moment = datetime(2026, 3, 5, 17, 42, 9, tzinfo=UTC)  # a Thursday
+    assert bucket_floor(moment, Granularity.HOUR) == datetime(2026, 3, 5, 17, tzinfo=UTC)
+    assert bucket_floor(moment, Granularity.DAY) == datetime(2026, 3, 5, tzinfo=UTC)
+    assert bucket_floor(moment, Granularity.WEEK) == datetime(2026, 3, 2, tzinfo=UTC)
+    assert bucket_floor(moment, Granularity.WEEK).weekday() == 0
+    assert bucket_floor(moment, Granularity.MONTH) == datetime(2026, 3, 1, tzinfo=UTC)
+    # Another offset names the same instant: buckets follow UTC, not the caller's zone.
+    east = moment.astimezone(__import__("datetime").timezone(timedelta(hours=9)))
+    assert bucket_floor(east, Granularity.DAY) == datetime(2026, 3, 5, tzinfo=UTC)
+    months = bucket_range(
+        datetime(2025, 11, 20, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC), Granularity.MONTH
+    )
+    assert months.starts() == [
+        datetime(2025, 11, 1, tzinfo=UTC),
+        datetime(2025, 12, 1, tzinfo=UTC),
+        datetime(2026, 1, 1, tzinfo=UTC),
+    ]
+    weeks = bucket_range(
+        datetime(2026, 3, 4, tzinfo=UTC), datetime(2026, 3, 17, 1, tzinfo=UTC), Granularity.WEEK
+    )
+    assert [s.day for s in weeks.starts()] == [2, 9, 16]
+    assert weeks.end == datetime(2026, 3, 23, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "granularity"),
+    [
+        (datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC), Granularity.DAY),
+        (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC), Granularity.DAY),
+        (datetime(2020, 1, 1, tzinfo=UTC), datetime(2021, 3, 1, tzinfo=UTC), Granularity.HOUR),
+        (datetime(2026, 1, 1), datetime(2026, 1, 2, tzinfo=UTC), Granularity.DAY),
+    ],
+)
+def test_bad_ranges_are_validation_errors(
+    start: datetime, end: datetime, granularity: Granularity
+) -> None:
+    with pytest.raises(ValidationFailed):
+        bucket_range(start, end, granularity)
+
+
+def test_spike_rule_flags_a_burst_but_not_a_flat_or_weekly_series() -> None:
+    assert not any(spikes([5] * 30))
+    assert not any(spikes([30, 31, 29, 30, 32, 10, 11] * 4))  # weekdays and weekends
+    flags = spikes([30, 31, 29, 30, 32, 10, 11] * 4 + [180])
+    assert flags[-1] and sum(flags) == 1
+    assert not any(spikes([0] * 40 + [1]))  # one stray credit is no spike
+    assert spikes([0] * 40 + [9])[-1]
+
+
+# ---------------------------------------------------------------------------- histories
+
+
+async def _tenant(users: int = 3) -> tuple[int, list[int]]:
+    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
+    application = await create_application(organization.id, "reporting")
+    app = application.id
+    await purchase_credits(app, "ai", 1_000_000)
+    await purchase_credits(app, "inbox_preview", 100_000)
+    rows = await upsert_end_users(app, [EndUserInput(f"u{i}") for i in range(users)])
+    for row in rows:
+        await allocate_credits(app, "ai", EndUserRef(id=row.id), 100_000)
+        await allocate_credits(app, "inbox_preview", EndUserRef(id=row.id), 10_000)
+    return app, [row.id for row in rows]
+
+
+async def _ledger_sums(app: int, start: datetime, end: datetime) -> dict[str, Any]:
+    """Straight from the ledger: what a series over [start, end) must add up to."""
+
+    async def work(db: Sql) -> list[dict[str, Any]]:
+        return await db.rows(
+            "SELECT l.pool_id, l.end_user_id, l.kind, l.feature, l.amount FROM ledger_entry l"
+            " WHERE l.application_id = $1 AND l.occurred_at >= $2 AND l.occurred_at < $3",
+            app,
+            start,
+            end,
+        )
+
+    sums: dict[str, Any] = defaultdict(int)
+    for row in await single_statement(work):
+        if row["kind"] == "CONSUME":
+            for key in (
+                ("used", row["pool_id"]),
+                ("used", row["pool_id"], row["feature"]),
+                ("used_user", row["end_user_id"], row["pool_id"]),
+            ):
+                sums[key] += -row["amount"]
+        elif row["kind"] == "EXPIRE":
+            sums[("expired", row["pool_id"])] += -row["amount"]
+        elif row["kind"] == "PURCHASE":
+            sums[("purchased", row["pool_id"])] += row["amount"]
+    return sums
+
+
+async def _pool_ids(app: int) -> dict[str, int]:
+    rows = await single_statement(
+        lambda db: db.rows("SELECT id, key FROM credit_pool WHERE application_id = $1", app)
+    )
+    return {row["key"]: row["id"] for row in rows}
+
+
+CONSUMPTION = st.tuples(
+    st.integers(0, 2),  # End User
+    st.sampled_from(("ai", "ai", "inbox_preview")),
+    st.integers(1, 50),  # credits
+    st.sampled_from(FEATURES),
+    st.integers(0, 24 * 70),  # hours ago (70 days)
+    st.integers(0, 59),  # minute
+    st.booleans(),  # fold after it
+)
+
+
+@SETTINGS
+@given(
+    history=st.lists(CONSUMPTION, min_size=1, max_size=25),
+    granularity=st.sampled_from(list(Granularity)),
+    span=st.tuples(st.integers(0, 24 * 75), st.integers(1, 24 * 80)),
+)
+async def test_bucket_sums_equal_the_ledger(
+    backend: Backend, history: list[tuple], granularity: Granularity, span: tuple[int, int]
+) -> None:
+    app, users = await _tenant()
+    now = datetime.now(UTC)
+    for user, pool, credits, feature, hours_ago, minute, fold in history:
+        moment = now - timedelta(hours=hours_ago, minutes=minute)
+        await consume_credits(
+            app, pool, EndUserRef(id=users[user]), credits, feature, occurred_at=moment
+        )
+        if fold:
+            await fold_usage()
+    start = now - timedelta(hours=span[0] + span[1])
+    end = now - timedelta(hours=span[0]) + timedelta(minutes=1)
+    buckets = bucket_range(start, end, granularity)
+    sums = await _ledger_sums(app, buckets.start, buckets.end)
+    pools = await _pool_ids(app)
+    keys = [SeriesKey(app, buckets, pool_id=p) for p in pools.values()]
+    keys += [SeriesKey(app, buckets, pool_id=pools["ai"], feature=FEATURES[0])]
+    keys += [SeriesKey(app, buckets)]  # every pool
+    keys += [SeriesKey(app, buckets, pool_id=pools["ai"], end_user_id=u) for u in users]
+    series = await consumption_series(keys)
+    for key, found in zip(keys, series, strict=True):
+        assert len(found.buckets) == buckets.count  # empty buckets included
+        assert [b.start for b in found.buckets] == buckets.starts()
+        if key.end_user_id is not None:
+            assert found.total_used == sums[("used_user", key.end_user_id, key.pool_id)]
+        elif key.pool_id is None:
+            assert found.total_used == sum(sums[("used", p)] for p in pools.values())
+        elif key.feature is not None:
+            assert found.total_used == sums[("used", key.pool_id, key.feature)]
+        else:
+            assert found.total_used == sums[("used", key.pool_id)]
+            assert sum(b.purchased for b in found.buckets) == sums[("purchased", key.pool_id)]
+    # Remaining at each bucket's end: the ledger's net of everything that occurred before it.
+    ai = series[0]
+    for bucket, next_start in zip(ai.buckets, [*buckets.starts()[1:], buckets.end], strict=True):
+        before = await _ledger_sums(app, datetime(1970, 1, 1, tzinfo=UTC), next_start)
+        pool = pools["ai"]
+        net = before[("purchased", pool)] - before[("used", pool)] - before[("expired", pool)]
+        assert bucket.remaining == net
+    assert await verify_ledger() == []
+
+
+async def test_series_are_contiguous_with_empty_buckets(backend: Backend) -> None:
+    app, users = await _tenant(1)
+    day = bucket_floor(datetime.now(UTC), Granularity.DAY) - timedelta(days=10)
+    await consume_credits(
+        app, "ai", EndUserRef(id=users[0]), 7, "ai_generation", occurred_at=day + timedelta(hours=5)
+    )
+    buckets = bucket_range(day - timedelta(days=3), day + timedelta(days=4), Granularity.DAY)
+    pools = await _pool_ids(app)
+    (series,) = await consumption_series([SeriesKey(app, buckets, pool_id=pools["ai"])])
+    assert [b.used for b in series.buckets] == [0, 0, 0, 7, 0, 0, 0]
+    assert [b.start for b in series.buckets] == [day + timedelta(days=i) for i in range(-3, 4)]
+    # Remaining follows occurredAt: the credits were bought today, and this consumption was
+    # sent as having occurred 10 days ago, so the ledger says -7 were left back then.
+    assert [b.remaining for b in series.buckets] == [0, 0, 0, -7, -7, -7, -7]
+    hours = bucket_range(day + timedelta(hours=4), day + timedelta(hours=6), Granularity.HOUR)
+    (series,) = await consumption_series([SeriesKey(app, hours, pool_id=pools["ai"])])
+    assert [(b.start.hour, b.used) for b in series.buckets] == [(4, 0), (5, 7)]
+
+
+# ------------------------------------------------------------------------------ burn rates
+
+
+async def _window_used(app: int) -> dict[tuple[int, int], int]:
+    start = window_start(datetime.now(UTC))
+    rows = await single_statement(
+        lambda db: db.rows(
+            "SELECT end_user_id, pool_id, -SUM(amount) AS used FROM ledger_entry"
+            " WHERE application_id = $1 AND kind = 'CONSUME' AND occurred_at >= $2"
+            " GROUP BY end_user_id, pool_id",
+            app,
+            start,
+        )
+    )
+    return {(r["end_user_id"], r["pool_id"]): int(r["used"]) for r in rows}
+
+
+async def _check_burn(app: int, users: list[int]) -> None:
+    now = datetime.now(UTC)
+    expected = await _window_used(app)
+    lines = await balance_lines(users, now)
+    for user in users:
+        for line in lines[user]:
+            used = expected.get((user, line.pool_id), 0)
+            assert line.burn.window_used == used
+            assert line.burn.rate_per_day == pytest.approx(used / window_days(now))
+            if used:
+                days = line.remaining / (used / window_days(now))
+                assert line.burn.exhaustion_at == now + timedelta(days=days)
+            else:
+                assert line.burn.exhaustion_at is None
+
+
+async def test_burn_rate_is_exact_before_and_after_folds(backend: Backend) -> None:
+    app, users = await _tenant(3)
+    now = datetime.now(UTC)
+    for i, hours_ago in enumerate((1, 30, 24 * 6, 24 * 7 + 5, 24 * 20)):
+        await consume_credits(
+            app,
+            "ai",
+            EndUserRef(id=users[i % 2]),
+            10 + i,
+            "ai_generation",
+            occurred_at=now - timedelta(hours=hours_ago),
+        )
+    await _check_burn(app, users)  # all in the tail (or folded by another test)
+    await fold_usage()
+    await _check_burn(app, users)
+    await consume_credits(app, "ai", EndUserRef(id=users[2]), 5, "ai_rewrite")
+    await _check_burn(app, users)  # folded sums plus the tail
+
+    # A fold from two hours ago: its window started two hours earlier than today's.
+    async def older_fold(db: Sql) -> None:
+        await fold_usage_state_back(db, hours=2)
+
+    await transaction(older_fold)
+    await _check_burn(app, users)
+    await fold_usage()
+    await _check_burn(app, users)
+
+
+async def fold_usage_state_back(db: Sql, hours: int) -> None:
+    """Makes the rollup look like it was folded with an older window: the same watermark,
+    the window start `hours` earlier and the window sums recomputed for it."""
+    state = await db.row("SELECT watermark FROM rollup_state WHERE id = 1")
+    assert state is not None
+    older = window_start(datetime.now(UTC)) - timedelta(hours=hours)
+    await db.run("DELETE FROM end_user_window_usage")
+    await db.run(
+        "INSERT INTO end_user_window_usage (end_user_id, pool_id, used)"
+        " SELECT end_user_id, pool_id, -SUM(amount) FROM ledger_entry WHERE kind = 'CONSUME'"
+        " AND occurred_at >= $1 AND created_at < $2 GROUP BY end_user_id, pool_id",
+        older,
+        state["watermark"],
+    )
+    await db.run("UPDATE rollup_state SET window_start = $1 WHERE id = 1", older)
+
+
+# ------------------------------------------------------------------- GraphQL: the reports
+
+
+async def _execute(app: int, query: str, **variables: Any) -> dict[str, Any]:
+    principal = Principal(
+        organization_id=0, application_id=app, role=ApiKeyRole.READ, api_key_id=None, key_id=None
+    )
+    context = Context(request=None, response=None, principal=principal)
+    result = await schema.execute(query, variable_values=variables, context_value=context)
+    assert result.errors is None, result.errors
+    assert result.data is not None
+    return result.data
+
+
+async def _errors(app: int, query: str, **variables: Any) -> list[str]:
+    principal = Principal(
+        organization_id=0, application_id=app, role=ApiKeyRole.READ, api_key_id=None, key_id=None
+    )
+    context = Context(request=None, response=None, principal=principal)
+    result = await schema.execute(query, variable_values=variables, context_value=context)
+    return [error.extensions["code"] for error in result.errors or []]
+
+
+CONSUMPTION_QUERY = """
+query($id: ID!, $from: DateTime!, $to: DateTime!, $g: Granularity!) {
+  application(id: $id) {
+    consumption(from: $from, to: $to, granularity: $g, pool: "ai") {
+      granularity totalUsed buckets { start used }
+    }
+  }
+}"""
+
+
+async def test_bad_ranges_answer_typed_errors(backend: Backend) -> None:
+    app, _ = await _tenant(1)
+    cases = [
+        ("2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z", "DAY"),
+        ("2020-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "HOUR"),
+        ("2026-01-01T00:00:00", "2026-02-01T00:00:00Z", "DAY"),
+    ]
+    for start, end, granularity in cases:
+        codes = await _errors(
+            app, CONSUMPTION_QUERY, id=str(app), **{"from": start, "to": end, "g": granularity}
+        )
+        assert codes == ["VALIDATION"], (start, end, codes)
+    data = await _execute(
+        app,
+        CONSUMPTION_QUERY,
+        id=str(app),
+        **{"from": "2026-03-04T10:00:00+02:00", "to": "2026-03-18T00:00:00Z", "g": "WEEK"},
+    )
+    buckets = data["application"]["consumption"]["buckets"]
+    assert [b["start"] for b in buckets] == [
+        "2026-03-02T00:00:00+00:00",
+        "2026-03-09T00:00:00+00:00",
+        "2026-03-16T00:00:00+00:00",
+    ]
+
+
+SUMMARY_QUERY = """
+query($id: ID!) {
+  application(id: $id) {
+    allocationSummary(pool: "ai") {
+      pool endUsersTotal withAllocation withCredits low exhausted allocated used remaining
+      unallocated burnRatePerDay projectedShortfall needsAllocation
+      topConsumers(first: 2) { used endUser { externalId } }
+      closeToRunningOut(first: 3) {
+        remaining burnRatePerDay projectedExhaustionAt endUser { externalId }
+      }
+    }
+  }
+}"""
+
+PAGE_QUERY = """
+query($id: ID!, $after: String, $filter: EndUserFilter, $order: EndUserOrder) {
+  application(id: $id) {
+    endUsers(first: 2, after: $after, filter: $filter, orderBy: $order) {
+      totalCount pageInfo { hasNextPage endCursor }
+      edges { node { externalId balance(pool: "ai") { used remaining status } } }
+    }
+  }
+}"""
+
+
+async def _all_pages(app: int, **variables: Any) -> tuple[list[str], int]:
+    names: list[str] = []
+    after = None
+    while True:
+        data = await _execute(app, PAGE_QUERY, id=str(app), after=after, **variables)
+        page = data["application"]["endUsers"]
+        names += [edge["node"]["externalId"] for edge in page["edges"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            return names, page["totalCount"]
+        after = page["pageInfo"]["endCursor"]
+
+
+async def test_allocation_summary_filters_and_orders(backend: Backend) -> None:
+    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
+    app = (await create_application(organization.id, "summary")).id
+    await purchase_credits(app, "ai", 1_000)
+    await upsert_end_users(app, [EndUserInput(f"e{i}") for i in range(6)])
+    allocations = {"e0": 100, "e1": 100, "e2": 50, "e3": 10, "e4": 200}  # e5: none
+    for name, credits in allocations.items():
+        await allocate_credits(app, "ai", EndUserRef(external_id=name), credits)
+    for name, credits in {"e0": 30, "e1": 60, "e2": 50, "e3": 2, "e4": 1}.items():
+        await consume_credits(app, "ai", EndUserRef(external_id=name), credits, "ai_generation")
+    from models.alerts import set_low_balance_threshold
+
+    await set_low_balance_threshold(app, "ai", 40, end_user_default=True)
+    data = await _execute(app, SUMMARY_QUERY, id=str(app))
+    summary = data["application"]["allocationSummary"]
+    assert summary["endUsersTotal"] == 6
+    assert summary["withAllocation"] == 5
+    assert summary["withCredits"] == 4  # e2 is exhausted
+    assert summary["exhausted"] == 1
+    assert summary["low"] == 2  # e3 (8 left) and e1 (40 left)
+    assert (summary["allocated"], summary["used"], summary["unallocated"]) == (460, 143, 540)
+    assert summary["remaining"] == 460 - 143
+    window = window_days(datetime.now(UTC))
+    assert summary["burnRatePerDay"] == pytest.approx(143 / window, rel=1e-3)
+    # 7-day needs beyond what each holds, (used in the window, remaining) per End User
+    held = ((30, 70), (60, 40), (50, 0), (2, 8), (1, 199))
+    needs = sum(max(0.0, 7 * used / window - left) for used, left in held)
+    assert summary["projectedShortfall"] == int(-(-needs // 1))
+    assert summary["needsAllocation"] is (needs > 540)
+    assert [c["endUser"]["externalId"] for c in summary["topConsumers"]] == ["e1", "e2"]
+    close = summary["closeToRunningOut"]
+    assert [c["endUser"]["externalId"] for c in close] == ["e1", "e0", "e3"]  # 40/60 < 70/30 < 8/2
+    assert close[0]["projectedExhaustionAt"] is not None
+
+    names, total = await _all_pages(app)
+    assert names == [f"e{i}" for i in range(6)] and total == 6
+    names, total = await _all_pages(app, order={"field": "USED", "direction": "DESC", "pool": "ai"})
+    assert names == ["e1", "e2", "e0", "e3", "e4", "e5"] and total == 6
+    names, _ = await _all_pages(app, order={"field": "REMAINING", "pool": "ai"})
+    assert names == ["e2", "e5", "e3", "e1", "e0", "e4"]
+    names, _ = await _all_pages(app, order={"field": "PROJECTED_EXHAUSTION", "pool": "ai"})
+    assert names == ["e2", "e1", "e0", "e3", "e4", "e5"]  # e5 uses nothing: last
+    names, total = await _all_pages(app, filter={"pool": "ai", "status": ["LOW", "EXHAUSTED"]})
+    assert names == ["e1", "e2", "e3"] and total == 3
+    names, total = await _all_pages(app, filter={"pool": "ai", "status": ["NO_ALLOCATION"]})
+    assert names == ["e5"] and total == 1
+    names, _ = await _all_pages(
+        app,
+        filter={"pool": "ai", "status": ["OK", "LOW"]},
+        order={"field": "PROJECTED_EXHAUSTION", "direction": "DESC"},
+    )
+    assert names == ["e4", "e3", "e0", "e1"]
+    codes = await _errors(
+        app, PAGE_QUERY, id=str(app), after="bm9wZQ==", order={"field": "USED", "pool": "ai"}
+    )
+    assert codes == ["VALIDATION"]
+
+
+# ---------------------------------------------------------------- the dashboard, counted
+
+DASHBOARD = """
+query Dashboard($id: ID!, $from: DateTime!, $to: DateTime!) {
+  application(id: $id) {
+    name
+    pools {
+      key purchased allocated used remaining expired unallocated status
+      packs(first: 5) { credits expiresAt }
+      consumption(from: $from, to: $to, granularity: DAY) {
+        totalUsed totalExpired buckets { start used expired purchased remaining spike }
+      }
+    }
+    allocationSummary(pool: "ai") {
+      endUsersTotal withCredits low exhausted allocated used remaining unallocated
+      needsAllocation
+      topConsumers(first: 10) { used remaining endUser { externalId } }
+      closeToRunningOut(first: 10) {
+        remaining burnRatePerDay projectedExhaustionAt endUser { externalId }
+      }
+    }
+    endUsers(first: 50) {
+      totalCount pageInfo { hasNextPage endCursor }
+      edges {
+        node {
+          externalId name
+          balances {
+            pool allocated used remaining expired status lowBalanceThreshold
+            burnRatePerDay projectedExhaustionAt
+          }
+        }
+      }
+    }
+  }
+}"""
+
+
+DASHBOARD_STATEMENTS = 9
+
+
+async def _bulk_end_users(app: int, count: int) -> None:
+    """`count` more End Users with an empty balance in every pool, set-based (the counters
+    stay equal to the ledger: nothing was allocated to them)."""
+
+    async def work(db: Sql) -> None:
+        await db.run(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < $2)"
+            " INSERT INTO end_user (application_id, external_id, created_at)"
+            " SELECT $1, 'bulk-' || CAST(n AS VARCHAR(12)), now() FROM g",
+            app,
+            count,
+        )
+        await db.run(
+            "INSERT INTO end_user_balance (end_user_id, pool_id, allocated, used, expired,"
+            " remaining, status, version, updated_at) SELECT e.id, p.id, 0, 0, 0, 0,"
+            " 'EXHAUSTED', 0, now() FROM end_user e JOIN credit_pool p"
+            " ON p.application_id = e.application_id"
+            " WHERE e.application_id = $1 AND e.external_id LIKE 'bulk-%'",
+            app,
+        )
+
+    await transaction(work)
+
+
+async def _dashboard_statements(app: int) -> tuple[list[str], dict[str, Any]]:
+    now = datetime.now(UTC)
+    variables = {
+        "id": str(app),
+        "from": (now - timedelta(days=90)).isoformat(),
+        "to": now.isoformat(),
+    }
+    with counting() as statements:
+        data = await _execute(app, DASHBOARD, **variables)
+    # asyncpg's pool resets a connection it gets back: housekeeping, not a query of ours
+    return [s for s in statements if not s.startswith("SELECT pg_advisory_unlock_all()")], data
+
+
+async def test_dashboard_statement_count_does_not_grow_with_end_users(backend: Backend) -> None:
+    small, _ = await _tenant(10)
+    large, _ = await _tenant(10)
+    for app in (small, large):
+        for i in range(10):
+            await consume_credits(
+                app,
+                "ai",
+                EndUserRef(external_id=f"u{i}"),
+                i + 1,
+                FEATURES[i % 2],
+                occurred_at=datetime.now(UTC) - timedelta(days=i * 5, hours=i),
+            )
+    await _bulk_end_users(large, 10_000)
+    few, few_data = await _dashboard_statements(small)
+    many, many_data = await _dashboard_statements(large)
+    assert len(few_data["application"]["endUsers"]["edges"]) == 10
+    assert len(many_data["application"]["endUsers"]["edges"]) == 50
+    assert many_data["application"]["allocationSummary"]["endUsersTotal"] == 10_010
+    buckets = many_data["application"]["pools"][0]["consumption"]["buckets"]
+    assert len(buckets) == 91
+    assert len(few) == len(many), "\n".join(many)
+    # application, pools, packs, series, summary, top consumers, close to running out, the
+    # End User page with its count, and their balances with burn rates
+    assert len(many) == DASHBOARD_STATEMENTS, "\n".join(many)
+    assert await verify_ledger() == []
