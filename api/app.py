@@ -20,6 +20,7 @@ from api.auth import authenticate
 from api.body_limit import BodySizeLimit
 from api.database import apply_migrations, close_database, init_database, plain_postgres_dsn
 from api.jobs import JobRunner, default_jobs
+from api.routes.export import export_route
 from api.settings import Settings, get_settings
 from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler
 from models.accounts import InvalidCredential
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         routes=[
             Route("/graphql", AuthenticatedGraphQL(view), methods=["GET", "POST"]),
             WebSocketRoute("/graphql", view),
+            export_route(settings),
         ],
         middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)],
         lifespan=lifespan,

@@ -18,6 +18,7 @@ MODEL_MODULES = [
     "models.credits",
     "models.records",
     "models.request_log",
+    "models.billing",
     "models.rollups",
 ]
 

@@ -9,8 +9,10 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from api.settings import Settings
+from models.billing import close_ended_periods
 from models.expiry import SWEEP_BATCH, expire_lots
 
 log = logging.getLogger("usagegraph.jobs")
@@ -29,9 +31,20 @@ async def sweep_expired_lots() -> None:
         pass
 
 
+def billing_closer(settings: Settings) -> Callable[[], Awaitable[int]]:
+    """Closes every ended billing period of every application (exactly once in all)."""
+    delay = timedelta(seconds=settings.billing_close_delay_seconds)
+    return lambda: close_ended_periods(delay=delay)
+
+
 def default_jobs(settings: Settings) -> list[PeriodicJob]:
     """The jobs a server process runs. Other domains add theirs here."""
-    return [PeriodicJob("expire-lots", settings.expiry_sweep_seconds, sweep_expired_lots)]
+    return [
+        PeriodicJob("expire-lots", settings.expiry_sweep_seconds, sweep_expired_lots),
+        PeriodicJob(
+            "close-billing-periods", settings.billing_close_seconds, billing_closer(settings)
+        ),
+    ]
 
 
 class JobRunner:

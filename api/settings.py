@@ -30,6 +30,14 @@ class Settings(BaseSettings):
     # Background jobs (api/jobs.py); 0 turns them off in this process.
     jobs_enabled: bool = Field(True, alias="USAGEGRAPH_JOBS")
     expiry_sweep_seconds: float = Field(30.0, gt=0, alias="USAGEGRAPH_EXPIRY_SWEEP_SECONDS")
+    # Billing periods (models/billing.py): how often ended months are closed, and how long
+    # after a month's end its closing waits (for transactions that began before the end).
+    billing_close_seconds: float = Field(300.0, gt=0, alias="USAGEGRAPH_BILLING_CLOSE_SECONDS")
+    billing_close_delay_seconds: float = Field(
+        300.0, ge=0, alias="USAGEGRAPH_BILLING_CLOSE_DELAY_SECONDS"
+    )
+    # Exports streaming at once per process (each holds a database connection of its own).
+    export_concurrency: int = Field(4, ge=1, alias="USAGEGRAPH_EXPORT_CONCURRENCY")
 
     @property
     def is_postgres(self) -> bool:

@@ -24,6 +24,15 @@ from resolvers.access import (
 )
 from resolvers.alerts import CreditAlertConnection, alert_page
 from resolvers.allocation_summary import AllocationSummary, allocation_summary_of
+from resolvers.billing import (
+    BillingPeriod,
+    ExportFormat,
+    ExportFrom,
+    ExportType,
+    billing_period_of,
+    billing_periods_of,
+    export_url_of,
+)
 from resolvers.consumption import (
     SERIES_DESCRIPTION,
     ConsumptionSeries,
@@ -134,6 +143,31 @@ class Application:
     ) -> CreditAlertConnection:
         _api_keys_only(info)
         return await alert_page(self.row_id, first, after)
+
+    @strawberry.field(description="Billing periods (UTC months), newest first.")
+    async def billing_periods(self, info: Info, first: int = 12) -> list[BillingPeriod]:
+        return await billing_periods_of(info, self.row_id, first)
+
+    @strawberry.field(
+        description="One billing period by its start (the first instant of a UTC month);"
+        " null before the application existed or in the future."
+    )
+    async def billing_period(self, info: Info, start: datetime) -> BillingPeriod | None:
+        return await billing_period_of(info, self.row_id, start)
+
+    @strawberry.field(
+        description="A signed link to GET /v1/applications/{id}/export for these"
+        " parameters, valid for a few minutes (no API key needed to download it)."
+    )
+    def export_url(
+        self,
+        info: Info,
+        type: ExportType,
+        from_: ExportFrom,
+        to: datetime,
+        format: ExportFormat = ExportFormat.CSV,
+    ) -> str:
+        return export_url_of(info, self.row_id, type, from_, to, format)
 
     @strawberry.field(description="One End User, by exactly one of id and externalId.")
     async def end_user(

@@ -1,0 +1,1 @@
+"""REST routes beside GraphQL (SPEC §1: export, ingest, health, metrics)."""
