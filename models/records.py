@@ -129,7 +129,7 @@ class IdempotencyRecord(Model):
 
 class OutboxEvent(Model):
     """A balance or alert event written in the transaction that caused it. The relay
-    publishes it after commit and stamps `published_at`."""
+    publishes it after commit and then deletes it: a row present is not yet published."""
 
     id = fields.BigIntField(primary_key=True)
     application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
@@ -141,11 +141,9 @@ class OutboxEvent(Model):
     topic = fields.CharField(max_length=32)
     payload = fields.JSONField()
     created_at = fields.DatetimeField()
-    published_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "outbox_event"
-        indexes = (("published_at", "id"),)
 
 
 class AlertKind(StrEnum):

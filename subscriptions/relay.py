@@ -2,10 +2,11 @@
 
 Exactly one relay publishes at a time across all processes (a PostgreSQL advisory lock held
 by a dedicated connection; on SQLite there is one process). It publishes rows in id order,
-which is commit order per balance (a balance's row lock is held until commit), and marks
-them published afterwards. When the holder dies its session ends, the lock is released and
-another process's relay takes over; rows it published but did not mark are published again,
-which subscribers drop by version. When the broker is down the relay keeps the rows and
+which is commit order per balance (a balance's row lock is held until commit), and deletes
+them afterwards (cheaper for PostgreSQL than stamping them; the ledger is the record). When
+the holder dies its session ends, the lock is released and another process's relay takes
+over; rows it published but did not delete are published again, which subscribers drop by
+version. When the broker is down the relay keeps the rows and
 retries with back-off until it is back."""
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -29,8 +28,6 @@ RELAY_LOCK_ID = 7461002
 BATCH = 500
 IDLE_POLL_SECONDS = 0.02  # how soon another process's commit is seen by the leader
 LEADER_RETRY_SECONDS = 0.5
-PUBLISHED_KEPT = timedelta(hours=1)  # published rows stay this long, for inspection
-PURGE_EVERY_SECONDS = 60.0
 
 
 class OutboxRelay:
@@ -41,7 +38,6 @@ class OutboxRelay:
         self.wake_event = asyncio.Event()
         self.lock_connection: asyncpg.Connection | None = None
         self.published = 0
-        self.next_purge = time.monotonic() + PURGE_EVERY_SECONDS
 
     async def start(self) -> None:
         outbox_hooks.append(self.wake)
@@ -91,9 +87,6 @@ class OutboxRelay:
                     await asyncio.sleep(LEADER_RETRY_SECONDS)
                     continue
                 sent = await self.publish_pending()
-                if time.monotonic() >= self.next_purge:
-                    self.next_purge = time.monotonic() + PURGE_EVERY_SECONDS
-                    await self.purge_published()
                 backoff = 0.05
                 if sent < BATCH:
                     self.wake_event.clear()
@@ -117,29 +110,21 @@ class OutboxRelay:
             message = _envelope(row)
             await self.broker.publish(application_channel(row["application_id"]), message)
         ids = [row["id"] for row in rows]
-        await single_statement(lambda db: _mark_published(db, ids))
+        await single_statement(lambda db: _delete_published(db, ids))
         self.published += len(ids)
         return len(ids)
-
-    async def purge_published(self, kept: timedelta = PUBLISHED_KEPT) -> int:
-        """Deletes rows published longer than `kept` ago; the number deleted."""
-        cutoff = datetime.now(UTC) - kept
-        return await single_statement(
-            lambda db: db.run("DELETE FROM outbox_event WHERE published_at < $1", cutoff)
-        )
 
 
 async def _pending(db: Sql) -> list[dict[str, Any]]:
     return await db.rows(
-        "SELECT id, application_id, topic, payload FROM outbox_event"
-        " WHERE published_at IS NULL ORDER BY id LIMIT $1",
+        "SELECT id, application_id, topic, payload FROM outbox_event ORDER BY id LIMIT $1",
         BATCH,
     )
 
 
-async def _mark_published(db: Sql, ids: list[int]) -> None:
+async def _delete_published(db: Sql, ids: list[int]) -> None:
     placeholders = ",".join(f"${i}" for i in range(1, len(ids) + 1))
-    await db.run(f"UPDATE outbox_event SET published_at = now() WHERE id IN ({placeholders})", *ids)
+    await db.run(f"DELETE FROM outbox_event WHERE id IN ({placeholders})", *ids)
 
 
 def _envelope(row: dict[str, Any]) -> bytes:
