@@ -14,6 +14,7 @@ from datetime import timedelta
 from api.settings import Settings
 from models.billing import close_ended_periods
 from models.expiry import SWEEP_BATCH, expire_lots
+from models.rollups import fold_usage
 
 log = logging.getLogger("usagegraph.jobs")
 
@@ -41,6 +42,7 @@ def default_jobs(settings: Settings) -> list[PeriodicJob]:
     """The jobs a server process runs. Other domains add theirs here."""
     return [
         PeriodicJob("expire-lots", settings.expiry_sweep_seconds, sweep_expired_lots),
+        PeriodicJob("fold-usage", settings.rollup_fold_seconds, fold_usage),
         PeriodicJob(
             "close-billing-periods", settings.billing_close_seconds, billing_closer(settings)
         ),

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     # Background jobs (api/jobs.py); 0 turns them off in this process.
     jobs_enabled: bool = Field(True, alias="USAGEGRAPH_JOBS")
     expiry_sweep_seconds: float = Field(30.0, gt=0, alias="USAGEGRAPH_EXPIRY_SWEEP_SECONDS")
+    # Reporting rollups (models/rollups.py): how often new ledger entries are folded in.
+    rollup_fold_seconds: float = Field(30.0, gt=0, alias="USAGEGRAPH_ROLLUP_FOLD_SECONDS")
     # Billing periods (models/billing.py): how often ended months are closed, and how long
     # after a month's end its closing waits (for transactions that began before the end).
     billing_close_seconds: float = Field(300.0, gt=0, alias="USAGEGRAPH_BILLING_CLOSE_SECONDS")

@@ -22,7 +22,7 @@ from typing import Any
 
 from models.credits import BalanceStatus
 from models.errors import ValidationFailed
-from models.rollups import STATE_CTE, window_start, window_usage_sql
+from models.rollups import WINDOW_USED, window_start, window_used_joins
 from models.sql import single_statement
 
 HORIZON_DAYS = 7  # needsAllocation looks this far ahead
@@ -87,7 +87,7 @@ _BALANCE_COLUMNS = (
     " COALESCE(b.expired, 0) AS expired, COALESCE(b.remaining, 0) AS remaining,"
     " COALESCE(b.status, 'EXHAUSTED') AS status, COALESCE(b.version, 0) AS version,"
     " COALESCE(b.low_balance_threshold, p.end_user_low_balance_threshold) AS threshold,"
-    " COALESCE(w.used, 0) AS window_used, p.key AS pool_key"
+    f" {WINDOW_USED} AS window_used, p.key AS pool_key"
 )
 _END_USER_COLUMNS = "e.id, e.application_id, e.external_id, e.name, e.email, e.created_at"
 
@@ -137,12 +137,12 @@ async def balance_lines(end_user_ids: list[int], now: datetime) -> dict[int, lis
         return {}
     ids = sorted(set(end_user_ids))
     marks = _marks(2, len(ids))
-    usage = window_usage_sql(f"end_user_id IN ({marks})", f"l.end_user_id IN ({marks})", "$1")
+    usage = window_used_joins("e.id", "p.id", f"l.end_user_id IN ({marks})", "$1")
     statement = (
-        f"WITH {STATE_CTE} SELECT e.id AS end_user_id, p.id AS pool_id, {_BALANCE_COLUMNS}"
+        f"SELECT e.id AS end_user_id, p.id AS pool_id, {_BALANCE_COLUMNS}"
         " FROM end_user e JOIN credit_pool p ON p.application_id = e.application_id"
         " LEFT JOIN end_user_balance b ON b.end_user_id = e.id AND b.pool_id = p.id"
-        f" LEFT JOIN {usage} w ON w.end_user_id = e.id AND w.pool_id = p.id"
+        f"{usage}"
         f" WHERE e.id IN ({marks}) ORDER BY e.id, p.id"
     )
     rows = await single_statement(lambda db: db.rows(statement, window_start(now), *ids))
@@ -185,21 +185,15 @@ class AllocationSummary:
 
 
 def _pool_usage(pool_param: str) -> str:
-    return window_usage_sql(
-        f"pool_id = {pool_param}",
-        f"l.application_id = $1 AND l.pool_id = {pool_param}",
-        "$3",
-    )
+    return window_used_joins("b.end_user_id", "b.pool_id", f"l.pool_id = {pool_param}", "$3")
 
 
 async def allocation_summary(application_id: int, pool_id: int, now: datetime) -> AllocationSummary:
     """The pool's End User figures (SPEC §3 AllocationSummary) in one statement."""
     horizon = HORIZON_DAYS / window_days(now)  # window use → projected use of the horizon
     statement = (
-        f"WITH {STATE_CTE}, w AS {_pool_usage('$2')}, b AS ("
-        " SELECT b.allocated, b.remaining, b.status, COALESCE(w.used, 0) AS window_used"
-        " FROM end_user_balance b LEFT JOIN w ON w.end_user_id = b.end_user_id"
-        " WHERE b.pool_id = $2)"
+        f"WITH b AS (SELECT b.allocated, b.remaining, b.status, {WINDOW_USED} AS window_used"
+        f" FROM end_user_balance b{_pool_usage('$2')} WHERE b.pool_id = $2)"
         " SELECT (SELECT COUNT(*) FROM end_user WHERE application_id = $1) AS total,"
         " SUM(CASE WHEN allocated > 0 THEN 1 ELSE 0 END) AS with_allocation,"
         " SUM(CASE WHEN remaining > 0 THEN 1 ELSE 0 END) AS with_credits,"
@@ -252,30 +246,28 @@ async def ranked_end_users(
     if ranking == Ranking.TOP_CONSUMERS:
         # Ranked on the balance counters first, so only these few need their window use.
         statement = (
-            f"WITH {STATE_CTE}, top AS (SELECT end_user_id FROM end_user_balance"
-            " WHERE pool_id = $2 AND used > 0 ORDER BY used DESC, end_user_id LIMIT $4),"
-            " w AS "
-            + window_usage_sql(
-                "pool_id = $2 AND end_user_id IN (SELECT end_user_id FROM top)",
-                "l.application_id = $1 AND l.pool_id = $2"
-                " AND l.end_user_id IN (SELECT end_user_id FROM top)",
+            "WITH top AS (SELECT end_user_id FROM end_user_balance"
+            " WHERE pool_id = $2 AND used > 0 ORDER BY used DESC, end_user_id LIMIT $4)"
+            f" SELECT {_END_USER_COLUMNS}, {_BALANCE_COLUMNS} FROM top"
+            " JOIN end_user_balance b ON b.end_user_id = top.end_user_id AND b.pool_id = $2"
+            + window_used_joins(
+                "b.end_user_id",
+                "b.pool_id",
+                "l.pool_id = $2 AND l.end_user_id IN (SELECT end_user_id FROM top)",
                 "$3",
             )
-            + f" SELECT {_END_USER_COLUMNS}, {_BALANCE_COLUMNS} FROM top"
-            " JOIN end_user e ON e.id = top.end_user_id"
-            " JOIN end_user_balance b ON b.end_user_id = e.id AND b.pool_id = $2"
-            " JOIN credit_pool p ON p.id = b.pool_id"
-            " LEFT JOIN w ON w.end_user_id = e.id"
+            + " JOIN end_user e ON e.id = b.end_user_id"
+            " JOIN credit_pool p ON p.id = b.pool_id AND p.application_id = $1"
             " ORDER BY b.used DESC, e.id"
         )
     else:
         statement = (
-            f"WITH {STATE_CTE}, w AS {_pool_usage('$2')}"
-            f" SELECT {_END_USER_COLUMNS}, {_BALANCE_COLUMNS} FROM w"
-            " JOIN end_user_balance b ON b.end_user_id = w.end_user_id AND b.pool_id = $2"
-            " JOIN end_user e ON e.id = b.end_user_id JOIN credit_pool p ON p.id = b.pool_id"
-            " WHERE b.remaining > 0 AND w.used > 0"
-            " ORDER BY CAST(b.remaining AS DOUBLE PRECISION) / w.used, e.id LIMIT $4"
+            f"SELECT {_END_USER_COLUMNS}, {_BALANCE_COLUMNS} FROM end_user_balance b"
+            f"{_pool_usage('$2')}"
+            " JOIN end_user e ON e.id = b.end_user_id"
+            " JOIN credit_pool p ON p.id = b.pool_id AND p.application_id = $1"
+            f" WHERE b.pool_id = $2 AND b.remaining > 0 AND {WINDOW_USED} > 0"
+            f" ORDER BY CAST(b.remaining AS DOUBLE PRECISION) / {WINDOW_USED}, e.id LIMIT $4"
         )
     rows = await single_statement(
         lambda db: db.rows(statement, application_id, pool_id, window_start(now), first)
@@ -314,8 +306,8 @@ _KEY_SQL = {
     OrderField.USED: "COALESCE(b.used, 0)",
     OrderField.REMAINING: "COALESCE(b.remaining, 0)",
     OrderField.PROJECTED_EXHAUSTION: (
-        "CASE WHEN COALESCE(w.used, 0) > 0"
-        " THEN CAST(COALESCE(b.remaining, 0) AS DOUBLE PRECISION) / w.used"
+        f"CASE WHEN {WINDOW_USED} > 0"
+        f" THEN CAST(COALESCE(b.remaining, 0) AS DOUBLE PRECISION) / {WINDOW_USED}"
         f" ELSE CAST({NEVER} AS DOUBLE PRECISION) END"
     ),
 }
@@ -367,7 +359,7 @@ async def end_user_page(
     app = param(application_id)
     where = f"e.application_id = {app}"
     columns = _END_USER_COLUMNS
-    balance_join = joins = usage = ""
+    balance_join = joins = ""
     if listing.pool_id is not None:
         pool = param(listing.pool_id)
         balance_join = (
@@ -376,14 +368,14 @@ async def end_user_page(
         joins = balance_join + f" JOIN credit_pool p ON p.id = {pool}"
         columns += ", " + _BALANCE_COLUMNS
         if projected:
-            usage = ", w AS " + window_usage_sql(
-                f"pool_id = {pool}",
-                f"l.application_id = {app} AND l.pool_id = {pool}",
+            joins += window_used_joins(
+                "e.id",
+                pool,
+                f"l.pool_id = {pool}",
                 param(window_start(now)),
             )
-            joins += " LEFT JOIN w ON w.end_user_id = e.id"
         else:
-            columns = columns.replace("COALESCE(w.used, 0) AS window_used", "0 AS window_used")
+            columns = columns.replace(f"{WINDOW_USED} AS window_used", "0 AS window_used")
     if listing.statuses:
         where += " AND (" + " OR ".join(_STATUS_SQL[s] for s in listing.statuses) + ")"
     keyset = ""
@@ -393,8 +385,8 @@ async def end_user_page(
         keyset = f" WHERE x.k {cmp} {k} OR (x.k = {k} AND x.id {cmp} {i})"
     direction = "DESC" if listing.descending else "ASC"
     statement = (
-        f"WITH {STATE_CTE}{usage},"
-        f" x AS NOT MATERIALIZED (SELECT {columns}, {_KEY_SQL[listing.order]} AS k"
+        "WITH x AS NOT MATERIALIZED"
+        f" (SELECT {columns}, {_KEY_SQL[listing.order]} AS k"
         f" FROM end_user e{joins} WHERE {where}),"
         f" t AS (SELECT COUNT(*) AS total FROM end_user e{balance_join} WHERE {where}),"
         f" page AS (SELECT * FROM x{keyset} ORDER BY x.k {direction}, x.id {direction}"

@@ -30,7 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from models.errors import ValidationFailed
-from models.rollups import STATE_CTE
+from models.rollups import WATERMARK
 from models.sql import Sql, single_statement
 
 MAX_BUCKETS = 10_000
@@ -223,7 +223,7 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[dict[str, Any]]:
         feature_match = f"f.feature = ${len(args)}"
     index = _index_sql(db, head, "f.at", "$3")
     statement = (
-        f"WITH {STATE_CTE}, f AS ("
+        "WITH f AS ("
         " SELECT r.pool_id, r.hour AS at, r.feature, r.used, r.expired, r.purchased"
         f" FROM usage_rollup r WHERE r.pool_id IN {pools} AND r.hour >= $1"
         " UNION ALL"
@@ -232,8 +232,8 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[dict[str, Any]]:
         " CASE WHEN l.kind = 'CONSUME' THEN -l.amount ELSE 0 END,"
         " CASE WHEN l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END,"
         " CASE WHEN l.kind = 'PURCHASE' THEN l.amount ELSE 0 END"
-        " FROM st JOIN ledger_entry l ON l.created_at >= st.wm"
-        f" WHERE l.pool_id IN {pools} AND l.occurred_at >= $1"
+        f" FROM ledger_entry l WHERE l.pool_id IN {pools} AND l.created_at >= {WATERMARK}"
+        " AND l.occurred_at >= $1"
         " AND l.kind IN ('CONSUME', 'EXPIRE', 'PURCHASE'))"
         f" SELECT f.pool_id AS owner, CASE WHEN f.at >= $2 THEN {_AFTER} ELSE {index} END"
         " AS bucket, SUM(f.used) AS used_all,"

@@ -188,29 +188,44 @@ def _same_moment(stored: Any, moment: datetime) -> bool:
 
 # ------------------------------------------------------------------------- for the readers
 
-STATE_CTE = "st AS (SELECT watermark AS wm, window_start AS ws0 FROM rollup_state WHERE id = 1)"
+# The state as scalar subqueries: PostgreSQL runs each once per statement (an InitPlan, in
+# the statement's snapshot), uses the watermark as an index bound, and skips a part whose
+# guard is false without scanning anything.
+WATERMARK = "(SELECT watermark FROM rollup_state WHERE id = 1)"
+FOLDED_WINDOW_START = "(SELECT window_start FROM rollup_state WHERE id = 1)"
 
 
-def window_usage_sql(scope_usage: str, scope_ledger: str, ws: str) -> str:
-    """A subquery (end_user_id, pool_id, used): the credits each End User used in a pool
-    since the window start `ws` (a parameter), exactly: the folded sums, corrected by the
-    entries between the folded window start and `ws` (the window moved since the fold), plus
-    the tail. Needs `STATE_CTE` in the statement's WITH. `scope_usage` and `scope_ledger`
-    restrict end_user_window_usage (no alias) and ledger_entry (alias l) alike; the ledger
-    scope must name l.application_id, for the (application_id, occurred_at) index."""
-    low = f"CASE WHEN st.ws0 < {ws} THEN st.ws0 ELSE {ws} END"
-    high = f"CASE WHEN st.ws0 < {ws} THEN {ws} ELSE st.ws0 END"
-    return (
+# Credits used since the window start, for a row joined with `window_used_joins`.
+WINDOW_USED = "(COALESCE(wu.used, 0) + COALESCE(wd.used, 0))"
+
+
+def window_used_joins(end_user: str, pool: str, scope_ledger: str, ws: str) -> str:
+    """LEFT JOINs giving `WINDOW_USED` for the row whose End User and pool ids are the
+    expressions `end_user` and `pool`: the credits it used since the window start `ws` (a
+    parameter), exactly. That is the folded sum (wu), plus (wd) the entries between the
+    folded window start and `ws` (only when the window moved since the last fold, within the
+    hour after it moves: the guard is evaluated once and the part skipped otherwise) and the
+    tail. `scope_ledger` restricts ledger_entry (alias l) on indexed columns."""
+    folded = FOLDED_WINDOW_START
+    low = f"CASE WHEN {folded} < {ws} THEN {folded} ELSE {ws} END"
+    high = f"CASE WHEN {folded} < {ws} THEN {ws} ELSE {folded} END"
+    delta = (
         "(SELECT end_user_id, pool_id, SUM(used) AS used FROM ("
-        f" SELECT end_user_id, pool_id, used FROM end_user_window_usage WHERE {scope_usage}"
-        " UNION ALL"
         " SELECT l.end_user_id, l.pool_id,"
-        " CASE WHEN l.occurred_at >= st.ws0 THEN l.amount ELSE -l.amount END"
-        f" FROM st JOIN ledger_entry l ON l.occurred_at >= {low} AND l.occurred_at < {high}"
-        f" WHERE {scope_ledger} AND l.kind = 'CONSUME' AND l.created_at < st.wm"
+        f" CASE WHEN l.occurred_at >= {folded} THEN l.amount ELSE -l.amount END AS used"
+        f" FROM ledger_entry l WHERE {folded} <> {ws} AND {scope_ledger}"
+        f" AND l.kind = 'CONSUME' AND l.created_at < {WATERMARK}"
+        f" AND l.occurred_at >= {low} AND l.occurred_at < {high}"
         " UNION ALL"
-        " SELECT l.end_user_id, l.pool_id, -l.amount"
-        " FROM st JOIN ledger_entry l ON l.created_at >= st.wm"
-        f" WHERE {scope_ledger} AND l.kind = 'CONSUME' AND l.occurred_at >= {ws}"
-        ") AS w GROUP BY end_user_id, pool_id)"
+        # the tail through the (pool_id, created_at) index: no condition on occurred_at,
+        # which would lure the planner to (application_id, occurred_at) and a week of rows
+        f" SELECT l.end_user_id, l.pool_id, CASE WHEN l.occurred_at >= {ws} THEN -l.amount"
+        f" ELSE 0 END FROM ledger_entry l WHERE {scope_ledger}"
+        f" AND l.created_at >= {WATERMARK} AND l.kind = 'CONSUME'"
+        ") AS x GROUP BY end_user_id, pool_id)"
+    )
+    return (
+        f" LEFT JOIN end_user_window_usage wu ON wu.end_user_id = {end_user}"
+        f" AND wu.pool_id = {pool}"
+        f" LEFT JOIN {delta} wd ON wd.end_user_id = {end_user} AND wd.pool_id = {pool}"
     )

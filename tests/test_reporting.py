@@ -4,6 +4,7 @@ orders, and a dashboard query whose statement count does not grow with the End U
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -559,3 +560,28 @@ async def test_dashboard_statement_count_does_not_grow_with_end_users(backend: B
     # End User page with its count, and their balances with burn rates
     assert len(many) == DASHBOARD_STATEMENTS, "\n".join(many)
     assert await verify_ledger() == []
+
+
+async def test_concurrent_folds_and_consumptions_keep_series_exact(backend: Backend) -> None:
+    app, users = await _tenant(3)
+    now = datetime.now(UTC)
+
+    async def consume(i: int) -> None:
+        await consume_credits(
+            app,
+            "ai",
+            EndUserRef(id=users[i % 3]),
+            1 + i % 5,
+            FEATURES[i % 2],
+            occurred_at=now - timedelta(hours=i % 50),
+        )
+
+    work = [consume(i) for i in range(40)] + [fold_usage() for _ in range(6)]
+    await asyncio.gather(*work)
+    await asyncio.gather(fold_usage(), fold_usage())
+    buckets = bucket_range(now - timedelta(days=3), now + timedelta(hours=1), Granularity.HOUR)
+    sums = await _ledger_sums(app, buckets.start, buckets.end)
+    pools = await _pool_ids(app)
+    (series,) = await consumption_series([SeriesKey(app, buckets, pool_id=pools["ai"])])
+    assert series.total_used == sums[("used", pools["ai"])] == sum(1 + i % 5 for i in range(40))
+    await _check_burn(app, users)
