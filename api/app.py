@@ -20,7 +20,19 @@ from api.auth import authenticate
 from api.body_limit import BodySizeLimit
 from api.database import apply_migrations, close_database, init_database, plain_postgres_dsn
 from api.jobs import JobRunner, default_jobs
+from api.metrics import Metrics
+from api.rate_limit import RateLimitMiddleware
+from api.request_log import (
+    RequestLogMiddleware,
+    note_graphql_request,
+    note_graphql_result,
+    note_principal,
+    note_refusal,
+)
+from api.request_log_writer import RequestLogWriter
 from api.routes.export import export_route
+from api.routes.health import health_routes
+from api.routes.request_logs import ingest_route
 from api.settings import Settings, get_settings
 from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler
 from models.accounts import InvalidCredential
@@ -52,6 +64,14 @@ class UsageGraphQL(GraphQL):
             secret=self.secret,
         )
 
+    async def execute_operation(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        note_graphql_request(request.scope, kwargs["request_data"])
+        return await super().execute_operation(request=request, **kwargs)
+
+    async def process_result(self, request: Any, result: Any) -> Any:
+        note_graphql_result(request.scope, result)
+        return await super().process_result(request, result)
+
     async def on_ws_connect(self, context: Context) -> None:
         params = context.connection_params or {}
         header = params.get("authorization") or params.get("Authorization")
@@ -59,8 +79,10 @@ class UsageGraphQL(GraphQL):
             context.principal = await authenticate(
                 header if isinstance(header, str) else None, self.secret
             )
-        except InvalidCredential:
+        except InvalidCredential as error:
+            note_refusal(context.request.scope, error)
             raise ConnectionRejectionError() from None
+        note_principal(context.request.scope, context.principal)
 
 
 def _wants_ide(scope: Scope) -> bool:
@@ -87,7 +109,9 @@ class AuthenticatedGraphQL:
                 return
             try:
                 scope[PRINCIPAL_SCOPE_KEY] = await authenticate(header, self.view.secret)
+                note_principal(scope, scope[PRINCIPAL_SCOPE_KEY])
             except InvalidCredential as error:
+                note_refusal(scope, error)
                 response = _unauthenticated(error.message)
                 await response(scope, receive, send)
                 return
@@ -99,6 +123,21 @@ def _unauthenticated(message: str) -> Response:
     return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _middleware(settings: Settings, request_log: RequestLogWriter) -> list[Middleware]:
+    stack = []
+    if settings.request_log_enabled:  # outermost: it logs every answer below it (429, 413)
+        stack.append(Middleware(RequestLogMiddleware, sink=request_log))
+    if settings.rate_limit_per_second > 0:
+        stack.append(
+            Middleware(
+                RateLimitMiddleware,
+                per_second=settings.rate_limit_per_second,
+                burst=settings.rate_limit_burst_size,
+            )
+        )
+    return [*stack, Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)]
+
+
 def create_app(settings: Settings | None = None, *, migrate: bool | None = None) -> Starlette:
     """The service. `migrate` (default: on the embedded SQLite default) applies pending
     migrations at start-up; on PostgreSQL run `usagegraph migrate` as a deploy step."""
@@ -108,6 +147,19 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         settings.redis_url,
         plain_postgres_dsn(settings.database_url) if settings.is_postgres else None,
     )
+    metrics = Metrics()
+    request_log = RequestLogWriter(
+        secret=settings.secret,
+        capacity=settings.request_log_queue,
+        flush_seconds=settings.request_log_flush_seconds,
+        broker=realtime.broker,
+        metrics=metrics,
+    )
+    metrics.watch(
+        lambda: realtime.subscriber_count,
+        lambda: request_log.dropped,
+        lambda: len(request_log.pending),
+    )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -116,6 +168,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             await close_database()
         await init_database(settings)
         await realtime.start()
+        await request_log.start()
         jobs = JobRunner(default_jobs(settings) if settings.jobs_enabled else [])
         await jobs.start()
         # Everything loaded at start-up lives forever: keep it out of the cyclic collector,
@@ -126,6 +179,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             yield
         finally:
             await jobs.close()
+            await request_log.close()  # after the server stopped taking requests: all flushed
             await realtime.close()
             await close_database()
 
@@ -137,11 +191,15 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             Route("/graphql", AuthenticatedGraphQL(view), methods=["GET", "POST"]),
             WebSocketRoute("/graphql", view),
             export_route(settings),
+            ingest_route(settings.secret, lambda: realtime.broker),
+            *health_routes(metrics),
         ],
-        middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)],
+        middleware=_middleware(settings, request_log),
         lifespan=lifespan,
     )
     app.state.realtime = realtime  # started by the lifespan (or by a test that skips it)
+    app.state.request_log = request_log  # likewise
+    app.state.metrics = metrics
     return app
 
 

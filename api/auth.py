@@ -38,7 +38,12 @@ async def _token_principal(credential: str, secret: str) -> Principal:
     try:
         claims = verify_token(secret, credential)
     except InvalidToken as error:
-        raise InvalidCredential(error.message) from None
+        expired = error.application_id is not None  # only an expired token names its app
+        raise InvalidCredential(
+            error.message,
+            code="TOKEN_EXPIRED" if expired else "UNAUTHENTICATED",
+            application_id=error.application_id,
+        ) from None
     organization_id = await organization_of(claims.application_id)
     if organization_id is None:
         raise InvalidCredential("invalid End User token")

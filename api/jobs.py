@@ -9,11 +9,12 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from api.settings import Settings
 from models.billing import close_ended_periods
 from models.expiry import SWEEP_BATCH, expire_lots
+from models.request_log import delete_entries_before
 from models.rollups import fold_usage
 
 log = logging.getLogger("usagegraph.jobs")
@@ -38,11 +39,22 @@ def billing_closer(settings: Settings) -> Callable[[], Awaitable[int]]:
     return lambda: close_ended_periods(delay=delay)
 
 
+def request_log_retention(settings: Settings) -> Callable[[], Awaitable[int]]:
+    """Deletes request log entries older than USAGEGRAPH_REQUEST_LOG_RETENTION_DAYS."""
+    kept = timedelta(days=settings.request_log_retention_days)
+    return lambda: delete_entries_before(datetime.now(UTC) - kept)
+
+
 def default_jobs(settings: Settings) -> list[PeriodicJob]:
     """The jobs a server process runs. Other domains add theirs here."""
     return [
         PeriodicJob("expire-lots", settings.expiry_sweep_seconds, sweep_expired_lots),
         PeriodicJob("fold-usage", settings.rollup_fold_seconds, fold_usage),
+        PeriodicJob(
+            "request-log-retention",
+            settings.request_log_retention_seconds,
+            request_log_retention(settings),
+        ),
         PeriodicJob(
             "close-billing-periods", settings.billing_close_seconds, billing_closer(settings)
         ),

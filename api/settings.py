@@ -27,6 +27,21 @@ class Settings(BaseSettings):
     allowed_origins: list[str] = Field(default_factory=list, alias="USAGEGRAPH_ALLOWED_ORIGINS")
     # Largest HTTP request body accepted (413 beyond); a 1,000-record batch fits.
     max_body_bytes: int = Field(1_048_576, ge=1024, alias="USAGEGRAPH_MAX_BODY_BYTES")
+    # Request log (api/request_log.py): 0 turns the middleware off in this process.
+    request_log_enabled: bool = Field(True, alias="USAGEGRAPH_REQUEST_LOG")
+    request_log_queue: int = Field(100_000, ge=1, alias="USAGEGRAPH_REQUEST_LOG_QUEUE")
+    request_log_flush_seconds: float = Field(
+        0.2, gt=0, alias="USAGEGRAPH_REQUEST_LOG_FLUSH_SECONDS"
+    )
+    request_log_retention_days: float = Field(
+        30.0, gt=0, alias="USAGEGRAPH_REQUEST_LOG_RETENTION_DAYS"
+    )
+    request_log_retention_seconds: float = Field(
+        3600.0, gt=0, alias="USAGEGRAPH_REQUEST_LOG_RETENTION_EVERY_SECONDS"
+    )
+    # Per-key rate limit per process (api/rate_limit.py); 0 turns it off. Burst: 2 s worth.
+    rate_limit_per_second: float = Field(2_000.0, ge=0, alias="USAGEGRAPH_RATE_LIMIT_PER_SECOND")
+    rate_limit_burst: int | None = Field(None, ge=1, alias="USAGEGRAPH_RATE_LIMIT_BURST")
     # Background jobs (api/jobs.py); 0 turns them off in this process.
     jobs_enabled: bool = Field(True, alias="USAGEGRAPH_JOBS")
     expiry_sweep_seconds: float = Field(30.0, gt=0, alias="USAGEGRAPH_EXPIRY_SWEEP_SECONDS")
@@ -40,6 +55,10 @@ class Settings(BaseSettings):
     )
     # Exports streaming at once per process (each holds a database connection of its own).
     export_concurrency: int = Field(4, ge=1, alias="USAGEGRAPH_EXPORT_CONCURRENCY")
+
+    @property
+    def rate_limit_burst_size(self) -> int:
+        return self.rate_limit_burst or max(1, int(self.rate_limit_per_second * 2))
 
     @property
     def is_postgres(self) -> bool:

@@ -112,12 +112,22 @@ _verified: dict[str, tuple[float, str, ApiKey]] = {}
 
 class InvalidCredential(Exception):
     """The key is malformed, unknown, wrong or revoked. `key_id` names it (and so its
-    application, for the request log) whenever the presented text held one."""
+    application, for the request log) whenever the presented text held one; an expired End
+    User token names its `application_id`. `code` tells the cases apart in the log."""
 
-    def __init__(self, message: str, key_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        key_id: str | None = None,
+        *,
+        code: str = "UNAUTHENTICATED",
+        application_id: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.key_id = key_id
+        self.code = code
+        self.application_id = application_id
 
 
 async def verify_api_key(presented: str) -> ApiKey:
@@ -140,7 +150,9 @@ async def verify_api_key(presented: str) -> ApiKey:
             _verified.clear()
         _verified[key_id] = (now, secret, api_key)
     if api_key.revoked_at is not None:
-        raise InvalidCredential("this API key has been revoked", key_id=key_id)
+        raise InvalidCredential(
+            "this API key has been revoked", key_id=key_id, code="API_KEY_REVOKED"
+        )
     return api_key
 
 

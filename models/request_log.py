@@ -10,13 +10,24 @@ token claimed."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, NamedTuple
 
-from tortoise import fields
+from tortoise import connections, fields
 from tortoise.models import Model
+
+from models.consumption import Granularity, bucket_range, spikes
+from models.errors import ValidationFailed
+from models.sql import Sql, single_statement, values_list
 
 MAX_MESSAGE = 1_000
 MAX_ENDPOINT = 300
+MAX_PAGE = 500
+# Where a request's log draft travels in the ASGI scope: the middleware puts it there, the
+# authentication and the GraphQL view add what they learn.
+DRAFT_SCOPE_KEY = "usagegraph.request_log"
 
 
 class Outcome(StrEnum):
@@ -66,3 +77,360 @@ class RequestLogEntry(Model):
             ("application_id", "endpoint", "time", "id"),
             ("time",),
         )
+
+
+COLUMNS = (
+    "application_id",
+    "organization_id",
+    "time",
+    "method",
+    "endpoint",
+    "operation_name",
+    "end_user_id",
+    "end_user_external_id",
+    "api_key_prefix",
+    "status",
+    "outcome",
+    "error_code",
+    "error_message",
+    "latency_ms",
+    "request_id",
+    "source",
+)
+_PG_TYPES = (
+    "bigint",
+    "bigint",
+    "timestamptz",
+    "text",
+    "text",
+    "text",
+    "bigint",
+    "text",
+    "text",
+    "smallint",
+    "text",
+    "text",
+    "text",
+    "float8",
+    "text",
+    "text",
+)
+_COLUMN_LIST = ", ".join(f'"{c}"' for c in COLUMNS)
+_SELECT = f"SELECT id, {_COLUMN_LIST} FROM request_log"
+# PostgreSQL: one statement for any number of rows, one array parameter per column.
+_PG_INSERT = (
+    f"INSERT INTO request_log ({_COLUMN_LIST}) SELECT * FROM unnest("
+    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_PG_TYPES, start=1))
+    + ") RETURNING id"
+)
+_SQLITE_CHUNK = 500  # 500 rows x 16 parameters, well under SQLite's variable limit
+
+
+class LogRow(NamedTuple):
+    """A row to insert, in COLUMNS order."""
+
+    application_id: int | None
+    organization_id: int | None
+    time: datetime
+    method: str
+    endpoint: str
+    operation_name: str | None
+    end_user_id: int | None
+    end_user_external_id: str | None
+    api_key_prefix: str | None
+    status: int
+    outcome: str
+    error_code: str | None
+    error_message: str | None
+    latency_ms: float
+    request_id: str
+    source: str
+
+
+def clip(value: str | None, limit: int) -> str | None:
+    return value if value is None or len(value) <= limit else value[: limit - 1] + "…"
+
+
+def outcome_for(status: int, error_code: str | None = None) -> Outcome:
+    """The outcome rule: 401/403 (and the credential codes) are AUTH_ERROR, other 4xx and a
+    200 carrying an expected error are CLIENT_ERROR, 5xx (and GraphQL's INTERNAL) are
+    SERVER_ERROR, anything else OK."""
+    if status >= 500 or error_code == "INTERNAL":
+        return Outcome.SERVER_ERROR
+    if status in (401, 403) or error_code in AUTH_CODES:
+        return Outcome.AUTH_ERROR
+    if status >= 400 or error_code is not None:
+        return Outcome.CLIENT_ERROR
+    return Outcome.OK
+
+
+# Codes that say the caller's credential (key, token, temporary code) was refused.
+AUTH_CODES = frozenset(
+    {"UNAUTHENTICATED", "API_KEY_REVOKED", "TOKEN_EXPIRED", "FORBIDDEN", "EXPIRED"}
+)
+
+
+async def insert_entries(rows: list[LogRow], *, returning: bool = True) -> list[int]:
+    """Inserts rows in one statement per chunk (one in all on PostgreSQL); their ids in
+    order, or [] without `returning` (PostgreSQL then uses COPY, about half the database
+    work). Rows are appended only: the log is never updated, only trimmed by retention."""
+    if not rows:
+        return []
+    client = connections.get("default")
+    if client.capabilities.dialect == "postgres" and not returning:
+        async with client.acquire_connection() as conn:
+            await conn.copy_records_to_table("request_log", records=rows, columns=COLUMNS)
+        return []
+
+    async def work(db: Sql) -> list[int]:
+        if db.postgres:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            return [r["id"] for r in await db.rows(_PG_INSERT, *columns)]
+        ids: list[int] = []
+        for start in range(0, len(rows), _SQLITE_CHUNK):
+            chunk = rows[start : start + _SQLITE_CHUNK]
+            statement = (
+                f"INSERT INTO request_log ({_COLUMN_LIST}) VALUES "
+                f"{values_list(len(chunk), len(COLUMNS))} RETURNING id"
+            )
+            params = [value for row in chunk for value in row]
+            ids.extend(r["id"] for r in await db.rows(statement, *params))
+        return ids
+
+    return await single_statement(work)
+
+
+def as_utc(value: Any) -> datetime:
+    """A timestamp read by raw SQL (SQLite answers text) as an aware UTC datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    """Every given condition must hold. `status_class` is the hundreds digit (4: 4xx)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    status_class: int | None = None
+    outcome: Outcome | None = None
+    endpoint: str | None = None
+    end_user_id: int | None = None
+    api_key_prefix: str | None = None
+
+    def validate(self) -> None:
+        if self.status_class is not None and not 1 <= self.status_class <= 5:
+            raise ValidationFailed("statusClass must be 1 to 5", field="statusClass")
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValidationFailed(f"{name} must carry a time zone", field=name)
+
+    def matches(self, entry: dict[str, Any]) -> bool:
+        """The same conditions on an entry in memory (the live tail)."""
+        if self.since is not None and entry["time"] < self.since:
+            return False
+        if self.until is not None and entry["time"] >= self.until:
+            return False
+        if self.status_class is not None and entry["status"] // 100 != self.status_class:
+            return False
+        checks = (
+            (self.outcome, "outcome"),
+            (self.endpoint, "endpoint"),
+            (self.end_user_id, "end_user_id"),
+            (self.api_key_prefix, "api_key_prefix"),
+        )
+        return all(want is None or entry[key] == want for want, key in checks)
+
+    def sql(self, first_param: int) -> tuple[str, list[Any]]:
+        conditions: list[str] = []
+        params: list[Any] = []
+
+        def add(condition: str, value: Any) -> None:
+            params.append(value)
+            conditions.append(condition.replace("?", f"${first_param + len(params) - 1}"))
+
+        if self.since is not None:
+            add('"time" >= ?', self.since.astimezone(UTC))
+        if self.until is not None:
+            add('"time" < ?', self.until.astimezone(UTC))
+        if self.status_class is not None:
+            add("status >= ?", self.status_class * 100)
+            add("status < ?", self.status_class * 100 + 100)
+        if self.outcome is not None:
+            add("outcome = ?", self.outcome.value)
+        if self.endpoint is not None:
+            add("endpoint = ?", self.endpoint)
+        if self.end_user_id is not None:
+            add("end_user_id = ?", self.end_user_id)
+        if self.api_key_prefix is not None:
+            add("api_key_prefix = ?", self.api_key_prefix)
+        return "".join(f" AND {c}" for c in conditions), params
+
+
+def entry_dict(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["time"] = as_utc(row["time"])
+    row["outcome"] = Outcome(row["outcome"])
+    return row
+
+
+async def entry_page(
+    application_id: int,
+    first: int,
+    after: tuple[datetime, int] | None = None,
+    where: LogFilter | None = None,
+) -> list[dict[str, Any]]:
+    """Up to `first` + 1 entries of an application, newest first (by time, then id), after
+    the keyset cursor `(time, id)` when given; the extra row tells that a next page exists."""
+    if not 0 <= first <= MAX_PAGE:
+        raise ValidationFailed(f"first must be between 0 and {MAX_PAGE}", field="first")
+    where = where or LogFilter()
+    where.validate()
+    params: list[Any] = [application_id]
+    keyset = ""
+    if after is not None:
+        params.extend([after[0].astimezone(UTC), after[1]])
+        keyset = ' AND ("time", id) < ($2, $3)'
+    conditions, extra = where.sql(len(params) + 1)
+    params.extend(extra)
+    params.append(first + 1)
+    statement = (
+        f"{_SELECT} WHERE application_id = $1{keyset}{conditions}"
+        f' ORDER BY "time" DESC, id DESC LIMIT ${len(params)}'
+    )
+    rows = await single_statement(lambda db: db.rows(statement, *params))
+    return [entry_dict(row) for row in rows]
+
+
+_PG_TRUNC = "date_trunc('{unit}', \"time\" AT TIME ZONE 'UTC')"
+_SQLITE_TRUNC = {
+    Granularity.HOUR: "strftime('%Y-%m-%d %H:00:00', \"time\")",
+    Granularity.DAY: "strftime('%Y-%m-%d 00:00:00', \"time\")",
+    Granularity.WEEK: "date(\"time\", 'weekday 0', '-6 days') || ' 00:00:00'",
+    Granularity.MONTH: "strftime('%Y-%m-01 00:00:00', \"time\")",
+}
+
+
+@dataclass(slots=True)
+class VolumeBucket:
+    start: datetime
+    requests: int = 0
+    by_outcome: dict[Outcome, int] = field(default_factory=dict)
+    spike: bool = False
+
+
+async def request_volume(
+    application_id: int, since: datetime, until: datetime, granularity: Granularity
+) -> list[VolumeBucket]:
+    """Requests per UTC bucket over the range widened to whole buckets (as consumption
+    series are), every bucket present, with the count of each outcome; `spike` follows the
+    consumption series' rule (models.consumption.spikes) on the request counts."""
+    span = bucket_range(since, until, granularity)
+    buckets = {start: VolumeBucket(start) for start in span.starts()}
+
+    async def work(db: Sql) -> list[dict[str, Any]]:
+        if db.postgres:
+            trunc = _PG_TRUNC.format(unit=granularity.value.lower())
+        else:
+            trunc = _SQLITE_TRUNC[granularity]
+        return await db.rows(
+            f"SELECT {trunc} AS bucket, outcome, count(*) AS n FROM request_log"
+            ' WHERE application_id = $1 AND "time" >= $2 AND "time" < $3'
+            " GROUP BY 1, 2",
+            application_id,
+            span.start,
+            span.end,
+        )
+
+    for row in await single_statement(work):
+        bucket = buckets.get(as_utc(row["bucket"]))
+        if bucket is not None:
+            outcome = Outcome(row["outcome"])
+            bucket.requests += row["n"]
+            bucket.by_outcome[outcome] = bucket.by_outcome.get(outcome, 0) + row["n"]
+    ordered = list(buckets.values())
+    for bucket, spike in zip(ordered, spikes([b.requests for b in ordered]), strict=True):
+        bucket.spike = spike
+    return ordered
+
+
+RETENTION_BATCH = 10_000
+
+
+async def delete_entries_before(cutoff: datetime) -> int:
+    """Deletes entries older than `cutoff`, a bounded batch per statement (short locks, no
+    huge transaction), until none is left; the number deleted. Safe in every process at once:
+    two deleters of the same rows simply find fewer."""
+    deleted = 0
+    while True:
+        count = await single_statement(
+            lambda db: db.run(
+                "DELETE FROM request_log WHERE id IN (SELECT id FROM request_log"
+                ' WHERE "time" < $1 LIMIT $2)',
+                cutoff.astimezone(UTC),
+                RETENTION_BATCH,
+            )
+        )
+        deleted += count
+        if count < RETENTION_BATCH:
+            return deleted
+
+
+class RequestDraft:
+    """What is known of a request while it runs: the middleware opens it, the authentication
+    and the GraphQL view add to it, and the log writer turns it into a row off the request
+    path (where the GraphQL root fields, the End User and the application are worked out)."""
+
+    __slots__ = (
+        "api_key_prefix",
+        "application_id",
+        "authorization",
+        "end_user_external_id",
+        "end_user_id",
+        "error_code",
+        "error_message",
+        "graphql",
+        "latency_ms",
+        "method",
+        "organization_id",
+        "path",
+        "principal_known",
+        "request_id",
+        "route",
+        "status",
+        "time",
+        "websocket",
+    )
+
+    def __init__(self, time: datetime, method: str, path: str, request_id: str) -> None:
+        self.time = time
+        self.method = method
+        self.path = path
+        self.request_id = request_id
+        self.route: str | None = None  # the matched route's template, when one matched
+        self.status = 0
+        self.latency_ms = 0.0
+        self.websocket = False
+        self.authorization: bytes | None = None  # the raw header, read by the writer only
+        self.principal_known = False  # the credential was verified (or refused) in-request
+        self.application_id: int | None = None
+        self.organization_id: int | None = None
+        self.api_key_prefix: str | None = None
+        self.end_user_id: int | None = None
+        self.end_user_external_id: str | None = None
+        self.error_code: str | None = None
+        self.error_message: str | None = None
+        # (query, operation name, variables) of each GraphQL operation of the request
+        self.graphql: list[tuple[str | None, str | None, dict[str, Any] | None]] | None = None
+
+    def note_error(self, code: str, message: str | None) -> None:
+        """Keeps the first error of the request (the one that explains it)."""
+        if self.error_code is None:
+            self.error_code = code
+            self.error_message = clip(message, MAX_MESSAGE)
+
+
+def draft_of(scope: dict[str, Any]) -> RequestDraft | None:
+    return scope.get(DRAFT_SCOPE_KEY)

@@ -53,6 +53,13 @@ from resolvers.end_users import (
 from resolvers.errors import UserError, parse_id, query_error, user_errors
 from resolvers.loaders import loaders_of
 from resolvers.pools import CreateCreditPoolInput, CreateCreditPoolPayload, CreditPool
+from resolvers.request_log import (
+    RequestLogConnection,
+    RequestLogFilter,
+    RequestVolume,
+    request_log_page,
+    request_volume_series,
+)
 
 
 @strawberry.type
@@ -136,6 +143,28 @@ class Application:
     async def allocation_summary(self, info: Info, pool: str) -> AllocationSummary:
         _api_keys_only(info)
         return await allocation_summary_of(info, self.row_id, pool)
+
+    @strawberry.field(description="The request log, newest first (keyset pages, first <= 500).")
+    async def request_log(
+        self,
+        info: Info,
+        first: int = 50,
+        after: str | None = None,
+        filter: RequestLogFilter | None = None,
+    ) -> RequestLogConnection:
+        _api_keys_only(info)
+        return await request_log_page(self.row_id, first, after, filter)
+
+    @strawberry.field(description="Requests and errors per UTC bucket, empty buckets included.")
+    async def request_volume(
+        self,
+        info: Info,
+        from_: Annotated[datetime, strawberry.argument(name="from")],
+        to: datetime,
+        granularity: Granularity = Granularity.HOUR,
+    ) -> RequestVolume:
+        _api_keys_only(info)
+        return await request_volume_series(self.row_id, from_, to, granularity)
 
     @strawberry.field(description="Low-credit alerts, newest first.")
     async def alerts(

@@ -8,6 +8,7 @@ from typing import Any
 from graphql import GraphQLError
 from strawberry.types import Info as StrawberryInfo
 
+from models.request_log import draft_of
 from models.tenancy import ApiKeyRole
 
 
@@ -59,3 +60,11 @@ def principal_of(info: Info) -> Principal:
             extensions={"code": "UNAUTHENTICATED"},
         )
     return principal
+
+
+def note_application(info: Info, application_id: int | None) -> None:
+    """Tells the request log which application a request without a credential concerned
+    (exchangeTemporaryCode: the code names it)."""
+    draft = draft_of(getattr(info.context.request, "scope", {}))
+    if draft is not None and application_id is not None and draft.application_id is None:
+        draft.application_id = application_id

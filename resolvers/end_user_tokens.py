@@ -14,7 +14,7 @@ from models.end_user_tokens import (
 )
 from models.errors import DomainError
 from resolvers.access import require_api_key, visible_application
-from resolvers.context import Info, principal_of
+from resolvers.context import Info, note_application, principal_of
 from resolvers.end_users import EndUserRef
 from resolvers.errors import UserError, user_errors
 
@@ -73,7 +73,10 @@ async def resolve_create_code(info: Info, input: IssueEndUserTokenInput) -> Temp
 async def resolve_exchange_code(info: Info, code: str) -> EndUserTokenPayload:
     """Needs no credential: the code is the credential, and it works once."""
     try:
-        issued, _ = await exchange_temporary_code(info.context.secret, code)
+        issued, application_id = await exchange_temporary_code(info.context.secret, code)
     except DomainError as error:
+        # A spent or expired code still names its application: log the attempt there.
+        note_application(info, getattr(error, "application_id", None))
         return EndUserTokenPayload(errors=user_errors(error))
+    note_application(info, application_id)
     return EndUserTokenPayload(token=issued.token, expires_at=issued.expires_at)

@@ -37,6 +37,7 @@ from resolvers.end_user_tokens import (
     resolve_issue_token,
 )
 from resolvers.realtime import balance_changed
+from resolvers.request_log import request_log_tail
 from resolvers.viewer import resolve_viewer
 
 MAX_DEPTH = 12
@@ -75,6 +76,7 @@ class Mutation:
 class Subscription:
     balance_changed = strawberry.subscription(resolver=balance_changed)
     low_credit_alerts = strawberry.subscription(resolver=low_credit_alerts)
+    request_log_tail = strawberry.subscription(resolver=request_log_tail)
 
 
 def _unexpected(error: GraphQLError) -> bool:

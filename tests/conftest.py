@@ -140,6 +140,7 @@ class Server:
     url: str
     organization_key: str
     realtime: Any = None  # the served app's subscriptions.realtime.Realtime
+    request_log: Any = None  # the served app's api.request_log_writer.RequestLogWriter
 
     @property
     def graphql(self) -> str:
@@ -161,6 +162,7 @@ async def server(backend: Backend) -> AsyncIterator[Server]:
         port = probe.getsockname()[1]
     app = create_app(backend.settings, migrate=False)
     await app.state.realtime.start()
+    await app.state.request_log.start()  # the lifespan is off: start what it would
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -181,8 +183,10 @@ async def server(backend: Backend) -> AsyncIterator[Server]:
             url=f"http://127.0.0.1:{port}",
             organization_key=issued.secret,
             realtime=app.state.realtime,
+            request_log=app.state.request_log,
         )
     finally:
         uv.should_exit = True
         await task
+        await app.state.request_log.close()
         await app.state.realtime.close()

@@ -1,0 +1,367 @@
+"""The request log writer: a bounded queue of drafts, flushed in batches by one task.
+
+The middleware's `offer` is all a request pays: an append to a deque (or, when the queue is
+full, a count of the dropped record: the service keeps serving). The flush task turns each
+draft into a row (GraphQL root fields from the cached parse of the query text, the owning
+application of a refused key, the End User named by the token or the mutation's `endUser`),
+writes the batch in one statement, updates the metrics and publishes the rows to the live
+tail. `close` flushes everything still queued (the lifespan's shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from graphql import (
+    FieldNode,
+    GraphQLError,
+    OperationDefinitionNode,
+    ValueNode,
+    VariableNode,
+    parse,
+    value_from_ast_untyped,
+)
+
+from models.accounts import KEY_PREFIX, split_key
+from models.credits import EndUser
+from models.end_user_tokens import TOKEN_PREFIX, InvalidToken, verify_token
+from models.references import organization_of
+from models.request_log import (
+    MAX_ENDPOINT,
+    LogRow,
+    LogSource,
+    RequestDraft,
+    clip,
+    insert_entries,
+    outcome_for,
+)
+from models.tenancy import ApiKey
+from subscriptions.request_log_tail import listened_applications, publish_entries
+
+log = logging.getLogger("usagegraph.request_log")
+
+BATCH = 2_000
+PARSE_CACHE = 1_000
+_MISS_TTL = 60.0  # seconds a failed lookup (unknown key id, End User) is remembered
+_CACHE_SIZE = 50_000
+_RETRY_LIMIT = 5  # attempts at writing a batch while shutting down
+
+
+class _Lookups:
+    """Bounded caches of what never changes once it exists (key id -> owner, End User id
+    <-> external id), remembering misses for a while so that junk costs one query a minute."""
+
+    def __init__(self) -> None:
+        self.values: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+
+    async def get(self, key: Any, load: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        found = self.values.get(key)
+        if found is not None and (found[1] is not None or now - found[0] < _MISS_TTL):
+            return found[1]
+        value = await load()
+        self.values[key] = (now, value)
+        self.values.move_to_end(key)
+        if len(self.values) > _CACHE_SIZE:
+            self.values.popitem(last=False)
+        return value
+
+
+@lru_cache(maxsize=PARSE_CACHE)
+def graphql_summary(
+    query: str, operation_name: str | None
+) -> tuple[str | None, tuple[str, ...], tuple[FieldNode, ...]]:
+    """(operation name, root field names, root field nodes) of the operation a request ran;
+    cached by text, like the server's own parse (clients send values in variables)."""
+    try:
+        document = parse(query, no_location=True, max_tokens=10_000)
+    except GraphQLError:
+        return operation_name, (), ()
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    chosen = None
+    for operation in operations:
+        name = operation.name.value if operation.name else None
+        if operation_name is None or name == operation_name:
+            chosen = operation
+            break
+    if chosen is None:
+        return operation_name, (), ()
+    fields = tuple(s for s in chosen.selection_set.selections if isinstance(s, FieldNode))
+    names = tuple(dict.fromkeys(f.name.value for f in fields))
+    name = operation_name or (chosen.name.value if chosen.name else None)
+    return name, names, fields
+
+
+def _argument(field: FieldNode, name: str, variables: dict[str, Any] | None) -> Any:
+    for argument in field.arguments or ():
+        if argument.name.value == name:
+            return _value(argument.value, variables)
+    return None
+
+
+def _value(node: ValueNode, variables: dict[str, Any] | None) -> Any:
+    if isinstance(node, VariableNode):
+        return (variables or {}).get(node.name.value)
+    return value_from_ast_untyped(node, variables)
+
+
+def _named(field: FieldNode, variables: dict[str, Any] | None) -> tuple[Any, Any]:
+    """(application id, End User reference) a root field names in its arguments."""
+    application = _argument(field, "applicationId", variables)
+    end_user: Any = _argument(field, "endUserId", variables)
+    end_user = {"id": end_user} if end_user is not None else None
+    data = _argument(field, "input", variables)
+    if isinstance(data, dict):
+        application = data.get("applicationId", application)
+        end_user = data.get("endUser") or end_user
+    if application is None and field.name.value == "application":
+        application = _argument(field, "id", variables)
+    return application, end_user if isinstance(end_user, dict) else None
+
+
+def _as_id(value: Any) -> int | None:
+    text = str(value) if isinstance(value, int | str) else ""
+    return int(text) if text.isdigit() and 0 < len(text) < 19 else None
+
+
+async def store_and_publish(rows: list[LogRow], broker: Any) -> None:
+    """Writes rows, then publishes those of the applications someone tails (only then are
+    their ids read back: a batch nobody watches is written with COPY)."""
+    watched: set[int] = set()
+    if broker is not None:
+        try:
+            applications = {r.application_id for r in rows if r.application_id is not None}
+            watched = await listened_applications(broker, applications)
+        except Exception as error:  # the tail is best effort; the rows are stored
+            log.warning("request log tail: subscribers unknown (%s)", error)
+    ids = await insert_entries(rows, returning=bool(watched))
+    if not watched:
+        return
+    shown = [(row, entry_id) for row, entry_id in zip(rows, ids, strict=True)]
+    shown = [(row, entry_id) for row, entry_id in shown if row.application_id in watched]
+    try:
+        await publish_entries(broker, [r for r, _ in shown], [i for _, i in shown])
+    except Exception as error:
+        log.warning("request log tail not published (%s)", error)
+
+
+class RequestLogWriter:
+    def __init__(
+        self,
+        *,
+        secret: str,
+        capacity: int = 100_000,
+        flush_seconds: float = 0.2,
+        broker: Any = None,
+        metrics: Any = None,
+    ) -> None:
+        self.secret = secret
+        self.capacity = capacity
+        self.flush_seconds = flush_seconds
+        self.broker = broker
+        self.metrics = metrics
+        self.pending: deque[RequestDraft] = deque()
+        self.unwritten: list[LogRow] = []  # a batch whose write failed, retried first
+        self.dropped = 0
+        self.written = 0
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.keys = _Lookups()
+        self.end_users = _Lookups()
+        self.flushing = asyncio.Lock()  # one flush at a time (the task, close, a test)
+
+    # ---------------------------------------------------------------- the request path
+    def offer(self, draft: RequestDraft) -> None:
+        pending = self.pending
+        if len(pending) >= self.capacity:
+            self.dropped += 1
+            return
+        pending.append(draft)
+        if len(pending) >= BATCH:
+            self.wakeup.set()
+
+    # ---------------------------------------------------------------- the flush task
+    async def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name="request-log-writer")
+
+    async def close(self) -> None:
+        """Stops the task, then writes whatever is still queued (retrying a failing write a
+        few times before giving up on it)."""
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+        for attempt in range(_RETRY_LIMIT):
+            try:
+                await self.flush()
+                return
+            except Exception:
+                log.exception("request log: final flush failed (attempt %d)", attempt + 1)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        lost = len(self.unwritten) + len(self.pending)
+        self.dropped += lost
+        log.error("request log: %d records could not be written at shutdown", lost)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), self.flush_seconds)
+            self.wakeup.clear()
+            try:
+                await self.flush()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the database away: keep the batch, retry
+                log.warning("request log flush failed (%s); retrying in %.1fs", error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def flush(self) -> int:
+        """Writes every queued record; the number written."""
+        async with self.flushing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
+        written = 0
+        while self.unwritten or self.pending:
+            if not self.unwritten:
+                batch = [self.pending.popleft() for _ in range(min(BATCH, len(self.pending)))]
+                self.unwritten = [await self.row(draft) for draft in batch]
+            rows = self.unwritten
+            await store_and_publish(rows, self.broker)
+            self.unwritten = []
+            written += len(rows)
+            self.written += len(rows)
+            if self.metrics is not None:
+                self.metrics.observe_rows(rows)
+        return written
+
+    # ---------------------------------------------------------------- enrichment
+    async def row(self, draft: RequestDraft) -> LogRow:
+        endpoint = f"{draft.method} {draft.route or draft.path}"
+        operation_name = None
+        named_application = named_end_user = None
+        if draft.graphql:
+            roots: list[str] = []
+            for query, wanted, variables in draft.graphql:
+                if not isinstance(query, str):
+                    continue
+                name, names, fields = graphql_summary(query, wanted)
+                operation_name = operation_name or name
+                roots.extend(names)
+                for field in fields:
+                    application, end_user = _named(field, variables)
+                    named_application = named_application or application
+                    named_end_user = named_end_user or end_user
+            if roots:
+                endpoint = f"{endpoint} {' '.join(dict.fromkeys(roots))}"
+        if not draft.principal_known and draft.authorization is not None:
+            await self._attribute_credential(draft)
+        elif draft.application_id is None and draft.api_key_prefix is not None:
+            owner = await self._key_owner(draft.api_key_prefix)
+            if owner is not None:
+                draft.organization_id, draft.application_id = owner
+        if draft.application_id is None and draft.organization_id is not None:
+            # An organization key: the application its request addressed, if it owns it.
+            candidate = _as_id(named_application)
+            if candidate is not None and await organization_of(candidate) == (
+                draft.organization_id
+            ):
+                draft.application_id = candidate
+        if draft.application_id is not None:
+            await self._complete_end_user(draft, named_end_user)
+        outcome = outcome_for(draft.status, draft.error_code)
+        return LogRow(
+            application_id=draft.application_id,
+            organization_id=draft.organization_id,
+            time=draft.time,
+            method=draft.method,
+            endpoint=clip(endpoint, MAX_ENDPOINT) or endpoint,
+            operation_name=clip(operation_name, 200),
+            end_user_id=draft.end_user_id,
+            end_user_external_id=draft.end_user_external_id,
+            api_key_prefix=draft.api_key_prefix,
+            status=draft.status,
+            outcome=outcome.value,
+            error_code=draft.error_code,
+            error_message=draft.error_message,
+            latency_ms=round(draft.latency_ms, 3),
+            request_id=draft.request_id,
+            source=LogSource.API.value,
+        )
+
+    async def _key_owner(self, key_id: str) -> tuple[int, int | None] | None:
+        async def load() -> tuple[int, int | None] | None:
+            found = await ApiKey.filter(key_id=key_id).values("organization_id", "application_id")
+            return (found[0]["organization_id"], found[0]["application_id"]) if found else None
+
+        return await self.keys.get(key_id, load)
+
+    async def _attribute_credential(self, draft: RequestDraft) -> None:
+        """A request the authentication never saw (an unknown path, a crash before it): the
+        key id names the application; a token does when its signature is ours."""
+        assert draft.authorization is not None
+        scheme, _, credential = draft.authorization.decode("latin-1").strip().partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            return
+        if credential.startswith(TOKEN_PREFIX):
+            try:
+                claims = verify_token(self.secret, credential)
+                application_id: int | None = claims.application_id
+                draft.end_user_id = draft.end_user_id or claims.end_user_id
+            except InvalidToken as error:
+                application_id = error.application_id
+            if application_id is not None:
+                draft.application_id = application_id
+                draft.organization_id = await organization_of(application_id)
+            return
+        if credential.startswith(KEY_PREFIX + "_"):
+            parts = split_key(credential)
+            if parts is not None and len(parts[0]) <= 32:
+                draft.api_key_prefix = parts[0]
+                owner = await self._key_owner(parts[0])
+                if owner is not None:
+                    draft.organization_id, draft.application_id = owner
+
+    async def _end_user_column(self, application_id: int, column: str, **where: Any) -> Any:
+        """One column of an End User of the application (None when there is none), cached."""
+
+        async def load() -> Any:
+            found = await EndUser.filter(application_id=application_id, **where).values_list(
+                column, flat=True
+            )
+            return found[0] if found else None
+
+        return await self.end_users.get((application_id, column, *where.values()), load)
+
+    async def _complete_end_user(self, draft: RequestDraft, named: dict[str, Any] | None) -> None:
+        """Both the id and the external id of the End User the request was about, when the
+        token or the arguments named one that exists in the application."""
+        application_id = draft.application_id
+        assert application_id is not None
+        if draft.end_user_id is None and named is not None:
+            external = named.get("externalId")
+            if isinstance(external, str) and 0 < len(external) <= 200:
+                draft.end_user_external_id = external
+                draft.end_user_id = await self._end_user_column(
+                    application_id, "id", external_id=external
+                )
+                return
+            draft.end_user_id = _as_id(named.get("id"))
+        if draft.end_user_id is not None and draft.end_user_external_id is None:
+            draft.end_user_external_id = await self._end_user_column(
+                application_id, "external_id", id=draft.end_user_id
+            )
+            if draft.end_user_external_id is None:
+                draft.end_user_id = None  # not an End User of this application
