@@ -378,10 +378,13 @@ async def close_cutoff(delay: timedelta = DEFAULT_CLOSE_DELAY) -> datetime:
 
     async def work(db: Sql) -> datetime:
         if db.postgres:
+            # A transaction open for more than an hour is no ledger write (those take
+            # milliseconds): a forgotten session must not hold closing back for ever.
             row = await db.row(
                 "SELECT now() AS now, (SELECT min(xact_start) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                " AND backend_type = 'client backend' AND xact_start IS NOT NULL) AS oldest"
+                " AND backend_type = 'client backend'"
+                " AND xact_start > now() - interval '1 hour') AS oldest"
             )
             assert row is not None
             cutoff = as_utc(row["now"]) - delay
@@ -400,11 +403,10 @@ async def close_ended_periods(
     last_ended = previous_month(month_start(cutoff))
 
     async def due(db: Sql) -> list[dict[str, Any]]:
-        # Periods are closed in order, so an application whose last ended period has a
+        # Periods are closed oldest first, so an application whose last ended period has a
         # record has nothing left to close.
         return await db.rows(
-            "SELECT a.id, a.created_at, (SELECT MAX(b.period_start) FROM billing_period b"
-            " WHERE b.application_id = a.id) AS last_closed FROM application a"
+            "SELECT a.id, a.created_at FROM application a"
             " WHERE a.created_at < $1 AND NOT EXISTS (SELECT 1 FROM billing_period b"
             " WHERE b.application_id = a.id AND b.period_start = $2) ORDER BY a.id",
             next_month(last_ended),
@@ -413,12 +415,16 @@ async def close_ended_periods(
 
     written = 0
     for app in await single_statement(due):
-        start = (
-            next_month(as_utc(app["last_closed"]))
-            if app["last_closed"] is not None
-            else month_start(as_utc(app["created_at"]))
+        first = month_start(as_utc(app["created_at"]))
+        closed = await single_statement(
+            lambda db, app_id=app["id"]: db.rows(
+                "SELECT period_start FROM billing_period WHERE application_id = $1", app_id
+            )
         )
+        done = {as_utc(row["period_start"]) for row in closed}
+        start = first
         while start <= last_ended:
-            written += await close_period(app["id"], start)
+            if start not in done:
+                written += await close_period(app["id"], start)
             start = next_month(start)
     return written

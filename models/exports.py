@@ -27,9 +27,9 @@ from typing import Any
 import asyncpg
 from tortoise import connections
 
-from models.billing import billing_period, month_start, next_month, time_param
+from models.billing import as_utc, billing_period, month_start, next_month, time_param
 from models.errors import ValidationFailed
-from models.sql import Sql, dumps, to_sqlite
+from models.sql import Sql, dumps, single_statement, to_sqlite
 
 BATCH_ROWS = 5_000
 SESSION_NAME = "usagegraph-export"  # PostgreSQL application_name of an export's connection
@@ -335,6 +335,10 @@ async def _billing_batches(spec: ExportSpec) -> AsyncIterator[Sequence[Sequence[
     start = month_start(spec.start)
     if start < spec.start:
         start = next_month(start)  # only periods starting inside the range
+    created = await single_statement(
+        lambda db: db.value("SELECT created_at FROM application WHERE id = $1", spec.application_id)
+    )
+    start = max(start, month_start(as_utc(created)))  # none before the application
     now = datetime.now(UTC)
     while start < spec.end and start <= now:
         period = await billing_period(spec.application_id, start)

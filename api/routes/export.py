@@ -185,8 +185,9 @@ class ExportEndpoint:
             response.headers["Retry-After"] = "5"
             return response
         application = await Application.get(id=spec.application_id)
-        self.running += 1
-        return ExportResponse(spec, spec.file_name(application.name), self.dsn, self._release)
+        response = ExportResponse(spec, spec.file_name(application.name), self.dsn, self._release)
+        self.running += 1  # released when the response has streamed (or failed)
+        return response
 
     def _release(self) -> None:
         self.running -= 1
