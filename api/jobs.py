@@ -14,10 +14,13 @@ from datetime import UTC, datetime, timedelta
 from api.settings import Settings
 from models.billing import close_ended_periods
 from models.expiry import SWEEP_BATCH, expire_lots
+from models.idempotency import forget_keys_before
 from models.request_log import delete_entries_before
 from models.rollups import fold_usage
 
 log = logging.getLogger("usagegraph.jobs")
+
+RETENTION_EVERY_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,12 @@ def request_log_retention(settings: Settings) -> Callable[[], Awaitable[int]]:
     return lambda: delete_entries_before(datetime.now(UTC) - kept)
 
 
+def idempotency_retention(settings: Settings) -> Callable[[], Awaitable[int]]:
+    """Deletes idempotency records older than USAGEGRAPH_IDEMPOTENCY_RETENTION_DAYS."""
+    kept = timedelta(days=settings.idempotency_retention_days)
+    return lambda: forget_keys_before(datetime.now(UTC) - kept)
+
+
 def default_jobs(settings: Settings) -> list[PeriodicJob]:
     """The jobs a server process runs. Other domains add theirs here."""
     return [
@@ -54,6 +63,11 @@ def default_jobs(settings: Settings) -> list[PeriodicJob]:
             "request-log-retention",
             settings.request_log_retention_seconds,
             request_log_retention(settings),
+        ),
+        PeriodicJob(
+            "idempotency-retention",
+            RETENTION_EVERY_SECONDS,
+            idempotency_retention(settings),
         ),
         PeriodicJob(
             "close-billing-periods", settings.billing_close_seconds, billing_closer(settings)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from models.errors import IdempotencyConflict, ValidationFailed
-from models.sql import Sql, dumps, loads
+from models.sql import Sql, delete_older_than, dumps, loads
 
 MAX_KEY_LENGTH = 255
+KEPT_AT_LEAST = timedelta(days=30)  # SPEC rule 3
 
 
 def request_fingerprint(operation: str, arguments: dict[str, Any]) -> str:
@@ -67,3 +69,10 @@ async def store_result(db: Sql, record_id: int, result: Any) -> None:
     await db.run(
         "UPDATE idempotency_record SET response = $2 WHERE id = $1", record_id, dumps(result)
     )
+
+
+async def forget_keys_before(cutoff: datetime) -> int:
+    """Deletes idempotency records created before `cutoff`, never one younger than 30 days
+    (SPEC rule 3: a retry within 30 days is still answered as a replay); the number deleted."""
+    oldest_allowed = datetime.now(UTC) - KEPT_AT_LEAST
+    return await delete_older_than("idempotency_record", "created_at", min(cutoff, oldest_allowed))

@@ -96,6 +96,22 @@ async def single_statement(work: Callable[[Sql], Awaitable[T]]) -> T:
     return await work(Sql(connections.get("default")))
 
 
+async def delete_older_than(table: str, column: str, cutoff: Any, batch: int = 5_000) -> int:
+    """Deletes the rows of `table` whose `column` is before `cutoff`, a bounded batch per
+    statement (short locks, no huge transaction), until none is left; the number deleted.
+    Safe in every process at once: two deleters of the same rows simply find fewer.
+    `table` and `column` are our own identifiers, never input."""
+    deleted = 0
+    statement = (
+        f'DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE "{column}" < $1 LIMIT $2)'
+    )
+    while True:
+        count = await single_statement(lambda db: db.run(statement, cutoff, batch))
+        deleted += count
+        if count < batch:
+            return deleted
+
+
 async def transaction(work: Callable[[Sql], Awaitable[T]]) -> T:
     """Runs `work` in one database transaction, retried from the start on a deadlock or
     serialization failure (both roll the whole transaction back, so a retry is safe)."""

@@ -53,3 +53,33 @@ async def test_the_sweep_job_books_every_expired_lot_and_runs_safely_twice_at_on
     pool = await pool_counters(app)
     assert (pool.expired, pool.remaining) == (30, 0)
     assert await verify_ledger() == []
+
+
+async def test_idempotency_keys_are_forgotten_after_their_retention_never_before_30_days(
+    tenant,
+) -> None:
+    from tortoise import connections
+
+    from models.idempotency import forget_keys_before
+    from models.records import IdempotencyRecord
+
+    app = tenant.application_id
+    for key in ("old", "recent", "fresh"):
+        await purchase_credits(app, "ai", 5, idempotency_key=key)
+    records = IdempotencyRecord.filter(application_id=app)
+    ages = {"old": 40, "recent": 20, "fresh": 0}
+    for key, days in ages.items():
+        moment = datetime.now(UTC) - timedelta(days=days)
+        await connections.get("default").execute_query(
+            "UPDATE idempotency_record SET created_at = "
+            + ("$1" if connections.get("default").capabilities.dialect == "postgres" else "?")
+            + f" WHERE application_id = {int(app)} AND key = '{key}'",
+            [moment],
+        )
+
+    # A cutoff asking for less than 30 days is held at 30: "recent" (20 days) stays.
+    deleted = await forget_keys_before(datetime.now(UTC) - timedelta(days=1))
+    assert deleted >= 1
+    assert sorted(await records.values_list("key", flat=True)) == ["fresh", "recent"]
+    replay = await purchase_credits(app, "ai", 5, idempotency_key="recent")
+    assert replay.replayed
