@@ -190,3 +190,19 @@ async def server(backend: Backend) -> AsyncIterator[Server]:
         await task
         await app.state.request_log.close()
         await app.state.realtime.close()
+
+
+@pytest.fixture
+async def outbox_held() -> AsyncIterator[None]:
+    """Holds every relay of this process (the `server` fixture's, when it runs) for a test
+    that counts the outbox rows its writes leave: a relay deletes the rows it published."""
+    from subscriptions.relay import OutboxRelay
+
+    relays = list(OutboxRelay.running)
+    for relay in relays:
+        await relay.hold()
+    try:
+        yield
+    finally:
+        for relay in relays:
+            relay.resume()

@@ -21,7 +21,7 @@ async def _alerts(app: int) -> list[tuple[int | None, str, int]]:
     ]
 
 
-async def test_ok_low_exhausted_then_recovered(tenant) -> None:
+async def test_ok_low_exhausted_then_recovered(tenant, outbox_held) -> None:
     app = tenant.application_id
     [user] = await end_users_holding(app, count=1, credits_each=10)
     ref = EndUserRef(id=user)

@@ -20,7 +20,7 @@ def _codes(results: list) -> list[str]:
     return ["OK" if isinstance(r, ConsumeResult) else r.code.value for r in results]
 
 
-async def test_each_item_succeeds_or_fails_alone(tenant) -> None:
+async def test_each_item_succeeds_or_fails_alone(tenant, outbox_held) -> None:
     app = tenant.application_id
     users = await end_users_holding(app, count=3, credits_each=5)
     outbox_before = await OutboxEvent.filter(application_id=app, topic="balance").count()

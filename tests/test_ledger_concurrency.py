@@ -42,7 +42,7 @@ async def test_200_concurrent_consumptions_exactly_100_succeed(tenant) -> None:
     assert await verify_ledger() == []
 
 
-async def test_50_concurrent_calls_with_one_idempotency_key_debit_once(tenant) -> None:
+async def test_50_concurrent_calls_with_one_idempotency_key_debit_once(tenant, outbox_held) -> None:
     app = tenant.application_id
     [user] = await end_users_holding(app, count=1, credits_each=100)
     outbox_before = await OutboxEvent.filter(application_id=app, topic="balance").count()

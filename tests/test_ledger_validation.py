@@ -168,7 +168,7 @@ CASES: list[tuple[str, ErrorCode, Call]] = [
 
 @pytest.mark.parametrize(("label", "code", "call"), CASES, ids=[c[0] for c in CASES])
 async def test_bad_input_is_a_typed_error_and_changes_nothing(
-    tenant, label: str, code: ErrorCode, call: Call
+    tenant, outbox_held, label: str, code: ErrorCode, call: Call
 ) -> None:
     app = tenant.application_id
     await end_users_holding(app, count=1, credits_each=10)
@@ -187,7 +187,7 @@ async def test_bad_input_is_a_typed_error_and_changes_nothing(
     assert await _state(app) == before
 
 
-async def test_end_user_upsert_rejects_bad_batches(tenant) -> None:
+async def test_end_user_upsert_rejects_bad_batches(tenant, outbox_held) -> None:
     app = tenant.application_id
     for batch in (
         [],
