@@ -20,7 +20,7 @@ from tortoise.models import Model
 
 from models.consumption import Granularity, bucket_range, spikes
 from models.errors import ValidationFailed
-from models.sql import Sql, single_statement, values_list
+from models.sql import Sql, delete_older_than, single_statement, values_list
 
 MAX_MESSAGE = 1_000
 MAX_ENDPOINT = 300
@@ -360,22 +360,8 @@ RETENTION_BATCH = 10_000
 
 
 async def delete_entries_before(cutoff: datetime) -> int:
-    """Deletes entries older than `cutoff`, a bounded batch per statement (short locks, no
-    huge transaction), until none is left; the number deleted. Safe in every process at once:
-    two deleters of the same rows simply find fewer."""
-    deleted = 0
-    while True:
-        count = await single_statement(
-            lambda db: db.run(
-                "DELETE FROM request_log WHERE id IN (SELECT id FROM request_log"
-                ' WHERE "time" < $1 LIMIT $2)',
-                cutoff.astimezone(UTC),
-                RETENTION_BATCH,
-            )
-        )
-        deleted += count
-        if count < RETENTION_BATCH:
-            return deleted
+    """Deletes entries older than `cutoff` (the retention job); the number deleted."""
+    return await delete_older_than("request_log", "time", cutoff.astimezone(UTC), RETENTION_BATCH)
 
 
 class RequestDraft:
