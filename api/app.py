@@ -50,10 +50,18 @@ class UsageGraphQL(GraphQL):
     graphql_transport_ws_handler_class = LiveTransportWSHandler
     graphql_ws_handler_class = LiveGraphQLWSHandler
 
-    def __init__(self, *args: Any, realtime: Realtime, secret: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        realtime: Realtime,
+        secret: str,
+        public_url: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.realtime = realtime
         self.secret = secret
+        self.public_url = public_url
 
     async def get_context(self, request: Any, response: Any = None) -> Context:
         return Context(
@@ -62,6 +70,7 @@ class UsageGraphQL(GraphQL):
             principal=request.scope.get(PRINCIPAL_SCOPE_KEY),
             realtime=self.realtime,
             secret=self.secret,
+            public_url=self.public_url,
         )
 
     async def execute_operation(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
@@ -184,7 +193,11 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             await close_database()
 
     view = UsageGraphQL(
-        schema, allowed_origins=settings.allowed_origins, realtime=realtime, secret=settings.secret
+        schema,
+        allowed_origins=settings.allowed_origins,
+        realtime=realtime,
+        secret=settings.secret,
+        public_url=settings.public_url,
     )
     app = Starlette(
         routes=[

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(20, ge=1, alias="USAGEGRAPH_DB_POOL_MAX")
     # Browser origins allowed to open a WebSocket (Strawberry refuses cross-origin otherwise).
     allowed_origins: list[str] = Field(default_factory=list, alias="USAGEGRAPH_ALLOWED_ORIGINS")
+    # The service's address as browsers reach it (behind a proxy), for the links it hands
+    # out (exportUrl); unset: the address the request came to.
+    public_url: str | None = Field(None, alias="USAGEGRAPH_PUBLIC_URL")
     # Largest HTTP request body accepted (413 beyond); a 1,000-record batch fits.
     max_body_bytes: int = Field(1_048_576, ge=1024, alias="USAGEGRAPH_MAX_BODY_BYTES")
     # Request log (api/request_log.py): 0 turns the middleware off in this process.

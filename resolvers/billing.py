@@ -129,7 +129,7 @@ def export_url_of(
             "signature": link.signature,
         }
     )
-    base = str(info.context.request.base_url).rstrip("/")
+    base = (info.context.public_url or str(info.context.request.base_url)).rstrip("/")
     return f"{base}/v1/applications/{application_id}/export?{query}"
 
 

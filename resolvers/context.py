@@ -41,6 +41,7 @@ class Context:
     connection_params: dict[str, Any] | None = None
     realtime: Any = None  # subscriptions.realtime.Realtime, wired by the app
     secret: str = ""  # signs End User tokens
+    public_url: str | None = None  # base of the links handed out; None: the request's
     cache: dict[str, Any] = field(default_factory=dict)
 
 

@@ -470,3 +470,30 @@ async def _open_export_sessions() -> int:
         )
 
     return await single_statement(count)
+
+
+async def test_links_use_the_public_url_when_one_is_configured(server, http, backend) -> None:
+    """Behind a proxy the service hands out links at its public address."""
+    from api.app import create_app
+
+    app = await new_application(server, http)
+    settings = backend.settings.model_copy(update={"public_url": "https://usage.example.com/"})
+    proxied = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(settings, migrate=False)),
+        base_url="http://internal:8000",
+    )
+    async with proxied:
+        variables = {
+            "id": app.id,
+            "type": "LEDGER",
+            "from": "2000-01-01T00:00:00Z",
+            "to": "2100-01-01T00:00:00Z",
+            "format": "CSV",
+        }
+        response = await proxied.post(
+            "/graphql",
+            json={"query": EXPORT_URL, "variables": variables},
+            headers={"Authorization": f"Bearer {app.admin_key}"},
+        )
+    link = response.json()["data"]["application"]["exportUrl"]
+    assert link.startswith(f"https://usage.example.com/v1/applications/{app.id}/export?")
