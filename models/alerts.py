@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from models.balance_report import touch_balance_report
 from models.balances import EndUserBalanceSnapshot, PoolSnapshot, status_for, write_alert
 from models.credits import MAX_TOTAL, BalanceStatus
 from models.draws import ensure_end_user_balance
@@ -73,6 +74,7 @@ async def set_low_balance_threshold(
                 pool.id,
                 threshold,
             )
+            await touch_balance_report(db, pool.id, end_user_id)
             await _alerts_for(db, application_id, pool.key, pool.id, at, before, after)
             return
         if end_user_default:
@@ -100,6 +102,7 @@ async def set_low_balance_threshold(
                 pool.id,
                 threshold,
             )
+            await touch_balance_report(db, pool.id, None)
             await _alerts_for(db, application_id, pool.key, pool.id, at, before, after)
             return
         row = await db.row(

@@ -18,14 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
+from models.balance_report import CHANGED, among_changed, changed_end_users
 from models.credits import BalanceStatus
 from models.errors import ValidationFailed
-from models.rollups import WINDOW_USED, window_start, window_used_joins
+from models.rollups import (
+    EXHAUSTION_KEY,
+    HORIZON_DAYS,
+    WINDOW_USED,
+    window_start,
+    window_used_joins,
+    window_used_of,
+)
 from models.sql import single_statement
-
-HORIZON_DAYS = 7  # needsAllocation looks this far ahead
 
 
 def window_days(now: datetime) -> float:
@@ -82,13 +89,17 @@ class EndUserLine:
     sort_key: Any = None
 
 
-_BALANCE_COLUMNS = (
-    "COALESCE(b.allocated, 0) AS allocated, COALESCE(b.used, 0) AS used,"
-    " COALESCE(b.expired, 0) AS expired, COALESCE(b.remaining, 0) AS remaining,"
-    " COALESCE(b.status, 'EXHAUSTED') AS status, COALESCE(b.version, 0) AS version,"
-    " COALESCE(b.low_balance_threshold, p.end_user_low_balance_threshold) AS threshold,"
-    f" {WINDOW_USED} AS window_used, p.key AS pool_key"
-)
+def _balance_columns(window_used: str) -> str:
+    """Columns of end_user_balance b (zeros where there is no row) and credit_pool p."""
+    return (
+        "COALESCE(b.allocated, 0) AS allocated, COALESCE(b.used, 0) AS used,"
+        " COALESCE(b.expired, 0) AS expired, COALESCE(b.remaining, 0) AS remaining,"
+        " COALESCE(b.status, 'EXHAUSTED') AS status, COALESCE(b.version, 0) AS version,"
+        " COALESCE(b.low_balance_threshold, p.end_user_low_balance_threshold) AS threshold,"
+        f" {window_used} AS window_used, p.key AS pool_key"
+    )
+
+
 _END_USER_COLUMNS = "e.id, e.application_id, e.external_id, e.name, e.email, e.created_at"
 
 
@@ -137,12 +148,13 @@ async def balance_lines(end_user_ids: list[int], now: datetime) -> dict[int, lis
         return {}
     ids = sorted(set(end_user_ids))
     marks = _marks(2, len(ids))
-    usage = window_used_joins("e.id", "p.id", f"l.end_user_id IN ({marks})", "$1")
+    columns = _balance_columns(window_used_of("e.id", "p.id", "$1"))
     statement = (
-        f"SELECT e.id AS end_user_id, p.id AS pool_id, {_BALANCE_COLUMNS}"
+        f"SELECT e.id AS end_user_id, p.id AS pool_id, {columns}"
         " FROM end_user e JOIN credit_pool p ON p.application_id = e.application_id"
+        # the End Users' rows through the (end_user_id, pool_id) index, not a pool's scan
         " LEFT JOIN end_user_balance b ON b.end_user_id = e.id AND b.pool_id = p.id"
-        f"{usage}"
+        f" AND b.end_user_id IN ({marks})"
         f" WHERE e.id IN ({marks}) ORDER BY e.id, p.id"
     )
     rows = await single_statement(lambda db: db.rows(statement, window_start(now), *ids))
@@ -184,38 +196,71 @@ class AllocationSummary:
         return self.shortfall > self.unallocated
 
 
-def _pool_usage(pool_param: str) -> str:
-    return window_used_joins("b.end_user_id", "b.pool_id", f"l.pool_id = {pool_param}", "$3")
+# Sums over rows of (allocated, remaining, status, window_used): live balances or report rows.
+_COUNTS = (
+    "COALESCE(SUM(CASE WHEN allocated > 0 THEN 1 ELSE 0 END), 0) AS with_allocation,"
+    " COALESCE(SUM(CASE WHEN remaining > 0 THEN 1 ELSE 0 END), 0) AS with_credits,"
+    " COALESCE(SUM(CASE WHEN status = 'LOW' THEN 1 ELSE 0 END), 0) AS low,"
+    " COALESCE(SUM(CASE WHEN allocated > 0 AND remaining = 0 THEN 1 ELSE 0 END), 0)"
+    " AS exhausted, COALESCE(SUM(window_used), 0) AS window_used"
+)
+_SUMMED = ("with_allocation", "with_credits", "low", "exhausted", "window_used")
+
+
+def _live(postgres: bool) -> str:
+    """The pool's balances of the changed End Users, live, with their window use."""
+    return (
+        "(SELECT b.end_user_id, b.allocated, b.used, b.remaining, b.status,"
+        f" {window_used_of('b.end_user_id', 'b.pool_id', '$3')} AS window_used"
+        f" FROM end_user_balance b WHERE b.pool_id = $2"
+        f" AND {among_changed('b.end_user_id', postgres)})"
+    )
+
+
+@lru_cache(maxsize=2)
+def _summary_statement(postgres: bool) -> str:
+    figures = ", ".join(f"COALESCE(r.{n}, 0) - xs.{n} + xl.{n} AS {n}" for n in _SUMMED)
+    return (
+        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', borderline=True)}),"
+        f" xl AS (SELECT {_COUNTS}, COALESCE(SUM(CASE WHEN window_used * $4 > remaining"
+        " THEN window_used * $4 - remaining ELSE 0 END), 0) AS shortfall"
+        f" FROM {_live(postgres)} live),"
+        f" xs AS (SELECT {_COUNTS},"
+        " COALESCE(SUM(CASE WHEN shortfall_class = 1 THEN window_used ELSE 0 END), 0)"
+        " AS short_window_used,"
+        " COALESCE(SUM(CASE WHEN shortfall_class = 1 THEN remaining ELSE 0 END), 0)"
+        " AS short_remaining FROM balance_report"
+        f" WHERE pool_id = $2 AND {among_changed('end_user_id', postgres)})"
+        " SELECT (SELECT COUNT(*) FROM end_user WHERE application_id = $1) AS total,"
+        " p.allocated AS pool_allocated, p.used AS pool_used, p.end_user_remaining AS held,"
+        f" p.purchased - p.used - p.expired - p.end_user_remaining AS unallocated, {figures},"
+        " COALESCE(r.short_window_used, 0) - xs.short_window_used AS short_window_used,"
+        " COALESCE(r.short_remaining, 0) - xs.short_remaining AS short_remaining,"
+        " xl.shortfall FROM credit_pool p LEFT JOIN pool_report r ON r.pool_id = p.id"
+        " CROSS JOIN xl CROSS JOIN xs WHERE p.id = $2"
+    )
 
 
 async def allocation_summary(application_id: int, pool_id: int, now: datetime) -> AllocationSummary:
-    """The pool's End User figures (SPEC §3 AllocationSummary) in one statement."""
+    """The pool's End User figures (SPEC §3 AllocationSummary) in one statement: the pool's
+    report sums, less the report rows of the End Users changed since the fold, plus those
+    End Users live (`models.balance_report`)."""
     horizon = HORIZON_DAYS / window_days(now)  # window use → projected use of the horizon
-    statement = (
-        f"WITH b AS (SELECT b.allocated, b.remaining, b.status, {WINDOW_USED} AS window_used"
-        f" FROM end_user_balance b{_pool_usage('$2')} WHERE b.pool_id = $2)"
-        " SELECT (SELECT COUNT(*) FROM end_user WHERE application_id = $1) AS total,"
-        " SUM(CASE WHEN allocated > 0 THEN 1 ELSE 0 END) AS with_allocation,"
-        " SUM(CASE WHEN remaining > 0 THEN 1 ELSE 0 END) AS with_credits,"
-        " SUM(CASE WHEN status = 'LOW' THEN 1 ELSE 0 END) AS low,"
-        " SUM(CASE WHEN allocated > 0 AND remaining = 0 THEN 1 ELSE 0 END) AS exhausted,"
-        " SUM(window_used) AS window_used,"
-        " SUM(CASE WHEN window_used * $4 > remaining THEN window_used * $4 - remaining"
-        " ELSE 0 END) AS shortfall,"
-        " (SELECT allocated FROM credit_pool WHERE id = $2) AS pool_allocated,"
-        " (SELECT used FROM credit_pool WHERE id = $2) AS pool_used,"
-        " (SELECT end_user_remaining FROM credit_pool WHERE id = $2) AS held,"
-        " (SELECT purchased - used - expired - end_user_remaining FROM credit_pool"
-        " WHERE id = $2) AS unallocated FROM b"
-    )
     row = await single_statement(
-        lambda db: db.row(statement, application_id, pool_id, window_start(now), horizon)
+        lambda db: db.row(
+            _summary_statement(db.postgres), application_id, pool_id, window_start(now), horizon
+        )
     )
     assert row is not None
 
     def number(name: str) -> int:
         return int(row[name] or 0)
 
+    # Balances always short over the horizon add h·used - remaining (linear in h); the
+    # others, taken live, add their own max(0, h·used - remaining).
+    shortfall = (
+        horizon * number("short_window_used") - number("short_remaining") + float(row["shortfall"])
+    )
     return AllocationSummary(
         pool_id=pool_id,
         end_users_total=number("total"),
@@ -228,7 +273,7 @@ async def allocation_summary(application_id: int, pool_id: int, now: datetime) -
         remaining=number("held"),
         unallocated=number("unallocated"),
         window_used=number("window_used"),
-        shortfall=float(row["shortfall"] or 0),
+        shortfall=shortfall,
         now=now,
     )
 
@@ -238,39 +283,67 @@ class Ranking(StrEnum):
     CLOSE_TO_RUNNING_OUT = "CLOSE_TO_RUNNING_OUT"  # soonest projected exhaustion first
 
 
+_RANKED_COLUMNS = _balance_columns(window_used_of("b.end_user_id", "b.pool_id", "$3"))
+
+
+@dataclass(frozen=True, slots=True)
+class _RankingSql:
+    report_key: str  # on balance_report r
+    report_filter: str
+    live_key: str  # on _live() b
+    live_filter: str
+    direction: str
+
+
+_RANKINGS = {
+    Ranking.TOP_CONSUMERS: _RankingSql("r.used", "r.used > 0", "b.used", "b.used > 0", "DESC"),
+    Ranking.CLOSE_TO_RUNNING_OUT: _RankingSql(
+        "r.exhaustion",
+        "r.exhaustion IS NOT NULL",
+        EXHAUSTION_KEY.format(remaining="b.remaining", window_used="b.window_used"),
+        "b.remaining > 0 AND b.window_used > 0",
+        "ASC",
+    ),
+}
+
+
+@lru_cache(maxsize=4)
+def _ranked_statement(ranking: Ranking, postgres: bool) -> str:
+    sql = _RANKINGS[ranking]
+    order = f"k {sql.direction}, end_user_id"
+    return (
+        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3')}),"
+        " candidates AS (SELECT end_user_id, k FROM (SELECT r.end_user_id,"
+        f" {sql.report_key} AS k FROM balance_report r WHERE r.pool_id = $2"
+        f" AND {sql.report_filter} AND r.end_user_id NOT IN (SELECT end_user_id FROM {CHANGED})"
+        f" ORDER BY {sql.report_key} {sql.direction}, r.end_user_id LIMIT $4) folded"
+        f" UNION ALL SELECT b.end_user_id, {sql.live_key} FROM {_live(postgres)} b"
+        f" WHERE {sql.live_filter}),"
+        f" top AS (SELECT end_user_id, k FROM candidates ORDER BY {order} LIMIT $4)"
+        f" SELECT {_END_USER_COLUMNS}, {_RANKED_COLUMNS}, top.k FROM top"
+        " JOIN end_user_balance b ON b.end_user_id = top.end_user_id AND b.pool_id = $2"
+        " JOIN end_user e ON e.id = b.end_user_id"
+        " JOIN credit_pool p ON p.id = b.pool_id AND p.application_id = $1"
+        f" ORDER BY top.k {sql.direction}, e.id"
+    )
+
+
 async def ranked_end_users(
     application_id: int, pool_id: int, ranking: Ranking, first: int, now: datetime
 ) -> list[EndUserLine]:
-    """The first End Users of a pool by a ranking. Close to running out: those holding
-    credits and using them, by projected exhaustion (remaining / window use), then id."""
-    if ranking == Ranking.TOP_CONSUMERS:
-        # Ranked on the balance counters first, so only these few need their window use.
-        statement = (
-            "WITH top AS (SELECT end_user_id FROM end_user_balance"
-            " WHERE pool_id = $2 AND used > 0 ORDER BY used DESC, end_user_id LIMIT $4)"
-            f" SELECT {_END_USER_COLUMNS}, {_BALANCE_COLUMNS} FROM top"
-            " JOIN end_user_balance b ON b.end_user_id = top.end_user_id AND b.pool_id = $2"
-            + window_used_joins(
-                "b.end_user_id",
-                "b.pool_id",
-                "l.pool_id = $2 AND l.end_user_id IN (SELECT end_user_id FROM top)",
-                "$3",
-            )
-            + " JOIN end_user e ON e.id = b.end_user_id"
-            " JOIN credit_pool p ON p.id = b.pool_id AND p.application_id = $1"
-            " ORDER BY b.used DESC, e.id"
-        )
-    else:
-        statement = (
-            f"SELECT {_END_USER_COLUMNS}, {_BALANCE_COLUMNS} FROM end_user_balance b"
-            f"{_pool_usage('$2')}"
-            " JOIN end_user e ON e.id = b.end_user_id"
-            " JOIN credit_pool p ON p.id = b.pool_id AND p.application_id = $1"
-            f" WHERE b.pool_id = $2 AND b.remaining > 0 AND {WINDOW_USED} > 0"
-            f" ORDER BY CAST(b.remaining AS DOUBLE PRECISION) / {WINDOW_USED}, e.id LIMIT $4"
-        )
+    """The first End Users of a pool by a ranking, ties by id. Top consumers: most used
+    first. Close to running out: those holding credits and using them, by projected
+    exhaustion (remaining / window use). In one statement: the first of the report's
+    index order among the End Users unchanged since the fold, merged with the changed
+    ones taken live (`models.balance_report`)."""
     rows = await single_statement(
-        lambda db: db.rows(statement, application_id, pool_id, window_start(now), first)
+        lambda db: db.rows(
+            _ranked_statement(ranking, db.postgres),
+            application_id,
+            pool_id,
+            window_start(now),
+            first,
+        )
     )
     return [_end_user(row, pool_id, now) for row in rows]
 
@@ -366,7 +439,8 @@ async def end_user_page(
             f" LEFT JOIN end_user_balance b ON b.end_user_id = e.id AND b.pool_id = {pool}"
         )
         joins = balance_join + f" JOIN credit_pool p ON p.id = {pool}"
-        columns += ", " + _BALANCE_COLUMNS
+        # the window use is only needed (and joined) to order by projected exhaustion
+        columns += ", " + _balance_columns(WINDOW_USED if projected else "0")
         if projected:
             joins += window_used_joins(
                 "e.id",
@@ -374,8 +448,6 @@ async def end_user_page(
                 f"l.pool_id = {pool}",
                 param(window_start(now)),
             )
-        else:
-            columns = columns.replace(f"{WINDOW_USED} AS window_used", "0 AS window_used")
     if listing.statuses:
         where += " AND (" + " OR ".join(_STATUS_SQL[s] for s in listing.statuses) + ")"
     keyset = ""

@@ -4,8 +4,8 @@ MONTH), empty buckets included, for pools or End Users.
 The range is widened to whole buckets (`from` rounded down, `to` up to a bucket boundary),
 and every entry is counted in the bucket its `occurred_at` falls in, so Σ used over the
 buckets equals the CONSUME entries of that range exactly. Pool series read the hourly
-rollup plus the unfolded tail of the ledger (`models.rollups`); End User series read the
-End User's own ledger entries.
+rollup (HOUR) or the daily one (DAY, WEEK, MONTH: whole UTC days) plus the unfolded tail
+of the ledger (`models.rollups`); End User series read the End User's own ledger entries.
 
 Per bucket: `used` (CONSUME, narrowed by the feature when one is given), `expired`
 (EXPIRE), `purchased` (PURCHASE for a pool; for an End User, the credits allocated to it,
@@ -222,10 +222,16 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[dict[str, Any]]:
         args.append(head.feature)
         feature_match = f"f.feature = ${len(args)}"
     index = _index_sql(db, head, "f.at", "$3")
+    # Buckets of a day or more are whole UTC days: the daily rollup holds them.
+    table, at = (
+        ("usage_rollup", "hour")
+        if head.range.granularity == Granularity.HOUR
+        else ("usage_rollup_day", "day")
+    )
     statement = (
         "WITH f AS ("
-        " SELECT r.pool_id, r.hour AS at, r.feature, r.used, r.expired, r.purchased"
-        f" FROM usage_rollup r WHERE r.pool_id IN {pools} AND r.hour >= $1"
+        f" SELECT r.pool_id, r.{at} AS at, r.feature, r.used, r.expired, r.purchased"
+        f" FROM {table} r WHERE r.pool_id IN {pools} AND r.{at} >= $1"
         " UNION ALL"
         " SELECT l.pool_id, l.occurred_at,"
         " CASE WHEN l.kind = 'CONSUME' THEN COALESCE(l.feature, '') ELSE '' END,"

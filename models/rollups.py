@@ -5,8 +5,12 @@ Two tables, both fed by `fold_usage` from the ledger entries created before a wa
 
 - `usage_rollup`: per pool, UTC hour of `occurred_at` and feature, the credits used
   (CONSUME), expired (EXPIRE) and purchased (PURCHASE).
+- `usage_rollup_day`: the same per UTC day, for DAY, WEEK and MONTH series.
 - `end_user_window_usage`: per End User and pool, the credits used since `window_start`
   (the start of the UTC hour 7 days before the fold), for burn rates.
+- `balance_report` and `pool_report`: each End User balance as the fold saw it, with its
+  window use, and per pool the sums the allocation summary needs (`models.balance_report`
+  states how readers stay exact with them).
 
 A report reads the rollup plus the *tail*: the ledger entries created at or after the
 watermark, found through the ledger's (pool_id, created_at) index. Both are read in one
@@ -28,24 +32,44 @@ from tortoise.models import Model
 from models.sql import Sql, transaction
 
 WINDOW = timedelta(days=7)  # burn rates: mean daily use over the last 7 days
+HORIZON_DAYS = 7  # the allocation summary projects use this far ahead
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the watermark before the first fold
 
 
-class UsageRollup(Model):
-    """Ledger sums per pool, UTC hour (of `occurred_at`) and feature ('' for EXPIRE and
+class _UsageSums(Model):
+    """Ledger sums per pool, period (of `occurred_at`) and feature ('' for EXPIRE and
     PURCHASE), over the entries created before the fold watermark."""
 
     id = fields.BigIntField(primary_key=True)
     pool_id = fields.BigIntField()  # no foreign key: written by the fold only
-    hour = fields.DatetimeField()
     feature = fields.CharField(max_length=100)
     used = fields.BigIntField(default=0)
     expired = fields.BigIntField(default=0)
     purchased = fields.BigIntField(default=0)
 
     class Meta:
+        abstract = True
+
+
+class UsageRollup(_UsageSums):
+    """The sums per UTC hour."""
+
+    hour = fields.DatetimeField()
+
+    class Meta:
         table = "usage_rollup"
         unique_together = (("pool_id", "hour", "feature"),)
+
+
+class UsageRollupDay(_UsageSums):
+    """The sums per UTC day: series of DAY, WEEK and MONTH buckets (whole days) read these,
+    a 24th of the hourly rows."""
+
+    day = fields.DatetimeField()
+
+    class Meta:
+        table = "usage_rollup_day"
+        unique_together = (("pool_id", "day", "feature"),)
 
 
 class EndUserWindowUsage(Model):
@@ -61,6 +85,56 @@ class EndUserWindowUsage(Model):
         table = "end_user_window_usage"
         unique_together = (("end_user_id", "pool_id"),)
         indexes = (("pool_id",),)
+
+
+class BalanceReport(Model):
+    """Each End User balance as the fold last saw it (`models.balance_report`), with its use
+    over the folded burn window, how its 7-day shortfall behaves and its exhaustion key."""
+
+    id = fields.BigIntField(primary_key=True)
+    end_user_id = fields.BigIntField()
+    pool_id = fields.BigIntField()
+    allocated = fields.BigIntField()
+    used = fields.BigIntField()
+    remaining = fields.BigIntField()
+    status = fields.CharField(max_length=16)
+    window_used = fields.BigIntField()
+    shortfall_class = fields.SmallIntField()
+    exhaustion = fields.FloatField(null=True)  # remaining / window_used when both > 0
+
+    class Meta:
+        table = "balance_report"
+        unique_together = (("end_user_id", "pool_id"),)
+
+
+class PoolReport(Model):
+    """Per pool, sums over its `balance_report` rows."""
+
+    pool_id = fields.BigIntField(primary_key=True, generated=False)
+    with_allocation = fields.BigIntField()
+    with_credits = fields.BigIntField()
+    low = fields.BigIntField()
+    exhausted = fields.BigIntField()
+    window_used = fields.BigIntField()
+    short_window_used = fields.BigIntField()  # over the balances always short (class 1)
+    short_remaining = fields.BigIntField()
+
+    class Meta:
+        table = "pool_report"
+
+
+class ReportTouch(Model):
+    """A threshold change (which moves a status without a ledger entry) since the last
+    fold: one End User's balance in a pool, or (no End User) the pool's default."""
+
+    id = fields.BigIntField(primary_key=True)
+    pool_id = fields.BigIntField()
+    end_user_id = fields.BigIntField(null=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "report_touch"
+        indexes = (("pool_id", "created_at"),)
 
 
 class RollupState(Model):
@@ -85,11 +159,14 @@ def window_start(now: datetime) -> datetime:
     return floor_hour(now) - WINDOW
 
 
-def hour_sql(db: Sql, column: str) -> str:
-    """The UTC hour a timestamp column falls in, as a value of the column's own type."""
+_SQLITE_TRUNCATED = {"hour": "%Y-%m-%d %H:00:00+00:00", "day": "%Y-%m-%d 00:00:00+00:00"}
+
+
+def truncated_sql(db: Sql, period: str, column: str) -> str:
+    """The UTC hour or day a timestamp column falls in, as a value of the column's type."""
     if db.postgres:
-        return f"date_trunc('hour', {column} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-    return f"strftime('%Y-%m-%d %H:00:00+00:00', {column})"
+        return f"date_trunc('{period}', {column} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    return f"strftime('{_SQLITE_TRUNCATED[period]}', {column})"
 
 
 # The watermark a fold may move to: now, or the start of the oldest other open transaction.
@@ -120,26 +197,28 @@ async def _fold(db: Sql) -> bool:
     if not _later(new_mark, state["watermark"]):
         return False
     old_mark = state["watermark"]
-    await db.run(
-        "INSERT INTO usage_rollup (pool_id, hour, feature, used, expired, purchased)"
-        f" SELECT l.pool_id, {hour_sql(db, 'l.occurred_at')},"
-        " CASE WHEN l.kind = 'CONSUME' THEN COALESCE(l.feature, '') ELSE '' END,"
-        " SUM(CASE WHEN l.kind = 'CONSUME' THEN -l.amount ELSE 0 END),"
-        " SUM(CASE WHEN l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END),"
-        " SUM(CASE WHEN l.kind = 'PURCHASE' THEN l.amount ELSE 0 END)"
-        # through the (pool_id, created_at) index, one range per pool
-        " FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id"
-        " AND l.created_at >= $1 AND l.created_at < $2"
-        f" WHERE l.kind IN {_KINDS} GROUP BY 1, 2, 3"
-        " ON CONFLICT (pool_id, hour, feature) DO UPDATE SET"
-        " used = usage_rollup.used + excluded.used,"
-        " expired = usage_rollup.expired + excluded.expired,"
-        " purchased = usage_rollup.purchased + excluded.purchased",
-        old_mark,
-        new_mark,
-    )
+    for table, period in (("usage_rollup", "hour"), ("usage_rollup_day", "day")):
+        await db.run(
+            f"INSERT INTO {table} (pool_id, {period}, feature, used, expired, purchased)"
+            f" SELECT l.pool_id, {truncated_sql(db, period, 'l.occurred_at')},"
+            " CASE WHEN l.kind = 'CONSUME' THEN COALESCE(l.feature, '') ELSE '' END,"
+            " SUM(CASE WHEN l.kind = 'CONSUME' THEN -l.amount ELSE 0 END),"
+            " SUM(CASE WHEN l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END),"
+            " SUM(CASE WHEN l.kind = 'PURCHASE' THEN l.amount ELSE 0 END)"
+            # through the (pool_id, created_at) index, one range per pool
+            " FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id"
+            " AND l.created_at >= $1 AND l.created_at < $2"
+            f" WHERE l.kind IN {_KINDS} GROUP BY 1, 2, 3"
+            f" ON CONFLICT (pool_id, {period}, feature) DO UPDATE SET"
+            f" used = {table}.used + excluded.used,"
+            f" expired = {table}.expired + excluded.expired,"
+            f" purchased = {table}.purchased + excluded.purchased",
+            old_mark,
+            new_mark,
+        )
     start = window_start(datetime.now(UTC))
-    if _same_moment(state["window_start"], start):
+    window_kept = _same_moment(state["window_start"], start)
+    if window_kept:
         await db.run(
             "INSERT INTO end_user_window_usage (end_user_id, pool_id, used)"
             " SELECT l.end_user_id, l.pool_id, -SUM(l.amount)"
@@ -164,12 +243,99 @@ async def _fold(db: Sql) -> bool:
             new_mark,
             start,
         )
+    await refresh_balance_report(db, old_mark, new_mark, everything=not window_kept)
     await db.run(
         "UPDATE rollup_state SET watermark = $1, window_start = $2 WHERE id = 1",
         new_mark,
         start,
     )
     return True
+
+
+# A balance's 7-day shortfall is max(0, h * window_used - remaining), h = HORIZON / the
+# window's length, which is WINDOW plus the part of the current hour gone by: h moves
+# within (H / (W + 1 hour), H / W]. Class 1: short at every h (linear in h); class 0:
+# never short; class 2: it depends on h (readers recompute those live).
+_HORIZON_HOURS = HORIZON_DAYS * 24
+_WINDOW_HOURS = int(WINDOW / timedelta(hours=1))
+_SHORTFALL_CLASS = (
+    f"CASE WHEN {_HORIZON_HOURS} * COALESCE(wu.used, 0) >= {_WINDOW_HOURS + 1} * b.remaining"
+    f" THEN 1 WHEN {_HORIZON_HOURS} * COALESCE(wu.used, 0) <= {_WINDOW_HOURS} * b.remaining"
+    " THEN 0 ELSE 2 END"
+)
+# Same expression as the readers' live ranking (bit for bit the same double).
+EXHAUSTION_KEY = "CAST({remaining} AS DOUBLE PRECISION) / {window_used}"
+_REPORT_COLUMNS = (
+    "end_user_id, pool_id, allocated, used, remaining, status, window_used, shortfall_class,"
+    " exhaustion"
+)
+_REPORT_VALUES = (
+    "b.end_user_id, b.pool_id, b.allocated, b.used, b.remaining, b.status,"
+    f" COALESCE(wu.used, 0), {_SHORTFALL_CLASS}, CASE WHEN b.remaining > 0 AND wu.used > 0"
+    f" THEN {EXHAUSTION_KEY.format(remaining='b.remaining', window_used='wu.used')} END"
+)
+# Balances the entries created in [$1, $2) changed, and those a threshold change touched.
+_CHANGED_BALANCES = (
+    "(SELECT l.end_user_id, l.pool_id FROM credit_pool p JOIN ledger_entry l"
+    " ON l.pool_id = p.id AND l.created_at >= $1 AND l.created_at < $2"
+    " WHERE l.end_user_id IS NOT NULL"
+    " UNION SELECT t.end_user_id, t.pool_id FROM report_touch t"
+    " WHERE t.created_at < $2 AND t.end_user_id IS NOT NULL"
+    " UNION SELECT b.end_user_id, b.pool_id FROM report_touch t"
+    " JOIN end_user_balance b ON b.pool_id = t.pool_id"
+    " WHERE t.created_at < $2 AND t.end_user_id IS NULL)"
+)
+_POOL_SUMS = (
+    "SELECT pool_id, SUM(CASE WHEN allocated > 0 THEN 1 ELSE 0 END),"
+    " SUM(CASE WHEN remaining > 0 THEN 1 ELSE 0 END),"
+    " SUM(CASE WHEN status = 'LOW' THEN 1 ELSE 0 END),"
+    " SUM(CASE WHEN allocated > 0 AND remaining = 0 THEN 1 ELSE 0 END), SUM(window_used),"
+    " SUM(CASE WHEN shortfall_class = 1 THEN window_used ELSE 0 END),"
+    " SUM(CASE WHEN shortfall_class = 1 THEN remaining ELSE 0 END) FROM balance_report"
+)
+_POOL_COLUMNS = (
+    "pool_id, with_allocation, with_credits, low, exhausted, window_used, short_window_used,"
+    " short_remaining"
+)
+
+
+async def refresh_balance_report(db: Sql, old_mark: Any, new_mark: Any, everything: bool) -> None:
+    """Brings `balance_report` up to the balances as they are now, for every balance a
+    ledger entry created in [old_mark, new_mark) or a threshold change marked before
+    new_mark touched (`everything`: all of them, when the burn window moved), then the
+    sums of the pools concerned. Runs in the fold's transaction, after the window use."""
+    window = (
+        " FROM end_user_balance b LEFT JOIN end_user_window_usage wu"
+        " ON wu.end_user_id = b.end_user_id AND wu.pool_id = b.pool_id"
+    )
+    if everything:
+        await db.run("DELETE FROM balance_report")
+        await db.run(
+            f"INSERT INTO balance_report ({_REPORT_COLUMNS}) SELECT {_REPORT_VALUES}{window}"
+        )
+        await db.run("DELETE FROM pool_report")
+        await db.run(f"INSERT INTO pool_report ({_POOL_COLUMNS}) {_POOL_SUMS} GROUP BY pool_id")
+    else:
+        updates = ", ".join(f"{name} = excluded.{name}" for name in _REPORT_COLUMNS.split(", ")[2:])
+        await db.run(
+            f"INSERT INTO balance_report ({_REPORT_COLUMNS}) SELECT {_REPORT_VALUES}{window}"
+            f" JOIN {_CHANGED_BALANCES} c ON c.end_user_id = b.end_user_id"
+            " AND c.pool_id = b.pool_id WHERE 1 = 1"  # (SQLite: no ON CONFLICT after a JOIN)
+            f" ON CONFLICT (end_user_id, pool_id) DO UPDATE SET {updates}",
+            old_mark,
+            new_mark,
+        )
+        pool_updates = ", ".join(
+            f"{name} = excluded.{name}" for name in _POOL_COLUMNS.split(", ")[1:]
+        )
+        await db.run(
+            f"INSERT INTO pool_report ({_POOL_COLUMNS}) {_POOL_SUMS}"
+            f" WHERE pool_id IN (SELECT pool_id FROM {_CHANGED_BALANCES} c) GROUP BY pool_id"
+            f" ON CONFLICT (pool_id) DO UPDATE SET {pool_updates}",
+            old_mark,
+            new_mark,
+        )
+    await db.run("DELETE FROM report_touch WHERE created_at < $1", new_mark)
 
 
 def _as_datetime(value: Any) -> datetime:
@@ -199,6 +365,36 @@ FOLDED_WINDOW_START = "(SELECT window_start FROM rollup_state WHERE id = 1)"
 WINDOW_USED = "(COALESCE(wu.used, 0) + COALESCE(wd.used, 0))"
 
 
+def moved_window(ws: str) -> tuple[str, str]:
+    """The bounds of `occurred_at` between the folded window start and `ws` (empty when
+    they are the same moment): the use the folded window sums differs by these entries."""
+    folded = FOLDED_WINDOW_START
+    low = f"CASE WHEN {folded} < {ws} THEN {folded} ELSE {ws} END"
+    high = f"CASE WHEN {folded} < {ws} THEN {ws} ELSE {folded} END"
+    return low, high
+
+
+def window_used_of(end_user: str, pool: str, ws: str) -> str:
+    """The credits End User `end_user` used in pool `pool` since the window start `ws` (SQL
+    expressions; `ws` a parameter), exactly, as scalar subqueries of the row: the folded
+    sum, the use between the folded window start and `ws` (only when the window moved
+    since the last fold) and the tail. Each is an index lookup per row, for statements
+    about a few balances (`window_used_joins` suits a whole pool's)."""
+    folded = FOLDED_WINDOW_START
+    low, high = moved_window(ws)
+    mine = f"l.end_user_id = {end_user} AND l.pool_id = {pool} AND l.kind = 'CONSUME'"
+    return (
+        "(COALESCE((SELECT wu.used FROM end_user_window_usage wu"
+        f" WHERE wu.end_user_id = {end_user} AND wu.pool_id = {pool}), 0)"
+        f" + COALESCE((SELECT SUM(CASE WHEN l.occurred_at >= {folded} THEN l.amount"
+        f" ELSE -l.amount END) FROM ledger_entry l WHERE {folded} <> {ws} AND {mine}"
+        f" AND l.created_at < {WATERMARK} AND l.occurred_at >= {low}"
+        f" AND l.occurred_at < {high}), 0)"
+        f" + COALESCE((SELECT SUM(CASE WHEN l.occurred_at >= {ws} THEN -l.amount ELSE 0 END)"
+        f" FROM ledger_entry l WHERE {mine} AND l.created_at >= {WATERMARK}), 0))"
+    )
+
+
 def window_used_joins(end_user: str, pool: str, scope_ledger: str, ws: str) -> str:
     """LEFT JOINs giving `WINDOW_USED` for the row whose End User and pool ids are the
     expressions `end_user` and `pool`: the credits it used since the window start `ws` (a
@@ -207,8 +403,7 @@ def window_used_joins(end_user: str, pool: str, scope_ledger: str, ws: str) -> s
     hour after it moves: the guard is evaluated once and the part skipped otherwise) and the
     tail. `scope_ledger` restricts ledger_entry (alias l) on indexed columns."""
     folded = FOLDED_WINDOW_START
-    low = f"CASE WHEN {folded} < {ws} THEN {folded} ELSE {ws} END"
-    high = f"CASE WHEN {folded} < {ws} THEN {ws} ELSE {folded} END"
+    low, high = moved_window(ws)
     delta = (
         "(SELECT end_user_id, pool_id, SUM(used) AS used FROM ("
         " SELECT l.end_user_id, l.pool_id,"

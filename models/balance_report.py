@@ -1,0 +1,70 @@
+"""How the reports read the balance report (`balance_report` and `pool_report`, written by
+the fold in `models.rollups`) and still answer exactly.
+
+Rule: a balance's report row equals the balance as it is now (counters, status, use over
+the burn window) unless, since the fold's watermark, a ledger entry of that End User and
+pool was created (every counter change writes one in its transaction), a threshold change
+marked the balance or its pool (`touch_balance_report`: a status moves without an entry),
+or the burn window moved past some of its folded use. `changed_end_users` finds those End
+Users; a report takes them live and the report rows for all others, in one statement (one
+snapshot). With nothing changed, the allocation summary reads one row per pool and a
+ranking a `first`-long index range, whatever the number of End Users; the more End Users
+changed since the last fold, the closer a report gets to reading them all live.
+"""
+
+from __future__ import annotations
+
+from models.rollups import FOLDED_WINDOW_START, WATERMARK, moved_window
+from models.sql import Sql
+
+CHANGED = "x"  # the name of the CTE a report gives `changed_end_users`
+
+
+async def touch_balance_report(db: Sql, pool_id: int, end_user_id: int | None) -> None:
+    """Marks a threshold change in the writing transaction: one End User's balance, or
+    (None) every balance following the pool's default. Readers take the marked balances
+    live until the fold has seen the change."""
+    await db.run(
+        "INSERT INTO report_touch (pool_id, end_user_id, created_at) VALUES ($1, $2, now())",
+        pool_id,
+        end_user_id,
+    )
+
+
+def changed_end_users(app: str, pool: str, ws: str, *, borderline: bool = False) -> str:
+    """A SELECT of the End Users (`end_user_id`) whose balance in the pool may differ from
+    its report row, `app`, `pool` and `ws` (the burn window start) being SQL expressions;
+    with `borderline`, also those whose shortfall depends on the time (class 2)."""
+    low, high = moved_window(ws)
+    since = f"created_at >= {WATERMARK}"
+    parts = [
+        # the tail, through the ledger's (pool_id, created_at) index
+        f"SELECT l.end_user_id FROM ledger_entry l WHERE l.pool_id = {pool} AND l.{since}"
+        " AND l.end_user_id IS NOT NULL",
+        # use the moved window dropped or added (only in the hour after it moves, before a
+        # fold), through (application_id, occurred_at)
+        f"SELECT l.end_user_id FROM ledger_entry l WHERE {FOLDED_WINDOW_START} <> {ws}"
+        f" AND l.application_id = {app} AND l.occurred_at >= {low} AND l.occurred_at < {high}"
+        f" AND l.pool_id = {pool} AND l.kind = 'CONSUME'",
+        f"SELECT t.end_user_id FROM report_touch t WHERE t.pool_id = {pool} AND t.{since}"
+        " AND t.end_user_id IS NOT NULL",
+        f"SELECT b.end_user_id FROM end_user_balance b WHERE b.pool_id = {pool} AND EXISTS"
+        f" (SELECT 1 FROM report_touch t WHERE t.pool_id = {pool} AND t.end_user_id IS NULL"
+        f" AND t.{since})",
+    ]
+    if borderline:
+        parts.append(
+            f"SELECT r.end_user_id FROM balance_report r WHERE r.pool_id = {pool}"
+            " AND r.shortfall_class = 2"
+        )
+    return " UNION ".join(parts)
+
+
+def among_changed(column: str, postgres: bool) -> str:
+    """`column` is one of the changed End Users (CTE `CHANGED`). On PostgreSQL as `= ANY`
+    of an array built once: the planner, which cannot know how few they are (the tail's
+    length is unknown to it), then looks them up by index instead of hashing every
+    balance of the pool against them."""
+    if postgres:
+        return f"{column} = ANY(ARRAY(SELECT end_user_id FROM {CHANGED}))"
+    return f"{column} IN (SELECT end_user_id FROM {CHANGED})"

@@ -1,0 +1,270 @@
+"""The balance report (models/balance_report.py): the allocation summary and the rankings
+read the fold's report rows for End Users unchanged since the fold and the live balances
+for the others, and must answer exactly what the live balances and the ledger say, through
+consumptions, allocations, releases and threshold changes after the fold, and a burn window
+that moved since it."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from models.accounts import create_application, create_organization
+from models.alerts import set_low_balance_threshold
+from models.allocation_report import (
+    HORIZON_DAYS,
+    Ranking,
+    allocation_summary,
+    ranked_end_users,
+    window_days,
+)
+from models.end_users import EndUserInput, upsert_end_users
+from models.ledger import allocate_credits, consume_credits, purchase_credits, release_credits
+from models.references import EndUserRef
+from models.rollups import fold_usage, refresh_balance_report, window_start
+from models.sql import Sql, single_statement, transaction
+from models.verify import verify_ledger
+from tests.conftest import Backend
+
+USERS = 8
+FIRST = 3  # rankings shorter than the End User count: report and live candidates merge
+
+
+@dataclass(frozen=True)
+class Expected:
+    counts: dict[str, int]
+    shortfall: float
+    top: list[int]
+    close: list[int]
+
+
+async def _expected(app: int, pool_id: int, now: datetime) -> Expected:
+    """Straight from the live balances and the ledger."""
+
+    async def work(db: Sql) -> tuple[list[dict], list[dict], int]:
+        balances = await db.rows(
+            "SELECT end_user_id, allocated, used, remaining, status FROM end_user_balance"
+            " WHERE pool_id = $1",
+            pool_id,
+        )
+        window = await db.rows(
+            "SELECT end_user_id, -SUM(amount) AS used FROM ledger_entry WHERE pool_id = $1"
+            " AND kind = 'CONSUME' AND occurred_at >= $2 GROUP BY end_user_id",
+            pool_id,
+            window_start(now),
+        )
+        total = await db.value("SELECT COUNT(*) FROM end_user WHERE application_id = $1", app)
+        return balances, window, total
+
+    balances, window, total = await single_statement(work)
+    used = {row["end_user_id"]: int(row["used"]) for row in window}
+    horizon = HORIZON_DAYS / window_days(now)
+    counts = {
+        "end_users_total": int(total),
+        "with_allocation": sum(b["allocated"] > 0 for b in balances),
+        "with_credits": sum(b["remaining"] > 0 for b in balances),
+        "low": sum(b["status"] == "LOW" for b in balances),
+        "exhausted": sum(b["allocated"] > 0 and b["remaining"] == 0 for b in balances),
+        "window_used": sum(used.values()),
+    }
+    shortfall = sum(
+        max(0.0, used.get(b["end_user_id"], 0) * horizon - b["remaining"]) for b in balances
+    )
+    top = sorted(
+        (b for b in balances if b["used"] > 0), key=lambda b: (-b["used"], b["end_user_id"])
+    )
+    close = sorted(
+        (b for b in balances if b["remaining"] > 0 and used.get(b["end_user_id"], 0) > 0),
+        key=lambda b: (b["remaining"] / used[b["end_user_id"]], b["end_user_id"]),
+    )
+    return Expected(
+        counts,
+        shortfall,
+        [b["end_user_id"] for b in top[:FIRST]],
+        [b["end_user_id"] for b in close[:FIRST]],
+    )
+
+
+async def _check(app: int, pool_id: int) -> None:
+    now = datetime.now(UTC)
+    expected = await _expected(app, pool_id, now)
+    summary = await allocation_summary(app, pool_id, now)
+    found = {name: getattr(summary, name) for name in expected.counts}
+    assert found == expected.counts
+    assert summary.shortfall == pytest.approx(expected.shortfall, rel=1e-9, abs=1e-9)
+    top = await ranked_end_users(app, pool_id, Ranking.TOP_CONSUMERS, FIRST, now)
+    assert [line.id for line in top] == expected.top
+    close = await ranked_end_users(app, pool_id, Ranking.CLOSE_TO_RUNNING_OUT, FIRST, now)
+    assert [line.id for line in close] == expected.close
+
+
+async def _fold_with_older_window(hours: int) -> None:
+    """A fold, then its state made to look like it ran `hours` earlier: the window sums
+    and the report recomputed for a window starting that much earlier."""
+    await fold_usage()
+
+    async def work(db: Sql) -> None:
+        mark = await db.value("SELECT watermark FROM rollup_state WHERE id = 1")
+        older = window_start(datetime.now(UTC)) - timedelta(hours=hours)
+        await db.run("DELETE FROM end_user_window_usage")
+        await db.run(
+            "INSERT INTO end_user_window_usage (end_user_id, pool_id, used)"
+            " SELECT end_user_id, pool_id, -SUM(amount) FROM ledger_entry"
+            " WHERE kind = 'CONSUME' AND occurred_at >= $1 AND created_at < $2"
+            " GROUP BY end_user_id, pool_id",
+            older,
+            mark,
+        )
+        await db.run("UPDATE rollup_state SET window_start = $1 WHERE id = 1", older)
+        await refresh_balance_report(db, mark, mark, everything=True)
+
+    await transaction(work)
+
+
+async def _remaining(pool_id: int, end_user_id: int) -> int:
+    value = await single_statement(
+        lambda db: db.value(
+            "SELECT remaining FROM end_user_balance WHERE end_user_id = $1 AND pool_id = $2",
+            end_user_id,
+            pool_id,
+        )
+    )
+    return int(value or 0)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_summary_and_rankings_stay_exact_around_folds(backend: Backend, seed: int) -> None:
+    rng = random.Random(seed)
+    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
+    app = (await create_application(organization.id, "report")).id
+    await purchase_credits(app, "ai", 100_000)
+    rows = await upsert_end_users(app, [EndUserInput(f"r{i}") for i in range(USERS)])
+    users = [row.id for row in rows]
+    pool_id = await single_statement(
+        lambda db: db.value(
+            "SELECT id FROM credit_pool WHERE application_id = $1 AND key = 'ai'", app
+        )
+    )
+    for user in users[:-1]:  # the last one never gets any
+        await allocate_credits(app, "ai", EndUserRef(id=user), rng.randint(20, 200))
+    await set_low_balance_threshold(app, "ai", 30, end_user_default=True)
+    await _check(app, pool_id)
+    await fold_usage()
+    await _check(app, pool_id)
+    now = datetime.now(UTC)
+    # around the window's start too (7 days ago, within the hour a moved window changes)
+    hours_ago = [0, 1, 5, 30, 24 * 6, 24 * 7 - 1, 24 * 7, 24 * 7 + 1, 24 * 9]
+    actions = ["fold", "fold", "older fold", "threshold", "default", "release", "allocate"]
+    for _ in range(7):
+        for _ in range(rng.randint(1, 4)):
+            user = rng.choice(users)
+            left = await _remaining(pool_id, user)
+            if left:
+                await consume_credits(
+                    app,
+                    "ai",
+                    EndUserRef(id=user),
+                    min(left, rng.randint(1, 60)),
+                    "ai_generation",
+                    occurred_at=now - timedelta(hours=rng.choice(hours_ago), minutes=30),
+                )
+        action = rng.choice(actions)
+        user = rng.choice(users)
+        if action == "fold":
+            await fold_usage()
+        elif action == "older fold":
+            await _fold_with_older_window(1)
+        elif action == "threshold":
+            await set_low_balance_threshold(
+                app, "ai", rng.randint(0, 100), end_user=EndUserRef(id=user)
+            )
+        elif action == "default":
+            await set_low_balance_threshold(app, "ai", rng.randint(10, 80), end_user_default=True)
+        elif action == "release" and await _remaining(pool_id, user):
+            await release_credits(app, "ai", EndUserRef(id=user), 1)
+        elif action == "allocate":
+            await allocate_credits(app, "ai", EndUserRef(id=user), rng.randint(1, 50))
+        await _check(app, pool_id)
+        if rng.random() < 0.5:
+            await fold_usage()
+            await _check(app, pool_id)
+    assert await verify_ledger() == []
+
+
+async def test_a_threshold_change_after_the_fold_counts_at_once(backend: Backend) -> None:
+    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
+    app = (await create_application(organization.id, "report")).id
+    await purchase_credits(app, "ai", 1_000)
+    rows = await upsert_end_users(app, [EndUserInput(f"t{i}") for i in range(3)])
+    for row in rows:
+        await allocate_credits(app, "ai", EndUserRef(id=row.id), 50)
+    pool_id = await single_statement(
+        lambda db: db.value(
+            "SELECT id FROM credit_pool WHERE application_id = $1 AND key = 'ai'", app
+        )
+    )
+    await fold_usage()
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).low == 0
+    await set_low_balance_threshold(app, "ai", 60, end_user=EndUserRef(id=rows[0].id))
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).low == 1
+    await fold_usage()  # the report now holds the new status
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).low == 1
+    await set_low_balance_threshold(app, "ai", 60, end_user_default=True)
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).low == 3
+    await fold_usage()
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).low == 3
+    await set_low_balance_threshold(app, "ai", None, end_user=EndUserRef(id=rows[0].id))
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).low == 3  # default 60
+    await set_low_balance_threshold(app, "ai", 10, end_user_default=True)
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).low == 0
+    await fold_usage()
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).low == 0
+
+
+async def _one_pool_tenant(users: int, credits: int) -> tuple[int, int, list[int]]:
+    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
+    app = (await create_application(organization.id, "report")).id
+    await purchase_credits(app, "ai", credits)
+    rows = await upsert_end_users(app, [EndUserInput(f"b{i}") for i in range(users)])
+    pool_id = await single_statement(
+        lambda db: db.value(
+            "SELECT id FROM credit_pool WHERE application_id = $1 AND key = 'ai'", app
+        )
+    )
+    return app, pool_id, [row.id for row in rows]
+
+
+async def test_a_shortfall_that_depends_on_the_time_is_taken_live(backend: Backend) -> None:
+    # 1,000 used in the window, 999 left: short by h * 1000 - 999 only while the horizon
+    # factor h = 7 / window length is above 0.999 (early in the hour).
+    app, pool_id, (user,) = await _one_pool_tenant(1, 10_000)
+    await allocate_credits(app, "ai", EndUserRef(id=user), 1_999)
+    await consume_credits(app, "ai", EndUserRef(id=user), 1_000, "ai_generation")
+    await fold_usage()
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    early = await allocation_summary(app, pool_id, hour)
+    assert early.shortfall == pytest.approx(1.0)
+    late = await allocation_summary(app, pool_id, hour + timedelta(minutes=59))
+    assert late.shortfall == 0
+
+
+async def test_use_a_moved_window_dropped_is_not_counted(backend: Backend) -> None:
+    app, pool_id, users = await _one_pool_tenant(2, 10_000)
+    for user in users:
+        await allocate_credits(app, "ai", EndUserRef(id=user), 500)
+    # just before today's window: inside the window of a fold an hour older
+    dropped = window_start(datetime.now(UTC)) - timedelta(minutes=30)
+    await consume_credits(
+        app, "ai", EndUserRef(id=users[0]), 40, "ai_generation", occurred_at=dropped
+    )
+    await consume_credits(app, "ai", EndUserRef(id=users[1]), 7, "ai_generation")
+    await _fold_with_older_window(1)
+    summary = await allocation_summary(app, pool_id, datetime.now(UTC))
+    assert summary.window_used == 7
+    await _check(app, pool_id)
+    await fold_usage()  # the window moves on: the report is rebuilt
+    await _check(app, pool_id)
