@@ -16,7 +16,9 @@ timed); the server also folds every 30 s by itself.
 Measured
     dashboard     `--clients` concurrent clients (default 16) POST the dashboard query
                   (below) for `--seconds` (after `--warmup`), with the load generator
-                  `--load` (wrk, default when installed, or httpx): requests/s, p50, p99.
+                  `--load` (wrk, default when installed, or httpx): requests/s, p50, p99,
+                  and the server process's CPU time per request (/proc), which other
+                  work on the machine does not inflate as much as latency.
     raw SQL       the statements the dashboard query sends (captured on the wire from an
                   in-process execution) replayed by `--clients` asyncpg tasks, each
                   dashboard's statements one after the other, for the same time: per
@@ -307,6 +309,12 @@ async def verified(url: str) -> bool:
 
 
 # -------------------------------------------------------------------------------- load
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -629,7 +637,15 @@ async def main() -> int:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        result = await runner(endpoint, key, body, options.clients, options.warmup, options.seconds)
+        if options.warmup > 0:
+            await runner(endpoint, key, body, options.clients, 0, options.warmup)
+        cpu_before = process_cpu_seconds(server.pid)
+        result = await runner(endpoint, key, body, options.clients, 0, options.seconds)
+        server_ms = (
+            (process_cpu_seconds(server.pid) - cpu_before)
+            * 1000
+            / (result["rate"] * options.seconds)
+        )
         if profiler is not None:
             await asyncio.to_thread(profiler.wait)
         if result["errors"]:
@@ -646,6 +662,10 @@ async def main() -> int:
         print(
             f"| dashboard query over HTTP, one server process | {result['rate']:,.0f}"
             f" | {result['p50']:.1f} ms | {result['p99']:.1f} ms |"
+        )
+        print(
+            f"| (server process CPU per dashboard: {server_ms:.1f} ms; machine load"
+            f" average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) | | | |"
         )
         print(
             f"| its {len(statements)} statements, raw asyncpg | {raw['rate']:,.0f}"

@@ -13,7 +13,7 @@ from models.allocation_report import (
 )
 from models.errors import DomainError
 from resolvers.context import Info
-from resolvers.end_users import EndUserBalance, pool_id_of
+from resolvers.end_users import EndUser, EndUserBalance, pool_id_of
 from resolvers.errors import query_error
 from resolvers.loaders import loaders_of
 from resolvers.pools import check_page_size
@@ -54,7 +54,11 @@ class AllocationSummary:
         lines = await ranked_end_users(
             self.application_id, self.pool_id, ranking, first, loaders_of(info).now
         )
-        return [EndUserBalance.from_line(line.balance, line) for line in lines if line.balance]
+        return [
+            EndUserBalance.from_line(line.balance, EndUser.from_line(line))
+            for line in lines
+            if line.balance
+        ]
 
     @strawberry.field(description="End Users by credits used in the pool, most first.")
     async def top_consumers(self, info: Info, first: int = 10) -> list[EndUserBalance]:

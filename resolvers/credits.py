@@ -121,7 +121,8 @@ async def _move(
     except DomainError as error:
         return payload(errors=user_errors(error))
     return payload(
-        balance=EndUserBalance.from_snapshot(input.pool, result.balance), replayed=result.replayed
+        balance=EndUserBalance.from_snapshot(info, input.pool, result.balance),
+        replayed=result.replayed,
     )
 
 
@@ -150,7 +151,8 @@ async def resolve_consume(info: Info, input: ConsumeCreditsInput) -> ConsumeCred
     except DomainError as error:
         return ConsumeCreditsPayload(errors=user_errors(error))
     return ConsumeCreditsPayload(
-        balance=EndUserBalance.from_snapshot(input.pool, result.balance), replayed=result.replayed
+        balance=EndUserBalance.from_snapshot(info, input.pool, result.balance),
+        replayed=result.replayed,
     )
 
 
@@ -196,7 +198,7 @@ async def resolve_consume_batch(
     return ConsumeCreditsBatchPayload(
         results=[
             ConsumeCreditsPayload(
-                balance=EndUserBalance.from_snapshot(c.pool, r.balance), replayed=r.replayed
+                balance=EndUserBalance.from_snapshot(info, c.pool, r.balance), replayed=r.replayed
             )
             if isinstance(r, ConsumeResult)
             else ConsumeCreditsPayload(errors=user_errors(r))

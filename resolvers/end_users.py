@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable, Generator
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar, cast
 
 import strawberry
 
@@ -47,9 +48,67 @@ class EndUserRef:
         return DomainEndUserRef(id=None if self.id is None else -1, external_id=self.external_id)
 
 
-_UNKNOWN = object()
+T = TypeVar("T")
 
 
+class _Later(Generic[T]):
+    """A field value read only if the query selects it: awaitable, and its work starts when
+    awaited. A write's result does not know its burn (the report reads it), so its plain
+    fields hold these; graphql-core awaits whatever a field gives it."""
+
+    __slots__ = ("_compute",)
+
+    def __init__(self, compute: Callable[[], Awaitable[T]]) -> None:
+        self._compute = compute
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._compute().__await__()
+
+
+class _WrittenBalance:
+    """What a write's result does not know about its balance, read when selected."""
+
+    __slots__ = ("info", "snapshot")
+
+    def __init__(self, info: Info, snapshot: EndUserBalanceSnapshot) -> None:
+        self.info = info
+        self.snapshot = snapshot
+
+    async def _line(self) -> BalanceLine | None:
+        for line in await loaders_of(self.info).balances.load(self.snapshot.end_user_id):
+            if line.pool_id == self.snapshot.pool_id:
+                return line
+        return None
+
+    async def _burn(self) -> Burn:
+        line = await self._line()
+        if line is None:
+            return Burn(0, self.snapshot.remaining, loaders_of(self.info).now)
+        return Burn(line.burn.window_used, self.snapshot.remaining, line.burn.now)
+
+    async def threshold(self) -> int | None:
+        line = await self._line()
+        return None if line is None else line.threshold
+
+    async def rate_per_day(self) -> float:
+        return (await self._burn()).rate_per_day
+
+    async def exhaustion_at(self) -> datetime | None:
+        return (await self._burn()).exhaustion_at
+
+    async def end_user(self) -> EndUser | None:
+        row = await loaders_of(self.info).end_users.load(self.snapshot.end_user_id)
+        return None if row is None else EndUser.from_row(row)
+
+
+BURN_RATE = (
+    "Mean daily use over the last 7 days (since the start of the UTC hour 7 days ago, divided"
+    " by that window's length in days)."
+)
+
+
+# Plain fields only (the lists of a dashboard complete them without a resolver call each,
+# resolvers/execution.py); a write's result holds `_Later` values where it knows less.
 @strawberry.type
 class EndUserBalance:
     pool: str
@@ -59,56 +118,23 @@ class EndUserBalance:
     expired: int
     status: BalanceStatus
     version: int
+    low_balance_threshold: int | None = strawberry.field(
+        description="The End User's own threshold, else the pool's default."
+    )
+    burn_rate_per_day: float = strawberry.field(description=BURN_RATE)
+    projected_exhaustion_at: datetime | None = strawberry.field(
+        description="now + remaining / burnRatePerDay; null when that rate is 0."
+    )
+    end_user: EndUser | None
     end_user_id: strawberry.Private[int]
     pool_id: strawberry.Private[int]
-    known_threshold: strawberry.Private[object] = _UNKNOWN
-    burn: strawberry.Private[Burn | None] = None
-    end_user_row: strawberry.Private[EndUserLine | None] = None
-
-    async def _line(self, info: Info) -> BalanceLine | None:
-        """This balance as the report reads it (a write's result knows less)."""
-        for line in await loaders_of(info).balances.load(self.end_user_id):
-            if line.pool_id == self.pool_id:
-                return line
-        return None
-
-    @strawberry.field(description="The End User's own threshold, else the pool's default.")
-    async def low_balance_threshold(self, info: Info) -> int | None:
-        if self.known_threshold is _UNKNOWN:  # a write's result: read it only when asked
-            line = await self._line(info)
-            self.known_threshold = None if line is None else line.threshold
-        return self.known_threshold  # type: ignore[return-value]
-
-    async def _burn(self, info: Info) -> Burn:
-        if self.burn is None:
-            line = await self._line(info)
-            self.burn = (
-                Burn(0, self.remaining, loaders_of(info).now)
-                if line is None
-                else Burn(line.burn.window_used, self.remaining, line.burn.now)
-            )
-        return self.burn
-
-    @strawberry.field(
-        description="Mean daily use over the last 7 days (since the start of the UTC hour 7"
-        " days ago, divided by that window's length in days)."
-    )
-    async def burn_rate_per_day(self, info: Info) -> float:
-        return (await self._burn(info)).rate_per_day
-
-    @strawberry.field(description="now + remaining / burnRatePerDay; null when that rate is 0.")
-    async def projected_exhaustion_at(self, info: Info) -> datetime | None:
-        return (await self._burn(info)).exhaustion_at
-
-    @strawberry.field
-    async def end_user(self, info: Info) -> EndUser | None:
-        if self.end_user_row is not None:
-            return EndUser.from_line(self.end_user_row)
-        row = await loaders_of(info).end_users.load(self.end_user_id)
-        return None if row is None else EndUser.from_row(row)
 
     @classmethod
-    def from_snapshot(cls, pool_key: str, snapshot: EndUserBalanceSnapshot) -> EndUserBalance:
+    def from_snapshot(
+        cls, info: Info, pool_key: str, snapshot: EndUserBalanceSnapshot
+    ) -> EndUserBalance:
+        """A write's result: the counters it returned; the rest read if selected."""
+        unknown = _WrittenBalance(info, snapshot)
         return cls(
             pool=pool_key,
             allocated=snapshot.allocated,
@@ -117,12 +143,17 @@ class EndUserBalance:
             expired=snapshot.expired,
             status=snapshot.status,
             version=snapshot.version,
+            low_balance_threshold=cast(int | None, _Later(unknown.threshold)),
+            burn_rate_per_day=cast(float, _Later(unknown.rate_per_day)),
+            projected_exhaustion_at=cast(datetime | None, _Later(unknown.exhaustion_at)),
+            end_user=cast(EndUser | None, _Later(unknown.end_user)),
             end_user_id=snapshot.end_user_id,
             pool_id=snapshot.pool_id,
         )
 
     @classmethod
-    def from_line(cls, line: BalanceLine, end_user: EndUserLine | None = None) -> EndUserBalance:
+    def from_line(cls, line: BalanceLine, owner: EndUser) -> EndUserBalance:
+        """A balance as the report reads it, of End User `owner`."""
         return cls(
             pool=line.pool_key,
             allocated=line.allocated,
@@ -131,11 +162,12 @@ class EndUserBalance:
             expired=line.expired,
             status=line.status,
             version=line.version,
+            low_balance_threshold=line.threshold,
+            burn_rate_per_day=line.burn.rate_per_day,
+            projected_exhaustion_at=line.burn.exhaustion_at,
+            end_user=owner,
             end_user_id=line.end_user_id,
             pool_id=line.pool_id,
-            known_threshold=line.threshold,
-            burn=line.burn,
-            end_user_row=end_user,
         )
 
 
@@ -176,13 +208,13 @@ class EndUser:
     @strawberry.field(description="The End User's balance in every pool of the application.")
     async def balances(self, info: Info) -> list[EndUserBalance]:
         lines = await loaders_of(info).balances.load(self.row_id)
-        return [EndUserBalance.from_line(line) for line in lines]
+        return [EndUserBalance.from_line(line, self) for line in lines]
 
     @strawberry.field
     async def balance(self, info: Info, pool: str) -> EndUserBalance | None:
         for line in await loaders_of(info).balances.load(self.row_id):
             if line.pool_key == pool:
-                return EndUserBalance.from_line(line)
+                return EndUserBalance.from_line(line, self)
         return None
 
     @strawberry.field(description=SERIES_DESCRIPTION)

@@ -36,6 +36,7 @@ from resolvers.end_user_tokens import (
     resolve_exchange_code,
     resolve_issue_token,
 )
+from resolvers.execution import PlainListExecutor
 from resolvers.realtime import balance_changed
 from resolvers.request_log import request_log_tail
 from resolvers.viewer import resolve_viewer
@@ -109,6 +110,7 @@ def build_schema() -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription,
         config=StrawberryConfig(),
+        execution_context_class=PlainListExecutor,
         # Factories, not instances; bounded document caches (values go in variables).
         extensions=[
             lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),

@@ -1,0 +1,292 @@
+"""A faster completion of lists of plain objects (consumption buckets, log entries, edges and
+their nodes): graphql-core completes every field of every item through a resolver call, a
+resolve info, a path and a completion step, a few microseconds each; a dashboard answer has
+thousands. `PlainListExecutor` completes such a list straight into dicts when every field
+selected on its items is a plain attribute (a Strawberry field without resolver, extension,
+argument or directive) holding a scalar or enum, or a plain object or list of them selected
+the same way. The values are serialized by their own GraphQL types (`coerce_output_value`,
+the same call graphql-core makes), aliases and `__typename` answered as graphql-core does.
+
+Anything else takes the normal path: a field with a resolver, arguments or directives, an
+interface or union, `@defer`/`@stream`, field middleware (an extension with `resolve`), an
+item or value that is awaitable, an exception, a null where the type forbids one, or a value
+its type cannot serialize. The whole list is then completed again by graphql-core, which
+reads the same attributes (plain attributes have no side effects) and reports the error
+exactly as it would have."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import (
+    GraphQLBoolean,
+    GraphQLFloat,
+    GraphQLID,
+    GraphQLInt,
+    GraphQLLeafType,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLResolveInfo,
+    GraphQLString,
+    is_leaf_type,
+    is_list_type,
+    is_non_null_type,
+    is_object_type,
+)
+from graphql.execution.collect_fields import FieldDetailsList
+from graphql.pyutils import Path, Undefined
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.types.field import StrawberryField
+
+
+class _NotPlain(Exception):
+    """A value the fast path does not complete: graphql-core completes the list instead."""
+
+
+# How a field completes. The built-in scalars take their values as they are when of the
+# exact Python type their coercion returns unchanged (Int within 32 bits, Float finite);
+# any other value goes through the type's `coerce_output_value`.
+TYPENAME, INT, STRING, BOOLEAN, FLOAT, LEAF, OBJECT, LIST = range(8)
+_BUILT_IN = {
+    GraphQLInt: (INT, int),
+    GraphQLString: (STRING, str),
+    GraphQLID: (STRING, str),
+    GraphQLBoolean: (BOOLEAN, bool),
+    GraphQLFloat: (FLOAT, float),
+}
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    response_name: str
+    kind: int
+    attribute: str | None  # read with getattr (Strawberry's default resolver)
+    read: Callable[[Any], Any] | None  # else through this (another default resolver)
+    non_null: bool
+    leaf: GraphQLLeafType | None = None
+    plan: _Plan | None = None  # the object's, or each item's (LIST)
+    item_non_null: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How to complete an object of `object_type` for one selection."""
+
+    object_type: GraphQLObjectType
+    fields: tuple[_Field, ...]
+
+
+_NO_PLAN = object()
+
+
+def _basic_reader(field_def: Any) -> tuple[str | None, Callable[[Any], Any] | None] | None:
+    """How Strawberry's own resolver of a field without resolver or extension reads it: an
+    attribute name for getattr, or a call of the configured default resolver (None for any
+    other field)."""
+    resolve = field_def.resolve
+    if resolve is None or getattr(resolve, "__name__", "") != "_get_basic_result":
+        return None  # a resolver, an extension or an exception handler runs for it
+    definition = field_def.extensions.get("strawberry-definition")
+    if not isinstance(definition, StrawberryField) or not definition.is_basic_field:
+        return None
+    default, name = definition.default_resolver, definition.python_name
+    if default is getattr:
+        return name, None
+    return None, lambda source: default(source, name)
+
+
+class PlainListExecutor(StrawberryGraphQLCoreExecutionContext):
+    """graphql-core's executor (as Strawberry configures it) with the fast path above."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (object type, id of the field group) -> (the group, kept alive, and its plan)
+        self._plans: dict[tuple[GraphQLObjectType, int], tuple[FieldDetailsList, Any]] = {}
+        middleware = self.middleware_manager
+        self._fast = middleware is None or not middleware.middlewares
+
+    def complete_list_value(
+        self,
+        return_type: GraphQLList[GraphQLOutputType],
+        field_details_list: FieldDetailsList,
+        info: GraphQLResolveInfo,
+        path: Path,
+        result: Any,
+        position_context: Any,
+    ) -> Any:
+        if self._fast and position_context is None and isinstance(result, list | tuple):
+            plan = self._list_plan(return_type, field_details_list)
+            if plan is not None:
+                item_non_null, item_plan = plan
+                try:
+                    return self._complete_items(result, item_plan, item_non_null, info)
+                except _NotPlain:
+                    pass
+        return super().complete_list_value(
+            return_type, field_details_list, info, path, result, position_context
+        )
+
+    # ------------------------------------------------------------------------------ plans
+
+    def _list_plan(
+        self, list_type: GraphQLList[GraphQLOutputType], field_details_list: FieldDetailsList
+    ) -> tuple[bool, _Plan] | None:
+        if any(details.node.directives for details in field_details_list):
+            return None  # @stream among them
+        item_type = list_type.of_type
+        item_non_null = is_non_null_type(item_type)
+        if item_non_null:
+            item_type = item_type.of_type  # type: ignore[attr-defined]
+        if not is_object_type(item_type):
+            return None
+        plan = self._object_plan(item_type, field_details_list)  # type: ignore[arg-type]
+        return None if plan is None else (item_non_null, plan)
+
+    def _object_plan(
+        self, object_type: GraphQLObjectType, field_details_list: FieldDetailsList
+    ) -> _Plan | None:
+        key = (object_type, id(field_details_list))
+        cached = self._plans.get(key)
+        if cached is not None:
+            return None if cached[1] is _NO_PLAN else cached[1]
+        plan = self._build_plan(object_type, field_details_list)
+        self._plans[key] = (field_details_list, _NO_PLAN if plan is None else plan)
+        return plan
+
+    def _build_plan(
+        self, object_type: GraphQLObjectType, field_details_list: FieldDetailsList
+    ) -> _Plan | None:
+        if object_type.is_type_of is not None:
+            return None  # implements an interface: let graphql-core check each item
+        grouped, new_defer_usages, forbidden = self.collect_subfields(
+            object_type, field_details_list
+        )
+        if new_defer_usages or forbidden:
+            return None
+        fields = []
+        for response_name, sub_details in grouped.items():
+            first = sub_details[0]
+            node = first.node
+            if any(
+                d.defer_usage is not None
+                or d.fragment_variable_values is not None
+                or d.node.directives
+                or d.node.arguments
+                for d in sub_details
+            ):
+                return None
+            if node.name.value == "__typename":
+                fields.append(_Field(response_name, TYPENAME, None, None, True))
+                continue
+            field_def = self.schema.get_field(object_type, node.name.value)
+            if field_def is None or field_def.args:
+                return None
+            reader = _basic_reader(field_def)
+            if reader is None:
+                return None
+            field = self._field(response_name, reader, field_def.type, sub_details)
+            if field is None:
+                return None
+            fields.append(field)
+        return _Plan(object_type, tuple(fields))
+
+    def _field(
+        self,
+        response_name: str,
+        reader: tuple[str | None, Callable[[Any], Any] | None],
+        field_type: GraphQLOutputType,
+        sub_details: FieldDetailsList,
+    ) -> _Field | None:
+        attribute, read = reader
+        non_null = is_non_null_type(field_type)
+        if non_null:
+            field_type = field_type.of_type  # type: ignore[attr-defined]
+        if is_leaf_type(field_type):
+            kind = _BUILT_IN.get(field_type, (LEAF, None))[0]  # type: ignore[call-overload]
+            return _Field(response_name, kind, attribute, read, non_null, field_type)  # type: ignore[arg-type]
+        if is_object_type(field_type):
+            plan = self._object_plan(field_type, sub_details)  # type: ignore[arg-type]
+            if plan is None:
+                return None
+            return _Field(response_name, OBJECT, attribute, read, non_null, plan=plan)
+        if is_list_type(field_type):
+            item_type = field_type.of_type  # type: ignore[attr-defined]
+            item_non_null = isinstance(item_type, GraphQLNonNull)
+            if item_non_null:
+                item_type = item_type.of_type
+            if not is_object_type(item_type):
+                return None
+            plan = self._object_plan(item_type, sub_details)
+            if plan is None:
+                return None
+            return _Field(response_name, LIST, attribute, read, non_null, None, plan, item_non_null)
+        return None  # an interface or a union
+
+    # ------------------------------------------------------------------------- completion
+
+    def _complete_items(
+        self, items: Iterable[Any], plan: _Plan, item_non_null: bool, info: GraphQLResolveInfo
+    ) -> list[Any]:
+        completed: list[Any] = []
+        for item in items:
+            if item is None or item is Undefined:
+                if item_non_null:
+                    raise _NotPlain
+                completed.append(None)
+            else:
+                completed.append(self._complete_object(item, plan, info))
+        return completed
+
+    def _complete_object(self, source: Any, plan: _Plan, info: GraphQLResolveInfo) -> Any:
+        is_awaitable = self.is_awaitable
+        if isinstance(source, Exception) or is_awaitable(source):
+            raise _NotPlain
+        data: dict[str, Any] = {}
+        for field in plan.fields:
+            kind = field.kind
+            if kind == TYPENAME:
+                data[field.response_name] = plan.object_type.name
+                continue
+            attribute = field.attribute
+            value = (
+                getattr(source, attribute) if attribute is not None else field.read(source)  # type: ignore[misc]
+            )
+            value_type = type(value)
+            if kind == INT and value_type is int and _INT_MIN <= value <= _INT_MAX:
+                data[field.response_name] = value
+            elif (kind == STRING and value_type is str) or (kind == BOOLEAN and value_type is bool):
+                data[field.response_name] = value
+            elif kind == FLOAT and value_type is float and math.isfinite(value):
+                data[field.response_name] = value
+            elif value is None or value is Undefined:
+                if field.non_null:
+                    raise _NotPlain
+                data[field.response_name] = None
+            elif isinstance(value, Exception) or is_awaitable(value):
+                raise _NotPlain
+            elif kind == OBJECT:
+                data[field.response_name] = self._complete_object(value, field.plan, info)  # type: ignore[arg-type]
+            elif kind == LIST:
+                if not isinstance(value, list | tuple):
+                    raise _NotPlain
+                data[field.response_name] = self._complete_items(
+                    value,
+                    field.plan,  # type: ignore[arg-type]
+                    field.item_non_null,
+                    info,
+                )
+            else:  # any leaf: its own serialization
+                try:
+                    coerced = field.leaf.coerce_output_value(value)  # type: ignore[union-attr]
+                except Exception:
+                    raise _NotPlain from None
+                if coerced is None or coerced is Undefined:
+                    raise _NotPlain
+                data[field.response_name] = coerced
+        return data

@@ -1,0 +1,199 @@
+"""The fast completion of lists of plain objects (resolvers/execution.py) answers exactly what
+graphql-core's own completion answers: the same query runs on a schema with and one without
+it, and data and errors must be equal, for aliases, `__typename`, fragments, enums, DateTime,
+nulls, nested objects and lists, and for everything the fast path leaves to graphql-core
+(resolvers, arguments, directives, awaitable values, values a type cannot serialize, nulls
+where the type forbids them)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+import pytest
+import strawberry
+
+from resolvers.execution import PlainListExecutor
+
+
+@strawberry.enum
+class Color(Enum):
+    RED = "red"
+    GREEN = "green"
+
+
+@strawberry.type
+class Leaf:
+    id: strawberry.ID
+    n: int
+    label: str
+
+
+@strawberry.type
+class Item:
+    id: strawberry.ID
+    n: int
+    ratio: float
+    name: str
+    flag: bool
+    at: datetime
+    color: Color
+    maybe: int | None
+    must: int
+    leaf: Leaf
+    leaves: list[Leaf]
+    maybe_leaves: list[Leaf | None] | None
+
+    @strawberry.field
+    def doubled(self) -> int:
+        return self.n * 2
+
+    @strawberry.field
+    def times(self, k: int) -> int:
+        return self.n * k
+
+    @strawberry.field
+    def broken(self) -> int:
+        raise ValueError("broken resolver")
+
+    @strawberry.field
+    async def later(self) -> int:
+        return self.n + 1
+
+
+def _item(i: int, **changes: Any) -> Item:
+    values: dict[str, Any] = {
+        "id": strawberry.ID(f"I{i}"),
+        "n": i,
+        "ratio": i / 3,
+        "name": f"item {i}",
+        "flag": i % 2 == 0,
+        "at": datetime(2026, 1, 1 + i, 12, 30, tzinfo=UTC),
+        "color": Color.RED if i % 2 else Color.GREEN,
+        "maybe": None if i % 3 == 0 else i,
+        "must": i,
+        "leaf": Leaf(id=strawberry.ID(f"L{i}"), n=i, label="x"),
+        "leaves": [Leaf(id=strawberry.ID(f"L{i}.{j}"), n=j, label="y") for j in range(3)],
+        "maybe_leaves": None if i == 1 else [None, Leaf(id=strawberry.ID("M"), n=1, label="m")],
+    }
+    values.update(changes)
+    return Item(**values)
+
+
+async def _coroutine_value() -> int:
+    return 7
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def items(self) -> list[Item]:
+        return [_item(i) for i in range(4)]
+
+    @strawberry.field
+    def nullable_items(self) -> list[Item | None]:
+        return [_item(0), None, _item(2)]
+
+    @strawberry.field
+    def strict_items(self) -> list[Item]:
+        return [_item(0), None, _item(2)]  # type: ignore[list-item]
+
+    @strawberry.field
+    def bad_values(self, case: int) -> list[Item]:
+        bad = [
+            {"must": None},  # null in a non-null field
+            {"n": 2**40},  # beyond Int's 32 bits
+            {"ratio": math.nan},  # not a finite Float
+            {"maybe": "seven"},  # not an Int at all
+            {"name": 7},  # not a String (graphql-core turns it into one)
+            {"flag": 1},  # not a Boolean (graphql-core accepts it)
+        ][case]
+        return [_item(0), _item(1, **bad), _item(2)]
+
+    @strawberry.field
+    def awaitable_values(self) -> list[Item]:
+        value: Awaitable[int] = _coroutine_value()
+        return [_item(0), _item(1, maybe=value)]
+
+    @strawberry.field
+    def broken_sibling(self) -> int:
+        raise ValueError("sibling failed")
+
+
+FAST = strawberry.Schema(query=Query, execution_context_class=PlainListExecutor)
+NORMAL = strawberry.Schema(query=Query)
+
+ALL_LEAVES = "id n ratio name flag at color maybe must"
+QUERIES = {
+    "leaves": f"{{ items {{ {ALL_LEAVES} }} }}",
+    "aliases and typename": (
+        "{ first: items { key: id typename: __typename __typename n again: n } }"
+    ),
+    "fragments": (
+        "query { items { ...Parts ... on Item { color } } }"
+        " fragment Parts on Item { id at leaf { ...LeafParts } }"
+        " fragment LeafParts on Leaf { label __typename }"
+    ),
+    "nested": "{ items { leaf { id n } leaves { id n label } maybeLeaves { id } } }",
+    "null items": f"{{ nullableItems {{ {ALL_LEAVES} }} }}",
+    "null in a non-null list": "{ strictItems { id } }",
+    "resolver": "{ items { id doubled } }",
+    "arguments": "{ items { id times(k: 3) } }",
+    "async resolver": "{ items { id later } }",
+    "directive": "{ items { id n @include(if: false) name @skip(if: false) } }",
+    "error in a resolver": "{ items { id broken } }",
+    "error beside the list": "{ items { id n } brokenSibling }",
+    **{
+        f"values a type refuses or coerces ({case})": (
+            f"{{ badValues(case: {case}) {{ id must n ratio maybe name flag }} }}"
+        )
+        for case in range(6)
+    },
+    "awaitable value": "{ awaitableValues { id maybe } }",
+}
+
+
+def _errors(result: Any) -> list[tuple[str, list[Any] | None]]:
+    return sorted((e.message, e.path) for e in result.errors or [])
+
+
+@pytest.mark.parametrize("name", list(QUERIES))
+async def test_fast_and_normal_completion_agree(name: str) -> None:
+    query = QUERIES[name]
+    fast = await FAST.execute(query)
+    normal = await NORMAL.execute(query)
+    assert fast.data == normal.data
+    assert _errors(fast) == _errors(normal)
+
+
+async def test_plain_lists_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    completed: list[int] = []
+    original = PlainListExecutor._complete_items
+
+    def spy(self: PlainListExecutor, items: Any, *args: Any) -> list[Any]:
+        result = original(self, items, *args)
+        completed.append(len(result))
+        return result
+
+    monkeypatch.setattr(PlainListExecutor, "_complete_items", spy)
+    result = await FAST.execute(QUERIES["nested"])
+    assert result.errors is None
+    assert completed[-1] == 4  # the items (after their inner lists of leaves)
+    assert result.data is not None and result.data["items"][0]["leaves"][2] == {
+        "id": "L0.2",
+        "n": 2,
+        "label": "y",
+    }
+    completed.clear()
+    await FAST.execute(QUERIES["resolver"])
+    assert completed == []  # a resolver: graphql-core completes the list
+
+
+async def test_serialized_values_are_the_types_own() -> None:
+    result = await FAST.execute("{ items { at color ratio id } }")
+    assert result.errors is None and result.data is not None
+    first = result.data["items"][1]
+    assert first == {"at": "2026-01-02T12:30:00+00:00", "color": "RED", "ratio": 1 / 3, "id": "I1"}
