@@ -207,6 +207,9 @@ _COUNTS = (
 _SUMMED = ("with_allocation", "with_credits", "low", "exhausted", "window_used")
 
 
+_HORIZON = "CAST($4 AS DOUBLE PRECISION)"
+
+
 def _live(postgres: bool) -> str:
     """The pool's balances of the changed End Users, live, with their window use."""
     return (
@@ -222,8 +225,9 @@ def _summary_statement(postgres: bool) -> str:
     figures = ", ".join(f"COALESCE(r.{n}, 0) - xs.{n} + xl.{n} AS {n}" for n in _SUMMED)
     return (
         f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', borderline=True)}),"
-        f" xl AS (SELECT {_COUNTS}, COALESCE(SUM(CASE WHEN window_used * $4 > remaining"
-        " THEN window_used * $4 - remaining ELSE 0 END), 0) AS shortfall"
+        # ($4, the horizon factor, typed: PostgreSQL would infer window_used's BIGINT)
+        f" xl AS (SELECT {_COUNTS}, COALESCE(SUM(CASE WHEN window_used * {_HORIZON} > remaining"
+        f" THEN window_used * {_HORIZON} - remaining ELSE 0 END), 0) AS shortfall"
         f" FROM {_live(postgres)} live),"
         f" xs AS (SELECT {_COUNTS},"
         " COALESCE(SUM(CASE WHEN shortfall_class = 1 THEN window_used ELSE 0 END), 0)"

@@ -386,12 +386,12 @@ def window_used_of(end_user: str, pool: str, ws: str) -> str:
     return (
         "(COALESCE((SELECT wu.used FROM end_user_window_usage wu"
         f" WHERE wu.end_user_id = {end_user} AND wu.pool_id = {pool}), 0)"
-        f" + COALESCE((SELECT SUM(CASE WHEN l.occurred_at >= {folded} THEN l.amount"
-        f" ELSE -l.amount END) FROM ledger_entry l WHERE {folded} <> {ws} AND {mine}"
-        f" AND l.created_at < {WATERMARK} AND l.occurred_at >= {low}"
+        f" + COALESCE((SELECT CAST(SUM(CASE WHEN l.occurred_at >= {folded} THEN l.amount"
+        f" ELSE -l.amount END) AS BIGINT) FROM ledger_entry l WHERE {folded} <> {ws}"
+        f" AND {mine} AND l.created_at < {WATERMARK} AND l.occurred_at >= {low}"
         f" AND l.occurred_at < {high}), 0)"
-        f" + COALESCE((SELECT SUM(CASE WHEN l.occurred_at >= {ws} THEN -l.amount ELSE 0 END)"
-        f" FROM ledger_entry l WHERE {mine} AND l.created_at >= {WATERMARK}), 0))"
+        f" + COALESCE((SELECT CAST(SUM(CASE WHEN l.occurred_at >= {ws} THEN -l.amount ELSE 0 END)"
+        f" AS BIGINT) FROM ledger_entry l WHERE {mine} AND l.created_at >= {WATERMARK}), 0))"
     )
 
 

@@ -7,6 +7,7 @@ where the type forbids them)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -197,3 +198,13 @@ async def test_serialized_values_are_the_types_own() -> None:
     assert result.errors is None and result.data is not None
     first = result.data["items"][1]
     assert first == {"at": "2026-01-02T12:30:00+00:00", "color": "RED", "ratio": 1 / 3, "id": "I1"}
+
+
+def test_http_answers_are_encoded_as_json_whatever_the_values() -> None:
+    from api.app import UsageGraphQL
+
+    encode = UsageGraphQL.encode_json
+    data = {"data": {"a": [1, 2.5, "é", None, True], "b": {"c": "2026-01-01T00:00:00+00:00"}}}
+    assert json.loads(encode(None, data)) == data  # type: ignore[arg-type]
+    huge = {"data": {"n": 2**70}}  # beyond orjson's 64 bits: encoded all the same
+    assert json.loads(encode(None, huge)) == huge  # type: ignore[arg-type]
