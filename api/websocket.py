@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections import Counter
 from contextlib import suppress
 from functools import lru_cache
@@ -49,7 +50,15 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     Operation,
     _OperationStreamClosed,
 )
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
+    Message,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ConnectionInitMessage as LegacyConnectionInitMessage,
+)
+from strawberry.subscriptions.protocols.graphql_ws.types import OperationMessage
 from strawberry.types.execution import PreExecutionError
 from strawberry.utils.aio import aclosing
 
@@ -104,41 +113,40 @@ def selection_of(feed: LiveFeed, schema: Schema, realtime: Realtime) -> Selectio
         (name, json.dumps(variables[name], sort_keys=True) if name in variables else None)
         for name in _shaping_variables(feed.query, feed.operation_name)
     )
-    return Selection((feed.query, feed.operation_name, shaping), _Renderer(feed, schema, realtime))
+    key = (feed.query, feed.operation_name, shaping)
+    return Selection(key, lambda: _Renderer(feed, schema, realtime))
 
 
 class _Renderer:
     """One execution of the selection per event: the GraphQL `payload` as JSON text."""
 
-    __slots__ = ("executor", "feed", "realtime", "schema")
+    __slots__ = ("context", "feed", "schema")
 
     def __init__(self, feed: LiveFeed, schema: Schema, realtime: Realtime) -> None:
         self.feed = feed
         self.schema = schema
-        self.realtime = realtime
-        self.executor: Executor | None = None  # built at the first rendering
+        self.context = Context(request=None, response=None, realtime=realtime)
 
-    def _build(self) -> Executor:
+    def _executor(self, root: Any) -> Executor:
+        # A fresh executor per event: graphql-core's per-event copies share one memo of
+        # collected fields, keyed by objects made anew for each event, which never shrinks.
         feed = self.feed
         executor = self.schema.execution_context_class.build(
             self.schema._schema,
             _document(feed.query),
-            context_value=Context(request=None, response=None, realtime=self.realtime),
+            root_value=root,
+            context_value=self.context,
             raw_variable_values=feed.variables,
             operation_name=feed.operation_name,
             is_awaitable=optimized_is_awaitable,
         )
         if isinstance(executor, list):  # the operation was validated: cannot happen
             raise GraphQLError(f"cannot render the subscription: {executor}")
-        self.executor = executor
         return executor
 
     async def __call__(self, event: Event) -> str:
         assert self.feed.to_object is not None
-        executor = self.executor or self._build()
-        result = execute_subscription_event(
-            executor.build_per_event_executor(self.feed.to_object(event))
-        )
+        result = execute_subscription_event(self._executor(self.feed.to_object(event)))
         if isawaitable(result):
             result = await result
         payload: dict[str, Any] = {"data": result.data}
@@ -159,20 +167,51 @@ def _document(query: str) -> DocumentNode:
 async def _serve(handler: Any, feed: LiveFeed, frame_prefix: str) -> None:
     """Sends the feed's events until the operation is stopped or the client leaves."""
     assert feed.topic is not None
-    view = handler.view
-    selection = selection_of(feed, handler.schema, view.realtime)
-    socket = handler.websocket.ws
+    realtime: Realtime = handler.view.realtime
+    send_text = handler.websocket.ws.send_text
+    selection = selection_of(feed, handler.schema, realtime)
+    subscriber, items = await realtime.subscribe(feed.topic, selection)
+    del selection  # an idle subscriber keeps only what it needs
     try:
-        async for payload in view.realtime.feed(feed.topic, selection):
-            await socket.send_text(frame_prefix + payload + "}")
+        while True:
+            for item in items:
+                await send_text(frame_prefix + item + "}")
+            item = None  # nothing sent stays referenced while idle
+            items.clear()
+            items = await subscriber.take()
     except WebSocketDisconnect as error:
         raise WebSocketDisconnected from error
+    finally:
+        realtime.leave(subscriber)
+
+
+def _forget_credentials(context: Context) -> None:
+    """After connection_init: the principal is known, the credential need not be kept."""
+    context.connection_params = None
+
+
+def _forget_message(message: object) -> None:
+    """Strawberry's reader keeps the last message it read until the next one arrives: an
+    idle subscriber would keep its whole subscribe message."""
+    if isinstance(message, dict):
+        message.clear()
 
 
 class LiveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    async def handle_message(self, message: Message) -> None:
+        await super().handle_message(message)
+        _forget_message(message)
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        self.connection_init_timeout_task = None  # done with: not kept for the connection
+        _forget_credentials(self.context)
+
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         """Strawberry 0.341's run_operation, with a LiveFeed as root value, served between
         the operation's own results and its completion."""
+        # One copy of a document's text, however many subscribers sent it.
+        operation.query = sys.intern(operation.query)
         feed = LiveFeed(operation.query, operation.operation_name, operation.variables)
         try:
             result_source = await self.schema.stream(
@@ -184,8 +223,9 @@ class LiveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             )
             async with aclosing(result_source):
                 await self._send_result_stream(operation, result_source)
+            del result_source
             if feed.topic is not None:
-                prefix = f'{{"id":{json.dumps(operation.id)},"type":"next","payload":'
+                prefix = sys.intern(f'{{"id":{json.dumps(operation.id)},"type":"next","payload":')
                 await _serve(self, feed, prefix)
             await operation.send_operation_message({"id": operation.id, "type": "complete"})
         except (_OperationStreamClosed, WebSocketDisconnected):
@@ -199,6 +239,14 @@ class LiveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
 
 class LiveGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
+    async def handle_message(self, message: OperationMessage) -> None:
+        await super().handle_message(message)
+        _forget_message(message)
+
+    async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        _forget_credentials(self.context)
+
     async def handle_async_results(
         self,
         operation_id: str,
@@ -208,6 +256,7 @@ class LiveGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
     ) -> None:
         """Strawberry 0.341's handle_async_results, with a LiveFeed as root value, served
         between the operation's own results and its completion."""
+        query = sys.intern(query)
         feed = LiveFeed(query, operation_name, variables)
         try:
             result_source = await self.schema.subscribe(
@@ -227,6 +276,7 @@ class LiveGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
                     return
                 await self.send_data_message(result, operation_id)
                 is_first_result = False
+            del result_source
             self.subscriptions.pop(operation_id, None)
             if feed.topic is not None:
                 await _serve(

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,10 +61,10 @@ def routes_of(kind: str, event: Event) -> tuple[Route, ...]:
 @dataclass(frozen=True, slots=True, eq=False)
 class Selection:
     """How events become what subscribers receive. Subscribers with equal keys share one
-    rendering of each event (the first one's `render` is used for all)."""
+    rendering of each event; `make_render` is called once, by the first of them."""
 
     key: Hashable
-    render: Render
+    make_render: Callable[[], Render]
 
 
 async def _as_is(event: Event) -> Event:
@@ -72,16 +72,36 @@ async def _as_is(event: Event) -> Event:
 
 
 # The event itself, for readers that render it themselves.
-EVENTS = Selection(("events",), _as_is)
+EVENTS = Selection(("events",), lambda: _as_is)
+
+
+class _Group:
+    """The subscribers of one selection in an application: one rendering for all."""
+
+    __slots__ = ("count", "key", "render")
+
+    def __init__(self, key: Hashable, render: Render) -> None:
+        self.key = key
+        self.render = render
+        self.count = 0
 
 
 class Subscriber(ConflatingBuffer):
-    __slots__ = ("render", "topic")
+    __slots__ = ("group", "topic")
 
-    def __init__(self, topic: Topic) -> None:
+    def __init__(self, topic: Topic, group: _Group) -> None:
         super().__init__()
         self.topic = topic
-        self.render: Render = _as_is  # its selection's shared rendering, set on joining
+        self.group = group
+
+    @property
+    def render(self) -> Render:
+        return self.group.render
+
+
+# Subscribers of one route and selection: most often one alone (an End User's widget),
+# held as such, which costs an idle subscriber much less than a set of one.
+Bucket = Subscriber | set[Subscriber]
 
 
 class _Application:
@@ -89,8 +109,8 @@ class _Application:
 
     def __init__(self, application_id: int) -> None:
         self.application_id = application_id
-        self.routes: dict[Route, dict[Hashable, set[Subscriber]]] = {}
-        self.renders: dict[Hashable, list[Any]] = {}  # selection key -> [render, subscribers]
+        self.groups: dict[Hashable, _Group] = {}
+        self.members: dict[tuple[Route, Hashable], Bucket] = {}
         self.count = 0
         self.renderings = 0
         self.intake = ConflatingBuffer(MAX_INTAKE_KEYS)
@@ -98,26 +118,34 @@ class _Application:
         self.listening = contextlib.ExitStack()
         self.dispatcher: asyncio.Task[None] | None = None
 
-    def add(self, subscriber: Subscriber, selection: Selection) -> None:
-        by_selection = self.routes.setdefault(subscriber.topic.route, {})
-        by_selection.setdefault(selection.key, set()).add(subscriber)
-        render = self.renders.setdefault(selection.key, [selection.render, 0])
-        render[1] += 1
-        subscriber.render = render[0]
+    def add(self, topic: Topic, selection: Selection) -> Subscriber:
+        group = self.groups.get(selection.key)
+        if group is None:
+            group = self.groups[selection.key] = _Group(selection.key, selection.make_render())
+        group.count += 1
+        subscriber = Subscriber(topic, group)
+        slot = (topic.route, group.key)
+        bucket = self.members.get(slot)
+        if bucket is None:
+            self.members[slot] = subscriber
+        elif isinstance(bucket, set):
+            bucket.add(subscriber)
+        else:
+            self.members[slot] = {bucket, subscriber}
         self.count += 1
+        return subscriber
 
-    def remove(self, subscriber: Subscriber, selection: Selection) -> None:
-        route = subscriber.topic.route
-        members = self.routes[route][selection.key]
-        members.discard(subscriber)
-        if not members:
-            del self.routes[route][selection.key]
-            if not self.routes[route]:
-                del self.routes[route]
-        render = self.renders[selection.key]
-        render[1] -= 1
-        if render[1] == 0:
-            del self.renders[selection.key]
+    def remove(self, subscriber: Subscriber) -> None:
+        group = subscriber.group
+        slot = (subscriber.topic.route, group.key)
+        bucket = self.members[slot]
+        if isinstance(bucket, set) and len(bucket) > 1:
+            bucket.discard(subscriber)
+        else:
+            del self.members[slot]
+        group.count -= 1
+        if group.count == 0:
+            del self.groups[group.key]
         self.count -= 1
 
     def on_message(self, message: bytes) -> None:
@@ -146,23 +174,23 @@ class _Application:
         self.dispatched.move_to_end(key)
         if len(self.dispatched) > DISPATCHED_VERSIONS:
             self.dispatched.popitem(last=False)
-        matched: dict[Hashable, list[set[Subscriber]]] = {}
-        for route in routes_of(kind, event):
-            for selection_key, members in self.routes.get(route, {}).items():
-                matched.setdefault(selection_key, []).append(members)
-        for selection_key, groups in matched.items():
-            render = self.renders.get(selection_key)
-            if render is None:
-                continue  # its last subscriber left while an earlier selection rendered
+        routes = routes_of(kind, event)
+        for group in tuple(self.groups.values()):  # a few: one per distinct selection
+            buckets = [self.members.get((route, group.key)) for route in routes]
+            if not any(buckets):
+                continue
             self.renderings += 1
             try:
-                item = await render[0](event)
+                item = await group.render(event)
             except Exception:  # the other selections still get the event
                 log.exception("rendering failed on application %s", self.application_id)
                 continue
-            for members in groups:
-                for subscriber in tuple(members):
-                    subscriber.offer(key, version, item)
+            for bucket in buckets:
+                if isinstance(bucket, Subscriber):
+                    bucket.offer(key, version, item)
+                elif bucket:
+                    for subscriber in tuple(bucket):  # some may leave while it is sent
+                        subscriber.offer(key, version, item)
 
 
 class Fanout:
@@ -185,21 +213,19 @@ class Fanout:
         application = self.applications.get(application_id)
         return 0 if application is None else application.renderings
 
-    @contextlib.contextmanager
-    def join(self, topic: Topic, selection: Selection) -> Iterator[Subscriber]:
-        """A subscriber of `topic`, receiving `selection`'s renderings from now on, for the
-        duration of the `with` block."""
+    def join(self, topic: Topic, selection: Selection) -> Subscriber:
+        """A subscriber of `topic`, receiving `selection`'s renderings from now on, until
+        it leaves."""
         application = self.applications.get(topic.application_id)
         if application is None:
             application = self._open(topic.application_id)
-        subscriber = Subscriber(topic)
-        application.add(subscriber, selection)
-        try:
-            yield subscriber
-        finally:
-            application.remove(subscriber, selection)
-            if application.count == 0:
-                self._close(application)
+        return application.add(topic, selection)
+
+    def leave(self, subscriber: Subscriber) -> None:
+        application = self.applications[subscriber.topic.application_id]
+        application.remove(subscriber)
+        if application.count == 0:
+            self._close(application)
 
     def _open(self, application_id: int) -> _Application:
         application = _Application(application_id)
@@ -223,7 +249,7 @@ class Fanout:
         for application in list(self.applications.values()):
             topics = {
                 Topic(application.application_id, kind, pool, end_user)
-                for kind, end_user, pool in application.routes
+                for (kind, end_user, pool), _ in application.members
                 if kind == "balance"
             }
             task = loop.create_task(self._resync(application, topics))

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from subscriptions.broker import Broker, create_broker
-from subscriptions.fanout import Fanout, Selection, Topic
+from subscriptions.fanout import Fanout, Selection, Subscriber, Topic
 from subscriptions.relay import OutboxRelay
 from subscriptions.snapshots import topic_snapshots
 from subscriptions.streams import event_key
@@ -36,15 +36,33 @@ class Realtime:
     def subscriber_count(self) -> int:
         return self.fanout.subscriber_count
 
-    async def feed(self, topic: Topic, selection: Selection) -> AsyncIterator[Any]:
-        """The topic's current snapshots (balances; none for alerts), then every change,
-        each rendered by `selection` (once for all its subscribers); a slow reader gets the
-        latest rendering per balance, from a bounded buffer."""
+    async def subscribe(self, topic: Topic, selection: Selection) -> tuple[Subscriber, list[Any]]:
+        """Joins `topic`: the subscriber, and its first items, the topic's current snapshots
+        (balances; none for alerts). Then `subscriber.take()` gives every change, rendered
+        by `selection` (once for all its subscribers); a slow reader gets the latest
+        rendering per balance, from a bounded buffer. `leave` it at the end."""
         # Join before reading the snapshots, so that no change falls between the two.
-        with self.fanout.join(topic, selection) as subscriber:
+        subscriber = self.fanout.join(topic, selection)
+        try:
+            first = []
             for snapshot in await topic_snapshots(topic):
                 subscriber.mark_delivered(event_key(topic.kind, snapshot), snapshot["version"])
-                yield await subscriber.render(snapshot)
+                first.append(await subscriber.render(snapshot))
+            return subscriber, first
+        except BaseException:
+            self.fanout.leave(subscriber)
+            raise
+
+    def leave(self, subscriber: Subscriber) -> None:
+        self.fanout.leave(subscriber)
+
+    async def feed(self, topic: Topic, selection: Selection) -> AsyncIterator[Any]:
+        """`subscribe`, as an iterator."""
+        subscriber, items = await self.subscribe(topic, selection)
+        try:
             while True:
-                for item in await subscriber.take():
+                for item in items:
                     yield item
+                items = await subscriber.take()
+        finally:
+            self.leave(subscriber)

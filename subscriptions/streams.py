@@ -33,19 +33,20 @@ class ConflatingBuffer:
         self.bound = bound
         self.pending: dict[Key, tuple[int, Any]] = {}
         # Versions already delivered outside the buffer (a first snapshot): anything at or
-        # below them is stale. A key leaves as soon as a newer version is offered.
-        self.floors: dict[Key, int] = {}
+        # below them is stale. A key leaves as soon as a newer version is offered. A few
+        # pairs at most, kept by every idle subscriber: a tuple is the smallest holder.
+        self.floors: tuple[tuple[Key, int], ...] = ()
         self.waiter: asyncio.Future[None] | None = None
         self.dropped = 0
 
     def offer(self, key: Key, version: int, item: Any) -> None:
         """Never blocks, never grows past the bound."""
-        if self.floors:
-            floor = self.floors.get(key)
-            if floor is not None:
-                if version <= floor:
+        for floor in self.floors:
+            if floor[0] == key:
+                if version <= floor[1]:
                     return
-                del self.floors[key]
+                self.floors = tuple(f for f in self.floors if f is not floor)
+                break
         waiting = self.pending.pop(key, None)
         if waiting is not None and waiting[0] >= version:
             self.pending[key] = waiting
@@ -59,7 +60,10 @@ class ConflatingBuffer:
 
     def mark_delivered(self, key: Key, version: int) -> None:
         """Records an item of `key` delivered outside the buffer, at `version`."""
-        self.floors[key] = max(version, self.floors.get(key, -1))
+        for floor in self.floors:
+            if floor[0] == key:
+                version = max(version, floor[1])
+        self.floors = (*(f for f in self.floors if f[0] != key), (key, version))
         waiting = self.pending.get(key)
         if waiting is not None and waiting[0] <= version:
             del self.pending[key]

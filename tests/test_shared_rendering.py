@@ -178,6 +178,28 @@ async def test_an_application_subscriber_gets_pool_and_end_user_renderings(serve
         assert remaining == [6, 16]  # the End User's balance and the pool's
 
 
+async def test_without_a_live_feed_strawberry_executes_each_event(backend, server, http) -> None:
+    """Another transport (no LiveFeed root value): the resolver yields the events itself."""
+    from api.auth import authenticate
+    from resolvers.context import Context
+    from resolvers.schema import schema
+
+    app = await _application(server, http, users=1, credits_each=10)
+    principal = await authenticate(f"Bearer {app.reader.key}", backend.settings.secret)
+    context = Context(request=None, response=None, principal=principal, realtime=server.realtime)
+    variables = {"app": app.id, "endUser": app.end_user_ids[0], "pool": "ai"}
+    stream = await schema.subscribe(REMAINING, variable_values=variables, context_value=context)
+    try:
+        first = await asyncio.wait_for(anext(stream), 5)
+        assert first.data == {"balanceChanged": {"remaining": 10, "version": 1}}
+        await settled(server, int(app.id))
+        await app.admin(CONSUME, input=_consume(app, {"id": app.end_user_ids[0]}, credits=4))
+        event = await asyncio.wait_for(anext(stream), 5)
+        assert event.data["balanceChanged"]["remaining"] == 6
+    finally:
+        await stream.aclose()
+
+
 def test_only_the_variables_outside_the_topic_arguments_shape_the_result() -> None:
     assert _shaping_variables(REMAINING, None) == ()
     assert _shaping_variables(WHO, "Who") == ("who",)
@@ -214,10 +236,9 @@ async def test_a_slow_subscriber_is_conflated_and_holds_nobody_up() -> None:
 
     balances, versions = MAX_PENDING_KEYS + 500, 3
     channel = application_channel(1)
-    with (
-        fanout.join(Topic(1), Selection("doc", render)) as slow,
-        fanout.join(Topic(1), Selection("doc", render)) as fast,
-    ):
+    slow = fanout.join(Topic(1), Selection("doc", lambda: render))
+    fast = fanout.join(Topic(1), Selection("doc", lambda: render))
+    try:
         received: list[str] = []
 
         async def read_fast() -> None:
@@ -238,6 +259,9 @@ async def test_a_slow_subscriber_is_conflated_and_holds_nobody_up() -> None:
         assert {version for version, _ in slow.pending.values()} == {versions}
         latest = await slow.take()
         assert latest == [f"{u}@{versions}" for u in range(balances - MAX_PENDING_KEYS, balances)]
+    finally:
+        fanout.leave(slow)
+        fanout.leave(fast)
     assert fanout.subscriber_count == 0 and not broker.hub.listeners
 
 
@@ -251,7 +275,8 @@ async def test_versions_never_go_backwards_and_republished_rows_are_not_rendered
         return event["version"]
 
     channel = application_channel(1)
-    with fanout.join(Topic(1, end_user_id=5), Selection("doc", render)) as subscriber:
+    subscriber = fanout.join(Topic(1, end_user_id=5), Selection("doc", lambda: render))
+    try:
         subscriber.mark_delivered((1, 5), 4)  # its first snapshot was version 4
         for version in (3, 4, 6, 5, 6, 7):
             await broker.publish(channel, _envelope(5, version))
@@ -261,3 +286,5 @@ async def test_versions_never_go_backwards_and_republished_rows_are_not_rendered
         assert await asyncio.wait_for(subscriber.take(), 1) == [7]
         await asyncio.sleep(0.01)
         assert rendered == [3, 4, 6, 7]  # once per new version; the other End User: never
+    finally:
+        fanout.leave(subscriber)
