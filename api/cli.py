@@ -110,6 +110,7 @@ def serve(
         port=port,
         workers=workers,
         ws="websockets-sansio",
+        ws_per_message_deflate=settings.ws_compression,
         ws_max_size=settings.max_body_bytes,  # one WebSocket message: the same bound as a body
         log_level="info",
         access_log=access_log,

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # The service's address as browsers reach it (behind a proxy), for the links it hands
     # out (exportUrl); unset: the address the request came to.
     public_url: str | None = Field(None, alias="USAGEGRAPH_PUBLIC_URL")
+    # permessage-deflate on WebSockets. Off by default: balance events are a few hundred
+    # bytes, and each compressing connection keeps zlib state (tens of KB) for its lifetime.
+    ws_compression: bool = Field(False, alias="USAGEGRAPH_WS_COMPRESSION")
     # Largest HTTP request body accepted (413 beyond); a 1,000-record batch fits.
     max_body_bytes: int = Field(1_048_576, ge=1024, alias="USAGEGRAPH_MAX_BODY_BYTES")
     # Request log (api/request_log.py): 0 turns the middleware off in this process.

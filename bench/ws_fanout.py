@@ -438,6 +438,9 @@ async def start_server(setup: Setup, per_subscriber: bool, log_dir: Path) -> Ser
         str(port),
         "--ws",
         "websockets-sansio",
+        # as `usagegraph serve` runs it by default (USAGEGRAPH_WS_COMPRESSION off)
+        "--ws-per-message-deflate",
+        "false",
         "--no-access-log",
         "--log-level",
         "warning",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -126,6 +128,26 @@ def test_serve_demo_prints_a_working_key(tmp_path: Path) -> None:
         assert application["endUsers"]["totalCount"] == 200
         assert {p["key"] for p in application["pools"]} == {"ai", "inbox_preview"}
         assert all(p["purchased"] > 0 and p["used"] > 0 for p in application["pools"])
+        asyncio.run(_websocket_handshake(port, key))
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+async def _websocket_handshake(port: int, key: str) -> None:
+    """The served app accepts graphql-transport-ws without permessage-deflate even when the
+    client offers it (USAGEGRAPH_WS_COMPRESSION is off by default: zlib state per idle
+    subscriber)."""
+    from websockets.asyncio.client import connect
+
+    async with connect(
+        f"ws://127.0.0.1:{port}/graphql",
+        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+        compression="deflate",
+    ) as socket:
+        assert socket.response is not None
+        assert "sec-websocket-extensions" not in socket.response.headers
+        await socket.send(
+            json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {key}"}})
+        )
+        assert json.loads(await socket.recv())["type"] == "connection_ack"
