@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections import Counter
+from collections.abc import Generator
 from contextlib import suppress
 from functools import lru_cache
 from inspect import isawaitable
@@ -65,10 +67,11 @@ from strawberry.utils.aio import aclosing
 from resolvers.context import Context
 from resolvers.live import LiveFeed
 from resolvers.schema import DOCUMENT_CACHE_SIZE, MaskUnexpectedErrors
-from subscriptions.fanout import Selection
+from subscriptions.fanout import Selection, Subscriber
 from subscriptions.realtime import Realtime
 from subscriptions.streams import Event
 
+log = logging.getLogger(__name__)
 _MASK = MaskUnexpectedErrors()
 
 
@@ -164,25 +167,96 @@ def _document(query: str) -> DocumentNode:
     return parse(query)
 
 
-async def _serve(handler: Any, feed: LiveFeed, frame_prefix: str) -> None:
-    """Sends the feed's events until the operation is stopped or the client leaves."""
+class _LiveSender:
+    """Sends one operation's events, with no task while nothing is pending: an idle
+    subscriber keeps this object and its fan-out buffer, not a task suspended in a loop.
+    It stands where the handler keeps the operation's task, so Strawberry's bookkeeping
+    (the per-connection subscription limit, duplicate ids, stop/complete and shutdown)
+    sees the operation as running: `cancel()` ends it and `await`ing it waits for the
+    last send. `complete` is the frame sent once it has ended (legacy graphql-ws sends
+    one when an operation is stopped)."""
+
+    __slots__ = ("complete", "handler", "prefix", "subscriber", "task")
+
+    def __init__(self, handler: Any, subscriber: Subscriber, prefix: str, complete: str | None):
+        self.handler = handler
+        self.subscriber: Subscriber | None = subscriber
+        self.prefix = prefix
+        self.complete = complete
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        assert self.subscriber is not None
+        self.subscriber.wake = self
+        if self.subscriber.pending:  # arrived while the first snapshots were sent
+            self()
+
+    def __call__(self) -> None:
+        """The subscriber has items pending: a task sends them, then ends."""
+        if self.task is None and self.subscriber is not None:
+            self.task = asyncio.get_running_loop().create_task(self._send_pending())
+
+    async def _send_pending(self) -> None:
+        send_text = self.handler.websocket.ws.send_text
+        try:
+            while self.subscriber is not None and self.subscriber.pending:
+                for item in self.subscriber.take_now():
+                    await send_text(self.prefix + item + "}")
+        except WebSocketDisconnect:
+            self._leave()  # the handler's reader sees the close and shuts the connection
+        except Exception:
+            self._leave()
+            log.exception("sending a subscription's events failed")
+        finally:
+            self.task = None
+
+    def _leave(self) -> None:
+        if self.subscriber is not None:
+            self.subscriber.wake = None
+            self.handler.view.realtime.leave(self.subscriber)
+            self.subscriber = None
+
+    def cancel(self) -> bool:
+        self._leave()
+        if self.task is not None:
+            self.task.cancel()
+        return True
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._ended().__await__()
+
+    async def _ended(self) -> None:
+        if self.task is not None:
+            with suppress(asyncio.CancelledError):
+                await self.task
+        if self.complete is not None:
+            complete, self.complete = self.complete, None
+            await self.handler.websocket.ws.send_text(complete)
+
+
+async def _go_live(
+    handler: Any, feed: LiveFeed, frame_prefix: str, complete: str | None = None
+) -> _LiveSender:
+    """Joins the feed's topic and sends its current snapshots; the sender then sends its
+    events until cancelled."""
     assert feed.topic is not None
     realtime: Realtime = handler.view.realtime
-    send_text = handler.websocket.ws.send_text
     selection = selection_of(feed, handler.schema, realtime)
     subscriber, items = await realtime.subscribe(feed.topic, selection)
     del selection  # an idle subscriber keeps only what it needs
+    sender = _LiveSender(handler, subscriber, frame_prefix, complete)
     try:
-        while True:
-            for item in items:
-                await send_text(frame_prefix + item + "}")
-            item = None  # nothing sent stays referenced while idle
-            items.clear()
-            items = await subscriber.take()
+        send_text = handler.websocket.ws.send_text
+        for item in items:
+            await send_text(frame_prefix + item + "}")
     except WebSocketDisconnect as error:
+        sender.cancel()
         raise WebSocketDisconnected from error
-    finally:
-        realtime.leave(subscriber)
+    except BaseException:
+        sender.cancel()
+        raise
+    sender.start()
+    return sender
 
 
 def _forget_credentials(context: Context) -> None:
@@ -224,10 +298,17 @@ class LiveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             async with aclosing(result_source):
                 await self._send_result_stream(operation, result_source)
             del result_source
-            if feed.topic is not None:
-                prefix = sys.intern(f'{{"id":{json.dumps(operation.id)},"type":"next","payload":')
-                await _serve(self, feed, prefix)
-            await operation.send_operation_message({"id": operation.id, "type": "complete"})
+            if feed.topic is None:
+                await operation.send_operation_message({"id": operation.id, "type": "complete"})
+                return
+            prefix = sys.intern(f'{{"id":{json.dumps(operation.id)},"type":"next","payload":')
+            sender = await _go_live(self, feed, prefix)
+            if operation.completed or self.operations.get(operation.id) is not operation:
+                sender.cancel()  # stopped meanwhile (never, short of a race): not kept
+                return
+            # The operation stays registered, its sender in place of this (ending) task.
+            operation.task = sender  # type: ignore[assignment]
+            operation.variables = None
         except (_OperationStreamClosed, WebSocketDisconnected):
             return
         except Exception as error:
@@ -278,15 +359,27 @@ class LiveGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
                 is_first_result = False
             del result_source
             self.subscriptions.pop(operation_id, None)
-            if feed.topic is not None:
-                await _serve(
-                    self, feed, f'{{"type":"data","id":{json.dumps(operation_id)},"payload":'
-                )
-            await self.send_message({"type": "complete", "id": operation_id})
+            if feed.topic is None:
+                await self.send_message({"type": "complete", "id": operation_id})
+                return
+            quoted = json.dumps(operation_id)
+            sender = await _go_live(
+                self,
+                feed,
+                f'{{"type":"data","id":{quoted},"payload":',
+                f'{{"type":"complete","id":{quoted}}}',
+            )
+            if self.tasks.get(operation_id) is not asyncio.current_task():
+                sender.complete = None
+                sender.cancel()  # stopped meanwhile (never, short of a race): not kept
+                return
+            # Counted as running by the subscription limit: the sender replaces this task.
+            self.tasks[operation_id] = sender  # type: ignore[assignment]
         except WebSocketDisconnected:
             return
         except asyncio.CancelledError:
             await self.send_message({"type": "complete", "id": operation_id})
         finally:
             self.subscriptions.pop(operation_id, None)
-            self.tasks.pop(operation_id, None)
+            if self.tasks.get(operation_id) is asyncio.current_task():
+                self.tasks.pop(operation_id, None)

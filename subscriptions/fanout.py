@@ -87,12 +87,21 @@ class _Group:
 
 
 class Subscriber(ConflatingBuffer):
-    __slots__ = ("group", "topic")
+    """`wake`, when set, is called whenever an offer leaves items pending: a reader that
+    runs no task while idle starts one there, instead of waiting in `take()`."""
+
+    __slots__ = ("group", "topic", "wake")
 
     def __init__(self, topic: Topic, group: _Group) -> None:
         super().__init__()
         self.topic = topic
         self.group = group
+        self.wake: Callable[[], None] | None = None
+
+    def offer(self, key: Key, version: int, item: Any) -> None:
+        super().offer(key, version, item)
+        if self.wake is not None and self.pending:
+            self.wake()
 
     @property
     def render(self) -> Render:

@@ -76,6 +76,10 @@ class ConflatingBuffer:
                 await self.waiter
             finally:
                 self.waiter = None
+        return self.take_now()
+
+    def take_now(self) -> list[Any]:
+        """Every pending item, oldest first, without waiting (maybe none)."""
         items = [item for _, item in self.pending.values()]
         self.pending = {}
         return items

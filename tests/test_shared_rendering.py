@@ -288,3 +288,73 @@ async def test_versions_never_go_backwards_and_republished_rows_are_not_rendered
         assert rendered == [3, 4, 6, 7]  # once per new version; the other End User: never
     finally:
         fanout.leave(subscriber)
+
+
+def _operation_tasks() -> list[asyncio.Task]:
+    """The handlers' operation tasks still running in this (the server's) loop."""
+    names = ("run_operation", "handle_async_results")
+    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith(names)]
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+async def test_an_idle_subscription_runs_no_task_and_keeps_its_protocol_state(
+    server, http, monkeypatch, protocol
+) -> None:
+    """No task while idle, yet the operation stays counted by the per-connection limit,
+    stops (legacy: answered with `complete`), gets events, and leaves on close."""
+    from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler
+
+    for handler in (LiveTransportWSHandler, LiveGraphQLWSHandler):  # the view passes 100
+        limit = property(lambda _: 2, lambda *_: None)
+        monkeypatch.setattr(handler, "max_subscriptions_per_connection", limit, raising=False)
+    app = await _application(server, http, users=1, credits_each=10)
+    (u0,) = app.end_user_ids
+    base = server.realtime.subscriber_count
+    start = "subscribe" if protocol == TRANSPORT_WS else "start"
+    stop = "complete" if protocol == TRANSPORT_WS else "stop"
+    variables = {"app": app.id, "endUser": u0, "pool": "ai"}  # one snapshot each
+    payload = {"query": REMAINING, "variables": variables}
+
+    async def receive(ws: ClientConnection) -> dict:
+        return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+    async with subscriber(server, app.reader.key, REMAINING, protocol, **variables) as ws:
+        await ws.send(json.dumps({"id": "8", "type": start, "payload": payload}))
+        firsts = [await receive(ws), await receive(ws)]
+        assert {(m["id"], m["payload"]["data"]["balanceChanged"]["remaining"]) for m in firsts} == {
+            ("7", 10),
+            ("8", 10),
+        }
+        assert server.realtime.subscriber_count == base + 2
+        assert _operation_tasks() == []
+        await ws.send(json.dumps({"id": "9", "type": start, "payload": payload}))
+        refused = await receive(ws)
+        assert (refused["type"], refused["id"]) == ("error", "9")
+        assert "Subscription limit reached" in json.dumps(refused["payload"])
+
+        await ws.send(json.dumps({"id": "8", "type": stop}))
+        if protocol == LEGACY_WS:
+            assert await receive(ws) == {"type": "complete", "id": "8"}
+        await asyncio.sleep(0.1)
+        assert server.realtime.subscriber_count == base + 1
+        consumed = await app.admin(CONSUME, input=_consume(app, {"id": u0}, credits=3))
+        version = consumed["consumeCredits"]["balance"]["version"]
+        change = await receive(ws)
+        assert change["id"] == "7"
+        assert change["payload"]["data"]["balanceChanged"] == {"remaining": 7, "version": version}
+        assert _operation_tasks() == []
+
+        await ws.send(json.dumps({"id": "8", "type": start, "payload": payload}))  # room again
+        again = await receive(ws)
+        assert again["id"] == "8" and again["payload"]["data"]["balanceChanged"]["remaining"] == 7
+        with pytest.raises(TimeoutError):
+            await receive_within(ws, 0.3)  # the stopped operation got nothing
+    for _ in range(100):
+        if server.realtime.subscriber_count == base:
+            break
+        await asyncio.sleep(0.02)
+    assert server.realtime.subscriber_count == base
+
+
+async def receive_within(ws: ClientConnection, seconds: float) -> str | bytes:
+    return await asyncio.wait_for(ws.recv(), seconds)
