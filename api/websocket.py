@@ -366,8 +366,8 @@ class LiveGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
             sender = await _go_live(
                 self,
                 feed,
-                f'{{"type":"data","id":{quoted},"payload":',
-                f'{{"type":"complete","id":{quoted}}}',
+                sys.intern(f'{{"type":"data","id":{quoted},"payload":'),
+                sys.intern(f'{{"type":"complete","id":{quoted}}}'),
             )
             if self.tasks.get(operation_id) is not asyncio.current_task():
                 sender.complete = None
