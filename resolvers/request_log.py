@@ -14,7 +14,7 @@ from strawberry.dataloader import DataLoader
 
 from models.consumption import Granularity as DomainGranularity
 from models.credits import EndUser as EndUserRow
-from models.errors import DomainError, ValidationFailed
+from models.errors import DomainError, NotFound, ValidationFailed
 from models.request_log import LogFilter, Outcome, entry_page, request_volume
 from resolvers.access import require_api_key, visible_application
 from resolvers.consumption import Granularity
@@ -99,9 +99,6 @@ class RequestLogFilter:
     api_key_prefix: str | None = None
 
 
-_NOBODY = -1  # an End User filter that names nobody in the application matches nothing
-
-
 async def _domain_filter(application_id: int, given: RequestLogFilter | None) -> LogFilter:
     if given is None:
         return LogFilter()
@@ -115,7 +112,9 @@ async def _domain_filter(application_id: int, given: RequestLogFilter | None) ->
         else:
             query = query.filter(external_id=ref.external_id)
         found = await query.values_list("id", flat=True)
-        end_user_id = found[0] if found else _NOBODY
+        if not found:  # as everywhere: an End User not in the application is NOT_FOUND
+            raise NotFound("End User not found.")
+        end_user_id = found[0]
     where = LogFilter(
         since=given.from_,
         until=given.to,

@@ -317,7 +317,10 @@ async def test_filters_and_keyset_pages(server, http) -> None:
     assert await ids(endpoint="POST /email/send") == {i for i in range(60) if i % 3 == 0}
     assert await ids(apiKeyPrefix="svc-b", outcome="OK") == {i for i in range(60) if i % 4 == 0}
     assert await ids(endUser={"externalId": "u0"}) == {i for i in range(60) if i % 5 == 0}
-    assert await ids(endUser={"externalId": "nobody"}) == set()
+    unknown = await app.admin.raw(
+        LOG, {"app": app.id, "first": 5, "filter": {"endUser": {"externalId": "nobody"}}}
+    )
+    assert unknown.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     window = {"from": "2026-01-05T10:10:00Z", "to": "2026-01-05T10:20:00Z"}
     assert await ids(**window) == set(range(10, 20))
 
