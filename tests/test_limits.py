@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from models.accounts import create_organization
+from models.credits import EndUser
 from models.verify import verify_ledger
 from resolvers.schema import MAX_ALIASES, MAX_DEPTH
 from tests.graphql_client import CREATE_API_KEY, CREATE_APPLICATION, PURCHASE, UPSERT, Caller
@@ -195,7 +196,15 @@ async def test_first_is_capped_at_500_on_every_field(app, path) -> None:
     """Every field with a `first` argument, found in the schema: 1 is served; 501 (past the
     cap; a field may have a lower one) and -1 are typed VALIDATION errors."""
     admin, app_id = app
-    objects = {"application": app_id, "pool": "ai", "external_id": "u0"}
+    u0 = await EndUser.get(application_id=int(app_id), external_id="u0")
+    key_prefix = (admin.key or "ug_none_").split("_")[1]  # ug_<key id>_<secret>
+    objects = {
+        "application": app_id,
+        "pool": "ai",
+        "external_id": "u0",
+        "end_user": str(u0.id),
+        "key_prefix": key_prefix,
+    }
     outcomes = {}
     for first in (1, MAX_FIRST + 1, -1):
         operation = next(operations("query", path, objects, {"first": first}))
