@@ -268,9 +268,7 @@ async def test_everything_committed_during_a_redis_restart_is_published(
         deadline = time.monotonic() + 15
         database = await asyncpg.connect(plain_postgres_dsn(cluster.database_url))
         try:
-            while await database.fetchval(
-                "SELECT count(*) FROM outbox_event"
-            ):
+            while await database.fetchval("SELECT count(*) FROM outbox_event"):
                 assert time.monotonic() < deadline, "rows left unpublished after Redis returned"
                 await asyncio.sleep(0.2)
         finally:
