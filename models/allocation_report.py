@@ -430,7 +430,9 @@ async def end_user_page(
     id, in the same direction), so pages never overlap or skip while the keys stay put; an
     End User whose key changes between two pages (it consumed) moves, as in any live order."""
     if listing.pool_id is None and (listing.statuses or listing.order != OrderField.CREATED):
-        raise ValidationFailed("a status filter or an order by credits needs a pool", "filter")
+        raise ValidationFailed(
+            "a status filter or an order by credits needs a pool", field="filter"
+        )
     projected = listing.order == OrderField.PROJECTED_EXHAUSTION
     param = _Params()
     app = param(application_id)

@@ -114,7 +114,24 @@ async def delete_older_than(table: str, column: str, cutoff: Any, batch: int = 5
 
 async def transaction(work: Callable[[Sql], Awaitable[T]]) -> T:
     """Runs `work` in one database transaction, retried from the start on a deadlock or
-    serialization failure (both roll the whole transaction back, so a retry is safe)."""
+    serialization failure (both roll the whole transaction back, so a retry is safe).
+
+    A caller cancelled meanwhile (graphql-core cancels the sibling fields of one that
+    failed) does not cut the transaction short: it runs to its end in a task of its own.
+    Tortoise's SQLite transaction, cancelled inside its BEGIN, never releases the
+    connection's lock, and every later query of the process would wait for it forever."""
+    running = asyncio.ensure_future(_transaction(work))
+    running.add_done_callback(_retrieve)
+    return await asyncio.shield(running)
+
+
+def _retrieve(done: asyncio.Future[Any]) -> None:
+    """Marks the outcome of a transaction whose caller went away as seen."""
+    if not done.cancelled():
+        done.exception()
+
+
+async def _transaction(work: Callable[[Sql], Awaitable[T]]) -> T:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             async with in_transaction() as conn:

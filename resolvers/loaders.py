@@ -8,9 +8,11 @@ subscription gets new loaders at every call instead."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from graphql import OperationType
 from strawberry.dataloader import DataLoader
@@ -22,6 +24,17 @@ from models.credits import CreditPool as PoolRow
 from models.credits import EndUser as EndUserRow
 
 PackKey = tuple[int, int]  # (pool id, first)
+K = TypeVar("K")
+T = TypeVar("T")
+
+
+class SharedLoader(DataLoader[K, T]):
+    """A DataLoader whose loads are shielded. graphql-core cancels the sibling fields of one
+    whose error nulls their parent; a cancelled field awaiting a load would cancel the load
+    itself, and every other field sharing it would fail (a 500) instead of getting it."""
+
+    def load(self, key: K) -> Awaitable[T]:
+        return asyncio.shield(super().load(key))
 
 
 async def _packs(keys: Sequence[PackKey]) -> list[list[PackRow]]:
@@ -45,11 +58,11 @@ class Loaders:
 
     def __init__(self) -> None:
         self.now = datetime.now(UTC)
-        self.balances = DataLoader(self._balances)
-        self.packs = DataLoader(_packs)
-        self.series = DataLoader(consumption_series)
-        self.end_users = DataLoader(self._end_users)
-        self.pools = DataLoader(self._pools)
+        self.balances = SharedLoader(self._balances)
+        self.packs = SharedLoader(_packs)
+        self.series = SharedLoader(consumption_series)
+        self.end_users = SharedLoader(self._end_users)
+        self.pools = SharedLoader(self._pools)
 
     async def _balances(self, end_user_ids: Sequence[int]) -> list[list[BalanceLine]]:
         found = await balance_lines(list(end_user_ids), self.now)

@@ -37,6 +37,7 @@ from resolvers.end_user_tokens import (
     resolve_issue_token,
 )
 from resolvers.execution import PlainListExecutor
+from resolvers.input_rules import NoNulInStringLiterals, NoNulInVariables
 from resolvers.realtime import balance_changed
 from resolvers.request_log import request_log_tail
 from resolvers.viewer import resolve_viewer
@@ -101,6 +102,7 @@ class MaskUnexpectedErrors(MaskErrors):
 LIMIT_RULES = [
     query_depth_limiter.create_validator(MAX_DEPTH, None),
     max_aliases.create_validator(MAX_ALIASES),
+    NoNulInStringLiterals,
 ]
 
 
@@ -117,6 +119,7 @@ def build_schema() -> strawberry.Schema:
             lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
             lambda: AddValidationRules(LIMIT_RULES),
             lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+            NoNulInVariables,
             MaskUnexpectedErrors,
         ],
     )
