@@ -9,13 +9,13 @@ per request."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import OrderedDict
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.error_response import send_graphql_error
 from api.request_log import note_error
 
 MAX_BUCKETS = 100_000
@@ -84,18 +84,10 @@ class RateLimitMiddleware:
         if kind == "websocket":
             await send({"type": "websocket.close", "code": 4429, "reason": "rate limited"})
             return
-        body = json.dumps(
-            {"errors": [{"message": message, "extensions": {"code": "RATE_LIMITED"}}]}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"retry-after", str(seconds).encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        await send_graphql_error(
+            send,
+            429,
+            "RATE_LIMITED",
+            message,
+            headers=[(b"retry-after", str(seconds).encode())],
         )
-        await send({"type": "http.response.body", "body": body})

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
-from strawberry.dataloader import DataLoader
 
 from models.consumption import Granularity as DomainGranularity
 from models.credits import EndUser as EndUserRow
@@ -21,6 +20,7 @@ from resolvers.consumption import Granularity
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
 from resolvers.errors import query_error
+from resolvers.loaders import SharedLoader
 from subscriptions.request_log_tail import tail_entries
 
 RequestOutcome = strawberry.enum(Outcome, name="RequestOutcome")
@@ -53,7 +53,7 @@ class RequestLogEntry:
             return None
         loader = info.context.cache.get("request_log_end_users")
         if loader is None:
-            loader = info.context.cache["request_log_end_users"] = DataLoader(_load_end_users)
+            loader = info.context.cache["request_log_end_users"] = SharedLoader(_load_end_users)
         row = await loader.load((self.application_id, self.end_user_row_id))
         return None if row is None else EndUser.from_row(row)
 
