@@ -170,12 +170,22 @@ AUTH_CODES = frozenset(
 )
 
 
+def _storable(row: LogRow) -> LogRow:
+    """PostgreSQL text cannot hold NUL: a logged value carrying one (a path, an operation
+    name, an ingested field) is stored with U+FFFD in its place, on both backends alike;
+    otherwise the whole batch would be refused, and retried, forever."""
+    if not any(isinstance(value, str) and "\x00" in value for value in row):
+        return row
+    return LogRow(*(v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in row))
+
+
 async def insert_entries(rows: list[LogRow], *, returning: bool = True) -> list[int]:
     """Inserts rows in one statement per chunk (one in all on PostgreSQL); their ids in
     order, or [] without `returning` (PostgreSQL then uses COPY, about half the database
     work). Rows are appended only: the log is never updated, only trimmed by retention."""
     if not rows:
         return []
+    rows = [_storable(row) for row in rows]
     client = connections.get("default")
     if client.capabilities.dialect == "postgres" and not returning:
         async with client.acquire_connection() as conn:

@@ -428,3 +428,17 @@ async def test_retention_deletes_old_rows_only(backend) -> None:
     )
     assert sorted(left) == [f"{tag}-now", f"{tag}-recent"]
     assert await delete_entries_before(now - timedelta(days=365)) >= 0
+
+
+@pytest.mark.parametrize("returning", [True, False])
+async def test_a_nul_character_in_a_logged_value_is_stored_replaced(backend, returning) -> None:
+    """A path or operation name with NUL (PostgreSQL text refuses it) must not poison the
+    batch it is written in."""
+    tag = uuid.uuid4().hex[:8]
+    bad = _row(datetime.now(UTC), f"{tag}-nul\x00")._replace(endpoint="GET /a\x00b")
+    await insert_entries([bad, _row(datetime.now(UTC), f"{tag}-fine")], returning=returning)
+    stored = await RequestLogEntry.filter(request_id__startswith=tag).order_by("request_id")
+    assert [(e.request_id, e.endpoint) for e in stored] == [
+        (f"{tag}-fine", "GET /x"),
+        (f"{tag}-nul\ufffd", "GET /a\ufffdb"),
+    ]
