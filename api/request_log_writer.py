@@ -41,6 +41,7 @@ from models.request_log import (
     insert_entries,
     outcome_for,
 )
+from models.sql import single_statement
 from models.tenancy import ApiKey
 from subscriptions.request_log_tail import listened_applications, publish_entries
 
@@ -168,6 +169,7 @@ class RequestLogWriter:
         self.metrics = metrics
         self.pending: deque[RequestDraft] = deque()
         self.unwritten: list[LogRow] = []  # a batch whose write failed, retried first
+        self.failures = 0  # consecutive failed writes of `unwritten`
         self.dropped = 0
         self.written = 0
         self.wakeup = asyncio.Event()
@@ -219,12 +221,39 @@ class RequestLogWriter:
             try:
                 await self.flush()
                 backoff = 0.1
+                self.failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the database away: keep the batch, retry
                 log.warning("request log flush failed (%s); retrying in %.1fs", error, backoff)
+                self.failures += 1
+                if self.failures >= _RETRY_LIMIT:
+                    await self.set_aside_refused_rows()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def set_aside_refused_rows(self) -> int:
+        """A batch that keeps failing while the database answers holds a row the database
+        refuses (a value out of range, say): write its rows one by one and drop, and count,
+        only those refused, so one bad record cannot block the log. While the database is
+        away this does nothing (the batch waits for it). The number of rows dropped."""
+        async with self.flushing:
+            try:
+                await single_statement(lambda db: db.rows("SELECT 1"))
+            except Exception:
+                return 0
+            refused = 0
+            for row in self.unwritten:
+                try:
+                    await insert_entries([row])
+                except Exception as error:
+                    log.error("request log: a record was refused and dropped (%s)", error)
+                    refused += 1
+            self.written += len(self.unwritten) - refused
+            self.dropped += refused
+            self.unwritten = []
+            self.failures = 0
+            return refused
 
     async def flush(self) -> int:
         """Writes every queued record; the number written."""

@@ -442,3 +442,25 @@ async def test_a_nul_character_in_a_logged_value_is_stored_replaced(backend, ret
         (f"{tag}-fine", "GET /x"),
         (f"{tag}-nul\ufffd", "GET /a\ufffdb"),
     ]
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_a_row_the_database_refuses_is_dropped_alone_and_counted(backend) -> None:
+    """One record PostgreSQL refuses (a status past smallint) must not block the log: after
+    the batch kept failing, the writer stores the others and drops that one."""
+    from api.request_log_writer import RequestLogWriter
+
+    tag = uuid.uuid4().hex[:8]
+    bad = _row(datetime.now(UTC), f"{tag}-bad")._replace(status=70_000)
+    good = [_row(datetime.now(UTC), f"{tag}-good-{i}") for i in range(3)]
+    writer = RequestLogWriter(secret="x" * 32)
+    writer.unwritten = [good[0], bad, *good[1:]]
+    with pytest.raises(Exception, match="out of int16 range"):
+        await writer.flush()  # the batch as a whole is refused, and kept
+    assert len(writer.unwritten) == 4
+    assert await writer.set_aside_refused_rows() == 1
+    stored = await RequestLogEntry.filter(request_id__startswith=tag).values_list(
+        "request_id", flat=True
+    )
+    assert sorted(stored) == [f"{tag}-good-{i}" for i in range(3)]
+    assert (writer.dropped, writer.written, writer.unwritten) == (1, 3, [])
