@@ -73,57 +73,13 @@ from api.database import (  # noqa: E402
     init_database,
 )
 from api.settings import Settings  # noqa: E402
+from tests.dashboard_query import DASHBOARD  # noqa: E402
 
 DEFAULT_ADMIN_DSN = os.environ.get(
     "USAGEGRAPH_BENCH_PG",
     os.environ.get("USAGEGRAPH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"),
 )
 THRESHOLD = 50
-
-DASHBOARD = """
-query Dashboard($id: ID!, $from: DateTime!, $to: DateTime!) {
-  application(id: $id) {
-    name
-    pools {
-      key purchased allocated used remaining expired unallocated status
-      packs(first: 5) { credits expiresAt }
-      consumption(from: $from, to: $to, granularity: DAY) {
-        totalUsed totalExpired buckets { start used expired purchased remaining spike }
-      }
-    }
-    allocationSummary(pool: "ai") {
-      endUsersTotal withCredits low exhausted allocated used remaining unallocated
-      needsAllocation
-      topConsumers(first: 10) { used remaining endUser { externalId } }
-      closeToRunningOut(first: 10) {
-        remaining burnRatePerDay projectedExhaustionAt endUser { externalId }
-      }
-    }
-    endUsers(first: 50) {
-      totalCount pageInfo { hasNextPage endCursor }
-      edges {
-        node {
-          externalId name
-          balances {
-            pool allocated used remaining expired status lowBalanceThreshold
-            burnRatePerDay projectedExhaustionAt
-          }
-        }
-      }
-    }
-    REQUEST_LOG
-  }
-}"""
-REQUEST_LOG = "requestLog(first: 50) { edges { node { time endpoint status outcome latencyMs } } }"
-
-
-def dashboard_query() -> tuple[str, bool]:
-    """The query, with the request log when this tree's schema has it."""
-    from resolvers.schema import schema_sdl
-
-    has_log = "requestLog(" in schema_sdl()
-    return DASHBOARD.replace("REQUEST_LOG", REQUEST_LOG if has_log else ""), has_log
-
 
 # -------------------------------------------------------------------------------- data
 
@@ -568,7 +524,7 @@ async def main() -> int:
         await fold_usage()
         print(f"first fold of the rollups: {time.perf_counter() - began:.1f} s")
 
-        query, has_log = dashboard_query()
+        query = DASHBOARD
         now = datetime.now(UTC)
         variables = {
             "id": str(app),
@@ -614,8 +570,7 @@ async def main() -> int:
             f"dashboard answer: {len(response.content):,} bytes, {len(statements)} statements;"
             f" {len(application['pools'][0]['consumption']['buckets'])} DAY buckets per pool,"
             f" {len(application['endUsers']['edges'])} End Users of"
-            f" {application['endUsers']['totalCount']:,};"
-            f" request log {'included' if has_log else 'not in this tree: left out'}"
+            f" {application['endUsers']['totalCount']:,}; the last 50 request log entries"
         )
         runner = wrk_load if load == "wrk" else httpx_load
         profiler = None

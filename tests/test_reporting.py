@@ -37,6 +37,7 @@ from resolvers.context import Context, Principal
 from resolvers.execution import PlainListExecutor
 from resolvers.schema import Mutation, Query, Subscription, schema
 from tests.conftest import Backend
+from tests.dashboard_query import DASHBOARD
 from tests.statement_counter import counting
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -460,41 +461,6 @@ async def test_allocation_summary_filters_and_orders(backend: Backend) -> None:
 
 
 # ---------------------------------------------------------------- the dashboard, counted
-
-DASHBOARD = """
-query Dashboard($id: ID!, $from: DateTime!, $to: DateTime!) {
-  application(id: $id) {
-    name
-    pools {
-      key purchased allocated used remaining expired unallocated status
-      packs(first: 5) { credits expiresAt }
-      consumption(from: $from, to: $to, granularity: DAY) {
-        totalUsed totalExpired buckets { start used expired purchased remaining spike }
-      }
-    }
-    allocationSummary(pool: "ai") {
-      endUsersTotal withCredits low exhausted allocated used remaining unallocated
-      needsAllocation
-      topConsumers(first: 10) { used remaining endUser { externalId } }
-      closeToRunningOut(first: 10) {
-        remaining burnRatePerDay projectedExhaustionAt endUser { externalId }
-      }
-    }
-    endUsers(first: 50) {
-      totalCount pageInfo { hasNextPage endCursor }
-      edges {
-        node {
-          externalId name
-          balances {
-            pool allocated used remaining expired status lowBalanceThreshold
-            burnRatePerDay projectedExhaustionAt
-          }
-        }
-      }
-    }
-    requestLog(first: 50) { edges { node { time endpoint status outcome latencyMs } } }
-  }
-}"""
 
 
 DASHBOARD_STATEMENTS = 10

@@ -1,0 +1,37 @@
+"""The Usage page's dashboard query (issue 5): the statement-count test and
+bench/dashboard.py send this same document."""
+
+DASHBOARD = """
+query Dashboard($id: ID!, $from: DateTime!, $to: DateTime!) {
+  application(id: $id) {
+    name
+    pools {
+      key purchased allocated used remaining expired unallocated status
+      packs(first: 5) { credits expiresAt }
+      consumption(from: $from, to: $to, granularity: DAY) {
+        totalUsed totalExpired buckets { start used expired purchased remaining spike }
+      }
+    }
+    allocationSummary(pool: "ai") {
+      endUsersTotal withCredits low exhausted allocated used remaining unallocated
+      needsAllocation
+      topConsumers(first: 10) { used remaining endUser { externalId } }
+      closeToRunningOut(first: 10) {
+        remaining burnRatePerDay projectedExhaustionAt endUser { externalId }
+      }
+    }
+    endUsers(first: 50) {
+      totalCount pageInfo { hasNextPage endCursor }
+      edges {
+        node {
+          externalId name
+          balances {
+            pool allocated used remaining expired status lowBalanceThreshold
+            burnRatePerDay projectedExhaustionAt
+          }
+        }
+      }
+    }
+    requestLog(first: 50) { edges { node { time endpoint status outcome latencyMs } } }
+  }
+}"""
