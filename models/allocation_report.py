@@ -25,6 +25,7 @@ from models.balance_report import CHANGED, among_changed, changed_end_users
 from models.credits import BalanceStatus
 from models.errors import ValidationFailed
 from models.rollups import (
+    END_USER_TOTAL,
     EXHAUSTION_KEY,
     HORIZON_DAYS,
     WINDOW_USED,
@@ -235,7 +236,7 @@ def _summary_statement(postgres: bool) -> str:
         " COALESCE(SUM(CASE WHEN shortfall_class = 1 THEN remaining ELSE 0 END), 0)"
         " AS short_remaining FROM balance_report"
         f" WHERE pool_id = $2 AND {among_changed('end_user_id', postgres)})"
-        " SELECT (SELECT COUNT(*) FROM end_user WHERE application_id = $1) AS total,"
+        f" SELECT {END_USER_TOTAL.format('$1')} AS total,"
         " p.allocated AS pool_allocated, p.used AS pool_used, p.end_user_remaining AS held,"
         f" p.purchased - p.used - p.expired - p.end_user_remaining AS unallocated, {figures},"
         " COALESCE(r.short_window_used, 0) - xs.short_window_used AS short_window_used,"
@@ -462,11 +463,15 @@ async def end_user_page(
         k, i = param(after[0]), param(after[1])
         keyset = f" WHERE x.k {cmp} {k} OR (x.k = {k} AND x.id {cmp} {i})"
     direction = "DESC" if listing.descending else "ASC"
+    if listing.statuses:
+        total = f"(SELECT COUNT(*) FROM end_user e{balance_join} WHERE {where})"
+    else:  # every End User of the application: its count, not a scan of them all
+        total = END_USER_TOTAL.format(app)
     statement = (
         "WITH x AS NOT MATERIALIZED"
         f" (SELECT {columns}, {_KEY_SQL[listing.order]} AS k"
         f" FROM end_user e{joins} WHERE {where}),"
-        f" t AS (SELECT COUNT(*) AS total FROM end_user e{balance_join} WHERE {where}),"
+        f" t AS (SELECT {total} AS total),"
         f" page AS (SELECT * FROM x{keyset} ORDER BY x.k {direction}, x.id {direction}"
         f" LIMIT {param(first + 1)})"
         " SELECT t.total, page.* FROM t LEFT JOIN page ON 1 = 1"

@@ -42,7 +42,9 @@ async def upsert_end_users(application_id: int, items: list[EndUserInput]) -> li
 
     async def work(db: Sql) -> list[int]:
         args: list[object] = []
-        for item in items:
+        # in one order (by external id) for every caller: upserts of overlapping End Users
+        # then wait on each other's rows in the same order instead of deadlocking
+        for item in sorted(items, key=lambda item: item.external_id):
             args += [application_id, item.external_id, item.name, item.email]
         rows = await db.rows(
             "INSERT INTO end_user (application_id, external_id, name, email, created_at) VALUES "

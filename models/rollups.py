@@ -11,6 +11,8 @@ Two tables, both fed by `fold_usage` from the ledger entries created before a wa
 - `balance_report` and `pool_report`: each End User balance as the fold saw it, with its
   window use, and per pool the sums the allocation summary needs (`models.balance_report`
   states how readers stay exact with them).
+- `end_user_count`: End Users per application as deltas that triggers on `end_user` write
+  in the creating statement (migration 0010); the fold merges each application's deltas.
 
 A report reads the rollup plus the *tail*: the ledger entries created at or after the
 watermark, found through the ledger's (pool_id, created_at) index. Both are read in one
@@ -137,6 +139,25 @@ class ReportTouch(Model):
         indexes = (("pool_id", "created_at"),)
 
 
+class EndUserCount(Model):
+    """A change of an application's number of End Users: triggers on `end_user` add one row
+    per statement (PostgreSQL) or per End User (SQLite), in the writing transaction, so the
+    count is exact in any snapshot; inserts never wait on each other, unlike one counter
+    row, and the fold merges them. The count is the sum (`END_USER_TOTAL`)."""
+
+    id = fields.BigIntField(primary_key=True)
+    application_id = fields.BigIntField()
+    delta = fields.BigIntField()
+
+    class Meta:
+        table = "end_user_count"
+        indexes = (("application_id",),)
+
+
+# An application's number of End Users ($n its id), without counting them one by one.
+END_USER_TOTAL = "(SELECT COALESCE(SUM(delta), 0) FROM end_user_count WHERE application_id = {})"
+
+
 class RollupState(Model):
     """One row (id 1): what the rollups hold. Entries created before `watermark` are folded;
     `window_start` is the start of the window `end_user_window_usage` sums."""
@@ -244,6 +265,7 @@ async def _fold(db: Sql) -> bool:
             start,
         )
     await refresh_balance_report(db, old_mark, new_mark, everything=not window_kept)
+    await merge_end_user_counts(db)
     await db.run(
         "UPDATE rollup_state SET watermark = $1, window_start = $2 WHERE id = 1",
         new_mark,
@@ -336,6 +358,33 @@ async def refresh_balance_report(db: Sql, old_mark: Any, new_mark: Any, everythi
             new_mark,
         )
     await db.run("DELETE FROM report_touch WHERE created_at < $1", new_mark)
+
+
+async def merge_end_user_counts(db: Sql) -> None:
+    """One `end_user_count` row per application again. PostgreSQL: the rows deleted and
+    their sums written back in one statement (one snapshot), so a delta committed meanwhile
+    is neither lost nor counted twice; SQLite has one writer at a time."""
+    several = (
+        "application_id IN (SELECT application_id FROM end_user_count"
+        " GROUP BY application_id HAVING COUNT(*) > 1)"
+    )
+    if db.postgres:
+        await db.run(
+            f"WITH gone AS (DELETE FROM end_user_count WHERE {several}"
+            " RETURNING application_id, delta)"
+            " INSERT INTO end_user_count (application_id, delta)"
+            " SELECT application_id, SUM(delta) FROM gone GROUP BY application_id"
+        )
+        return
+    last = await db.value("SELECT MAX(id) AS id FROM end_user_count")
+    if last is None:
+        return
+    await db.run(
+        "INSERT INTO end_user_count (application_id, delta) SELECT application_id, SUM(delta)"
+        f" FROM end_user_count WHERE id <= $1 AND {several} GROUP BY application_id",
+        last,
+    )
+    await db.run(f"DELETE FROM end_user_count WHERE id <= $1 AND {several}", last)
 
 
 def _as_datetime(value: Any) -> datetime:

@@ -39,7 +39,8 @@ def _compare(
 
 async def verify_ledger() -> list[str]:
     """Every difference between a counter and its ledger sum, plus every broken lot
-    conservation (credits = unallocated + held + used + expired); [] when all agree."""
+    conservation (credits = unallocated + held + used + expired) and every application
+    whose End User count is not its number of End Users; [] when all agree."""
     return await transaction(_verify)
 
 
@@ -109,6 +110,23 @@ async def _verify(db: Sql) -> list[str]:
             "used": "used",
             "expired": "expired",
         },
+    )
+    problems += _compare(
+        "application",
+        by(
+            await db.rows(
+                "SELECT application_id, SUM(delta) AS counted FROM end_user_count"
+                " GROUP BY application_id"
+            ),
+            "application_id",
+        ),
+        by(
+            await db.rows(
+                "SELECT application_id, COUNT(*) AS end_users FROM end_user GROUP BY application_id"
+            ),
+            "application_id",
+        ),
+        {"counted": "end_users"},
     )
     held_by_lot: dict[Any, int] = defaultdict(int)
     for (_, lot_id), allocation in allocations.items():

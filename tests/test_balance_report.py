@@ -6,6 +6,7 @@ that moved since it."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from dataclasses import dataclass
@@ -268,3 +269,45 @@ async def test_use_a_moved_window_dropped_is_not_counted(backend: Backend) -> No
     await _check(app, pool_id)
     await fold_usage()  # the window moves on: the report is rebuilt
     await _check(app, pool_id)
+
+
+async def test_end_user_totals_stay_exact_under_concurrent_upserts_and_folds(
+    backend: Backend,
+) -> None:
+    """The End User count (deltas written by triggers, merged by the fold) answers the
+    allocation summary's total: upserts of overlapping external ids (new ones counted once,
+    existing ones not at all) from many clients, with folds merging the deltas meanwhile."""
+    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
+    app = (await create_application(organization.id, "count")).id
+    other = (await create_application(organization.id, "other")).id
+    await upsert_end_users(other, [EndUserInput(f"o{i}") for i in range(7)])
+    pool_id = await single_statement(
+        lambda db: db.value(
+            "SELECT id FROM credit_pool WHERE application_id = $1 AND key = 'ai'", app
+        )
+    )
+    rng = random.Random(5)
+    batches = [[EndUserInput(f"u{rng.randrange(300)}") for _ in range(40)] for _ in range(24)]
+    batches = [list({item.external_id: item for item in batch}.values()) for batch in batches]
+
+    async def folds() -> None:
+        for _ in range(6):
+            await fold_usage()
+
+    async def upsert(batch: list[EndUserInput]) -> None:
+        await upsert_end_users(app, batch)
+
+    await asyncio.gather(folds(), *(upsert(batch) for batch in batches))
+    expected = len({item.external_id for batch in batches for item in batch})
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).end_users_total == expected
+    await fold_usage()
+    rows = await single_statement(
+        lambda db: db.rows(
+            "SELECT application_id, delta FROM end_user_count WHERE application_id IN ($1, $2)",
+            app,
+            other,
+        )
+    )
+    assert sorted((r["application_id"], r["delta"]) for r in rows) == [(app, expected), (other, 7)]
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).end_users_total == expected
+    assert await verify_ledger() == []
