@@ -31,8 +31,10 @@ from resolvers.consumption import (
 )
 from resolvers.context import Info
 from resolvers.errors import UserError, parse_id, query_error
+from resolvers.execution import PRELOADED
 from resolvers.loaders import loaders_of
 from resolvers.pools import BalanceStatus, check_page_size
+from resolvers.selection import selects
 
 
 @strawberry.input(description="Exactly one of id and externalId.")
@@ -180,6 +182,8 @@ class EndUser:
     created_at: datetime
     row_id: strawberry.Private[int]
     application_id: strawberry.Private[int]
+    # balances loaded with the list this End User came in (None: `balances` loads them)
+    preloaded_balances: strawberry.Private[list[EndUserBalance] | None] = None
 
     @classmethod
     def from_row(cls, row: EndUserRow) -> EndUser:
@@ -205,10 +209,18 @@ class EndUser:
             application_id=line.application_id,
         )
 
-    @strawberry.field(description="The End User's balance in every pool of the application.")
+    @strawberry.field(
+        description="The End User's balance in every pool of the application.",
+        metadata={PRELOADED: "preloaded_balances"},
+    )
     async def balances(self, info: Info) -> list[EndUserBalance]:
+        if self.preloaded_balances is not None:
+            return self.preloaded_balances
         lines = await loaders_of(info).balances.load(self.row_id)
         return [EndUserBalance.from_line(line, self) for line in lines]
+
+    def preload_balances(self, lines: list[BalanceLine]) -> None:
+        self.preloaded_balances = [EndUserBalance.from_line(line, self) for line in lines]
 
     @strawberry.field
     async def balance(self, info: Info, pool: str) -> EndUserBalance | None:
@@ -351,6 +363,12 @@ async def end_user_page(
         )
         for line in page.lines
     ]
+    if edges and selects(info, ("edges", "node", "balances")):
+        # loaded now, all at once, so the page completes without a resolver per End User
+        # (resolvers.execution.PRELOADED); through the loader, shared with other fields
+        loaded = await loaders_of(info).balances.load_many([edge.node.row_id for edge in edges])
+        for edge, lines in zip(edges, loaded, strict=True):
+            edge.node.preload_balances(lines)
     return EndUserConnection(
         edges=edges,
         page_info=PageInfo(

@@ -7,6 +7,7 @@ argument or directive) holding a scalar or enum, or a plain object or list of th
 the same way. The values are serialized by their own GraphQL types (`coerce_output_value`,
 the same call graphql-core makes), aliases and `__typename` answered as graphql-core does.
 
+A resolver field marked `PRELOADED` is read from the attribute its list's resolver filled.
 Anything else takes the normal path: a field with a resolver, arguments or directives, an
 interface or union, `@defer`/`@stream`, field middleware (an extension with `resolve`), an
 item or value that is awaitable, an exception, a null where the type forbids one, or a value
@@ -84,15 +85,37 @@ class _Plan:
 
 _NO_PLAN = object()
 
+# Field metadata (`strawberry.field(metadata={PRELOADED: "attribute"})`) of a resolver field
+# without arguments or extensions whose value a list's resolver may already have put in
+# that attribute of each item (e.g. the End User page's balances, loaded with the page):
+# the fast path reads it there, and completes the list through graphql-core, resolver
+# included, when an item lacks it (None).
+PRELOADED = "usagegraph.preloaded"
+
+
+def _preloaded_reader(attribute: str) -> Callable[[Any], Any]:
+    def read(source: Any) -> Any:
+        value = getattr(source, attribute, None)
+        if value is None:
+            raise _NotPlain
+        return value
+
+    return read
+
 
 def _basic_reader(field_def: Any) -> tuple[str | None, Callable[[Any], Any] | None] | None:
     """How Strawberry's own resolver of a field without resolver or extension reads it: an
-    attribute name for getattr, or a call of the configured default resolver (None for any
-    other field)."""
+    attribute name for getattr, or a call of the configured default resolver; for a
+    preloaded field, a read of its attribute (None for any other field)."""
+    definition = field_def.extensions.get("strawberry-definition")
+    preloaded = (
+        definition.metadata.get(PRELOADED) if isinstance(definition, StrawberryField) else None
+    )
+    if preloaded is not None and not definition.extensions and not field_def.args:  # type: ignore[union-attr]
+        return None, _preloaded_reader(preloaded)
     resolve = field_def.resolve
     if resolve is None or getattr(resolve, "__name__", "") != "_get_basic_result":
         return None  # a resolver, an extension or an exception handler runs for it
-    definition = field_def.extensions.get("strawberry-definition")
     if not isinstance(definition, StrawberryField) or not definition.is_basic_field:
         return None
     default, name = definition.default_resolver, definition.python_name

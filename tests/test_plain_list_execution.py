@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import strawberry
 
-from resolvers.execution import PlainListExecutor
+from resolvers.execution import PRELOADED, PlainListExecutor
 
 
 @strawberry.enum
@@ -47,6 +47,13 @@ class Item:
     leaf: Leaf
     leaves: list[Leaf]
     maybe_leaves: list[Leaf | None] | None
+    stored: strawberry.Private[list[Leaf] | None] = None
+
+    @strawberry.field(metadata={PRELOADED: "stored"})
+    def loaded(self) -> list[Leaf]:
+        if self.stored is not None:
+            return self.stored
+        return [Leaf(id=strawberry.ID(f"R{self.n}"), n=self.n, label="resolved")]
 
     @strawberry.field
     def doubled(self) -> int:
@@ -120,6 +127,17 @@ class Query:
         return [_item(0), _item(1, maybe=value)]
 
     @strawberry.field
+    def preloaded_items(self, missing: int = -1) -> list[Item]:
+        """Items whose `loaded` a list resolver filled, but for item `missing`."""
+        return [
+            _item(
+                i,
+                stored=None if i == missing else [Leaf(id=strawberry.ID(f"P{i}"), n=i, label="p")],
+            )
+            for i in range(4)
+        ]
+
+    @strawberry.field
     def broken_sibling(self) -> int:
         raise ValueError("sibling failed")
 
@@ -154,6 +172,9 @@ QUERIES = {
         for case in range(6)
     },
     "awaitable value": "{ awaitableValues { id maybe } }",
+    "preloaded": "{ preloadedItems { id loaded { id n label } } }",
+    "preloaded but one": "{ preloadedItems(missing: 2) { id loaded { id n label } } }",
+    "preloaded field not preloaded": "{ items { id loaded { id label } } }",
 }
 
 
@@ -191,6 +212,12 @@ async def test_plain_lists_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -
     completed.clear()
     await FAST.execute(QUERIES["resolver"])
     assert completed == []  # a resolver: graphql-core completes the list
+    completed.clear()
+    await FAST.execute(QUERIES["preloaded"])
+    assert completed[-1] == 4  # a preloaded resolver field: read where the list put it
+    completed.clear()
+    await FAST.execute(QUERIES["preloaded but one"])
+    assert 4 not in completed  # one item lacks it: graphql-core completes the list
 
 
 async def test_serialized_values_are_the_types_own() -> None:
