@@ -36,6 +36,7 @@ from models.rollups import (
 from models.sql import single_statement
 
 
+@lru_cache(maxsize=16)  # a request computes every burn at one `now`
 def window_days(now: datetime) -> float:
     return (now - window_start(now)) / timedelta(days=1)
 

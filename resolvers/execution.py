@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from types import CoroutineType, GeneratorType
 from typing import Any
 
 from graphql import (
@@ -122,6 +123,28 @@ def _basic_reader(field_def: Any) -> tuple[str | None, Callable[[Any], Any] | No
     if default is getattr:
         return name, None
     return None, lambda source: default(source, name)
+
+
+# Types whose values are neither exceptions nor awaitable (graphql-core asks both of every
+# value): learnt once per type instead of asked per value. Not for generators (whether one
+# is awaitable depends on its code) nor for a type an instance of which was awaitable.
+_INERT_TYPES: set[type] = set()
+_MAX_INERT_TYPES = 1_000
+
+
+def _inert(value: Any, is_awaitable: Callable[[Any], bool]) -> bool:
+    value_type = type(value)
+    if value_type in _INERT_TYPES:
+        return True
+    if isinstance(value, Exception) or is_awaitable(value):
+        return False
+    if (
+        not issubclass(value_type, BaseException | GeneratorType | CoroutineType)
+        and not hasattr(value_type, "__await__")
+        and len(_INERT_TYPES) < _MAX_INERT_TYPES
+    ):
+        _INERT_TYPES.add(value_type)
+    return True
 
 
 class PlainListExecutor(StrawberryGraphQLCoreExecutionContext):
@@ -268,7 +291,7 @@ class PlainListExecutor(StrawberryGraphQLCoreExecutionContext):
 
     def _complete_object(self, source: Any, plan: _Plan, info: GraphQLResolveInfo) -> Any:
         is_awaitable = self.is_awaitable
-        if isinstance(source, Exception) or is_awaitable(source):
+        if type(source) not in _INERT_TYPES and not _inert(source, is_awaitable):
             raise _NotPlain
         data: dict[str, Any] = {}
         for field in plan.fields:
@@ -291,7 +314,7 @@ class PlainListExecutor(StrawberryGraphQLCoreExecutionContext):
                 if field.non_null:
                     raise _NotPlain
                 data[field.response_name] = None
-            elif isinstance(value, Exception) or is_awaitable(value):
+            elif value_type not in _INERT_TYPES and not _inert(value, is_awaitable):
                 raise _NotPlain
             elif kind == OBJECT:
                 data[field.response_name] = self._complete_object(value, field.plan, info)  # type: ignore[arg-type]

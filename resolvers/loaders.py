@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -35,6 +35,11 @@ class SharedLoader(DataLoader[K, T]):
 
     def load(self, key: K) -> Awaitable[T]:
         return asyncio.shield(super().load(key))
+
+    async def load_many(self, keys: Iterable[K]) -> list[T]:
+        # one shield for them all (the base class would gather a shielded load per key)
+        loads = [DataLoader.load(self, key) for key in keys]
+        return await asyncio.shield(asyncio.gather(*loads))
 
 
 async def _packs(keys: Sequence[PackKey]) -> list[list[PackRow]]:
