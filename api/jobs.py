@@ -28,6 +28,18 @@ class PeriodicJob:
     name: str
     interval_seconds: float
     run: Callable[[], Awaitable[object]]
+    # also run just after each UTC hour begins (the fold: the burn window moves then, and
+    # reports read the moved hour from the ledger until a fold sums it)
+    on_the_hour: bool = False
+
+    def delay(self, now: datetime) -> float:
+        """Seconds until the next run: the interval (with jitter, so processes started
+        together spread out), or less when an hour begins sooner."""
+        delay = self.interval_seconds * random.uniform(0.9, 1.1)
+        if self.on_the_hour:
+            hour = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+            delay = min(delay, (hour - now).total_seconds() + random.uniform(0.2, 1.0))
+        return delay
 
 
 async def sweep_expired_lots() -> None:
@@ -58,7 +70,7 @@ def default_jobs(settings: Settings) -> list[PeriodicJob]:
     """The jobs a server process runs. Other domains add theirs here."""
     return [
         PeriodicJob("expire-lots", settings.expiry_sweep_seconds, sweep_expired_lots),
-        PeriodicJob("fold-usage", settings.rollup_fold_seconds, fold_usage),
+        PeriodicJob("fold-usage", settings.rollup_fold_seconds, fold_usage, on_the_hour=True),
         PeriodicJob(
             "request-log-retention",
             settings.request_log_retention_seconds,
@@ -76,8 +88,8 @@ def default_jobs(settings: Settings) -> list[PeriodicJob]:
 
 
 class JobRunner:
-    """One task per job: run, sleep its interval (with jitter, so processes started together
-    spread out), repeat. A failing run is logged and retried at the next tick."""
+    """One task per job: run, sleep (`PeriodicJob.delay`), repeat. A failing run is logged
+    and retried at the next tick."""
 
     def __init__(self, jobs: Sequence[PeriodicJob]) -> None:
         self.jobs = list(jobs)
@@ -103,4 +115,4 @@ class JobRunner:
                 raise
             except Exception:
                 log.exception("job %s failed; retrying in %.0f s", job.name, job.interval_seconds)
-            await asyncio.sleep(job.interval_seconds * random.uniform(0.9, 1.1))
+            await asyncio.sleep(job.delay(datetime.now(UTC)))

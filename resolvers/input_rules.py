@@ -4,11 +4,9 @@ fails), SQLite can: refusing it up front keeps both backends alike and the error
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-from graphql import ExecutionResult, GraphQLError, StringValueNode, ValidationRule
-from strawberry.extensions import SchemaExtension
+from graphql import GraphQLError, StringValueNode, ValidationRule
 
 NUL = "\x00"
 NUL_MESSAGE = "string values may not contain NUL (\\u0000) characters"
@@ -23,23 +21,12 @@ class NoNulInStringLiterals(ValidationRule):
             self.report_error(GraphQLError(NUL_MESSAGE, node, extensions=VALIDATION))
 
 
-def _holds_nul(value: Any) -> bool:
+def holds_nul(value: Any) -> bool:
+    """Whether a variable value (JSON) holds a NUL character anywhere."""
     if isinstance(value, str):
         return NUL in value
     if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_holds_nul(item) for item in value)
+        return any(holds_nul(item) for item in value)
     return False
-
-
-class NoNulInVariables(SchemaExtension):
-    """Variable values (JSON, so not seen by validation): the operation is not executed."""
-
-    def on_execute(self) -> Iterator[None]:
-        context = self.execution_context
-        if context.variables and _holds_nul(context.variables):
-            context.result = ExecutionResult(
-                data=None, errors=[GraphQLError(NUL_MESSAGE, extensions=VALIDATION)]
-            )
-        yield

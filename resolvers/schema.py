@@ -3,16 +3,6 @@
 from __future__ import annotations
 
 import strawberry
-from graphql import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    MaskErrors,
-    MaxTokensLimiter,
-    ParserCache,
-    ValidationCache,
-    max_aliases,
-    query_depth_limiter,
-)
 from strawberry.schema.config import StrawberryConfig
 
 from resolvers.alerts import low_credit_alerts, resolve_acknowledge, resolve_set_threshold
@@ -37,15 +27,12 @@ from resolvers.end_user_tokens import (
     resolve_issue_token,
 )
 from resolvers.execution import PlainListExecutor
-from resolvers.input_rules import NoNulInStringLiterals, NoNulInVariables
 from resolvers.realtime import balance_changed
 from resolvers.request_log import request_log_tail
+from resolvers.request_rules import DOCUMENT_CACHE_SIZE, MaskUnexpectedErrors, RequestRules
 from resolvers.viewer import resolve_viewer
 
-MAX_DEPTH = 12
-MAX_TOKENS = 5_000
-MAX_ALIASES = 30
-DOCUMENT_CACHE_SIZE = 1_000
+__all__ = ["DOCUMENT_CACHE_SIZE", "MaskUnexpectedErrors", "schema", "schema_sdl"]
 
 
 @strawberry.type
@@ -81,31 +68,6 @@ class Subscription:
     request_log_tail = strawberry.subscription(resolver=request_log_tail)
 
 
-def _unexpected(error: GraphQLError) -> bool:
-    """Errors we did not raise on purpose: their text (a stack, SQL) never reaches a client."""
-    original = error.original_error
-    return original is not None and not isinstance(original, GraphQLError)
-
-
-class MaskUnexpectedErrors(MaskErrors):
-    def __init__(self) -> None:
-        super().__init__(should_mask_error=_unexpected, error_message="Internal error.")
-
-    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
-        masked = super().anonymise_error(error)
-        masked.extensions = {"code": "INTERNAL"}
-        return masked
-
-
-# Built once: the validation cache is keyed by the rule classes, and the limiter extensions
-# would make new classes on every request (the cache would never hit).
-LIMIT_RULES = [
-    query_depth_limiter.create_validator(MAX_DEPTH, None),
-    max_aliases.create_validator(MAX_ALIASES),
-    NoNulInStringLiterals,
-]
-
-
 def build_schema() -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
@@ -113,15 +75,7 @@ def build_schema() -> strawberry.Schema:
         subscription=Subscription,
         config=StrawberryConfig(),
         execution_context_class=PlainListExecutor,
-        # Factories, not instances; bounded document caches (values go in variables).
-        extensions=[
-            lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
-            lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
-            lambda: AddValidationRules(LIMIT_RULES),
-            lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-            NoNulInVariables,
-            MaskUnexpectedErrors,
-        ],
+        extensions=[RequestRules],  # a class: Strawberry makes one per request
     )
 
 

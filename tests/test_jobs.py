@@ -83,3 +83,15 @@ async def test_idempotency_keys_are_forgotten_after_their_retention_never_before
     assert sorted(await records.values_list("key", flat=True)) == ["fresh", "recent"]
     replay = await purchase_credits(app, "ai", 5, idempotency_key="recent")
     assert replay.replayed
+
+
+def test_the_fold_also_runs_just_after_each_hour_begins() -> None:
+    """The burn window moves on the hour; reports read the moved hour from the ledger until a
+    fold sums it, so the fold does not wait out its whole interval then."""
+    fold = PeriodicJob("fold", 30.0, sweep_expired_lots, on_the_hour=True)
+    plain = PeriodicJob("plain", 30.0, sweep_expired_lots)
+    before_the_hour = datetime(2026, 11, 25, 21, 59, 55, tzinfo=UTC)
+    assert 5.2 <= fold.delay(before_the_hour) <= 6.0
+    assert 27.0 <= plain.delay(before_the_hour) <= 33.0
+    mid_hour = datetime(2026, 11, 25, 22, 30, tzinfo=UTC)
+    assert 27.0 <= fold.delay(mid_hour) <= 33.0

@@ -16,7 +16,7 @@ import pytest
 from models.accounts import create_organization
 from models.credits import EndUser
 from models.verify import verify_ledger
-from resolvers.schema import MAX_ALIASES, MAX_DEPTH
+from resolvers.request_rules import MAX_ALIASES, MAX_DEPTH
 from tests.graphql_client import CREATE_API_KEY, CREATE_APPLICATION, PURCHASE, UPSERT, Caller
 from tests.schema_operations import fields_with_argument, operations
 from tests.test_tenant_isolation import application_rows

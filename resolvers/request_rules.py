@@ -1,0 +1,102 @@
+"""What every operation goes through before and after execution, as one schema extension
+(`RequestRules`): cached parsing with a token limit, cached validation with the depth,
+alias and NUL rules, a NUL check of the variables, and masking of unexpected errors.
+Strawberry builds extensions anew for every request and runs a context manager per hook
+and extension: one extension instead of six keeps that per-request cost small on the
+hottest path (`consumeCredits`)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+from graphql import DocumentNode, ExecutionResult, GraphQLError, GraphQLSchema, parse, validate
+from strawberry.extensions import MaskErrors, max_aliases, query_depth_limiter
+
+from resolvers.input_rules import NUL_MESSAGE, VALIDATION, NoNulInStringLiterals, holds_nul
+
+MAX_DEPTH = 12
+MAX_TOKENS = 5_000
+MAX_ALIASES = 30
+DOCUMENT_CACHE_SIZE = 1_000
+
+# Built once: validation results are cached per rule set.
+LIMIT_RULES = (
+    query_depth_limiter.create_validator(MAX_DEPTH, None),
+    max_aliases.create_validator(MAX_ALIASES),
+    NoNulInStringLiterals,
+)
+
+
+@lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
+def parsed(query: str, max_tokens: int | None) -> DocumentNode:
+    """One document per query text (values come in variables), so later requests find it."""
+    return parse(query, max_tokens=max_tokens)
+
+
+# Validation errors per (schema, document, rules), the document found by identity (a
+# document's own hash walks its whole tree); entries hold their schema and document, so
+# the ids in a key cannot be reused while it is cached.
+_VALIDATED: OrderedDict[tuple[int, int, tuple], tuple[Any, Any, list[GraphQLError]]] = OrderedDict()
+
+
+def validated(schema: GraphQLSchema, document: DocumentNode, rules: tuple) -> list[GraphQLError]:
+    key = (id(schema), id(document), rules)
+    found = _VALIDATED.get(key)
+    if found is not None and found[0] is schema and found[1] is document:
+        _VALIDATED.move_to_end(key)
+        return found[2]
+    errors = validate(schema, document, rules)
+    _VALIDATED[key] = (schema, document, errors)
+    if len(_VALIDATED) > DOCUMENT_CACHE_SIZE:
+        _VALIDATED.popitem(last=False)
+    return errors
+
+
+def _unexpected(error: GraphQLError) -> bool:
+    """Errors we did not raise on purpose: their text (a stack, SQL) never reaches a client."""
+    original = error.original_error
+    return original is not None and not isinstance(original, GraphQLError)
+
+
+class MaskUnexpectedErrors(MaskErrors):
+    def __init__(self) -> None:
+        super().__init__(should_mask_error=_unexpected, error_message="Internal error.")
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        masked = super().anonymise_error(error)
+        masked.extensions = {"code": "INTERNAL"}
+        return masked
+
+
+class RequestRules(MaskUnexpectedErrors):
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context
+        context.parse_options["max_tokens"] = MAX_TOKENS
+        context.validation_rules = tuple(context.validation_rules) + LIMIT_RULES
+        yield from super().on_operation()  # masks the result's unexpected errors
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        assert context.query is not None
+        context.graphql_document = parsed(context.query, context.parse_options.get("max_tokens"))
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        assert context.graphql_document is not None
+        context.pre_execution_errors = validated(
+            context.schema._schema, context.graphql_document, tuple(context.validation_rules)
+        )
+        yield
+
+    def on_execute(self) -> Iterator[None]:
+        # variable values are JSON, not seen by validation: the operation is not executed
+        context = self.execution_context
+        if context.variables and holds_nul(context.variables):
+            context.result = ExecutionResult(
+                data=None, errors=[GraphQLError(NUL_MESSAGE, extensions=VALIDATION)]
+            )
+        yield
