@@ -54,7 +54,8 @@ the figures: compare within one run.
 
     .venv/bin/python bench/ws_fanout.py [--subscribers 1000,5000] [--quick]
 
-`--quick` is a smoke run (200 subscribers, 4 s of widget load, 5 changes). `--profile`
+`--quick` is a smoke run (200 subscribers, 4 s of widget load, 5 changes); `--only memory`
+runs the memory phase alone (no widget or dashboard load). `--profile`
 records the server with py-spy during the widget and dashboard phases (raw
 `--format raw` files in the work directory, named in the output). Exit status 1 when a
 frame is an error or a phase does not complete; missed targets are printed, not reflected
@@ -674,6 +675,9 @@ async def run_size(n: int, setup: Setup, args: Any, work: Path) -> list[str]:
             f"  bare, client sent the same 2 msgs  {talking_kb:7.1f} KB (subscription ="
             f" {live_kb / talking_kb:.2f}x this)",
         ]
+        if args.only == "memory":
+            await close_all(widgets + raws)
+            return lines
 
         profiler.start(server.pid, f"widget_{n}")
         ours, raw, failures = await widget_phase(server, setup, widgets, raws, args)
@@ -811,6 +815,7 @@ async def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run at a small scale")
     parser.add_argument("--per-subscriber", action="store_true", help="also Strawberry's path")
     parser.add_argument("--profile", action="store_true", help="py-spy the server's phases")
+    parser.add_argument("--only", choices=["memory"], help="run this phase alone")
     parser.add_argument("--admin-dsn", default=DEFAULT_ADMIN_DSN)
     parser.add_argument("--redis-url", default=None, help="default: a redis-server of its own")
     args = parser.parse_args()
