@@ -40,8 +40,10 @@ from graphql import (
     is_non_null_type,
     is_object_type,
 )
+from graphql.execution import Executor
 from graphql.execution.collect_fields import FieldDetailsList
 from graphql.pyutils import Path, Undefined
+from graphql.type.definition import GraphQLResolveInfoHelpers
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types.field import StrawberryField
 
@@ -147,11 +149,35 @@ def _inert(value: Any, is_awaitable: Callable[[Any], bool]) -> bool:
     return True
 
 
+class _AsyncWork:
+    """What graphql-core's async helpers (`info.async_helpers`) use of the executor, apart
+    from it: its helpers are its own bound methods, a reference cycle that only the cyclic
+    collector frees, holding the whole execution's state (the root value, variables,
+    collected fields) until a collection comes; every WebSocket subscription left two such
+    executions behind. The same methods run on this holder of the same shared state."""
+
+    __slots__ = ("background_futures", "is_awaitable")
+
+    gather_async_work = Executor.gather_async_work
+    track_async_work = Executor.track_async_work
+    settle_in_background = Executor.settle_in_background
+
+    def __init__(self, executor: Executor) -> None:
+        self.is_awaitable = executor.is_awaitable
+        self.background_futures = executor.background_futures  # shared with its copies
+
+
 class PlainListExecutor(StrawberryGraphQLCoreExecutionContext):
-    """graphql-core's executor (as Strawberry configures it) with the fast path above."""
+    """graphql-core's executor (as Strawberry configures it) with the fast path above, and
+    async helpers that do not refer back to it (`_AsyncWork`): an execution is freed as soon
+    as it is done with."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        work = _AsyncWork(self)
+        self.async_helpers = GraphQLResolveInfoHelpers(
+            gather=work.gather_async_work, track=work.track_async_work
+        )
         # (object type, id of the field group) -> (the group, kept alive, and its plan)
         self._plans: dict[tuple[GraphQLObjectType, int], tuple[FieldDetailsList, Any]] = {}
         middleware = self.middleware_manager

@@ -7,8 +7,10 @@ where the type forbids them)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import weakref
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from enum import Enum
@@ -141,6 +143,13 @@ class Query:
     def broken_sibling(self) -> int:
         raise ValueError("sibling failed")
 
+    @strawberry.field
+    async def helped(self, info: strawberry.Info) -> list[int]:
+        """graphql-core's async helpers, as a resolver may use them."""
+        helpers = info._raw_info.async_helpers
+        helpers.track([_coroutine_value(), 1])  # settled in the background
+        return await helpers.gather([_coroutine_value(), _coroutine_value()])
+
 
 FAST = strawberry.Schema(query=Query, execution_context_class=PlainListExecutor)
 NORMAL = strawberry.Schema(query=Query)
@@ -175,6 +184,7 @@ QUERIES = {
     "preloaded": "{ preloadedItems { id loaded { id n label } } }",
     "preloaded but one": "{ preloadedItems(missing: 2) { id loaded { id n label } } }",
     "preloaded field not preloaded": "{ items { id loaded { id label } } }",
+    "async helpers": "{ helped items { id later } }",
 }
 
 
@@ -225,6 +235,29 @@ async def test_serialized_values_are_the_types_own() -> None:
     assert result.errors is None and result.data is not None
     first = result.data["items"][1]
     assert first == {"at": "2026-01-02T12:30:00+00:00", "color": "RED", "ratio": 1 / 3, "id": "I1"}
+
+
+async def test_an_execution_leaves_no_reference_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freed once done, not when the cyclic collector comes: graphql-core's async helpers
+    are bound methods of the executor, which held every execution (root value, variables,
+    collected fields) in a cycle (a WebSocket subscription left two behind)."""
+    executors: list[weakref.ref[PlainListExecutor]] = []
+    original = PlainListExecutor.__init__
+
+    def tracked(self: PlainListExecutor, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        executors.append(weakref.ref(self))
+
+    monkeypatch.setattr(PlainListExecutor, "__init__", tracked)
+    gc.disable()  # what refcounting alone frees (enabling it may collect at once)
+    try:
+        for name in ("nested", "async helpers", "async resolver"):
+            result = await FAST.execute(QUERIES[name])
+            assert result.errors is None
+        left = [ref() is not None for ref in executors]
+    finally:
+        gc.enable()
+    assert left == [False, False, False]
 
 
 def test_http_answers_are_encoded_as_json_whatever_the_values() -> None:
