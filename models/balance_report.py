@@ -14,7 +14,7 @@ changed since the last fold, the closer a report gets to reading them all live.
 
 from __future__ import annotations
 
-from models.rollups import FOLDED_WINDOW_START, WATERMARK, moved_window
+from models.rollups import FOLDED_WINDOW_START, WATERMARK, in_tail, moved_window
 from models.sql import Sql
 
 CHANGED = "x"  # the name of the CTE a report gives `changed_end_users`
@@ -39,7 +39,7 @@ def changed_end_users(app: str, pool: str, ws: str, *, borderline: bool = False)
     since = f"created_at >= {WATERMARK}"
     parts = [
         # the tail, through the ledger's (pool_id, created_at) index
-        f"SELECT l.end_user_id FROM ledger_entry l WHERE l.pool_id = {pool} AND l.{since}"
+        f"SELECT l.end_user_id FROM ledger_entry l WHERE l.pool_id = {pool} AND {in_tail('l')}"
         " AND l.end_user_id IS NOT NULL",
         # use the moved window dropped or added (only in the hour after it moves, before a
         # fold), through (application_id, occurred_at)

@@ -30,7 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from models.errors import ValidationFailed
-from models.rollups import WATERMARK
+from models.rollups import in_tail
 from models.sql import Sql, single_statement
 
 MAX_BUCKETS = 10_000
@@ -238,7 +238,7 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[dict[str, Any]]:
         " CASE WHEN l.kind = 'CONSUME' THEN -l.amount ELSE 0 END,"
         " CASE WHEN l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END,"
         " CASE WHEN l.kind = 'PURCHASE' THEN l.amount ELSE 0 END"
-        f" FROM ledger_entry l WHERE l.pool_id IN {pools} AND l.created_at >= {WATERMARK}"
+        f" FROM ledger_entry l WHERE l.pool_id IN {pools} AND {in_tail('l')}"
         " AND l.occurred_at >= $1"
         " AND l.kind IN ('CONSUME', 'EXPIRE', 'PURCHASE'))"
         f" SELECT f.pool_id AS owner, CASE WHEN f.at >= $2 THEN {_AFTER} ELSE {index} END"

@@ -27,6 +27,7 @@ from resolvers.end_user_tokens import (
     resolve_issue_token,
 )
 from resolvers.execution import PlainListExecutor
+from resolvers.input_conversion import install as install_input_conversion
 from resolvers.realtime import balance_changed
 from resolvers.request_log import request_log_tail
 from resolvers.request_rules import DOCUMENT_CACHE_SIZE, MaskUnexpectedErrors, RequestRules
@@ -69,7 +70,7 @@ class Subscription:
 
 
 def build_schema() -> strawberry.Schema:
-    return strawberry.Schema(
+    built = strawberry.Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -77,6 +78,8 @@ def build_schema() -> strawberry.Schema:
         execution_context_class=PlainListExecutor,
         extensions=[RequestRules],  # a class: Strawberry makes one per request
     )
+    install_input_conversion(built)
+    return built
 
 
 schema = build_schema()
