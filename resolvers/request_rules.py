@@ -72,31 +72,33 @@ class MaskUnexpectedErrors(MaskErrors):
 
 
 class RequestRules(MaskUnexpectedErrors):
+    """Everything in the one hook Strawberry runs around the whole operation: each hook an
+    extension implements costs a context manager per request. Parsing and validation done
+    here leave Strawberry's own steps nothing to do (it skips a parsed document and a
+    validation with a result), in the same order: parse, the operation type, validation,
+    then the variables."""
+
     def on_operation(self) -> Iterator[None]:
         context = self.execution_context
         context.parse_options["max_tokens"] = MAX_TOKENS
         context.validation_rules = tuple(context.validation_rules) + LIMIT_RULES
-        yield from super().on_operation()  # masks the result's unexpected errors
-
-    def on_parse(self) -> Iterator[None]:
-        context = self.execution_context
-        assert context.query is not None
-        context.graphql_document = parsed(context.query, context.parse_options.get("max_tokens"))
-        yield
-
-    def on_validate(self) -> Iterator[None]:
-        context = self.execution_context
-        assert context.graphql_document is not None
-        context.pre_execution_errors = validated(
-            context.schema._schema, context.graphql_document, tuple(context.validation_rules)
-        )
-        yield
-
-    def on_execute(self) -> Iterator[None]:
-        # variable values are JSON, not seen by validation: the operation is not executed
-        context = self.execution_context
-        if context.variables and holds_nul(context.variables):
-            context.result = ExecutionResult(
-                data=None, errors=[GraphQLError(NUL_MESSAGE, extensions=VALIDATION)]
+        if context.graphql_document is None and context.query:
+            try:
+                context.graphql_document = parsed(context.query, MAX_TOKENS)
+            except GraphQLError:
+                pass  # Strawberry parses it again and answers the error its own way
+        if context.graphql_document is not None:
+            context.pre_execution_errors = validated(
+                context.schema._schema, context.graphql_document, context.validation_rules
             )
-        yield
+            # variable values are JSON, not seen by validation: not executed (Strawberry
+            # executes nothing when a result is already there)
+            if (
+                not context.pre_execution_errors
+                and context.variables
+                and holds_nul(context.variables)
+            ):
+                context.result = ExecutionResult(
+                    data=None, errors=[GraphQLError(NUL_MESSAGE, extensions=VALIDATION)]
+                )
+        yield from super().on_operation()  # masks the result's unexpected errors
