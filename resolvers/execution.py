@@ -1,11 +1,12 @@
 """A faster completion of lists of plain objects (consumption buckets, log entries, edges and
-their nodes): graphql-core completes every field of every item through a resolver call, a
-resolve info, a path and a completion step, a few microseconds each; a dashboard answer has
-thousands. `PlainListExecutor` completes such a list straight into dicts when every field
-selected on its items is a plain attribute (a Strawberry field without resolver, extension,
-argument or directive) holding a scalar or enum, or a plain object or list of them selected
-the same way. The values are serialized by their own GraphQL types (`coerce_output_value`,
-the same call graphql-core makes), aliases and `__typename` answered as graphql-core does.
+their nodes) and of plain objects (a mutation's payload): graphql-core completes every field
+of every item through a resolver call, a resolve info, a path and a completion step, a few
+microseconds each; a dashboard answer has thousands. `PlainListExecutor` completes such a
+list or object straight into dicts when every field selected on it is a plain attribute (a
+Strawberry field without resolver, extension, argument or directive) holding a scalar or
+enum, or a plain object or list of them selected the same way. The values are serialized by
+their own GraphQL types (`coerce_output_value`, the same call graphql-core makes), aliases
+and `__typename` answered as graphql-core does.
 
 A resolver field marked `PRELOADED` is read from the attribute its list's resolver filled.
 Anything else takes the normal path: a field with a resolver, arguments or directives, an
@@ -182,6 +183,27 @@ class PlainListExecutor(StrawberryGraphQLCoreExecutionContext):
         self._plans: dict[tuple[GraphQLObjectType, int], tuple[FieldDetailsList, Any]] = {}
         middleware = self.middleware_manager
         self._fast = middleware is None or not middleware.middlewares
+
+    def complete_object_value(
+        self,
+        return_type: GraphQLObjectType,
+        field_details_list: FieldDetailsList,
+        info: GraphQLResolveInfo,
+        path: Path,
+        result: Any,
+        position_context: Any,
+    ) -> Any:
+        # a plain object outside a list too (a mutation's payload: balance, replayed, errors)
+        if self._fast and position_context is None and return_type.is_type_of is None:
+            plan = self._object_plan(return_type, field_details_list)
+            if plan is not None:
+                try:
+                    return self._complete_object(result, plan, info)
+                except _NotPlain:
+                    pass
+        return super().complete_object_value(
+            return_type, field_details_list, info, path, result, position_context
+        )
 
     def complete_list_value(
         self,

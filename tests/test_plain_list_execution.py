@@ -140,6 +140,14 @@ class Query:
         ]
 
     @strawberry.field
+    def one_item(self) -> Item:
+        return _item(5)
+
+    @strawberry.field
+    def one_bad(self) -> Item | None:
+        return _item(6, must=None)
+
+    @strawberry.field
     def broken_sibling(self) -> int:
         raise ValueError("sibling failed")
 
@@ -181,6 +189,9 @@ QUERIES = {
         for case in range(6)
     },
     "awaitable value": "{ awaitableValues { id maybe } }",
+    "plain object": "{ oneItem { id n at color leaf { id n } leaves { id label } } }",
+    "object with a resolver": "{ oneItem { id doubled leaf { n } } }",
+    "object with a null where none may be": "{ oneBad { id must } }",
     "preloaded": "{ preloadedItems { id loaded { id n label } } }",
     "preloaded but one": "{ preloadedItems(missing: 2) { id loaded { id n label } } }",
     "preloaded field not preloaded": "{ items { id loaded { id label } } }",
