@@ -1,0 +1,205 @@
+"""The WebSocket protocols' edge cases, as Strawberry answers them, through our handlers
+(api/websocket.py, which read messages and keep operations their own way): pings, closes
+for a subscribe before connection_init (4401), a duplicate id (4409), a second
+connection_init (4429), a message that is not text or not JSON or of no known type (4400),
+no connection_init in time (4408); a query over the socket; legacy graphql-ws's closes and
+its tolerance of junk. Raw frames from a plain websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.test_graphql_api import _application
+
+TRANSPORT_WS = "graphql-transport-ws"
+LEGACY_WS = "graphql-ws"
+REMAINING = """
+subscription($app: ID!, $endUser: ID) {
+  balanceChanged(applicationId: $app, pool: "ai", endUserId: $endUser) { remaining }
+}"""
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        yield client
+
+
+@asynccontextmanager
+async def socket(server: Any, protocol: str = TRANSPORT_WS) -> AsyncIterator[ClientConnection]:
+    async with connect(server.graphql.replace("http", "ws", 1), subprotocols=[protocol]) as ws:
+        yield ws
+
+
+async def send(ws: ClientConnection, message: dict) -> None:
+    await ws.send(json.dumps(message))
+
+
+async def receive(ws: ClientConnection) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def closed_with(ws: ClientConnection) -> tuple[int, str]:
+    """The close code and reason the server sent."""
+    with pytest.raises(ConnectionClosed) as caught:
+        while True:  # anything sent before the close is skipped
+            await asyncio.wait_for(ws.recv(), 5)
+    assert caught.value.rcvd is not None
+    return caught.value.rcvd.code, caught.value.rcvd.reason
+
+
+async def initialised(ws: ClientConnection, key: str) -> None:
+    await send(ws, {"type": "connection_init", "payload": {"authorization": f"Bearer {key}"}})
+    assert (await receive(ws))["type"] == "connection_ack"
+
+
+def subscribe(app: Any, operation_id: str = "7") -> dict:
+    variables = {"app": app.id, "endUser": app.end_user_ids[0]}
+    payload = {"query": REMAINING, "variables": variables}
+    return {"id": operation_id, "type": "subscribe", "payload": payload}
+
+
+async def test_pings_are_answered_before_and_after_connection_init(server) -> None:
+    async with socket(server) as ws:
+        await send(ws, {"type": "ping"})
+        assert await receive(ws) == {"type": "pong"}
+        await initialised(ws, server.organization_key)
+        await send(ws, {"type": "ping", "payload": {"at": 1}})
+        assert await receive(ws) == {"type": "pong"}
+        await send(ws, {"type": "pong"})  # unsolicited: ignored
+        await send(ws, {"type": "ping"})
+        assert await receive(ws) == {"type": "pong"}
+
+
+async def test_a_subscribe_before_connection_init_is_unauthorized(server, http) -> None:
+    app = await _application(server, http, users=1)
+    async with socket(server) as ws:
+        await send(ws, subscribe(app))
+        assert await closed_with(ws) == (4401, "Unauthorized")
+
+
+async def test_a_duplicate_operation_id_closes_the_socket(server, http) -> None:
+    app = await _application(server, http, users=1, credits_each=10)
+    async with socket(server) as ws:
+        await initialised(ws, app.reader.key)
+        await send(ws, subscribe(app))
+        first = await receive(ws)
+        assert first["type"] == "next" and first["payload"]["data"]["balanceChanged"] == {
+            "remaining": 10
+        }
+        await send(ws, subscribe(app))  # the same id, still live (idle: no task of its own)
+        assert await closed_with(ws) == (4409, "Subscriber for 7 already exists")
+
+
+async def test_a_completed_id_can_be_used_again(server, http) -> None:
+    app = await _application(server, http, users=1, credits_each=10)
+    async with socket(server) as ws:
+        await initialised(ws, app.reader.key)
+        for _ in range(3):
+            await send(ws, subscribe(app))
+            assert (await receive(ws))["type"] == "next"
+            await send(ws, {"id": "7", "type": "complete"})
+            await asyncio.sleep(0.05)
+        await send(ws, {"type": "ping"})
+        assert await receive(ws) == {"type": "pong"}  # nothing else was sent meanwhile
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("{not json", "WebSocket message must be valid JSON"),
+        (b"\x00binary", "WebSocket message type must be text"),
+        ({"type": "junk"}, "Unknown message type: junk"),
+        ({"payload": {}}, "Failed to parse message"),
+        ({"type": "connection_init", "payload": "text"}, "Invalid connection init payload"),
+    ],
+)
+async def test_a_message_the_protocol_does_not_know_closes_with_4400(
+    server, message: Any, reason: str
+) -> None:
+    async with socket(server) as ws:
+        await ws.send(json.dumps(message) if isinstance(message, dict) else message)
+        assert await closed_with(ws) == (4400, reason)
+
+
+async def test_a_second_connection_init_closes_with_4429(server) -> None:
+    async with socket(server) as ws:
+        await initialised(ws, server.organization_key)
+        await send(ws, {"type": "connection_init", "payload": {}})
+        assert await closed_with(ws) == (4429, "Too many initialisation requests")
+
+
+async def test_no_connection_init_in_time_closes_with_4408(server, monkeypatch) -> None:
+    from api.websocket import LiveTransportWSHandler
+
+    quick = property(lambda _: timedelta(seconds=0.3), lambda *_: None)
+    monkeypatch.setattr(
+        LiveTransportWSHandler, "connection_init_wait_timeout", quick, raising=False
+    )
+    async with socket(server) as ws:
+        assert await closed_with(ws) == (4408, "Connection initialisation timeout")
+    async with socket(server) as ws:  # initialised in time: the timeout never fires
+        await initialised(ws, server.organization_key)
+        await asyncio.sleep(0.6)
+        await send(ws, {"type": "ping"})
+        assert await receive(ws) == {"type": "pong"}
+
+
+async def test_a_query_over_the_socket_is_answered_then_completed(server, http) -> None:
+    app = await _application(server, http, users=1)
+    async with socket(server) as ws:
+        await initialised(ws, app.reader.key)
+        query = {"query": "query { __typename }"}
+        await send(ws, {"id": "q", "type": "subscribe", "payload": query})
+        assert await receive(ws) == {
+            "id": "q",
+            "type": "next",
+            "payload": {"data": {"__typename": "Query"}},
+        }
+        assert await receive(ws) == {"id": "q", "type": "complete"}
+        invalid = {"query": "subscription { nothingHere }"}
+        await send(ws, {"id": "v", "type": "subscribe", "payload": invalid})
+        refused = await receive(ws)
+        assert (refused["id"], refused["type"]) == ("v", "error")
+        await send(ws, {"id": "s", "type": "subscribe", "payload": {"query": "subscription {"}})
+        code, _ = await closed_with(ws)
+        assert code == 4400  # a syntax error closes the socket
+
+
+async def test_the_legacy_protocol_closes_and_tolerates_as_strawberry_does(server, http) -> None:
+    app = await _application(server, http, users=1, credits_each=10)
+    start = {**subscribe(app), "type": "start"}
+    async with socket(server, LEGACY_WS) as ws:
+        await send(ws, start)  # before connection_init
+        assert await closed_with(ws) == (4401, "Unauthorized")
+    async with socket(server, LEGACY_WS) as ws:
+        await ws.send("{not json")  # ignored
+        await send(ws, {"type": "junk"})  # ignored
+        await initialised(ws, app.reader.key)
+        await send(ws, start)
+        first = await receive(ws)
+        assert first["type"] == "data" and first["payload"]["data"]["balanceChanged"] == {
+            "remaining": 10
+        }
+        await send(ws, {"id": "7", "type": "stop"})
+        assert await receive(ws) == {"type": "complete", "id": "7"}
+        await ws.send(b"\x00binary")
+        assert await closed_with(ws) == (1002, "WebSocket message type must be text")
+    async with socket(server, LEGACY_WS) as ws:
+        await initialised(ws, app.reader.key)
+        await send(ws, {"type": "connection_terminate"})
+        assert (await closed_with(ws))[0] == 1000
+    async with socket(server, LEGACY_WS) as ws:
+        await send(ws, {"type": "connection_init", "payload": {"authorization": "Bearer ug_x_y"}})
+        assert (await receive(ws))["type"] == "connection_error"
+        assert (await closed_with(ws))[0] == 1011
