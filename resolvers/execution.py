@@ -18,6 +18,7 @@ exactly as it would have."""
 
 from __future__ import annotations
 
+import keyword
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -81,10 +82,59 @@ class _Field:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """How to complete an object of `object_type` for one selection."""
+    """How to complete an object of `object_type` for one selection: `complete(source,
+    fields, general, info)`, compiled for the shape of `fields` (`_compiled`)."""
 
     object_type: GraphQLObjectType
     fields: tuple[_Field, ...]
+    complete: Callable[..., dict[str, Any]]
+
+
+# How a compiled completion takes a value as it is (else it calls the general path).
+_TAKEN_AS_IS = {
+    INT: "type({v}) is int and -2147483648 <= {v} <= 2147483647",
+    STRING: "type({v}) is str",
+    BOOLEAN: "type({v}) is bool",
+    FLOAT: "type({v}) is float and _isfinite({v})",
+}
+_COMPILED: dict[tuple[Any, ...], Callable[..., dict[str, Any]]] = {}
+_MAX_COMPILED = 1_000
+
+
+def _compiled(type_name: str, fields: tuple[_Field, ...]) -> Callable[..., dict[str, Any]]:
+    """A function completing one object of this shape: each field read straight from the
+    source, taken as it is when of the exact built-in type its kind wants, any other value
+    through the general path (`PlainListExecutor._complete_value`, which also recurses into
+    objects and lists), into one dict literal. Made once per shape (response names, kinds,
+    attributes), whatever the request, and kept (bounded)."""
+    shape = (type_name, tuple((f.response_name, f.kind, f.attribute) for f in fields))
+    found = _COMPILED.get(shape)
+    if found is not None:
+        return found
+    lines = ["def complete(source, fields, general, info):"]
+    entries = []
+    for index, field in enumerate(fields):
+        if field.kind == TYPENAME:
+            entries.append(f"{field.response_name!r}: {type_name!r}")
+            continue
+        v = f"v{index}"
+        if field.attribute is None:
+            lines.append(f"    {v} = fields[{index}].read(source)")
+        elif field.attribute.isidentifier() and not keyword.iskeyword(field.attribute):
+            lines.append(f"    {v} = source.{field.attribute}")
+        else:
+            lines.append(f"    {v} = getattr(source, {field.attribute!r})")
+        check = _TAKEN_AS_IS.get(field.kind)
+        condition = "" if check is None else f"if not ({check.format(v=v)}): "
+        lines.append(f"    {condition}{v} = general(fields[{index}], {v}, info)")
+        entries.append(f"{field.response_name!r}: {v}")
+    lines.append("    return {" + ", ".join(entries) + "}")
+    namespace: dict[str, Any] = {"_isfinite": math.isfinite}
+    exec("\n".join(lines), namespace)  # our own code: names and literals repr-quoted
+    complete = namespace["complete"]
+    if len(_COMPILED) < _MAX_COMPILED:
+        _COMPILED[shape] = complete
+    return complete
 
 
 _NO_PLAN = object()
@@ -288,7 +338,8 @@ class PlainListExecutor(StrawberryGraphQLCoreExecutionContext):
             if field is None:
                 return None
             fields.append(field)
-        return _Plan(object_type, tuple(fields))
+        shaped = tuple(fields)
+        return _Plan(object_type, shaped, _compiled(object_type.name, shaped))
 
     def _field(
         self,
@@ -338,49 +389,28 @@ class PlainListExecutor(StrawberryGraphQLCoreExecutionContext):
         return completed
 
     def _complete_object(self, source: Any, plan: _Plan, info: GraphQLResolveInfo) -> Any:
-        is_awaitable = self.is_awaitable
-        if type(source) not in _INERT_TYPES and not _inert(source, is_awaitable):
+        if type(source) not in _INERT_TYPES and not _inert(source, self.is_awaitable):
             raise _NotPlain
-        data: dict[str, Any] = {}
-        for field in plan.fields:
-            kind = field.kind
-            if kind == TYPENAME:
-                data[field.response_name] = plan.object_type.name
-                continue
-            attribute = field.attribute
-            value = (
-                getattr(source, attribute) if attribute is not None else field.read(source)  # type: ignore[misc]
-            )
-            value_type = type(value)
-            if kind == INT and value_type is int and _INT_MIN <= value <= _INT_MAX:
-                data[field.response_name] = value
-            elif (kind == STRING and value_type is str) or (kind == BOOLEAN and value_type is bool):
-                data[field.response_name] = value
-            elif kind == FLOAT and value_type is float and math.isfinite(value):
-                data[field.response_name] = value
-            elif value is None or value is Undefined:
-                if field.non_null:
-                    raise _NotPlain
-                data[field.response_name] = None
-            elif value_type not in _INERT_TYPES and not _inert(value, is_awaitable):
+        return plan.complete(source, plan.fields, self._complete_value, info)
+
+    def _complete_value(self, field: _Field, value: Any, info: GraphQLResolveInfo) -> Any:
+        """A field's value the compiled completion could not take as it is."""
+        if value is None or value is Undefined:
+            if field.non_null:
                 raise _NotPlain
-            elif kind == OBJECT:
-                data[field.response_name] = self._complete_object(value, field.plan, info)  # type: ignore[arg-type]
-            elif kind == LIST:
-                if not isinstance(value, list | tuple):
-                    raise _NotPlain
-                data[field.response_name] = self._complete_items(
-                    value,
-                    field.plan,  # type: ignore[arg-type]
-                    field.item_non_null,
-                    info,
-                )
-            else:  # any leaf: its own serialization
-                try:
-                    coerced = field.leaf.coerce_output_value(value)  # type: ignore[union-attr]
-                except Exception:
-                    raise _NotPlain from None
-                if coerced is None or coerced is Undefined:
-                    raise _NotPlain
-                data[field.response_name] = coerced
-        return data
+            return None
+        if type(value) not in _INERT_TYPES and not _inert(value, self.is_awaitable):
+            raise _NotPlain
+        if field.kind == OBJECT:
+            return self._complete_object(value, field.plan, info)  # type: ignore[arg-type]
+        if field.kind == LIST:
+            if not isinstance(value, list | tuple):
+                raise _NotPlain
+            return self._complete_items(value, field.plan, field.item_non_null, info)  # type: ignore[arg-type]
+        try:  # any leaf (or a built-in scalar's value of another type): its own serialization
+            coerced = field.leaf.coerce_output_value(value)  # type: ignore[union-attr]
+        except Exception:
+            raise _NotPlain from None
+        if coerced is None or coerced is Undefined:
+            raise _NotPlain
+        return coerced
