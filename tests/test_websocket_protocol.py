@@ -20,19 +20,18 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.test_graphql_api import _application
+from tests.test_shared_rendering import LEGACY_WS, TRANSPORT_WS
 
-TRANSPORT_WS = "graphql-transport-ws"
-LEGACY_WS = "graphql-ws"
 REMAINING = """
 subscription($app: ID!, $endUser: ID) {
   balanceChanged(applicationId: $app, pool: "ai", endUserId: $endUser) { remaining }
 }"""
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=60) as client:
-        yield client
+async def application(server: Any, **sizes: int) -> Any:
+    """An application with End Users (only its ids and keys are used here)."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        return await _application(server, http, **sizes)
 
 
 @asynccontextmanager
@@ -81,15 +80,15 @@ async def test_pings_are_answered_before_and_after_connection_init(server) -> No
         assert await receive(ws) == {"type": "pong"}
 
 
-async def test_a_subscribe_before_connection_init_is_unauthorized(server, http) -> None:
-    app = await _application(server, http, users=1)
+async def test_a_subscribe_before_connection_init_is_unauthorized(server) -> None:
+    app = await application(server, users=1)
     async with socket(server) as ws:
         await send(ws, subscribe(app))
         assert await closed_with(ws) == (4401, "Unauthorized")
 
 
-async def test_a_duplicate_operation_id_closes_the_socket(server, http) -> None:
-    app = await _application(server, http, users=1, credits_each=10)
+async def test_a_duplicate_operation_id_closes_the_socket(server) -> None:
+    app = await application(server, users=1, credits_each=10)
     async with socket(server) as ws:
         await initialised(ws, app.reader.key)
         await send(ws, subscribe(app))
@@ -101,8 +100,8 @@ async def test_a_duplicate_operation_id_closes_the_socket(server, http) -> None:
         assert await closed_with(ws) == (4409, "Subscriber for 7 already exists")
 
 
-async def test_a_completed_id_can_be_used_again(server, http) -> None:
-    app = await _application(server, http, users=1, credits_each=10)
+async def test_a_completed_id_can_be_used_again(server) -> None:
+    app = await application(server, users=1, credits_each=10)
     async with socket(server) as ws:
         await initialised(ws, app.reader.key)
         for _ in range(3):
@@ -155,8 +154,8 @@ async def test_no_connection_init_in_time_closes_with_4408(server, monkeypatch) 
         assert await receive(ws) == {"type": "pong"}
 
 
-async def test_a_query_over_the_socket_is_answered_then_completed(server, http) -> None:
-    app = await _application(server, http, users=1)
+async def test_a_query_over_the_socket_is_answered_then_completed(server) -> None:
+    app = await application(server, users=1)
     async with socket(server) as ws:
         await initialised(ws, app.reader.key)
         query = {"query": "query { __typename }"}
@@ -176,8 +175,8 @@ async def test_a_query_over_the_socket_is_answered_then_completed(server, http) 
         assert code == 4400  # a syntax error closes the socket
 
 
-async def test_the_legacy_protocol_closes_and_tolerates_as_strawberry_does(server, http) -> None:
-    app = await _application(server, http, users=1, credits_each=10)
+async def test_the_legacy_protocol_closes_and_tolerates_as_strawberry_does(server) -> None:
+    app = await application(server, users=1, credits_each=10)
     start = {**subscribe(app), "type": "start"}
     async with socket(server, LEGACY_WS) as ws:
         await send(ws, start)  # before connection_init
