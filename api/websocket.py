@@ -27,6 +27,7 @@ from collections.abc import Generator
 from contextlib import suppress
 from functools import lru_cache
 from inspect import isawaitable
+from json import JSONDecodeError
 from typing import Any
 
 from graphql import (
@@ -43,7 +44,7 @@ from graphql import (
     visit,
 )
 from graphql.execution import Executor
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 from strawberry.execution import optimized_is_awaitable
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import Schema
@@ -271,7 +272,52 @@ def _forget_message(message: object) -> None:
         message.clear()
 
 
-class LiveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+class _MessageLoop:
+    """Both handlers' `handle`: Strawberry 0.341's, reading messages as its adapter's
+    iter_json does, but in this loop: the generator kept the last text received (an idle
+    subscriber's whole subscribe message) and two objects of its own for every connection
+    while it waited. A message that is not text closes the socket with `not_text_code`; one
+    that is not JSON closes it with 4400, unless `junk_ignored` (legacy graphql-ws)."""
+
+    not_text_code: int
+    junk_ignored: bool
+
+    async def handle(self) -> None:
+        handler: Any = self
+        handler.starting()
+        ws = handler.websocket.ws
+        try:
+            while ws.application_state != WebSocketState.DISCONNECTED:
+                try:
+                    message = handler.view.decode_json(await ws.receive_text())
+                except WebSocketDisconnect:
+                    break
+                except KeyError:
+                    reason = "WebSocket message type must be text"
+                    await handler.websocket.close(code=self.not_text_code, reason=reason)
+                    break
+                except JSONDecodeError:
+                    if self.junk_ignored:
+                        continue
+                    await handler.handle_invalid_message("WebSocket message must be valid JSON")
+                    break
+                await handler.handle_message(message)
+        except WebSocketDisconnected:
+            pass
+        finally:
+            await handler.ending()
+
+
+class LiveTransportWSHandler(_MessageLoop, BaseGraphQLTransportWSHandler[Context, None]):
+    not_text_code = 4400  # handle_invalid_message's
+    junk_ignored = False
+
+    def starting(self) -> None:
+        self.on_request_accepted()
+
+    async def ending(self) -> None:
+        await self.shutdown()
+
     async def handle_message(self, message: Message) -> None:
         await super().handle_message(message)
         _forget_message(message)
@@ -319,7 +365,20 @@ class LiveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             raise
 
 
-class LiveGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
+class LiveGraphQLWSHandler(_MessageLoop, BaseGraphQLWSHandler[Context, None]):
+    not_text_code = 1002
+    junk_ignored = True
+
+    def starting(self) -> None:
+        pass
+
+    async def ending(self) -> None:
+        if self.keep_alive_task:
+            self.keep_alive_task.cancel()
+            with suppress(BaseException):
+                await self.keep_alive_task
+        await self.cleanup()
+
     async def handle_message(self, message: OperationMessage) -> None:
         await super().handle_message(message)
         _forget_message(message)
