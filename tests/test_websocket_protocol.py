@@ -202,3 +202,20 @@ async def test_the_legacy_protocol_closes_and_tolerates_as_strawberry_does(serve
         await send(ws, {"type": "connection_init", "payload": {"authorization": "Bearer ug_x_y"}})
         assert (await receive(ws))["type"] == "connection_error"
         assert (await closed_with(ws))[0] == 1011
+
+
+async def test_a_cross_origin_handshake_is_refused_and_an_unknown_protocol_closed(server) -> None:
+    """Strawberry's origin check (no allowed origins configured) and its 4406."""
+    from websockets.exceptions import InvalidStatus
+
+    url = server.graphql.replace("http", "ws", 1)
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url, subprotocols=[TRANSPORT_WS], origin="https://elsewhere.example"):  # type: ignore[arg-type,list-item]
+            pass
+    assert refused.value.response.status_code == 403
+    same_origin = server.url  # a page of the service itself, and a client sending no Origin
+    for origin in (same_origin, None):
+        async with connect(url, subprotocols=[TRANSPORT_WS], origin=origin) as ws:  # type: ignore[arg-type,list-item]
+            await initialised(ws, server.organization_key)
+    async with connect(url, subprotocols=["graphql-unknown"]) as ws:  # type: ignore[list-item]
+        assert await closed_with(ws) == (4406, "Subprotocol not acceptable")
