@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 
@@ -36,7 +37,7 @@ from api.routes.export import export_route
 from api.routes.health import health_routes
 from api.routes.request_logs import ingest_route
 from api.settings import Settings, get_settings
-from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler
+from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler, connection_handler
 from models.accounts import InvalidCredential
 from resolvers.context import Context
 from resolvers.schema import schema
@@ -64,6 +65,14 @@ class UsageGraphQL(GraphQL):
         self.realtime = realtime
         self.secret = secret
         self.public_url = public_url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await super().__call__(scope, receive, send)
+            return
+        handler = await connection_handler(self, WebSocket(scope, receive=receive, send=send))
+        if handler is not None:
+            await handler.handle()
 
     async def get_context(self, request: Any, response: Any = None) -> Context:
         return Context(

@@ -44,10 +44,11 @@ from graphql import (
     visit,
 )
 from graphql.execution import Executor
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.execution import optimized_is_awaitable
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import Schema
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -274,10 +275,11 @@ def _forget_message(message: object) -> None:
 
 class _MessageLoop:
     """Both handlers' `handle`: Strawberry 0.341's, reading messages as its adapter's
-    iter_json does, but in this loop: the generator kept the last text received (an idle
-    subscriber's whole subscribe message) and two objects of its own for every connection
-    while it waited. A message that is not text closes the socket with `not_text_code`; one
-    that is not JSON closes it with 4400, unless `junk_ignored` (legacy graphql-ws)."""
+    iter_json does (through Starlette's receive_text), but in this one frame: an idle
+    connection waited in a generator and a receive_text of its own, and the generator kept
+    the last text received (an idle subscriber's whole subscribe message). A message that
+    is not text closes the socket with `not_text_code`; one that is not JSON closes it with
+    4400, unless `junk_ignored` (legacy graphql-ws)."""
 
     not_text_code: int
     junk_ignored: bool
@@ -287,11 +289,13 @@ class _MessageLoop:
         handler.starting()
         ws = handler.websocket.ws
         try:
-            while ws.application_state != WebSocketState.DISCONNECTED:
-                try:
-                    message = handler.view.decode_json(await ws.receive_text())
-                except WebSocketDisconnect:
+            # Accepted by the view: connected until either side closes.
+            while ws.application_state == WebSocketState.CONNECTED:
+                received = await ws.receive()
+                if received["type"] == "websocket.disconnect":
                     break
+                try:
+                    message = handler.view.decode_json(received["text"])
                 except KeyError:
                     reason = "WebSocket message type must be text"
                     await handler.websocket.close(code=self.not_text_code, reason=reason)
@@ -301,7 +305,10 @@ class _MessageLoop:
                         continue
                     await handler.handle_invalid_message("WebSocket message must be valid JSON")
                     break
+                finally:
+                    received = None
                 await handler.handle_message(message)
+                message = None
         except WebSocketDisconnected:
             pass
         finally:
@@ -442,3 +449,36 @@ class LiveGraphQLWSHandler(_MessageLoop, BaseGraphQLWSHandler[Context, None]):
             self.subscriptions.pop(operation_id, None)
             if self.tasks.get(operation_id) is asyncio.current_task():
                 self.tasks.pop(operation_id, None)
+
+
+async def connection_handler(view: Any, request: WebSocket) -> Any | None:
+    """Strawberry 0.341's `run` for a WebSocket up to the protocol handler, which it returns
+    for the caller to `handle()` instead of running it itself: `run` waited for the handler
+    to end, its frame kept for the connection's whole life. None when the handshake was
+    refused (an origin not allowed: 403) or no protocol fits (closed with 4406)."""
+    if not view._check_websocket_origin(request):
+        await view.reject_websocket(request)
+        return None
+    root_value = await view.get_root_value(request)
+    subprotocol = await view.pick_websocket_subprotocol(request)
+    response = await view.create_websocket_response(request, subprotocol)
+    websocket = view.websocket_adapter_class(view, request, response)
+    context = await view.get_context(request, response=response)
+    arguments = {
+        "view": view,
+        "websocket": websocket,
+        "context": context,
+        "root_value": root_value,
+        "schema": view.schema,
+        "max_subscriptions_per_connection": view.max_subscriptions_per_connection,
+    }
+    if subprotocol == GRAPHQL_TRANSPORT_WS_PROTOCOL:
+        return view.graphql_transport_ws_handler_class(
+            **arguments, connection_init_wait_timeout=view.connection_init_wait_timeout
+        )
+    if subprotocol == GRAPHQL_WS_PROTOCOL:
+        return view.graphql_ws_handler_class(
+            **arguments, keep_alive=view.keep_alive, keep_alive_interval=view.keep_alive_interval
+        )
+    await websocket.close(4406, "Subprotocol not acceptable")
+    return None
