@@ -70,6 +70,18 @@ async def test_limits_refuse_before_execution() -> None:
     assert ran == []
 
 
+async def test_limits_are_checked_before_the_standard_rules() -> None:
+    """A document past a limit gets the limit's error alone: the standard rules (whose cost
+    the limits bound) do not run on it; within the limits, they do."""
+    aliases = " ".join(f'a{i}: echo(text: "x")' for i in range(MAX_ALIASES + 1))
+    result = await SCHEMA.execute("{ " + aliases + " nope }")
+    assert [e.message for e in result.errors] == [
+        f"{MAX_ALIASES + 1} aliases found. Allowed: {MAX_ALIASES}"
+    ]
+    result = await SCHEMA.execute('{ a0: echo(text: "x") nope }')
+    assert [e.message[:27] for e in result.errors] == ["Cannot query field 'nope' o"]
+
+
 async def test_a_nul_in_a_variable_is_refused_unexecuted() -> None:
     ran.clear()
     result = await SCHEMA.execute(
