@@ -33,7 +33,7 @@ from models.rollups import (
     window_used_joins,
     window_used_of,
 )
-from models.sql import single_statement
+from models.sql import Row, single_statement
 
 
 @lru_cache(maxsize=16)  # a request computes every burn at one `now`
@@ -115,7 +115,7 @@ def _datetime(value: Any) -> datetime:
     return datetime.fromisoformat(str(value)).astimezone(UTC)
 
 
-def _balance(row: dict[str, Any], end_user_id: int, pool_id: int, now: datetime) -> BalanceLine:
+def _balance(row: Row, end_user_id: int, pool_id: int, now: datetime) -> BalanceLine:
     return BalanceLine(
         end_user_id=end_user_id,
         pool_id=pool_id,
@@ -131,7 +131,7 @@ def _balance(row: dict[str, Any], end_user_id: int, pool_id: int, now: datetime)
     )
 
 
-def _end_user(row: dict[str, Any], pool_id: int | None, now: datetime) -> EndUserLine:
+def _end_user(row: Row, pool_id: int | None, now: datetime) -> EndUserLine:
     return EndUserLine(
         id=row["id"],
         application_id=row["application_id"],
@@ -159,7 +159,7 @@ async def balance_lines(end_user_ids: list[int], now: datetime) -> dict[int, lis
         f" AND b.end_user_id IN ({marks})"
         f" WHERE e.id IN ({marks}) ORDER BY e.id, p.id"
     )
-    rows = await single_statement(lambda db: db.rows(statement, window_start(now), *ids))
+    rows = await single_statement(lambda db: db.records(statement, window_start(now), *ids))
     found: dict[int, list[BalanceLine]] = {i: [] for i in ids}
     for row in rows:
         found[row["end_user_id"]].append(_balance(row, row["end_user_id"], row["pool_id"], now))
@@ -343,7 +343,7 @@ async def ranked_end_users(
     index order among the End Users unchanged since the fold, merged with the changed
     ones taken live (`models.balance_report`)."""
     rows = await single_statement(
-        lambda db: db.rows(
+        lambda db: db.records(
             _ranked_statement(ranking, db.postgres),
             application_id,
             pool_id,
@@ -478,7 +478,7 @@ async def end_user_page(
         " SELECT t.total, page.* FROM t LEFT JOIN page ON 1 = 1"
         f" ORDER BY page.k {direction}, page.id {direction}"
     )
-    rows = await single_statement(lambda db: db.rows(statement, *param.values))
+    rows = await single_statement(lambda db: db.records(statement, *param.values))
     total = int(rows[0]["total"])
     rows = [row for row in rows if row["id"] is not None]
     lines = [_end_user(row, listing.pool_id, now) for row in rows[:first]]

@@ -31,7 +31,7 @@ from typing import Any
 
 from models.errors import ValidationFailed
 from models.rollups import in_tail
-from models.sql import Sql, single_statement
+from models.sql import Row, Sql, single_statement
 
 MAX_BUCKETS = 10_000
 MIN_SPIKE_BUCKETS = 5
@@ -204,7 +204,7 @@ _AFTER = -1  # facts that occurred after the range: only their net matters (rema
 _NOW = -2  # the counters' remaining now
 
 
-async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[dict[str, Any]]:
+async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
     """One statement for every pool series of a group: sums per (pool, bucket)."""
     head = keys[0]
     all_pools = any(key.pool_id is None for key in keys)
@@ -250,10 +250,10 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[dict[str, Any]]:
         f" UNION ALL SELECT id, {_NOW}, 0, 0, 0, purchased - used - expired"
         f" FROM credit_pool WHERE id IN {pools}"
     )
-    return await db.rows(statement, *args)
+    return await db.records(statement, *args)
 
 
-async def _end_user_rows(db: Sql, keys: list[SeriesKey]) -> list[dict[str, Any]]:
+async def _end_user_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
     """One statement for every End User series of a group: sums per (End User, pool,
     bucket), from the End Users' ledger entries."""
     head = keys[0]
@@ -280,10 +280,10 @@ async def _end_user_rows(db: Sql, keys: list[SeriesKey]) -> list[dict[str, Any]]
         f" UNION ALL SELECT end_user_id, pool_id, {_NOW}, 0, 0, 0, remaining"
         f" FROM end_user_balance WHERE end_user_id IN ({marks})"
     )
-    return await db.rows(statement, *args)
+    return await db.records(statement, *args)
 
 
-def _assemble(key: SeriesKey, rows: list[dict[str, Any]]) -> Series:
+def _assemble(key: SeriesKey, rows: list[Row]) -> Series:
     count = key.range.count
     used = [0] * count
     used_all = [0] * count

@@ -20,7 +20,7 @@ from tortoise.models import Model
 
 from models.consumption import Granularity, bucket_range, spikes
 from models.errors import ValidationFailed
-from models.sql import Sql, delete_older_than, single_statement, values_list
+from models.sql import Row, Sql, delete_older_than, single_statement, values_list
 
 MAX_MESSAGE = 1_000
 MAX_ENDPOINT = 300
@@ -279,7 +279,7 @@ class LogFilter:
         return "".join(f" AND {c}" for c in conditions), params
 
 
-def entry_dict(row: dict[str, Any]) -> dict[str, Any]:
+def entry_dict(row: Row) -> dict[str, Any]:
     row = dict(row)
     row["time"] = as_utc(row["time"])
     row["outcome"] = Outcome(row["outcome"])
@@ -310,7 +310,7 @@ async def entry_page(
         f"{_SELECT} WHERE application_id = $1{keyset}{conditions}"
         f' ORDER BY "time" DESC, id DESC LIMIT ${len(params)}'
     )
-    rows = await single_statement(lambda db: db.rows(statement, *params))
+    rows = await single_statement(lambda db: db.records(statement, *params))
     return [entry_dict(row) for row in rows]
 
 
@@ -340,12 +340,12 @@ async def request_volume(
     span = bucket_range(since, until, granularity)
     buckets = {start: VolumeBucket(start) for start in span.starts()}
 
-    async def work(db: Sql) -> list[dict[str, Any]]:
+    async def work(db: Sql) -> list[Row]:
         if db.postgres:
             trunc = _PG_TRUNC.format(unit=granularity.value.lower())
         else:
             trunc = _SQLITE_TRUNC[granularity]
-        return await db.rows(
+        return await db.records(
             f"SELECT {trunc} AS bucket, outcome, count(*) AS n FROM request_log"
             ' WHERE application_id = $1 AND "time" >= $2 AND "time" < $3'
             " GROUP BY 1, 2",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -19,6 +19,9 @@ from tortoise.exceptions import OperationalError
 from tortoise.transactions import in_transaction
 
 T = TypeVar("T")
+# A row of `Sql.records`: asyncpg's Record on PostgreSQL, a dict on SQLite; read it only
+# (`row["col"]`, `.get`, `.items()`), or copy it with dict(row) to change it.
+Row = Mapping[str, Any]
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _ROW_LOCK = re.compile(r"\s+FOR UPDATE(\s+OF\s+\w+)?(\s+SKIP LOCKED)?", re.IGNORECASE)
@@ -54,6 +57,14 @@ class Sql:
     async def rows(self, statement: str, *args: Any) -> list[dict[str, Any]]:
         return await self.conn.execute_query_dict(self._text(statement), list(args))
 
+    async def records(self, statement: str, *args: Any) -> list[Row]:
+        """Rows to read, not to change: on PostgreSQL asyncpg's Records as they come, where
+        Tortoise's execute_query_dict copies each into a dict (a tenth of a dashboard's
+        CPU); its translation of errors kept."""
+        if self.postgres:
+            return await self.conn._translate_exceptions(_fetch, statement, args)  # type: ignore[attr-defined]
+        return await self.rows(statement, *args)
+
     async def row(self, statement: str, *args: Any) -> dict[str, Any] | None:
         found = await self.rows(statement, *args)
         return found[0] if found else None
@@ -66,6 +77,11 @@ class Sql:
         """Runs a statement without RETURNING and answers the number of rows it touched."""
         affected, _ = await self.conn.execute_query(self._text(statement), list(args))
         return affected
+
+
+async def _fetch(client: Any, statement: str, args: tuple[Any, ...]) -> list[Row]:
+    async with client.acquire_connection() as connection:
+        return await connection.fetch(statement, *args)
 
 
 def values_list(rows: int, columns: int, suffix: str = "") -> str:

@@ -24,7 +24,7 @@ query($app: ID!, $first: Int!, $after: String, $filter: RequestLogFilter) {
   application(id: $app) {
     requestLog(first: $first, after: $after, filter: $filter) {
       pageInfo { hasNextPage endCursor }
-      edges { node {
+      edges { cursor node {
         id time method endpoint operationName endUserExternalId apiKeyPrefix status outcome
         errorCode errorMessage latencyMs requestId source endUser { id externalId }
       } }
@@ -302,10 +302,17 @@ async def test_filters_and_keyset_pages(server, http) -> None:
             )
         )["application"]["requestLog"]
         seen.extend(edge["node"]["requestId"] for edge in page["edges"])
+        assert page["edges"][-1]["cursor"] == page["pageInfo"]["endCursor"]
         if not page["pageInfo"]["hasNextPage"]:
             break
         after = page["pageInfo"]["endCursor"]
     assert seen == [f"ingest-{i}" for i in reversed(range(60))]
+    # any edge's cursor continues right after that edge
+    window = {"from": "2026-01-05T00:00:00Z", "to": "2026-01-06T00:00:00Z"}
+    first = await app.admin(LOG, app=app.id, first=7, after=None, filter=window)
+    third = first["application"]["requestLog"]["edges"][2]["cursor"]
+    rest = await app.admin(LOG, app=app.id, first=3, after=third, filter=window)
+    assert [e["node"]["requestId"] for e in rest["application"]["requestLog"]["edges"]] == seen[3:6]
 
     async def ids(**filter: Any) -> set[int]:
         found = await _entries(server, app.admin, app.id, **filter)
