@@ -416,29 +416,37 @@ async def _update_shared_rows(
 
 @dataclass(slots=True)
 class _Waiting:
-    consumption: Consumption
-    result: asyncio.Future[ConsumeResult]
+    """One call's consumptions (one for consumeCredits, a batch's for consumeCreditsBatch),
+    committed in the same transaction, and the call's results."""
+
+    consumptions: list[Consumption]
+    keys: frozenset[str]
+    result: asyncio.Future[list[BatchResult]]
 
 
 MAX_DRAINERS = 2  # one batch gathers its rows while the one before it commits
 
 
 class _Combiner:
-    """One application's single consumptions in this process: while batches of them are
-    committing, new ones queue, and the queue commits as the next batch. Under load one
-    transaction (one lock on the shared lot and pool rows, one commit) serves many callers;
-    alone, a call commits at once. Each caller gets its own result or error. Two batches
-    may be under way at once; their row locks (taken in the ledger's order) keep them
-    apart wherever they touch the same balances."""
+    """One application's consumption calls in this process: while transactions of them are
+    committing, new calls queue, and the queue commits as the next transaction. Under load
+    one transaction (one lock on the shared lot and pool rows, one commit) serves many
+    callers; alone, a call commits at once. A call's consumptions (a batch's) always commit
+    together, and each gets its own result or error. Two transactions may be under way at
+    once; their row locks (taken in the ledger's order) keep them apart wherever they touch
+    the same balances. Batches combined so wait in this queue, in order, instead of on each
+    other's row locks in PostgreSQL, whose waits are not first come first served (64
+    concurrent batches of 100: p99 10 s)."""
 
     def __init__(self, application_id: int) -> None:
         self.application_id = application_id
         self.waiting: list[_Waiting] = []
         self.drainers: set[asyncio.Task[None]] = set()
 
-    async def submit(self, consumption: Consumption) -> ConsumeResult:
-        result: asyncio.Future[ConsumeResult] = asyncio.get_running_loop().create_future()
-        self.waiting.append(_Waiting(consumption, result))
+    async def submit(self, consumptions: list[Consumption]) -> list[BatchResult]:
+        result: asyncio.Future[list[BatchResult]] = asyncio.get_running_loop().create_future()
+        keys = frozenset(c.idempotency_key for c in consumptions if c.idempotency_key)
+        self.waiting.append(_Waiting(consumptions, keys, result))
         if len(self.drainers) < MAX_DRAINERS:
             # A fresh context: a drainer must not inherit a caller's open transaction.
             drainer = asyncio.create_task(self._drain(), context=contextvars.Context())
@@ -446,21 +454,23 @@ class _Combiner:
         return await result
 
     def _next_batch(self) -> list[_Waiting]:
-        """Up to MAX_BATCH waiting calls, at most one per idempotency key (a repeat waits
-        for the next batch and then answers as a replay). A call whose caller went away
-        before its batch began is dropped, as a cancelled transaction would be."""
+        """Waiting calls, in order, up to MAX_BATCH consumptions, none sharing an
+        idempotency key with another (a repeat waits for the next transaction and then
+        answers as a replay). A call whose caller went away before its transaction began is
+        dropped, as a cancelled transaction would be."""
         batch: list[_Waiting] = []
         later: list[_Waiting] = []
         keys: set[str] = set()
+        size = 0
         for waiting in self.waiting:
             if waiting.result.done():  # its caller was cancelled before the batch began
                 continue
-            key = waiting.consumption.idempotency_key
-            if len(batch) >= MAX_BATCH or (key is not None and key in keys):
+            count = len(waiting.consumptions)
+            if batch and (size + count > MAX_BATCH or not keys.isdisjoint(waiting.keys)):
                 later.append(waiting)
                 continue
-            if key is not None:
-                keys.add(key)
+            keys |= waiting.keys
+            size += count
             batch.append(waiting)
         self.waiting = later
         return batch
@@ -472,7 +482,9 @@ class _Combiner:
                 if not batch:
                     continue
                 committing = asyncio.ensure_future(
-                    consume_credits_batch(self.application_id, [w.consumption for w in batch])
+                    consume_credits_batch(
+                        self.application_id, [c for w in batch for c in w.consumptions]
+                    )
                 )
                 try:
                     # Shielded: cancelling the drainer (shutdown) must not cut a transaction
@@ -498,30 +510,46 @@ class _Combiner:
 
 
 def _answer(batch: list[_Waiting], committed: asyncio.Future[list[BatchResult]]) -> None:
-    """Gives every caller of a batch its result, its error, or the batch's failure."""
+    """Gives every caller of a transaction its results, or the transaction's failure."""
     failure = None if committed.cancelled() else committed.exception()
-    for index, waiting in enumerate(batch):
+    start = 0
+    for waiting in batch:
+        end = start + len(waiting.consumptions)
         if waiting.result.done():  # its caller went away
-            continue
-        if committed.cancelled():
+            pass
+        elif committed.cancelled():
             waiting.result.cancel()
         elif failure is not None:
             waiting.result.set_exception(failure)
         else:
-            outcome = committed.result()[index]
-            if isinstance(outcome, ConsumeResult):
-                waiting.result.set_result(outcome)
-            else:
-                waiting.result.set_exception(outcome)
+            waiting.result.set_result(committed.result()[start:end])
+        start = end
 
 
 _combiners: dict[int, _Combiner] = {}
 
 
-async def submit_consumption(application_id: int, consumption: Consumption) -> ConsumeResult:
-    """Consumes as `consume_credits_batch` would for a batch of one, committed together with
-    whatever else this process is consuming for the application at the same moment."""
+async def _submit(application_id: int, consumptions: list[Consumption]) -> list[BatchResult]:
     combiner = _combiners.get(application_id)
     if combiner is None:
         combiner = _combiners[application_id] = _Combiner(application_id)
-    return await combiner.submit(consumption)
+    return await combiner.submit(consumptions)
+
+
+async def submit_consumption(application_id: int, consumption: Consumption) -> ConsumeResult:
+    """Consumes as `consume_credits_batch` would for a batch of one, committed together with
+    whatever else this process is consuming for the application at the same moment."""
+    (outcome,) = await _submit(application_id, [consumption])
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
+
+
+async def submit_consumptions(
+    application_id: int, consumptions: list[Consumption]
+) -> list[BatchResult]:
+    """`consume_credits_batch`, committed in one transaction with whatever else this process
+    is consuming for the application at the same moment."""
+    if not 0 < len(consumptions) <= MAX_BATCH:
+        raise ValidationFailed(f"send 1 to {MAX_BATCH:,} consumptions", field="consumptions")
+    return await _submit(application_id, consumptions)

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import strawberry
 
-from models.consume_batch import MAX_BATCH, Consumption, consume_credits_batch
+from models.consume_batch import MAX_BATCH, Consumption, submit_consumptions
 from models.credits import CreditPack as PackRow
 from models.credits import CreditPool as PoolRow
 from models.errors import DomainError
@@ -178,7 +178,7 @@ async def resolve_consume_batch(
     principal = principal_of(info)
     try:
         application_id = await writable_application(principal, input.application_id)
-        results = await consume_credits_batch(
+        results = await submit_consumptions(
             application_id,
             [
                 Consumption(
@@ -188,10 +188,10 @@ async def resolve_consume_batch(
                     feature=c.feature,
                     idempotency_key=c.idempotency_key,
                     occurred_at=c.occurred_at,
+                    actor=principal.key_id,
                 )
                 for c in input.consumptions
             ],
-            actor=principal.key_id,
         )
     except DomainError as error:
         return ConsumeCreditsBatchPayload(errors=user_errors(error))

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from models.consume_batch import Consumption, consume_credits_batch
+from models.consume_batch import Consumption, consume_credits_batch, submit_consumptions
 from models.errors import DomainError, ErrorCode
 from models.ledger import ConsumeResult, consume_credits
 from models.records import Alert, LedgerEntry, OutboxEvent
@@ -159,3 +159,107 @@ async def test_callers_are_answered_when_a_drainer_is_cancelled(tenant) -> None:
     # A batch under way when its drainer was cancelled still committed and answered.
     assert (await balance_of(user, await pool_counters(app))).used == len(succeeded)
     assert await verify_ledger() == []
+
+
+# ------------------------------------------- batches through the combiner (consumeCreditsBatch)
+
+
+async def test_combined_batches_and_singles_never_overdraw_and_answer_in_order(tenant) -> None:
+    """Batches submitted to the combiner (as consumeCreditsBatch does) racing single calls:
+    exactly what was held is consumed, and each batch's results follow its own items."""
+    app = tenant.application_id
+    users = await end_users_holding(app, count=10, credits_each=10)
+    batches = [
+        [
+            Consumption(EndUserRef(id=random.choice(users)), "ai", 1, "ai_generation")
+            for _ in range(25)
+        ]
+        for _ in range(8)
+    ]
+    work = [submit_consumptions(app, batch) for batch in batches]
+    work += [
+        consume_credits(app, "ai", EndUserRef(id=random.choice(users)), 1, "ai_generation")
+        for _ in range(60)
+    ]
+    outcomes = await asyncio.gather(*work, return_exceptions=True)
+
+    succeeded = 0
+    for batch, results in zip(batches, outcomes[:8], strict=True):
+        assert len(results) == len(batch)
+        for item, result in zip(batch, results, strict=True):
+            if isinstance(result, ConsumeResult):
+                succeeded += 1
+                assert result.balance.end_user_id == item.end_user.id
+            else:
+                assert result.code == ErrorCode.INSUFFICIENT_CREDITS
+    for outcome in outcomes[8:]:
+        if isinstance(outcome, ConsumeResult):
+            succeeded += 1
+        else:
+            assert (
+                isinstance(outcome, DomainError) and outcome.code == ErrorCode.INSUFFICIENT_CREDITS
+            )
+    assert succeeded == 100  # 260 asked for, 100 held
+    pool = await pool_counters(app)
+    assert (pool.used, pool.end_user_remaining) == (100, 0)
+    assert await LedgerEntry.filter(application_id=app, kind="CONSUME").count() == 100
+    assert await verify_ledger() == []
+
+
+async def test_combined_batches_sharing_keys_debit_once(tenant) -> None:
+    """Ten concurrent batches with the same ten idempotency keys: each key debits once, the
+    other nine answers are replays; a key reused with other arguments is a conflict."""
+    app = tenant.application_id
+    [user] = await end_users_holding(app, count=1, credits_each=100)
+
+    def batch(credits: int) -> list[Consumption]:
+        return [
+            Consumption(EndUserRef(id=user), "ai", credits, "f", idempotency_key=f"k{i}")
+            for i in range(10)
+        ]
+
+    outcomes = await asyncio.gather(*(submit_consumptions(app, batch(1)) for _ in range(10)))
+    for i in range(10):
+        answers = [results[i] for results in outcomes]
+        assert all(isinstance(a, ConsumeResult) for a in answers), answers
+        assert sorted(a.replayed for a in answers) == [False] + [True] * 9
+    assert (await balance_of(user, await pool_counters(app))).used == 10
+    conflicting = await submit_consumptions(app, batch(2))
+    assert {r.code for r in conflicting} == {ErrorCode.IDEMPOTENCY_CONFLICT}
+    assert (await balance_of(user, await pool_counters(app))).used == 10
+    assert await verify_ledger() == []
+
+
+async def test_combined_batches_past_the_batch_size_all_commit_whole(tenant) -> None:
+    """Three batches of 400 at once (1,200 > MAX_BATCH): a transaction never splits one."""
+    app = tenant.application_id
+    users = await end_users_holding(app, count=20, credits_each=100)
+    batches = [
+        [Consumption(EndUserRef(id=users[i % 20]), "ai", 1, "f") for i in range(400)]
+        for _ in range(3)
+    ]
+    outcomes = await asyncio.gather(*(submit_consumptions(app, b) for b in batches))
+    assert all(isinstance(r, ConsumeResult) for results in outcomes for r in results)
+    assert (await pool_counters(app)).used == 1_200
+    with pytest.raises(DomainError) as caught:
+        await submit_consumptions(app, [])
+    assert caught.value.code == ErrorCode.VALIDATION
+    with pytest.raises(DomainError):
+        await submit_consumptions(app, batches[0] * 3)
+    assert await verify_ledger() == []
+
+
+async def test_a_batch_cancelled_while_queued_is_not_consumed(tenant) -> None:
+    app = tenant.application_id
+    [user] = await end_users_holding(app, count=1, credits_each=100)
+    ref = EndUserRef(id=user)
+    first = asyncio.ensure_future(consume_credits(app, "ai", ref, 1, "ai_generation"))
+    await asyncio.sleep(0)  # the first call's transaction is under way
+    items = [Consumption(ref, "ai", 5, "f") for _ in range(3)]
+    queued = asyncio.ensure_future(submit_consumptions(app, items))
+    await asyncio.sleep(0)
+    queued.cancel()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert (await balance_of(user, await pool_counters(app))).used == 1
