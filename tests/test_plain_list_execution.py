@@ -20,6 +20,7 @@ import pytest
 import strawberry
 
 from resolvers.execution import PRELOADED, PlainListExecutor
+from resolvers.request_rules import RequestRules
 
 
 @strawberry.enum
@@ -279,3 +280,37 @@ def test_http_answers_are_encoded_as_json_whatever_the_values() -> None:
     assert json.loads(encode(None, data)) == data  # type: ignore[arg-type]
     huge = {"data": {"n": 2**70}}  # beyond orjson's 64 bits: encoded all the same
     assert json.loads(encode(None, huge)) == huge  # type: ignore[arg-type]
+
+
+SHARED = strawberry.Schema(
+    query=Query, execution_context_class=PlainListExecutor, extensions=[RequestRules]
+)
+
+
+async def test_plans_are_shared_by_executions_unless_variables_shape_the_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the parse cache (RequestRules), executions of one query text share their plans;
+    not where @include or @skip lets the variables change which fields a group holds."""
+    builds: list[str] = []
+    original = PlainListExecutor._build_plan
+
+    def counted(self: PlainListExecutor, object_type: Any, *args: Any) -> Any:
+        builds.append(object_type.name)
+        return original(self, object_type, *args)
+
+    monkeypatch.setattr(PlainListExecutor, "_build_plan", counted)
+    plain = "{ items { id leaf { n } leaves { label } } }"
+    first = await SHARED.execute(plain)
+    assert first.errors is None and builds
+    built = len(builds)
+    again = await SHARED.execute(plain)
+    assert again.data == first.data == (await NORMAL.execute(plain)).data
+    assert len(builds) == built  # the first execution's plans, shared
+
+    shaped = "query($x: Boolean!) { items { id ... @include(if: $x) { name } leaf { n } } }"
+    for x in (True, False, True):
+        fast = await SHARED.execute(shaped, variable_values={"x": x})
+        normal = await NORMAL.execute(shaped, variable_values={"x": x})
+        assert fast.errors is None and fast.data == normal.data
+        assert ("name" in fast.data["items"][0]) is x  # type: ignore[index]
