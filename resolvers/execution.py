@@ -22,6 +22,7 @@ import keyword
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from types import CoroutineType, GeneratorType
 from typing import Any
 
@@ -49,6 +50,8 @@ from graphql.execution.collect_fields import FieldDetailsList
 from graphql.pyutils import Path, Undefined
 from graphql.type.definition import GraphQLResolveInfoHelpers
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.schema.schema_converter import CustomGraphQLEnumType
+from strawberry.schema.types.base_scalars import isoformat
 from strawberry.types.field import StrawberryField
 
 
@@ -59,7 +62,7 @@ class _NotPlain(Exception):
 # How a field completes. The built-in scalars take their values as they are when of the
 # exact Python type their coercion returns unchanged (Int within 32 bits, Float finite);
 # any other value goes through the type's `coerce_output_value`.
-TYPENAME, INT, STRING, BOOLEAN, FLOAT, LEAF, OBJECT, LIST = range(8)
+TYPENAME, INT, STRING, BOOLEAN, FLOAT, LEAF, OBJECT, LIST, ENUM, DATETIME = range(10)
 _BUILT_IN = {
     GraphQLInt: (INT, int),
     GraphQLString: (STRING, str),
@@ -80,6 +83,8 @@ class _Field:
     leaf: GraphQLLeafType | None = None
     plan: _Plan | None = None  # the object's, or each item's (LIST)
     item_non_null: bool = False
+    enum_class: type | None = None  # ENUM: the Python enum whose members are taken as is,
+    enum_names: dict[Any, str] | None = None  # as the names its type serializes them to
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +114,10 @@ def _compiled(type_name: str, fields: tuple[_Field, ...]) -> Callable[..., dict[
     through the general path (`PlainListExecutor._complete_value`, which also recurses into
     objects and lists), into one dict literal. Made once per shape (response names, kinds,
     attributes), whatever the request, and kept (bounded)."""
-    shape = (type_name, tuple((f.response_name, f.kind, f.attribute) for f in fields))
+    shape = (
+        type_name,
+        tuple((f.response_name, f.kind, f.attribute, f.non_null) for f in fields),
+    )
     found = _COMPILED.get(shape)
     if found is not None:
         return found
@@ -126,12 +134,29 @@ def _compiled(type_name: str, fields: tuple[_Field, ...]) -> Callable[..., dict[
             lines.append(f"    {v} = source.{field.attribute}")
         else:
             lines.append(f"    {v} = getattr(source, {field.attribute!r})")
-        check = _TAKEN_AS_IS.get(field.kind)
-        condition = "" if check is None else f"if not ({check.format(v=v)}): "
-        lines.append(f"    {condition}{v} = general(fields[{index}], {v}, info)")
+        general = f"{v} = general(fields[{index}], {v}, info)"
+        # a null where one may be is taken as it is too
+        otherwise = "else" if field.non_null else f"elif {v} is not None"
+        if field.kind == ENUM:
+            lines.append(f"    {v}_names = fields[{index}].enum_names")
+            lines.append(f"    if type({v}) is fields[{index}].enum_class and {v} in {v}_names:")
+            lines.append(f"        {v} = {v}_names[{v}]")
+            lines.append(f"    {otherwise}: {general}")
+        elif field.kind == DATETIME:
+            lines.append(f"    if type({v}) is _datetime: {v} = {v}.isoformat()")
+            lines.append(f"    {otherwise}: {general}")
+        else:
+            check = _TAKEN_AS_IS.get(field.kind)
+            if check is None:
+                condition = "" if field.non_null else f"if {v} is not None: "
+            elif field.non_null:
+                condition = f"if not ({check.format(v=v)}): "
+            else:
+                condition = f"if {v} is not None and not ({check.format(v=v)}): "
+            lines.append(f"    {condition}{general}")
         entries.append(f"{field.response_name!r}: {v}")
     lines.append("    return {" + ", ".join(entries) + "}")
-    namespace: dict[str, Any] = {"_isfinite": math.isfinite}
+    namespace: dict[str, Any] = {"_isfinite": math.isfinite, "_datetime": datetime}
     exec("\n".join(lines), namespace)  # our own code: names and literals repr-quoted
     complete = namespace["complete"]
     if len(_COMPILED) < _MAX_COMPILED:
@@ -140,6 +165,42 @@ def _compiled(type_name: str, fields: tuple[_Field, ...]) -> Callable[..., dict[
 
 
 _NO_PLAN = object()
+
+
+def _leaf_field(
+    response_name: str,
+    attribute: str | None,
+    read: Callable[[Any], Any] | None,
+    non_null: bool,
+    leaf: GraphQLLeafType,
+) -> _Field:
+    """A leaf's field. Strawberry's enums and DateTime are taken in the compiled completion
+    too: an enum member as the name its type's own serialization gives it (asked once per
+    member here), an exact datetime as its isoformat() (DateTime's serialization)."""
+    kind = _BUILT_IN.get(leaf, (LEAF, None))[0]  # type: ignore[call-overload]
+    if isinstance(leaf, CustomGraphQLEnumType):
+        names = {}
+        for member in leaf.wrapped_cls:
+            try:
+                names[member] = leaf.coerce_output_value(member)
+            except Exception:  # left to the general path, which reports it
+                continue
+        return _Field(
+            response_name,
+            ENUM,
+            attribute,
+            read,
+            non_null,
+            leaf,
+            None,
+            False,
+            leaf.wrapped_cls,
+            names,
+        )
+    if kind == LEAF and getattr(leaf, "coerce_output_value", None) is isoformat:
+        kind = DATETIME
+    return _Field(response_name, kind, attribute, read, non_null, leaf)
+
 
 # Field metadata (`strawberry.field(metadata={PRELOADED: "attribute"})`) of a resolver field
 # without arguments or extensions whose value a list's resolver may already have put in
@@ -408,8 +469,7 @@ class PlainListExecutor(StrawberryGraphQLCoreExecutionContext):
         if non_null:
             field_type = field_type.of_type  # type: ignore[attr-defined]
         if is_leaf_type(field_type):
-            kind = _BUILT_IN.get(field_type, (LEAF, None))[0]  # type: ignore[call-overload]
-            return _Field(response_name, kind, attribute, read, non_null, field_type)  # type: ignore[arg-type]
+            return _leaf_field(response_name, attribute, read, non_null, field_type)  # type: ignore[arg-type]
         if is_object_type(field_type):
             plan = self._object_plan(field_type, sub_details)  # type: ignore[arg-type]
             if plan is None:

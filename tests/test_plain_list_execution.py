@@ -51,6 +51,8 @@ class Item:
     leaves: list[Leaf]
     maybe_leaves: list[Leaf | None] | None
     stored: strawberry.Private[list[Leaf] | None] = None
+    maybe_color: Color | None = None
+    maybe_at: datetime | None = None
 
     @strawberry.field(metadata={PRELOADED: "stored"})
     def loaded(self) -> list[Leaf]:
@@ -89,6 +91,8 @@ def _item(i: int, **changes: Any) -> Item:
         "leaf": Leaf(id=strawberry.ID(f"L{i}"), n=i, label="x"),
         "leaves": [Leaf(id=strawberry.ID(f"L{i}.{j}"), n=j, label="y") for j in range(3)],
         "maybe_leaves": None if i == 1 else [None, Leaf(id=strawberry.ID("M"), n=1, label="m")],
+        "maybe_color": None if i % 2 else Color.GREEN,
+        "maybe_at": None if i % 2 == 0 else datetime(2026, 2, i, tzinfo=UTC),
     }
     values.update(changes)
     return Item(**values)
@@ -121,6 +125,10 @@ class Query:
             {"maybe": "seven"},  # not an Int at all
             {"name": 7},  # not a String (graphql-core turns it into one)
             {"flag": 1},  # not a Boolean (graphql-core accepts it)
+            {"color": "green"},  # an enum's value, not its member
+            {"color": 3},  # not of the enum at all
+            {"at": "2026-01-01"},  # not a datetime
+            {"maybe_color": "RED", "maybe_at": datetime(2026, 3, 1)},  # a name; a naive one
         ][case]
         return [_item(0), _item(1, **bad), _item(2)]
 
@@ -163,7 +171,7 @@ class Query:
 FAST = strawberry.Schema(query=Query, execution_context_class=PlainListExecutor)
 NORMAL = strawberry.Schema(query=Query)
 
-ALL_LEAVES = "id n ratio name flag at color maybe must"
+ALL_LEAVES = "id n ratio name flag at color maybe must maybeColor maybeAt"
 QUERIES = {
     "leaves": f"{{ items {{ {ALL_LEAVES} }} }}",
     "aliases and typename": (
@@ -185,9 +193,10 @@ QUERIES = {
     "error beside the list": "{ items { id n } brokenSibling }",
     **{
         f"values a type refuses or coerces ({case})": (
-            f"{{ badValues(case: {case}) {{ id must n ratio maybe name flag }} }}"
+            f"{{ badValues(case: {case}) {{ id must n ratio maybe name flag color at"
+            " maybeColor maybeAt } }"
         )
-        for case in range(6)
+        for case in range(10)
     },
     "awaitable value": "{ awaitableValues { id maybe } }",
     "plain object": "{ oneItem { id n at color leaf { id n } leaves { id label } } }",
