@@ -1,5 +1,6 @@
-"""The common GraphQL request answered without Strawberry's HTTP view: an authenticated POST
-of one JSON object ({"query", "variables", "operationName", "extensions"}).
+"""The common GraphQL request answered without Strawberry's HTTP view: a POST of one JSON
+object ({"query", "variables", "operationName", "extensions"}), with a valid credential or
+none (api/app.py answers a bad one first).
 
 The view builds a request adapter, a sub-response, a parsed-data object and a Starlette
 response for every request, about a tenth of a small mutation's CPU. Here the same

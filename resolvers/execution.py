@@ -99,7 +99,7 @@ class _Plan:
 
 # How a compiled completion takes a value as it is (else it calls the general path).
 _TAKEN_AS_IS = {
-    INT: "type({v}) is int and -2147483648 <= {v} <= 2147483647",
+    INT: f"type({{v}}) is int and {_INT_MIN} <= {{v}} <= {_INT_MAX}",
     STRING: "type({v}) is str",
     BOOLEAN: "type({v}) is bool",
     FLOAT: "type({v}) is float and _isfinite({v})",
@@ -285,7 +285,8 @@ class _AsyncWork:
 # one query text the same document): keyed by the operation's id, the object type and the
 # ids of the field nodes, holding the operation so that its id is not reused while they
 # live. Only for documents without directives, whose field groups cannot depend on the
-# variables (@skip, @include); building a dashboard's nine plans was 8% of its CPU.
+# variables (@skip, @include). Rebuilding a dashboard's plans for every request took
+# 0.5-1 ms of its ~9 ms of CPU (in process, profiled).
 _SHARED_PLANS: dict[tuple[int, GraphQLObjectType, tuple[int, ...]], tuple[Any, Any]] = {}
 MAX_SHARED_PLANS = 10_000
 _DIRECTIVE_FREE: dict[int, tuple[OperationDefinitionNode, bool]] = {}

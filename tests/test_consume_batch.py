@@ -130,13 +130,20 @@ async def test_batch_size_is_bounded(tenant) -> None:
         await consume_credits_batch(tenant.application_id, [item] * 1001)
 
 
-async def test_a_call_cancelled_while_queued_is_not_consumed(tenant) -> None:
+@pytest.mark.parametrize("call", ["single", "batch"])
+async def test_a_call_cancelled_while_queued_is_not_consumed(tenant, call: str) -> None:
+    """A consumeCredits call, or a whole batch, whose caller went away while it waited for
+    the transaction under way: none of it is consumed, and the combiner carries on."""
     app = tenant.application_id
-    [user] = await end_users_holding(app, count=1, credits_each=10)
+    [user] = await end_users_holding(app, count=1, credits_each=100)
     ref = EndUserRef(id=user)
     first = asyncio.ensure_future(consume_credits(app, "ai", ref, 1, "ai_generation"))
-    await asyncio.sleep(0)  # the first call's batch is under way
-    queued = asyncio.ensure_future(consume_credits(app, "ai", ref, 5, "ai_generation"))
+    await asyncio.sleep(0)  # the first call's transaction is under way
+    if call == "single":
+        waiting = consume_credits(app, "ai", ref, 5, "ai_generation")
+    else:
+        waiting = submit_consumptions(app, [Consumption(ref, "ai", 5, "f") for _ in range(3)])
+    queued = asyncio.ensure_future(waiting)
     await asyncio.sleep(0)
     queued.cancel()
     await first
@@ -238,19 +245,3 @@ async def test_combined_batches_past_the_batch_size_all_commit_whole(tenant) -> 
     with pytest.raises(DomainError):
         await submit_consumptions(app, batches[0] * 3)
     assert await verify_ledger() == []
-
-
-async def test_a_batch_cancelled_while_queued_is_not_consumed(tenant) -> None:
-    app = tenant.application_id
-    [user] = await end_users_holding(app, count=1, credits_each=100)
-    ref = EndUserRef(id=user)
-    first = asyncio.ensure_future(consume_credits(app, "ai", ref, 1, "ai_generation"))
-    await asyncio.sleep(0)  # the first call's transaction is under way
-    items = [Consumption(ref, "ai", 5, "f") for _ in range(3)]
-    queued = asyncio.ensure_future(submit_consumptions(app, items))
-    await asyncio.sleep(0)
-    queued.cancel()
-    await first
-    with pytest.raises(asyncio.CancelledError):
-        await queued
-    assert (await balance_of(user, await pool_counters(app))).used == 1
