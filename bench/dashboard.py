@@ -22,7 +22,14 @@ Measured
     raw SQL       the statements the dashboard query sends (captured on the wire from an
                   in-process execution) replayed by `--clients` asyncpg tasks, each
                   dashboard's statements one after the other, for the same time: per
-                  dashboard p50 and p99. This is the floor of the SQL part.
+                  dashboard p50 and p99, and the replaying process's CPU per dashboard.
+                  This is the floor of the SQL part.
+    HTTP floor    the same answer bytes from a bare Starlette endpoint on uvicorn (the
+                  body parsed as JSON, nothing else), loaded the same way: rate, p50, p99
+                  and its CPU per request; and the CPU to encode the answer as JSON.
+    budget        16 clients at p50 50 ms ask for 320 answers/s: one process then has at
+                  most 50/16 = 3.1 ms of CPU per dashboard; printed beside the server's
+                  and beside the floor of the three parts above (no GraphQL work at all).
     ledger scan   the aggregate the consumption part would need without the rollups (90
                   days of DAY buckets per pool straight from ledger_entry), 5 runs, median.
 
@@ -418,6 +425,7 @@ async def raw_replay(
         server_settings={"jit": "off"},
     )
     latencies: list[float] = []
+    cpu_before = time.process_time()
     try:
         stop = time.perf_counter() + seconds
 
@@ -430,13 +438,83 @@ async def raw_replay(
                 latencies.append(time.perf_counter() - start)
 
         await asyncio.gather(*(worker() for _ in range(clients)))
+        cpu = time.process_time() - cpu_before
     finally:
         await pool.close()
     return {
         "rate": len(latencies) / seconds,
         "p50": percentile(latencies, 0.5) * 1000,
         "p99": percentile(latencies, 0.99) * 1000,
+        "cpu_ms": cpu * 1000 / max(1, len(latencies)),
     }
+
+
+# ------------------------------------------------------------------------- HTTP floor
+
+
+def serve_bare(port: int, answer_file: str) -> None:
+    """The HTTP floor: the dashboard's answer bytes, as they are, from a bare Starlette POST
+    endpoint on uvicorn configured as `usagegraph serve` runs it (the request body read and
+    parsed as JSON, as any server must), in this process until terminated."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    answer = Path(answer_file).read_bytes()
+
+    async def graphql(request: Request) -> Response:
+        json.loads(await request.body())
+        return Response(answer, media_type="application/json")
+
+    app = Starlette(routes=[Route("/graphql", graphql, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+async def bare_http(
+    runner: Any, answer: bytes, key: str, body: dict[str, Any], clients: int, seconds: float
+) -> dict[str, float]:
+    """Load the HTTP floor server (`serve_bare`) like the real one: rate, latencies and its
+    CPU per request."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as answer_file:
+        answer_file.write(answer)
+        answer_file.flush()
+        port = free_port()
+        server = subprocess.Popen(  # noqa: ASYNC220 (started once, before its load)
+            [sys.executable, __file__, "--serve-bare", str(port), answer_file.name],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            endpoint = f"http://127.0.0.1:{port}/graphql"
+            async with httpx.AsyncClient() as client:
+                for _ in range(200):
+                    try:
+                        await client.post(endpoint, json=body)
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.05)
+                else:
+                    raise RuntimeError("the HTTP floor server did not start")
+            await runner(endpoint, key, body, clients, 0, 2)  # warm up
+            cpu_before = process_cpu_seconds(server.pid)
+            result = await runner(endpoint, key, body, clients, 0, seconds)
+            cpu = process_cpu_seconds(server.pid) - cpu_before
+        finally:
+            server.terminate()
+            server.wait(10)
+    result["cpu_ms"] = cpu * 1000 / max(1, result["rate"] * seconds)
+    return result
+
+
+def encoding_ms(data: Any) -> float:
+    """CPU to encode the answer as the server does (`api.json_post.encode_json`)."""
+    from api.json_post import encode_json
+
+    began = time.process_time()
+    for _ in range(200):
+        encode_json(data)
+    return (time.process_time() - began) * 1000 / 200
 
 
 async def ledger_scan(dsn: str, app: int, start: datetime, end: datetime) -> float:
@@ -607,6 +685,10 @@ async def main() -> int:
             print(f"{result['errors']} failed requests")
             status = 1
         raw = await raw_replay(dsn, statements, options.clients, options.seconds)
+        bare = await bare_http(
+            runner, response.content, key, body, options.clients, options.seconds
+        )
+        encode_ms = encoding_ms(data)
         scan = await ledger_scan(dsn, app, now - timedelta(days=options.days), now)
         print()
         print(
@@ -626,12 +708,29 @@ async def main() -> int:
             f"| its {len(statements)} statements, raw asyncpg | {raw['rate']:,.0f}"
             f" | {raw['p50']:.1f} ms | {raw['p99']:.1f} ms |"
         )
+        print(f"| (CPU per dashboard of the replaying process: {raw['cpu_ms']:.1f} ms) | | | |")
+        print(
+            f"| HTTP floor: the same answer bytes from a bare Starlette endpoint, one uvicorn"
+            f" process | {bare['rate']:,.0f} | {bare['p50']:.1f} ms | {bare['p99']:.1f} ms |"
+        )
+        print(f"| (its CPU per request: {bare['cpu_ms']:.2f} ms) | | | |")
         print(
             f"| 90 days of DAY buckets straight from the ledger (one query, alone) |"
             f" | {scan:.1f} ms | |"
         )
         verdict = result["p50"] < 50 and result["p99"] < 150
         print(f"\ntarget p50 < 50 ms and p99 < 150 ms: {'met' if verdict else 'NOT met'}")
+        # 16 closed-loop clients waiting 50 ms each ask for 16 / 0.05 = 320 answers/s: one
+        # process then has 50 / 16 ms of CPU per dashboard, at best (a core of its own).
+        budget = 50 / options.clients
+        floor = raw["cpu_ms"] + bare["cpu_ms"] + encode_ms
+        print(
+            f"one process's CPU budget per dashboard at p50 50 ms with {options.clients}"
+            f" clients: {budget:.2f} ms; server now: {server_ms:.1f} ms; floor without any"
+            f" GraphQL work: {floor:.1f} ms (the statements through asyncpg"
+            f" {raw['cpu_ms']:.1f} + bare HTTP {bare['cpu_ms']:.2f} + encoding the answer"
+            f" {encode_ms:.2f})"
+        )
     finally:
         if server is not None:
             server.terminate()
@@ -650,4 +749,7 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    if sys.argv[1:2] == ["--serve-bare"]:  # the HTTP floor's server process (bare_http)
+        serve_bare(int(sys.argv[2]), sys.argv[3])
+    else:
+        sys.exit(asyncio.run(main()))
