@@ -182,8 +182,8 @@ class EndUser:
     created_at: datetime
     row_id: strawberry.Private[int]
     application_id: strawberry.Private[int]
-    # balances loaded with the list this End User came in (None: `balances` loads them)
-    preloaded_balances: strawberry.Private[list[EndUserBalance] | None] = None
+    # balance lines loaded with the list this End User came in (None: `balances` loads them)
+    preloaded_lines: strawberry.Private[list[BalanceLine] | None] = None
 
     @classmethod
     def from_row(cls, row: EndUserRow) -> EndUser:
@@ -214,13 +214,22 @@ class EndUser:
         metadata={PRELOADED: "preloaded_balances"},
     )
     async def balances(self, info: Info) -> list[EndUserBalance]:
-        if self.preloaded_balances is not None:
-            return self.preloaded_balances
+        if self.preloaded_lines is not None:
+            return self.preloaded_balances  # type: ignore[return-value]
         lines = await loaders_of(info).balances.load(self.row_id)
         return [EndUserBalance.from_line(line, self) for line in lines]
 
     def preload_balances(self, lines: list[BalanceLine]) -> None:
-        self.preloaded_balances = [EndUserBalance.from_line(line, self) for line in lines]
+        self.preloaded_lines = lines
+
+    @property
+    def preloaded_balances(self) -> list[EndUserBalance] | None:
+        """The preloaded balances, made when read: kept on this End User, balances that
+        refer back to it would form a reference cycle per End User, left to the cyclic
+        collector (whose pauses then show in the latency tail)."""
+        if self.preloaded_lines is None:
+            return None
+        return [EndUserBalance.from_line(line, self) for line in self.preloaded_lines]
 
     @strawberry.field
     async def balance(self, info: Info, pool: str) -> EndUserBalance | None:
