@@ -719,7 +719,10 @@ async def main() -> int:
             f" | {scan:.1f} ms | |"
         )
         verdict = result["p50"] < 50 and result["p99"] < 150
-        print(f"\ntarget p50 < 50 ms and p99 < 150 ms: {'met' if verdict else 'NOT met'}")
+        if options.clients == 16:
+            print(f"\ntarget p50 < 50 ms and p99 < 150 ms: {'met' if verdict else 'NOT met'}")
+        else:
+            print("\n(the target, p50 < 50 ms and p99 < 150 ms, is for 16 clients)")
         # 16 closed-loop clients waiting 50 ms each ask for 16 / 0.05 = 320 answers/s: one
         # process then has 50 / 16 ms of CPU per dashboard, at best (a core of its own).
         budget = 50 / options.clients
