@@ -280,6 +280,19 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def first_answer(endpoint: str, key: str, body: dict[str, Any]) -> httpx.Response:
+    """The first answer of a server just started (retried while it does not listen yet)."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(200):
+            try:
+                return await client.post(
+                    endpoint, json=body, headers={"Authorization": f"Bearer {key}"}
+                )
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)
+    raise RuntimeError(f"no server answered at {endpoint}")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -454,8 +467,9 @@ async def raw_replay(
 
 def serve_bare(port: int, answer_file: str) -> None:
     """The HTTP floor: the dashboard's answer bytes, as they are, from a bare Starlette POST
-    endpoint on uvicorn configured as `usagegraph serve` runs it (the request body read and
-    parsed as JSON, as any server must), in this process until terminated."""
+    endpoint on uvicorn with the HTTP settings `usagegraph serve` leaves at their defaults
+    (the request body read and parsed as JSON, as any server must), in this process until
+    terminated."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -487,15 +501,7 @@ async def bare_http(
         )
         try:
             endpoint = f"http://127.0.0.1:{port}/graphql"
-            async with httpx.AsyncClient() as client:
-                for _ in range(200):
-                    try:
-                        await client.post(endpoint, json=body)
-                        break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.05)
-                else:
-                    raise RuntimeError("the HTTP floor server did not start")
+            await first_answer(endpoint, key, body)
             await runner(endpoint, key, body, clients, 0, 2)  # warm up
             cpu_before = process_cpu_seconds(server.pid)
             result = await runner(endpoint, key, body, clients, 0, seconds)
@@ -628,17 +634,7 @@ async def main() -> int:
         )
         endpoint = f"http://127.0.0.1:{port}/graphql"
         body = {"query": query, "variables": variables}
-        async with httpx.AsyncClient(timeout=30) as client:
-            for _ in range(200):
-                try:
-                    response = await client.post(
-                        endpoint, json=body, headers={"Authorization": f"Bearer {key}"}
-                    )
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("the server did not start")
+        response = await first_answer(endpoint, key, body)
         data = response.json()
         if "errors" in data:
             print("the dashboard query failed:", data["errors"])

@@ -214,10 +214,10 @@ class EndUser:
         metadata={PRELOADED: "preloaded_balances"},
     )
     async def balances(self, info: Info) -> list[EndUserBalance]:
-        if self.preloaded_lines is not None:
-            return self.preloaded_balances  # type: ignore[return-value]
-        lines = await loaders_of(info).balances.load(self.row_id)
-        return [EndUserBalance.from_line(line, self) for line in lines]
+        preloaded = self.preloaded_balances
+        if preloaded is not None:
+            return preloaded
+        return self._balances_of(await loaders_of(info).balances.load(self.row_id))
 
     def preload_balances(self, lines: list[BalanceLine]) -> None:
         self.preloaded_lines = lines
@@ -227,9 +227,10 @@ class EndUser:
         """The preloaded balances, made when read: kept on this End User, balances that
         refer back to it would form a reference cycle per End User, left to the cyclic
         collector (whose pauses then show in the latency tail)."""
-        if self.preloaded_lines is None:
-            return None
-        return [EndUserBalance.from_line(line, self) for line in self.preloaded_lines]
+        return None if self.preloaded_lines is None else self._balances_of(self.preloaded_lines)
+
+    def _balances_of(self, lines: list[BalanceLine]) -> list[EndUserBalance]:
+        return [EndUserBalance.from_line(line, self) for line in lines]
 
     @strawberry.field
     async def balance(self, info: Info, pool: str) -> EndUserBalance | None:
