@@ -71,3 +71,29 @@ async def test_hot_append_only_tables_lock_no_counter_rows(backend) -> None:
         " AND conrelid::regclass::text IN ('ledger_entry', 'usage_event', 'outbox_event')"
     )
     assert rows == []
+
+
+async def test_migrations_create_every_check_the_models_declare(backend) -> None:
+    """The migrations keep their CHECKs frozen; the models must not declare one they lack."""
+    from tortoise.migrations.constraints import CheckConstraint
+
+    from models import credits
+
+    connection = Tortoise.get_connection("default")
+    if backend.postgres:
+        _, rows = await connection.execute_query("SELECT conname FROM pg_constraint")
+        found = {row["conname"] for row in rows}
+    else:
+        _, rows = await connection.execute_query(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        )
+        found = {row["name"].rsplit("_", 1)[0] for row in rows}
+    for model in (
+        credits.CreditPool,
+        credits.CreditPack,
+        credits.EndUserBalance,
+        credits.Allocation,
+    ):
+        for constraint in model._meta.constraints:
+            if isinstance(constraint, CheckConstraint):
+                assert constraint.name in found, constraint.name

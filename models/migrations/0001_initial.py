@@ -2,13 +2,35 @@ from tortoise import migrations
 from tortoise.migrations import operations as ops
 import functools
 from json import dumps, loads
-from models.credits import BalanceStatus
-from models.records import LedgerEntryKind
-from models.tenancy import ApiKeyRole
 from tortoise.fields.base import OnDelete
 from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.migrations.constraints import CheckConstraint
+
+from enum import StrEnum
+
+
+# The values as they stood when this migration was written (a later change of the live
+# enums is a later migration).
+class BalanceStatus(StrEnum):
+    OK = "OK"
+    LOW = "LOW"
+    EXHAUSTED = "EXHAUSTED"
+
+
+class LedgerEntryKind(StrEnum):
+    PURCHASE = "PURCHASE"
+    ALLOCATE = "ALLOCATE"
+    RELEASE = "RELEASE"
+    CONSUME = "CONSUME"
+    EXPIRE = "EXPIRE"
+    ADJUST = "ADJUST"
+
+
+class ApiKeyRole(StrEnum):
+    ADMIN = "ADMIN"
+    READ = "READ"
+
 
 class Migration(migrations.Migration):
     initial = True

@@ -1,6 +1,6 @@
 """CHECK constraints and the append-only ledger, which CreateModel does not emit.
 
-The CHECKs are read from each model's Meta.constraints (one source). PostgreSQL gets real
+The CHECKs are those of the models' Meta.constraints, frozen below. PostgreSQL gets real
 constraints; SQLite cannot add a CHECK to an existing table, so it gets triggers that
 re-check the written row and abort the statement, which is the same guarantee."""
 
@@ -11,39 +11,52 @@ from tortoise.migrations.constraints import CheckConstraint
 LEDGER_TABLE = "ledger_entry"
 
 
-def _model_checks() -> list[tuple[str, CheckConstraint]]:
-    from models import credits
+# Frozen here as they stood when this migration was written: a migration must build the same
+# schema whatever the models say later (a later change is a later migration).
+CHECKS: tuple[tuple[str, CheckConstraint], ...] = tuple(
+    (table, CheckConstraint(check=check, name=name))
+    for table, name, check in (
+        ("credit_pool", "credit_pool_counters_non_negative",
+         "purchased >= 0 AND allocated >= 0 AND used >= 0 AND expired >= 0"
+         " AND end_user_remaining >= 0"),
+        ("credit_pool", "credit_pool_totals_fit_int",
+         "purchased <= 2147483647 AND allocated <= 2147483647"),
+        ("credit_pool", "credit_pool_unallocated_non_negative",
+         "purchased - used - expired - end_user_remaining >= 0"),
+        ("credit_pack", "credit_pack_counters_valid",
+         "credits > 0 AND unallocated >= 0 AND used >= 0 AND expired >= 0"
+         " AND unallocated + used + expired <= credits"),
+        ("end_user_balance", "end_user_balance_counters_valid",
+         "allocated >= 0 AND used >= 0 AND expired >= 0 AND remaining >= 0"
+         " AND remaining = allocated - used - expired"),
+        ("end_user_balance", "end_user_balance_total_fits_int", "allocated <= 2147483647"),
+        ("allocation", "allocation_counters_valid",
+         "allocated >= 0 AND used >= 0 AND expired >= 0 AND remaining >= 0"
+         " AND remaining = allocated - used - expired"),
+    )
+)
 
-    found = []
-    for model in (credits.CreditPool, credits.CreditPack, credits.EndUserBalance,
-                  credits.Allocation):
-        for constraint in model._meta.constraints:
-            if isinstance(constraint, CheckConstraint):
-                found.append((model._meta.db_table, constraint))
-    return found
-
-
-def _unconstrained_foreign_keys() -> list[tuple[str, str]]:
-    """(table, column) of foreign keys declared with db_constraint=False, which CreateModel
-    still creates on PostgreSQL."""
-    from models import records
-
-    found = []
-    for model in (records.LedgerEntry, records.UsageEvent, records.OutboxEvent):
-        for field in model._meta.fk_fields:
-            fk = model._meta.fields_map[field]
-            if not fk.db_constraint:
-                found.append((model._meta.db_table, fk.source_field or f"{field}_id"))
-    return found
+# (table, column) of foreign keys declared with db_constraint=False, which CreateModel still
+# creates on PostgreSQL.
+UNCONSTRAINED_FOREIGN_KEYS = (
+    ("ledger_entry", "application_id"),
+    ("ledger_entry", "end_user_id"),
+    ("ledger_entry", "pool_id"),
+    ("ledger_entry", "lot_id"),
+    ("usage_event", "application_id"),
+    ("usage_event", "end_user_id"),
+    ("usage_event", "pool_id"),
+    ("outbox_event", "application_id"),
+)
 
 
 async def add_integrity_rules(apps, schema_editor) -> None:
     client = schema_editor.client
     statements: list[str] = []
     if client.capabilities.dialect == "postgres":
-        for table, column in _unconstrained_foreign_keys():
+        for table, column in UNCONSTRAINED_FOREIGN_KEYS:
             statements.append(f'ALTER TABLE "{table}" DROP CONSTRAINT IF EXISTS "{table}_{column}_fkey"')
-        for table, c in _model_checks():
+        for table, c in CHECKS:
             statements.append(
                 f'ALTER TABLE "{table}" ADD CONSTRAINT "{c.name}" CHECK ({c.check})'
             )
@@ -58,7 +71,7 @@ async def add_integrity_rules(apps, schema_editor) -> None:
             " FOR EACH ROW EXECUTE FUNCTION ledger_entry_append_only()"
         )
     else:
-        for table, c in _model_checks():
+        for table, c in CHECKS:
             for event in ("INSERT", "UPDATE"):
                 statements.append(
                     f'CREATE TRIGGER "{c.name}_{event.lower()}" AFTER {event} ON "{table}"'

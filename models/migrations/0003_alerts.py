@@ -1,9 +1,19 @@
 from tortoise import migrations
 from tortoise.migrations import operations as ops
-from models.records import AlertKind
 from tortoise.fields.base import OnDelete
 from tortoise import fields
 from tortoise.indexes import Index
+
+from enum import StrEnum
+
+
+# The values as they stood when this migration was written (a later change of the live
+# enums is a later migration).
+class AlertKind(StrEnum):
+    LOW = "LOW"
+    EXHAUSTED = "EXHAUSTED"
+    RECOVERED = "RECOVERED"
+
 
 class Migration(migrations.Migration):
     dependencies = [('models', '0002_integrity_rules')]

@@ -1,10 +1,23 @@
-"""The request log (issue 6): one table, no foreign keys (see models/request_log.py)."""
+"""The request log: one table, no foreign keys (see models/request_log.py)."""
 
 from tortoise import fields, migrations
 from tortoise.indexes import Index
 from tortoise.migrations import operations as ops
+from enum import StrEnum
 
-from models.request_log import LogSource, Outcome
+
+# The values as they stood when this migration was written (a later change of the live
+# enums is a later migration).
+class Outcome(StrEnum):
+    OK = "OK"
+    CLIENT_ERROR = "CLIENT_ERROR"
+    AUTH_ERROR = "AUTH_ERROR"
+    SERVER_ERROR = "SERVER_ERROR"
+
+
+class LogSource(StrEnum):
+    API = "api"
+    INGEST = "ingest"
 
 
 class Migration(migrations.Migration):

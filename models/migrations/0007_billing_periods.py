@@ -1,4 +1,4 @@
-"""Billing periods (issue 5): one closed record per application and month, never changed."""
+"""Billing periods: one closed record per application and month, never changed."""
 
 from tortoise import fields, migrations
 from tortoise.fields.base import OnDelete

@@ -1,4 +1,4 @@
-"""Reporting (issue 5): the ledger rollups and balance report of models/rollups.py, their
+"""Reporting: the ledger rollups and balance report of models/rollups.py, their
 state row, and the threshold-change marks (models/balance_report.py).
 
 No index is added to the ledger or the balances: the consume path keeps its writes as they
