@@ -3,7 +3,7 @@ statements run by raw asyncpg loops in the same run.
 
 What it measures
     `consume_credits` does not open a transaction of its own: it submits to a per-application
-    combiner (`models.consume_batch`). Concurrent calls of the process queue while a batch
+    combiner (`models.consumption_combiner`). Concurrent calls of the process queue while a batch
     commits, and the queue commits as the next batch through `consume_credits_batch`; up to
     two batches per application are under way at once (a second one gathers and starts
     while the first commits). A batch is one transaction of a fixed number of statements,
@@ -105,7 +105,8 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from api.database import apply_migrations, close_database, init_database
 from api.settings import Settings
 from models.accounts import create_application, create_organization
-from models.consume_batch import MAX_BATCH, MAX_DRAINERS
+from models.consume_batch import MAX_BATCH
+from models.consumption_combiner import MAX_DRAINERS
 from models.draws import MAX_CREDITS_PER_OPERATION
 from models.end_users import MAX_UPSERT, EndUserInput, upsert_end_users
 from models.ledger import (
@@ -442,7 +443,7 @@ async def raw_single(pool: asyncpg.Pool, account: Account) -> None:
 
 
 class RawCombiner:
-    """`models.consume_batch._Combiner` in plain asyncpg: one application's consumptions
+    """`models.consumption_combiner._Combiner` in plain asyncpg: one application's consumptions
     queue while batches commit, and the queue commits as the next batch; up to MAX_DRAINERS
     batches are under way at once (a second one gathers and starts while the first
     commits), each taking everything queued, up to MAX_BATCH."""

@@ -23,7 +23,8 @@ from models.balances import (
     end_user_status_sql,
     write_balance_events,
 )
-from models.consume_batch import Consumption, submit_consumption
+from models.consume_batch import Consumption
+from models.consumption_combiner import submit_consumption
 from models.credits import MAX_TOTAL
 from models.draws import (
     FIFO,
@@ -400,7 +401,7 @@ async def consume_credits(
     at all (INSUFFICIENT_CREDITS): one usage event, one CONSUME entry per lot drawn.
 
     Concurrent consumptions of one application in this process are committed together
-    (see `models.consume_batch`); each keeps its own result and rules."""
+    (see `models.consumption_combiner`); each keeps its own result and rules."""
     consumption = Consumption(
         end_user=end_user,
         pool=pool_key,

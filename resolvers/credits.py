@@ -9,7 +9,8 @@ from typing import TypeVar
 
 import strawberry
 
-from models.consume_batch import MAX_BATCH, Consumption, submit_consumptions
+from models.consume_batch import MAX_BATCH, Consumption
+from models.consumption_combiner import submit_consumptions
 from models.credits import CreditPack as PackRow
 from models.credits import CreditPool as PoolRow
 from models.errors import DomainError

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from models.consume_batch import Consumption, consume_credits_batch, submit_consumptions
+from models.consume_batch import Consumption, consume_credits_batch
+from models.consumption_combiner import submit_consumptions
 from models.errors import DomainError, ErrorCode
 from models.ledger import ConsumeResult, consume_credits
 from models.records import Alert, LedgerEntry, OutboxEvent
@@ -154,7 +155,7 @@ async def test_a_call_cancelled_while_queued_is_not_consumed(tenant, call: str) 
 
 
 async def test_callers_are_answered_when_a_drainer_is_cancelled(tenant) -> None:
-    from models.consume_batch import _combiners
+    from models.consumption_combiner import _combiners
 
     app = tenant.application_id
     [user] = await end_users_holding(app, count=1, credits_each=10)
