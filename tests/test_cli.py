@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.demo_server import demo_server
 
 
 def _usagegraph(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -75,63 +78,19 @@ def test_verify_exits_1_on_a_difference(migrated: Path) -> None:
 
 def test_serve_demo_prints_a_working_key(tmp_path: Path) -> None:
     """The README's first command: the service on the embedded default, with demo data."""
-    import socket
-    import time
-
-    import httpx
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "DATABASE_URL": f"sqlite://{tmp_path / 'demo.sqlite3'}"}
-    env.pop("REDIS_URL", None)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from api.cli import main; main()",
-            "serve",
-            "--demo",
-            "--port",
-            str(port),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        key = None
-        deadline = time.monotonic() + 120
-        assert process.stdout is not None
-        while key is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            assert line or process.poll() is None, "serve exited early"
-            if line.startswith("API key:"):
-                key = line.split()[-1]
-        assert key, "no API key printed"
+    with demo_server(tmp_path) as demo:
         query = "{ applications { pools { key purchased used } endUsers { totalCount } } }"
-        while True:
-            try:
-                response = httpx.post(
-                    f"http://127.0.0.1:{port}/graphql",
-                    json={"query": query},
-                    headers={"Authorization": f"Bearer {key}"},
-                    timeout=10,
-                )
-                break
-            except httpx.ConnectError:
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.2)
+        response = httpx.post(
+            f"{demo.url}/graphql",
+            json={"query": query},
+            headers={"Authorization": f"Bearer {demo.key}"},
+            timeout=10,
+        )
         [application] = response.json()["data"]["applications"]
         assert application["endUsers"]["totalCount"] == 200
         assert {p["key"] for p in application["pools"]} == {"ai", "inbox_preview"}
         assert all(p["purchased"] > 0 and p["used"] > 0 for p in application["pools"])
-        asyncio.run(_websocket_handshake(port, key))
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+        asyncio.run(_websocket_handshake(demo.port, demo.key))
 
 
 async def _websocket_handshake(port: int, key: str) -> None:
