@@ -9,10 +9,18 @@ from models.references import organization_of
 from models.tenancy import ApiKeyRole
 from resolvers.context import Principal
 
+# Far above any credential we issue (a key is 59 characters, a token a few hundred): a
+# longer one is refused unread.
+MAX_CREDENTIAL_LENGTH = 4_096
+
 
 def bearer_credential(header: str | None) -> str:
+    """The credential of an Authorization header, or InvalidCredential when the header is
+    missing, of another scheme, or too long to be one of ours."""
     if not header:
         raise InvalidCredential("missing Authorization header: send 'Bearer <API key>'")
+    if len(header) > MAX_CREDENTIAL_LENGTH:
+        raise InvalidCredential("the credential is too long to be an API key or a token")
     scheme, _, credential = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not credential.strip():
         raise InvalidCredential("the Authorization header must be 'Bearer <API key>'")

@@ -28,7 +28,8 @@ from graphql import (
     value_from_ast_untyped,
 )
 
-from models.accounts import KEY_PREFIX, split_key
+from api.auth import bearer_credential
+from models.accounts import InvalidCredential, split_key
 from models.credits import EndUser
 from models.end_user_tokens import TOKEN_PREFIX, InvalidToken, verify_token
 from models.references import organization_of
@@ -340,9 +341,9 @@ class RequestLogWriter:
         """A request the authentication never saw (an unknown path, a crash before it): the
         key id names the application; a token does when its signature is ours."""
         assert draft.authorization is not None
-        scheme, _, credential = draft.authorization.decode("latin-1").strip().partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
+        try:
+            credential = bearer_credential(draft.authorization.decode("latin-1"))
+        except InvalidCredential:
             return
         if credential.startswith(TOKEN_PREFIX):
             try:
@@ -355,13 +356,12 @@ class RequestLogWriter:
                 draft.application_id = application_id
                 draft.organization_id = await organization_of(application_id)
             return
-        if credential.startswith(KEY_PREFIX + "_"):
-            parts = split_key(credential)
-            if parts is not None and len(parts[0]) <= 32:
-                draft.api_key_prefix = parts[0]
-                owner = await self._key_owner(parts[0])
-                if owner is not None:
-                    draft.organization_id, draft.application_id = owner
+        parts = split_key(credential)
+        if parts is not None:
+            draft.api_key_prefix = parts[0]
+            owner = await self._key_owner(parts[0])
+            if owner is not None:
+                draft.organization_id, draft.application_id = owner
 
     async def _end_user_column(self, application_id: int, column: str, **where: Any) -> Any:
         """One column of an End User of the application (None when there is none), cached."""

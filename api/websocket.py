@@ -45,6 +45,7 @@ from graphql import (
 )
 from graphql.execution import Executor
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.execution import optimized_is_awaitable
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema import Schema
@@ -391,8 +392,26 @@ class LiveGraphQLWSHandler(_MessageLoop, BaseGraphQLWSHandler[Context, None]):
         _forget_message(message)
 
     async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
-        await super().handle_connection_init(message)
-        _forget_credentials(self.context)
+        """Strawberry 0.341's, except that a refused credential closes the socket with 4403
+        after the protocol's `connection_error`, as graphql-transport-ws does: Strawberry's
+        1011 says the server failed (and the request log would count a server error)."""
+        payload = message.get("payload")
+        if payload is not None and not isinstance(payload, dict):
+            await super().handle_connection_init(message)  # connection_error, close 1000
+            return
+        self.context.connection_params = payload
+        try:
+            await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError as error:
+            await self.send_message({"type": "connection_error", "payload": error.payload})
+            await self.websocket.close(code=4403, reason="Forbidden")
+            return
+        finally:
+            _forget_credentials(self.context)
+        await self.send_message({"type": "connection_ack"})
+        self.connection_acknowledged = True
+        if self.keep_alive:
+            self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 
     async def handle_async_results(
         self,

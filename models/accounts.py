@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ from models.errors import NotFound, ValidationFailed
 from models.tenancy import ApiKey, ApiKeyRole, Application, Organization
 
 KEY_PREFIX = "ug"
+# The shape of a presented key, with room around what `create_api_key` issues (12 hex
+# digits, 43 URL-safe characters): anything else is refused before any lookup, so no
+# presented text can fail in the database (a key id longer than its column, a NUL).
+_KEY_SHAPE = re.compile(KEY_PREFIX + r"_([0-9A-Za-z]{1,32})_([0-9A-Za-z_-]{1,128})")
 BUILT_IN_POOLS = {"ai": "AI Credits", "inbox_preview": "Inbox Preview Credits"}
 
 
@@ -31,11 +36,9 @@ def hash_secret(secret: str) -> str:
 
 
 def split_key(presented: str) -> tuple[str, str] | None:
-    """(key id, secret) of a presented key, or None when it is not of our form."""
-    parts = presented.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
-        return None
-    return parts[1], parts[2]
+    """(key id, secret) of a presented key, or None when it is not of our shape."""
+    match = _KEY_SHAPE.fullmatch(presented)
+    return (match[1], match[2]) if match else None
 
 
 def secret_matches(api_key: ApiKey, secret: str) -> bool:
