@@ -24,6 +24,7 @@ from api.body_limit import BodySizeLimit
 from api.database import apply_migrations, close_database, init_database, plain_postgres_dsn
 from api.jobs import JobRunner, default_jobs
 from api.json_post import POST_OPERATIONS, answer_json_post, encode_json, takes_fast_path
+from api.logging_setup import configure_logging
 from api.metrics import Metrics
 from api.rate_limit import RateLimitMiddleware
 from api.request_log import (
@@ -202,6 +203,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        configure_logging(settings.log_format, settings.log_level)
         if apply:
             await apply_migrations(settings)
             await close_database()

@@ -84,7 +84,10 @@ def serve(
     """Serve GraphQL (and GraphiQL) at /graphql."""
     import uvicorn
 
+    from api.logging_setup import configure_logging
+
     settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
     if workers > 1 and not settings.is_postgres:
         typer.echo(
             "--workers > 1 needs DATABASE_URL=postgres://... (SQLite is one process)", err=True
@@ -112,7 +115,8 @@ def serve(
         ws="websockets-sansio",
         ws_per_message_deflate=settings.ws_compression,
         ws_max_size=settings.max_body_bytes,  # one WebSocket message: the same bound as a body
-        log_level="info",
+        log_config=None,  # ours (api/logging_setup.py), applied above and at start-up
+        log_level=settings.log_level.lower(),
         access_log=access_log,
     )
 

@@ -20,9 +20,11 @@ from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.logging_setup import REQUEST_ID
 from models.accounts import InvalidCredential
 from models.request_log import DRAFT_SCOPE_KEY, MAX_MESSAGE, RequestDraft, clip, draft_of
 from resolvers.context import Principal
+from resolvers.error_logging import code_of
 
 log = logging.getLogger("usagegraph.request_log")
 
@@ -134,6 +136,10 @@ class RequestLogMiddleware:
                 authorization = value
         draft = RequestDraft(datetime.now(UTC), method, scope["path"], request_id_from(request_id))
         draft.authorization = authorization
+        # Not reset afterwards: the server's own lines about this request (its access log
+        # line, an unhandled error) come after the app returns. Each request is served in
+        # a task of its own, whose context this does not outlive.
+        REQUEST_ID.set(draft.request_id)
         scope[DRAFT_SCOPE_KEY] = draft
         return draft
 
@@ -252,10 +258,7 @@ def note_graphql_result(scope: Scope, result: Any) -> None:
         return
     if result.errors:
         first = result.errors[0]
-        code = (first.extensions or {}).get("code")
-        if code is None:
-            code = "GRAPHQL_PARSE_FAILED" if "Syntax Error" in first.message else "GRAPHQL_INVALID"
-        draft.note_error(str(code), first.message)
+        draft.note_error(code_of(first), first.message)
         return
     for value in (result.data or {}).values():
         if isinstance(value, dict):

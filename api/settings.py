@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite://usagegraph.sqlite3"
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -62,6 +74,14 @@ class Settings(BaseSettings):
     billing_close_seconds: float = Field(300.0, gt=0, alias="USAGEGRAPH_BILLING_CLOSE_SECONDS")
     billing_close_delay_seconds: float = Field(
         300.0, ge=0, alias="USAGEGRAPH_BILLING_CLOSE_DELAY_SECONDS"
+    )
+    # Logging (api/logging_setup.py, docs/logging.md): text or JSON lines, and the least
+    # severe level written (expected client errors are DEBUG lines).
+    log_format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = Field(
+        "text", alias="USAGEGRAPH_LOG_FORMAT"
+    )
+    log_level: Annotated[LogLevel, BeforeValidator(_upper)] = Field(
+        "INFO", alias="USAGEGRAPH_LOG_LEVEL"
     )
     # Exports streaming at once per process (each holds a database connection of its own).
     export_concurrency: int = Field(4, ge=1, alias="USAGEGRAPH_EXPORT_CONCURRENCY")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
 
 from resolvers.alerts import low_credit_alerts, resolve_acknowledge, resolve_set_threshold
 from resolvers.api_keys import resolve_create_api_key, resolve_revoke_api_key
@@ -26,6 +28,7 @@ from resolvers.end_user_tokens import (
     resolve_exchange_code,
     resolve_issue_token,
 )
+from resolvers.error_logging import log_errors
 from resolvers.execution import PlainListExecutor
 from resolvers.input_conversion import install as install_input_conversion
 from resolvers.realtime import balance_changed
@@ -69,8 +72,15 @@ class Subscription:
     request_log_tail = strawberry.subscription(resolver=request_log_tail)
 
 
+class UsageSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        log_errors(errors)  # not Strawberry's: a traceback and the query for every error
+
+
 def build_schema() -> strawberry.Schema:
-    built = strawberry.Schema(
+    built = UsageSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,

@@ -1,0 +1,53 @@
+"""How GraphQL errors are logged (Strawberry's `Schema.process_errors`, called with the
+errors before they are masked): an error we raised on purpose (UNAUTHENTICATED,
+NOT_FOUND, a validation or syntax error) is the client's, answered to it and kept in the
+request log, so it is one DEBUG line at most, without a traceback; any other is ours, an
+ERROR with its traceback. Neither prints the query (Strawberry's `str(error)` quotes the
+document around the error) and a message is cut short: both can be client input."""
+
+from __future__ import annotations
+
+import logging
+
+from graphql import GraphQLError
+
+from models.request_log import clip
+
+log = logging.getLogger("usagegraph.graphql")
+MAX_EXPECTED_MESSAGE = 300  # characters of an expected error's message logged
+
+
+def unexpected(error: GraphQLError) -> bool:
+    """An error no resolver raised on purpose (those raise GraphQLError)."""
+    original = error.original_error
+    return original is not None and not isinstance(original, GraphQLError)
+
+
+def code_of(error: GraphQLError) -> str:
+    """An error's code: its own, else what a document without one failed at."""
+    code = (error.extensions or {}).get("code")
+    if code is not None:
+        return str(code)
+    return "GRAPHQL_PARSE_FAILED" if "Syntax Error" in error.message else "GRAPHQL_INVALID"
+
+
+def _where(error: GraphQLError) -> str:
+    if error.path:
+        return ".".join(str(part) for part in error.path)
+    if error.locations:
+        return ", ".join(f"{place.line}:{place.column}" for place in error.locations)
+    return "the document"
+
+
+def log_errors(errors: list[GraphQLError]) -> None:
+    for error in errors:
+        if unexpected(error):
+            log.error(
+                "unexpected error at %s: %s",
+                _where(error),
+                error.message,
+                exc_info=error.original_error,
+            )
+        elif log.isEnabledFor(logging.DEBUG):
+            message = clip(error.message, MAX_EXPECTED_MESSAGE)
+            log.debug("%s at %s: %s", code_of(error), _where(error), message)
