@@ -84,7 +84,7 @@ def serve(
     """Serve GraphQL (and GraphiQL) at /graphql."""
     import uvicorn
 
-    from api.logging_setup import configure_logging
+    from api.logging_setup import configure_logging, logging_config
 
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -115,7 +115,7 @@ def serve(
         ws="websockets-sansio",
         ws_per_message_deflate=settings.ws_compression,
         ws_max_size=settings.max_body_bytes,  # one WebSocket message: the same bound as a body
-        log_config=None,  # ours (api/logging_setup.py), applied above and at start-up
+        log_config=logging_config(settings.log_format, settings.log_level),
         log_level=settings.log_level.lower(),
         access_log=access_log,
     )

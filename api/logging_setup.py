@@ -8,11 +8,12 @@ start-up (so a worker process, or uvicorn run by hand, logs the same way)."""
 from __future__ import annotations
 
 import logging
+import logging.config
 import sys
 import traceback
 from contextvars import ContextVar
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
@@ -94,22 +95,27 @@ def log_handler(log_format: LogFormat, stream: IO[str] | None = None) -> logging
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(RequestContext())
     handler.setFormatter(JsonLinesFormatter() if log_format == "json" else TextFormatter())
-    handler.set_name("usagegraph")
     return handler
 
 
+def logging_config(log_format: LogFormat, level: str) -> dict[str, Any]:
+    """The setup as `logging.config.dictConfig` takes it: also uvicorn's `log_config`, which
+    uvicorn applies in every worker process before its first line."""
+    quieter = max(logging.INFO, logging.getLevelNamesMapping()[level])
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"usagegraph": {"()": log_handler, "log_format": log_format}},
+        "root": {"handlers": ["usagegraph"], "level": level},
+        "loggers": {name: {"level": quieter} for name in _CHATTY_LIBRARIES},
+    }
+
+
 def configure_logging(log_format: LogFormat, level: str) -> None:
-    """Installs the handler on the root logger (replacing one installed before, so it can
-    run twice in a process). A uvicorn logger with handlers of its own sends its records
-    to ours instead; one uvicorn silenced (`--no-access-log`) stays silent."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if handler.get_name() == "usagegraph":
-            root.removeHandler(handler)
-    root.addHandler(log_handler(log_format))
-    root.setLevel(level)
-    for name in _CHATTY_LIBRARIES:
-        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+    """Applies the setup in this process (again, when it already was). A uvicorn logger
+    with handlers of its own (uvicorn's default configuration) sends its records to ours
+    instead; one uvicorn silenced (`--no-access-log`) stays silent."""
+    logging.config.dictConfig(logging_config(log_format, level))
     for name in _UVICORN_LOGGERS:
         logger = logging.getLogger(name)
         if logger.handlers:

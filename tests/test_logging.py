@@ -51,8 +51,7 @@ def logs_captured(log_format: LogFormat) -> Iterator[io.StringIO]:
     }
     buffer = io.StringIO()
     configure_logging(log_format, "DEBUG")
-    root = logging.getLogger()
-    [handler] = [h for h in root.handlers if h.get_name() == "usagegraph"]
+    [handler] = logging.getLogger().handlers
     handler.setStream(buffer)  # type: ignore[attr-defined]
     for name in _CLIENT_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
