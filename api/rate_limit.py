@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.error_response import send_graphql_error
 from api.request_log import note_error
+from models.accounts import split_key
 
 MAX_BUCKETS = 100_000
 # Probes and scrapes are never limited.
@@ -51,13 +52,15 @@ class TokenBuckets:
 
 
 def limit_key(scope: Scope) -> str:
-    """The key id of an API key, the signature part of a token, else the client address."""
+    """The key id of an API key, the signature part of a token (or the end of any other
+    credential), else the client address. Each is short: a bucket's key is bounded."""
     for name, value in scope["headers"]:
         if name == b"authorization":
-            credential = value.rpartition(b" ")[2]
-            if credential.startswith(b"ug_"):
-                return "key:" + credential.split(b"_", 2)[1].decode("latin-1")
-            return "cred:" + credential[-32:].decode("latin-1")
+            credential = value.rpartition(b" ")[2].decode("latin-1")
+            parts = split_key(credential)
+            if parts is not None:
+                return "key:" + parts[0]
+            return "cred:" + credential[-32:]
     client = scope.get("client")
     return "addr:" + (client[0] if client else "?")
 

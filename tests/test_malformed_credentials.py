@@ -234,3 +234,13 @@ def _http_and_websocket_refuse(base_url: str) -> None:
 
 async def test_any_credential_text_is_refused_never_a_server_error(server) -> None:
     await asyncio.to_thread(_http_and_websocket_refuse, server.url)
+
+
+@pytest.mark.parametrize("header", HEADERS)
+def test_a_malformed_credential_gets_a_short_rate_limit_bucket(header: str) -> None:
+    """The per-credential rate limit keeps up to 100,000 buckets: each one's key is short
+    whatever the credential, or long key ids would fill the memory."""
+    from api.rate_limit import limit_key
+
+    scope = {"headers": [(b"authorization", _header_bytes(header))], "client": ("10.0.0.1", 1)}
+    assert len(limit_key(scope)) <= 40
