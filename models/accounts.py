@@ -115,8 +115,9 @@ _verified: dict[str, tuple[float, str, ApiKey]] = {}
 
 class InvalidCredential(Exception):
     """The key is malformed, unknown, wrong or revoked. `key_id` names it (and so its
-    application, for the request log) whenever the presented text held one; an expired End
-    User token names its `application_id`. `code` tells the cases apart in the log."""
+    application, for the request log) whenever the presented key had our shape; an
+    expired End User token names its `application_id`. `code` tells the cases apart in
+    the log."""
 
     def __init__(
         self,
