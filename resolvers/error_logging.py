@@ -31,23 +31,21 @@ def code_of(error: GraphQLError) -> str:
     return "GRAPHQL_PARSE_FAILED" if "Syntax Error" in error.message else "GRAPHQL_INVALID"
 
 
-def _where(error: GraphQLError) -> str:
+def _subject(error: GraphQLError, what: str) -> str:
+    """`what`, and where in the document (the field's path, else the line and column)."""
     if error.path:
-        return ".".join(str(part) for part in error.path)
+        return f"{what} at {'.'.join(str(part) for part in error.path)}"
     if error.locations:
-        return ", ".join(f"{place.line}:{place.column}" for place in error.locations)
-    return "the document"
+        places = ", ".join(f"{place.line}:{place.column}" for place in error.locations)
+        return f"{what} at {places}"
+    return what
 
 
 def log_errors(errors: list[GraphQLError]) -> None:
     for error in errors:
         if unexpected(error):
-            log.error(
-                "unexpected error at %s: %s",
-                _where(error),
-                error.message,
-                exc_info=error.original_error,
-            )
+            subject = _subject(error, "unexpected error")
+            log.error("%s: %s", subject, error.message, exc_info=error.original_error)
         elif log.isEnabledFor(logging.DEBUG):
             message = clip(error.message, MAX_EXPECTED_MESSAGE)
-            log.debug("%s at %s: %s", code_of(error), _where(error), message)
+            log.debug("%s: %s", _subject(error, code_of(error)), message)

@@ -288,3 +288,29 @@ async def test_serve_writes_json_lines_with_request_ids(backend, server, tmp_pat
     big_lines = [r for r in records if r["request_id"] == f"{tag}-big"]
     assert ("uvicorn.access", "INFO") in [(r["logger"], r["level"]) for r in big_lines]
     assert len(big_lines) <= 2 and not any("traceback" in r for r in big_lines), big_lines
+
+
+async def test_an_expected_error_over_a_websocket_logs_one_line(server) -> None:
+    """The connection's request id reaches the lines its operations write."""
+    from websockets.asyncio.client import connect
+
+    request_id = f"{uuid.uuid4().hex[:8]}-socket"
+    subscription = 'subscription { balanceChanged(applicationId: "999999999") { remaining } }'
+    url = server.graphql.replace("http", "ws", 1)
+    with logs_captured("text") as buffer:
+        async with connect(
+            url,
+            subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+            additional_headers={"X-Request-Id": request_id},
+        ) as ws:
+            init = {"authorization": f"Bearer {server.organization_key}"}
+            await ws.send(json.dumps({"type": "connection_init", "payload": init}))
+            assert json.loads(await ws.recv())["type"] == "connection_ack"
+            subscribe = {"id": "1", "type": "subscribe", "payload": {"query": subscription}}
+            await ws.send(json.dumps(subscribe))
+            answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert "NOT_FOUND" in json.dumps(answer), answer
+    text = buffer.getvalue()
+    assert "Traceback" not in text
+    lines = _lines_of(text, request_id)
+    assert len(lines) == 1 and lines[0].endswith("NOT_FOUND: application not found"), lines
