@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from cross_web import HTTPException
 from graphql import ExecutionResult
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -16,12 +17,22 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLRequestData
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types.graphql import OperationType
 
 from api.auth import authenticate
 from api.body_limit import BodySizeLimit
 from api.database import apply_migrations, close_database, init_database, plain_postgres_dsn
+from api.http_answer import (
+    JSON,
+    answer_status,
+    refusal,
+    response_media_type,
+    shape_body,
+    unknown_operation,
+)
 from api.jobs import JobRunner, default_jobs
 from api.json_post import POST_OPERATIONS, answer_json_post, encode_json, takes_fast_path
 from api.logging_setup import configure_logging
@@ -46,6 +57,7 @@ from resolvers.schema import schema
 from subscriptions.realtime import Realtime
 
 PRINCIPAL_SCOPE_KEY = "usagegraph.principal"
+NOT_A_NAME = "The GraphQL operation's `operationName` must be a string or null, if provided."
 
 
 class UsageGraphQL(GraphQL):
@@ -70,7 +82,12 @@ class UsageGraphQL(GraphQL):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
-            await super().__call__(scope, receive, send)
+            request = Request(scope, receive)
+            try:
+                response = await self.run(request)
+            except HTTPException as error:  # Strawberry answers these in plain text
+                response = refusal(error, response_media_type(request.headers.get("accept")))
+            await response(scope, receive, send)
             return
         handler = await connection_handler(self, WebSocket(scope, receive=receive, send=send))
         if handler is not None:
@@ -90,24 +107,84 @@ class UsageGraphQL(GraphQL):
         note_graphql_request(request.scope, kwargs["request_data"])
         return await super().execute_operation(request=request, **kwargs)
 
+    async def execute_single(  # type: ignore[override]
+        self,
+        request: Request,
+        request_adapter: Any,
+        sub_response: Response,
+        context: Context,
+        root_value: Any,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        return await self.execute_http(
+            request,
+            request_data,
+            context,
+            sub_response,
+            OperationType.from_http(request_adapter.method),
+        )
+
     async def execute_post(
-        self, request: Request, operation: GraphQLRequestData, context: Context
+        self,
+        request: Request,
+        operation: GraphQLRequestData,
+        context: Context,
+        sub_response: Response,
     ) -> ExecutionResult:
         """What `execute_operation` does for one operation POSTed (api/json_post.py)."""
         note_graphql_request(request.scope, operation)
-        return await self.schema.execute(
-            operation.query,
-            root_value=await self.get_root_value(request),
-            variable_values=operation.variables,
-            context_value=context,
-            operation_name=operation.operation_name,
-            allowed_operation_types=POST_OPERATIONS,
-            operation_extensions=operation.extensions,
-        )
+        return await self.execute_http(request, operation, context, sub_response, POST_OPERATIONS)
+
+    async def execute_http(
+        self,
+        request: Request,
+        operation: GraphQLRequestData,
+        context: Context,
+        sub_response: Response,
+        allowed: set[OperationType],
+    ) -> ExecutionResult:
+        """One operation over HTTP; sets the answer's status and media type on
+        `sub_response` (api/http_answer.py)."""
+        if not isinstance(operation.operation_name, str | None):
+            raise HTTPException(400, NOT_A_NAME)
+        try:
+            result = await self.schema.execute(
+                operation.query,
+                root_value=await self.get_root_value(request),
+                variable_values=operation.variables,
+                context_value=context,
+                operation_name=operation.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=operation.extensions,
+            )
+        except CannotGetOperationTypeError as error:
+            result = unknown_operation(error)
+        except InvalidOperationTypeError as error:
+            # GraphQL over HTTP: a mutation asked for by GET is 405
+            status = 405 if request.method == "GET" else 400
+            raise HTTPException(status, error.as_http_error_reason(request.method)) from None
+        except MissingQueryError:
+            raise HTTPException(400, "No GraphQL query found in the request") from None
+        media_type = response_media_type(request.headers.get("accept"))
+        sub_response.status_code = answer_status(result, media_type, sub_response.status_code)  # type: ignore[assignment]
+        sub_response.media_type = media_type
+        return result
 
     async def process_result(self, request: Any, result: Any) -> Any:
         note_graphql_result(request.scope, result)
-        return await super().process_result(request, result)
+        body = await super().process_result(request, result)
+        shape_body(body, result, response_media_type(request.headers.get("accept")))
+        return body
+
+    def create_response(self, response_data: Any, sub_response: Response) -> Response:
+        response = Response(
+            self.encode_json(response_data),
+            status_code=sub_response.status_code or 200,
+            media_type=sub_response.media_type or JSON,
+        )
+        response.headers.raw.extend(sub_response.headers.raw)
+        response.background = sub_response.background
+        return response
 
     def encode_json(self, data: object) -> str:
         return encode_json(data).decode()  # WebSocket messages are text frames: a str

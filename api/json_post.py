@@ -6,9 +6,9 @@ The view builds a request adapter, a sub-response, a parsed-data object and a St
 response for every request, about a tenth of a small mutation's CPU. Here the same
 execution (`schema.execute` with the view's context, the operation types a POST allows),
 the same result processing and the same answer (status, headers, JSON) are done directly.
-Anything else goes to the view unchanged: GET, another content type, a streaming Accept,
-a batch, a body that is not such an object, or a request the schema refuses before
-executing (no operation of that name, no query), which the view answers with its 400."""
+The status, media type and refusals are the view's own (`UsageGraphQL.execute_http`,
+api/http_answer.py). Anything else goes to the view unchanged: GET, another content type, a
+streaming Accept, a batch, or a body that is not such an object."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ import json
 from typing import TYPE_CHECKING
 
 import orjson
+from cross_web import HTTPException
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
-from strawberry.exceptions import MissingQueryError
 from strawberry.http import GraphQLRequestData
-from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
+
+from api.http_answer import JSON, refusal, response_media_type
 
 if TYPE_CHECKING:
     from api.app import UsageGraphQL
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
 POST_OPERATIONS = OperationType.from_http("POST")
 _STREAMING_ACCEPTS = (b"multipart/mixed", b"text/event-stream")
 NOT_A_REQUEST = "The GraphQL request must be a JSON object (or a list of them)"
-_REFUSED_BEFORE_EXECUTION = (
-    CannotGetOperationTypeError,
-    InvalidOperationTypeError,
-    MissingQueryError,
-)
 
 
 def encode_json(data: object) -> bytes:
@@ -59,10 +54,6 @@ def takes_fast_path(scope: Scope) -> bool:
     return content_type.split(b";", 1)[0].strip() == b"application/json"
 
 
-class NotARequest(Exception):
-    """A JSON body that is neither an object nor a batch (a string, a number, null)."""
-
-
 def _operation(body: bytes) -> GraphQLRequestData | None:
     """The request's one operation, or None for anything the view must judge."""
     try:
@@ -71,8 +62,8 @@ def _operation(body: bytes) -> GraphQLRequestData | None:
         return None
     if isinstance(data, list):  # a batch
         return None
-    if not isinstance(data, dict):  # the view would fail on it with a 500
-        raise NotARequest
+    if not isinstance(data, dict):  # a string, a number, null: the view would fail with a 500
+        raise HTTPException(400, NOT_A_REQUEST)
     query = data.get("query")
     variables = data.get("variables")
     operation_name = data.get("operationName")
@@ -119,21 +110,19 @@ async def answer_json_post(view: UsageGraphQL, scope: Scope, receive: Receive, s
     body = await _read_body(receive)
     if body is None:
         return
+    request = Request(scope, _replaying(body, receive))
     try:
         operation = _operation(body)
-    except NotARequest:
-        await PlainTextResponse(NOT_A_REQUEST, status_code=400)(scope, receive, send)
-        return
-    if operation is None:
-        await view(scope, _replaying(body, receive), send)
-        return
-    request = Request(scope, _replaying(body, receive))
-    sub_response = await view.get_sub_response(request)
-    context = await view.get_context(request, response=sub_response)
-    try:
-        result = await view.execute_post(request, operation, context)
-    except _REFUSED_BEFORE_EXECUTION:
-        await view(scope, _replaying(body, receive), send)
+        if operation is None:
+            await view(scope, _replaying(body, receive), send)
+            return
+        sub_response = await view.get_sub_response(request)
+        context = await view.get_context(request, response=sub_response)
+        result = await view.execute_post(request, operation, context, sub_response)
+    except HTTPException as error:
+        await refusal(error, response_media_type(request.headers.get("accept")))(
+            scope, receive, send
+        )
         return
     processed = await view.process_result(request, result)
     if result.errors:
@@ -141,7 +130,7 @@ async def answer_json_post(view: UsageGraphQL, scope: Scope, receive: Receive, s
     content = encode_json(processed)
     headers = [
         (b"content-length", str(len(content)).encode()),
-        (b"content-type", b"application/json"),
+        (b"content-type", (sub_response.media_type or JSON).encode()),
         *sub_response.headers.raw,
     ]
     await send(

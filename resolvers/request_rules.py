@@ -16,6 +16,7 @@ from graphql import DocumentNode, ExecutionResult, GraphQLError, GraphQLSchema, 
 from strawberry.extensions import MaskErrors, max_aliases, query_depth_limiter
 
 from resolvers.input_rules import NUL_MESSAGE, VALIDATION, NoNulInStringLiterals, holds_nul
+from resolvers.operation_choice import ambiguous_operation
 
 MAX_DEPTH = 12
 MAX_TOKENS = 5_000
@@ -104,6 +105,10 @@ class RequestRules(MaskUnexpectedErrors):
             context.pre_execution_errors = validated(schema, document, LIMIT_RULES) or validated(
                 schema, document, standard_rules
             )
+            # the name the request gave (Strawberry's `operation_name` falls back to the first)
+            ambiguous = ambiguous_operation(document, context._provided_operation_name)  # type: ignore[attr-defined]
+            if ambiguous is not None and not context.pre_execution_errors:
+                context.pre_execution_errors = [ambiguous]
             # variable values are JSON, not seen by validation: not executed (Strawberry
             # executes nothing when a result is already there)
             if (
