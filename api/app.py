@@ -24,6 +24,7 @@ from strawberry.types.graphql import OperationType
 
 from api.auth import authenticate
 from api.body_limit import BodySizeLimit
+from api.cors import cors_middleware
 from api.database import apply_migrations, close_database, init_database, plain_postgres_dsn
 from api.http_answer import (
     JSON,
@@ -244,6 +245,9 @@ def _middleware(settings: Settings, request_log: RequestLogWriter) -> list[Middl
     stack = []
     if settings.request_log_enabled:  # outermost: it logs every answer below it (429, 413)
         stack.append(Middleware(RequestLogMiddleware, sink=request_log))
+    cors = cors_middleware(settings.allowed_origins)
+    if cors is not None:  # outside the limits: a page can read a 429 or a 413 too
+        stack.append(cors)
     if settings.rate_limit_per_second > 0:
         stack.append(
             Middleware(

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     )
     db_pool_min: int = Field(2, ge=1, alias="USAGEGRAPH_DB_POOL_MIN")
     db_pool_max: int = Field(20, ge=1, alias="USAGEGRAPH_DB_POOL_MAX")
-    # Browser origins allowed to open a WebSocket (Strawberry refuses cross-origin otherwise).
+    # Browser origins allowed to call the API over HTTP (CORS, api/cors.py) and to open a
+    # WebSocket (Strawberry refuses cross-origin handshakes otherwise). None by default.
     allowed_origins: list[str] = Field(default_factory=list, alias="USAGEGRAPH_ALLOWED_ORIGINS")
     # The service's address as browsers reach it (behind a proxy), for the links it hands
     # out (exportUrl); unset: the address the request came to.
