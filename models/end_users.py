@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.credits import EndUser
-from models.errors import ValidationFailed
+from models.errors import ValidationFailed, excerpt
 from models.sql import Sql, transaction, values_list
 
 MAX_UPSERT = 1_000
@@ -27,7 +27,9 @@ def _validate(items: list[EndUserInput]) -> None:
         if not 0 < len(item.external_id) <= 200 or not item.external_id.strip():
             raise ValidationFailed("externalId must be 1 to 200 characters", field=field)
         if item.external_id in seen:
-            raise ValidationFailed(f"externalId {item.external_id!r} is repeated", field=field)
+            raise ValidationFailed(
+                f"externalId {excerpt(item.external_id)} is repeated", field=field
+            )
         seen.add(item.external_id)
         if item.name is not None and len(item.name) > 200:
             raise ValidationFailed("name must be at most 200 characters", field=field)

@@ -14,6 +14,16 @@ class ErrorCode(StrEnum):
     EXPIRED = "EXPIRED"
 
 
+EXCERPT_LENGTH = 20
+
+
+def excerpt(value: str) -> str:
+    """A client's value as an error message quotes it: its first characters only."""
+    if len(value) <= EXCERPT_LENGTH:
+        return repr(value)
+    return f"{value[:EXCERPT_LENGTH]!r}..."
+
+
 class DomainError(Exception):
     """An expected failure of a domain operation. Raising it rolls the transaction back."""
 

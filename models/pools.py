@@ -7,7 +7,7 @@ import re
 from tortoise.exceptions import IntegrityError
 
 from models.credits import CreditPool
-from models.errors import ValidationFailed
+from models.errors import ValidationFailed, excerpt
 
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -45,4 +45,4 @@ async def create_pool(
             ),
         )
     except IntegrityError:
-        raise ValidationFailed(f"a pool {key!r} exists already", field="key") from None
+        raise ValidationFailed(f"a pool {excerpt(key)} exists already", field="key") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from models.errors import NotFound, ValidationFailed
+from models.errors import NotFound, ValidationFailed, excerpt
 from models.sql import Sql
 from models.tenancy import Application
 
@@ -80,7 +80,7 @@ async def resolve_pool(db: Sql, application_id: int, key: str) -> PoolRef:
         "SELECT id FROM credit_pool WHERE application_id = $1 AND key = $2", application_id, key
     )
     if found is None:
-        raise NotFound(f"no credit pool {key!r} in this application", field="pool")
+        raise NotFound(f"no credit pool {excerpt(key)} in this application", field="pool")
     ref = PoolRef(id=found, key=key)
     _pools.remember((application_id, key), ref)
     return ref

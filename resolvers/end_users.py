@@ -21,7 +21,7 @@ from models.allocation_report import (
 from models.allocation_report import end_user_page as report_page
 from models.balances import EndUserBalanceSnapshot
 from models.credits import EndUser as EndUserRow
-from models.errors import NotFound, ValidationFailed
+from models.errors import NotFound, ValidationFailed, excerpt
 from models.references import EndUserRef as DomainEndUserRef
 from resolvers.consumption import (
     SERIES_DESCRIPTION,
@@ -269,7 +269,7 @@ async def pool_id_of(info: Info, application_id: int, key: str | None) -> int | 
     for row in await loaders_of(info).pools.load(application_id):
         if row.key == key:
             return row.id
-    raise query_error(NotFound(f"no credit pool {key!r} in this application", field="pool"))
+    raise query_error(NotFound(f"no credit pool {excerpt(key)} in this application", field="pool"))
 
 
 @strawberry.type

@@ -1,6 +1,7 @@
 """What every operation goes through before and after execution, as one schema extension
 (`RequestRules`): cached parsing with a token limit, cached validation with the depth,
-alias and NUL rules, a NUL check of the variables, and masking of unexpected errors.
+alias and string rules (resolvers/input_rules.py), the same string rules on the variables,
+the choice of the operation, and masking of unexpected errors.
 Strawberry builds extensions anew for every request and runs a context manager per hook
 and extension: one extension instead of six keeps that per-request cost small on the
 hottest path (`consumeCredits`)."""
@@ -15,19 +16,20 @@ from typing import Any
 from graphql import DocumentNode, ExecutionResult, GraphQLError, GraphQLSchema, parse, validate
 from strawberry.extensions import MaskErrors, max_aliases, query_depth_limiter
 
-from resolvers.input_rules import NUL_MESSAGE, VALIDATION, NoNulInStringLiterals, holds_nul
+from resolvers.input_rules import BoundedStringLiterals, variable_error, variable_uses
 from resolvers.operation_choice import ambiguous_operation
 
 MAX_DEPTH = 12
 MAX_TOKENS = 5_000
 MAX_ALIASES = 30
+MAX_MESSAGE = 500
 DOCUMENT_CACHE_SIZE = 1_000
 
 # Built once: validation results are cached per rule set.
 LIMIT_RULES = (
     query_depth_limiter.create_validator(MAX_DEPTH, None),
     max_aliases.create_validator(MAX_ALIASES),
-    NoNulInStringLiterals,
+    BoundedStringLiterals,
 )
 
 
@@ -62,6 +64,22 @@ def _unexpected(error: GraphQLError) -> bool:
     return original is not None and not isinstance(original, GraphQLError)
 
 
+def _bounded(error: GraphQLError) -> GraphQLError:
+    """The error with its message cut to MAX_MESSAGE characters: a message that quotes a
+    client's value (a syntax error quotes a whole token) never sends it all back."""
+    if len(error.message) <= MAX_MESSAGE:
+        return error
+    return GraphQLError(
+        error.message[:MAX_MESSAGE] + "...",
+        error.nodes,
+        error.source,
+        error.positions,
+        error.path,
+        error.original_error,
+        error.extensions,
+    )
+
+
 class MaskUnexpectedErrors(MaskErrors):
     def __init__(self) -> None:
         super().__init__(should_mask_error=_unexpected, error_message="Internal error.")
@@ -76,7 +94,7 @@ class MaskUnexpectedErrors(MaskErrors):
         # (which inspects the class on every call: 2% of a consumeCredits request)
         errors = getattr(result, "errors", None)
         if errors:
-            result.errors = self._process_errors(errors)  # type: ignore[attr-defined]
+            result.errors = [_bounded(e) for e in self._process_errors(errors)]  # type: ignore[attr-defined]
 
 
 class RequestRules(MaskUnexpectedErrors):
@@ -111,12 +129,8 @@ class RequestRules(MaskUnexpectedErrors):
                 context.pre_execution_errors = [ambiguous]
             # variable values are JSON, not seen by validation: not executed (Strawberry
             # executes nothing when a result is already there)
-            if (
-                not context.pre_execution_errors
-                and context.variables
-                and holds_nul(context.variables)
-            ):
-                context.result = ExecutionResult(
-                    data=None, errors=[GraphQLError(NUL_MESSAGE, extensions=VALIDATION)]
-                )
+            if not context.pre_execution_errors and context.variables:
+                error = variable_error(context.variables, variable_uses(document))
+                if error is not None:
+                    context.result = ExecutionResult(data=None, errors=[error])
         yield from super().on_operation()  # masks the result's unexpected errors
