@@ -26,6 +26,7 @@ from api.auth import authenticate
 from api.body_limit import BodySizeLimit
 from api.cors import cors_middleware
 from api.database import apply_migrations, close_database, init_database, plain_postgres_dsn
+from api.graphiql import graphiql_page, static_files
 from api.http_answer import (
     JSON,
     answer_status,
@@ -49,6 +50,7 @@ from api.request_log import (
 from api.request_log_writer import RequestLogWriter
 from api.routes.export import export_route
 from api.routes.health import health_routes
+from api.routes.home import home_route
 from api.routes.request_logs import ingest_route
 from api.settings import Settings, get_settings
 from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler, connection_handler
@@ -194,6 +196,9 @@ class UsageGraphQL(GraphQL):
         response.background = sub_response.background
         return response
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return graphiql_page()
+
     def encode_json(self, data: object) -> str:
         return encode_json(data).decode()  # WebSocket messages are text frames: a str
 
@@ -323,6 +328,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         routes=[
             Route("/graphql", AuthenticatedGraphQL(view), methods=["GET", "POST"]),
             WebSocketRoute("/graphql", view),
+            home_route(),
+            static_files(),
             export_route(settings),
             ingest_route(settings.secret, lambda: realtime.broker),
             *health_routes(metrics),
