@@ -29,6 +29,7 @@ from graphql import (
     ObjectFieldNode,
     StringValueNode,
     ValidationRule,
+    VariableDefinitionNode,
     VariableNode,
     Visitor,
     visit,
@@ -127,11 +128,15 @@ def _located(error: GraphQLError, node: Node) -> GraphQLError:
 
 
 class _VariableUses(_NamedValues, Visitor):
-    """The argument or input field names each variable is given to."""
+    """The variables the document defines, each with the argument or input field name it
+    is given to (None: none)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.uses: dict[str, str] = {}
+        self.uses: dict[str, str | None] = {}
+
+    def enter_variable_definition(self, node: VariableDefinitionNode, *_: object) -> None:
+        self.uses.setdefault(node.variable.name.value, None)
 
     def named_value(self, name: str, item: Node) -> None:
         if isinstance(item, VariableNode):
@@ -141,12 +146,13 @@ class _VariableUses(_NamedValues, Visitor):
                 self.uses[item.name.value] = name
 
 
-_USES: dict[int, tuple[DocumentNode, dict[str, str]]] = {}
+_USES: dict[int, tuple[DocumentNode, dict[str, str | None]]] = {}
 _MAX_USES = 1_000
 
 
-def variable_uses(document: DocumentNode) -> dict[str, str]:
-    """Per variable, the name whose bound its string value has; kept per document."""
+def variable_uses(document: DocumentNode) -> dict[str, str | None]:
+    """Per variable the document defines, the name whose bound its string value has; kept
+    per document."""
     found = _USES.get(id(document))
     if found is not None and found[0] is document:
         return found[1]
@@ -158,10 +164,15 @@ def variable_uses(document: DocumentNode) -> dict[str, str]:
     return uses.uses
 
 
-def variable_error(variables: Mapping[str, Any], uses: Mapping[str, str]) -> GraphQLError | None:
-    """The first NUL character or over-long string in the variables' values (JSON)."""
+def variable_error(
+    variables: Mapping[str, Any], uses: Mapping[str, str | None]
+) -> GraphQLError | None:
+    """The first NUL character or over-long string in the values (JSON) of the variables
+    the document defines (graphql-core ignores the others)."""
     for variable, value in variables.items():
-        error = _value_error(value, uses.get(variable), f"${variable}")
+        if variable not in uses:
+            continue
+        error = _value_error(value, uses[variable], f"${variable}")
         if error is not None:
             return error
     return None
