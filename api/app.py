@@ -90,7 +90,7 @@ class UsageGraphQL(GraphQL):
             try:
                 response = await self.run(request)
             except HTTPException as error:  # Strawberry answers these in plain text
-                response = refusal(error, response_media_type(request.headers.get("accept")))
+                response = refusal(error, request.headers.get("accept"))
             await response(scope, receive, send)
             return
         handler = await connection_handler(self, WebSocket(scope, receive=receive, send=send))

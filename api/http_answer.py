@@ -82,8 +82,10 @@ def unknown_operation(error: CannotGetOperationTypeError) -> ExecutionResult:
     )
 
 
-def refusal(error: HTTPException, media_type: str) -> Response:
-    """A request refused before GraphQL ran, as a GraphQL-shaped error."""
+def refusal(error: HTTPException, accept: str | None) -> Response:
+    """A request refused before GraphQL ran, as a GraphQL-shaped error in the media type
+    the request's `accept` prefers."""
+    media_type = response_media_type(accept)
     code = REFUSAL_CODES.get(error.status_code, "BAD_REQUEST")
     body = {"errors": [{"message": error.reason, "extensions": {"code": code}}]}
     headers = {"Allow": "POST"} if error.status_code == 405 else None  # a mutation by GET

@@ -22,7 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 from strawberry.http import GraphQLRequestData
 from strawberry.types.graphql import OperationType
 
-from api.http_answer import JSON, refusal, response_media_type
+from api.http_answer import JSON, refusal
 
 if TYPE_CHECKING:
     from api.app import UsageGraphQL
@@ -120,9 +120,7 @@ async def answer_json_post(view: UsageGraphQL, scope: Scope, receive: Receive, s
         context = await view.get_context(request, response=sub_response)
         result = await view.execute_post(request, operation, context, sub_response)
     except HTTPException as error:
-        await refusal(error, response_media_type(request.headers.get("accept")))(
-            scope, receive, send
-        )
+        await refusal(error, request.headers.get("accept"))(scope, receive, send)
         return
     processed = await view.process_result(request, result)
     if result.errors:
