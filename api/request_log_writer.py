@@ -44,6 +44,7 @@ from models.request_log import (
 )
 from models.sql import single_statement
 from models.tenancy import ApiKey
+from resolvers.input_rules import MAX_DOCUMENT
 from subscriptions.request_log_tail import listened_applications, publish_entries
 
 log = logging.getLogger("usagegraph.request_log")
@@ -80,7 +81,10 @@ def graphql_summary(
     query: str, operation_name: str | None
 ) -> tuple[str | None, tuple[str, ...], tuple[FieldNode, ...]]:
     """(operation name, root field names, root field nodes) of the operation a request ran;
-    cached by text, like the server's own parse (clients send values in variables)."""
+    cached by text, like the server's own parse (clients send values in variables). A
+    document the server refused unparsed for its length is not parsed here either."""
+    if len(query) > MAX_DOCUMENT:
+        return operation_name, (), ()
     try:
         document = parse(query, no_location=True, max_tokens=10_000)
     except GraphQLError:

@@ -7,6 +7,7 @@ long token are bounded too."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,13 +203,21 @@ def test_the_generator_reaches_every_kind_of_string_input() -> None:
     assert len(TARGETS) >= 40
 
 
-async def _post(server, payload: dict[str, Any]) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=60) as http:
-        return await http.post(
-            server.graphql,
-            json=payload,
-            headers={"authorization": f"Bearer {server.organization_key}"},
-        )
+@pytest.fixture(scope="module")
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def post(server, http: httpx.AsyncClient) -> Callable[[dict[str, Any]], Awaitable[httpx.Response]]:
+    """POSTs a request with the server's organization key."""
+
+    async def send(payload: dict[str, Any]) -> httpx.Response:
+        headers = {"authorization": f"Bearer {server.organization_key}"}
+        return await http.post(server.graphql, json=payload, headers=headers)
+
+    return send
 
 
 def _refusal(response: httpx.Response) -> str:
@@ -230,22 +239,22 @@ def _refusal(response: httpx.Response) -> str:
 )
 @pytest.mark.parametrize("target", TARGETS, ids=[t.coordinate for t in TARGETS])
 async def test_a_long_string_is_refused_with_a_short_message(
-    server, target: Target, literal: bool, length: int
+    post, target: Target, literal: bool, length: int
 ) -> None:
-    message = _refusal(await _post(server, request(target, "a" * length, literal=literal)))
+    message = _refusal(await post(request(target, "a" * length, literal=literal)))
     bound = string_bound(target.name)
     assert f"{target.name} may be at most {bound:,} characters, got {length:,}" in message
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=[t.coordinate for t in TARGETS])
-async def test_a_huge_literal_is_refused_unparsed(server, target: Target) -> None:
-    message = _refusal(await _post(server, request(target, "a" * HUGE, literal=True)))
+async def test_a_huge_literal_is_refused_unparsed(post, target: Target) -> None:
+    message = _refusal(await post(request(target, "a" * HUGE, literal=True)))
     assert message.startswith(f"the document may be at most {MAX_DOCUMENT:,} characters")
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=[t.coordinate for t in TARGETS])
-async def test_a_string_at_its_bound_passes_the_bound(server, target: Target) -> None:
-    response = await _post(server, request(target, "7" * string_bound(target.name), literal=False))
+async def test_a_string_at_its_bound_passes_the_bound(post, target: Target) -> None:
+    response = await post(request(target, "7" * string_bound(target.name), literal=False))
     errors = response.json().get("errors") or []
     assert not [e for e in errors if "characters, got" in e["message"]], errors
 
@@ -261,14 +270,14 @@ async def test_a_string_at_its_bound_passes_the_bound(server, target: Target) ->
     ],
     ids=["field name", "enum value", "default value"],
 )
-async def test_long_names_and_values_anywhere_are_refused(server, document: str) -> None:
-    message = _refusal(await _post(server, {"query": document}))
+async def test_long_names_and_values_anywhere_are_refused(post, document: str) -> None:
+    message = _refusal(await post({"query": document}))
     assert f"may be at most {MAX_STRING:,} characters, got {LONG_LITERAL:,}" in message
 
 
-async def test_no_error_message_quotes_a_long_token_whole(server) -> None:
+async def test_no_error_message_quotes_a_long_token_whole(post) -> None:
     """A syntax error quotes the unexpected token: cut to a bounded message."""
-    response = await _post(server, {"query": "{ __typename } " + "n" * LONG_LITERAL})
+    response = await post({"query": "{ __typename } " + "n" * LONG_LITERAL})
     [error] = response.json()["errors"]
     assert error["message"].startswith("Syntax Error: Unexpected Name")
     assert len(error["message"]) <= MAX_MESSAGE + len("...")
