@@ -56,7 +56,6 @@ from api.settings import Settings, get_settings
 from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler, connection_handler
 from models.accounts import InvalidCredential
 from resolvers.context import Context
-from resolvers.input_rules import MAX_DOCUMENT, too_long
 from resolvers.schema import schema
 from subscriptions.realtime import Realtime
 
@@ -151,22 +150,16 @@ class UsageGraphQL(GraphQL):
         `sub_response` (api/http_answer.py)."""
         if not isinstance(operation.operation_name, str | None):
             raise HTTPException(400, NOT_A_NAME)
-        query = operation.query
         try:
-            if isinstance(query, str) and len(query) > MAX_DOCUMENT:
-                # not parsed: lexing a long string literal costs ~0.5 us per character
-                error = too_long("the document", MAX_DOCUMENT, query)
-                result = ExecutionResult(data=None, errors=[error])
-            else:
-                result = await self.schema.execute(
-                    query,
-                    root_value=await self.get_root_value(request),
-                    variable_values=operation.variables,
-                    context_value=context,
-                    operation_name=operation.operation_name,
-                    allowed_operation_types=allowed,
-                    operation_extensions=operation.extensions,
-                )
+            result = await self.schema.execute(
+                operation.query,
+                root_value=await self.get_root_value(request),
+                variable_values=operation.variables,
+                context_value=context,
+                operation_name=operation.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=operation.extensions,
+            )
         except CannotGetOperationTypeError as error:
             result = unknown_operation(error)
         except InvalidOperationTypeError as error:

@@ -8,7 +8,7 @@
   any other string, name or enum value in a request at most `MAX_STRING`. Beyond it the
   request is refused with a VALIDATION error that quotes a short prefix only, before any
   other rule (graphql-core's own messages quote whole values). A document longer than
-  `MAX_DOCUMENT` is refused the same way over HTTP, before it is parsed.
+  `MAX_DOCUMENT` is refused the same way before it is parsed (`RequestRules`).
 
 Literals are checked once per document text (validation is cached); variable values, which
 validation does not see, on every request, in one walk."""

@@ -13,10 +13,16 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
-from graphql import DocumentNode, ExecutionResult, GraphQLError, GraphQLSchema, parse, validate
+from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, validate
 from strawberry.extensions import MaskErrors, max_aliases, query_depth_limiter
 
-from resolvers.input_rules import BoundedStringLiterals, variable_error, variable_uses
+from resolvers.input_rules import (
+    MAX_DOCUMENT,
+    BoundedStringLiterals,
+    too_long,
+    variable_error,
+    variable_uses,
+)
 from resolvers.operation_choice import ambiguous_operation
 
 MAX_DEPTH = 12
@@ -24,6 +30,7 @@ MAX_TOKENS = 5_000
 MAX_ALIASES = 30
 MAX_MESSAGE = 500
 DOCUMENT_CACHE_SIZE = 1_000
+UNPARSED = parse("{ __typename }")  # stands for a document refused before parsing
 
 # Built once: validation results are cached per rule set.
 LIMIT_RULES = (
@@ -110,11 +117,18 @@ class RequestRules(MaskUnexpectedErrors):
         standard_rules = tuple(context.validation_rules)
         context.validation_rules = standard_rules + LIMIT_RULES
         if context.graphql_document is None and context.query:
-            try:
-                context.graphql_document = parsed(context.query, MAX_TOKENS)
-            except GraphQLError:
-                pass  # Strawberry parses it again and answers the error its own way
-        if context.graphql_document is not None:
+            if len(context.query) > MAX_DOCUMENT:
+                # not parsed (lexing a long string literal costs ~0.5 us per character): a
+                # stand-in document carries the refusal through Strawberry's steps
+                context.graphql_document = UNPARSED
+                error = too_long("the document", MAX_DOCUMENT, context.query)
+                context.pre_execution_errors = [error]
+            else:
+                try:
+                    context.graphql_document = parsed(context.query, MAX_TOKENS)
+                except GraphQLError:
+                    pass  # Strawberry parses it again and answers the error its own way
+        if context.graphql_document is not None and context.pre_execution_errors is None:
             # The limits first, alone: a document past them is not worth the standard rules'
             # work (OverlappingFieldsCanBeMerged compares fields pairwise). A 1,000-alias
             # document is refused in 19 ms of CPU instead of 42.
@@ -127,10 +141,10 @@ class RequestRules(MaskUnexpectedErrors):
             ambiguous = ambiguous_operation(document, context._provided_operation_name)  # type: ignore[attr-defined]
             if ambiguous is not None and not context.pre_execution_errors:
                 context.pre_execution_errors = [ambiguous]
-            # variable values are JSON, not seen by validation: not executed (Strawberry
-            # executes nothing when a result is already there)
+            # variable values are JSON, not seen by validation: refused as validation
+            # errors are (Strawberry runs nothing, a subscription included)
             if not context.pre_execution_errors and context.variables:
                 error = variable_error(context.variables, variable_uses(document))
                 if error is not None:
-                    context.result = ExecutionResult(data=None, errors=[error])
+                    context.pre_execution_errors = [error]
         yield from super().on_operation()  # masks the result's unexpected errors

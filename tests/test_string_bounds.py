@@ -26,6 +26,7 @@ from graphql import (
 from resolvers.input_rules import MAX_DOCUMENT, MAX_STRING, string_bound
 from resolvers.request_rules import MAX_MESSAGE
 from tests.schema_operations import NOW, named, sdl_schema
+from tests.test_websocket_protocol import initialised, receive, send, socket
 
 HUGE = 600_000
 LONG_LITERAL = 5_000  # beyond every bound, within a document's
@@ -281,3 +282,24 @@ async def test_no_error_message_quotes_a_long_token_whole(post) -> None:
     [error] = response.json()["errors"]
     assert error["message"].startswith("Syntax Error: Unexpected Name")
     assert len(error["message"]) <= MAX_MESSAGE + len("...")
+
+
+@pytest.mark.parametrize("literal", [False, True], ids=["variable", "literal"])
+async def test_a_subscription_is_bounded_the_same_way(server, literal: bool) -> None:
+    pool = "a" * HUGE
+    field = 'balanceChanged(applicationId: "1", pool: {}) {{ version }}'
+    if literal:
+        payload = {"query": "subscription { " + field.format(json.dumps(pool)) + " }"}
+        expected = f"the document may be at most {MAX_DOCUMENT:,} characters"
+    else:
+        query = "subscription($p: String) { " + field.format("$p") + " }"
+        payload = {"query": query, "variables": {"p": pool}}
+        expected = f"pool may be at most 64 characters, got {HUGE:,}"
+    async with socket(server) as ws:
+        await initialised(ws, server.organization_key)
+        await send(ws, {"id": "big", "type": "subscribe", "payload": payload})
+        refused = await receive(ws)
+    assert (refused["id"], refused["type"]) == ("big", "error")
+    [error] = refused["payload"]
+    assert error["message"].startswith(expected)
+    assert len(error["message"]) < SHORT_MESSAGE
