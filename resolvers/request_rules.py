@@ -1,7 +1,8 @@
 """What every operation goes through before and after execution, as one schema extension
-(`RequestRules`): cached parsing with a token limit, cached validation with the depth,
-alias and string rules (resolvers/input_rules.py), the same string rules on the variables,
-the choice of the operation, and masking of unexpected errors.
+(`RequestRules`): a document length limit, cached parsing with a token limit, cached
+validation with the depth, alias and string rules (resolvers/input_rules.py), the same
+string rules on the variables, the choice of the operation, masking of unexpected errors
+and a bound on every error message's length.
 Strawberry builds extensions anew for every request and runs a context manager per hook
 and extension: one extension instead of six keeps that per-request cost small on the
 hottest path (`consumeCredits`)."""
