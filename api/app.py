@@ -1,4 +1,5 @@
-"""The ASGI application factory: GraphQL over HTTP and WebSocket at /graphql."""
+"""The ASGI application factory: GraphQL over HTTP and WebSocket at /graphql, the Usage
+page at /."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ from api.routes.export import export_route
 from api.routes.health import health_routes
 from api.routes.home import home_route
 from api.routes.request_logs import ingest_route
+from api.routes.usage_page import usage_page_routes
 from api.settings import Settings, get_settings
 from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler, connection_handler
 from models.accounts import InvalidCredential
@@ -326,6 +328,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             export_route(settings),
             ingest_route(settings.secret, lambda: realtime.broker),
             *health_routes(metrics),
+            *usage_page_routes(),
         ],
         middleware=_middleware(settings, request_log),
         lifespan=lifespan,

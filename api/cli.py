@@ -81,7 +81,7 @@ def serve(
         True, "--access-log/--no-access-log", help="uvicorn's per-request log line."
     ),
 ) -> None:
-    """Serve GraphQL (and GraphiQL) at /graphql."""
+    """Serve the Usage page at / and GraphQL (and GraphiQL) at /graphql."""
     import uvicorn
 
     from api.logging_setup import configure_logging, logging_config
@@ -99,8 +99,12 @@ def serve(
         from api.demo import seed_demo
 
         seeded = _with_database(seed_demo)
-        url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/graphql"
+        base = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
+        url = f"{base}/graphql"
         typer.echo("")
+        # The page moves the key from the fragment (never sent to the server) to the tab's
+        # session and drops it from the address bar.
+        typer.echo(f"Usage page:     {base}/#key={seeded.api_key}")
         typer.echo(f"GraphiQL:       {url}")
         typer.echo(f"application id: {seeded.application_id}")
         typer.echo(f"API key:        {seeded.api_key}")

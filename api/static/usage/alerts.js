@@ -1,0 +1,56 @@
+// Low-credit alerts: the latest ones, and each new one as it happens (lowCreditAlerts).
+
+import { endUserName } from "./allocation.js";
+import { formatInteger, h, setState, statusBadge, timeElement } from "./dom.js";
+
+const ALERT = "id pool kind remaining threshold at acknowledged endUser { id externalId name }";
+
+const LATEST = `query UsageAlerts($id: ID!) {
+  application(id: $id) { alerts(first: 8) { totalCount edges { node { ${ALERT} } } } }
+}`;
+
+export const ALERTS_SUBSCRIPTION = `subscription UsageAlertFeed($id: ID!) {
+  lowCreditAlerts(applicationId: $id) { ${ALERT} }
+}`;
+
+const MAX_SHOWN = 8;
+
+export function alertsSection(ctx) {
+  const section = document.getElementById("alerts");
+  const list = section.querySelector('[data-role="list"]');
+
+  async function load() {
+    try {
+      const data = await ctx.request(LATEST, { id: ctx.applicationId });
+      const alerts = data.application.alerts.edges.map((edge) => edge.node);
+      list.replaceChildren(...alerts.map((alert) => item(alert)));
+      setState(section, alerts.length ? null : "empty", "No low-credit alert.");
+    } catch (error) {
+      setState(section, "error", `Could not load the alerts: ${error.message}`);
+    }
+  }
+
+  function add(alert) {
+    list.querySelector(`[data-alert="${CSS.escape(alert.id)}"]`)?.remove();
+    list.prepend(item(alert, true));
+    while (list.childElementCount > MAX_SHOWN) list.lastElementChild.remove();
+    setState(section, null);
+  }
+
+  return { load, add };
+}
+
+function item(alert, fresh = false) {
+  return h(
+    "li",
+    { "data-alert": alert.id, "data-kind": alert.kind, class: fresh ? "flash" : null },
+    statusBadge(alert.kind),
+    " ",
+    h("strong", {}, alert.endUser ? endUserName(alert.endUser) : `Pool ${alert.pool}`),
+    alert.endUser ? ` in ${alert.pool}` : "",
+    ` · ${formatInteger(alert.remaining)} left`,
+    alert.threshold === null ? "" : ` (threshold ${formatInteger(alert.threshold)})`,
+    " · ",
+    timeElement(alert.at),
+  );
+}

@@ -1,0 +1,167 @@
+// End Users with their balance in the chosen pool: found by external id, filtered by status,
+// sorted by a column, paginated by cursor; balances change in place on balanceChanged.
+
+import { formatDecimal, h, numberCell, setState, statusBadge, timeElement } from "./dom.js";
+
+const PAGE_SIZE = 20;
+const BALANCE = "allocated used remaining status version burnRatePerDay projectedExhaustionAt";
+
+const PAGE = `query UsageEndUsers($id: ID!, $pool: String!, $first: Int!, $after: String,
+    $filter: EndUserFilter, $orderBy: EndUserOrder) {
+  application(id: $id) {
+    endUsers(first: $first, after: $after, filter: $filter, orderBy: $orderBy) {
+      totalCount
+      pageInfo { hasNextPage endCursor }
+      edges { node { id externalId name email balance(pool: $pool) { ${BALANCE} } } }
+    }
+  }
+}`;
+
+const FIND = `query UsageEndUser($id: ID!, $pool: String!, $externalId: String!) {
+  application(id: $id) {
+    endUser(externalId: $externalId) { id externalId name email balance(pool: $pool) { ${BALANCE} } }
+  }
+}`;
+
+const LIVE_FIELDS = ["allocated", "used", "remaining"];
+
+export function endUsersSection(ctx) {
+  const section = document.getElementById("end-users");
+  const form = section.querySelector('[data-role="controls"]');
+  const body = section.querySelector("tbody");
+  const prev = section.querySelector('[data-role="prev"]');
+  const next = section.querySelector('[data-role="next"]');
+  const pageLabel = section.querySelector('[data-role="page"]');
+  const state = { pool: null, order: { field: "CREATED", direction: "ASC" }, cursors: [null], endCursor: null };
+
+  for (const header of section.querySelectorAll("th[data-sort]")) {
+    const button = h("button", { type: "button", class: "sort" }, ...header.childNodes);
+    button.addEventListener("click", () => sortBy(header.dataset.sort));
+    header.replaceChildren(button);
+  }
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    firstPage();
+  });
+  form.elements.status.addEventListener("change", firstPage);
+  prev.addEventListener("click", () => {
+    state.cursors.pop();
+    load();
+  });
+  next.addEventListener("click", () => {
+    state.cursors.push(state.endCursor);
+    load();
+  });
+
+  function sortBy(field) {
+    const same = state.order.field === field;
+    // Used and remaining read best largest first; exhaustion and creation soonest first.
+    const initial = field === "USED" || field === "REMAINING" ? "DESC" : "ASC";
+    state.order = { field, direction: same ? (state.order.direction === "ASC" ? "DESC" : "ASC") : initial };
+    firstPage();
+  }
+
+  function firstPage() {
+    state.cursors = [null];
+    load();
+  }
+
+  function setPool(pool) {
+    state.pool = pool;
+    firstPage();
+  }
+
+  async function load() {
+    if (!state.pool) return;
+    setState(section, "loading");
+    const search = form.elements.search.value.trim();
+    try {
+      if (search) await loadOne(search);
+      else await loadPage();
+    } catch (error) {
+      setState(section, "error", `Could not load the End Users: ${error.message}`);
+    }
+    for (const header of section.querySelectorAll("th[data-sort]")) {
+      const active = header.dataset.sort === state.order.field && !search;
+      if (active) header.setAttribute("aria-sort", state.order.direction === "ASC" ? "ascending" : "descending");
+      else header.removeAttribute("aria-sort");
+    }
+  }
+
+  async function loadPage() {
+    const status = form.elements.status.value;
+    const data = await ctx.request(PAGE, {
+      id: ctx.applicationId,
+      pool: state.pool,
+      first: PAGE_SIZE,
+      after: state.cursors.at(-1),
+      filter: status ? { pool: state.pool, status: [status] } : null,
+      orderBy: { ...state.order, pool: state.pool },
+    });
+    const connection = data.application.endUsers;
+    render(connection.edges.map((edge) => edge.node));
+    state.endCursor = connection.pageInfo.endCursor;
+    const page = state.cursors.length;
+    const pages = Math.max(1, Math.ceil(connection.totalCount / PAGE_SIZE));
+    pageLabel.textContent = `Page ${page} of ${pages} · ${connection.totalCount} End Users`;
+    prev.disabled = page === 1;
+    next.disabled = !connection.pageInfo.hasNextPage;
+    setState(section, connection.edges.length ? null : "empty", "No End User matches.");
+  }
+
+  async function loadOne(externalId) {
+    const data = await ctx.request(FIND, { id: ctx.applicationId, pool: state.pool, externalId });
+    const found = data.application.endUser;
+    render(found ? [found] : []);
+    pageLabel.textContent = found ? "1 End User found" : "";
+    prev.disabled = next.disabled = true;
+    setState(section, found ? null : "empty", `No End User has the external id “${externalId}”.`);
+  }
+
+  function render(endUsers) {
+    body.replaceChildren(
+      ...endUsers.map((endUser) =>
+        h(
+          "tr",
+          { "data-end-user": endUser.id, "data-external-id": endUser.externalId, "data-version": endUser.balance?.version ?? -1 },
+          h(
+            "th",
+            { scope: "row" },
+            endUser.name ?? endUser.externalId,
+            h("span", { class: "key" }, endUser.externalId),
+          ),
+          ...balanceCells(endUser.balance),
+        ),
+      ),
+    );
+  }
+
+  function applyEvent(event) {
+    if (event.pool !== state.pool) return;
+    const row = body.querySelector(`tr[data-end-user="${CSS.escape(String(event.endUserId))}"]`);
+    if (!row || event.version <= Number(row.dataset.version)) return;
+    row.dataset.version = event.version;
+    for (const field of LIVE_FIELDS) {
+      row.querySelector(`[data-field="${field}"]`).replaceWith(numberCell(event[field], field));
+    }
+    row.querySelector('[data-field="status"]').replaceChildren(statusBadge(event.status));
+    row.classList.remove("flash");
+    void row.offsetWidth;
+    row.classList.add("flash");
+  }
+
+  return { setPool, load, applyEvent };
+}
+
+export function balanceCells(balance, { withExpired = false } = {}) {
+  if (!balance) {
+    return [h("td", { colspan: withExpired ? 7 : 6, class: "muted" }, "No balance in this pool.")];
+  }
+  return [
+    ...LIVE_FIELDS.map((field) => numberCell(balance[field], field)),
+    ...(withExpired ? [numberCell(balance.expired, "expired")] : []),
+    h("td", { "data-field": "status" }, statusBadge(balance.status)),
+    h("td", { class: "num", "data-field": "burnRatePerDay" }, formatDecimal(balance.burnRatePerDay)),
+    h("td", { "data-field": "projectedExhaustionAt" }, timeElement(balance.projectedExhaustionAt)),
+  ];
+}
