@@ -184,11 +184,15 @@ async function showApplication(request, live, application) {
         endUsers.applyEvent(event);
         allocation.refresh();
       }
-    }),
-    live.subscribe(ALERTS_SUBSCRIPTION, { id: application.id }, ({ lowCreditAlerts: alert }) => alerts.add(alert)),
+    }, liveFailed),
+    live.subscribe(ALERTS_SUBSCRIPTION, { id: application.id }, ({ lowCreditAlerts: alert }) => alerts.add(alert), liveFailed),
     () => requestLog.stop(),
   );
   await loadAll();
+}
+
+function liveFailed(error) {
+  notify(`Live updates stopped: ${error.message}. Reload the page to try again.`);
 }
 
 /** Every section, reading the current application from one shared, replaceable context. */

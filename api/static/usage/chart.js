@@ -3,6 +3,7 @@
 import { formatInteger } from "./dom.js";
 
 const charts = new WeakMap();
+const fromZero = (_, min, max) => [0, Math.max(max, 1)];
 
 /**
  * Draws (or redraws) a chart in `container`.
@@ -23,7 +24,7 @@ export function drawChart(container, { label, starts, series, spikes }) {
     height: container.clientWidth < 500 ? 200 : 260,
     legend: { live: true },
     cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: true }, y: { range: (_, min, max) => [0, Math.max(max, 1)] } },
+    scales: { x: { time: true }, y: { range: fromZero }, right: { range: fromZero } },
     axes: [
       {},
       { values: (_, ticks) => ticks.map(formatInteger), size: 60 },

@@ -96,8 +96,9 @@ export function createLiveClient(credential, { onState, onReconnected, onUnauthe
         if (everConnected) onReconnected();
         everConnected = true;
       },
-      closed: () => {
-        if (!refused) onState("reconnecting");
+      closed: (event) => {
+        // 1000: closed on purpose (no subscription left, or signed out).
+        if (!refused) onState(event?.code === 1000 ? "idle" : "reconnecting");
       },
     },
   });

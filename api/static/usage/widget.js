@@ -19,7 +19,9 @@ const MINE = `query UsageMine($from: DateTime!, $to: DateTime!) {
 }`;
 
 const MY_CHANGES = `subscription UsageMyBalance($id: ID!, $endUserId: ID!) {
-  balanceChanged(applicationId: $id, endUserId: $endUserId) { ${BALANCE} endUserId }
+  balanceChanged(applicationId: $id, endUserId: $endUserId) {
+    pool allocated used remaining expired status version endUserId
+  }
 }`;
 
 export function widgetView(ctx, endUser) {
@@ -65,8 +67,11 @@ export function widgetView(ctx, endUser) {
   }
 
   function subscribe() {
-    return ctx.live.subscribe(MY_CHANGES, { id: ctx.applicationId, endUserId: endUser.id }, (data) =>
-      applyEvent(data.balanceChanged),
+    return ctx.live.subscribe(
+      MY_CHANGES,
+      { id: ctx.applicationId, endUserId: endUser.id },
+      (data) => applyEvent(data.balanceChanged),
+      (error) => setState(balances, "error", `Live updates stopped: ${error.message}`),
     );
   }
 

@@ -1,0 +1,369 @@
+"""The Usage page at `/` in a real browser (Debian's headless Chromium driven by Playwright),
+against the real server on the demo data: what it shows is what the API answers, it changes
+in place when credits are consumed, and an End User token sees only its End User.
+
+Screenshots go to test-artifacts/usage-page/ (or $USAGEGRAPH_TEST_ARTIFACTS)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.demo import Demo, seed_demo
+from api.routes.usage_page import STATIC_DIR
+from tests.conftest import REQUIRE_SERVICES, Backend, Server
+from tests.graphql_client import Caller
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(
+    os.environ.get("USAGEGRAPH_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
+)
+WAIT_MS = 15_000  # a change pushed over the WebSocket, on a machine shared with other work
+ASSET_BUDGET = 300 * 1024  # the page's own assets, gzip-compressed
+
+POOLS = """query($id: ID!) { application(id: $id) { pools {
+  key purchased allocated used remaining expired unallocated status } } }"""
+SUMMARY = """query($id: ID!, $pool: String!) { application(id: $id) {
+  allocationSummary(pool: $pool) { endUsersTotal withCredits low exhausted allocated used
+    remaining unallocated } } }"""
+END_USERS = """query($id: ID!, $pool: String!) { application(id: $id) {
+  endUsers(first: 20, orderBy: {field: CREATED, direction: ASC, pool: $pool}) {
+    edges { node { id externalId balance(pool: $pool) { allocated used remaining } } } } } }"""
+BILLING = """query($id: ID!) { application(id: $id) { billingPeriods(first: 1) {
+  start pools { pool purchased used expired allocated closingRemaining } } } }"""
+CONSUME = """mutation($input: ConsumeCreditsInput!) { consumeCredits(input: $input) {
+  balance { used remaining } errors { code message } } }"""
+THRESHOLD = """mutation($input: SetLowBalanceThresholdInput!) {
+  setLowBalanceThreshold(input: $input) { errors { code message } } }"""
+TOKEN = """mutation($input: IssueEndUserTokenInput!) {
+  issueEndUserToken(input: $input) { token errors { code message } } }"""
+MY_BALANCES = "{ viewer { endUser { externalId balances { pool allocated used remaining } } } }"
+
+
+def test_page_assets_stay_under_the_budget() -> None:
+    """Everything the page loads (its modules, styles and vendored libraries), compressed."""
+    served = [
+        path
+        for path in STATIC_DIR.rglob("*")
+        if path.suffix in {".html", ".js", ".css"} and "graphiql" not in path.parts
+    ]
+    assert any(path.name == "index.html" for path in served)
+    compressed = sum(len(gzip.compress(path.read_bytes(), 9)) for path in served)
+    assert compressed < ASSET_BUDGET, f"{compressed} bytes compressed"
+
+
+async def test_root_serves_the_page_with_a_strict_policy(server: Server) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        page = await client.get(f"{server.url}/")
+        module = await client.get(f"{server.url}/static/usage/app.js")
+        vendored = await client.get(f"{server.url}/static/vendor/uplot/uPlot.iife.min.js")
+        missing = await client.get(f"{server.url}/static/usage/nothing.js")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert '<script type="module" src="/static/usage/app.js">' in page.text
+    assert module.status_code == 200 and "javascript" in module.headers["content-type"]
+    assert vendored.status_code == 200
+    assert missing.status_code == 404
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Any]:
+    """Debian's Chromium, never a downloaded one; missing, it fails under
+    USAGEGRAPH_REQUIRE_SERVICES=1 and skips otherwise."""
+    _require_browser()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+def _require_browser() -> None:
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        _missing("Playwright's Python package is not installed")
+    if not CHROMIUM.exists():
+        _missing(f"{CHROMIUM} is missing (apt-get install chromium)")
+
+
+def _missing(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@dataclass
+class DemoSite:
+    server: Server
+    demo: Demo
+    api: Caller
+
+    @property
+    def application_id(self) -> str:
+        return str(self.demo.application_id)
+
+    def page_url(self, credential: str) -> str:
+        return f"{self.server.url}/#key={credential}"
+
+
+@pytest.fixture(scope="session")
+async def demo_site(server: Server, backend: Backend) -> AsyncIterator[DemoSite]:
+    demo = await seed_demo()
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield DemoSite(server, demo, Caller(client, server.graphql, demo.api_key))
+
+
+async def _open(browser: Any, url: str, width: int = 1280, height: int = 800) -> Any:
+    context = await browser.new_context(viewport={"width": width, "height": height})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.errors = errors
+    await page.goto(url)
+    return page
+
+
+async def _values(page: Any, row: str, fields: list[str]) -> dict[str, int]:
+    cells = {}
+    for field in fields:
+        cell = page.locator(f'{row} [data-field="{field}"]')
+        cells[field] = int(await cell.get_attribute("data-value"))
+    return cells
+
+
+async def test_each_section_shows_what_the_api_answers(
+    browser: Any, demo_site: DemoSite, backend: Backend
+) -> None:
+    started = time.monotonic()
+    page = await _open(browser, demo_site.page_url(demo_site.demo.api_key))
+    await page.locator("#pools tbody tr[data-pool]").first.wait_for(timeout=WAIT_MS)
+    shown_in = time.monotonic() - started
+    print(f"pools shown {shown_in:.2f} s after navigation ({backend.name})")
+    assert shown_in < 5, f"the pools took {shown_in:.2f} s"
+    # The handed-over key left the address bar at once and lives in the tab's session only.
+    assert "#" not in page.url and demo_site.demo.api_key not in page.url
+    stored = await page.evaluate("sessionStorage.getItem('usagegraph.credential')")
+    assert stored == demo_site.demo.api_key
+    assert await page.evaluate("localStorage.length") == 0
+
+    api_id = demo_site.application_id
+    pools = (await demo_site.api(POOLS, id=api_id))["application"]["pools"]
+    numeric = ["purchased", "allocated", "used", "remaining", "expired", "unallocated"]
+    for pool in pools:
+        row = f'#pools tr[data-pool="{pool["key"]}"]'
+        assert await _values(page, row, numeric) == {field: pool[field] for field in numeric}
+        assert await page.locator(f'{row} [data-field="status"]').inner_text() == pool["status"]
+
+    first_pool = pools[0]["key"]
+    summary = (await demo_site.api(SUMMARY, id=api_id, pool=first_pool))["application"][
+        "allocationSummary"
+    ]
+    await page.locator('#allocation [data-field="endUsersTotal"]').wait_for()
+    assert await _values(page, "#allocation", list(summary)) == summary
+
+    edges = (await demo_site.api(END_USERS, id=api_id, pool=first_pool))["application"]["endUsers"][
+        "edges"
+    ]
+    await page.locator("#end-users tbody tr[data-end-user]").first.wait_for()
+    shown = await page.locator("#end-users tbody tr[data-end-user]").evaluate_all(
+        "rows => rows.map(row => row.dataset.externalId)"
+    )
+    assert shown == [edge["node"]["externalId"] for edge in edges]
+    first = edges[0]["node"]
+    row = f'#end-users tr[data-end-user="{first["id"]}"]'
+    assert await _values(page, row, ["allocated", "used", "remaining"]) == first["balance"]
+
+    [period] = (await demo_site.api(BILLING, id=api_id))["application"]["billingPeriods"]
+    for pool in period["pools"]:
+        row = f'#billing [data-period="{period["start"]}"] tr[data-pool="{pool["pool"]}"]'
+        fields = ["purchased", "used", "expired", "allocated", "closingRemaining"]
+        assert await _values(page, row, fields) == {field: pool[field] for field in fields}
+
+    await _screenshots(page, browser, demo_site, f"admin-{backend.name}")
+    assert page.errors == []
+    await page.context.close()
+
+
+async def _screenshots(page: Any, browser: Any, demo_site: DemoSite, name: str) -> None:
+    folder = ARTIFACTS / "usage-page"
+    folder.mkdir(parents=True, exist_ok=True)
+    await page.wait_for_timeout(500)  # the charts draw after their data
+    await page.screenshot(path=str(folder / f"{name}-1280x800.png"))
+    phone = await _open(browser, demo_site.page_url(demo_site.demo.api_key), 390, 844)
+    await phone.locator("#pools tbody tr[data-pool]").first.wait_for(timeout=WAIT_MS)
+    await phone.wait_for_timeout(500)
+    width = await phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width} px wide on a 390 px screen"
+    await phone.screenshot(path=str(folder / f"{name}-390x844.png"))
+    await phone.context.close()
+
+
+async def test_consumption_shows_up_live_with_its_alert(
+    browser: Any, demo_site: DemoSite, backend: Backend
+) -> None:
+    from playwright.async_api import expect
+
+    page = await _open(browser, demo_site.page_url(demo_site.demo.api_key))
+    await expect(page.locator("#live")).to_have_text("Live", timeout=WAIT_MS)
+    end_user = page.locator("#end-users tbody tr[data-end-user]").first
+    await end_user.wait_for(timeout=WAIT_MS)
+    external_id = await end_user.get_attribute("data-external-id")
+    pool_used = page.locator('#pools tr[data-pool="ai"] [data-field="used"]')
+    used_before = int(await pool_used.get_attribute("data-value"))
+    remaining_before = int(
+        await end_user.locator('[data-field="remaining"]').get_attribute("data-value")
+    )
+    api_id = demo_site.application_id
+    ref = {"externalId": external_id}
+    threshold = await demo_site.api(
+        THRESHOLD,
+        input={"applicationId": api_id, "pool": "ai", "endUser": ref, "threshold": 5},
+    )
+    assert threshold["setLowBalanceThreshold"]["errors"] == []
+    # Down to 3 credits: below its threshold of 5, a LOW alert.
+    credits = remaining_before - 3
+    consumed = await demo_site.api(
+        CONSUME,
+        input={
+            "applicationId": api_id,
+            "endUser": ref,
+            "pool": "ai",
+            "credits": credits,
+            "feature": "ai_generation",
+            "idempotencyKey": uuid.uuid4().hex,
+        },
+    )
+    assert consumed["consumeCredits"]["errors"] == []
+    await expect(pool_used).to_have_attribute(
+        "data-value", str(used_before + credits), timeout=WAIT_MS
+    )
+    await expect(end_user.locator('[data-field="remaining"]')).to_have_attribute(
+        "data-value", "3", timeout=WAIT_MS
+    )
+    await expect(end_user.locator('[data-field="status"]')).to_have_text("LOW")
+    alert = page.locator("#alerts li[data-kind='LOW']", has_text=external_id)
+    await expect(alert.first).to_be_visible(timeout=WAIT_MS)
+    assert page.errors == []
+    await page.context.close()
+
+
+async def test_an_end_user_token_sees_only_its_end_user(
+    browser: Any, demo_site: DemoSite, backend: Backend
+) -> None:
+    from playwright.async_api import expect
+
+    issued = await demo_site.api(
+        TOKEN,
+        input={
+            "applicationId": demo_site.application_id,
+            "endUser": {"externalId": "customer-007"},
+        },
+    )
+    token = issued["issueEndUserToken"]["token"]
+    async with httpx.AsyncClient(timeout=30) as client:
+        mine = (await Caller(client, demo_site.server.graphql, token)(MY_BALANCES))["viewer"]
+    page = await _open(browser, demo_site.page_url(token))
+    rows = page.locator("#my-balances tbody tr[data-pool]")
+    await rows.first.wait_for(timeout=WAIT_MS)
+    assert await page.locator("#dashboard").is_hidden()
+    assert await page.locator("#widget").is_visible()
+    balances = mine["endUser"]["balances"]
+    assert await rows.count() == len(balances)
+    for balance in balances:
+        row = f'#my-balances tr[data-pool="{balance["pool"]}"]'
+        expected = {field: balance[field] for field in ("allocated", "used", "remaining")}
+        assert await _values(page, row, list(expected)) == expected
+    text = await page.locator("body").inner_text()
+    assert "customer-008" not in text and "Customer 008" not in text
+    await expect(page.locator("#who")).to_contain_text("Customer 007")
+    # Its own balance changes in place too.
+    await expect(page.locator("#live")).to_have_text("Live", timeout=WAIT_MS)
+    [ai] = [balance for balance in balances if balance["pool"] == "ai"]
+    consumed = await demo_site.api(
+        CONSUME,
+        input={
+            "applicationId": demo_site.application_id,
+            "endUser": {"externalId": "customer-007"},
+            "pool": "ai",
+            "credits": 1,
+            "feature": "ai_rewrite",
+        },
+    )
+    assert consumed["consumeCredits"]["errors"] == []
+    await expect(
+        page.locator('#my-balances tr[data-pool="ai"] [data-field="remaining"]')
+    ).to_have_attribute("data-value", str(ai["remaining"] - 1), timeout=WAIT_MS)
+    await _screenshot_only(page, f"end-user-{backend.name}")
+    assert page.errors == []
+    await page.context.close()
+
+
+async def _screenshot_only(page: Any, name: str) -> None:
+    folder = ARTIFACTS / "usage-page"
+    folder.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(folder / f"{name}-1280x800.png"))
+
+
+async def test_the_export_control_downloads_what_the_api_exports(
+    browser: Any, demo_site: DemoSite
+) -> None:
+    page = await _open(browser, demo_site.page_url(demo_site.demo.api_key))
+    form = page.locator("#export form")
+    await form.locator('select[name="type"]').select_option("CONSUMPTION")
+    first_day = (datetime.now(UTC) - timedelta(days=20)).date()
+    last_day = datetime.now(UTC).date()
+    await form.locator('input[name="from"]').fill(first_day.isoformat())
+    await form.locator('input[name="to"]').fill(last_day.isoformat())
+    async with page.expect_download(timeout=WAIT_MS) as waiting:
+        await form.get_by_role("button", name="Download").click()
+    download = await waiting.value
+    downloaded = _read(await download.path())
+    async with httpx.AsyncClient(timeout=30) as client:
+        exported = await client.get(
+            f"{demo_site.server.url}/v1/applications/{demo_site.application_id}/export",
+            params={
+                "type": "consumption",
+                "from": _midnight(first_day),
+                "to": _midnight(last_day + timedelta(days=1)),
+                "format": "csv",
+            },
+            headers={"Authorization": f"Bearer {demo_site.demo.api_key}"},
+        )
+    assert exported.status_code == 200, exported.text
+    assert downloaded == exported.content
+    assert downloaded.count(b"\n") > 100  # weeks of demo consumption, not an empty file
+    await page.context.close()
+
+
+def _read(path: Path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def _midnight(day: date) -> str:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).isoformat()
