@@ -53,6 +53,8 @@ SUMMARY = """query($id: ID!, $pool: String!) { application(id: $id) {
 END_USERS = """query($id: ID!, $pool: String!) { application(id: $id) {
   endUsers(first: 20, orderBy: {field: CREATED, direction: ASC, pool: $pool}) {
     edges { node { id externalId balance(pool: $pool) { allocated used remaining } } } } } }"""
+END_USER = """query($id: ID!, $externalId: String!) { application(id: $id) {
+  endUser(externalId: $externalId) { balance(pool: "ai") { allocated } } } }"""
 BILLING = """query($id: ID!) { application(id: $id) { billingPeriods(first: 1) {
   start pools { pool purchased used expired allocated closingRemaining } } } }"""
 CONSUME = """mutation($input: ConsumeCreditsInput!) { consumeCredits(input: $input) {
@@ -371,6 +373,40 @@ def _read(path: Path) -> bytes:
 
 def _midnight(day: date) -> str:
     return datetime(day.year, day.month, day.day, tzinfo=UTC).isoformat()
+
+
+async def test_an_admin_key_allocates_and_releases_from_the_table(
+    browser: Any, demo_site: DemoSite
+) -> None:
+    from playwright.async_api import expect
+
+    page = await _open(browser, demo_site.page_url(demo_site.demo.api_key))
+    row = page.locator("#end-users tbody tr[data-end-user]").nth(2)
+    await row.wait_for(timeout=WAIT_MS)
+    external_id = await row.get_attribute("data-external-id")
+    allocated = page.locator(
+        f'#end-users tr[data-external-id="{external_id}"] [data-field="allocated"]'
+    )
+    before = int(await allocated.get_attribute("data-value"))
+    await row.get_by_role("spinbutton").fill("25")
+    await row.get_by_role("button", name="Allocate").click()
+    await expect(allocated).to_have_attribute("data-value", str(before + 25), timeout=WAIT_MS)
+    await row.get_by_role("spinbutton").fill("10")
+    await row.get_by_role("button", name="Release").click()
+    await expect(allocated).to_have_attribute("data-value", str(before + 15), timeout=WAIT_MS)
+    found = await demo_site.api(
+        END_USER,
+        id=demo_site.application_id,
+        externalId=external_id,
+    )
+    assert found["application"]["endUser"]["balance"]["allocated"] == before + 15
+    # More than the pool holds: the API's error, shown on the row, and nothing changes.
+    await row.get_by_role("spinbutton").fill("900000000")
+    await row.get_by_role("button", name="Allocate").click()
+    await expect(row.locator(".adjust-message")).to_contain_text("credits", timeout=WAIT_MS)
+    await expect(allocated).to_have_attribute("data-value", str(before + 15))
+    assert page.errors == []
+    await page.context.close()
 
 
 async def test_a_refused_key_returns_to_sign_in_with_a_reason(

@@ -152,18 +152,18 @@ async function showApplications(request, live, viewer) {
   if (applications.some((app) => app.id === remembered)) picker.value = remembered;
   picker.onchange = () => {
     sessionStorage.setItem(APPLICATION_KEY, picker.value);
-    showApplication(request, live, applications.find((app) => app.id === picker.value));
+    showApplication(request, live, viewer.role, applications.find((app) => app.id === picker.value));
   };
-  await showApplication(request, live, applications.find((app) => app.id === picker.value));
+  await showApplication(request, live, viewer.role, applications.find((app) => app.id === picker.value));
 }
 
 // The sections are built once; each load uses the application chosen at that moment.
 let sections = null;
 
-async function showApplication(request, live, application) {
+async function showApplication(request, live, role, application) {
   for (const stop of session.stops.splice(0)) stop();
   $("app-lede").textContent = `${application.name}${application.plan ? ` · plan ${application.plan}` : ""}`;
-  const ctx = { request, live, applicationId: application.id };
+  const ctx = { request, live, role, applicationId: application.id };
   if (sections) sections.ctx = ctx;
   else sections = buildSections(ctx);
   const { pools, consumption, allocation, endUsers, requestLog, billing, alerts } = sections;
@@ -205,6 +205,9 @@ function buildSections(initial) {
     },
     get applicationId() {
       return holder.ctx.applicationId;
+    },
+    get role() {
+      return holder.ctx.role;
     },
   };
   const endUsers = endUsersSection(ctx);

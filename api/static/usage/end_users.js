@@ -23,7 +23,17 @@ const FIND = `query UsageEndUser($id: ID!, $pool: String!, $externalId: String!)
   }
 }`;
 
+const ADJUST = `mutation UsageAdjustAllocation($input: AllocateCreditsInput!, $release: Boolean!) {
+  allocateCredits(input: $input) @skip(if: $release) { balance { ${BALANCE} } errors { code message } }
+  releaseCredits(input: $input) @include(if: $release) { balance { ${BALANCE} } errors { code message } }
+}`;
+
 const LIVE_FIELDS = ["allocated", "used", "remaining"];
+
+/** An idempotency key per click (crypto.randomUUID needs a secure context; this does not). */
+function idempotencyKey() {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
 
 export function endUsersSection(ctx) {
   const section = document.getElementById("end-users");
@@ -131,8 +141,48 @@ export function endUsersSection(ctx) {
             h("span", { class: "key" }, endUser.externalId),
           ),
           ...balanceCells(endUser.balance),
+          ctx.role === "ADMIN" ? adjustCell(endUser) : null,
         ),
       ),
+    );
+    section.querySelector("th[data-admin]").hidden = ctx.role !== "ADMIN";
+  }
+
+  /** Allocate or release credits of the pool to one End User (ADMIN keys). */
+  function adjustCell(endUser) {
+    const label = `Credits to allocate to or release from ${endUser.name ?? endUser.externalId}`;
+    const amount = h("input", { type: "number", min: 1, step: 1, value: 10, "aria-label": label, class: "amount" });
+    const message = h("span", { class: "adjust-message", role: "status" });
+    const adjust = async (release) => {
+      const credits = Number(amount.value);
+      if (!Number.isInteger(credits) || credits < 1) {
+        message.textContent = "Enter a whole number of credits.";
+        return;
+      }
+      message.textContent = "…";
+      try {
+        const data = await ctx.request(ADJUST, {
+          release,
+          input: { applicationId: ctx.applicationId, endUser: { id: endUser.id }, pool: state.pool, credits, idempotencyKey: idempotencyKey() },
+        });
+        const payload = release ? data.releaseCredits : data.allocateCredits;
+        if (payload.errors.length) {
+          message.textContent = payload.errors.map((error) => error.message).join("; ");
+          return;
+        }
+        message.textContent = release ? `Released ${credits}` : `Allocated ${credits}`;
+        applyEvent({ ...payload.balance, pool: state.pool, endUserId: endUser.id });
+      } catch (error) {
+        message.textContent = error.message;
+      }
+    };
+    return h(
+      "td",
+      { class: "adjust" },
+      amount,
+      h("button", { type: "button", onclick: () => adjust(false) }, "Allocate"),
+      h("button", { type: "button", class: "secondary", onclick: () => adjust(true) }, "Release"),
+      message,
     );
   }
 
