@@ -60,20 +60,28 @@ export function allocationSection(ctx, { onPoolChange }) {
   }
 
   function render(summary) {
+    // Each term with its value in a <div> (allowed in a <dl>): one grid cell per figure.
     figures.replaceChildren(
-      ...FIGURES.flatMap(([field, label]) => [
-        h("dt", {}, label),
-        h("dd", { "data-field": field, "data-value": summary[field] }, formatInteger(summary[field])),
-      ]),
-      h("dt", {}, "Burn rate / day"),
-      h("dd", { "data-field": "burnRatePerDay" }, formatDecimal(summary.burnRatePerDay)),
-      h("dt", {}, "Needs allocation"),
+      ...FIGURES.map(([field, label]) =>
+        h(
+          "div",
+          {},
+          h("dt", {}, label),
+          h("dd", { "data-field": field, "data-value": summary[field] }, formatInteger(summary[field])),
+        ),
+      ),
+      h("div", {}, h("dt", {}, "Burn rate / day"), h("dd", { "data-field": "burnRatePerDay" }, formatDecimal(summary.burnRatePerDay))),
       h(
-        "dd",
-        { "data-field": "needsAllocation", class: summary.needsAllocation ? "warn" : null },
-        summary.needsAllocation
-          ? `Yes: ${formatInteger(summary.projectedShortfall)} short over 7 days`
-          : "No",
+        "div",
+        {},
+        h("dt", {}, "Needs allocation"),
+        h(
+          "dd",
+          { "data-field": "needsAllocation", class: summary.needsAllocation ? "warn" : null },
+          summary.needsAllocation
+            ? `Yes: ${formatInteger(summary.projectedShortfall)} short over 7 days`
+            : "No",
+        ),
       ),
     );
     top.replaceChildren(
