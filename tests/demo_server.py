@@ -24,11 +24,15 @@ class DemoServer:
 
 
 @contextmanager
-def demo_server(directory: Path, timeout: float = 120) -> Iterator[DemoServer]:
-    """Serves the demo until the block ends; yields once it answers on /healthz."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def demo_server(
+    directory: Path, timeout: float = 120, port: int | None = None
+) -> Iterator[DemoServer]:
+    """Serves the demo until the block ends; yields once it answers on /healthz. With `port`
+    (a restart: the same directory, so the same database), on that port."""
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     database = directory / "demo.sqlite3"
     env = {**os.environ, "DATABASE_URL": f"sqlite://{database}"}
     env.pop("REDIS_URL", None)

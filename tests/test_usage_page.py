@@ -6,12 +6,8 @@ Screenshots go to test-artifacts/usage-page/ (or $USAGEGRAPH_TEST_ARTIFACTS)."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,6 +22,7 @@ import pytest
 from api.demo import Demo, seed_demo
 from api.routes.usage_page import STATIC_DIR
 from tests.conftest import REQUIRE_SERVICES, Backend, Server
+from tests.demo_server import demo_server
 from tests.graphql_client import Caller
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -422,73 +419,25 @@ async def test_a_refused_key_returns_to_sign_in_with_a_reason(
     await page.context.close()
 
 
-def _serve_demo(database: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
-    """`usagegraph serve --demo` in its own process (output to a file beside the database, so
-    that no pipe fills up); the key it prints."""
-    env = {**os.environ, "DATABASE_URL": f"sqlite://{database}", "USAGEGRAPH_JOBS": "0"}
-    env.pop("REDIS_URL", None)
-    output = database.with_suffix(f".{time.monotonic_ns()}.log")
-    command = [sys.executable, "-c", "from api.cli import main; main()", "serve", "--demo"]
-    with output.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "--port", str(port), "--no-access-log"],
-            cwd=database.parent,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 180
-    key = None
-    while key is None:
-        assert process.poll() is None, output.read_text()
-        assert time.monotonic() < deadline, "no API key printed"
-        keys = [line for line in output.read_text().splitlines() if line.startswith("API key:")]
-        key = keys[0].split()[-1] if keys else None
-        time.sleep(0.2)
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return process, key
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 async def test_the_page_recovers_when_the_server_restarts(browser: Any, tmp_path: Path) -> None:
     """The WebSocket drops with the server process; the page reconnects, resubscribes and
     shows the next change without a reload."""
     from playwright.async_api import expect
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    database = tmp_path / "demo.sqlite3"
-    process, key = await asyncio.to_thread(_serve_demo, database, port)
-    try:
-        page = await _open(browser, f"http://127.0.0.1:{port}/#key={key}")
+    with demo_server(tmp_path) as first:
+        page = await _open(browser, f"{first.url}/#key={first.key}")
         live = page.locator("#live")
         await expect(live).to_have_text("Live", timeout=WAIT_MS)
-        await asyncio.to_thread(_stop, process)
-        await expect(live).to_have_text("Live: reconnecting…", timeout=WAIT_MS)
-        process, _ = await asyncio.to_thread(_serve_demo, database, port)
+    await expect(live).to_have_text("Live: reconnecting…", timeout=WAIT_MS)
+    with demo_server(tmp_path, port=first.port) as second:
         await expect(live).to_have_text("Live", timeout=30_000)
         await page.wait_for_load_state("networkidle")
-
         end_user = page.locator("#end-users tbody tr[data-end-user]").first
         remaining = int(
             await end_user.locator('[data-field="remaining"]').get_attribute("data-value")
         )
         async with httpx.AsyncClient(timeout=30) as client:
-            api = Caller(client, f"http://127.0.0.1:{port}/graphql", key)
+            api = Caller(client, f"{second.url}/graphql", second.key)
             application_id = (await api("{ viewer { application { id } } }"))["viewer"][
                 "application"
             ]["id"]
@@ -508,5 +457,3 @@ async def test_the_page_recovers_when_the_server_restarts(browser: Any, tmp_path
         )
         assert page.errors == []
         await page.context.close()
-    finally:
-        await asyncio.to_thread(_stop, process)
