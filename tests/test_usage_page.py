@@ -406,6 +406,69 @@ async def test_an_admin_key_allocates_and_releases_from_the_table(
     await page.context.close()
 
 
+async def test_the_pools_show_within_a_second(browser: Any, demo_site: DemoSite) -> None:
+    """From navigation to the pools on screen, as the page's own clock measures it (after
+    a first load, so that the server's first-request work is not counted)."""
+    shown = []
+    for _ in range(2):
+        page = await _open(browser, demo_site.page_url(demo_site.demo.api_key))
+        await page.locator("#pools tbody tr[data-pool]").first.wait_for(timeout=WAIT_MS)
+        shown.append(
+            await page.evaluate("performance.getEntriesByName('pools-shown')[0].startTime")
+        )
+        await page.context.close()
+    print(f"pools shown after {shown[0]:.0f} ms (first load), {shown[1]:.0f} ms (second)")
+    assert shown[1] < 1000, shown
+
+
+READ_KEY = """mutation($input: CreateApiKeyInput!) {
+  createApiKey(input: $input) { apiKey { id } secret errors { code message } } }"""
+REVOKE = """mutation($id: ID!) { revokeApiKey(id: $id) { errors { code message } } }"""
+
+
+async def test_a_key_revoked_while_the_page_is_open_signs_out(
+    browser: Any, demo_site: DemoSite
+) -> None:
+    from playwright.async_api import expect
+
+    created = (
+        await demo_site.api(
+            READ_KEY,
+            input={"applicationId": demo_site.application_id, "name": "page", "role": "READ"},
+        )
+    )["createApiKey"]
+    page = await _open(browser, demo_site.page_url(created["secret"]))
+    await page.locator("#end-users tbody tr[data-end-user]").first.wait_for(timeout=WAIT_MS)
+    assert await page.locator("#end-users td.adjust").count() == 0  # READ: no allocation
+    assert await page.locator("#end-users th[data-admin]").is_hidden()
+    revoked = await demo_site.api(REVOKE, id=created["apiKey"]["id"])
+    assert revoked["revokeApiKey"]["errors"] == []
+    await page.locator('#consumption select[name="range"]').select_option("7")
+    await expect(page.locator("#signin-error")).to_contain_text("revoked", timeout=WAIT_MS)
+    assert await page.locator("#dashboard").is_hidden()
+    assert await page.evaluate("sessionStorage.getItem('usagegraph.credential')") is None
+    await page.context.close()
+
+
+async def test_a_network_failure_shows_in_the_section_and_recovers(
+    browser: Any, demo_site: DemoSite
+) -> None:
+    from playwright.async_api import expect
+
+    page = await _open(browser, demo_site.page_url(demo_site.demo.api_key))
+    state = page.locator('#consumption [data-role="state"]')
+    await page.locator('#consumption [data-field="totalUsed"]').wait_for(timeout=WAIT_MS)
+    await page.context.set_offline(True)
+    await page.locator('#consumption select[name="range"]').select_option("7")
+    await expect(state).to_contain_text("Network down", timeout=WAIT_MS)
+    await expect(page.locator("#notice")).to_contain_text("offline")
+    await page.context.set_offline(False)
+    await page.locator('#consumption select[name="range"]').select_option("30")
+    await expect(state).to_be_empty(timeout=WAIT_MS)
+    await expect(page.locator('#consumption [data-field="totalUsed"]')).to_be_visible()
+    await page.context.close()
+
+
 async def test_a_refused_key_returns_to_sign_in_with_a_reason(
     browser: Any, demo_site: DemoSite
 ) -> None:

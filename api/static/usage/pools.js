@@ -28,6 +28,7 @@ export function poolsSection(ctx) {
       const pools = data.application?.pools ?? [];
       render(pools);
       setState(section, pools.length ? null : "empty", "This application has no credit pools yet.");
+      if (!performance.getEntriesByName("pools-shown").length) performance.mark("pools-shown");
       return pools;
     } catch (error) {
       setState(section, "error", `Could not load the credit pools: ${error.message}`);
