@@ -31,6 +31,12 @@ export function numberCell(value, field) {
   return h("td", { class: "num", "data-field": field, "data-value": value }, formatInteger(value));
 }
 
+/** Changes a number cell in place (keeping its attributes, such as its card label). */
+export function setNumber(cell, value) {
+  cell.dataset.value = value;
+  cell.textContent = formatInteger(value);
+}
+
 const localTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 const localDate = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
 const utcTime = new Intl.DateTimeFormat("en-GB", {
@@ -72,6 +78,16 @@ export function showState(box, kind, message = "") {
 
 export function isoDaysAgo(days, from = new Date()) {
   return new Date(from.getTime() - days * 86_400_000).toISOString();
+}
+
+/** Labels each body cell with its column's header, for the card layout of narrow screens. */
+export function labelCells(table) {
+  const headers = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  for (const row of table.tBodies[0].rows) {
+    [...row.cells].forEach((cell, index) => {
+      if (cell.colSpan === 1 && index > 0) cell.dataset.label = headers[index];
+    });
+  }
 }
 
 /** Runs `work` at most once per `wait` ms, at the end of a burst of calls. */

@@ -1,7 +1,7 @@
 // End Users with their balance in the chosen pool: found by external id, filtered by status,
 // sorted by a column, paginated by cursor; balances change in place on balanceChanged.
 
-import { formatDecimal, h, numberCell, setState, statusBadge, timeElement } from "./dom.js";
+import { formatDecimal, h, labelCells, numberCell, setNumber, setState, statusBadge, timeElement } from "./dom.js";
 
 const PAGE_SIZE = 20;
 const BALANCE = "allocated used remaining status version burnRatePerDay projectedExhaustionAt";
@@ -146,6 +146,7 @@ export function endUsersSection(ctx) {
       ),
     );
     section.querySelector("th[data-admin]").hidden = ctx.role !== "ADMIN";
+    labelCells(section.querySelector("table"));
   }
 
   /** Allocate or release credits of the pool to one End User (ADMIN keys). */
@@ -192,7 +193,7 @@ export function endUsersSection(ctx) {
     if (!row || event.version <= Number(row.dataset.version)) return;
     row.dataset.version = event.version;
     for (const field of LIVE_FIELDS) {
-      row.querySelector(`[data-field="${field}"]`).replaceWith(numberCell(event[field], field));
+      setNumber(row.querySelector(`[data-field="${field}"]`), event[field]);
     }
     row.querySelector('[data-field="status"]').replaceChildren(statusBadge(event.status));
     row.classList.remove("flash");

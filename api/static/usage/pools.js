@@ -1,7 +1,7 @@
 // Application credit pools: the counters of each pool and its packs, kept current by
 // balanceChanged events (a pool event has no endUserId).
 
-import { debounce, formatInteger, h, numberCell, setState, statusBadge, timeElement } from "./dom.js";
+import { debounce, formatInteger, h, labelCells, numberCell, setNumber, setState, statusBadge, timeElement } from "./dom.js";
 
 const POOLS = `query UsagePools($id: ID!) {
   application(id: $id) {
@@ -54,6 +54,7 @@ export function poolsSection(ctx) {
         h("tr", { class: "packs", "data-packs-of": pool.key }, h("td", { colspan: 8 }, packList(pool))),
       );
     }
+    labelCells(section.querySelector("table"));
   }
 
   function packList(pool) {
@@ -93,7 +94,7 @@ export function poolsSection(ctx) {
     versions.set(event.pool, event.version);
     row.dataset.version = event.version;
     for (const field of LIVE_FIELDS) {
-      row.querySelector(`[data-field="${field}"]`).replaceWith(numberCell(event[field], field));
+      setNumber(row.querySelector(`[data-field="${field}"]`), event[field]);
     }
     row.querySelector('[data-field="status"]').replaceChildren(statusBadge(event.status));
     row.classList.remove("flash");

@@ -2,7 +2,7 @@
 
 import { render as renderSeries } from "./consumption.js";
 import { balanceCells } from "./end_users.js";
-import { h, isoDaysAgo, setState } from "./dom.js";
+import { h, isoDaysAgo, labelCells, setState } from "./dom.js";
 
 const BALANCE = "pool allocated used remaining expired status version burnRatePerDay projectedExhaustionAt";
 
@@ -37,6 +37,7 @@ export function widgetView(ctx, endUser) {
       const data = await ctx.request(MINE, { from: isoDaysAgo(30, to), to: to.toISOString() });
       const mine = data.viewer.endUser;
       body.replaceChildren(...mine.balances.map(row));
+      labelCells(balances.querySelector("table"));
       setState(balances, mine.balances.length ? null : "empty", "You have no credits yet.");
       setState(chart, null);
       renderSeries(chart, mine.consumption, "Your credits used over the last 30 days");
@@ -63,6 +64,7 @@ export function widgetView(ctx, endUser) {
     const current = body.querySelector(`tr[data-pool="${CSS.escape(event.pool)}"]`);
     if (current) current.replaceWith(fresh);
     else body.append(fresh);
+    labelCells(balances.querySelector("table"));
     fresh.classList.add("flash");
   }
 
