@@ -52,6 +52,9 @@ END_USERS = """query($id: ID!, $pool: String!) { application(id: $id) {
     edges { node { id externalId balance(pool: $pool) { allocated used remaining } } } } } }"""
 END_USER = """query($id: ID!, $externalId: String!) { application(id: $id) {
   endUser(externalId: $externalId) { balance(pool: "ai") { allocated } } } }"""
+CONSUMPTION = """query($id: ID!, $from: DateTime!, $to: DateTime!) { application(id: $id) {
+  consumption(from: $from, to: $to, granularity: DAY) {
+    totalUsed totalExpired buckets { start spike } } } }"""
 BILLING = """query($id: ID!) { application(id: $id) { billingPeriods(first: 1) {
   start pools { pool purchased used expired allocated closingRemaining } } } }"""
 CONSUME = """mutation($input: ConsumeCreditsInput!) { consumeCredits(input: $input) {
@@ -207,6 +210,22 @@ async def test_each_section_shows_what_the_api_answers(
         row = f'#billing [data-period="{period["start"]}"] tr[data-pool="{pool["pool"]}"]'
         fields = ["purchased", "used", "expired", "allocated", "closingRemaining"]
         assert await _values(page, row, fields) == {field: pool[field] for field in fields}
+
+    # The consumption overview's defaults: every pool, daily, the last 30 days.
+    now = datetime.now(UTC)
+    series = (
+        await demo_site.api(
+            CONSUMPTION,
+            id=api_id,
+            **{"from": (now - timedelta(days=30)).isoformat(), "to": now.isoformat()},
+        )
+    )["application"]["consumption"]
+    totals = await _values(page, "#consumption", ["totalUsed", "totalExpired"])
+    assert totals == {"totalUsed": series["totalUsed"], "totalExpired": series["totalExpired"]}
+    spikes = await page.locator("#consumption .spike").evaluate_all(
+        "spans => spans.map(span => span.dataset.start)"
+    )
+    assert spikes == [bucket["start"] for bucket in series["buckets"] if bucket["spike"]]
 
     await _screenshots(page, browser, demo_site, f"admin-{backend.name}")
     assert page.errors == []

@@ -104,34 +104,36 @@ async function signIn(credential) {
   }
   const live = createLiveClient(credential, {
     onState: setLive,
-    onReconnected: () => session?.onReconnected?.(),
+    onReconnected: () => current.onReconnected?.(),
     onUnauthenticated,
   });
-  session = { live, stops: [], onReconnected: null };
+  const current = { live, stops: [], onReconnected: null };
+  session = current;
   notify("");
   $("who").textContent = viewer.endUser
     ? `End User ${viewer.endUser.name ?? viewer.endUser.externalId}`
     : `${viewer.apiKey?.name ?? "API key"} · ${viewer.role}`;
   if (viewer.endUser) {
-    await showEndUser(request, live, viewer);
+    await showEndUser(current, request, viewer);
   } else {
-    await showApplications(request, live, viewer);
+    await showApplications(current, request, viewer);
   }
 }
 
-async function showEndUser(request, live, viewer) {
+/** `current` is this sign-in's session: a sign-out meanwhile leaves it behind, harmlessly. */
+async function showEndUser(current, request, viewer) {
   showOnly("widget");
   const picker = $("application");
   picker.replaceChildren(h("option", { value: viewer.application.id }, viewer.application.name));
   picker.disabled = true;
-  const ctx = { request, live, applicationId: viewer.application.id };
+  const ctx = { request, live: current.live, applicationId: viewer.application.id };
   const widget = widgetView(ctx, viewer.endUser);
-  session.stops.push(widget.subscribe());
-  session.onReconnected = widget.load;
+  current.stops.push(widget.subscribe());
+  current.onReconnected = widget.load;
   await widget.load();
 }
 
-async function showApplications(request, live, viewer) {
+async function showApplications(current, request, viewer) {
   let applications;
   try {
     applications = viewer.application ? [viewer.application] : (await request(APPLICATIONS)).applications;
@@ -152,16 +154,17 @@ async function showApplications(request, live, viewer) {
   if (applications.some((app) => app.id === remembered)) picker.value = remembered;
   picker.onchange = () => {
     sessionStorage.setItem(APPLICATION_KEY, picker.value);
-    showApplication(request, live, viewer.role, applications.find((app) => app.id === picker.value));
+    showApplication(current, request, viewer.role, applications.find((app) => app.id === picker.value));
   };
-  await showApplication(request, live, viewer.role, applications.find((app) => app.id === picker.value));
+  await showApplication(current, request, viewer.role, applications.find((app) => app.id === picker.value));
 }
 
 // The sections are built once; each load uses the application chosen at that moment.
 let sections = null;
 
-async function showApplication(request, live, role, application) {
-  for (const stop of session.stops.splice(0)) stop();
+async function showApplication(current, request, role, application) {
+  const { live } = current;
+  for (const stop of current.stops.splice(0)) stop();
   $("app-lede").textContent = `${application.name}${application.plan ? ` · plan ${application.plan}` : ""}`;
   const ctx = { request, live, role, applicationId: application.id };
   if (sections) sections.ctx = ctx;
@@ -174,8 +177,8 @@ async function showApplication(request, live, role, application) {
     endUsers.setPool(allocation.setPools(poolList));
     await Promise.all([consumption.load(), allocation.load(), alerts.load(), requestLog.load(), billing.load()]);
   };
-  session.onReconnected = loadAll; // events missed while disconnected
-  session.stops.push(
+  current.onReconnected = loadAll; // events missed while disconnected
+  current.stops.push(
     live.subscribe(BALANCE_CHANGES, { id: application.id }, ({ balanceChanged: event }) => {
       if (event.endUserId === null) {
         pools.applyEvent(event);
