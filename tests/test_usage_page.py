@@ -228,6 +228,7 @@ async def test_each_section_shows_what_the_api_answers(
     assert spikes == [bucket["start"] for bucket in series["buckets"] if bucket["spike"]]
 
     await _screenshots(page, browser, demo_site, f"admin-{backend.name}")
+    assert await page.locator('[data-kind="error"]').all_inner_texts() == []
     assert page.errors == []
     await page.context.close()
 
@@ -291,6 +292,7 @@ async def test_consumption_shows_up_live_with_its_alert(
     await expect(end_user.locator('[data-field="status"]')).to_have_text("LOW")
     alert = page.locator("#alerts li[data-kind='LOW']", has_text=external_id)
     await expect(alert.first).to_be_visible(timeout=WAIT_MS)
+    assert await page.locator('[data-kind="error"]').all_inner_texts() == []
     assert page.errors == []
     await page.context.close()
 

@@ -60,7 +60,8 @@ let session = null; // { live, stops: [unsubscribe...] } while signed in
 function notify(message, kind = "error") {
   const notice = $("notice");
   notice.textContent = message;
-  notice.dataset.kind = kind;
+  if (message) notice.dataset.kind = kind;
+  else delete notice.dataset.kind;
   notice.hidden = !message;
 }
 
