@@ -6,6 +6,7 @@ Screenshots go to test-artifacts/usage-page/ (or $USAGEGRAPH_TEST_ARTIFACTS)."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import time
@@ -487,6 +488,59 @@ async def test_a_network_failure_shows_in_the_section_and_recovers(
     await page.locator('#consumption select[name="range"]').select_option("30")
     await expect(state).to_be_empty(timeout=WAIT_MS)
     await expect(page.locator('#consumption [data-field="totalUsed"]')).to_be_visible()
+    await page.context.close()
+
+
+REQUESTS = """query($id: ID!, $prefix: String!) { application(id: $id) {
+  requestLog(first: 25, filter: {apiKeyPrefix: $prefix}) { edges { node { id endpoint } } } } }"""
+
+
+async def test_the_request_log_filters_and_tails(browser: Any, demo_site: DemoSite) -> None:
+    from playwright.async_api import expect
+
+    created = (
+        await demo_site.api(
+            READ_KEY,
+            input={"applicationId": demo_site.application_id, "name": "log", "role": "READ"},
+        )
+    )["createApiKey"]
+    key_id = created["secret"].split("_")[1]
+    async with httpx.AsyncClient(timeout=30) as client:
+        reader = Caller(client, demo_site.server.graphql, created["secret"])
+        await reader("{ viewer { role } }")
+        await reader("{ applications { id } }")
+
+        async def logged() -> list[dict[str, str]]:
+            data = await demo_site.api(REQUESTS, id=demo_site.application_id, prefix=key_id)
+            return [edge["node"] for edge in data["application"]["requestLog"]["edges"]]
+
+        entries = await logged()
+        deadline = time.monotonic() + 10
+        while len(entries) < 2 and time.monotonic() < deadline:  # the log is written in batches
+            await asyncio.sleep(0.2)
+            entries = await logged()
+        assert len(entries) == 2
+
+        page = await _open(browser, demo_site.page_url(demo_site.demo.api_key))
+        await page.locator("#requests tbody tr").first.wait_for(timeout=WAIT_MS)
+        form = page.locator("#requests form")
+        await form.get_by_label("API key").fill(key_id)
+        await form.get_by_label("Live tail").check()
+        await form.get_by_role("button", name="Apply").click()
+        rows = page.locator("#requests tbody tr[data-request]")
+        await expect(rows).to_have_count(2, timeout=WAIT_MS)
+        shown = await rows.evaluate_all("rows => rows.map(row => row.dataset.request)")
+        assert shown == [entry["id"] for entry in entries]
+        assert await rows.nth(0).locator(".endpoint").inner_text() == entries[0]["endpoint"]
+
+        # The tail's subscription starts a moment after the click: ask until one arrives.
+        for _ in range(10):
+            await reader("{ viewer { role } }")
+            await page.wait_for_timeout(1000)
+            if await rows.count() > 2:
+                break
+        assert await rows.count() > 2
+        assert await rows.nth(0).locator(".endpoint").inner_text() == "POST /graphql viewer"
     await page.context.close()
 
 

@@ -126,7 +126,9 @@ export function requestLogSection(ctx) {
       TAIL,
       { id: ctx.applicationId, filter: filter(false) },
       (data) => {
-        body.prepend(row(data.requestLogTail, true));
+        const entry = data.requestLogTail;
+        if (body.querySelector(`tr[data-request="${CSS.escape(entry.id)}"]`)) return; // already listed
+        body.prepend(row(entry, true));
         while (body.childElementCount > MAX_ROWS) body.lastElementChild.remove();
         setState(section, null);
       },
