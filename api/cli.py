@@ -99,12 +99,11 @@ def serve(
         from api.demo import seed_demo
 
         seeded = _with_database(seed_demo)
-        base = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
-        url = f"{base}/graphql"
+        url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/graphql"
         typer.echo("")
         # The page moves the key from the fragment (never sent to the server) to the tab's
         # session and drops it from the address bar.
-        typer.echo(f"Usage page:     {base}/#key={seeded.api_key}")
+        typer.echo(f"Usage page:     {url.removesuffix('/graphql')}/#key={seeded.api_key}")
         typer.echo(f"GraphiQL:       {url}")
         typer.echo(f"application id: {seeded.application_id}")
         typer.echo(f"API key:        {seeded.api_key}")
