@@ -590,7 +590,19 @@ async def test_the_page_recovers_when_the_server_restarts(browser: Any, tmp_path
     from playwright.async_api import expect
 
     with demo_server(tmp_path) as first:
-        page = await _open(browser, f"{first.url}/#key={first.key}")
+        # A key of its own: a restarted `serve --demo` may replace the demo key it printed.
+        async with httpx.AsyncClient(timeout=30) as client:
+            api = Caller(client, f"{first.url}/graphql", first.key)
+            viewer = await api("{ viewer { application { id } } }")
+            created = await api(
+                READ_KEY,
+                input={
+                    "applicationId": viewer["viewer"]["application"]["id"],
+                    "name": "usage page",
+                    "role": "READ",
+                },
+            )
+        page = await _open(browser, f"{first.url}/#key={created['createApiKey']['secret']}")
         live = page.locator("#live")
         await expect(live).to_have_text("Live", timeout=WAIT_MS)
     await expect(live).to_have_text("Live: reconnecting…", timeout=WAIT_MS)
