@@ -6,14 +6,14 @@ import { formatInteger, h, setState, statusBadge, timeElement } from "./dom.js";
 const ALERT = "id pool kind remaining threshold at acknowledged endUser { id externalId name }";
 
 const LATEST = `query UsageAlerts($id: ID!) {
-  application(id: $id) { alerts(first: 8) { totalCount edges { node { ${ALERT} } } } }
+  application(id: $id) { alerts(first: 5) { totalCount edges { node { ${ALERT} } } } }
 }`;
 
 export const ALERTS_SUBSCRIPTION = `subscription UsageAlertFeed($id: ID!) {
   lowCreditAlerts(applicationId: $id) { ${ALERT} }
 }`;
 
-const MAX_SHOWN = 8;
+const MAX_SHOWN = 5;
 
 export function alertsSection(ctx) {
   const section = document.getElementById("alerts");
@@ -22,8 +22,11 @@ export function alertsSection(ctx) {
   async function load() {
     try {
       const data = await ctx.request(LATEST, { id: ctx.applicationId });
-      const alerts = data.application.alerts.edges.map((edge) => edge.node);
+      const { edges, totalCount } = data.application.alerts;
+      const alerts = edges.map((edge) => edge.node);
       list.replaceChildren(...alerts.map((alert) => item(alert)));
+      section.querySelector('[data-role="count"]').textContent =
+        totalCount > alerts.length ? `The latest ${alerts.length} of ${formatInteger(totalCount)} alerts.` : "";
       setState(section, alerts.length ? null : "empty", "No low-credit alert.");
     } catch (error) {
       setState(section, "error", `Could not load the alerts: ${error.message}`);
