@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +146,10 @@ async def demo_site(server: Server, backend: Backend) -> AsyncIterator[DemoSite]
         yield DemoSite(server, demo, Caller(client, server.graphql, demo.api_key))
 
 
-async def _open(browser: Any, url: str, width: int = 1280, height: int = 800) -> Any:
-    context = await browser.new_context(viewport={"width": width, "height": height})
+async def _open(
+    browser: Any, url: str, width: int = 1280, height: int = 800, **options: Any
+) -> Any:
+    context = await browser.new_context(viewport={"width": width, "height": height}, **options)
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -568,6 +570,90 @@ async def test_the_request_log_filters_and_tails(browser: Any, demo_site: DemoSi
                 break
         assert await rows.count() > 2
         assert await rows.nth(0).locator(".endpoint").inner_text() == "POST /graphql viewer"
+    await page.context.close()
+
+
+SORTED = """query($id: ID!, $after: String, $filter: EndUserFilter) { application(id: $id) {
+  endUsers(first: 20, after: $after, filter: $filter,
+           orderBy: {field: USED, direction: DESC, pool: "ai"}) {
+    totalCount pageInfo { endCursor } edges { node { externalId } } } } }"""
+
+
+async def _shown_end_users(page: Any) -> list[str]:
+    return await page.locator("#end-users tbody tr[data-end-user]").evaluate_all(
+        "rows => rows.map(row => row.dataset.externalId)"
+    )
+
+
+async def test_end_users_sort_page_and_filter_from_the_keyboard(
+    browser: Any, demo_site: DemoSite
+) -> None:
+    """Sorted by Used (Enter on its header), the next page, then only LOW End Users: each
+    time the rows the API gives for the same arguments. In the viewer's locale and zone."""
+    from playwright.async_api import expect
+
+    page = await _open(
+        browser,
+        demo_site.page_url(demo_site.demo.api_key),
+        locale="en-US",
+        timezone_id="Asia/Tokyo",
+    )
+    await page.locator("#end-users tbody tr[data-end-user]").first.wait_for(timeout=WAIT_MS)
+    api_id = demo_site.application_id
+
+    async def api_page(after: str | None = None, status: str | None = None) -> dict[str, Any]:
+        status_filter = {"pool": "ai", "status": [status]} if status else None
+        data = await demo_site.api(SORTED, id=api_id, after=after, filter=status_filter)
+        return data["application"]["endUsers"]
+
+    header = page.locator('#end-users th[data-sort="USED"]')
+    await header.get_by_role("button").focus()
+    await page.keyboard.press("Enter")
+    await expect(header).to_have_attribute("aria-sort", "descending", timeout=WAIT_MS)
+    first = await api_page()
+    names = [edge["node"]["externalId"] for edge in first["edges"]]
+    await expect(page.locator("#end-users tbody tr[data-end-user]").first).to_have_attribute(
+        "data-external-id", names[0], timeout=WAIT_MS
+    )
+    assert await _shown_end_users(page) == names
+
+    await page.locator("#end-users").get_by_role("button", name="Next").press("Enter")
+    second = await api_page(after=first["pageInfo"]["endCursor"])
+    names = [edge["node"]["externalId"] for edge in second["edges"]]
+    await expect(page.locator("#end-users tbody tr[data-end-user]").first).to_have_attribute(
+        "data-external-id", names[0], timeout=WAIT_MS
+    )
+    assert await _shown_end_users(page) == names
+    pages = -(-first["totalCount"] // 20)
+    await expect(page.locator('#end-users [data-role="page"]')).to_have_text(
+        f"Page 2 of {pages} · {first['totalCount']} End Users"
+    )
+
+    await page.locator("#end-users").get_by_label("Status").select_option("LOW")
+    low = await api_page(status="LOW")
+    names = [edge["node"]["externalId"] for edge in low["edges"]]
+    if names:
+        await expect(page.locator("#end-users tbody tr[data-end-user]").first).to_have_attribute(
+            "data-external-id", names[0], timeout=WAIT_MS
+        )
+    else:
+        await expect(page.locator('#end-users [data-role="state"]')).to_have_text(
+            "No End User matches.", timeout=WAIT_MS
+        )
+    assert await _shown_end_users(page) == names
+
+    # Thousands separators of the locale; times in the zone, UTC on hover.
+    purchased = page.locator('#pools tr[data-pool="ai"] [data-field="purchased"]')
+    value = int(await purchased.get_attribute("data-value"))
+    assert await purchased.inner_text() == f"{value:,}"
+    request_time = page.locator("#requests tbody time").first
+    instant = datetime.fromisoformat(await request_time.get_attribute("datetime"))
+    tokyo = instant.astimezone(timezone(timedelta(hours=9)))
+    shown = (await request_time.inner_text()).replace("\u202f", " ")
+    assert shown == f"{tokyo:%b} {tokyo.day}, {tokyo.year}, {tokyo:%-I:%M %p}", shown
+    utc = (await request_time.get_attribute("title")).replace("\u202f", " ")
+    assert utc == f"{instant.day} {instant:%b %Y}, {instant:%H:%M:%S} UTC", utc
+    assert page.errors == []
     await page.context.close()
 
 
