@@ -1,7 +1,7 @@
 // End User allocation summary of one pool: who has credits, who is close to running out,
 // who consumes the most, and whether more allocation is needed.
 
-import { debounce, formatDecimal, formatInteger, h, setState, timeElement } from "./dom.js";
+import { coalesce, formatDecimal, formatInteger, h, setState, timeElement } from "./dom.js";
 
 const SUMMARY = `query UsageAllocation($id: ID!, $pool: String!) {
   application(id: $id) {
@@ -102,7 +102,7 @@ export function allocationSection(ctx, { onPoolChange }) {
     );
   }
 
-  return { setPools, load, refresh: debounce(load, 3000), pool: () => picker.value };
+  return { setPools, load, refresh: coalesce(load, 3000), pool: () => picker.value };
 }
 
 function listOrEmpty(items, render) {

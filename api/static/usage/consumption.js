@@ -1,7 +1,7 @@
 // Consumption overview: credits used, expired and remaining over time, spikes marked.
 
 import { drawChart } from "./chart.js";
-import { debounce, formatInteger, h, isoDaysAgo, setState, showState, timeElement } from "./dom.js";
+import { coalesce, formatInteger, h, isoDaysAgo, setState, showState, timeElement } from "./dom.js";
 
 const SERIES = `query UsageConsumption($id: ID!, $from: DateTime!, $to: DateTime!,
     $granularity: Granularity!, $pool: String, $feature: String) {
@@ -37,14 +37,15 @@ export function consumptionSection(ctx) {
     poolPicker.value = pools.some((pool) => pool.key === previous) ? previous : "";
   }
 
-  async function load() {
+  /** `quiet`: a refresh after live events, without the loading state. */
+  async function load({ quiet = false } = {}) {
     const granularity = form.elements.granularity.value;
     const days = Number(form.elements.range.value);
     if ((days * 24) / HOURS[granularity] > MAX_BUCKETS) {
       setState(section, "error", "Too many points: choose a coarser granularity or a shorter range.");
       return;
     }
-    setState(section, "loading");
+    if (!quiet) setState(section, "loading");
     const to = new Date();
     try {
       const data = await ctx.request(SERIES, {
@@ -62,7 +63,7 @@ export function consumptionSection(ctx) {
     }
   }
 
-  return { setPools, load, refresh: debounce(load, 5000) };
+  return { setPools, load, refresh: coalesce(() => load({ quiet: true }), 5000) };
 }
 
 /** Totals, chart and spike list of a consumption series (also the End User widget's). */

@@ -90,11 +90,17 @@ export function labelCells(table) {
   }
 }
 
-/** Runs `work` at most once per `wait` ms, at the end of a burst of calls. */
-export function debounce(work, wait) {
+/**
+ * Runs `work` once, `wait` ms after the first of a run of calls: at most once per `wait` however
+ * steady the calls (a busy application's events never starve the refresh).
+ */
+export function coalesce(work, wait) {
   let timer = null;
-  return (...args) => {
-    clearTimeout(timer);
-    timer = setTimeout(() => work(...args), wait);
+  return () => {
+    if (timer !== null) return;
+    timer = setTimeout(() => {
+      timer = null;
+      work();
+    }, wait);
   };
 }

@@ -1,7 +1,7 @@
 // Application credit pools: the counters of each pool and its packs, kept current by
 // balanceChanged events (a pool event has no endUserId).
 
-import { debounce, formatInteger, h, labelCells, numberCell, setNumber, setState, statusBadge, timeElement } from "./dom.js";
+import { coalesce, formatInteger, h, labelCells, numberCell, setNumber, setState, statusBadge, timeElement } from "./dom.js";
 
 const POOLS = `query UsagePools($id: ID!) {
   application(id: $id) {
@@ -86,7 +86,7 @@ export function poolsSection(ctx) {
   }
 
   // Unallocated and the packs are not in the event: fetch them again after a burst of events.
-  const refresh = debounce(load, 1500);
+  const refresh = coalesce(load, 1500);
 
   function applyEvent(event) {
     const row = body.querySelector(`tr[data-pool="${CSS.escape(event.pool)}"]`);
