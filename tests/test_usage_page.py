@@ -56,6 +56,8 @@ END_USER = """query($id: ID!, $externalId: String!) { application(id: $id) {
 CONSUMPTION = """query($id: ID!, $from: DateTime!, $to: DateTime!) { application(id: $id) {
   consumption(from: $from, to: $to, granularity: DAY) {
     totalUsed totalExpired buckets { start spike } } } }"""
+ALERTS = """query($id: ID!) { application(id: $id) {
+  alerts(first: 20) { edges { node { id acknowledged } } } } }"""
 BILLING = """query($id: ID!) { application(id: $id) { billingPeriods(first: 1) {
   start pools { pool purchased used expired allocated closingRemaining } } } }"""
 CONSUME = """mutation($input: ConsumeCreditsInput!) { consumeCredits(input: $input) {
@@ -321,6 +323,12 @@ async def test_consumption_shows_up_live_with_its_alert(
     await expect(end_user.locator('[data-field="status"]')).to_have_text("LOW")
     alert = page.locator("#alerts li[data-kind='LOW']", has_text=external_id)
     await expect(alert.first).to_be_visible(timeout=WAIT_MS)
+    alert_id = await alert.first.get_attribute("data-alert")
+    await alert.first.get_by_role("button", name="Acknowledge").click()
+    acknowledged = page.locator(f'#alerts li[data-alert="{alert_id}"]')
+    await expect(acknowledged).to_contain_text("acknowledged", timeout=WAIT_MS)
+    listed = (await demo_site.api(ALERTS, id=api_id))["application"]["alerts"]["edges"]
+    assert {"id": alert_id, "acknowledged": True} in [edge["node"] for edge in listed]
     assert await page.locator('[data-kind="error"]').all_inner_texts() == []
     assert page.errors == []
     await page.context.close()

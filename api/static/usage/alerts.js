@@ -13,6 +13,10 @@ export const ALERTS_SUBSCRIPTION = `subscription UsageAlertFeed($id: ID!) {
   lowCreditAlerts(applicationId: $id) { ${ALERT} }
 }`;
 
+const ACKNOWLEDGE = `mutation UsageAcknowledgeAlert($id: ID!) {
+  acknowledgeAlert(id: $id) { alert { ${ALERT} } errors { code message } }
+}`;
+
 const MAX_SHOWN = 5;
 
 export function alertsSection(ctx) {
@@ -40,10 +44,33 @@ export function alertsSection(ctx) {
     setState(section, null);
   }
 
+  /** One alert; ADMIN keys can acknowledge it. */
+  function item(alert, fresh = false) {
+    const line = describe(alert, fresh);
+    if (alert.acknowledged) {
+      line.append(h("span", { class: "muted" }, " · acknowledged"));
+    } else if (ctx.role === "ADMIN") {
+      const button = h("button", { type: "button", class: "secondary small" }, "Acknowledge");
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        try {
+          const payload = (await ctx.request(ACKNOWLEDGE, { id: alert.id })).acknowledgeAlert;
+          if (payload.errors.length) throw new Error(payload.errors.map((error) => error.message).join("; "));
+          line.replaceWith(item(payload.alert));
+        } catch (error) {
+          button.disabled = false;
+          line.append(h("span", { class: "error" }, ` ${error.message}`));
+        }
+      });
+      line.append(" ", button);
+    }
+    return line;
+  }
+
   return { load, add };
 }
 
-function item(alert, fresh = false) {
+function describe(alert, fresh) {
   return h(
     "li",
     { "data-alert": alert.id, "data-kind": alert.kind, class: fresh ? "flash" : null },
