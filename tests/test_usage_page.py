@@ -665,6 +665,62 @@ async def test_end_users_sort_page_and_filter_from_the_keyboard(
     await page.context.close()
 
 
+BUY = """mutation($input: PurchaseCreditsInput!) {
+  purchaseCredits(input: $input) { errors { code message } } }"""
+
+
+async def test_an_organization_key_switches_between_its_applications(
+    browser: Any, demo_site: DemoSite
+) -> None:
+    """The picker lists the organization's applications; choosing one shows its pools and
+    its live changes (the other's subscriptions are gone)."""
+    from playwright.async_api import expect
+
+    from models.accounts import create_application, create_organization
+
+    organization, issued = await create_organization(f"page {uuid.uuid4().hex[:6]}")
+    async with httpx.AsyncClient(timeout=30) as client:
+        api = Caller(client, demo_site.server.graphql, issued.secret)
+        ids = []
+        for name, credits in (("Studio", 1_000), ("Preview", 2_500)):  # pools come with it
+            application = await create_application(organization.id, name)
+            ids.append(str(application.id))
+            bought = await api(BUY, input={**pool_ref(application.id), "credits": credits})
+            assert bought["purchaseCredits"]["errors"] == []
+        page = await _open(browser, demo_site.page_url(issued.secret))
+        purchased = page.locator('#pools tr[data-pool="ai"] [data-field="purchased"]')
+        await expect(purchased).to_have_attribute("data-value", "1000", timeout=WAIT_MS)
+        picker = page.get_by_label("Application", exact=True)
+        assert await picker.is_enabled()
+        await picker.select_option(label="Preview")
+        await expect(purchased).to_have_attribute("data-value", "2500", timeout=WAIT_MS)
+        await expect(page.locator("#live")).to_have_text("Live", timeout=WAIT_MS)
+        # A purchase in the chosen application shows; one in the other does not.
+        await api(BUY, input={**pool_ref(ids[1]), "credits": 5})
+        remaining = page.locator('#pools tr[data-pool="ai"] [data-field="remaining"]')
+        await expect(remaining).to_have_attribute("data-value", "2505", timeout=WAIT_MS)
+        # Every value the cell takes from now on (a refresh would hide a passing wrong one).
+        await page.evaluate(
+            """() => {
+              window.seen = [];
+              const body = document.querySelector("#pools tbody");
+              new MutationObserver(() => window.seen.push(body.querySelector(
+                'tr[data-pool="ai"] [data-field="remaining"]')?.dataset.value))
+                .observe(body, { subtree: true, childList: true, attributes: true });
+            }"""
+        )
+        for credits in (7_000, 1):  # past the shown version
+            await api(BUY, input={**pool_ref(ids[0]), "credits": credits})
+        await page.wait_for_timeout(2500)
+        assert set(await page.evaluate("window.seen")) <= {"2505"}
+    assert page.errors == []
+    await page.context.close()
+
+
+def pool_ref(application_id: object) -> dict[str, str]:
+    return {"applicationId": str(application_id), "pool": "ai"}
+
+
 async def test_a_refused_key_returns_to_sign_in_with_a_reason(
     browser: Any, demo_site: DemoSite
 ) -> None:

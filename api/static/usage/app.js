@@ -31,7 +31,7 @@ const APPLICATIONS = `query UsageApplications { applications { id name plan } }`
 
 const BALANCE_CHANGES = `subscription UsageBalances($id: ID!) {
   balanceChanged(applicationId: $id) {
-    pool version allocated used remaining expired status endUserId
+    applicationId pool version allocated used remaining expired status endUserId
   }
 }`;
 
@@ -181,6 +181,7 @@ async function showApplication(current, request, role, application) {
   current.onReconnected = loadAll; // events missed while disconnected
   current.stops.push(
     live.subscribe(BALANCE_CHANGES, { id: application.id }, ({ balanceChanged: event }) => {
+      if (event.applicationId !== application.id) return; // a late event of the previous choice
       if (event.endUserId === null) {
         pools.applyEvent(event);
         consumption.refresh();
