@@ -1,6 +1,9 @@
 """The Usage page at `/` in a real browser (Debian's headless Chromium driven by Playwright),
-against the real server on the demo data: what it shows is what the API answers, it changes
-in place when credits are consumed, and an End User token sees only its End User.
+against the real server on the demo data: each section shows what the API answers for the
+same arguments; balances and alerts change in place over the WebSocket, also after a server
+restart; its controls (sort, pages, filters, live tail, export, allocation, acknowledgement,
+application picker) do what the API does; an End User token sees only its End User; a
+refused key, a revoked key and a lost network each show their state.
 
 Screenshots go to test-artifacts/usage-page/ (or $USAGEGRAPH_TEST_ARTIFACTS)."""
 
