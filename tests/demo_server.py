@@ -21,6 +21,7 @@ class DemoServer:
     port: int
     key: str  # the API key `serve --demo` printed
     database: Path
+    page_link: str  # the Usage page link it printed (the key in the URL fragment)
 
 
 @contextmanager
@@ -47,14 +48,16 @@ def demo_server(
     )
     try:
         assert process.stdout is not None
-        key = None
+        key = page_link = None
         deadline = time.monotonic() + timeout
         while key is None and time.monotonic() < deadline:
             line = process.stdout.readline()
             assert line or process.poll() is None, "serve exited early"
+            if line.startswith("Usage page:"):
+                page_link = line.split()[-1]
             if line.startswith("API key:"):
                 key = line.split()[-1]
-        assert key, "no API key printed"
+        assert key and page_link, "no API key or Usage page link printed"
         url = f"http://127.0.0.1:{port}"
         while True:
             try:
@@ -63,7 +66,7 @@ def demo_server(
             except httpx.ConnectError:
                 assert time.monotonic() < deadline, "the server did not come up"
                 time.sleep(0.2)
-        yield DemoServer(url, port, key, database)
+        yield DemoServer(url, port, key, database, page_link)
     finally:
         process.terminate()
         process.wait(timeout=30)

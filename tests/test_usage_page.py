@@ -755,7 +755,13 @@ async def test_the_page_recovers_when_the_server_restarts(browser: Any, tmp_path
                     "role": "READ",
                 },
             )
-        page = await _open(browser, f"{first.url}/#key={created['createApiKey']['secret']}")
+        # The link serve --demo printed signs in; then sign out and paste the page's own key.
+        page = await _open(browser, first.page_link)
+        await expect(page.locator("#who")).to_contain_text("ADMIN", timeout=WAIT_MS)
+        await page.get_by_role("button", name="Sign out").click()
+        await page.get_by_label("API key or End User token").fill(created["createApiKey"]["secret"])
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.locator("#who")).to_contain_text("READ", timeout=WAIT_MS)
         live = page.locator("#live")
         await expect(live).to_have_text("Live", timeout=WAIT_MS)
     await expect(live).to_have_text("Live: reconnecting…", timeout=WAIT_MS)
