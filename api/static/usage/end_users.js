@@ -42,7 +42,7 @@ export function endUsersSection(ctx) {
   const prev = section.querySelector('[data-role="prev"]');
   const next = section.querySelector('[data-role="next"]');
   const pageLabel = section.querySelector('[data-role="page"]');
-  const state = { pool: null, order: { field: "CREATED", direction: "ASC" }, cursors: [null], endCursor: null };
+  const state = { applicationId: null, pool: null, order: { field: "CREATED", direction: "ASC" }, cursors: [null], endCursor: null };
 
   for (const header of section.querySelectorAll("th[data-sort]")) {
     const button = h("button", { type: "button", class: "sort" }, ...header.childNodes);
@@ -76,8 +76,12 @@ export function endUsersSection(ctx) {
     load();
   }
 
+  /** A new pool (or application) starts at the first page; the same one (a catch-up after
+   * a reconnection) reloads the page shown. */
   function setPool(pool) {
+    if (pool === state.pool && ctx.applicationId === state.applicationId) return load();
     state.pool = pool;
+    state.applicationId = ctx.applicationId;
     firstPage();
   }
 
