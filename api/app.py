@@ -51,9 +51,8 @@ from api.request_log import (
 from api.request_log_writer import RequestLogWriter
 from api.routes.export import export_route
 from api.routes.health import health_routes
-from api.routes.home import home_route
 from api.routes.request_logs import ingest_route
-from api.routes.usage_page import usage_page_routes
+from api.routes.usage_page import usage_page_route
 from api.settings import Settings, get_settings
 from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler, connection_handler
 from models.accounts import InvalidCredential
@@ -323,12 +322,11 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         routes=[
             Route("/graphql", AuthenticatedGraphQL(view), methods=["GET", "POST"]),
             WebSocketRoute("/graphql", view),
-            home_route(),
+            usage_page_route(),
             static_files(),
             export_route(settings),
             ingest_route(settings.secret, lambda: realtime.broker),
             *health_routes(metrics),
-            *usage_page_routes(),
         ],
         middleware=_middleware(settings, request_log),
         lifespan=lifespan,

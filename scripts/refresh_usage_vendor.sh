@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Refreshes the Usage page's vendored browser libraries (api/static/vendor/) from the npm
+# Refreshes the Usage page's vendored browser libraries (api/static/usage/vendor/) from the npm
 # registry: each package at the pinned version (or the one given), its built browser file and
 # its licence, and VERSIONS.md with the version, licence and npm integrity of each.
 # Usage: scripts/refresh_usage_vendor.sh [GRAPHQL_WS_VERSION [UPLOT_VERSION]]
@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GRAPHQL_WS_VERSION=${1:-6.4.2}
 UPLOT_VERSION=${2:-1.6.32}
-VENDOR=api/static/vendor
+VENDOR=api/static/usage/vendor
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

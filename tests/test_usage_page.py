@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from api.demo import Demo, seed_demo
-from api.routes.usage_page import STATIC_DIR
+from api.routes.usage_page import USAGE_DIR
 from tests.conftest import REQUIRE_SERVICES, Backend, Server
 from tests.demo_server import demo_server
 from tests.graphql_client import Caller
@@ -74,11 +74,7 @@ MY_BALANCES = "{ viewer { endUser { externalId balances { pool allocated used re
 
 def test_page_assets_stay_under_the_budget() -> None:
     """Everything the page loads (its modules, styles and vendored libraries), compressed."""
-    served = [
-        path
-        for path in STATIC_DIR.rglob("*")
-        if path.suffix in {".html", ".js", ".css"} and "graphiql" not in path.parts
-    ]
+    served = [path for path in USAGE_DIR.rglob("*") if path.suffix in {".html", ".js", ".css"}]
     assert any(path.name == "index.html" for path in served)
     compressed = sum(len(gzip.compress(path.read_bytes(), 9)) for path in served)
     assert compressed < ASSET_BUDGET, f"{compressed} bytes compressed"
@@ -88,7 +84,7 @@ async def test_root_serves_the_page_with_a_strict_policy(server: Server) -> None
     async with httpx.AsyncClient(timeout=10) as client:
         page = await client.get(f"{server.url}/")
         module = await client.get(f"{server.url}/static/usage/app.js")
-        vendored = await client.get(f"{server.url}/static/vendor/uplot/uPlot.iife.min.js")
+        vendored = await client.get(f"{server.url}/static/usage/vendor/uplot/uPlot.iife.min.js")
         missing = await client.get(f"{server.url}/static/usage/nothing.js")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]

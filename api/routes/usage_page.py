@@ -1,5 +1,6 @@
-"""The Usage page at `/`: one static HTML document, its ES modules and the vendored browser
-libraries (api/static/), served from the installed package; nothing is fetched from a CDN."""
+"""The Usage page at `/`: one static HTML document whose ES modules, styles and vendored
+browser libraries (api/static/usage/) the package's static mount serves at /static/usage/
+(api/graphiql.py's `static_files`); nothing is fetched from a CDN."""
 
 from __future__ import annotations
 
@@ -7,12 +8,9 @@ from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-USAGE_DIR = STATIC_DIR / "usage"
-VENDOR_DIR = STATIC_DIR / "vendor"
+USAGE_DIR = Path(__file__).resolve().parent.parent / "static" / "usage"
 
 # The page talks to its own origin only (GraphQL over HTTP and WebSocket, export links);
 # scripts and styles come from the package alone.
@@ -35,9 +33,5 @@ async def usage_page(_: Request) -> Response:
     )
 
 
-def usage_page_routes() -> list[BaseRoute]:
-    return [
-        Route("/", usage_page, methods=["GET"]),
-        Mount("/static/usage", StaticFiles(directory=USAGE_DIR), name="usage"),
-        Mount("/static/vendor", StaticFiles(directory=VENDOR_DIR), name="vendor"),
-    ]
+def usage_page_route() -> Route:
+    return Route("/", usage_page, methods=["GET"])
