@@ -57,6 +57,7 @@ from api.settings import Settings, get_settings
 from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler, connection_handler
 from models.accounts import InvalidCredential
 from resolvers.context import Context
+from resolvers.cost_budgets import DEFAULT_BUDGETS, CostBudgets
 from resolvers.schema import schema
 from subscriptions.realtime import Realtime
 
@@ -77,12 +78,14 @@ class UsageGraphQL(GraphQL):
         realtime: Realtime,
         secret: str,
         public_url: str | None = None,
+        cost_budgets: CostBudgets = DEFAULT_BUDGETS,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.realtime = realtime
         self.secret = secret
         self.public_url = public_url
+        self.cost_budgets = cost_budgets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -105,6 +108,7 @@ class UsageGraphQL(GraphQL):
             realtime=self.realtime,
             secret=self.secret,
             public_url=self.public_url,
+            cost_budgets=self.cost_budgets,
         )
 
     async def execute_operation(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
@@ -317,6 +321,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         realtime=realtime,
         secret=settings.secret,
         public_url=settings.public_url,
+        cost_budgets=settings.cost_budgets,
     )
     app = Starlette(
         routes=[

@@ -8,6 +8,12 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from resolvers.cost_budgets import (
+    DEFAULT_MAX_QUERY_COST,
+    DEFAULT_MAX_QUERY_COST_END_USER,
+    CostBudgets,
+)
+
 DEFAULT_DATABASE_URL = "sqlite://usagegraph.sqlite3"
 
 
@@ -84,12 +90,22 @@ class Settings(BaseSettings):
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = Field(
         "INFO", alias="USAGEGRAPH_LOG_LEVEL"
     )
+    # The most one GraphQL operation may cost (docs/query-cost.md), for API keys and for
+    # End User tokens (credentials held in browsers) and requests without a credential.
+    max_query_cost: int = Field(DEFAULT_MAX_QUERY_COST, ge=1, alias="USAGEGRAPH_MAX_QUERY_COST")
+    max_query_cost_end_user: int = Field(
+        DEFAULT_MAX_QUERY_COST_END_USER, ge=1, alias="USAGEGRAPH_MAX_QUERY_COST_END_USER"
+    )
     # Exports streaming at once per process (each holds a database connection of its own).
     export_concurrency: int = Field(4, ge=1, alias="USAGEGRAPH_EXPORT_CONCURRENCY")
 
     @property
     def rate_limit_burst_size(self) -> int:
         return self.rate_limit_burst or max(1, int(self.rate_limit_per_second * 2))
+
+    @property
+    def cost_budgets(self) -> CostBudgets:
+        return CostBudgets(api_key=self.max_query_cost, end_user=self.max_query_cost_end_user)
 
     @property
     def is_postgres(self) -> bool:

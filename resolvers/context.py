@@ -10,6 +10,7 @@ from strawberry.types import Info as StrawberryInfo
 
 from models.request_log import draft_of
 from models.tenancy import ApiKeyRole
+from resolvers.cost_budgets import DEFAULT_BUDGETS, CostBudgets
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class Context:
     realtime: Any = None  # subscriptions.realtime.Realtime, wired by the app
     secret: str = ""  # signs End User tokens
     public_url: str | None = None  # base of the links handed out; None: the request's
+    cost_budgets: CostBudgets = DEFAULT_BUDGETS  # the most an operation may cost
     cache: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,8 +1,9 @@
 """What every operation goes through before and after execution, as one schema extension
 (`RequestRules`): a document length limit, cached parsing with a token limit, cached
 validation with the depth, alias and string rules (resolvers/input_rules.py), the same
-string rules on the variables, the choice of the operation, masking of unexpected errors
-and a bound on every error message's length.
+string rules on the variables, the choice of the operation, the query cost limit
+(resolvers/query_cost.py), masking of unexpected errors and a bound on every error
+message's length.
 Strawberry builds extensions anew for every request and runs a context manager per hook
 and extension: one extension instead of six keeps that per-request cost small on the
 hottest path (`consumeCredits`)."""
@@ -25,6 +26,7 @@ from resolvers.input_rules import (
     variable_uses,
 )
 from resolvers.operation_choice import ambiguous_operation
+from resolvers.query_cost import check_query_cost
 
 MAX_DEPTH = 12
 MAX_TOKENS = 5_000
@@ -148,4 +150,5 @@ class RequestRules(MaskUnexpectedErrors):
                 error = variable_error(context.variables, variable_uses(document))
                 if error is not None:
                     context.pre_execution_errors = [error]
+        check_query_cost(context)  # after validation: a valid document's static cost
         yield from super().on_operation()  # masks the result's unexpected errors
