@@ -60,11 +60,13 @@ if TYPE_CHECKING:
     from strawberry.types import ExecutionContext
 
 QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"
-# `first` beyond its cap is refused by the resolver (VALIDATION): costed at the cap.
+# Fields whose `first` has a lower cap than MAX_PAGE (beyond it they refuse it).
 FIRST_CAPS: dict[str, int] = {"Application.billingPeriods": MAX_PERIODS_PAGE}
 # Lists without `first`: the items they are assumed to hold (one per pool, per package...).
 DEFAULT_LIST_SIZE = 10
 ASSUMED_LIST_SIZES: dict[str, int] = {}
+# ... by item type: a payload's errors, one per failed input at most (mostly none).
+ASSUMED_ITEM_SIZES: dict[str, int] = {"UserError": 1}
 # Fields whose own work is well above one object's.
 OWN_COSTS: dict[str, int] = {
     "Application.allocationSummary": 10,  # aggregates every End User's balance in the pool
@@ -310,7 +312,9 @@ class _Walk:
             elif size is not None:
                 count = size
             else:
-                count = ASSUMED_LIST_SIZES.get(coordinate, DEFAULT_LIST_SIZE)
+                count = ASSUMED_LIST_SIZES.get(
+                    coordinate, ASSUMED_ITEM_SIZES.get(item_type.name, DEFAULT_LIST_SIZE)
+                )
             under = None
         else:
             count = 1
@@ -327,7 +331,7 @@ class _Walk:
     def _argument(self, definition: GraphQLField, node: FieldNode, name: str) -> Any:
         """The argument's value as execution coerces it (its default when not given)."""
         argument = definition.args[name]
-        for given in node.arguments:
+        for given in node.arguments or ():
             if given.name.value != name:
                 continue
             if isinstance(given.value, VariableNode):
@@ -341,13 +345,14 @@ class _Walk:
         return None if default is Undefined else default
 
     def _page(self, definition: GraphQLField, node: FieldNode, coordinate: str) -> int | None:
+        """Items a `first` asks for, at most the field's cap; 0 when it is negative or past
+        MAX_PAGE, which every list field refuses before any work (VALIDATION)."""
         if PAGE_ARGUMENT not in definition.args:
             return None
         first = self._argument(definition, node, PAGE_ARGUMENT)
-        cap = FIRST_CAPS.get(coordinate, MAX_PAGE)
-        if not isinstance(first, int):
-            return cap
-        return max(0, min(first, cap))
+        if not isinstance(first, int) or not 0 <= first <= MAX_PAGE:
+            return 0
+        return min(first, FIRST_CAPS.get(coordinate, MAX_PAGE))
 
     def _buckets(self, definition: GraphQLField, node: FieldNode) -> int | None:
         """A series' bucket count; 0 for a range its resolver refuses (no work done)."""
