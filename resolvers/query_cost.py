@@ -220,11 +220,18 @@ def _shape(value: Any) -> Any:
 
 
 def _longest_list(value: Any) -> int:
-    if isinstance(value, list):
-        return max([len(value), *(_longest_list(item) for item in value)])
-    if isinstance(value, dict):
-        return max((_longest_list(item) for item in value.values()), default=0)
-    return 0
+    """The length of the longest list in a JSON-like value (iteratively: a client's JSON
+    may nest deeper than Python recurses)."""
+    longest = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            longest = max(longest, len(item))
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return longest
 
 
 def _coerced_variables(
