@@ -420,3 +420,28 @@ def test_the_readme_examples_stay_well_inside_the_budgets() -> None:
         }
         cost = operation_cost(graphql_schema, document, name, variables)
         assert 0 < cost * 4 < DEFAULT_MAX_QUERY_COST, (name, cost)
+
+
+async def test_the_budgets_are_settings(backend, server) -> None:
+    """USAGEGRAPH_MAX_QUERY_COST and USAGEGRAPH_MAX_QUERY_COST_END_USER set the budgets."""
+    from api.app import create_app
+
+    settings = backend.settings.model_copy(
+        update={"max_query_cost": 9, "max_query_cost_end_user": 3}
+    )
+    app = create_app(settings, migrate=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        org = Caller(client, "http://test/graphql", server.organization_key)
+        assert (await org.raw("{ viewer { role } }")).json()["extensions"]["cost"] == {
+            "requested": 1,
+            "limit": 9,
+        }
+        _refused(await org.raw("{ applications { name } }"), 9)  # 10 assumed applications
+        anonymous = Caller(client, "http://test/graphql", None)
+        _refused(
+            await anonymous.raw(
+                "{ a: viewer { role } b: viewer { role } c: viewer { role } d: viewer { role } }"
+            ),
+            3,
+        )
