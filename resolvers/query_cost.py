@@ -142,7 +142,7 @@ def operation_cost(
         _PLANS[key] = plan
         if len(_PLANS) > MAX_PLANS:
             _PLANS.pop(next(iter(_PLANS)))
-    raw = variables or {}
+    raw = variables if isinstance(variables, Mapping) else {}  # else execution refuses it
     shape = tuple(_shape(raw.get(name, _MISSING)) for name in plan.sizing)
     cost = plan.costs.get(shape)
     if cost is not None:
