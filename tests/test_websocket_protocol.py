@@ -19,6 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from resolvers.cost_budgets import DEFAULT_MAX_QUERY_COST
 from tests.test_graphql_api import _application
 from tests.test_shared_rendering import LEGACY_WS, TRANSPORT_WS
 
@@ -163,7 +164,10 @@ async def test_a_query_over_the_socket_is_answered_then_completed(server) -> Non
         assert await receive(ws) == {
             "id": "q",
             "type": "next",
-            "payload": {"data": {"__typename": "Query"}},
+            "payload": {
+                "data": {"__typename": "Query"},
+                "extensions": {"cost": {"requested": 0, "limit": DEFAULT_MAX_QUERY_COST}},
+            },
         }
         assert await receive(ws) == {"id": "q", "type": "complete"}
         invalid = {"query": "subscription { nothingHere }"}
