@@ -134,6 +134,26 @@ async def test_the_stalling_query_is_refused_fast_for_api_keys(server, http, ten
         assert cpu < FAST_CPU and wall < FAST_WALL, (cpu, wall)
 
 
+async def test_the_refusal_is_a_request_error_under_graphql_response_json(
+    server, http, tenant, budgets
+) -> None:
+    """Nothing ran: 400 without `data` when the client prefers that media type."""
+    api_key_budget, _ = budgets
+    response = await http.post(
+        server.graphql,
+        json={"query": STALLING, "variables": {"id": tenant.app.id}},
+        headers={
+            "Authorization": f"Bearer {tenant.app.reader.key}",
+            "Accept": "application/graphql-response+json",
+        },
+    )
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert "data" not in body
+    assert body["errors"][0]["extensions"]["code"] == QUERY_TOO_COSTLY
+    assert body["extensions"]["cost"]["limit"] == api_key_budget
+
+
 async def test_the_same_query_over_a_week_of_days_is_served(tenant, budgets) -> None:
     api_key_budget, _ = budgets
     query = STALLING.replace("HOUR", "DAY").replace(
