@@ -60,7 +60,7 @@ STALLING = f"""query Stall($id: ID!) {{ application(id: $id) {{ endUsers(first: 
 
 
 @dataclass
-class Tenant:
+class Callers:
     app: App
     end_user: Caller  # an End User token of u0
 
@@ -72,14 +72,14 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="module")
-async def tenant(server, http: httpx.AsyncClient) -> Tenant:
+async def callers(server, http: httpx.AsyncClient) -> Callers:
     """An application with 50 End Users holding credits, its keys and u0's End User token."""
     app = await _application(server, http, users=END_USERS, credits_each=10)
     issued = await app.admin(
         ISSUE, input={"applicationId": app.id, "endUser": {"externalId": "u0"}}
     )
     token = issued["issueEndUserToken"]["token"]
-    return Tenant(app, Caller(http, server.graphql, token))
+    return Callers(app, Caller(http, server.graphql, token))
 
 
 @pytest.fixture(scope="module")
@@ -122,28 +122,28 @@ def _served(response: httpx.Response, limit: int) -> dict[str, Any]:
     return body
 
 
-async def test_the_stalling_query_is_refused_fast_for_api_keys(server, http, tenant, budgets):
+async def test_the_stalling_query_is_refused_fast_for_api_keys(server, http, callers, budgets):
     """50 End Users' hourly series over 13 months (~475,000 buckets): refused before any
     work, for an application key and an organization key."""
     api_key_budget, _ = budgets
     org = Caller(http, server.graphql, server.organization_key)
-    for caller in (tenant.app.admin, tenant.app.reader, org):
-        response, cpu, wall = await _timed(caller.raw(STALLING, {"id": tenant.app.id}))
+    for caller in (callers.app.admin, callers.app.reader, org):
+        response, cpu, wall = await _timed(caller.raw(STALLING, {"id": callers.app.id}))
         requested = _refused(response, api_key_budget)
         assert requested >= END_USERS * HOURS
         assert cpu < FAST_CPU and wall < FAST_WALL, (cpu, wall)
 
 
 async def test_the_refusal_is_a_request_error_under_graphql_response_json(
-    server, http, tenant, budgets
+    server, http, callers, budgets
 ) -> None:
     """Nothing ran: 400 without `data` when the client prefers that media type."""
     api_key_budget, _ = budgets
     response = await http.post(
         server.graphql,
-        json={"query": STALLING, "variables": {"id": tenant.app.id}},
+        json={"query": STALLING, "variables": {"id": callers.app.id}},
         headers={
-            "Authorization": f"Bearer {tenant.app.reader.key}",
+            "Authorization": f"Bearer {callers.app.reader.key}",
             "Accept": "application/graphql-response+json",
         },
     )
@@ -154,12 +154,12 @@ async def test_the_refusal_is_a_request_error_under_graphql_response_json(
     assert body["extensions"]["cost"]["limit"] == api_key_budget
 
 
-async def test_the_same_query_over_a_week_of_days_is_served(tenant, budgets) -> None:
+async def test_the_same_query_over_a_week_of_days_is_served(callers, budgets) -> None:
     api_key_budget, _ = budgets
     query = STALLING.replace("HOUR", "DAY").replace(
         THIRTEEN_MONTHS_AGO.isoformat(), (NOW - timedelta(days=7)).isoformat()
     )
-    body = _served(await tenant.app.reader.raw(query, {"id": tenant.app.id}), api_key_budget)
+    body = _served(await callers.app.reader.raw(query, {"id": callers.app.id}), api_key_budget)
     edges = body["data"]["application"]["endUsers"]["edges"]
     assert len(edges) == END_USERS
     assert {len(e["node"]["consumption"]["buckets"]) for e in edges} == {8}
@@ -174,16 +174,16 @@ def _aliased_series(count: int, granularity: str, since: datetime) -> str:
     return f"{{ viewer {{ endUser {{ {series} }} }} }}"
 
 
-async def test_an_end_user_token_cannot_ask_30_hourly_series(tenant, budgets) -> None:
+async def test_an_end_user_token_cannot_ask_30_hourly_series(callers, budgets) -> None:
     """The End User budget is lower: 30 aliased hourly series of its own consumption are
     refused fast; one month of days is served."""
     _, end_user_budget = budgets
     query = _aliased_series(MAX_ALIASES, "HOUR", THIRTEEN_MONTHS_AGO)
-    response, cpu, wall = await _timed(tenant.end_user.raw(query))
+    response, cpu, wall = await _timed(callers.end_user.raw(query))
     assert _refused(response, end_user_budget) >= MAX_ALIASES * HOURS
     assert cpu < FAST_CPU and wall < FAST_WALL, (cpu, wall)
     month = _aliased_series(1, "DAY", NOW - timedelta(days=30))
-    body = _served(await tenant.end_user.raw(month), end_user_budget)
+    body = _served(await callers.end_user.raw(month), end_user_budget)
     assert len(body["data"]["viewer"]["endUser"]["a0"]["buckets"]) == 31
 
 
@@ -222,35 +222,35 @@ FORMS = {
 
 
 @pytest.mark.parametrize("form", list(FORMS))
-async def test_no_form_of_a_selection_escapes_its_cost(tenant, budgets, form: str) -> None:
+async def test_no_form_of_a_selection_escapes_its_cost(callers, budgets, form: str) -> None:
     api_key_budget, _ = budgets
     variables = {
-        "id": tenant.app.id,
+        "id": callers.app.id,
         "from": THIRTEEN_MONTHS_AGO.isoformat(),
         "to": NOW.isoformat(),
     }
-    plain = _refused(await tenant.app.reader.raw(PLAIN, variables), api_key_budget)
+    plain = _refused(await callers.app.reader.raw(PLAIN, variables), api_key_budget)
     document = FORMS[form].replace("s: SERIES", f"s: {SERIES}").replace("SERIES", SERIES)
     extra = {"n": 50} if "$n: Int!" in document else {"yes": True} if "$yes" in document else {}
-    response = await tenant.app.reader.raw(document, {**variables, **extra})
+    response = await callers.app.reader.raw(document, {**variables, **extra})
     assert _refused(response, api_key_budget) == plain
 
 
-async def test_a_skipped_or_excluded_selection_costs_nothing(tenant, budgets) -> None:
+async def test_a_skipped_or_excluded_selection_costs_nothing(callers, budgets) -> None:
     api_key_budget, _ = budgets
     variables = {
-        "id": tenant.app.id,
+        "id": callers.app.id,
         "from": THIRTEEN_MONTHS_AGO.isoformat(),
         "to": NOW.isoformat(),
         "yes": False,
     }
     document = FORMS["@include(if: true)"]
-    body = _served(await tenant.app.reader.raw(document, variables), api_key_budget)
+    body = _served(await callers.app.reader.raw(document, variables), api_key_budget)
     assert len(body["data"]["application"]["endUsers"]["edges"]) == END_USERS
     assert body["extensions"]["cost"]["requested"] < 1_000
     skipped = document.replace("@include(if: $yes)", "@skip(if: true)")
     skipped = skipped.replace(", $yes: Boolean!", "")
-    body = _served(await tenant.app.reader.raw(skipped, variables), api_key_budget)
+    body = _served(await callers.app.reader.raw(skipped, variables), api_key_budget)
     assert body["extensions"]["cost"]["requested"] < 1_000
 
 
@@ -297,29 +297,29 @@ _SIZED = _sized_fields()
 
 
 @pytest.mark.parametrize(("path", "kind"), _SIZED, ids=[".".join(path[-1]) for path, _ in _SIZED])
-async def test_every_sized_list_counts_its_items(tenant, budgets, path, kind) -> None:
+async def test_every_sized_list_counts_its_items(callers, budgets, path, kind) -> None:
     """From the schema: each field's items are counted (its largest page or range costs at
     least one per item more than its smallest), and 30 copies of its largest are refused
     when they pass the budget, served (and reported) otherwise."""
     api_key_budget, _ = budgets
     objects = {
-        "application": tenant.app.id,
+        "application": callers.app.id,
         "pool": "ai",
         "external_id": "u0",
-        "end_user": tenant.app.end_user_ids[0],
-        "key_prefix": (tenant.app.reader.key or "").split("_")[1],
+        "end_user": callers.app.end_user_ids[0],
+        "key_prefix": (callers.app.reader.key or "").split("_")[1],
     }
     costs = {}
     for large in (False, True):
         overrides, count = _sizing(kind, large)
         operation = next(operations("query", path, objects, overrides))
-        response = await tenant.app.reader.raw(operation.document, operation.variables)
+        response = await callers.app.reader.raw(operation.document, operation.variables)
         assert response.status_code == 200, response.text
         costs[large] = (response.json()["extensions"]["cost"]["requested"], count)
     (small, few), (large, many) = costs[False], costs[True]
     assert large - small >= many - few, costs
     aliased = _aliased(operation.document, MAX_ALIASES)
-    response = await tenant.app.reader.raw(aliased, operation.variables)
+    response = await callers.app.reader.raw(aliased, operation.variables)
     requested = response.json()["extensions"]["cost"]["requested"]
     assert requested >= MAX_ALIASES * many
     if requested > api_key_budget:
@@ -331,11 +331,11 @@ async def test_every_sized_list_counts_its_items(tenant, budgets, path, kind) ->
 # -------------------------------------------------------------------- every answer's cost
 
 
-async def test_every_answer_reports_its_cost(server, http, tenant, budgets) -> None:
+async def test_every_answer_reports_its_cost(server, http, callers, budgets) -> None:
     """Queries, mutations (the JSON fast path), GET (Strawberry's view), refusals and
     errors all carry `extensions.cost`; a document that did not validate costs 0."""
     api_key_budget, _ = budgets
-    app = tenant.app
+    app = callers.app
     consumed = await app.admin.raw(CONSUME, {"input": _consume(app, {"externalId": "u1"})})
     body = _served(consumed, api_key_budget)
     assert body["data"]["consumeCredits"]["errors"] == []
@@ -366,14 +366,14 @@ COSTLY_SUBSCRIPTION = f"""subscription($app: ID!) {{ balanceChanged(applicationI
   granularity: HOUR) {{ buckets {{ start used }} }} }} }} }}"""
 
 
-async def test_a_costly_subscription_is_refused(server, tenant) -> None:
+async def test_a_costly_subscription_is_refused(server, callers) -> None:
     """A subscription's selection is rendered for every event: one over the budget is
     refused before it starts."""
     async with subscribed(
         server.graphql,
-        tenant.end_user.key or "",
+        callers.end_user.key or "",
         document=gql(COSTLY_SUBSCRIPTION),
-        app=tenant.app.id,
+        app=callers.app.id,
     ) as events:
         with pytest.raises(TransportQueryError) as refused:
             await next_event(events)
