@@ -54,6 +54,7 @@ from api.routes.health import health_routes
 from api.routes.request_logs import ingest_route
 from api.routes.usage_page import usage_page_route
 from api.settings import Settings, get_settings
+from api.unavailable import TransientFailureMiddleware, mark_unavailable
 from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler, connection_handler
 from models.accounts import InvalidCredential
 from resolvers.context import Context
@@ -185,6 +186,7 @@ class UsageGraphQL(GraphQL):
         return body
 
     def create_response(self, response_data: Any, sub_response: Response) -> Response:
+        mark_unavailable(response_data, sub_response)
         response = Response(
             self.encode_json(response_data),
             status_code=sub_response.status_code or 200,
@@ -266,7 +268,11 @@ def _middleware(settings: Settings, request_log: RequestLogWriter) -> list[Middl
                 burst=settings.rate_limit_burst_size,
             )
         )
-    return [*stack, Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)]
+    return [
+        *stack,
+        Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+        Middleware(TransientFailureMiddleware),
+    ]
 
 
 def create_app(settings: Settings | None = None, *, migrate: bool | None = None) -> Starlette:

@@ -46,7 +46,7 @@ _STATUS_CODES = {
     500: "INTERNAL",
 }
 # WebSocket close codes before the connection was acknowledged, as HTTP statuses.
-_CLOSE_STATUS = {4401: 401, 4403: 403, 1011: 500, 4429: 429}
+_CLOSE_STATUS = {4401: 401, 4403: 403, 1011: 500, 1013: 503, 4429: 429}
 _INTERNAL_BODY = json.dumps(
     {"errors": [{"message": "Internal error.", "extensions": {"code": "INTERNAL"}}]}
 ).encode()

@@ -23,7 +23,7 @@ import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Awaitable, Generator
 from contextlib import suppress
 from functools import lru_cache
 from inspect import isawaitable
@@ -67,7 +67,9 @@ from strawberry.subscriptions.protocols.graphql_ws.types import OperationMessage
 from strawberry.types.execution import PreExecutionError
 from strawberry.utils.aio import aclosing
 
+from models.transient import is_transient
 from resolvers.context import Context
+from resolvers.errors import UNAVAILABLE, UNAVAILABLE_MESSAGE
 from resolvers.live import LiveFeed
 from resolvers.schema import DOCUMENT_CACHE_SIZE, MaskUnexpectedErrors
 from subscriptions.fanout import Selection, Subscriber
@@ -76,6 +78,10 @@ from subscriptions.streams import Event
 
 log = logging.getLogger(__name__)
 _MASK = MaskUnexpectedErrors()
+# The close code of a connection refused on a transient failure ("try again later"),
+# which reconnecting clients retry, where 4403 tells them their credential is bad.
+TRY_AGAIN_LATER = 1013
+UNAVAILABLE_ERROR = {"message": UNAVAILABLE_MESSAGE, "extensions": {"code": UNAVAILABLE}}
 
 
 class _CountVariables(Visitor):
@@ -157,6 +163,9 @@ class _Renderer:
             result = await result
         payload: dict[str, Any] = {"data": result.data}
         if result.errors:
+            for error in result.errors:
+                if is_transient(error):  # never sent degraded: the fan-out tries again
+                    raise error.original_error or error
             self.schema.process_errors(result.errors)  # logged, as Strawberry does
             payload["errors"] = [
                 (_MASK.anonymise_error(e) if _MASK.should_mask_error(e) else e).formatted
@@ -262,6 +271,19 @@ async def _go_live(
     return sender
 
 
+async def _initialised_or_try_later(handler: Any, init: Awaitable[None]) -> bool:
+    """Runs the protocol's connection_init; a credential that could not be checked for a
+    transient failure closes the connection with 1013 instead. False when closed."""
+    try:
+        await init
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        await handler.websocket.close(code=TRY_AGAIN_LATER, reason="try again later")
+        return False
+    return True
+
+
 def _forget_credentials(context: Context) -> None:
     """After connection_init: the principal is known, the credential need not be kept."""
     context.connection_params = None
@@ -331,7 +353,7 @@ class LiveTransportWSHandler(_MessageLoop, BaseGraphQLTransportWSHandler[Context
         _forget_message(message)
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        await super().handle_connection_init(message)
+        await _initialised_or_try_later(self, super().handle_connection_init(message))
         self.connection_init_timeout_task = None  # done with: not kept for the connection
         _forget_credentials(self.context)
 
@@ -366,6 +388,13 @@ class LiveTransportWSHandler(_MessageLoop, BaseGraphQLTransportWSHandler[Context
         except (_OperationStreamClosed, WebSocketDisconnected):
             return
         except Exception as error:
+            if is_transient(error):  # going live failed (the snapshot's read): retryable
+                self.operations.pop(operation.id, None)
+                with suppress(Exception):
+                    await operation.send_operation_message(
+                        {"id": operation.id, "type": "error", "payload": [UNAVAILABLE_ERROR]}
+                    )
+                return
             await self.handle_task_exception(error)
             with suppress(Exception):
                 await operation.send_operation_message({"id": operation.id, "type": "complete"})
@@ -392,6 +421,9 @@ class LiveGraphQLWSHandler(_MessageLoop, BaseGraphQLWSHandler[Context, None]):
         _forget_message(message)
 
     async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
+        await _initialised_or_try_later(self, self._accept_connection_init(message))
+
+    async def _accept_connection_init(self, message: LegacyConnectionInitMessage) -> None:
         """Strawberry 0.341's, except that a refused credential closes the socket with 4403
         after the protocol's `connection_error`, as graphql-transport-ws does: Strawberry's
         1011 says the server failed (and the request log would count a server error)."""
@@ -464,6 +496,13 @@ class LiveGraphQLWSHandler(_MessageLoop, BaseGraphQLWSHandler[Context, None]):
             return
         except asyncio.CancelledError:
             await self.send_message({"type": "complete", "id": operation_id})
+        except Exception as error:
+            if not is_transient(error):  # going live failed (the snapshot's read): retryable
+                raise
+            with suppress(Exception):
+                await self.send_message(
+                    {"type": "error", "id": operation_id, "payload": UNAVAILABLE_ERROR}
+                )
         finally:
             self.subscriptions.pop(operation_id, None)
             if self.tasks.get(operation_id) is asyncio.current_task():

@@ -1,5 +1,6 @@
-"""Domain errors mapped once to GraphQL: typed `UserError`s in mutation payloads, and a
-`NOT_FOUND` GraphQL error for queries of things the caller cannot see."""
+"""Domain errors mapped once to GraphQL: typed `UserError`s in mutation payloads, a
+`NOT_FOUND` GraphQL error for queries of things the caller cannot see, and `UNAVAILABLE`
+for a transient failure of the database or the broker."""
 
 from __future__ import annotations
 
@@ -29,6 +30,25 @@ def query_error(error: DomainError) -> GraphQLError:
 
 def not_found(what: str) -> GraphQLError:
     return query_error(NotFound(f"{what} not found"))
+
+
+UNAVAILABLE = "UNAVAILABLE"
+UNAVAILABLE_MESSAGE = (
+    "The service is briefly unavailable; retry (with the same idempotency key, for a mutation)."
+)
+
+
+def unavailable_error(error: GraphQLError) -> GraphQLError:
+    """A transient database or broker failure (models/transient.py): safe to retry, as a
+    mutation retried with the same idempotency key is applied at most once."""
+    return GraphQLError(
+        UNAVAILABLE_MESSAGE,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions={"code": UNAVAILABLE},
+    )
 
 
 def parse_id(value: object) -> int | None:

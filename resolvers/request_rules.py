@@ -18,6 +18,8 @@ from typing import Any
 from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, validate
 from strawberry.extensions import MaskErrors, max_aliases, query_depth_limiter
 
+from models.transient import is_transient
+from resolvers.errors import unavailable_error
 from resolvers.input_rules import (
     MAX_DOCUMENT,
     BoundedStringLiterals,
@@ -95,6 +97,8 @@ class MaskUnexpectedErrors(MaskErrors):
         super().__init__(should_mask_error=_unexpected, error_message="Internal error.")
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        if is_transient(error):
+            return unavailable_error(error)
         masked = super().anonymise_error(error)
         masked.extensions = {"code": "INTERNAL"}
         return masked

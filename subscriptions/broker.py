@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[bytes], None]
 ReconnectHook = Callable[[], None]
+SUBSCRIBE_TIMEOUT_SECONDS = 2.0
 
 
 def application_channel(application_id: int) -> str:
@@ -42,6 +43,10 @@ class Broker(Protocol):
 
     def listen(self, channel: str, listener: Listener) -> contextlib.AbstractContextManager[None]:
         """Registers `listener` on `channel` for the duration of the `with` block."""
+
+    async def listening(self, channel: str) -> None:
+        """Returns once what is published on `channel` from now on reaches its listeners
+        (or, with the connection lost meanwhile, once the reconnect hooks are due)."""
 
     def on_reconnect(self, hook: ReconnectHook) -> None:
         """`hook` runs after messages may have been missed (a lost Redis connection)."""
@@ -105,6 +110,9 @@ class InProcessBroker:
         finally:
             self.hub.remove(channel, listener)
 
+    async def listening(self, channel: str) -> None:
+        return None  # a local dispatch: live as soon as added
+
     def on_reconnect(self, hook: ReconnectHook) -> None:
         return None  # nothing is ever missed
 
@@ -124,6 +132,10 @@ class RedisBroker:
         self.hooks: list[ReconnectHook] = []
         self.connected = asyncio.Event()
         self._publish_lock = asyncio.Lock()
+        # SUBSCRIBE commands sent per channel and not yet confirmed by Redis, and who waits
+        # for their confirmation (a channel is live once all of them are).
+        self._unconfirmed: dict[str, int] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     async def start(self) -> None:
         self.client = redis.Redis.from_url(self.url, socket_connect_timeout=2)
@@ -154,6 +166,15 @@ class RedisBroker:
             if self.hub.remove(channel, listener):
                 self._subscription_changed("unsubscribe", channel)
 
+    async def listening(self, channel: str) -> None:
+        if not self.connected.is_set() or not self._unconfirmed.get(channel):
+            # live, or to be subscribed by the reader's reconnect, whose hooks resync
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(channel, []).append(waiter)
+        with contextlib.suppress(TimeoutError):  # a lost reply: the reader's reconnect resyncs
+            await asyncio.wait_for(asyncio.shield(waiter), SUBSCRIBE_TIMEOUT_SECONDS)
+
     def on_reconnect(self, hook: ReconnectHook) -> None:
         self.hooks.append(hook)
 
@@ -161,6 +182,8 @@ class RedisBroker:
         pubsub = self.pubsub
         if pubsub is None or not self.connected.is_set():
             return  # the reader subscribes every channel in use when it (re)connects
+        if action == "subscribe":
+            self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
 
         async def change() -> None:
             try:
@@ -170,8 +193,27 @@ class RedisBroker:
 
         asyncio.get_running_loop().create_task(change())
 
+    def _confirmed(self, channel: str) -> None:
+        left = self._unconfirmed.get(channel, 0) - 1
+        if left > 0:
+            self._unconfirmed[channel] = left
+            return
+        self._unconfirmed.pop(channel, None)
+        for waiter in self._waiters.pop(channel, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _release_waiters(self) -> None:
+        self._unconfirmed.clear()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        self._waiters.clear()
+
     async def _drop_pubsub(self) -> None:
         self.connected.clear()
+        self._release_waiters()  # the reconnect subscribes their channels and resyncs
         if self.pubsub is not None:
             with contextlib.suppress(Exception):
                 await self.pubsub.aclose()
@@ -183,10 +225,14 @@ class RedisBroker:
         while True:
             try:
                 assert self.client is not None
-                self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                self.pubsub = self.client.pubsub()
                 # A placeholder channel keeps the connection in subscribed mode.
-                await self.pubsub.subscribe("usagegraph:alive", *self.hub.listeners)
+                channels = list(self.hub.listeners)
+                await self.pubsub.subscribe("usagegraph:alive", *channels)
                 self.connected.set()
+                added = [channel for channel in self.hub.listeners if channel not in channels]
+                if added:  # listeners added meanwhile, not yet subscribed by anyone
+                    await self.pubsub.subscribe(*added)
                 if not first:
                     log.warning("Redis subscription restored")
                     for hook in self.hooks:
@@ -195,10 +241,14 @@ class RedisBroker:
                 backoff = 0.05
                 while True:
                     message = await self.pubsub.get_message(timeout=1.0)
-                    if message is not None and message["type"] == "message":
-                        channel = message["channel"]
-                        if isinstance(channel, bytes):
-                            channel = channel.decode()
+                    if message is None or message["type"] not in ("message", "subscribe"):
+                        continue
+                    channel = message["channel"]
+                    if isinstance(channel, bytes):
+                        channel = channel.decode()
+                    if message["type"] == "subscribe":
+                        self._confirmed(channel)
+                    else:
                         self.hub.dispatch(channel, message["data"])
             except asyncio.CancelledError:
                 raise

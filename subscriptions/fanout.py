@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from models.transient import is_transient
 from subscriptions.broker import Broker, application_channel
 from subscriptions.streams import ConflatingBuffer, Event, Key, event_key
 
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 KINDS = ("balance", "alert")
 MAX_INTAKE_KEYS = 10_000  # events waiting for the dispatcher, newest per balance
 DISPATCHED_VERSIONS = 65_536  # versions remembered per application, to drop a republished row
+
+# A rendering that hit a transient failure (models/transient.py) is tried again after
+# these pauses, never sent degraded; past them the event waits for a resync.
+RENDER_RETRY_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+RESYNC_RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0)
 
 Render = Callable[[Event], Awaitable[Any]]
 Route = tuple[str, int | None, str | None]  # (kind, End User or None for all, pool or None)
@@ -65,6 +71,23 @@ class Selection:
 
     key: Hashable
     make_render: Callable[[], Render]
+
+
+async def render_retrying(
+    render: Render, event: Event, superseded: Callable[[], bool] = lambda: False
+) -> Any:
+    """`render(event)`, tried again with back-off while it fails for a transient reason
+    (the database or the broker briefly away); its last failure is raised, and so is a
+    rendering that is not transient or whose event is `superseded` by a newer one."""
+    for pause in RENDER_RETRY_PAUSES:
+        try:
+            return await render(event)
+        except Exception as error:
+            if not is_transient(error) or superseded():
+                raise
+            log.warning("rendering failed (%s); retrying in %.2fs", error, pause)
+        await asyncio.sleep(pause)
+    return await render(event)
 
 
 async def _as_is(event: Event) -> Event:
@@ -126,6 +149,10 @@ class _Application:
         self.dispatched: OrderedDict[Key, int] = OrderedDict()
         self.listening = contextlib.ExitStack()
         self.dispatcher: asyncio.Task[None] | None = None
+        # Called when an event could not be rendered for a transient reason: its balances
+        # are read again and dispatched (Fanout's resync).
+        self.repair: Callable[[], None] = lambda: None
+        self.repairing: asyncio.Task[None] | None = None
 
     def add(self, topic: Topic, selection: Selection) -> Subscriber:
         group = self.groups.get(selection.key)
@@ -179,19 +206,24 @@ class _Application:
         key, version = event_key(kind, event), event["version"]
         if version <= self.dispatched.get(key, -1):
             return  # republished by a relay that took over, or an out-of-date resync
-        self.dispatched[key] = version
-        self.dispatched.move_to_end(key)
-        if len(self.dispatched) > DISPATCHED_VERSIONS:
-            self.dispatched.popitem(last=False)
         routes = routes_of(kind, event)
+        rendered_by_all = True
+
+        def superseded() -> bool:  # a newer version of it came meanwhile: that one goes
+            waiting = self.intake.pending.get((kind, key))
+            return waiting is not None and waiting[0] > version
+
         for group in tuple(self.groups.values()):  # a few: one per distinct selection
             buckets = [self.members.get((route, group.key)) for route in routes]
             if not any(buckets):
                 continue
             self.renderings += 1
             try:
-                item = await group.render(event)
-            except Exception:  # the other selections still get the event
+                item = await render_retrying(group.render, event, superseded)
+            except Exception as error:  # the other selections still get the event
+                rendered_by_all = False
+                if is_transient(error) and not superseded():
+                    self.repair()
                 log.exception("rendering failed on application %s", self.application_id)
                 continue
             for bucket in buckets:
@@ -200,6 +232,11 @@ class _Application:
                 elif bucket:
                     for subscriber in tuple(bucket):  # some may leave while it is sent
                         subscriber.offer(key, version, item)
+        if rendered_by_all:  # else a resync of this version is still wanted
+            self.dispatched[key] = version
+            self.dispatched.move_to_end(key)
+            if len(self.dispatched) > DISPATCHED_VERSIONS:
+                self.dispatched.popitem(last=False)
 
 
 class Fanout:
@@ -222,13 +259,20 @@ class Fanout:
         application = self.applications.get(application_id)
         return 0 if application is None else application.renderings
 
-    def join(self, topic: Topic, selection: Selection) -> Subscriber:
-        """A subscriber of `topic`, receiving `selection`'s renderings from now on, until
-        it leaves."""
+    async def join(self, topic: Topic, selection: Selection) -> Subscriber:
+        """A subscriber of `topic`, receiving `selection`'s renderings of every event
+        published from the moment this returns (the broker's subscription is live then),
+        until it leaves."""
         application = self.applications.get(topic.application_id)
         if application is None:
             application = self._open(topic.application_id)
-        return application.add(topic, selection)
+        subscriber = application.add(topic, selection)
+        try:
+            await self.broker.listening(application_channel(topic.application_id))
+        except BaseException:
+            self.leave(subscriber)
+            raise
+        return subscriber
 
     def leave(self, subscriber: Subscriber) -> None:
         application = self.applications[subscriber.topic.application_id]
@@ -244,6 +288,7 @@ class Fanout:
         application.dispatcher = asyncio.get_running_loop().create_task(
             application.dispatch_forever(), name=f"fanout-{application_id}"
         )
+        application.repair = lambda: self._repair(application)
         self.applications[application_id] = application
         return application
 
@@ -254,24 +299,40 @@ class Fanout:
             application.dispatcher.cancel()
 
     def _resync_everyone(self) -> None:
-        loop = asyncio.get_running_loop()
         for application in list(self.applications.values()):
+            self._resync_later(application)
+
+    def _repair(self, application: _Application) -> None:
+        if application.repairing is None or application.repairing.done():
+            application.repairing = self._resync_later(application)  # one at a time
+
+    def _resync_later(self, application: _Application) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._resync(application))
+        self.resyncs.add(task)
+        task.add_done_callback(self.resyncs.discard)
+        return task
+
+    async def _resync(self, application: _Application) -> None:
+        """After missed or unrendered events: every topic's snapshots go through the
+        dispatcher like any event; those not newer than what was dispatched are dropped
+        there. Retried with back-off while the database is briefly away."""
+        for pause in (*RESYNC_RETRY_PAUSES, None):
+            if self.applications.get(application.application_id) is not application:
+                return  # closed meanwhile
             topics = {
                 Topic(application.application_id, kind, pool, end_user)
                 for (kind, end_user, pool), _ in application.members
                 if kind == "balance"
             }
-            task = loop.create_task(self._resync(application, topics))
-            self.resyncs.add(task)
-            task.add_done_callback(self.resyncs.discard)
-
-    async def _resync(self, application: _Application, topics: set[Topic]) -> None:
-        """After missed messages: every topic's snapshots go through the dispatcher like any
-        event; those not newer than what was dispatched are dropped there."""
-        try:
-            for topic in topics:
-                for event in await self.snapshots(topic):
-                    key = ("balance", event_key("balance", event))
-                    application.intake.offer(key, event["version"], ("balance", event))
-        except Exception:
-            log.exception("resync after a broker reconnect failed")
+            try:
+                for topic in topics:
+                    for event in await self.snapshots(topic):
+                        key = ("balance", event_key("balance", event))
+                        application.intake.offer(key, event["version"], ("balance", event))
+                return
+            except Exception as error:
+                if pause is None or not is_transient(error):
+                    log.exception("resync of application %s failed", application.application_id)
+                    return
+                log.warning("resync failed (%s); retrying in %.2fs", error, pause)
+                await asyncio.sleep(pause)

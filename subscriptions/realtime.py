@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from subscriptions.broker import Broker, create_broker
-from subscriptions.fanout import Fanout, Selection, Subscriber, Topic
+from subscriptions.fanout import Fanout, Selection, Subscriber, Topic, render_retrying
 from subscriptions.relay import OutboxRelay
 from subscriptions.snapshots import topic_snapshots
 from subscriptions.streams import event_key
@@ -41,13 +41,14 @@ class Realtime:
         (balances; none for alerts). Then `subscriber.take()` gives every change, rendered
         by `selection` (once for all its subscribers); a slow reader gets the latest
         rendering per balance, from a bounded buffer. `leave` it at the end."""
-        # Join before reading the snapshots, so that no change falls between the two.
-        subscriber = self.fanout.join(topic, selection)
+        # Join (the broker's subscription live) before reading the snapshots, so that no
+        # change falls between the two.
+        subscriber = await self.fanout.join(topic, selection)
         try:
             first = []
             for snapshot in await topic_snapshots(topic):
+                first.append(await render_retrying(subscriber.render, snapshot))
                 subscriber.mark_delivered(event_key(topic.kind, snapshot), snapshot["version"])
-                first.append(await subscriber.render(snapshot))
             return subscriber, first
         except BaseException:
             self.fanout.leave(subscriber)

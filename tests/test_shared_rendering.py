@@ -236,8 +236,8 @@ async def test_a_slow_subscriber_is_conflated_and_holds_nobody_up() -> None:
 
     balances, versions = MAX_PENDING_KEYS + 500, 3
     channel = application_channel(1)
-    slow = fanout.join(Topic(1), Selection("doc", lambda: render))
-    fast = fanout.join(Topic(1), Selection("doc", lambda: render))
+    slow = await fanout.join(Topic(1), Selection("doc", lambda: render))
+    fast = await fanout.join(Topic(1), Selection("doc", lambda: render))
     try:
         received: list[str] = []
 
@@ -275,7 +275,7 @@ async def test_versions_never_go_backwards_and_republished_rows_are_not_rendered
         return event["version"]
 
     channel = application_channel(1)
-    subscriber = fanout.join(Topic(1, end_user_id=5), Selection("doc", lambda: render))
+    subscriber = await fanout.join(Topic(1, end_user_id=5), Selection("doc", lambda: render))
     try:
         subscriber.mark_delivered((1, 5), 4)  # its first snapshot was version 4
         for version in (3, 4, 6, 5, 6, 7):

@@ -1,0 +1,69 @@
+"""Transient failures of the database or the broker over HTTP (models/transient.py): a
+request that failed whole because of one is answered 503 with `Retry-After`, which clients
+and load balancers know to retry; a mutation retried with the same idempotency key is
+applied at most once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.error_response import send_graphql_error
+from models.transient import RETRY_AFTER_SECONDS, is_transient
+from resolvers.errors import UNAVAILABLE, UNAVAILABLE_MESSAGE
+
+RETRY_AFTER = str(RETRY_AFTER_SECONDS)
+
+
+def failed_whole_unavailable(response_data: Any) -> bool:
+    """A GraphQL answer with an UNAVAILABLE error and nothing else in it: no data, or only
+    null top-level fields."""
+    if not isinstance(response_data, dict):  # a batch: each operation answers for itself
+        return False
+    errors = response_data.get("errors") or ()
+    if not any((error.get("extensions") or {}).get("code") == UNAVAILABLE for error in errors):
+        return False
+    data = response_data.get("data")
+    return data is None or all(value is None for value in data.values())
+
+
+def mark_unavailable(response_data: Any, sub_response: Response) -> None:
+    """Makes the HTTP answer of a request that failed whole on a transient failure a 503."""
+    if failed_whole_unavailable(response_data):
+        sub_response.status_code = 503
+        sub_response.headers["Retry-After"] = RETRY_AFTER
+
+
+class TransientFailureMiddleware:
+    """An HTTP request whose handler raised a transient failure (an API-key lookup, an
+    export, an ingest on a lost connection) before answering is answered 503 UNAVAILABLE
+    with Retry-After instead of 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noted(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noted)
+        except Exception as error:
+            if started or not is_transient(error):
+                raise
+            await send_graphql_error(
+                send,
+                503,
+                UNAVAILABLE,
+                UNAVAILABLE_MESSAGE,
+                headers=[(b"retry-after", RETRY_AFTER.encode())],
+            )
