@@ -5,6 +5,8 @@ applied at most once."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import wraps
 from typing import Any
 
 from starlette.responses import Response
@@ -36,10 +38,36 @@ def mark_unavailable(response_data: Any, sub_response: Response) -> None:
         sub_response.headers["Retry-After"] = RETRY_AFTER
 
 
+Endpoint = Callable[..., Awaitable[Response]]  # (request) or (self, request)
+
+
+def unavailable_as(
+    error_response: Callable[[int, str, str], Response],
+) -> Callable[[Endpoint], Endpoint]:
+    """A REST endpoint's transient failure answered in that route's own error shape
+    (`error_response(status, code, message)`): 503 UNAVAILABLE with Retry-After."""
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        @wraps(endpoint)
+        async def answered(*arguments: Any) -> Response:
+            try:
+                return await endpoint(*arguments)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                response = error_response(503, UNAVAILABLE, UNAVAILABLE_MESSAGE)
+                response.headers["Retry-After"] = RETRY_AFTER
+                return response
+
+        return answered
+
+    return decorate
+
+
 class TransientFailureMiddleware:
-    """An HTTP request whose handler raised a transient failure (an API-key lookup, an
-    export, an ingest on a lost connection) before answering is answered 503 UNAVAILABLE
-    with Retry-After instead of 500."""
+    """An HTTP request whose handler raised a transient failure before answering (the
+    API-key lookup in front of GraphQL) is answered 503 UNAVAILABLE with Retry-After
+    instead of 500, GraphQL-shaped."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from api.auth import authenticate
 from api.database import plain_postgres_dsn
 from api.settings import Settings
+from api.unavailable import unavailable_as
 from models.accounts import InvalidCredential
 from models.errors import DomainError, NotFound, ValidationFailed
 from models.export_links import InvalidLink, same_export, verify_export
@@ -170,6 +171,7 @@ class ExportEndpoint:
         self.max_running = settings.export_concurrency
         self.running = 0
 
+    @unavailable_as(_error)
     async def handle(self, request: Request) -> Response:
         try:
             spec = await self._authorized_export(request)

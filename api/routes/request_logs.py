@@ -23,6 +23,7 @@ from starlette.routing import Route
 from api.auth import authenticate
 from api.request_log import note_error, note_principal
 from api.request_log_writer import store_and_publish
+from api.unavailable import unavailable_as
 from models.accounts import InvalidCredential
 from models.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from models.references import organization_of
@@ -126,6 +127,7 @@ async def _owner_checked(principal: Principal, record: IngestRecord, owners: dic
 
 
 def ingest_route(secret: str, broker_of: Any) -> Route:
+    @unavailable_as(_error)
     async def ingest(request: Request) -> Response:
         try:
             principal = await authenticate(request.headers.get("authorization"), secret)

@@ -1,0 +1,315 @@
+"""Real faults, no mocks: PostgreSQL backends terminated mid-request, a SQLite file locked by
+another writer, a Redis subscription not yet live. A transient failure is answered
+UNAVAILABLE (503 with Retry-After when the whole request failed, 1013 on a WebSocket's
+connection_init), a retry with the same idempotency key is applied once, and subscribers
+never receive an event rendered on a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as redis
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from api.database import plain_postgres_dsn
+from subscriptions.broker import RedisBroker, application_channel
+from subscriptions.fanout import EVENTS, Fanout, Selection, Topic
+from subscriptions.relay import OutboxRelay
+from tests.conftest import REDIS_TEST_URL, Backend
+from tests.graphql_client import CONSUME, CREATE_API_KEY, Caller
+from tests.test_graphql_api import _application, _consume
+from tests.test_shared_rendering import TRANSPORT_WS, frame, settled, subscriber
+
+Strike = Callable[[], Awaitable[None]]
+VIEWER = "query { viewer { role } }"
+WHO = """
+subscription($app: ID!, $endUser: ID) {
+  balanceChanged(applicationId: $app, endUserId: $endUser) {
+    version remaining endUser { externalId }
+  }
+}"""
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        yield client
+
+
+async def _terminate_when_waiting(fault: asyncpg.Connection) -> None:
+    """Once a backend waits on the fault's lock, every other connection to the test
+    database is terminated (the server's pool, the relay's)."""
+    for _ in range(500):
+        waiting = await fault.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        )
+        if waiting:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("no query waited on the lock")
+    await fault.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+
+@asynccontextmanager
+async def table_fault(backend: Backend, table: str) -> AsyncIterator[Strike]:
+    """Holds `table` locked from another connection; `strike()`, awaited while a request
+    runs, makes that request's database work fail: on PostgreSQL its connection is
+    terminated while it waits on the lock; on SQLite (a write) the busy timeout expires
+    and it reads 'database is locked'."""
+    if backend.postgres:
+        fault = await asyncpg.connect(plain_postgres_dsn(backend.settings.database_url))
+        transaction = fault.transaction()
+        await transaction.start()
+        await fault.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield lambda: _terminate_when_waiting(fault)
+        finally:
+            await transaction.rollback()
+            await fault.close()
+        return
+    path = backend.settings.database_url.removeprefix("sqlite://")
+    writer = sqlite3.connect(path, timeout=1, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the one write lock of the file
+
+    async def nothing() -> None:
+        return None
+
+    try:
+        yield nothing
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+async def _answered(caller: Caller, query: str, **variables: Any) -> dict[str, Any]:
+    """What a client does with a 503: retry (a pooled connection terminated while idle may
+    still fail one more request)."""
+    for _ in range(5):
+        response = await caller.raw(query, variables)
+        if response.status_code != 503:
+            break
+        await asyncio.sleep(0.1)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+def _codes(body: dict) -> list[str]:
+    return [error["extensions"]["code"] for error in body.get("errors", ())]
+
+
+async def test_a_write_that_loses_its_database_is_unavailable_and_safe_to_retry(
+    server, http, backend
+) -> None:
+    app = await _application(server, http, users=1, credits_each=10)
+    consume = _consume(app, {"id": app.end_user_ids[0]}, credits=3)
+    consume["idempotencyKey"] = f"retry-{uuid.uuid4().hex}"
+    async with table_fault(backend, "credit_pool") as strike:
+        request = asyncio.ensure_future(app.admin.raw(CONSUME, {"input": consume}))
+        await strike()
+        failed = await request
+    assert failed.status_code == 503, failed.text
+    assert failed.headers["retry-after"] == "1"
+    body = failed.json()
+    assert _codes(body) == ["UNAVAILABLE"] and body["data"] is None
+    assert "idempotency key" in body["errors"][0]["message"]
+
+    applied = (await _answered(app.admin, CONSUME, input=consume))["consumeCredits"]
+    replayed = (await _answered(app.admin, CONSUME, input=consume))["consumeCredits"]
+    assert applied["errors"] == [] and not applied["replayed"]
+    assert replayed["replayed"] and replayed["balance"] == applied["balance"]
+    assert applied["balance"]["used"] == 3 and applied["balance"]["remaining"] == 7
+
+
+async def _fresh_key(server, http, app_id: str) -> str:
+    org = Caller(http, server.graphql, server.organization_key)
+    made = await org(
+        CREATE_API_KEY, input={"applicationId": app_id, "name": "fresh", "role": "ADMIN"}
+    )
+    return made["createApiKey"]["secret"]  # never looked up yet: not remembered
+
+
+def _requests(server, app_id: str, key: str) -> dict[str, Callable[[httpx.AsyncClient], Any]]:
+    auth = {"Authorization": f"Bearer {key}"}
+    export = f"{server.url}/v1/applications/{app_id}/export"
+    return {
+        "graphql": lambda http: http.post(server.graphql, json={"query": VIEWER}, headers=auth),
+        "export": lambda http: http.get(
+            export,
+            params={
+                "type": "consumption",
+                "from": "2026-01-01T00:00:00Z",
+                "to": "2026-02-01T00:00:00Z",
+            },
+            headers=auth,
+        ),
+        "ingest": lambda http: http.post(
+            f"{server.url}/v1/request-logs", json={"records": []}, headers=auth
+        ),
+    }
+
+
+@pytest.mark.parametrize("route", ["graphql", "export", "ingest"])
+async def test_a_credential_lookup_that_loses_its_database_is_503(
+    server, http, backend, route
+) -> None:
+    if not backend.postgres:
+        pytest.skip("SQLite readers never wait for a writer (WAL): a lookup cannot fail")
+    app = await _application(server, http, users=1)
+    key = await _fresh_key(server, http, app.id)
+    async with table_fault(backend, "api_key") as strike:
+        request = asyncio.ensure_future(_requests(server, app.id, key)[route](http))
+        await strike()
+        failed = await request
+    assert failed.status_code == 503, failed.text
+    assert failed.headers["retry-after"] == "1"
+    body = failed.json()  # in each route's own error shape
+    codes = {
+        "graphql": lambda: _codes(body),
+        "export": lambda: [body["error"]["code"]],
+        "ingest": lambda: [error["code"] for error in body["errors"]],
+    }
+    assert codes[route]() == ["UNAVAILABLE"]
+    for _ in range(5):  # as a client retries a 503
+        retried = await _requests(server, app.id, key)[route](http)
+        if retried.status_code != 503:
+            break
+        await asyncio.sleep(0.1)
+    assert retried.status_code == 200, retried.text
+
+
+async def test_a_websocket_whose_credential_cannot_be_checked_is_told_to_try_again(
+    server, http, backend
+) -> None:
+    if not backend.postgres:
+        pytest.skip("SQLite readers never wait for a writer (WAL): a lookup cannot fail")
+    app = await _application(server, http, users=1)
+    key = await _fresh_key(server, http, app.id)
+    url = server.graphql.replace("http", "ws", 1)
+    async with connect(url, subprotocols=[TRANSPORT_WS]) as ws:
+        async with table_fault(backend, "api_key") as strike:
+            init = {"type": "connection_init", "payload": {"authorization": f"Bearer {key}"}}
+            await ws.send(json.dumps(init))
+            await strike()
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == 1013  # try again later, not 4403 (a bad credential)
+
+
+async def test_a_rendering_that_loses_its_database_is_retried_never_sent_degraded(
+    server, http, backend
+) -> None:
+    if not backend.postgres:
+        pytest.skip("SQLite readers never wait for a writer (WAL): a rendering cannot fail")
+    app = await _application(server, http, users=1, credits_each=10)
+    u0 = app.end_user_ids[0]
+    async with subscriber(server, app.reader.key, WHO, app=app.id, endUser=u0) as ws:
+        first = json.loads(await frame(ws))["payload"]
+        assert first["data"]["balanceChanged"]["endUser"] == {"externalId": "u0"}
+        await settled(server, int(app.id))
+        relays = list(OutboxRelay.running)
+        for relay in relays:
+            await relay.hold()
+        try:
+            consumed = await app.admin(CONSUME, input=_consume(app, {"id": u0}, credits=4))
+            # The relay publishes; the shared rendering's End User read waits on the lock
+            # and its connection is terminated under it.
+            async with table_fault(backend, "end_user") as strike:
+                for relay in relays:
+                    relay.resume()
+                await strike()
+        finally:
+            for relay in relays:
+                relay.resume()
+        version = consumed["consumeCredits"]["balance"]["version"]
+        while True:  # every frame whole, until the change's own
+            payload = json.loads(await frame(ws, wait=10))["payload"]
+            assert "errors" not in payload, payload
+            changed = payload["data"]["balanceChanged"]
+            assert changed["endUser"] == {"externalId": "u0"}
+            if changed["version"] == version:
+                break
+        assert changed["remaining"] == 6
+
+
+def _unused_application_id() -> int:
+    """Redis channels are shared by every database of the server: an id nobody else uses."""
+    return 2**40 + uuid.uuid4().int % 2**40
+
+
+async def _no_snapshots(_: Topic) -> list[dict]:
+    return []
+
+
+async def test_an_event_not_rendered_is_repaired_by_a_resync() -> None:
+    """A rendering that fails outside field resolution leaves its version open: the next
+    resync (after a broker reconnect) delivers it."""
+    broker = RedisBroker(REDIS_TEST_URL)
+    application_id = _unused_application_id()
+    snapshot = {"pool_id": 1, "pool": "ai", "end_user_id": 5, "version": 3}
+
+    async def snapshots(_: Topic) -> list[dict]:
+        return [snapshot]
+
+    fanout = Fanout(broker, snapshots)
+    failures = [RuntimeError("rendering failed")]
+
+    async def render(event: dict) -> int:
+        if failures:
+            raise failures.pop()
+        return event["version"]
+
+    await broker.start()
+    try:
+        await asyncio.wait_for(broker.connected.wait(), 5)
+        topic = Topic(application_id, end_user_id=5)
+        watcher = await fanout.join(topic, Selection("doc", lambda: render))
+        envelope = {"topic": "balance", "event": snapshot}
+        await broker.publish(application_channel(application_id), json.dumps(envelope).encode())
+        await asyncio.sleep(0.3)
+        assert watcher.pending == {}  # the failed rendering was not sent
+        for hook in broker.hooks:  # what a reconnect does
+            hook()
+        assert await asyncio.wait_for(watcher.take(), 5) == [3]
+        fanout.leave(watcher)
+    finally:
+        await broker.close()
+
+
+async def test_a_first_subscriber_hears_everything_published_once_it_joined() -> None:
+    """Joining returns once the process's Redis subscription is live: a snapshot read
+    after it cannot miss an event published meanwhile."""
+    broker = RedisBroker(REDIS_TEST_URL)
+    fanout = Fanout(broker, _no_snapshots)
+    publisher = redis.Redis.from_url(REDIS_TEST_URL)
+    await broker.start()
+    try:
+        await asyncio.wait_for(broker.connected.wait(), 5)
+        for _ in range(10):
+            application_id = _unused_application_id()  # each time a first subscriber
+            watcher = await fanout.join(Topic(application_id), EVENTS)
+            event = {"pool_id": 1, "pool": "ai", "end_user_id": None, "version": 1}
+            envelope = json.dumps({"topic": "balance", "event": event})
+            await publisher.publish(application_channel(application_id), envelope)
+            received = await asyncio.wait_for(watcher.take(), 2)
+            assert received == [event]
+            fanout.leave(watcher)
+    finally:
+        await publisher.aclose()
+        await broker.close()
