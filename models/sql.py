@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar
 
+from asyncpg import TransactionRollbackError
 from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import OperationalError
@@ -157,7 +158,7 @@ async def _transaction(work: Callable[[Sql], Awaitable[T]]) -> T:
                 for hook in outbox_hooks:
                     hook()
             return result
-        except OperationalError as exc:
+        except (OperationalError, TransactionRollbackError) as exc:  # Tortoise's or asyncpg's
             if attempt == MAX_ATTEMPTS or not _retryable(exc):
                 raise
             await asyncio.sleep(0.005 * attempt)

@@ -33,9 +33,11 @@ MAX_INTAKE_KEYS = 10_000  # events waiting for the dispatcher, newest per balanc
 DISPATCHED_VERSIONS = 65_536  # versions remembered per application, to drop a republished row
 
 # A rendering that hit a transient failure (models/transient.py) is tried again after
-# these pauses, never sent degraded; past them the event waits for a resync.
+# these pauses, never sent degraded; past them its balances are read again (a resync,
+# itself retried with back-off while the database is away).
 RENDER_RETRY_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
-RESYNC_RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0)
+RESYNC_FIRST_PAUSE = 0.5
+RESYNC_MAX_PAUSE = 5.0
 
 Render = Callable[[Event], Awaitable[Any]]
 Route = tuple[str, int | None, str | None]  # (kind, End User or None for all, pool or None)
@@ -222,9 +224,11 @@ class _Application:
                 item = await render_retrying(group.render, event, superseded)
             except Exception as error:  # the other selections still get the event
                 rendered_by_all = False
-                if is_transient(error) and not superseded():
+                if not is_transient(error):
+                    log.exception("rendering failed on application %s", self.application_id)
+                elif not superseded():
+                    log.warning("rendering failed (%s); its balances will be read again", error)
                     self.repair()
-                log.exception("rendering failed on application %s", self.application_id)
                 continue
             for bucket in buckets:
                 if isinstance(bucket, Subscriber):
@@ -315,10 +319,10 @@ class Fanout:
     async def _resync(self, application: _Application) -> None:
         """After missed or unrendered events: every topic's snapshots go through the
         dispatcher like any event; those not newer than what was dispatched are dropped
-        there. Retried with back-off while the database is briefly away."""
-        for pause in (*RESYNC_RETRY_PAUSES, None):
-            if self.applications.get(application.application_id) is not application:
-                return  # closed meanwhile
+        there. Tried again, with back-off, for as long as the database is away and the
+        application has subscribers."""
+        pause = RESYNC_FIRST_PAUSE
+        while self.applications.get(application.application_id) is application:
             topics = {
                 Topic(application.application_id, kind, pool, end_user)
                 for (kind, end_user, pool), _ in application.members
@@ -331,8 +335,9 @@ class Fanout:
                         application.intake.offer(key, event["version"], ("balance", event))
                 return
             except Exception as error:
-                if pause is None or not is_transient(error):
+                if not is_transient(error):
                     log.exception("resync of application %s failed", application.application_id)
                     return
                 log.warning("resync failed (%s); retrying in %.2fs", error, pause)
-                await asyncio.sleep(pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RESYNC_MAX_PAUSE)

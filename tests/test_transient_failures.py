@@ -13,17 +13,17 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 import pytest
-import redis.asyncio as redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from api.database import plain_postgres_dsn
 from subscriptions.broker import RedisBroker, application_channel
-from subscriptions.fanout import EVENTS, Fanout, Selection, Topic
+from subscriptions.fanout import EVENTS, RENDER_RETRY_PAUSES, Fanout, Selection, Topic
 from subscriptions.relay import OutboxRelay
 from tests.conftest import REDIS_TEST_URL, Backend
 from tests.graphql_client import CONSUME, CREATE_API_KEY, Caller
@@ -46,23 +46,26 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def _terminate_when_waiting(fault: asyncpg.Connection) -> None:
-    """Once a backend waits on the fault's lock, every other connection to the test
-    database is terminated (the server's pool, the relay's)."""
-    for _ in range(500):
-        waiting = await fault.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+async def _terminate_when_waiting(fault: asyncpg.Connection, struck: set[int]) -> None:
+    """Once a backend (not struck before) waits on the fault's lock, every other
+    connection to the test database is terminated (the server's pool, the relay's)."""
+    for _ in range(1_000):
+        # inside the fault's transaction, the activity view is a snapshot until cleared
+        await fault.execute("SELECT pg_stat_clear_snapshot()")
+        waiting = await fault.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
             " AND wait_event_type = 'Lock'"
         )
-        if waiting:
+        if {row["pid"] for row in waiting} - struck:
             break
         await asyncio.sleep(0.01)
     else:
         raise AssertionError("no query waited on the lock")
-    await fault.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    killed = await fault.fetch(
+        "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
     )
+    struck.update(row["pid"] for row in killed)
 
 
 @asynccontextmanager
@@ -77,7 +80,8 @@ async def table_fault(backend: Backend, table: str) -> AsyncIterator[Strike]:
         await transaction.start()
         await fault.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
         try:
-            yield lambda: _terminate_when_waiting(fault)
+            struck: set[int] = set()
+            yield lambda: _terminate_when_waiting(fault, struck)
         finally:
             await transaction.rollback()
             await fault.close()
@@ -165,12 +169,15 @@ def _requests(server, app_id: str, key: str) -> dict[str, Callable[[httpx.AsyncC
     }
 
 
+# SQLite readers never wait for a writer (WAL): reads cannot fail transiently there.
+POSTGRES_ONLY = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+
+
+@POSTGRES_ONLY
 @pytest.mark.parametrize("route", ["graphql", "export", "ingest"])
 async def test_a_credential_lookup_that_loses_its_database_is_503(
     server, http, backend, route
 ) -> None:
-    if not backend.postgres:
-        pytest.skip("SQLite readers never wait for a writer (WAL): a lookup cannot fail")
     app = await _application(server, http, users=1)
     key = await _fresh_key(server, http, app.id)
     async with table_fault(backend, "api_key") as strike:
@@ -194,11 +201,10 @@ async def test_a_credential_lookup_that_loses_its_database_is_503(
     assert retried.status_code == 200, retried.text
 
 
+@POSTGRES_ONLY
 async def test_a_websocket_whose_credential_cannot_be_checked_is_told_to_try_again(
     server, http, backend
 ) -> None:
-    if not backend.postgres:
-        pytest.skip("SQLite readers never wait for a writer (WAL): a lookup cannot fail")
     app = await _application(server, http, users=1)
     key = await _fresh_key(server, http, app.id)
     url = server.graphql.replace("http", "ws", 1)
@@ -212,11 +218,13 @@ async def test_a_websocket_whose_credential_cannot_be_checked_is_told_to_try_aga
         assert ws.close_code == 1013  # try again later, not 4403 (a bad credential)
 
 
+@POSTGRES_ONLY
+@pytest.mark.parametrize("strikes", [1, len(RENDER_RETRY_PAUSES) + 1])
 async def test_a_rendering_that_loses_its_database_is_retried_never_sent_degraded(
-    server, http, backend
+    server, http, backend, strikes
 ) -> None:
-    if not backend.postgres:
-        pytest.skip("SQLite readers never wait for a writer (WAL): a rendering cannot fail")
+    """Once: the rendering is tried again. Past every retry: the balance is read again
+    (a resync) and its version sent once the database answers."""
     app = await _application(server, http, users=1, credits_each=10)
     u0 = app.end_user_ids[0]
     async with subscriber(server, app.reader.key, WHO, app=app.id, endUser=u0) as ws:
@@ -233,7 +241,8 @@ async def test_a_rendering_that_loses_its_database_is_retried_never_sent_degrade
             async with table_fault(backend, "end_user") as strike:
                 for relay in relays:
                     relay.resume()
-                await strike()
+                for _ in range(strikes):
+                    await strike()
         finally:
             for relay in relays:
                 relay.resume()
@@ -292,24 +301,34 @@ async def test_an_event_not_rendered_is_repaired_by_a_resync() -> None:
         await broker.close()
 
 
+def _resp(*parts: str) -> bytes:
+    """A Redis command in the protocol's own framing."""
+    encoded = [part.encode() for part in parts]
+    return f"*{len(encoded)}\r\n".encode() + b"".join(
+        f"${len(part)}\r\n".encode() + part + b"\r\n" for part in encoded
+    )
+
+
 async def test_a_first_subscriber_hears_everything_published_once_it_joined() -> None:
     """Joining returns once the process's Redis subscription is live: a snapshot read
-    after it cannot miss an event published meanwhile."""
+    after it cannot miss an event published meanwhile. The event is published the moment
+    `join` returns, before this process runs anything else (a raw write)."""
     broker = RedisBroker(REDIS_TEST_URL)
     fanout = Fanout(broker, _no_snapshots)
-    publisher = redis.Redis.from_url(REDIS_TEST_URL)
+    address = urlsplit(REDIS_TEST_URL)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port or 6379)
     await broker.start()
     try:
         await asyncio.wait_for(broker.connected.wait(), 5)
         for _ in range(10):
             application_id = _unused_application_id()  # each time a first subscriber
-            watcher = await fanout.join(Topic(application_id), EVENTS)
             event = {"pool_id": 1, "pool": "ai", "end_user_id": None, "version": 1}
             envelope = json.dumps({"topic": "balance", "event": event})
-            await publisher.publish(application_channel(application_id), envelope)
-            received = await asyncio.wait_for(watcher.take(), 2)
-            assert received == [event]
+            watcher = await fanout.join(Topic(application_id), EVENTS)
+            writer.write(_resp("PUBLISH", application_channel(application_id), envelope))
+            assert await reader.readline() == b":1\r\n"  # one receiver: this process
+            assert await asyncio.wait_for(watcher.take(), 2) == [event]
             fanout.leave(watcher)
     finally:
-        await publisher.aclose()
+        writer.close()
         await broker.close()
