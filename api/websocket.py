@@ -389,8 +389,7 @@ class LiveTransportWSHandler(_MessageLoop, BaseGraphQLTransportWSHandler[Context
             return
         except Exception as error:
             if is_transient(error):  # going live failed (the snapshot's read): retryable
-                self.operations.pop(operation.id, None)
-                with suppress(Exception):
+                with suppress(Exception):  # an error message ends (and forgets) the operation
                     await operation.send_operation_message(
                         {"id": operation.id, "type": "error", "payload": [UNAVAILABLE_ERROR]}
                     )

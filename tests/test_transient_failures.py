@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -28,7 +29,7 @@ from subscriptions.relay import OutboxRelay
 from tests.conftest import REDIS_TEST_URL, Backend
 from tests.graphql_client import CONSUME, CREATE_API_KEY, Caller
 from tests.test_graphql_api import _application, _consume
-from tests.test_shared_rendering import TRANSPORT_WS, frame, settled, subscriber
+from tests.test_shared_rendering import LEGACY_WS, TRANSPORT_WS, frame, settled, subscriber
 
 Strike = Callable[[], Awaitable[None]]
 VIEWER = "query { viewer { role } }"
@@ -332,3 +333,65 @@ async def test_a_first_subscriber_hears_everything_published_once_it_joined() ->
     finally:
         writer.close()
         await broker.close()
+
+
+@POSTGRES_ONLY
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+async def test_a_subscription_whose_snapshot_cannot_be_read_gets_unavailable(
+    server, http, backend, protocol
+) -> None:
+    app = await _application(server, http, users=1)
+    async with table_fault(backend, "credit_pool") as strike:
+        async with subscriber(server, app.reader.key, WHO, protocol, app=app.id) as ws:
+            await strike()
+            message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert message["type"] == "error" and message["id"] == "7"
+    errors = message["payload"] if protocol == TRANSPORT_WS else [message["payload"]]
+    assert [error["extensions"]["code"] for error in errors] == ["UNAVAILABLE"]
+
+
+async def _kill_redis_clients(kind: str) -> int:
+    """Kills this test database's Redis connections of `kind` (pubsub, normal), by id:
+    other databases of the server belong to others."""
+    database = int(urlsplit(REDIS_TEST_URL).path.strip("/") or 0)
+    admin = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        ours = [
+            client["id"]
+            for client in await admin.client_list(_type=kind)
+            if int(client["db"]) == database and client["name"] != "fault-injector"
+        ]
+        for client_id in ours:
+            await admin.client_kill_filter(_id=client_id)
+        return len(ours)
+    finally:
+        await admin.aclose()
+
+
+@POSTGRES_ONLY
+async def test_a_subscriber_gets_every_change_across_a_lost_redis_connection(
+    server, http, backend
+) -> None:
+    """Redis connections killed while a change is published: the broker reconnects and
+    resyncs, the relay publishes again; the subscriber gets the change."""
+    app = await _application(server, http, users=1, credits_each=10)
+    u0 = app.end_user_ids[0]
+    async with subscriber(server, app.reader.key, WHO, app=app.id, endUser=u0) as ws:
+        await frame(ws)
+        await settled(server, int(app.id))
+        relays = list(OutboxRelay.running)
+        for relay in relays:
+            await relay.hold()
+        try:
+            consumed = await app.admin(CONSUME, input=_consume(app, {"id": u0}, credits=2))
+            assert await _kill_redis_clients("pubsub") >= 1
+            assert await _kill_redis_clients("normal") >= 1
+        finally:
+            for relay in relays:
+                relay.resume()
+        version = consumed["consumeCredits"]["balance"]["version"]
+        while True:
+            changed = json.loads(await frame(ws, wait=10))["payload"]["data"]["balanceChanged"]
+            if changed["version"] == version:
+                break
+        assert changed["remaining"] == 8
