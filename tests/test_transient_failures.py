@@ -219,6 +219,37 @@ async def test_a_websocket_whose_credential_cannot_be_checked_is_told_to_try_aga
         assert ws.close_code == 1013  # try again later, not 4403 (a bad credential)
 
 
+async def _whole_frames_until(ws: Any, version: int) -> dict[str, Any]:
+    """The frames up to the one of `version` (Redis channels are shared by every database
+    of the server: others' events of the same ids may come too), each whole: no error,
+    the End User there."""
+    while True:
+        payload = json.loads(await frame(ws, wait=10))["payload"]
+        assert "errors" not in payload, payload
+        changed = payload["data"]["balanceChanged"]
+        assert changed["endUser"] == {"externalId": "u0"}
+        if changed["version"] == version:
+            return changed
+
+
+@asynccontextmanager
+async def relays_held() -> AsyncIterator[Callable[[], None]]:
+    """The outbox relays of this process (the server's) hold their rows until resumed (by
+    the function given, or at the end)."""
+    relays = list(OutboxRelay.running)
+    for relay in relays:
+        await relay.hold()
+
+    def resume() -> None:
+        for relay in relays:
+            relay.resume()
+
+    try:
+        yield resume
+    finally:
+        resume()
+
+
 @POSTGRES_ONLY
 @pytest.mark.parametrize("strikes", [1, len(RENDER_RETRY_PAUSES) + 1])
 async def test_a_rendering_that_loses_its_database_is_retried_never_sent_degraded(
@@ -232,30 +263,16 @@ async def test_a_rendering_that_loses_its_database_is_retried_never_sent_degrade
         first = json.loads(await frame(ws))["payload"]
         assert first["data"]["balanceChanged"]["endUser"] == {"externalId": "u0"}
         await settled(server, int(app.id))
-        relays = list(OutboxRelay.running)
-        for relay in relays:
-            await relay.hold()
-        try:
+        async with relays_held() as resume:
             consumed = await app.admin(CONSUME, input=_consume(app, {"id": u0}, credits=4))
             # The relay publishes; the shared rendering's End User read waits on the lock
             # and its connection is terminated under it.
             async with table_fault(backend, "end_user") as strike:
-                for relay in relays:
-                    relay.resume()
+                resume()
                 for _ in range(strikes):
                     await strike()
-        finally:
-            for relay in relays:
-                relay.resume()
         version = consumed["consumeCredits"]["balance"]["version"]
-        while True:  # every frame whole, until the change's own
-            payload = json.loads(await frame(ws, wait=10))["payload"]
-            assert "errors" not in payload, payload
-            changed = payload["data"]["balanceChanged"]
-            assert changed["endUser"] == {"externalId": "u0"}
-            if changed["version"] == version:
-                break
-        assert changed["remaining"] == 6
+        assert (await _whole_frames_until(ws, version))["remaining"] == 6
 
 
 def _unused_application_id() -> int:
@@ -379,19 +396,9 @@ async def test_a_subscriber_gets_every_change_across_a_lost_redis_connection(
     async with subscriber(server, app.reader.key, WHO, app=app.id, endUser=u0) as ws:
         await frame(ws)
         await settled(server, int(app.id))
-        relays = list(OutboxRelay.running)
-        for relay in relays:
-            await relay.hold()
-        try:
+        async with relays_held():
             consumed = await app.admin(CONSUME, input=_consume(app, {"id": u0}, credits=2))
             assert await _kill_redis_clients("pubsub") >= 1
             assert await _kill_redis_clients("normal") >= 1
-        finally:
-            for relay in relays:
-                relay.resume()
         version = consumed["consumeCredits"]["balance"]["version"]
-        while True:
-            changed = json.loads(await frame(ws, wait=10))["payload"]["data"]["balanceChanged"]
-            if changed["version"] == version:
-                break
-        assert changed["remaining"] == 8
+        assert (await _whole_frames_until(ws, version))["remaining"] == 8
