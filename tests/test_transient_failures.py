@@ -19,10 +19,14 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as redis
+from graphql import GraphQLError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from tortoise.exceptions import DBConnectionError, OperationalError
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from api.database import plain_postgres_dsn
+from models.transient import is_transient
 from subscriptions.broker import RedisBroker, application_channel
 from subscriptions.fanout import EVENTS, RENDER_RETRY_PAUSES, Fanout, Selection, Topic
 from subscriptions.relay import OutboxRelay
@@ -402,3 +406,38 @@ async def test_a_subscriber_gets_every_change_across_a_lost_redis_connection(
             assert await _kill_redis_clients("normal") >= 1
         version = consumed["consumeCredits"]["balance"]["version"]
         assert (await _whole_frames_until(ws, version))["remaining"] == 8
+
+
+@POSTGRES_ONLY
+async def test_a_query_over_get_that_loses_its_database_is_503(server, http, backend) -> None:
+    """Strawberry's own view (a GET) answers the same as the JSON POST path."""
+    app = await _application(server, http, users=1)
+    query = "query($id: ID!) { application(id: $id) { pools { key remaining } } }"
+    params = {"query": query, "variables": json.dumps({"id": app.id})}
+    headers = {"Authorization": f"Bearer {app.reader.key}", "Accept": "application/json"}
+    async with table_fault(backend, "credit_pool") as strike:
+        request = asyncio.ensure_future(http.get(server.graphql, params=params, headers=headers))
+        await strike()
+        failed = await request
+    assert failed.status_code == 503, failed.text
+    assert failed.headers["retry-after"] == "1"
+    assert _codes(failed.json()) == ["UNAVAILABLE"]
+
+
+def test_what_is_transient() -> None:
+    """Wrapped or not, a lost connection, a busy SQLite file or Redis away is transient;
+    a bug or a bad statement is not."""
+    locked = sqlite3.OperationalError("database is locked")
+    wrapped = OperationalError(locked)
+    wrapped.__context__ = locked  # as Tortoise's SQLite client raises it, inside `except`
+    assert is_transient(wrapped)
+    assert is_transient(GraphQLError("x", original_error=asyncpg.AdminShutdownError()))
+    assert is_transient(asyncpg.ConnectionDoesNotExistError("connection was closed"))
+    assert is_transient(asyncpg.InterfaceError("the underlying connection is closed"))
+    assert is_transient(DBConnectionError("cannot connect"))
+    assert is_transient(RedisConnectionError("Connection closed by server."))
+    assert not is_transient(OperationalError(sqlite3.OperationalError("no such table: x")))
+    assert not is_transient(asyncpg.UndefinedColumnError("column x does not exist"))
+    assert not is_transient(asyncpg.InterfaceError("another operation is in progress"))
+    assert not is_transient(ValueError("a bug"))
+    assert not is_transient(None)
