@@ -35,6 +35,9 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
 )
 _TRANSIENT_INTERFACE = ("connection was closed", "connection is closed", "pool is closing")
+# A pooled connection whose server process was terminated, taken between the termination
+# notice and the socket's close: its protocol still waits for the end of that notice.
+_TERMINATED_STATE = "cannot switch to state"
 _SQLITE_BUSY = ("database is locked", "database table is locked")
 _MAX_CHAIN = 10
 
@@ -45,6 +48,8 @@ def _transient_itself(error: BaseException) -> bool:
     text = str(error).lower()
     if isinstance(error, asyncpg.InterfaceError):
         return any(marker in text for marker in _TRANSIENT_INTERFACE)
+    if isinstance(error, asyncpg.InternalClientError):
+        return text.startswith(_TERMINATED_STATE)
     if isinstance(error, sqlite3.OperationalError):
         return any(marker in text for marker in _SQLITE_BUSY)
     return False

@@ -435,6 +435,11 @@ def test_what_is_transient() -> None:
     assert is_transient(asyncpg.ConnectionDoesNotExistError("connection was closed"))
     assert is_transient(asyncpg.InterfaceError("the underlying connection is closed"))
     assert is_transient(DBConnectionError("cannot connect"))
+    assert is_transient(
+        asyncpg.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress"
+        )
+    )
     assert is_transient(RedisConnectionError("Connection closed by server."))
     assert not is_transient(OperationalError(sqlite3.OperationalError("no such table: x")))
     assert not is_transient(asyncpg.UndefinedColumnError("column x does not exist"))
