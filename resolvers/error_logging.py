@@ -1,8 +1,9 @@
 """How GraphQL errors are logged (Strawberry's `Schema.process_errors`, called with the
 errors before they are masked): an error we raised on purpose (UNAUTHENTICATED,
 NOT_FOUND, a validation or syntax error) is the client's, answered to it and kept in the
-request log, so it is one DEBUG line at most, without a traceback; any other is ours, an
-ERROR with its traceback. Neither prints the query (Strawberry's `str(error)` quotes the
+request log, so it is one DEBUG line at most, without a traceback; a transient failure of
+the database or the broker (answered UNAVAILABLE) is one WARNING line; any other is ours,
+an ERROR with its traceback. Neither prints the query (Strawberry's `str(error)` quotes the
 document around the error) and a message is cut short: both can be client input."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from graphql import GraphQLError
 
 from models.request_log import clip
+from models.transient import is_transient
 
 log = logging.getLogger("usagegraph.graphql")
 MAX_EXPECTED_MESSAGE = 300  # characters of an expected error's message logged
@@ -43,7 +45,9 @@ def _subject(error: GraphQLError, what: str) -> str:
 
 def log_errors(errors: list[GraphQLError]) -> None:
     for error in errors:
-        if unexpected(error):
+        if unexpected(error) and is_transient(error):  # answered UNAVAILABLE: no bug of ours
+            log.warning("%s: %s", _subject(error, "unavailable"), error.original_error)
+        elif unexpected(error):
             subject = _subject(error, "unexpected error")
             log.error("%s: %s", subject, error.message, exc_info=error.original_error)
         elif log.isEnabledFor(logging.DEBUG):

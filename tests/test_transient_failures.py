@@ -124,7 +124,7 @@ def _codes(body: dict) -> list[str]:
 
 
 async def test_a_write_that_loses_its_database_is_unavailable_and_safe_to_retry(
-    server, http, backend
+    server, http, backend, caplog
 ) -> None:
     app = await _application(server, http, users=1, credits_each=10)
     consume = _consume(app, {"id": app.end_user_ids[0]}, credits=3)
@@ -138,6 +138,9 @@ async def test_a_write_that_loses_its_database_is_unavailable_and_safe_to_retry(
     body = failed.json()
     assert _codes(body) == ["UNAVAILABLE"] and body["data"] is None
     assert "idempotency key" in body["errors"][0]["message"]
+    logged = [r for r in caplog.records if r.name == "usagegraph.graphql"]
+    assert [r.levelname for r in logged] == ["WARNING"]  # one line, no traceback
+    assert logged[0].exc_info is None and "unavailable at consumeCredits" in logged[0].message
 
     applied = (await _answered(app.admin, CONSUME, input=consume))["consumeCredits"]
     replayed = (await _answered(app.admin, CONSUME, input=consume))["consumeCredits"]
