@@ -36,6 +36,8 @@ from tests.test_graphql_api import _application, _consume
 from tests.test_shared_rendering import LEGACY_WS, TRANSPORT_WS, frame, settled, subscriber
 
 Strike = Callable[[], Awaitable[None]]
+# SQLite readers never wait for a writer (WAL): reads cannot fail transiently there.
+POSTGRES_ONLY = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 VIEWER = "query { viewer { role } }"
 WHO = """
 subscription($app: ID!, $endUser: ID) {
@@ -149,6 +151,30 @@ async def test_a_write_that_loses_its_database_is_unavailable_and_safe_to_retry(
     assert applied["balance"]["used"] == 3 and applied["balance"]["remaining"] == 7
 
 
+@POSTGRES_ONLY
+async def test_a_write_whose_answer_failed_after_its_commit_is_replayed_by_a_retry(
+    server, http, backend
+) -> None:
+    """The consumption commits; reading what its answer selects (the threshold, after the
+    commit) loses its connection: the answer carries UNAVAILABLE beside what it has, and a
+    retry with the same key replays the committed consumption, never a second one."""
+    app = await _application(server, http, users=1, credits_each=10)
+    consume = _consume(app, {"id": app.end_user_ids[0]}, credits=3)
+    consume["idempotencyKey"] = f"lost-{uuid.uuid4().hex}"
+    async with table_fault(backend, "end_user_window_usage") as strike:
+        request = asyncio.ensure_future(app.admin.raw(CONSUME, {"input": consume}))
+        await strike()
+        partial = await request
+    assert partial.status_code == 200, partial.text  # not the whole request: its data came
+    body = partial.json()
+    assert _codes(body) == ["UNAVAILABLE"]
+    assert body["data"]["consumeCredits"]["balance"]["remaining"] == 7
+
+    replayed = (await _answered(app.admin, CONSUME, input=consume))["consumeCredits"]
+    assert replayed["replayed"] and replayed["errors"] == []
+    assert replayed["balance"]["used"] == 3 and replayed["balance"]["remaining"] == 7
+
+
 async def _fresh_key(server, http, app_id: str) -> str:
     org = Caller(http, server.graphql, server.organization_key)
     made = await org(
@@ -175,10 +201,6 @@ def _requests(server, app_id: str, key: str) -> dict[str, Callable[[httpx.AsyncC
             f"{server.url}/v1/request-logs", json={"records": []}, headers=auth
         ),
     }
-
-
-# SQLite readers never wait for a writer (WAL): reads cannot fail transiently there.
-POSTGRES_ONLY = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
 
 @POSTGRES_ONLY
