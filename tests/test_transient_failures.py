@@ -125,16 +125,24 @@ def _codes(body: dict) -> list[str]:
     return [error["extensions"]["code"] for error in body.get("errors", ())]
 
 
+async def _consumed_under_fault(
+    server: Any, http: httpx.AsyncClient, backend: Backend, table: str
+) -> tuple[Any, dict[str, Any], httpx.Response]:
+    """A fresh application, a consumption of 3 of its End User's 10 credits (with an
+    idempotency key) and its answer, sent while `table` is under a fault."""
+    app = await _application(server, http, users=1, credits_each=10)
+    consume = _consume(app, {"id": app.end_user_ids[0]}, credits=3)
+    consume["idempotencyKey"] = f"fault-{uuid.uuid4().hex}"
+    async with table_fault(backend, table) as strike:
+        request = asyncio.ensure_future(app.admin.raw(CONSUME, {"input": consume}))
+        await strike()
+        return app, consume, await request
+
+
 async def test_a_write_that_loses_its_database_is_unavailable_and_safe_to_retry(
     server, http, backend, caplog
 ) -> None:
-    app = await _application(server, http, users=1, credits_each=10)
-    consume = _consume(app, {"id": app.end_user_ids[0]}, credits=3)
-    consume["idempotencyKey"] = f"retry-{uuid.uuid4().hex}"
-    async with table_fault(backend, "credit_pool") as strike:
-        request = asyncio.ensure_future(app.admin.raw(CONSUME, {"input": consume}))
-        await strike()
-        failed = await request
+    app, consume, failed = await _consumed_under_fault(server, http, backend, "credit_pool")
     assert failed.status_code == 503, failed.text
     assert failed.headers["retry-after"] == "1"
     body = failed.json()
@@ -158,13 +166,9 @@ async def test_a_write_whose_answer_failed_after_its_commit_is_replayed_by_a_ret
     """The consumption commits; reading what its answer selects (the threshold, after the
     commit) loses its connection: the answer carries UNAVAILABLE beside what it has, and a
     retry with the same key replays the committed consumption, never a second one."""
-    app = await _application(server, http, users=1, credits_each=10)
-    consume = _consume(app, {"id": app.end_user_ids[0]}, credits=3)
-    consume["idempotencyKey"] = f"lost-{uuid.uuid4().hex}"
-    async with table_fault(backend, "end_user_window_usage") as strike:
-        request = asyncio.ensure_future(app.admin.raw(CONSUME, {"input": consume}))
-        await strike()
-        partial = await request
+    app, consume, partial = await _consumed_under_fault(
+        server, http, backend, "end_user_window_usage"
+    )
     assert partial.status_code == 200, partial.text  # not the whole request: its data came
     body = partial.json()
     assert _codes(body) == ["UNAVAILABLE"]
