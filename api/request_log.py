@@ -44,6 +44,7 @@ _STATUS_CODES = {
     429: "RATE_LIMITED",
     499: "CLIENT_CLOSED",
     500: "INTERNAL",
+    503: "UNAVAILABLE",
 }
 # WebSocket close codes before the connection was acknowledged, as HTTP statuses.
 _CLOSE_STATUS = {4401: 401, 4403: 403, 1011: 500, 1013: 503, 4429: 429}
