@@ -7,6 +7,8 @@ Every layer asks `is_transient` before deciding how a failure is answered: UNAVA
 
 from __future__ import annotations
 
+import errno
+import socket
 import sqlite3
 
 import asyncpg
@@ -28,9 +30,11 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     # a deadlock or serialization failure that outlived the ledger's own retries: the
     # transaction rolled back whole (class 40)
     asyncpg.TransactionRollbackError,
-    # ConnectionError, TimeoutError (a pool's acquire), a refused or reset socket;
-    # Tortoise's DBConnectionError is a ConnectionError
-    OSError,
+    # a refused, reset or broken socket (Tortoise's DBConnectionError is a ConnectionError),
+    # a connect or a pool's acquire timed out, a host name not resolved
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
     RedisConnectionError,
     RedisTimeoutError,
 )
@@ -38,6 +42,11 @@ _TRANSIENT_INTERFACE = ("connection was closed", "connection is closed", "pool i
 # A pooled connection whose server process was terminated, taken between the termination
 # notice and the socket's close: its protocol still waits for the end of that notice.
 _TERMINATED_STATE = "cannot switch to state"
+# Network failures that arrive as a plain OSError (not every OSError: a missing file is not
+# transient).
+_NETWORK_ERRNOS = frozenset(
+    (errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ETIMEDOUT)
+)
 _SQLITE_BUSY = ("database is locked", "database table is locked")
 _MAX_CHAIN = 10
 
@@ -45,6 +54,8 @@ _MAX_CHAIN = 10
 def _transient_itself(error: BaseException) -> bool:
     if isinstance(error, _TRANSIENT_TYPES):
         return True
+    if isinstance(error, OSError):
+        return error.errno in _NETWORK_ERRNOS
     text = str(error).lower()
     if isinstance(error, asyncpg.InterfaceError):
         return any(marker in text for marker in _TRANSIENT_INTERFACE)

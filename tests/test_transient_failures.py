@@ -7,7 +7,9 @@ never receive an event rendered on a failure."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -453,6 +455,15 @@ async def test_a_query_over_get_that_loses_its_database_is_503(server, http, bac
     assert _codes(failed.json()) == ["UNAVAILABLE"]
 
 
+async def test_a_database_that_cannot_be_reached_is_transient() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(Exception) as refused:
+        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/x", timeout=2)
+    assert is_transient(refused.value)
+
+
 def test_what_is_transient() -> None:
     """Wrapped or not, a lost connection, a busy SQLite file or Redis away is transient;
     a bug or a bad statement is not."""
@@ -473,5 +484,7 @@ def test_what_is_transient() -> None:
     assert not is_transient(OperationalError(sqlite3.OperationalError("no such table: x")))
     assert not is_transient(asyncpg.UndefinedColumnError("column x does not exist"))
     assert not is_transient(asyncpg.InterfaceError("another operation is in progress"))
+    assert is_transient(OSError(errno.EHOSTUNREACH, "No route to host"))
+    assert not is_transient(FileNotFoundError(errno.ENOENT, "no such file"))
     assert not is_transient(ValueError("a bug"))
     assert not is_transient(None)
