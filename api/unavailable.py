@@ -20,7 +20,7 @@ RETRY_AFTER = str(RETRY_AFTER_SECONDS)
 
 
 def failed_whole_unavailable(response_data: Any) -> bool:
-    """A GraphQL answer with an UNAVAILABLE error and nothing else in it: no data, or only
+    """A GraphQL answer with an UNAVAILABLE error and no result beside it: no data, or only
     null top-level fields."""
     if not isinstance(response_data, dict):  # a batch: each operation answers for itself
         return False
