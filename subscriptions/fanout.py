@@ -20,6 +20,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from models.transient import is_transient
@@ -151,9 +152,9 @@ class _Application:
         self.dispatched: OrderedDict[Key, int] = OrderedDict()
         self.listening = contextlib.ExitStack()
         self.dispatcher: asyncio.Task[None] | None = None
-        # Called when an event could not be rendered for a transient reason: its balances
-        # are read again and dispatched (Fanout's resync).
-        self.repair: Callable[[], None] = lambda: None
+        # Called with an event that could not be rendered for a transient reason: a
+        # balance is read again and dispatched (Fanout's resync), an alert offered again.
+        self.repair: Callable[[str, Event], None] = lambda kind, event: None
         self.repairing: asyncio.Task[None] | None = None
 
     def add(self, topic: Topic, selection: Selection) -> Subscriber:
@@ -228,7 +229,7 @@ class _Application:
                     log.exception("rendering failed on application %s", self.application_id)
                 elif not superseded():
                     log.warning("rendering failed (%s); its balances will be read again", error)
-                    self.repair()
+                    self.repair(kind, event)
                 continue
             for bucket in buckets:
                 if isinstance(bucket, Subscriber):
@@ -292,7 +293,7 @@ class Fanout:
         application.dispatcher = asyncio.get_running_loop().create_task(
             application.dispatch_forever(), name=f"fanout-{application_id}"
         )
-        application.repair = lambda: self._repair(application)
+        application.repair = lambda kind, event: self._repair(application, kind, event)
         self.applications[application_id] = application
         return application
 
@@ -306,8 +307,12 @@ class Fanout:
         for application in list(self.applications.values()):
             self._resync_later(application)
 
-    def _repair(self, application: _Application) -> None:
-        if application.repairing is None or application.repairing.done():
+    def _repair(self, application: _Application, kind: str, event: Event) -> None:
+        if kind == "alert":  # no snapshot to read: the event itself goes through again
+            key = (kind, event_key(kind, event))
+            retry = partial(application.intake.offer, key, event["version"], (kind, event))
+            asyncio.get_running_loop().call_later(RESYNC_FIRST_PAUSE, retry)
+        elif application.repairing is None or application.repairing.done():
             application.repairing = self._resync_later(application)  # one at a time
 
     def _resync_later(self, application: _Application) -> asyncio.Task[None]:

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from api.database import plain_postgres_dsn
 from models.transient import is_transient
-from subscriptions.broker import RedisBroker, application_channel
+from subscriptions.broker import InProcessBroker, RedisBroker, application_channel
 from subscriptions.fanout import EVENTS, RENDER_RETRY_PAUSES, Fanout, Selection, Topic
 from subscriptions.relay import OutboxRelay
 from tests.conftest import REDIS_TEST_URL, Backend
@@ -352,6 +352,32 @@ async def test_an_event_not_rendered_is_repaired_by_a_resync() -> None:
         fanout.leave(watcher)
     finally:
         await broker.close()
+
+
+async def test_an_alert_whose_rendering_keeps_failing_goes_through_again() -> None:
+    """An alert has no snapshot to read again: past the rendering's retries it is offered
+    again itself, and delivered once the rendering succeeds."""
+    broker = InProcessBroker()
+    fanout = Fanout(broker, _no_snapshots)
+    failures = len(RENDER_RETRY_PAUSES) + 2  # past every retry of the first dispatch
+    attempts: list[int] = []
+
+    async def render(event: dict) -> str:
+        attempts.append(event["version"])
+        if len(attempts) <= failures:
+            raise ConnectionResetError("connection reset by peer")
+        return f"alert {event['id']}"
+
+    application_id = _unused_application_id()
+    watcher = await fanout.join(Topic(application_id, "alert"), Selection("a", lambda: render))
+    try:
+        alert = {"id": 9, "version": 1, "pool_id": 1, "pool": "ai", "end_user_id": None}
+        envelope = json.dumps({"topic": "alert", "event": alert}).encode()
+        await broker.publish(application_channel(application_id), envelope)
+        assert await asyncio.wait_for(watcher.take(), 10) == ["alert 9"]
+        assert len(attempts) == failures + 1
+    finally:
+        fanout.leave(watcher)
 
 
 def _resp(*parts: str) -> bytes:
