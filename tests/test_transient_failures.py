@@ -238,13 +238,14 @@ async def test_a_credential_lookup_that_loses_its_database_is_503(
 
 
 @POSTGRES_ONLY
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
 async def test_a_websocket_whose_credential_cannot_be_checked_is_told_to_try_again(
-    server, http, backend
+    server, http, backend, protocol
 ) -> None:
     app = await _application(server, http, users=1)
     key = await _fresh_key(server, http, app.id)
     url = server.graphql.replace("http", "ws", 1)
-    async with connect(url, subprotocols=[TRANSPORT_WS]) as ws:
+    async with connect(url, subprotocols=[protocol]) as ws:
         async with table_fault(backend, "api_key") as strike:
             init = {"type": "connection_init", "payload": {"authorization": f"Bearer {key}"}}
             await ws.send(json.dumps(init))
