@@ -177,6 +177,7 @@ class UsageGraphQL(GraphQL):
         media_type = response_media_type(request.headers.get("accept"))
         sub_response.status_code = answer_status(result, media_type, sub_response.status_code)  # type: ignore[assignment]
         sub_response.media_type = media_type
+        mark_unavailable(result, sub_response)  # a 503 when it failed whole on a transient failure
         return result
 
     async def process_result(self, request: Any, result: Any) -> Any:
@@ -186,7 +187,6 @@ class UsageGraphQL(GraphQL):
         return body
 
     def create_response(self, response_data: Any, sub_response: Response) -> Response:
-        mark_unavailable(response_data, sub_response)
         response = Response(
             self.encode_json(response_data),
             status_code=sub_response.status_code or 200,

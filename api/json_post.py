@@ -23,7 +23,6 @@ from strawberry.http import GraphQLRequestData
 from strawberry.types.graphql import OperationType
 
 from api.http_answer import JSON, refusal
-from api.unavailable import mark_unavailable
 
 if TYPE_CHECKING:
     from api.app import UsageGraphQL
@@ -126,7 +125,6 @@ async def answer_json_post(view: UsageGraphQL, scope: Scope, receive: Receive, s
     processed = await view.process_result(request, result)
     if result.errors:
         view._handle_errors(result.errors, processed)
-        mark_unavailable(processed, sub_response)
     content = encode_json(processed)
     headers = [
         (b"content-length", str(len(content)).encode()),

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
 
+from graphql import ExecutionResult
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,21 +20,18 @@ from resolvers.errors import UNAVAILABLE, UNAVAILABLE_MESSAGE
 RETRY_AFTER = str(RETRY_AFTER_SECONDS)
 
 
-def failed_whole_unavailable(response_data: Any) -> bool:
-    """A GraphQL answer with an UNAVAILABLE error and no result beside it: no data, or only
-    null top-level fields."""
-    if not isinstance(response_data, dict):  # a batch: each operation answers for itself
+def failed_whole_unavailable(result: ExecutionResult) -> bool:
+    """A GraphQL result with an UNAVAILABLE error (masked already) and no result beside it:
+    no data, or only null top-level fields."""
+    errors = result.errors or ()
+    if not any((error.extensions or {}).get("code") == UNAVAILABLE for error in errors):
         return False
-    errors = response_data.get("errors") or ()
-    if not any((error.get("extensions") or {}).get("code") == UNAVAILABLE for error in errors):
-        return False
-    data = response_data.get("data")
-    return data is None or all(value is None for value in data.values())
+    return result.data is None or all(value is None for value in result.data.values())
 
 
-def mark_unavailable(response_data: Any, sub_response: Response) -> None:
+def mark_unavailable(result: ExecutionResult, sub_response: Response) -> None:
     """Makes the HTTP answer of a request that failed whole on a transient failure a 503."""
-    if failed_whole_unavailable(response_data):
+    if failed_whole_unavailable(result):
         sub_response.status_code = 503
         sub_response.headers["Retry-After"] = RETRY_AFTER
 
