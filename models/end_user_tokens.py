@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 
+from models import clock
 from models.errors import DomainError, Expired, NotFound, ValidationFailed
 from models.references import EndUserRef, resolve_end_user
 from models.sql import Sql, transaction
@@ -55,7 +56,7 @@ def _ttl(seconds: int | None) -> int:
 
 
 def sign_token(secret: str, application_id: int, end_user_id: int, ttl_seconds: int) -> IssuedToken:
-    now = datetime.now(UTC)
+    now = clock.now()
     expires_at = now + timedelta(seconds=ttl_seconds)
     claims = {
         "typ": TOKEN_TYPE,
@@ -116,7 +117,7 @@ async def create_temporary_code(
 ) -> IssuedCode:
     ttl = _ttl(token_ttl_seconds)
     code = secrets.token_urlsafe(24)
-    expires_at = datetime.now(UTC) + CODE_TTL
+    expires_at = clock.now() + CODE_TTL
 
     async def work(db: Sql) -> None:
         end_user_id = await resolve_end_user(db, application_id, end_user)
