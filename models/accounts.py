@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from tortoise.transactions import in_transaction
 
 from models import clock
+from models.api_key_use import note_key_use
 from models.credits import CreditPool
 from models.errors import NotFound, ValidationFailed
 from models.tenancy import ApiKey, ApiKeyRole, Application, Organization
@@ -76,6 +77,22 @@ async def create_api_key(
         created_at=clock.now(),
     )
     return IssuedKey(api_key=api_key, secret=f"{KEY_PREFIX}_{key_id}_{secret}")
+
+
+MAX_API_KEYS_PAGE = 1_000
+
+
+async def list_api_keys(
+    organization_id: int, application_id: int | None = None, first: int = 100
+) -> list[ApiKey]:
+    """The organization's keys (organization-scoped and of every application), or one
+    application's, newest first, revoked ones included."""
+    if not 1 <= first <= MAX_API_KEYS_PAGE:
+        raise ValidationFailed(f"first must be between 1 and {MAX_API_KEYS_PAGE:,}", field="first")
+    keys = ApiKey.filter(organization_id=organization_id)
+    if application_id is not None:
+        keys = keys.filter(application_id=application_id)
+    return await keys.order_by("-id").limit(first)
 
 
 async def create_organization(name: str) -> tuple[Organization, IssuedKey]:
@@ -160,6 +177,7 @@ async def verify_api_key(presented: str) -> ApiKey:
         raise InvalidCredential(
             "this API key has been revoked", key_id=key_id, code="API_KEY_REVOKED"
         )
+    note_key_use(api_key.id)
     return api_key
 
 

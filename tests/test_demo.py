@@ -302,3 +302,26 @@ def test_the_request_log_holds_the_failures_to_troubleshoot(served: Served) -> N
     assert sum(e["outcome"] == "OK" for e in entries) > len(entries) / 2
     times = [_as_time(e["time"]) for e in entries]
     assert max(times) - min(times) > timedelta(days=7), "spread over the last days"
+
+
+def test_serving_the_demo_again_revokes_the_previous_demo_key(
+    demo_database: DemoDatabase, served: Served
+) -> None:
+    process, again = _serve_demo(demo_database.env, demo_database.cwd)
+    try:
+        assert again.key != served.key and again.application_id == served.application_id
+        refused = again.graphql("{ viewer { role } }", key=served.key)
+        assert refused.status_code == 401
+        assert "revoked" in refused.json()["errors"][0]["message"]
+        keys = again.graphql(
+            "query K($app: ID!) { application(id: $app) { apiKeys {"
+            " keyId name role revokedAt lastUsedAt } } }",
+            {"app": again.application_id},
+        ).json()["data"]["application"]["apiKeys"]
+    finally:
+        _stop(process)
+    demo_keys = {key["keyId"]: key for key in keys if key["name"] == "demo key"}
+    assert demo_keys[served.key.split("_")[1]]["revokedAt"] is not None
+    live = [key for key in demo_keys.values() if key["revokedAt"] is None]
+    assert [key["keyId"] for key in live] == [again.key.split("_")[1]]
+    assert all(key["role"] == "ADMIN" for key in demo_keys.values())
