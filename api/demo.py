@@ -44,6 +44,7 @@ SPIKE_DAY = 12  # days ago: a launch day, six times the usual use
 REPORTING_HOURS = 8  # the integrator reports use in batches, every 8 hours
 AI_THRESHOLD = 60  # the End Users' default low-balance threshold in `ai`
 PREVIEW_THRESHOLD = 10
+EXAMPLE_END_USER = 42  # the documentation's examples use customer-042: it keeps its credits
 FEATURES = {"ai": ("ai_generation", "ai_rewrite"), "inbox_preview": ("inbox_preview",)}
 
 Step = Callable[[], Awaitable[object]]
@@ -183,9 +184,12 @@ class _History:
                 grants = {"ai": rng.choice((200, 300, 500))}
                 if rng.random() < 0.6:
                     grants["inbox_preview"] = rng.choice((20, 40))
+                weight = rng.paretovariate(1.3)
                 if number < TRIAL_USERS:
                     grants = {}
-                wave.append(_Joined(number, moment, grants, rng.paretovariate(1.3)))
+                if number == EXAMPLE_END_USER:
+                    grants, weight = {"ai": 500, "inbox_preview": 40}, 1.0
+                wave.append(_Joined(number, moment, grants, weight))
             self.timeline.at(moment, lambda wave=wave: self._join(wave))
             joined.extend(wave)
         return joined
@@ -268,9 +272,13 @@ class _History:
     async def _bring_to_today(self) -> None:
         """The last hours: a churned customer's credits go back to the pool, a few End
         Users run low and a few run out (the statuses the Usage page flags)."""
-        ai = await EndUserBalance.filter(
-            pool__application_id=self.app, pool__key="ai", remaining__gt=2 * AI_THRESHOLD
-        ).order_by("end_user_id")
+        ai = (
+            await EndUserBalance.filter(
+                pool__application_id=self.app, pool__key="ai", remaining__gt=2 * AI_THRESHOLD
+            )
+            .exclude(end_user_id=self.ids[EXAMPLE_END_USER])
+            .order_by("end_user_id")
+        )
         self.rng.shuffle(ai)
         churned, running_low, running_out = ai[:1], ai[1:7], ai[7:11]
         moment = self.now - timedelta(hours=2)
