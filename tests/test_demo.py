@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import _drop_postgres_database, _postgres_database
+from tests.demo_server import DemoServer, demo_server, usagegraph
 
 # CPU seconds `serve --demo` spends up to its first answer on a fresh SQLite file (its wall
 # time on an idle machine is this plus its commits; CPU time does not depend on what else
@@ -32,71 +30,25 @@ FIRST_ANSWER_CPU = 6.0
 
 @dataclass
 class Served:
-    url: str
-    key: str
-    application_id: str
-    seconds_to_answer: float
-    cpu_to_answer: float
+    demo: DemoServer
 
-    def graphql(self, query: str, variables: dict[str, Any] | None = None, key: str = "") -> Any:
-        response = httpx.post(
-            f"{self.url}/graphql",
+    @property
+    def key(self) -> str:
+        return self.demo.key
+
+    @property
+    def application_id(self) -> str:
+        return self.demo.application_id
+
+    def graphql(
+        self, query: str, variables: dict[str, Any] | None = None, key: str = ""
+    ) -> httpx.Response:
+        return httpx.post(
+            f"{self.demo.url}/graphql",
             json={"query": query, "variables": variables or {}},
             headers={"Authorization": f"Bearer {key or self.key}"},
             timeout=30,
         )
-        return response
-
-
-def _usagegraph(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from api.cli import main; main()", *args]
-
-
-def _serve_demo(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], Served]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    started = time.monotonic()
-    process = subprocess.Popen(
-        _usagegraph("serve", "--demo", "--port", str(port), "--no-access-log"),
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    printed: dict[str, str] = {}
-    deadline = started + 120
-    assert process.stdout is not None
-    while "API key" not in printed:
-        line = process.stdout.readline()
-        assert line or process.poll() is None, "serve exited early"
-        assert time.monotonic() < deadline, "no API key printed"
-        name, _, value = line.partition(":")
-        printed[name.strip()] = value.strip()
-    served = Served(f"http://127.0.0.1:{port}", printed["API key"], printed["application id"], 0, 0)
-    while True:
-        try:
-            response = served.graphql("{ viewer { role } }")
-            break
-        except httpx.ConnectError:
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.05)
-    served.seconds_to_answer = time.monotonic() - started
-    served.cpu_to_answer = _cpu_seconds(process.pid)
-    assert response.json() == {"data": {"viewer": {"role": "ADMIN"}}}
-    return process, served
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User and system time of a process (all its threads), from Linux's /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    process.terminate()
-    process.wait(timeout=30)
 
 
 @dataclass
@@ -136,7 +88,7 @@ def demo_database(
     env = {**os.environ, "DATABASE_URL": url}
     env.pop("REDIS_URL", None)
     if request.param == "postgres":
-        subprocess.run(_usagegraph("migrate"), env=env, cwd=cwd, check=True, timeout=120)
+        subprocess.run(usagegraph("migrate"), env=env, cwd=cwd, check=True, timeout=120)
     try:
         yield DemoDatabase(request.param, url, env, cwd)
     finally:
@@ -146,11 +98,8 @@ def demo_database(
 
 @pytest.fixture(scope="module")
 def served(demo_database: DemoDatabase) -> Iterator[Served]:
-    process, served = _serve_demo(demo_database.env, demo_database.cwd)
-    try:
-        yield served
-    finally:
-        _stop(process)
+    with demo_server(demo_database.cwd, database_url=demo_database.url) as demo:
+        yield Served(demo)
 
 
 def _as_time(value: Any) -> datetime:
@@ -160,7 +109,7 @@ def _as_time(value: Any) -> datetime:
 
 def test_the_demo_answers_quickly(demo_database: DemoDatabase, served: Served) -> None:
     if demo_database.name == "sqlite":  # the README's first command, on a fresh file
-        assert served.cpu_to_answer < FIRST_ANSWER_CPU, served
+        assert served.demo.cpu_to_answer < FIRST_ANSWER_CPU, served.demo
 
 
 def test_the_ledger_is_booked_over_60_days_in_order(
@@ -184,7 +133,7 @@ def test_the_ledger_is_booked_over_60_days_in_order(
     }
     assert len(days_with_use) > 50
     verify = subprocess.run(
-        _usagegraph("verify"),
+        usagegraph("verify"),
         env=demo_database.env,
         cwd=demo_database.cwd,
         capture_output=True,
@@ -307,8 +256,8 @@ def test_the_request_log_holds_the_failures_to_troubleshoot(served: Served) -> N
 def test_serving_the_demo_again_revokes_the_previous_demo_key(
     demo_database: DemoDatabase, served: Served
 ) -> None:
-    process, again = _serve_demo(demo_database.env, demo_database.cwd)
-    try:
+    with demo_server(demo_database.cwd, database_url=demo_database.url) as demo:
+        again = Served(demo)
         assert again.key != served.key and again.application_id == served.application_id
         refused = again.graphql("{ viewer { role } }", key=served.key)
         assert refused.status_code == 401
@@ -318,8 +267,6 @@ def test_serving_the_demo_again_revokes_the_previous_demo_key(
             " keyId name role revokedAt lastUsedAt } } }",
             {"app": again.application_id},
         ).json()["data"]["application"]["apiKeys"]
-    finally:
-        _stop(process)
     demo_keys = {key["keyId"]: key for key in keys if key["name"] == "demo key"}
     assert demo_keys[served.key.split("_")[1]]["revokedAt"] is not None
     live = [key for key in demo_keys.values() if key["revokedAt"] is None]
