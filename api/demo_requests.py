@@ -15,6 +15,7 @@ import httpx
 
 from api.app import create_app
 from api.settings import Settings
+from models.api_key_use import flush_key_use
 from models.clock import booked_at
 
 REQUEST_DAYS = 10  # within the request log's retention
@@ -108,6 +109,7 @@ async def book_requests(
                     await request()
     finally:
         await writer.close()  # everything queued is written
+    await flush_key_use()  # the keys' last use, as the server's job would write it
 
 
 def _schedule(

@@ -272,3 +272,7 @@ def test_serving_the_demo_again_revokes_the_previous_demo_key(
     live = [key for key in demo_keys.values() if key["revokedAt"] is None]
     assert [key["keyId"] for key in live] == [again.key.split("_")[1]]
     assert all(key["role"] == "ADMIN" for key in demo_keys.values())
+    [backend] = [key for key in keys if key["name"] == "Acme backend (production)"]
+    assert backend["revokedAt"] is None
+    last_used = _as_time(backend["lastUsedAt"])  # the integrator's requests of the last days
+    assert datetime.now(UTC) - timedelta(days=3) < last_used < datetime.now(UTC)
