@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from api.demo_requests import book_requests
-from api.settings import Settings
+from api.settings import Settings, get_settings
 from models.accounts import (
     create_api_key,
     create_application,
@@ -72,9 +72,11 @@ class _Timeline:
                 await step()
 
 
-async def seed_demo(settings: Settings) -> Demo:
+async def seed_demo(settings: Settings | None = None) -> Demo:
     """Books the demo once per database; every call issues a fresh ADMIN key for it and
-    revokes the demo keys issued before, so keys do not pile up."""
+    revokes the demo keys issued before, so keys do not pile up. `settings` (default: the
+    environment's) are those of the app its requests go to."""
+    settings = settings or get_settings()
     organization = await Organization.get_or_none(name=DEMO_ORGANIZATION)
     created = organization is None
     if organization is None:
