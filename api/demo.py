@@ -35,6 +35,10 @@ from models.rollups import fold_usage
 from models.tenancy import ApiKey, ApiKeyRole, Application, Organization
 
 DEMO_ORGANIZATION = "usagegraph demo"
+# The organization's name while its history is being booked: renamed once complete, so a
+# booking cut short (the process killed) is not taken for the demo, and the next start
+# books it afresh.
+BOOKING_ORGANIZATION = "usagegraph demo (booking interrupted)"
 DEMO_KEY_NAME = "demo key"
 END_USERS = 90
 FIRST_WAVE = 50  # End Users there from the first day; the others join over the weeks
@@ -103,7 +107,7 @@ async def _reissue_demo_key(organization_id: int, application_id: int) -> str:
 async def _book_history(settings: Settings, now: datetime) -> int:
     start = (now - timedelta(days=HISTORY_DAYS)).replace(hour=9, minute=0, second=0, microsecond=0)
     with booked_at(start):
-        organization, _ = await create_organization(DEMO_ORGANIZATION)
+        organization, _ = await create_organization(BOOKING_ORGANIZATION)
         application = await create_application(organization.id, "Acme Mail Studio", "Growth")
         backend_key = await create_api_key(
             organization.id, "Acme backend (production)", ApiKeyRole.ADMIN, application.id
@@ -112,6 +116,8 @@ async def _book_history(settings: Settings, now: datetime) -> int:
     await history.book()
     await book_requests(settings, application.id, backend_key.secret, now, history.rng)
     await fold_usage()  # reports read the rollups: fold the history in
+    organization.name = DEMO_ORGANIZATION
+    await organization.save(update_fields=["name"])
     return application.id
 
 
