@@ -79,7 +79,7 @@ async def create_api_key(
     return IssuedKey(api_key=api_key, secret=f"{KEY_PREFIX}_{key_id}_{secret}")
 
 
-MAX_API_KEYS_PAGE = 1_000
+MAX_API_KEYS_PAGE = 500  # as every list field (resolvers.pools.MAX_PAGE, the cost limit)
 
 
 async def list_api_keys(

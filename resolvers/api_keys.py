@@ -118,13 +118,13 @@ KEYS_DESCRIPTION = (
 async def resolve_api_keys(
     info: Info, organization_id: int, application_id: int | None, first: int
 ) -> list[ApiKey]:
-    """Keys of the organization (organization ADMIN keys only) or of one application (its
-    own ADMIN keys and the organization's); the caller checked the application is visible."""
+    """Keys of the organization or of one application (the caller checked it is visible),
+    as far as an ADMIN credential sees them: an application key sees its application's."""
     principal = principal_of(info)
     try:
         require_api_key(principal)
-        if application_id is None and not principal.organization_scoped:
-            raise Forbidden("an application key lists its own keys (Application.apiKeys)")
+        if not principal.organization_scoped:
+            application_id = principal.application_id
         if not principal.can_write:
             raise Forbidden("listing API keys needs an ADMIN key")
         rows = await list_api_keys(organization_id, application_id, first)

@@ -19,7 +19,11 @@ class Organization:
     id: strawberry.ID
     name: str
 
-    @strawberry.field(description=KEYS_DESCRIPTION.format(who="an organization key's"))
+    @strawberry.field(
+        description=KEYS_DESCRIPTION.format(
+            who="every key of the organization; an application key's, those of its application"
+        )
+    )
     async def api_keys(self, info: Info, first: int = 100) -> list[ApiKey]:
         return await resolve_api_keys(info, int(self.id), None, first)
 
