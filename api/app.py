@@ -4,6 +4,7 @@ page at /."""
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -57,10 +58,13 @@ from api.settings import Settings, get_settings
 from api.unavailable import TransientFailureMiddleware, mark_unavailable
 from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler, connection_handler
 from models.accounts import InvalidCredential
+from models.api_key_use import flush_key_use
 from resolvers.context import Context
 from resolvers.cost_budgets import DEFAULT_BUDGETS, CostBudgets
 from resolvers.schema import schema
 from subscriptions.realtime import Realtime
+
+log = logging.getLogger("usagegraph.app")
 
 PRINCIPAL_SCOPE_KEY = "usagegraph.principal"
 NOT_A_NAME = "The GraphQL operation's `operationName` must be a string or null, if provided."
@@ -253,6 +257,13 @@ def _unauthenticated(message: str) -> Response:
     return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
+async def _flush_key_use() -> None:
+    try:
+        await flush_key_use()
+    except Exception:
+        log.exception("API keys' last use not written at shutdown")
+
+
 def _middleware(settings: Settings, request_log: RequestLogWriter) -> list[Middleware]:
     stack = []
     if settings.request_log_enabled:  # outermost: it logs every answer below it (429, 413)
@@ -317,6 +328,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             yield
         finally:
             await jobs.close()
+            await _flush_key_use()  # the uses noted since the last flush
             await request_log.close()  # after the server stopped taking requests: all flushed
             await realtime.close()
             await close_database()

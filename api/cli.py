@@ -98,7 +98,7 @@ def serve(
     if demo:
         from api.demo import seed_demo
 
-        seeded = _with_database(seed_demo)
+        seeded = _with_database(lambda: seed_demo(settings))
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/graphql"
         typer.echo("")
         # The page moves the key from the fragment (never sent to the server) to the tab's

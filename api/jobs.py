@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from api.settings import Settings
+from models.api_key_use import flush_key_use
 from models.billing import close_ended_periods
 from models.expiry import SWEEP_BATCH, expire_lots
 from models.idempotency import forget_keys_before
@@ -84,6 +85,7 @@ def default_jobs(settings: Settings) -> list[PeriodicJob]:
         PeriodicJob(
             "close-billing-periods", settings.billing_close_seconds, billing_closer(settings)
         ),
+        PeriodicJob("api-key-use", settings.api_key_use_flush_seconds, flush_key_use),
     ]
 
 

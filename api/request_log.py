@@ -14,13 +14,13 @@ import logging
 import random
 import re
 import uuid
-from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.logging_setup import REQUEST_ID
+from models import clock
 from models.accounts import InvalidCredential
 from models.request_log import DRAFT_SCOPE_KEY, MAX_MESSAGE, RequestDraft, clip, draft_of
 from resolvers.context import Principal
@@ -135,7 +135,7 @@ class RequestLogMiddleware:
                 request_id = value
             elif name == b"authorization":
                 authorization = value
-        draft = RequestDraft(datetime.now(UTC), method, scope["path"], request_id_from(request_id))
+        draft = RequestDraft(clock.now(), method, scope["path"], request_id_from(request_id))
         draft.authorization = authorization
         # Not reset afterwards: the server's own lines about this request (its access log
         # line, an unhandled error) come after the app returns. Each request is served in

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     max_query_cost_end_user: int = Field(
         DEFAULT_MAX_QUERY_COST_END_USER, ge=1, alias="USAGEGRAPH_MAX_QUERY_COST_END_USER"
     )
+    # How often each process writes the last-used times of the API keys it verified.
+    api_key_use_flush_seconds: float = Field(
+        60.0, gt=0, alias="USAGEGRAPH_API_KEY_USE_FLUSH_SECONDS"
+    )
     # Exports streaming at once per process (each holds a database connection of its own).
     export_concurrency: int = Field(4, ge=1, alias="USAGEGRAPH_EXPORT_CONCURRENCY")
 

@@ -8,10 +8,11 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from tortoise.transactions import in_transaction
 
+from models import clock
+from models.api_key_use import note_key_use
 from models.credits import CreditPool
 from models.errors import NotFound, ValidationFailed
 from models.tenancy import ApiKey, ApiKeyRole, Application, Organization
@@ -73,15 +74,32 @@ async def create_api_key(
         name=name,
         role=role,
         secret_hash=hash_secret(secret),
+        created_at=clock.now(),
     )
     return IssuedKey(api_key=api_key, secret=f"{KEY_PREFIX}_{key_id}_{secret}")
+
+
+MAX_API_KEYS_PAGE = 500  # as every list field (resolvers.pools.MAX_PAGE, the cost limit)
+
+
+async def list_api_keys(
+    organization_id: int, application_id: int | None = None, first: int = 100
+) -> list[ApiKey]:
+    """The organization's keys (organization-scoped and of every application), or one
+    application's, newest first, revoked ones included."""
+    if not 1 <= first <= MAX_API_KEYS_PAGE:
+        raise ValidationFailed(f"first must be between 1 and {MAX_API_KEYS_PAGE:,}", field="first")
+    keys = ApiKey.filter(organization_id=organization_id)
+    if application_id is not None:
+        keys = keys.filter(application_id=application_id)
+    return await keys.order_by("-id").limit(first)
 
 
 async def create_organization(name: str) -> tuple[Organization, IssuedKey]:
     """A new organization and its first organization-scoped ADMIN key."""
     name = _name(name)
     async with in_transaction():
-        organization = await Organization.create(name=name)
+        organization = await Organization.create(name=name, created_at=clock.now())
         issued = await create_api_key(organization.id, "initial key", ApiKeyRole.ADMIN)
     return organization, issued
 
@@ -95,11 +113,13 @@ async def create_application(
         plan = _name(plan, "plan")
     async with in_transaction():
         application = await Application.create(
-            organization_id=organization_id, name=name, plan=plan
+            organization_id=organization_id, name=name, plan=plan, created_at=clock.now()
         )
         await CreditPool.bulk_create(
             [
-                CreditPool(application_id=application.id, key=key, name=title)
+                CreditPool(
+                    application_id=application.id, key=key, name=title, created_at=clock.now()
+                )
                 for key, title in BUILT_IN_POOLS.items()
             ]
         )
@@ -157,12 +177,13 @@ async def verify_api_key(presented: str) -> ApiKey:
         raise InvalidCredential(
             "this API key has been revoked", key_id=key_id, code="API_KEY_REVOKED"
         )
+    note_key_use(api_key.id)
     return api_key
 
 
 async def revoke_api_key(api_key: ApiKey) -> ApiKey:
     if api_key.revoked_at is None:
-        api_key.revoked_at = datetime.now(UTC)
+        api_key.revoked_at = clock.now()
         await api_key.save(update_fields=["revoked_at"])
     _verified.pop(api_key.key_id, None)
     return api_key

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from models import clock
 from models.balance_report import touch_balance_report
 from models.balances import EndUserBalanceSnapshot, PoolSnapshot, status_for, write_alert
 from models.credits import MAX_TOTAL, BalanceStatus
@@ -49,7 +50,7 @@ async def set_low_balance_threshold(
 
     async def work(db: Sql) -> None:
         pool = await resolve_pool(db, application_id, pool_key)
-        at = datetime.now(UTC).isoformat()
+        at = clock.now().isoformat()
         if end_user is not None:
             end_user_id = await resolve_end_user(db, application_id, end_user)
             await ensure_end_user_balance(db, end_user_id, pool.id)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from models import clock
 from models.credits import BalanceStatus
 from models.records import AlertKind, LedgerEntryKind
 from models.sql import Sql, dumps, values_list
@@ -168,7 +168,7 @@ async def write_balance_events(
     if not changes:
         return
     db.wrote_outbox = True
-    at = datetime.now(UTC).isoformat()
+    at = clock.now().isoformat()
     args: list[Any] = []
     for snapshot, _ in changes:
         payload = _event(application_id, pool_key, cause, at, snapshot)

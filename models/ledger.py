@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from models import clock
 from models.balances import (
     POOL_COLUMNS,
     EndUserBalanceSnapshot,
@@ -109,7 +110,7 @@ async def purchase_credits(
     validate_text(package, "package", MAX_TEXT_LENGTH)
     validate_text(reference, "reference", MAX_TEXT_LENGTH)
     expires_at = aware(expires_at, "expiresAt")
-    if expires_at is not None and expires_at <= datetime.now(UTC):
+    if expires_at is not None and expires_at <= clock.now():
         raise ValidationFailed("expiresAt must be in the future", field="expiresAt")
 
     async def work(db: Sql) -> PurchaseResult:

@@ -2,7 +2,8 @@
 
 Statements are written once, in PostgreSQL's dialect, and translated for SQLite: `$n`
 placeholders become `?n`, `now()` becomes SQLite's clock in the format Tortoise stores, and
-row locks are dropped (Tortoise runs one SQLite transaction at a time per process)."""
+row locks are dropped (Tortoise runs one SQLite transaction at a time per process). Under
+`models.clock.booked_at`, `now()` is the booking time instead, on both databases."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -18,6 +20,8 @@ from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import OperationalError
 from tortoise.transactions import in_transaction
+
+from models.clock import booking_time
 
 T = TypeVar("T")
 # A row of `Sql.records`: asyncpg's Record on PostgreSQL, a dict on SQLite; read it only
@@ -42,6 +46,15 @@ def to_sqlite(statement: str) -> str:
     return statement.replace("now()", _SQLITE_NOW)
 
 
+def _booked(statement: str, postgres: bool, moment: datetime) -> str:
+    """The statement with the database clock replaced by a booking time (our own value,
+    formatted here, never input), in the text form each database stores."""
+    if postgres:
+        return statement.replace("now()", f"CAST('{moment.isoformat()}' AS timestamptz)")
+    text = moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}+00:00"
+    return statement.replace(_SQLITE_NOW, f"'{text}'")
+
+
 class Sql:
     """Runs statements on one connection (normally a transaction's)."""
 
@@ -53,7 +66,9 @@ class Sql:
         self.wrote_outbox = False  # set by the outbox writer; read after commit
 
     def _text(self, statement: str) -> str:
-        return statement if self.postgres else to_sqlite(statement)
+        text = statement if self.postgres else to_sqlite(statement)
+        moment = booking_time()
+        return text if moment is None else _booked(text, self.postgres, moment)
 
     async def rows(self, statement: str, *args: Any) -> list[dict[str, Any]]:
         return await self.conn.execute_query_dict(self._text(statement), list(args))
@@ -63,7 +78,7 @@ class Sql:
         Tortoise's execute_query_dict copies each into a dict (a tenth of a dashboard's
         CPU); its translation of errors kept."""
         if self.postgres:
-            return await self.conn._translate_exceptions(_fetch, statement, args)  # type: ignore[attr-defined]
+            return await self.conn._translate_exceptions(_fetch, self._text(statement), args)  # type: ignore[attr-defined]
         return await self.rows(statement, *args)
 
     async def row(self, statement: str, *args: Any) -> dict[str, Any] | None:

@@ -53,6 +53,8 @@ class ApiKey(Model):
     secret_hash = fields.CharField(max_length=64)
     created_at = fields.DatetimeField(auto_now_add=True)
     revoked_at = fields.DatetimeField(null=True)
+    # written from each process's memory now and then (models.api_key_use), not per request
+    last_used_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "api_key"

@@ -6,13 +6,13 @@ from datetime import datetime
 
 import strawberry
 
-from models.accounts import create_api_key, revoke_api_key
-from models.errors import DomainError, NotFound
+from models.accounts import create_api_key, list_api_keys, revoke_api_key
+from models.errors import DomainError, Forbidden, NotFound
 from models.tenancy import ApiKey as ApiKeyRow
 from models.tenancy import ApiKeyRole as DomainApiKeyRole
-from resolvers.access import require_write, visible_application
+from resolvers.access import require_api_key, require_write, visible_application
 from resolvers.context import Info, principal_of
-from resolvers.errors import UserError, parse_id, user_errors
+from resolvers.errors import UserError, parse_id, query_error, user_errors
 
 ApiKeyRole = strawberry.enum(DomainApiKeyRole, name="ApiKeyRole")
 
@@ -25,6 +25,10 @@ class ApiKey:
     role: ApiKeyRole
     application_id: strawberry.ID | None
     created_at: datetime
+    last_used_at: datetime | None = strawberry.field(
+        description="When the key was last accepted; written every minute or so"
+        " (USAGEGRAPH_API_KEY_USE_FLUSH_SECONDS), so it may lag that much. Null: never used."
+    )
     revoked_at: datetime | None
 
     @classmethod
@@ -37,6 +41,7 @@ class ApiKey:
             role=row.role,
             application_id=None if app is None else strawberry.ID(str(app)),
             created_at=row.created_at,
+            last_used_at=row.last_used_at,
             revoked_at=row.revoked_at,
         )
 
@@ -102,3 +107,27 @@ async def resolve_revoke_api_key(info: Info, id: strawberry.ID) -> RevokeApiKeyP
     except DomainError as error:
         return RevokeApiKeyPayload(errors=user_errors(error))
     return RevokeApiKeyPayload(api_key=ApiKey.from_row(row))
+
+
+KEYS_DESCRIPTION = (
+    "API keys, newest first, revoked ones included; never their secrets. Needs an ADMIN"
+    " key: {who}. A READ key gets FORBIDDEN, an End User token NOT_FOUND."
+)
+
+
+async def resolve_api_keys(
+    info: Info, organization_id: int, application_id: int | None, first: int
+) -> list[ApiKey]:
+    """Keys of the organization or of one application (the caller checked it is visible),
+    as far as an ADMIN credential sees them: an application key sees its application's."""
+    principal = principal_of(info)
+    try:
+        require_api_key(principal)
+        if not principal.organization_scoped:
+            application_id = principal.application_id
+        if not principal.can_write:
+            raise Forbidden("listing API keys needs an ADMIN key")
+        rows = await list_api_keys(organization_id, application_id, first)
+    except DomainError as error:
+        raise query_error(error) from None
+    return [ApiKey.from_row(row) for row in rows]

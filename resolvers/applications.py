@@ -24,6 +24,7 @@ from resolvers.access import (
 )
 from resolvers.alerts import CreditAlertConnection, alert_page
 from resolvers.allocation_summary import AllocationSummary, allocation_summary_of
+from resolvers.api_keys import KEYS_DESCRIPTION, ApiKey, resolve_api_keys
 from resolvers.billing import (
     BillingPeriod,
     ExportFormat,
@@ -79,6 +80,13 @@ class Application:
             created_at=row.created_at,
             row_id=row.id,
         )
+
+    @strawberry.field(
+        description=KEYS_DESCRIPTION.format(who="the organization's or this application's")
+    )
+    async def api_keys(self, info: Info, first: int = 100) -> list[ApiKey]:
+        organization_id = principal_of(info).organization_id
+        return await resolve_api_keys(info, organization_id, self.row_id, first)
 
     @strawberry.field
     async def pools(self, info: Info) -> list[CreditPool]:

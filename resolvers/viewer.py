@@ -8,7 +8,7 @@ from models.credits import EndUser as EndUserRow
 from models.tenancy import ApiKey as ApiKeyRow
 from models.tenancy import Application as ApplicationRow
 from models.tenancy import Organization as OrganizationRow
-from resolvers.api_keys import ApiKey, ApiKeyRole
+from resolvers.api_keys import KEYS_DESCRIPTION, ApiKey, ApiKeyRole, resolve_api_keys
 from resolvers.applications import Application
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser
@@ -18,6 +18,14 @@ from resolvers.end_users import EndUser
 class Organization:
     id: strawberry.ID
     name: str
+
+    @strawberry.field(
+        description=KEYS_DESCRIPTION.format(
+            who="every key of the organization; an application key's, those of its application"
+        )
+    )
+    async def api_keys(self, info: Info, first: int = 100) -> list[ApiKey]:
+        return await resolve_api_keys(info, int(self.id), None, first)
 
 
 @strawberry.type

@@ -1,4 +1,5 @@
-"""`usagegraph serve --demo` as a newcomer runs it: a real process on a fresh SQLite file."""
+"""`usagegraph serve --demo` as a newcomer runs it: a real process on a fresh SQLite file
+(or on the database a test names)."""
 
 from __future__ import annotations
 
@@ -22,24 +23,41 @@ class DemoServer:
     key: str  # the API key `serve --demo` printed
     database: Path
     page_link: str  # the Usage page link it printed (the key in the URL fragment)
+    application_id: str  # the application id it printed
+    seconds_to_answer: float  # from the start to its first answer
+    cpu_to_answer: float  # CPU seconds the process spent up to then
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system time of a process (all its threads), from Linux's /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def usagegraph(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from api.cli import main; main()", *args]
 
 
 @contextmanager
 def demo_server(
-    directory: Path, timeout: float = 120, port: int | None = None
+    directory: Path,
+    timeout: float = 120,
+    port: int | None = None,
+    database_url: str | None = None,
 ) -> Iterator[DemoServer]:
     """Serves the demo until the block ends; yields once it answers on /healthz. With `port`
-    (a restart: the same directory, so the same database), on that port."""
+    (a restart: the same directory, so the same database), on that port; with
+    `database_url`, on that database instead of the directory's SQLite file."""
     if port is None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
     database = directory / "demo.sqlite3"
-    env = {**os.environ, "DATABASE_URL": f"sqlite://{database}"}
+    env = {**os.environ, "DATABASE_URL": database_url or f"sqlite://{database}"}
     env.pop("REDIS_URL", None)
-    command = [sys.executable, "-c", "from api.cli import main; main()", "serve", "--demo"]
+    started = time.monotonic()
     process = subprocess.Popen(
-        [*command, "--port", str(port)],
+        usagegraph("serve", "--demo", "--port", str(port)),
         cwd=directory,
         env=env,
         stdout=subprocess.PIPE,
@@ -48,16 +66,14 @@ def demo_server(
     )
     try:
         assert process.stdout is not None
-        key = page_link = None
+        printed: dict[str, str] = {}
         deadline = time.monotonic() + timeout
-        while key is None and time.monotonic() < deadline:
+        while "API key" not in printed and time.monotonic() < deadline:
             line = process.stdout.readline()
             assert line or process.poll() is None, "serve exited early"
-            if line.startswith("Usage page:"):
-                page_link = line.split()[-1]
-            if line.startswith("API key:"):
-                key = line.split()[-1]
-        assert key and page_link, "no API key or Usage page link printed"
+            name, _, value = line.partition(":")
+            printed[name.strip()] = value.strip()
+        assert "API key" in printed and "Usage page" in printed, "no API key or page link"
         url = f"http://127.0.0.1:{port}"
         while True:
             try:
@@ -65,8 +81,17 @@ def demo_server(
                 break
             except httpx.ConnectError:
                 assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.2)
-        yield DemoServer(url, port, key, database, page_link)
+                time.sleep(0.05)
+        yield DemoServer(
+            url=url,
+            port=port,
+            key=printed["API key"],
+            database=database,
+            page_link=printed["Usage page"],
+            application_id=printed["application id"],
+            seconds_to_answer=time.monotonic() - started,
+            cpu_to_answer=cpu_seconds(process.pid),
+        )
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -87,7 +87,7 @@ def test_serve_demo_prints_a_working_key(tmp_path: Path) -> None:
             timeout=10,
         )
         [application] = response.json()["data"]["applications"]
-        assert application["endUsers"]["totalCount"] == 200
+        assert application["endUsers"]["totalCount"] == 90
         assert {p["key"] for p in application["pools"]} == {"ai", "inbox_preview"}
         assert all(p["purchased"] > 0 and p["used"] > 0 for p in application["pools"])
         asyncio.run(_websocket_handshake(demo.port, demo.key))
