@@ -31,6 +31,7 @@ as there (generate once with `bench/dashboard.py --keep`, then compare with `--d
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
+import httpx
 from dashboard import (
     BenchDatabase,
     bare_http,
@@ -248,7 +250,7 @@ class System:
     server: subprocess.Popen[bytes]
     endpoint: str
     body: dict[str, Any]
-    peer: bool  # its backends carry PEER_APPLICATION_NAME
+    peer: bool = False  # its backends carry PEER_APPLICATION_NAME
     rounds: list[dict[str, float]] = field(default_factory=list)
     single_p50: list[float] = field(default_factory=list)
 
@@ -297,30 +299,25 @@ def median(values: list[float]) -> float:
 
 
 def print_table(ours: System, theirs: System, clients: int, load: str) -> None:
-    rows: list[tuple[str, str, Callable[[System], float]]] = [
-        (
-            "requests/s (median of rounds)",
-            "{:,.0f}",
-            lambda s: median([r["rate"] for r in s.rounds]),
-        ),
-        (f"p50 at {clients} clients", "{:.1f} ms", lambda s: median([r["p50"] for r in s.rounds])),
-        (f"p99 at {clients} clients", "{:.1f} ms", lambda s: median([r["p99"] for r in s.rounds])),
-        ("one client, sequential: p50", "{:.1f} ms", lambda s: median(s.single_p50)),
-        (
-            "server CPU per request",
-            "{:.2f} ms",
-            lambda s: median([r["server_ms"] for r in s.rounds]),
-        ),
-        (
-            "PostgreSQL CPU per request",
-            "{:.2f} ms",
-            lambda s: median([r["pg_ms"] for r in s.rounds]),
-        ),
-    ]
+    """Medians of the rounds per system, and usagegraph / PostGraphile."""
+    rows = (
+        ("requests/s (median of rounds)", "rate", "{:,.0f}"),
+        (f"p50 at {clients} clients", "p50", "{:.1f} ms"),
+        (f"p99 at {clients} clients", "p99", "{:.1f} ms"),
+        ("one client, sequential: p50", "single_p50", "{:.1f} ms"),
+        ("server CPU per request", "server_ms", "{:.2f} ms"),
+        ("PostgreSQL CPU per request", "pg_ms", "{:.2f} ms"),
+    )
+
+    def figure(system: System, name: str) -> float:
+        if name == "single_p50":
+            return median(system.single_p50)
+        return median([r[name] for r in system.rounds])
+
     print(f"\n| nested query, load: {load} | usagegraph | PostGraphile 5 | ratio |")
     print("|---|---|---|---|")
-    for label, form, figure in rows:
-        a, b = figure(ours), figure(theirs)
+    for label, name, form in rows:
+        a, b = figure(ours, name), figure(theirs, name)
         print(f"| {label} | {form.format(a)} | {form.format(b)} | {a / b:.2f} |")
     for system in (ours, theirs):
         rates = ", ".join(f"{r['rate']:,.0f}" for r in system.rounds)
@@ -329,6 +326,61 @@ def print_table(ours: System, theirs: System, clients: int, load: str) -> None:
 
 
 # ----------------------------------------------------------------------------- main
+
+
+async def same_numbers(ours: System, theirs: System, key: str) -> httpx.Response | None:
+    """usagegraph's answer once both carry the same numbers for every row of the page, else
+    None (the differences printed). Both read the same snapshot of the request log when
+    nothing writes it: usagegraph logs its own requests after answering, flushed within
+    0.2 s, so each try waits a second and asks PostGraphile first."""
+    found = ["no answer compared"]
+    for _ in range(3):
+        await asyncio.sleep(1)
+        peer_answer = (await first_answer(theirs.endpoint, key, theirs.body)).json()
+        answer = await first_answer(ours.endpoint, key, ours.body)
+        if "errors" in peer_answer or "errors" in answer.json():
+            print("errors:", peer_answer.get("errors"), answer.json().get("errors"))
+            return None
+        found = differences(usagegraph_page(answer.json()), peer_page(peer_answer))
+        if not found:
+            page = usagegraph_page(answer.json())
+            print(
+                f"same numbers in both answers: {len(page['pools'])} pools,"
+                f" {len(page['End Users'])} End Users of {page['End Users in all']:,} with"
+                f" {sum(len(u[2]) for u in page['End Users'])} balances,"
+                f" {len(page['request log'])} request-log entries"
+            )
+            return answer
+    print("the two answers differ:\n  " + "\n  ".join(found))
+    return None
+
+
+async def interleaved(
+    systems: tuple[System, System],
+    runner: Runner,
+    key: str,
+    options: argparse.Namespace,
+    database: str,
+) -> None:
+    """Warm-up, then A/B rounds at `--clients`, then A/B rounds of one client."""
+    admin = await asyncpg.connect(options.admin_dsn)
+    try:
+        for system in systems:
+            await runner(system.endpoint, key, system.body, options.clients, 0, options.warmup)
+        for _ in range(options.rounds):
+            for system in systems:
+                result = await timed_round(
+                    system, runner, key, admin, database, options.clients, options.seconds
+                )
+                system.rounds.append(result)
+        for _ in range(options.rounds):
+            for system in systems:
+                single = await runner(
+                    system.endpoint, key, system.body, 1, 0, options.single_seconds
+                )
+                system.single_p50.append(single["p50"])
+    finally:
+        await admin.close()
 
 
 async def main() -> int:
@@ -352,17 +404,18 @@ async def main() -> int:
         statements = await captured_statements(app, NESTED, variables)
         await close_database()
         await install_computed_columns(db.dsn)
-        peer_node()
 
         server, endpoint = start_server(db.url)
         servers.append(server)
-        ours = System(
-            "usagegraph", server, endpoint, {"query": NESTED, "variables": variables}, False
-        )
+        ours = System("usagegraph", server, endpoint, {"query": NESTED, "variables": variables})
         server, endpoint = start_postgraphile(db.url, peer_log)
         servers.append(server)
         theirs = System(
-            "PostGraphile 5", server, endpoint, {"query": PEER_NESTED, "variables": variables}, True
+            "PostGraphile 5",
+            server,
+            endpoint,
+            {"query": PEER_NESTED, "variables": variables},
+            peer=True,
         )
         await first_answer(ours.endpoint, key, ours.body)
         try:
@@ -371,52 +424,12 @@ async def main() -> int:
             peer_log.seek(0)
             print(peer_log.read().decode()[-3000:])
             raise
-
-        # Both read the same snapshot of the request log when nothing writes it: usagegraph
-        # logs its own requests after answering, flushed within 0.2 s.
-        found: list[str] = ["not compared"]
-        for _ in range(3):
-            await asyncio.sleep(1)
-            peer_answer = (await first_answer(theirs.endpoint, key, theirs.body)).json()
-            answer = await first_answer(ours.endpoint, key, ours.body)
-            if "errors" in peer_answer or "errors" in answer.json():
-                print("errors:", peer_answer.get("errors"), answer.json().get("errors"))
-                return 1
-            found = differences(usagegraph_page(answer.json()), peer_page(peer_answer))
-            if not found:
-                break
-        if found:
-            print("the two answers differ:\n  " + "\n  ".join(found))
+        answer = await same_numbers(ours, theirs, key)
+        if answer is None:
             return 1
-        page = usagegraph_page(answer.json())
-        print(
-            f"same numbers in both answers: {len(page['pools'])} pools,"
-            f" {len(page['End Users'])} End Users of {page['End Users in all']:,} with"
-            f" {sum(len(u[2]) for u in page['End Users'])} balances,"
-            f" {len(page['request log'])} request-log entries; usagegraph's answer"
-            f" {len(answer.content):,} bytes from {len(statements)} statements"
-        )
+        print(f"usagegraph's answer: {len(answer.content):,} bytes, {len(statements)} statements")
 
-        admin = await asyncpg.connect(options.admin_dsn)
-        try:
-            for system in (ours, theirs):
-                await runner(system.endpoint, key, system.body, options.clients, 0, options.warmup)
-            for _ in range(options.rounds):
-                for system in (ours, theirs):
-                    system.rounds.append(
-                        await timed_round(
-                            system, runner, key, admin, db.name, options.clients, options.seconds
-                        )
-                    )
-            for _ in range(options.rounds):
-                for system in (ours, theirs):
-                    single = await runner(
-                        system.endpoint, key, system.body, 1, 0, options.single_seconds
-                    )
-                    system.single_p50.append(single["p50"])
-        finally:
-            await admin.close()
-        failed = sum(r["errors"] for s in (ours, theirs) for r in s.rounds)
+        await interleaved((ours, theirs), runner, key, options, db.name)
         raw = await raw_replay(db.dsn, statements, options.clients, options.seconds)
         bare = await bare_http(
             runner, answer.content, key, ours.body, options.clients, options.seconds
@@ -428,10 +441,8 @@ async def main() -> int:
             f" CPU each; the same bytes from a bare Starlette endpoint {bare['rate']:,.0f}/s,"
             f" p50 {bare['p50']:.1f} ms, {bare['cpu_ms']:.2f} ms CPU each"
         )
-        print(
-            f"({options.end_users:,} End Users, {options.events:,} events when generated;"
-            f" machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
-        )
+        print(f"(machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        failed = sum(r["errors"] for s in (ours, theirs) for r in s.rounds)
         if failed:
             print(f"{failed} failed requests")
             return 1

@@ -6,8 +6,8 @@ import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
 import { makePgService } from "postgraphile/adaptors/pg";
 import { jsonPgSmartTags } from "postgraphile/utils";
 
-// request_log has no foreign key to application (it outlives deleted rows by design);
-// a virtual one gives PostGraphile the nested `requestLogsByApplicationId` connection.
+// request_log has no foreign key to application: a virtual one (a smart tag) gives
+// PostGraphile the nested `requestLogsByApplicationId` connection.
 const RequestLogOfApplication = jsonPgSmartTags({
   version: 1,
   config: {
