@@ -17,6 +17,8 @@ Before any timing, both answers must carry the same numbers for every row of the
                   requests/s, p50, p99, the server process's CPU per request (/proc) and
                   PostgreSQL's: the CPU of the database's backends serving that system
                   (/proc of each backend, PostGraphile's told apart by application_name).
+                  usagegraph runs as shipped: its request log records every request and
+                  its background jobs run, both counted in its figures.
     one client    `--rounds` rounds of `--single-seconds`: p50 of sequential requests.
 Medians of the rounds are printed per system with the ratios (usagegraph / PostGraphile),
 beside the floors of usagegraph's answer as bench/dashboard.py measures them: its
