@@ -364,11 +364,9 @@ async def interleaved(
     options: argparse.Namespace,
     database: str,
 ) -> None:
-    """Warm-up, then A/B rounds at `--clients`, then A/B rounds of one client."""
+    """A/B rounds at `--clients`, then A/B rounds of one client."""
     admin = await asyncpg.connect(options.admin_dsn)
     try:
-        for system in systems:
-            await runner(system.endpoint, key, system.body, options.clients, 0, options.warmup)
         for _ in range(options.rounds):
             for system in systems:
                 result = await timed_round(
@@ -426,6 +424,8 @@ async def main() -> int:
             peer_log.seek(0)
             print(peer_log.read().decode()[-3000:])
             raise
+        for system in (ours, theirs):  # warm, and a full page of request log to compare
+            await runner(system.endpoint, key, system.body, options.clients, 0, options.warmup)
         answer = await same_numbers(ours, theirs, key)
         if answer is None:
             return 1
