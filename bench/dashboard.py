@@ -63,6 +63,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -280,10 +281,13 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def first_answer(endpoint: str, key: str, body: dict[str, Any]) -> httpx.Response:
-    """The first answer of a server just started (retried while it does not listen yet)."""
+async def first_answer(
+    endpoint: str, key: str, body: dict[str, Any], patience: float = 20
+) -> httpx.Response:
+    """The first answer of a server just started (retried for `patience` seconds while it
+    does not listen yet)."""
     async with httpx.AsyncClient(timeout=30) as client:
-        for _ in range(200):
+        for _ in range(int(patience * 10)):
             try:
                 return await client.post(
                     endpoint, json=body, headers={"Authorization": f"Bearer {key}"}
@@ -546,11 +550,13 @@ async def ledger_scan(dsn: str, app: int, start: datetime, end: datetime) -> flo
     return statistics.median(times) * 1000
 
 
-# -------------------------------------------------------------------------------- main
+# ------------------------------------------------------------ database and server (shared)
 
 
-async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def bench_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of the data, the load and the database, shared by the dashboard
+    benchmarks."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--admin-dsn", default=DEFAULT_ADMIN_DSN)
     parser.add_argument("--end-users", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -562,51 +568,123 @@ async def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1,000 End Users, 50,000 events")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--database", help="reuse a database kept by --keep (implies --keep)")
-    parser.add_argument("--profile", help="py-spy collapsed stacks of the server to this file")
+    return parser
+
+
+def parsed(parser: argparse.ArgumentParser) -> argparse.Namespace:
     options = parser.parse_args()
     if options.quick:
         options.end_users, options.events, options.seconds, options.warmup = 1000, 50_000, 5, 2
-    load = options.load or ("wrk" if shutil.which("wrk") else "httpx")
+    options.keep = options.keep or options.database is not None
+    return options
 
-    reuse = options.database is not None
-    options.keep = options.keep or reuse
+
+@dataclass(frozen=True, slots=True)
+class BenchDatabase:
+    name: str
+    dsn: str  # asyncpg's spelling
+    url: str  # the server's DATABASE_URL
+    reused: bool
+
+
+async def create_database(options: argparse.Namespace) -> BenchDatabase:
+    """A new scratch database, or the kept one `--database` names."""
     name = options.database or f"usagegraph_dashboard_{uuid.uuid4().hex[:8]}"
-    if not reuse:
+    if options.database is None:
         admin = await asyncpg.connect(options.admin_dsn)
         await admin.execute(f'CREATE DATABASE "{name}"')
         await admin.close()
     dsn = options.admin_dsn.rsplit("/", 1)[0] + "/" + name
     url = dsn.replace("postgresql://", "postgres://", 1)
-    settings = Settings(DATABASE_URL=url)
+    return BenchDatabase(name, dsn, url, options.database is not None)
+
+
+async def populate(db: BenchDatabase, options: argparse.Namespace) -> tuple[int, str] | None:
+    """Migrates, generates the data (or finds a kept database's application) and folds the
+    rollups; the application and a READ key of it, or None when `usagegraph verify` fails.
+    Leaves the ORM initialised on the database (`close_database` when done with it)."""
+    settings = Settings(DATABASE_URL=db.url)
+    await apply_migrations(settings)
+    await close_database()
+    await init_database(settings)
+    from models.accounts import create_api_key, create_application, create_organization
+    from models.rollups import fold_usage
+    from models.tenancy import ApiKeyRole
+
+    if db.reused:
+        organization_id, app = await kept_application(db.dsn)
+        key = (await create_api_key(organization_id, "bench", ApiKeyRole.READ, app)).secret
+        print(f"reusing database {db.name} (application {app})")
+    else:
+        organization, _ = await create_organization("dashboard bench")
+        app = (await create_application(organization.id, "Dashboard bench", "Growth")).id
+        key = (await create_api_key(organization.id, "bench", ApiKeyRole.READ, app)).secret
+        began = time.perf_counter()
+        await generate(db.dsn, app, options.end_users, options.events, options.days)
+        print(
+            f"generated {options.end_users:,} End Users and {options.events:,} usage events"
+            f" over {options.days} days in {time.perf_counter() - began:.1f} s"
+        )
+        if not await verified(db.url):
+            return None
+    began = time.perf_counter()
+    await fold_usage()
+    print(f"first fold of the rollups: {time.perf_counter() - began:.1f} s")
+    return app, key
+
+
+async def release_database(db: BenchDatabase, options: argparse.Namespace) -> None:
+    await close_database()
+    if options.keep:
+        print(f"kept database {db.name}")
+        return
+    admin = await asyncpg.connect(options.admin_dsn)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+    await admin.close()
+
+
+def start_server(url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """One `usagegraph serve` process on the database, and its GraphQL endpoint."""
+    port = free_port()
+    command = [str(ROOT / ".venv" / "bin" / "usagegraph"), "serve", "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--no-access-log"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return server, f"http://127.0.0.1:{port}/graphql"
+
+
+def stop(server: subprocess.Popen[bytes] | None) -> None:
+    if server is None:
+        return
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+# -------------------------------------------------------------------------------- main
+
+
+async def main() -> int:
+    parser = bench_arguments(__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", help="py-spy collapsed stacks of the server to this file")
+    options = parsed(parser)
+    load = options.load or ("wrk" if shutil.which("wrk") else "httpx")
+    db = await create_database(options)
     server: subprocess.Popen[bytes] | None = None
     status = 0
     try:
-        await apply_migrations(settings)
-        await close_database()
-        await init_database(settings)
-        from models.accounts import create_api_key, create_application, create_organization
-        from models.rollups import fold_usage
-        from models.tenancy import ApiKeyRole
-
-        if reuse:
-            organization_id, app = await kept_application(dsn)
-            key = (await create_api_key(organization_id, "bench", ApiKeyRole.READ, app)).secret
-            print(f"reusing database {name} (application {app})")
-        else:
-            organization, _ = await create_organization("dashboard bench")
-            app = (await create_application(organization.id, "Dashboard bench", "Growth")).id
-            key = (await create_api_key(organization.id, "bench", ApiKeyRole.READ, app)).secret
-            began = time.perf_counter()
-            await generate(dsn, app, options.end_users, options.events, options.days)
-            print(
-                f"generated {options.end_users:,} End Users and {options.events:,} usage events"
-                f" over {options.days} days in {time.perf_counter() - began:.1f} s"
-            )
-            if not await verified(url):
-                return 1
-        began = time.perf_counter()
-        await fold_usage()
-        print(f"first fold of the rollups: {time.perf_counter() - began:.1f} s")
+        prepared = await populate(db, options)
+        if prepared is None:
+            return 1
+        app, key = prepared
+        dsn = db.dsn
 
         query = DASHBOARD
         now = datetime.now(UTC)
@@ -618,21 +696,7 @@ async def main() -> int:
         statements = await captured_statements(app, query, variables)
         await close_database()
 
-        port = free_port()
-        server = subprocess.Popen(  # noqa: ASYNC220 (started once, before any measurement)
-            [
-                str(ROOT / ".venv" / "bin" / "usagegraph"),
-                "serve",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": url},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        endpoint = f"http://127.0.0.1:{port}/graphql"
+        server, endpoint = start_server(db.url)
         body = {"query": query, "variables": variables}
         response = await first_answer(endpoint, key, body)
         data = response.json()
@@ -731,19 +795,8 @@ async def main() -> int:
             f" {encode_ms:.2f})"
         )
     finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        await close_database()
-        if not options.keep:
-            admin = await asyncpg.connect(options.admin_dsn)
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await admin.close()
-        else:
-            print(f"kept database {name}")
+        stop(server)
+        await release_database(db, options)
     return status
 
 
