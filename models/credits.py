@@ -19,7 +19,8 @@ MAX_TOTAL = 2_147_483_647  # SPEC §3.1: no total may pass a GraphQL Int
 class BalanceStatus(StrEnum):
     OK = "OK"
     LOW = "LOW"
-    EXHAUSTED = "EXHAUSTED"
+    EXHAUSTED = "EXHAUSTED"  # was allocated credits, none left
+    NO_ALLOCATION = "NO_ALLOCATION"  # an End User never allocated any in the pool (net)
 
 
 class CreditPool(Model):
