@@ -96,7 +96,7 @@ def _balance_columns(window_used: str) -> str:
     return (
         "COALESCE(b.allocated, 0) AS allocated, COALESCE(b.used, 0) AS used,"
         " COALESCE(b.expired, 0) AS expired, COALESCE(b.remaining, 0) AS remaining,"
-        " COALESCE(b.status, 'EXHAUSTED') AS status, COALESCE(b.version, 0) AS version,"
+        " COALESCE(b.status, 'NO_ALLOCATION') AS status, COALESCE(b.version, 0) AS version,"
         " COALESCE(b.low_balance_threshold, p.end_user_low_balance_threshold) AS threshold,"
         f" {window_used} AS window_used, p.key AS pool_key"
     )
@@ -371,11 +371,9 @@ class OrderField(StrEnum):
     PROJECTED_EXHAUSTION = "PROJECTED_EXHAUSTION"
 
 
+# The stored status (`models.balances.status_sql`); no row: never allocated anything.
 _STATUS_SQL = {
-    StatusFilter.OK: "b.status = 'OK'",
-    StatusFilter.LOW: "b.status = 'LOW'",
-    StatusFilter.EXHAUSTED: "(b.allocated > 0 AND b.remaining = 0)",
-    StatusFilter.NO_ALLOCATION: "COALESCE(b.allocated, 0) = 0",
+    status: f"COALESCE(b.status, 'NO_ALLOCATION') = '{status}'" for status in StatusFilter
 }
 # Projected exhaustion orders by remaining / window use; End Users using nothing never run
 # out and come after every other (a key larger than any ratio of two Ints).

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-from models import clock
 from models.credits import BalanceStatus
 from models.records import AlertKind, LedgerEntryKind
 from models.sql import Sql, dumps, values_list
@@ -17,31 +19,66 @@ _THRESHOLD = (
 )
 
 
-def end_user_status_sql(new_remaining: str) -> str:
-    """SQL for the status an UPDATE of end_user_balance leaves, given the new remaining."""
+def status_sql(allocated: str, remaining: str, threshold: str = _THRESHOLD) -> str:
+    """SQL for an End User balance's status (`end_user_status`) from SQL expressions: in an
+    UPDATE of end_user_balance, the new allocated and remaining, and the threshold."""
     return (
-        f"CASE WHEN {new_remaining} <= 0 THEN 'EXHAUSTED'"
-        f" WHEN {new_remaining} <= COALESCE({_THRESHOLD}, -1) THEN 'LOW' ELSE 'OK' END"
+        f"CASE WHEN {allocated} <= 0 THEN 'NO_ALLOCATION' WHEN {remaining} <= 0 THEN 'EXHAUSTED'"
+        f" WHEN {remaining} <= COALESCE({threshold}, -1) THEN 'LOW' ELSE 'OK' END"
     )
 
 
 END_USER_BALANCE_COLUMNS = (
-    "end_user_id, pool_id, allocated, used, expired, remaining, status, version, "
-    + _THRESHOLD
-    + " AS threshold"
+    "end_user_id, pool_id, allocated, used, expired, remaining, status, version,"
+    f" updated_at AS at, {_THRESHOLD} AS threshold"
 )
 POOL_COLUMNS = (
     "id AS pool_id, purchased, allocated, used, expired, end_user_remaining,"
-    " low_balance_threshold, version"
+    " low_balance_threshold, version, changed_at AS at"
 )
+# Every change of a balance's visible fields takes the next version and stamps its time,
+# which its event and any later snapshot of that version carry as `at`.
+NEXT_END_USER_VERSION = "version = version + 1, updated_at = now()"
+NEXT_POOL_VERSION = "version = version + 1, changed_at = now()"
+
+
+class BalanceCause(StrEnum):
+    """What changed a balance: the kind of ledger entry, or THRESHOLD (a threshold change
+    moved its status; no ledger entry, no counter moved)."""
+
+    PURCHASE = LedgerEntryKind.PURCHASE.value
+    ALLOCATE = LedgerEntryKind.ALLOCATE.value
+    RELEASE = LedgerEntryKind.RELEASE.value
+    CONSUME = LedgerEntryKind.CONSUME.value
+    EXPIRE = LedgerEntryKind.EXPIRE.value
+    ADJUST = LedgerEntryKind.ADJUST.value
+    THRESHOLD = "THRESHOLD"
+
+
+def iso_time(value: datetime | str | None) -> str:
+    """A stored timestamp as an event's `at` (ISO 8601, UTC); SQLite keeps text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.astimezone(UTC).isoformat()
 
 
 def status_for(remaining: int, threshold: int | None) -> BalanceStatus:
+    """A pool's status, and an End User's once it was allocated credits (SPEC §4)."""
     if remaining <= 0:
         return BalanceStatus.EXHAUSTED
     if threshold is not None and remaining <= threshold:
         return BalanceStatus.LOW
     return BalanceStatus.OK
+
+
+def end_user_status(allocated: int, remaining: int, threshold: int | None) -> BalanceStatus:
+    """An End User's status in a pool: NO_ALLOCATION while it holds no allocation (net of
+    releases), else as a pool's (`status_for`). `status_sql` is the same rule in SQL."""
+    if allocated <= 0:
+        return BalanceStatus.NO_ALLOCATION
+    return status_for(remaining, threshold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +92,10 @@ class EndUserBalanceSnapshot:
     status: BalanceStatus
     version: int
     threshold: int | None = None  # the effective one: the End User's, else the pool default
+    at: str = ""  # when this version was made (ISO 8601)
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> EndUserBalanceSnapshot:
+    def from_row(cls, row: Mapping[str, Any]) -> EndUserBalanceSnapshot:
         return cls(
             end_user_id=row["end_user_id"],
             pool_id=row["pool_id"],
@@ -68,6 +106,7 @@ class EndUserBalanceSnapshot:
             status=BalanceStatus(row["status"]),
             version=row["version"],
             threshold=row.get("threshold"),
+            at=iso_time(row.get("at")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -88,6 +127,7 @@ class PoolSnapshot:
     end_user_remaining: int
     version: int
     low_balance_threshold: int | None
+    at: str = ""  # when this version was made (ISO 8601)
 
     @property
     def remaining(self) -> int:
@@ -102,15 +142,15 @@ class PoolSnapshot:
         return status_for(self.remaining, self.low_balance_threshold)
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> PoolSnapshot:
-        return cls(**{name: row[name] for name in cls.__slots__})
+    def from_row(cls, row: Mapping[str, Any]) -> PoolSnapshot:
+        counters = {name: row[name] for name in cls.__slots__ if name != "at"}
+        return cls(**counters, at=iso_time(row["at"]))
 
 
 def _event(
     application_id: int,
     pool_key: str,
-    cause: LedgerEntryKind,
-    at: str,
+    cause: BalanceCause,
     snapshot: EndUserBalanceSnapshot | PoolSnapshot,
 ) -> dict[str, Any]:
     return {
@@ -120,7 +160,7 @@ def _event(
         "end_user_id": getattr(snapshot, "end_user_id", None),
         "version": snapshot.version,
         "cause": cause.value,
-        "at": at,
+        "at": snapshot.at,
         "allocated": snapshot.allocated,
         "used": snapshot.used,
         "remaining": snapshot.remaining,
@@ -139,56 +179,71 @@ def _threshold_of(snapshot: EndUserBalanceSnapshot | PoolSnapshot) -> int | None
     return snapshot.threshold
 
 
+def _status_before(change: BalanceChange) -> BalanceStatus:
+    snapshot, delta = change
+    remaining = snapshot.remaining - delta
+    if isinstance(snapshot, PoolSnapshot):
+        return status_for(remaining, snapshot.low_balance_threshold)
+    # only an allocation raises an End User's remaining, and its allocated as much
+    return end_user_status(snapshot.allocated - max(delta, 0), remaining, snapshot.threshold)
+
+
 def alert_kind(change: BalanceChange) -> AlertKind | None:
     """The alert a change writes (SPEC §4): only on a status change, and never for a
-    balance's first change (its first funding is not a recovery)."""
+    balance's first change (its first funding is not a recovery) nor into or out of
+    NO_ALLOCATION (being allocated credits, or giving them all back, is no alert)."""
     snapshot, delta = change
     if snapshot.version <= 1 or delta == 0:
         return None
-    threshold = _threshold_of(snapshot)
-    before = status_for(snapshot.remaining - delta, threshold)
-    after = status_for(snapshot.remaining, threshold)
-    if before == after:
+    before = _status_before(change)
+    after = snapshot.status
+    if before == after or BalanceStatus.NO_ALLOCATION in (before, after):
         return None
     if after == BalanceStatus.OK:
         return AlertKind.RECOVERED
     return AlertKind(after.value)
 
 
+# Outbox rows per INSERT: a threshold change can move a whole pool's End Users, and a
+# statement's parameters are bounded (PostgreSQL 32,767, SQLite 32,766).
+OUTBOX_ROWS_PER_STATEMENT = 1_000
+
+
 async def write_balance_events(
     db: Sql,
     application_id: int,
     pool_key: str,
-    cause: LedgerEntryKind,
+    cause: LedgerEntryKind | BalanceCause,
     changes: list[BalanceChange],
 ) -> None:
     """Writes one outbox row per changed balance, and an alert (with its own outbox row)
-    per status change, in the transaction that changed them (SPEC rule 6: published after
-    commit, never for a rolled-back change)."""
+    per status change a credit movement made, in the transaction that changed them (SPEC
+    rule 6: published after commit, never for a rolled-back change)."""
     if not changes:
         return
     db.wrote_outbox = True
-    at = clock.now().isoformat()
-    args: list[Any] = []
-    for snapshot, _ in changes:
-        payload = _event(application_id, pool_key, cause, at, snapshot)
-        args += [application_id, "balance", dumps(payload)]
-    await db.run(
-        "INSERT INTO outbox_event (application_id, topic, payload, created_at) VALUES "
-        + values_list(len(changes), 3, ", now()"),
-        *args,
-    )
+    cause = BalanceCause(cause.value)
+    for first in range(0, len(changes), OUTBOX_ROWS_PER_STATEMENT):
+        chunk = changes[first : first + OUTBOX_ROWS_PER_STATEMENT]
+        args: list[Any] = []
+        for snapshot, _ in chunk:
+            payload = _event(application_id, pool_key, cause, snapshot)
+            args += [application_id, "balance", dumps(payload)]
+        await db.run(
+            "INSERT INTO outbox_event (application_id, topic, payload, created_at) VALUES "
+            + values_list(len(chunk), 3, ", now()"),
+            *args,
+        )
     for change in changes:
         kind = alert_kind(change)
         if kind is not None:
-            await write_alert(db, application_id, pool_key, at, change[0], kind)
+            await write_alert(db, application_id, pool_key, change[0], kind)
 
 
 async def write_alert(
     db: Sql,
     application_id: int,
     pool_key: str,
-    at: str,
     snapshot: EndUserBalanceSnapshot | PoolSnapshot,
     kind: AlertKind,
 ) -> None:
@@ -213,7 +268,7 @@ async def write_alert(
         "kind": kind.value,
         "remaining": snapshot.remaining,
         "threshold": threshold,
-        "at": at,
+        "at": snapshot.at,
         # alerts are not conflated per balance; the stream keys them by their own id
         "version": alert_id,
     }

@@ -10,16 +10,18 @@ pools by id."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from models.balances import (
+    NEXT_POOL_VERSION,
     POOL_COLUMNS,
     BalanceChange,
     EndUserBalanceSnapshot,
     PoolSnapshot,
-    status_for,
+    end_user_status,
+    iso_time,
     write_balance_events,
 )
 from models.draws import (
@@ -265,7 +267,7 @@ async def _consume_items(
             used=balance.used,
             expired=balance.expired,
             remaining=balance.remaining,
-            status=status_for(balance.remaining, balance.threshold),
+            status=end_user_status(balance.allocated, balance.remaining, balance.threshold),
             version=balance.version,
             threshold=balance.threshold,
         )
@@ -275,7 +277,11 @@ async def _consume_items(
         await db.run(f"DELETE FROM idempotency_record WHERE id IN ({marks})", *refused_claims)
     if not applied:
         return
-    await _write_balances(db, held)
+    stamped = await _write_balances(db, held)
+    applied = [
+        (item, replace(snapshot, at=stamped[(item.end_user_id, item.pool.id)]))
+        for item, snapshot in applied
+    ]
     usage_ids = await _insert_usage(db, application_id, [item for item, _ in applied])
     await _insert_entries(db, application_id, applied, usage_ids, actor)
     for (item, snapshot), usage_event_id in zip(applied, usage_ids, strict=True):
@@ -297,12 +303,15 @@ async def _consume_items(
     )
 
 
-async def _write_balances(db: Sql, held: dict[tuple[int, int], _Held]) -> None:
-    """Writes back every balance and allocation the batch drew from, one statement each."""
+async def _write_balances(
+    db: Sql, held: dict[tuple[int, int], _Held]
+) -> dict[tuple[int, int], str]:
+    """Writes back every balance and allocation the batch drew from, one statement each;
+    the time each balance's new version was stamped with, by (End User, pool)."""
     moved = [(pair, h) for pair, h in held.items() if any(a.get("drawn") for a in h.allocations)]
     args: list[Any] = []
     for (end_user_id, pool_id), h in moved:
-        status = status_for(h.remaining, h.threshold).value
+        status = end_user_status(h.allocated, h.remaining, h.threshold).value
         args += [end_user_id, pool_id, h.used, h.remaining, status, h.version]
     rows = _rows(
         len(moved),
@@ -310,12 +319,14 @@ async def _write_balances(db: Sql, held: dict[tuple[int, int], _Held]) -> None:
         " CAST({4} AS VARCHAR(16)), CAST({5} AS BIGINT))",
         6,
     )
-    await db.run(
+    stamped = await db.rows(
         "UPDATE end_user_balance SET used = v.used, remaining = v.remaining, status = v.status,"
         " version = v.version, updated_at = now() FROM (SELECT column1 AS e, column2 AS p,"
         " column3 AS used, column4 AS remaining, column5 AS status, column6 AS version"
         f" FROM (VALUES {rows}) AS x) AS v"
-        " WHERE end_user_balance.end_user_id = v.e AND end_user_balance.pool_id = v.p",
+        " WHERE end_user_balance.end_user_id = v.e AND end_user_balance.pool_id = v.p"
+        " RETURNING end_user_balance.end_user_id, end_user_balance.pool_id,"
+        " end_user_balance.updated_at",
         *args,
     )
     drawn = [a for _, h in moved for a in h.allocations if a.get("drawn")]
@@ -327,6 +338,7 @@ async def _write_balances(db: Sql, held: dict[tuple[int, int], _Held]) -> None:
         " WHERE allocation.id = v.id",
         *args,
     )
+    return {(row["end_user_id"], row["pool_id"]): iso_time(row["updated_at"]) for row in stamped}
 
 
 async def _insert_usage(db: Sql, application_id: int, items: list[_Item]) -> list[int]:
@@ -395,7 +407,7 @@ async def _update_shared_rows(
     for pool_id in sorted(by_pool):
         row = await db.row(
             "UPDATE credit_pool SET used = used + $2, end_user_remaining = end_user_remaining - $2,"
-            f" version = version + 1 WHERE id = $1 RETURNING {POOL_COLUMNS}",
+            f" {NEXT_POOL_VERSION} WHERE id = $1 RETURNING {POOL_COLUMNS}",
             pool_id,
             by_pool[pool_id],
         )

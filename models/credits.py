@@ -41,6 +41,8 @@ class CreditPool(Model):
     low_balance_threshold = fields.BigIntField(null=True)
     end_user_low_balance_threshold = fields.BigIntField(null=True)
     version = fields.BigIntField(default=0)
+    # when the balance took its current version (its last event's `at`); null: never changed
+    changed_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 
     class Meta:
@@ -132,7 +134,7 @@ class EndUserBalance(Model):
     expired = fields.BigIntField(default=0)
     remaining = fields.BigIntField(default=0)
     low_balance_threshold = fields.BigIntField(null=True)
-    status = fields.CharEnumField(BalanceStatus, max_length=16, default=BalanceStatus.EXHAUSTED)
+    status = fields.CharEnumField(BalanceStatus, max_length=16, default=BalanceStatus.NO_ALLOCATION)
     version = fields.BigIntField(default=0)
     updated_at = fields.DatetimeField(auto_now=True)
 

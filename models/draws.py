@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from models.balances import END_USER_BALANCE_COLUMNS, EndUserBalanceSnapshot
+from models.balances import (
+    END_USER_BALANCE_COLUMNS,
+    NEXT_END_USER_VERSION,
+    EndUserBalanceSnapshot,
+)
 from models.errors import ValidationFailed
 from models.records import LedgerEntryKind
 from models.sql import Sql, values_list
@@ -112,7 +116,7 @@ async def lock_end_user_balance(
     db: Sql, end_user_id: int, pool_id: int, assignments: str, condition: str, *args: Any
 ) -> EndUserBalanceSnapshot | None:
     row = await db.row(
-        f"UPDATE end_user_balance SET {assignments}, version = version + 1, updated_at = now()"
+        f"UPDATE end_user_balance SET {assignments}, {NEXT_END_USER_VERSION}"
         f" WHERE end_user_id = $1 AND pool_id = $2 AND {condition}"
         f" RETURNING {END_USER_BALANCE_COLUMNS}",
         end_user_id,
@@ -138,7 +142,7 @@ async def ensure_end_user_balance(db: Sql, end_user_id: int, pool_id: int) -> No
     """Creates the End User's (empty) balance row in the pool if it is not there yet."""
     await db.run(
         "INSERT INTO end_user_balance (end_user_id, pool_id, allocated, used, expired,"
-        " remaining, status, version, updated_at) VALUES ($1, $2, 0, 0, 0, 0, 'EXHAUSTED', 0,"
+        " remaining, status, version, updated_at) VALUES ($1, $2, 0, 0, 0, 0, 'NO_ALLOCATION', 0,"
         " now()) ON CONFLICT (end_user_id, pool_id) DO NOTHING",
         end_user_id,
         pool_id,

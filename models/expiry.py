@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 from models.balances import (
     END_USER_BALANCE_COLUMNS,
+    NEXT_END_USER_VERSION,
+    NEXT_POOL_VERSION,
     POOL_COLUMNS,
     BalanceChange,
     EndUserBalanceSnapshot,
     PoolSnapshot,
-    end_user_status_sql,
+    status_sql,
     write_balance_events,
 )
 from models.ledger import Draw, insert_ledger_entries
@@ -112,8 +114,8 @@ async def _sweep_lot_once(db: Sql, lot_id: int) -> int | None:
         )
         row = await db.row(
             "UPDATE end_user_balance SET expired = expired + $3, remaining = remaining - $3,"
-            " status = " + end_user_status_sql("remaining - $3") + ","
-            " version = version + 1, updated_at = now()"
+            " status = " + status_sql("allocated", "remaining - $3") + ","
+            f" {NEXT_END_USER_VERSION}"
             f" WHERE end_user_id = $1 AND pool_id = $2 RETURNING {END_USER_BALANCE_COLUMNS}",
             allocation["end_user_id"],
             pool_id,
@@ -151,7 +153,7 @@ async def _sweep_lot_once(db: Sql, lot_id: int) -> int | None:
     if total > 0:
         row = await db.row(
             "UPDATE credit_pool SET expired = expired + $2,"
-            " end_user_remaining = end_user_remaining - $3, version = version + 1"
+            f" end_user_remaining = end_user_remaining - $3, {NEXT_POOL_VERSION}"
             f" WHERE id = $1 RETURNING {POOL_COLUMNS}",
             pool_id,
             total,

@@ -18,10 +18,11 @@ from typing import Any
 
 from models import clock
 from models.balances import (
+    NEXT_POOL_VERSION,
     POOL_COLUMNS,
     EndUserBalanceSnapshot,
     PoolSnapshot,
-    end_user_status_sql,
+    status_sql,
     write_balance_events,
 )
 from models.consume_batch import Consumption
@@ -64,7 +65,7 @@ class BalanceResult:
 
 async def _update_pool(db: Sql, pool_id: int, assignments: str, *args: Any) -> PoolSnapshot:
     row = await db.row(
-        f"UPDATE credit_pool SET {assignments}, version = version + 1 WHERE id = $1"
+        f"UPDATE credit_pool SET {assignments}, {NEXT_POOL_VERSION} WHERE id = $1"
         f" RETURNING {POOL_COLUMNS}",
         pool_id,
         *args,
@@ -126,7 +127,7 @@ async def purchase_credits(
         if replay is not None:
             return PurchaseResult(pack_id=replay["pack_id"], pool=None, replayed=True)
         row = await db.row(
-            "UPDATE credit_pool SET purchased = purchased + $2, version = version + 1"
+            f"UPDATE credit_pool SET purchased = purchased + $2, {NEXT_POOL_VERSION}"
             f" WHERE id = $1 AND purchased + $2 <= {MAX_TOTAL} RETURNING {POOL_COLUMNS}",
             pool.id,
             credits,
@@ -180,7 +181,7 @@ async def _take_back(
         end_user_id,
         pool_id,
         "allocated = allocated - $3, remaining = remaining - $3, status = "
-        + end_user_status_sql("remaining - $3"),
+        + status_sql("allocated - $3", "remaining - $3"),
         "remaining >= $3",
         credits,
     )
@@ -223,7 +224,7 @@ async def _allocate(
         end_user_id,
         pool.id,
         "allocated = allocated + $3, remaining = remaining + $3, status = "
-        + end_user_status_sql("remaining + $3"),
+        + status_sql("allocated + $3", "remaining + $3"),
         f"allocated + $3 <= {MAX_TOTAL}",
         credits,
     )

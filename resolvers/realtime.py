@@ -7,9 +7,9 @@ from datetime import datetime
 
 import strawberry
 
+from models.balances import BalanceCause
 from models.credits import EndUser as EndUserRow
 from models.errors import DomainError, NotFound
-from models.records import LedgerEntryKind as DomainLedgerEntryKind
 from resolvers.access import require_end_user, visible_application
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser
@@ -18,7 +18,13 @@ from resolvers.live import live_events
 from resolvers.pools import BalanceStatus
 from subscriptions.fanout import Topic
 
-LedgerEntryKind = strawberry.enum(DomainLedgerEntryKind, name="LedgerEntryKind")
+# The name stays the ledger's: every value but THRESHOLD is a ledger entry kind.
+LedgerEntryKind = strawberry.enum(
+    BalanceCause,
+    name="LedgerEntryKind",
+    description="The kind of a ledger entry; as a balance event's cause, also THRESHOLD: a"
+    " threshold change moved the balance's status (no ledger entry, no credit moved).",
+)
 
 
 @strawberry.type(
@@ -29,10 +35,12 @@ class BalanceEvent:
     pool: str
     version: int = strawberry.field(description="Increases with every change of this balance.")
     cause: LedgerEntryKind = strawberry.field(
-        description="The kind of ledger entry that changed it (for the first message, the "
-        "balance's last entry)."
+        description="The kind of ledger entry that changed it, or THRESHOLD (for the first"
+        " message, the kind of the balance's last ledger entry)."
     )
-    at: datetime
+    at: datetime = strawberry.field(
+        description="When this version was made (a re-sent snapshot keeps its version's)."
+    )
     allocated: int
     used: int
     remaining: int
@@ -55,7 +63,7 @@ class BalanceEvent:
             application_id=strawberry.ID(str(event["application_id"])),
             pool=event["pool"],
             version=event["version"],
-            cause=DomainLedgerEntryKind(event["cause"]),
+            cause=BalanceCause(event["cause"]),
             at=datetime.fromisoformat(event["at"]),
             allocated=event["allocated"],
             used=event["used"],

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from models.balances import status_for
+from models.balances import iso_time, status_for
 from models.credits import BalanceStatus
 from models.sql import Sql, transaction
 from subscriptions.fanout import Topic
@@ -30,12 +29,14 @@ async def _last_cause(db: Sql, pool_id: int, end_user_id: int | None) -> str:
 def _event(
     application_id: int, pool: dict[str, Any], end_user_id: int | None, **counters: Any
 ) -> Event:
+    """A balance's current version as an event; `at` is the version's own (stored when it
+    was made; a balance never changed has the pool's creation time)."""
     return {
         "application_id": application_id,
         "pool_id": pool["id"],
         "pool": pool["key"],
         "end_user_id": end_user_id,
-        "at": datetime.now(UTC).isoformat(),
+        "at": iso_time(pool["at"]),
         **counters,
     }
 
@@ -43,8 +44,9 @@ def _event(
 async def pool_snapshots(application_id: int, pool_key: str | None) -> list[Event]:
     async def read(db: Sql) -> list[Event]:
         pools = await db.rows(
-            "SELECT id, key, purchased, allocated, used, expired, low_balance_threshold, version"
-            " FROM credit_pool WHERE application_id = $1 ORDER BY id",
+            "SELECT id, key, purchased, allocated, used, expired, low_balance_threshold, version,"
+            " COALESCE(changed_at, created_at) AS at FROM credit_pool WHERE application_id = $1"
+            " ORDER BY id",
             application_id,
         )
         events = []
@@ -76,7 +78,8 @@ async def end_user_snapshots(
 ) -> list[Event]:
     async def read(db: Sql) -> list[Event]:
         rows = await db.rows(
-            "SELECT p.id, p.key, b.allocated, b.used, b.expired, b.remaining, b.status, b.version"
+            "SELECT p.id, p.key, b.allocated, b.used, b.expired, b.remaining, b.status, b.version,"
+            " COALESCE(b.updated_at, p.created_at) AS at"
             " FROM credit_pool p LEFT JOIN end_user_balance b"
             " ON b.pool_id = p.id AND b.end_user_id = $2"
             " WHERE p.application_id = $1 ORDER BY p.id",
@@ -98,7 +101,7 @@ async def end_user_snapshots(
                     used=row["used"] or 0,
                     remaining=row["remaining"] or 0,
                     expired=row["expired"] or 0,
-                    status=row["status"] or BalanceStatus.EXHAUSTED.value,
+                    status=row["status"] or BalanceStatus.NO_ALLOCATION.value,
                 )
             )
         return events

@@ -293,8 +293,12 @@ def _counters_dict(counters: Counters) -> dict[str, int]:
 
 
 def _balance_dict(counters: Counters) -> dict[str, Any]:
-    # No thresholds are set, so the status is EXHAUSTED at 0 and OK otherwise (SPEC §4).
-    status = "OK" if counters.remaining > 0 else "EXHAUSTED"
+    # No thresholds are set: NO_ALLOCATION without an allocation, else EXHAUSTED at 0 and
+    # OK otherwise (SPEC §4).
+    if counters.allocated <= 0:
+        status = "NO_ALLOCATION"
+    else:
+        status = "OK" if counters.remaining > 0 else "EXHAUSTED"
     return {**_counters_dict(counters), "status": status}
 
 
