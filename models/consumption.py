@@ -8,10 +8,16 @@ rollup (HOUR) or the daily one (DAY, WEEK, MONTH: whole UTC days) plus the unfol
 of the ledger (`models.rollups`); End User series read the End User's own ledger entries.
 
 Per bucket: `used` (CONSUME, narrowed by the feature when one is given), `expired`
-(EXPIRE), `purchased` (PURCHASE for a pool; for an End User, the credits allocated to it,
-net of releases) and `remaining` at the bucket's end (the counters now, less what occurred
-after the bucket), so remaining(b) = remaining(b-1) + purchased(b) - used(b) - expired(b)
-when no feature is given.
+(EXPIRE) and `purchased` (PURCHASE for a pool; for an End User, the credits allocated to
+it, net of releases), each by `occurred_at`; and `remaining`, the balance as the ledger
+stood at the bucket's end: the counters now, less the changes booked (`created_at`) after
+the bucket. A consumption reported late (`occurredAt` in the past) counts in the `used`
+of the bucket it occurred in but lowers `remaining` only from when it was booked, so
+`remaining` never dips under zero for credits bought or allocated later, and the last
+bucket (any bucket ending after now) is the live balance. Booking time is the writing
+transaction's start: a consumption that started before the allocation it drew from had
+committed (it waited for that balance's lock) is booked a few milliseconds before it; a
+bucket ending in between would read under zero, and shows 0.
 
 Spikes: a bucket is a spike when its `used` exceeds median + max(3·sigma, median, 1), where
 median and sigma = 1.4826·MAD (median absolute deviation, the robust sigma of a normal series) are
@@ -199,9 +205,13 @@ def _range_origin(key: SeriesKey) -> int:
     return int(key.range.start.timestamp())
 
 
-# Per fact row: used (all features), used of the feature asked, expired, purchased.
-_AFTER = -1  # facts that occurred after the range: only their net matters (remaining)
+# Per fact row: used of the feature asked, expired, purchased (by occurredAt), booked
+# (the change of remaining, by createdAt).
+_AFTER = -1  # facts after the range: only what they booked matters (remaining)
 _NOW = -2  # the counters' remaining now
+# The entries that change a pool's remaining, and an End User's.
+_POOL_KINDS = "('CONSUME', 'EXPIRE', 'PURCHASE')"
+_END_USER_KINDS = "('CONSUME', 'EXPIRE', 'ALLOCATE', 'RELEASE')"
 
 
 async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
@@ -228,25 +238,31 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
         if head.range.granularity == Granularity.HOUR
         else ("usage_rollup_day", "day")
     )
+    # Two kinds of fact rows: usage at its `occurred_at` (used, expired, purchased) and
+    # the change of remaining at its booking time, `created_at` (booked).
     statement = (
         "WITH f AS ("
-        f" SELECT r.pool_id, r.{at} AS at, r.feature, r.used, r.expired, r.purchased"
+        f" SELECT r.pool_id, r.{at} AS at, r.feature, r.used, r.expired, r.purchased, r.booked"
         f" FROM {table} r WHERE r.pool_id IN {pools} AND r.{at} >= $1"
         " UNION ALL"
         " SELECT l.pool_id, l.occurred_at,"
         " CASE WHEN l.kind = 'CONSUME' THEN COALESCE(l.feature, '') ELSE '' END,"
         " CASE WHEN l.kind = 'CONSUME' THEN -l.amount ELSE 0 END,"
         " CASE WHEN l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END,"
-        " CASE WHEN l.kind = 'PURCHASE' THEN l.amount ELSE 0 END"
+        " CASE WHEN l.kind = 'PURCHASE' THEN l.amount ELSE 0 END, 0"
         f" FROM ledger_entry l WHERE l.pool_id IN {pools} AND {in_tail('l')}"
-        " AND l.occurred_at >= $1"
-        " AND l.kind IN ('CONSUME', 'EXPIRE', 'PURCHASE'))"
+        f" AND l.occurred_at >= $1 AND l.kind IN {_POOL_KINDS}"
+        " UNION ALL"
+        " SELECT l.pool_id, l.created_at, '', 0, 0, 0, l.amount"
+        f" FROM ledger_entry l WHERE l.pool_id IN {pools} AND {in_tail('l')}"
+        f" AND l.created_at >= $1 AND l.kind IN {_POOL_KINDS})"
         f" SELECT f.pool_id AS owner, CASE WHEN f.at >= $2 THEN {_AFTER} ELSE {index} END"
         # (as BIGINT: PostgreSQL sums BIGINTs as NUMERIC, decoded into slow Decimals)
-        " AS bucket, CAST(SUM(f.used) AS BIGINT) AS used_all,"
+        " AS bucket,"
         f" CAST(SUM(CASE WHEN {feature_match} THEN f.used ELSE 0 END) AS BIGINT) AS used,"
         " CAST(SUM(f.expired) AS BIGINT) AS expired,"
-        " CAST(SUM(f.purchased) AS BIGINT) AS purchased FROM f GROUP BY 1, 2"
+        " CAST(SUM(f.purchased) AS BIGINT) AS purchased,"
+        " CAST(SUM(f.booked) AS BIGINT) AS booked FROM f GROUP BY 1, 2"
         f" UNION ALL SELECT id, {_NOW}, 0, 0, 0, purchased - used - expired"
         f" FROM credit_pool WHERE id IN {pools}"
     )
@@ -265,18 +281,23 @@ async def _end_user_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
     if head.feature is not None:
         args.append(head.feature)
         feature_match = f"l.feature = ${len(args)}"
-    index = _index_sql(db, head, "l.occurred_at", "$3")
+    occurred = _index_sql(db, head, "l.occurred_at", "$3")
+    booked = _index_sql(db, head, "l.created_at", "$3")
+    mine = f"l.end_user_id IN ({marks}) AND l.application_id = $4 AND l.kind IN {_END_USER_KINDS}"
     statement = (
         "SELECT l.end_user_id AS owner, l.pool_id,"
-        f" CASE WHEN l.occurred_at >= $2 THEN {_AFTER} ELSE {index} END AS bucket,"
-        " SUM(CASE WHEN l.kind = 'CONSUME' THEN -l.amount ELSE 0 END) AS used_all,"
+        f" CASE WHEN l.occurred_at >= $2 THEN {_AFTER} ELSE {occurred} END AS bucket,"
         f" SUM(CASE WHEN l.kind = 'CONSUME' AND {feature_match} THEN -l.amount ELSE 0 END)"
         " AS used,"
         " SUM(CASE WHEN l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END) AS expired,"
         " SUM(CASE WHEN l.kind IN ('ALLOCATE', 'RELEASE') THEN l.amount ELSE 0 END)"
-        f" AS purchased FROM ledger_entry l WHERE l.end_user_id IN ({marks})"
-        " AND l.application_id = $4 AND l.occurred_at >= $1"
-        " AND l.kind IN ('CONSUME', 'EXPIRE', 'ALLOCATE', 'RELEASE') GROUP BY 1, 2, 3"
+        f" AS purchased, 0 AS booked FROM ledger_entry l WHERE {mine}"
+        " AND l.occurred_at >= $1 GROUP BY 1, 2, 3"
+        # the change of remaining at its booking time
+        " UNION ALL SELECT l.end_user_id, l.pool_id,"
+        f" CASE WHEN l.created_at >= $2 THEN {_AFTER} ELSE {booked} END, 0, 0, 0,"
+        f" SUM(l.amount) FROM ledger_entry l WHERE {mine} AND l.created_at >= $1"
+        " GROUP BY 1, 2, 3"
         f" UNION ALL SELECT end_user_id, pool_id, {_NOW}, 0, 0, 0, remaining"
         f" FROM end_user_balance WHERE end_user_id IN ({marks})"
     )
@@ -286,27 +307,28 @@ async def _end_user_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
 def _assemble(key: SeriesKey, rows: list[Row]) -> Series:
     count = key.range.count
     used = [0] * count
-    used_all = [0] * count
     expired = [0] * count
     purchased = [0] * count
-    net_after = 0  # purchased - used - expired of what occurred after the range
+    booked = [0] * count  # the change of remaining the ledger booked in each bucket
+    booked_after = 0
     remaining_now = 0
     for row in rows:
         bucket = int(row["bucket"])
         if bucket == _NOW:
-            remaining_now += int(row["purchased"])
+            remaining_now += int(row["booked"])
         elif bucket == _AFTER:
-            net_after += int(row["purchased"]) - int(row["used_all"]) - int(row["expired"])
+            booked_after += int(row["booked"])
         else:
             used[bucket] += int(row["used"])
-            used_all[bucket] += int(row["used_all"])
             expired[bucket] += int(row["expired"])
             purchased[bucket] += int(row["purchased"])
+            booked[bucket] += int(row["booked"])
     remaining = [0] * count
-    level = remaining_now - net_after
+    level = remaining_now - booked_after  # as the ledger stood at the range's end
     for index in range(count - 1, -1, -1):
-        remaining[index] = level
-        level -= purchased[index] - used_all[index] - expired[index]
+        # (never under 0: see the module's docstring on transactions in flight)
+        remaining[index] = max(level, 0)
+        level -= booked[index]
     flags = spikes(used)
     return Series(
         key.range.granularity,

@@ -4,7 +4,9 @@ thousand rows instead of a million, and still answers exactly.
 Two tables, both fed by `fold_usage` from the ledger entries created before a watermark:
 
 - `usage_rollup`: per pool, UTC hour of `occurred_at` and feature, the credits used
-  (CONSUME), expired (EXPIRE) and purchased (PURCHASE).
+  (CONSUME), expired (EXPIRE) and purchased (PURCHASE); and, on the rows of feature '', the
+  net change of the pool's remaining (`booked`) by the UTC hour of `created_at`, when the
+  ledger booked it (a series' `remaining` is the balance as the ledger stood).
 - `usage_rollup_day`: the same per UTC day, for DAY, WEEK and MONTH series.
 - `end_user_window_usage`: per End User and pool, the credits used since `window_start`
   (the start of the UTC hour 7 days before the fold), for burn rates.
@@ -40,7 +42,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the watermark before the first fold
 
 class _UsageSums(Model):
     """Ledger sums per pool, period (of `occurred_at`) and feature ('' for EXPIRE and
-    PURCHASE), over the entries created before the fold watermark."""
+    PURCHASE), over the entries created before the fold watermark; `booked` (feature '')
+    is by period of `created_at`: Σ amount of PURCHASE, CONSUME and EXPIRE, the change of
+    the pool's remaining the ledger booked in the period."""
 
     id = fields.BigIntField(primary_key=True)
     pool_id = fields.BigIntField()  # no foreign key: written by the fold only
@@ -48,6 +52,7 @@ class _UsageSums(Model):
     used = fields.BigIntField(default=0)
     expired = fields.BigIntField(default=0)
     purchased = fields.BigIntField(default=0)
+    booked = fields.BigIntField(default=0, db_default=0)
 
     class Meta:
         abstract = True
@@ -234,6 +239,17 @@ async def _fold(db: Sql) -> bool:
             f" used = {table}.used + excluded.used,"
             f" expired = {table}.expired + excluded.expired,"
             f" purchased = {table}.purchased + excluded.purchased",
+            old_mark,
+            new_mark,
+        )
+        await db.run(
+            f"INSERT INTO {table} (pool_id, {period}, feature, used, expired, purchased, booked)"
+            f" SELECT l.pool_id, {truncated_sql(db, period, 'l.created_at')}, '', 0, 0, 0,"
+            " SUM(l.amount) FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id"
+            " AND l.created_at >= $1 AND l.created_at < $2"
+            f" WHERE l.kind IN {_KINDS} GROUP BY 1, 2"
+            f" ON CONFLICT (pool_id, {period}, feature) DO UPDATE SET"
+            f" booked = {table}.booked + excluded.booked",
             old_mark,
             new_mark,
         )

@@ -142,6 +142,24 @@ async def _ledger_sums(app: int, start: datetime, end: datetime) -> dict[str, An
     return sums
 
 
+async def booked_remaining(pool_id: int, end_user_id: int | None, until: datetime) -> int:
+    """Straight from the ledger: the pool's (or End User's) remaining as the ledger stood
+    at `until`, the net of the entries created before it."""
+    kinds, owner = "('PURCHASE', 'CONSUME', 'EXPIRE')", "1 = 1"
+    if end_user_id is not None:
+        kinds = "('ALLOCATE', 'RELEASE', 'CONSUME', 'EXPIRE')"
+        owner = f"l.end_user_id = {end_user_id}"
+    net = await single_statement(
+        lambda db: db.value(
+            "SELECT CAST(COALESCE(SUM(l.amount), 0) AS BIGINT) AS net FROM ledger_entry l"
+            f" WHERE l.pool_id = $1 AND {owner} AND l.kind IN {kinds} AND l.created_at < $2",
+            pool_id,
+            until,
+        )
+    )
+    return int(net)
+
+
 async def _pool_ids(app: int) -> dict[str, int]:
     rows = await single_statement(
         lambda db: db.rows("SELECT id, key FROM credit_pool WHERE application_id = $1", app)
@@ -200,13 +218,11 @@ async def test_bucket_sums_equal_the_ledger(
         else:
             assert found.total_used == sums[("used", key.pool_id)]
             assert sum(b.purchased for b in found.buckets) == sums[("purchased", key.pool_id)]
-    # Remaining at each bucket's end: the ledger's net of everything that occurred before it.
+    # Remaining at each bucket's end: the balance as the ledger stood then, the net of
+    # every entry booked (created) before it.
     ai = series[0]
     for bucket, next_start in zip(ai.buckets, [*buckets.starts()[1:], buckets.end], strict=True):
-        before = await _ledger_sums(app, datetime(1970, 1, 1, tzinfo=UTC), next_start)
-        pool = pools["ai"]
-        net = before[("purchased", pool)] - before[("used", pool)] - before[("expired", pool)]
-        assert bucket.remaining == net
+        assert bucket.remaining == await booked_remaining(pools["ai"], None, next_start)
     assert await verify_ledger() == []
 
 
@@ -221,9 +237,10 @@ async def test_series_are_contiguous_with_empty_buckets(backend: Backend) -> Non
     (series,) = await consumption_series([SeriesKey(app, buckets, pool_id=pools["ai"])])
     assert [b.used for b in series.buckets] == [0, 0, 0, 7, 0, 0, 0]
     assert [b.start for b in series.buckets] == [day + timedelta(days=i) for i in range(-3, 4)]
-    # Remaining follows occurredAt: the credits were bought today, and this consumption was
-    # sent as having occurred 10 days ago, so the ledger says -7 were left back then.
-    assert [b.remaining for b in series.buckets] == [0, 0, 0, -7, -7, -7, -7]
+    # Used follows occurredAt, remaining the ledger as it stood: the credits were bought
+    # today and this consumption booked today (sent as having occurred 10 days ago), so
+    # nothing was on the ledger at the end of any of these buckets.
+    assert [b.remaining for b in series.buckets] == [0] * 7
     hours = bucket_range(day + timedelta(hours=4), day + timedelta(hours=6), Granularity.HOUR)
     (series,) = await consumption_series([SeriesKey(app, hours, pool_id=pools["ai"])])
     assert [(b.start.hour, b.used) for b in series.buckets] == [(4, 0), (5, 7)]
