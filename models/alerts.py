@@ -8,6 +8,7 @@ ledger: End User balance rows (by End User id) before the pool row."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from models.balance_report import touch_balance_report
@@ -21,7 +22,6 @@ from models.balances import (
     PoolSnapshot,
     status_for,
     status_sql,
-    write_alert,
     write_balance_events,
 )
 from models.credits import MAX_TOTAL, BalanceStatus
@@ -86,13 +86,7 @@ async def set_low_balance_threshold(
         if end_user is not None or end_user_default:
             changed = await _restatus_end_users(db, scope)
             await touch_balance_report(db, pool.id, None if end_user is None else end_user_id)
-            await write_balance_events(
-                db, application_id, pool.key, BalanceCause.THRESHOLD, [(b, 0) for b in changed]
-            )
-            for balance in changed:
-                await write_alert(
-                    db, application_id, pool.key, balance, _threshold_alert(balance.status)
-                )
+            await _write_threshold_events(db, application_id, pool.key, changed)
             return
         await _set_pool_threshold(db, application_id, pool.id, pool.key, threshold)
 
@@ -129,11 +123,26 @@ async def _set_pool_threshold(
     )
     assert updated is not None
     if moved:
-        snapshot = PoolSnapshot.from_row(updated)
-        await write_balance_events(
-            db, application_id, pool_key, BalanceCause.THRESHOLD, [(snapshot, 0)]
+        await _write_threshold_events(
+            db, application_id, pool_key, [PoolSnapshot.from_row(updated)]
         )
-        await write_alert(db, application_id, pool_key, snapshot, _threshold_alert(snapshot.status))
+
+
+async def _write_threshold_events(
+    db: Sql,
+    application_id: int,
+    pool_key: str,
+    changed: Sequence[EndUserBalanceSnapshot | PoolSnapshot],
+) -> None:
+    """A THRESHOLD event and an alert per balance whose status the change moved."""
+    await write_balance_events(
+        db,
+        application_id,
+        pool_key,
+        BalanceCause.THRESHOLD,
+        [(balance, 0) for balance in changed],
+        alerts=[(balance, _threshold_alert(balance.status)) for balance in changed],
+    )
 
 
 async def acknowledge_alert(application_id: int, alert_id: int) -> Alert:

@@ -209,72 +209,82 @@ def alert_kind(change: BalanceChange) -> AlertKind | None:
 OUTBOX_ROWS_PER_STATEMENT = 1_000
 
 
+# A balance at the version that moved its status, and the alert that move writes.
+Alerted = tuple[EndUserBalanceSnapshot | PoolSnapshot, AlertKind]
+
+
+async def _insert_outbox(
+    db: Sql, application_id: int, topic: str, payloads: list[dict[str, Any]]
+) -> None:
+    db.wrote_outbox = True
+    for first in range(0, len(payloads), OUTBOX_ROWS_PER_STATEMENT):
+        chunk = payloads[first : first + OUTBOX_ROWS_PER_STATEMENT]
+        args: list[Any] = []
+        for payload in chunk:
+            args += [application_id, topic, dumps(payload)]
+        await db.run(
+            "INSERT INTO outbox_event (application_id, topic, payload, created_at) VALUES "
+            + values_list(len(chunk), 3, ", now()"),
+            *args,
+        )
+
+
 async def write_balance_events(
     db: Sql,
     application_id: int,
     pool_key: str,
     cause: LedgerEntryKind | BalanceCause,
     changes: list[BalanceChange],
+    alerts: list[Alerted] | None = None,
 ) -> None:
     """Writes one outbox row per changed balance, and an alert (with its own outbox row)
-    per status change a credit movement made, in the transaction that changed them (SPEC
-    rule 6: published after commit, never for a rolled-back change)."""
+    per status change, in the transaction that changed them (SPEC rule 6: published after
+    commit, never for a rolled-back change). The alerts are those `alert_kind` finds in
+    the credit movements, unless given."""
     if not changes:
         return
-    db.wrote_outbox = True
-    cause = BalanceCause(cause.value)
-    for first in range(0, len(changes), OUTBOX_ROWS_PER_STATEMENT):
-        chunk = changes[first : first + OUTBOX_ROWS_PER_STATEMENT]
+    reason = BalanceCause(cause.value)
+    payloads = [_event(application_id, pool_key, reason, snapshot) for snapshot, _ in changes]
+    await _insert_outbox(db, application_id, "balance", payloads)
+    if alerts is None:
+        alerts = []
+        for change in changes:
+            kind = alert_kind(change)
+            if kind is not None:
+                alerts.append((change[0], kind))
+    await write_alerts(db, application_id, pool_key, alerts)
+
+
+async def write_alerts(db: Sql, application_id: int, pool_key: str, alerts: list[Alerted]) -> None:
+    """Writes the alerts and their outbox rows, a bounded number per statement."""
+    for first in range(0, len(alerts), OUTBOX_ROWS_PER_STATEMENT):
+        chunk = alerts[first : first + OUTBOX_ROWS_PER_STATEMENT]
         args: list[Any] = []
-        for snapshot, _ in chunk:
-            payload = _event(application_id, pool_key, cause, snapshot)
-            args += [application_id, "balance", dumps(payload)]
-        await db.run(
-            "INSERT INTO outbox_event (application_id, topic, payload, created_at) VALUES "
-            + values_list(len(chunk), 3, ", now()"),
+        for snapshot, kind in chunk:
+            end_user_id = getattr(snapshot, "end_user_id", None)
+            args += [application_id, snapshot.pool_id, end_user_id, kind.value]
+            args += [snapshot.remaining, _threshold_of(snapshot)]
+        rows = await db.rows(
+            "INSERT INTO alert (application_id, pool_id, end_user_id, kind, remaining, threshold,"
+            " created_at) VALUES " + values_list(len(chunk), 6, ", now()") + " RETURNING id",
             *args,
         )
-    for change in changes:
-        kind = alert_kind(change)
-        if kind is not None:
-            await write_alert(db, application_id, pool_key, change[0], kind)
-
-
-async def write_alert(
-    db: Sql,
-    application_id: int,
-    pool_key: str,
-    snapshot: EndUserBalanceSnapshot | PoolSnapshot,
-    kind: AlertKind,
-) -> None:
-    end_user_id = getattr(snapshot, "end_user_id", None)
-    threshold = _threshold_of(snapshot)
-    alert_id = await db.value(
-        "INSERT INTO alert (application_id, pool_id, end_user_id, kind, remaining, threshold,"
-        " created_at) VALUES ($1, $2, $3, $4, $5, $6, now()) RETURNING id",
-        application_id,
-        snapshot.pool_id,
-        end_user_id,
-        kind.value,
-        snapshot.remaining,
-        threshold,
-    )
-    payload = {
-        "id": alert_id,
-        "application_id": application_id,
-        "pool_id": snapshot.pool_id,
-        "pool": pool_key,
-        "end_user_id": end_user_id,
-        "kind": kind.value,
-        "remaining": snapshot.remaining,
-        "threshold": threshold,
-        "at": snapshot.at,
-        # alerts are not conflated per balance; the stream keys them by their own id
-        "version": alert_id,
-    }
-    await db.run(
-        "INSERT INTO outbox_event (application_id, topic, payload, created_at)"
-        " VALUES ($1, 'alert', $2, now())",
-        application_id,
-        dumps(payload),
-    )
+        # both databases assign the ids in VALUES order
+        ids = sorted(row["id"] for row in rows)
+        payloads = [
+            {
+                "id": alert_id,
+                "application_id": application_id,
+                "pool_id": snapshot.pool_id,
+                "pool": pool_key,
+                "end_user_id": getattr(snapshot, "end_user_id", None),
+                "kind": kind.value,
+                "remaining": snapshot.remaining,
+                "threshold": _threshold_of(snapshot),
+                "at": snapshot.at,
+                # alerts are not conflated per balance; the stream keys them by their own id
+                "version": alert_id,
+            }
+            for alert_id, (snapshot, kind) in zip(ids, chunk, strict=True)
+        ]
+        await _insert_outbox(db, application_id, "alert", payloads)

@@ -10,6 +10,7 @@ from models.errors import DomainError, ErrorCode
 from models.ledger import allocate_credits, consume_credits, purchase_credits
 from models.records import Alert, OutboxEvent
 from models.references import EndUserRef
+from models.sql import loads
 from models.verify import verify_ledger
 from tests.ledger_helpers import end_users_holding, pool_counters
 
@@ -81,3 +82,35 @@ async def test_bad_thresholds_and_acknowledgement(tenant) -> None:
     with pytest.raises(DomainError) as caught:
         await acknowledge_alert(app + 1, alert.id)  # another application's id: not found
     assert caught.value.code == ErrorCode.NOT_FOUND
+
+
+async def test_a_default_threshold_moves_each_end_user_in_bounded_statements(
+    tenant, outbox_held, monkeypatch
+) -> None:
+    """Every End User whose status the pool default moves gets its event (cause THRESHOLD,
+    next version) and its alert in the same transaction, a bounded number of rows per
+    statement (here 2, so that 5 End Users take several)."""
+    import models.balances
+
+    monkeypatch.setattr(models.balances, "OUTBOX_ROWS_PER_STATEMENT", 2)
+    app = tenant.application_id
+    users = await end_users_holding(app, count=5, credits_each=10)
+    pool = await pool_counters(app)
+    before = {b.end_user_id: b.version for b in await EndUserBalance.filter(pool_id=pool.id)}
+    await OutboxEvent.filter(application_id=app).delete()
+    await set_low_balance_threshold(app, "ai", 10, end_user_default=True)
+    events = [
+        loads(e.payload)
+        for e in await OutboxEvent.filter(application_id=app, topic="balance").order_by("id")
+    ]
+    assert sorted(e["end_user_id"] for e in events) == sorted(users)
+    for event in events:
+        assert (event["cause"], event["status"]) == ("THRESHOLD", "LOW")
+        assert event["version"] == before[event["end_user_id"]] + 1
+    alerts = await Alert.filter(application_id=app).order_by("id")
+    assert sorted(a.end_user_id for a in alerts) == sorted(users)
+    pushed = [
+        loads(e.payload)
+        for e in await OutboxEvent.filter(application_id=app, topic="alert").order_by("id")
+    ]
+    assert [(p["id"], p["end_user_id"]) for p in pushed] == [(a.id, a.end_user_id) for a in alerts]
