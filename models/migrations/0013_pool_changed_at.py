@@ -14,7 +14,7 @@ async def stamp_pools(apps, schema_editor) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("models", "0011_no_allocation_status")]
+    dependencies = [("models", "0012_no_allocation_status")]
 
     initial = False
 

@@ -14,7 +14,7 @@ async def mark_no_allocation(apps, schema_editor) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("models", "0010_end_user_count")]
+    dependencies = [("models", "0011_api_key_last_used")]
 
     initial = False
 

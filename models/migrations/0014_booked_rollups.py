@@ -32,7 +32,7 @@ async def sum_booked(apps, schema_editor) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("models", "0012_pool_changed_at")]
+    dependencies = [("models", "0013_pool_changed_at")]
 
     initial = False
 
