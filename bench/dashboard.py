@@ -518,8 +518,8 @@ async def bare_http(
 
 
 def encoding_ms(data: Any) -> float:
-    """CPU to encode the answer as the server does (`api.json_post.encode_json`)."""
-    from api.json_post import encode_json
+    """CPU to encode the answer as the server does (`api.http_answer.encode_json`)."""
+    from api.http_answer import encode_json
 
     began = time.process_time()
     for _ in range(200):

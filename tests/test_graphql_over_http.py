@@ -1,6 +1,5 @@
-"""GraphQL over HTTP details, through the real server (both answering paths: a JSON POST
-takes api/json_post.py, a GET or another body Strawberry's view): the operation to run,
-the answer's media type and status, refusals as GraphQL JSON."""
+"""GraphQL over HTTP details, through the real server (a POST or a GET): the operation to
+run, the answer's media type and status, refusals as GraphQL JSON."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ import httpx
 import pytest
 
 from api.app import NOT_A_NAME
+from api.http_answer import NOT_A_REQUEST
 from resolvers.operation_choice import AMBIGUOUS_MESSAGE
 
 JSON = "application/json"
@@ -170,3 +170,27 @@ async def test_refusals_before_graphql_runs_are_graphql_json(server, media_type:
         assert response.status_code == 400, response.text
         assert response.headers["content-type"] == media_type
         assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+
+@pytest.mark.parametrize("body", [b'"text"', b" 3", b"null", b"true", b"-1.5"])
+async def test_a_json_body_that_is_not_an_object_is_a_400(server, body: bytes) -> None:
+    response = await _post(server, body)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == JSON
+    assert response.json()["errors"][0]["message"] == NOT_A_REQUEST
+
+
+async def test_json_that_only_the_standard_library_reads_is_still_a_request(server) -> None:
+    """NaN is not JSON, but Python's json reads it: the variable is then refused by type."""
+    body = (
+        b'{"query": "query($b: Boolean!) { __typename @include(if: $b) }", "variables": {"b": NaN}}'
+    )
+    response = await _post(server, body)
+    assert response.status_code == 200
+    assert "Variable '$b' has invalid value" in response.json()["errors"][0]["message"]
+
+
+async def test_a_batch_is_refused_as_graphql_json(server) -> None:
+    response = await _post(server, b'[{"query": "{ viewer { role } }"}]')
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"

@@ -468,7 +468,7 @@ async def test_a_subscriber_gets_every_change_across_a_lost_redis_connection(
 
 @POSTGRES_ONLY
 async def test_a_query_over_get_that_loses_its_database_is_503(server, http, backend) -> None:
-    """Strawberry's own view (a GET) answers the same as the JSON POST path."""
+    """A GET answers a transient failure as a POST does."""
     app = await _application(server, http, users=1)
     query = "query($id: ID!) { application(id: $id) { pools { key remaining } } }"
     params = {"query": query, "variables": json.dumps({"id": app.id})}
