@@ -152,6 +152,7 @@ class UsageGraphQL(GraphQL):
         `sub_response` (api/http_answer.py)."""
         if not isinstance(operation.operation_name, str | None):
             raise HTTPException(400, NOT_A_NAME)
+        context.preserialized = True  # this view's encoder splices them
         try:
             result = await self.schema.execute(
                 operation.query,

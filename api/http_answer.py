@@ -23,6 +23,8 @@ from starlette.responses import Response
 from strawberry.schema.exceptions import CannotGetOperationTypeError
 from strawberry.types import ExecutionResult
 
+from resolvers.preserialized import json_default, orjson_default
+
 JSON = "application/json"
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 _CANDIDATES = {GRAPHQL_RESPONSE: GRAPHQL_RESPONSE, JSON: JSON, "application/*": JSON, "*/*": JSON}
@@ -34,9 +36,9 @@ def encode_json(data: object) -> bytes:
     """An answer's JSON. A dashboard's is ~50 KB: orjson encodes it several times faster
     than json; a value orjson refuses (an int beyond 64 bits) takes the slow way."""
     try:
-        return orjson.dumps(data)
+        return orjson.dumps(data, default=orjson_default)
     except TypeError:
-        return json.dumps(data).encode()
+        return json.dumps(data, default=json_default).encode()
 
 
 def decode_json(data: str | bytes) -> object:

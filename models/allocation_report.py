@@ -144,13 +144,16 @@ def _end_user(row: Row, pool_id: int | None, now: datetime) -> EndUserLine:
     )
 
 
-async def balance_lines(end_user_ids: list[int], now: datetime) -> dict[int, list[BalanceLine]]:
-    """Each End User's balance in every pool of its application (pool order), with burn."""
+async def balance_lines(
+    end_user_ids: list[int], now: datetime, *, burn: bool = True
+) -> dict[int, list[BalanceLine]]:
+    """Each End User's balance in every pool of its application (pool order), with burn
+    (without: a burn of 0, and no rollup read)."""
     if not end_user_ids:
         return {}
     ids = sorted(set(end_user_ids))
-    marks = _marks(2, len(ids))
-    columns = _balance_columns(window_used_of("e.id", "p.id", "$1"))
+    marks = _marks(2 if burn else 1, len(ids))
+    columns = _balance_columns(window_used_of("e.id", "p.id", "$1") if burn else "0")
     statement = (
         f"SELECT e.id AS end_user_id, p.id AS pool_id, {columns}"
         " FROM end_user e JOIN credit_pool p ON p.application_id = e.application_id"
@@ -159,7 +162,8 @@ async def balance_lines(end_user_ids: list[int], now: datetime) -> dict[int, lis
         f" AND b.end_user_id IN ({marks})"
         f" WHERE e.id IN ({marks}) ORDER BY e.id, p.id"
     )
-    rows = await single_statement(lambda db: db.records(statement, window_start(now), *ids))
+    params = [window_start(now), *ids] if burn else ids
+    rows = await single_statement(lambda db: db.records(statement, *params))
     found: dict[int, list[BalanceLine]] = {i: [] for i in ids}
     for row in rows:
         found[row["end_user_id"]].append(_balance(row, row["end_user_id"], row["pool_id"], now))

@@ -45,6 +45,8 @@ class Context:
     public_url: str | None = None  # base of the links handed out; None: the request's
     cost_budgets: CostBudgets = DEFAULT_BUDGETS  # the most an operation may cost
     cache: dict[str, Any] = field(default_factory=dict)
+    # the answer is encoded by api/http_answer.py, which splices preserialized values
+    preserialized: bool = False
 
 
 Info = StrawberryInfo[Context, None]

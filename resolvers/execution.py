@@ -54,6 +54,8 @@ from strawberry.schema.schema_converter import CustomGraphQLEnumType
 from strawberry.schema.types.base_scalars import isoformat
 from strawberry.types.field import StrawberryField
 
+from resolvers.preserialized import Preserialized
+
 
 class _NotPlain(Exception):
     """A value the fast path does not complete: graphql-core completes the list instead."""
@@ -347,6 +349,8 @@ class PlainListExecutor(StrawberryGraphQLCoreExecutionContext):
         result: Any,
         position_context: Any,
     ) -> Any:
+        if type(result) is Preserialized:  # the resolver wrote this selection's JSON
+            return result
         # a plain object outside a list too (a mutation's payload: balance, replayed, errors)
         if self._fast and position_context is None and return_type.is_type_of is None:
             plan = self._object_plan(return_type, field_details_list)

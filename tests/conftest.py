@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,18 @@ async def outbox_held() -> AsyncIterator[None]:
     finally:
         for relay in relays:
             relay.resume()
+
+
+@pytest.fixture
+def frozen_now(monkeypatch: pytest.MonkeyPatch) -> datetime:
+    """One `now` for every request's loaders (burn rates, projections), so answers made
+    one after the other can be compared."""
+    frozen = datetime.now(UTC)
+
+    class FrozenDatetime(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return frozen
+
+    monkeypatch.setattr("resolvers.loaders.datetime", FrozenDatetime)
+    return frozen

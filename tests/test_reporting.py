@@ -550,17 +550,9 @@ async def test_dashboard_statement_count_does_not_grow_with_end_users(backend: B
 
 
 async def test_the_dashboard_answers_the_same_without_the_fast_path(
-    backend: Backend, monkeypatch: pytest.MonkeyPatch
+    backend: Backend, frozen_now: datetime
 ) -> None:
     """resolvers/execution.py completes its plain lists (buckets, balances, log entries)."""
-    frozen = datetime.now(UTC)
-
-    class FrozenDatetime(datetime):
-        @classmethod
-        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
-            return frozen  # both answers' burn rates at one moment
-
-    monkeypatch.setattr("resolvers.loaders.datetime", FrozenDatetime)
     app, _ = await _tenant(10)
     for i in range(10):
         await consume_credits(app, "ai", EndUserRef(external_id=f"u{i}"), i + 1, FEATURES[i % 2])

@@ -1,0 +1,169 @@
+"""The End User connection written as JSON straight from the report's lines
+(resolvers/preserialized.py): each value as the general path serializes it (IDs as
+strings, DateTime by `isoformat`, enums by name, Int within 32 bits)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from models.allocation_report import BalanceLine, EndUserLine
+from resolvers.preserialized import (
+    NotPlain,
+    Selected,
+    Shape,
+    checked_float,
+    checked_int,
+)
+
+
+def _optional_int(value: int | None) -> int | None:
+    return None if value is None else checked_int(value)
+
+
+def _optional_time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _text(value: Any) -> str:
+    if type(value) is not str:
+        raise NotPlain
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+_BALANCE: dict[str, Callable[[BalanceLine], Any]] = {
+    "pool": lambda b: _text(b.pool_key),
+    "allocated": lambda b: checked_int(b.allocated),
+    "used": lambda b: checked_int(b.used),
+    "remaining": lambda b: checked_int(b.remaining),
+    "expired": lambda b: checked_int(b.expired),
+    "status": lambda b: b.status.name,
+    "version": lambda b: checked_int(b.version),
+    "lowBalanceThreshold": lambda b: _optional_int(b.threshold),
+    "burnRatePerDay": lambda b: checked_float(b.burn.rate_per_day),
+    "projectedExhaustionAt": lambda b: _optional_time(b.burn.exhaustion_at),
+}
+_END_USER: dict[str, Callable[[EndUserLine], Any]] = {
+    "id": lambda e: str(e.id),
+    "externalId": lambda e: _text(e.external_id),
+    "name": lambda e: _optional_text(e.name),
+    "email": lambda e: _optional_text(e.email),
+    "createdAt": lambda e: e.created_at.isoformat(),
+}
+
+BALANCE_SHAPE: Shape = ("EndUserBalance", dict.fromkeys(_BALANCE))
+END_USER_SHAPE: Shape = ("EndUser", {**dict.fromkeys(_END_USER), "balances": BALANCE_SHAPE})
+CONNECTION_SHAPE: Shape = (
+    "EndUserConnection",
+    {
+        "totalCount": None,
+        "pageInfo": ("PageInfo", {"hasNextPage": None, "endCursor": None}),
+        "edges": ("EndUserEdge", {"cursor": None, "node": END_USER_SHAPE}),
+    },
+)
+
+
+def selects_balances(selection: tuple[Selected, ...]) -> bool:
+    return any(
+        node.field_name == "balances"
+        for edge_part in selection
+        if edge_part.field_name == "edges" and edge_part.below
+        for node_part in edge_part.below
+        if node_part.field_name == "node" and node_part.below
+        for node in node_part.below
+    )
+
+
+def selects_burn(selection: tuple[Selected, ...]) -> bool:
+    """Whether any balance selected asks for what the burn window gives."""
+    pending = list(selection)
+    while pending:
+        entry = pending.pop()
+        if entry.field_name in ("burnRatePerDay", "projectedExhaustionAt"):
+            return True
+        pending.extend(entry.below or ())
+    return False
+
+
+def _balances(selection: tuple[Selected, ...], lines: list[BalanceLine]) -> list[dict[str, Any]]:
+    return [
+        {
+            # a balance's fields are all leaves (endUser is outside the shape)
+            s.response_name: "EndUserBalance"
+            if s.field_name == "__typename"
+            else _BALANCE[s.field_name](line)
+            for s in selection
+        }
+        for line in lines
+    ]
+
+
+def _node(
+    selection: tuple[Selected, ...], line: EndUserLine, balances: list[BalanceLine] | None
+) -> dict[str, Any]:
+    node: dict[str, Any] = {}
+    for s in selection:
+        if s.field_name == "__typename":
+            node[s.response_name] = "EndUser"
+        elif s.below is not None:  # balances
+            node[s.response_name] = _balances(s.below, balances or [])
+        else:
+            node[s.response_name] = _END_USER[s.field_name](line)
+    return node
+
+
+def connection_json(
+    selection: tuple[Selected, ...],
+    lines: list[EndUserLine],
+    cursors: list[str],
+    balances: dict[int, list[BalanceLine]],
+    has_next: bool,
+    total: int,
+) -> dict[str, Any]:
+    """The connection's answer for `selection` (read with CONNECTION_SHAPE)."""
+    answer: dict[str, Any] = {}
+    for part in selection:
+        name = part.field_name
+        if name == "__typename":
+            answer[part.response_name] = "EndUserConnection"
+        elif name == "totalCount":
+            answer[part.response_name] = checked_int(total)
+        elif name == "pageInfo":
+            answer[part.response_name] = {
+                s.response_name: (
+                    "PageInfo"
+                    if s.field_name == "__typename"
+                    else has_next
+                    if s.field_name == "hasNextPage"
+                    else (cursors[-1] if cursors else None)
+                )
+                for s in part.below or ()
+            }
+        else:  # edges
+            answer[part.response_name] = [
+                _edge(part.below or (), line, cursor, balances)
+                for line, cursor in zip(lines, cursors, strict=True)
+            ]
+    return answer
+
+
+def _edge(
+    selection: tuple[Selected, ...],
+    line: EndUserLine,
+    cursor: str,
+    balances: dict[int, list[BalanceLine]],
+) -> dict[str, Any]:
+    edge: dict[str, Any] = {}
+    for s in selection:
+        if s.field_name == "__typename":
+            edge[s.response_name] = "EndUserEdge"
+        elif s.field_name == "cursor":
+            edge[s.response_name] = cursor
+        else:
+            edge[s.response_name] = _node(s.below or (), line, balances.get(line.id))
+    return edge

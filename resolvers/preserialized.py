@@ -1,0 +1,147 @@
+"""Field values answered as JSON text made by the resolver, spliced into the answer as is.
+
+A list field of a dashboard (End Users with their balances, the request log) completes
+hundreds of values; graphql-core completes each through a resolver call and a completion
+step, after the resolver has made an object per row. For a selection made only of plain
+fields (`read_selection` says which), the resolver can instead write the field's JSON
+itself, value by value as the general path would serialize it, and return it as a
+`Preserialized`: the executor (resolvers/execution.py) takes it as the completed value and
+the HTTP answer's encoder (api/http_answer.py) splices its bytes into the document.
+
+Only an HTTP request whose answer that encoder writes, with the fast paths on, gets them
+(`splicing`); every other caller (WebSocket, in-process `schema.execute`) and every other
+selection takes the general path. tests/test_preserialized_reads.py runs generated
+selections through both and compares the answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
+
+from resolvers.context import Info
+from resolvers.runtime.versions import fast_paths_enabled
+
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+
+
+class Preserialized:
+    """A field's completed value as JSON text (orjson bytes)."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, json: bytes) -> None:
+        self.json = json
+
+    def __repr__(self) -> str:
+        return f"Preserialized({self.json[:60]!r})"
+
+
+def orjson_default(value: Any) -> Any:
+    """orjson's `default`: a preserialized value goes in as its own bytes."""
+    if type(value) is Preserialized:
+        return orjson.Fragment(value.json)
+    raise TypeError
+
+
+def json_default(value: Any) -> Any:
+    """The `json` module's `default` (the encoder's slow way): the value it stands for."""
+    if type(value) is Preserialized:
+        return orjson.loads(value.json)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def splicing(info: Info) -> bool:
+    """Whether this request's answer may hold preserialized values."""
+    return info.context.preserialized and fast_paths_enabled()
+
+
+class NotPlain(Exception):
+    """A value the preserialized path does not write (an Int beyond 32 bits, say): the
+    general path answers the field, and reports what it reports."""
+
+
+@dataclass(frozen=True, slots=True)
+class Selected:
+    """One response entry of a selection: its name in the answer, the field it reads, and
+    what is selected under it (None for a leaf)."""
+
+    response_name: str
+    field_name: str
+    below: tuple[Selected, ...] | None
+
+
+# A shape: for a type, the fields `read_selection` accepts, each with the shape under it
+# (None: a leaf). `__typename` is accepted everywhere.
+Shape = tuple[str, dict[str, "Shape | None"]]
+
+
+def read_selection(info: Info, shape: Shape) -> tuple[Selected, ...] | None:
+    """The selection under the field being resolved, fragments inlined and same-named
+    entries merged in the order graphql-core answers them; None when it selects anything
+    outside `shape`, uses a directive, or gives a field of it an argument."""
+    return _collect([field.selections for field in info.selected_fields], shape)
+
+
+def _collect(sets: Iterable[list[Selection]], shape: Shape) -> tuple[Selected, ...] | None:
+    type_name, fields = shape
+    merged: dict[str, tuple[str, list[list[Selection]]]] = {}
+
+    def walk(selections: list[Selection]) -> bool:
+        for node in selections:
+            if node.directives:
+                return False
+            if isinstance(node, SelectedField):
+                name = node.name
+                if node.arguments or (name != "__typename" and name not in fields):
+                    return False
+                key = node.alias or name
+                found = merged.get(key)
+                if found is None:
+                    merged[key] = (name, [node.selections])
+                elif found[0] != name:
+                    return False  # validation refuses this; never guess
+                else:
+                    found[1].append(node.selections)
+            elif isinstance(node, InlineFragment | FragmentSpread):
+                if node.type_condition not in (None, type_name):
+                    return False
+                if not walk(node.selections):
+                    return False
+            else:
+                return False
+        return True
+
+    if not all(walk(selections) for selections in sets):
+        return None
+    selected: list[Selected] = []
+    for key, (name, below_sets) in merged.items():
+        below_shape = None if name == "__typename" else fields[name]
+        if below_shape is None:
+            selected.append(Selected(key, name, None))
+            continue
+        below = _collect(below_sets, below_shape)
+        if below is None:
+            return None
+        selected.append(Selected(key, name, below))
+    return tuple(selected)
+
+
+def checked_int(value: int) -> int:
+    """An Int as GraphQL serializes it; beyond 32 bits the general path reports the error."""
+    if type(value) is not int or not INT_MIN <= value <= INT_MAX:
+        raise NotPlain
+    return value
+
+
+def checked_float(value: float) -> float:
+    if type(value) is not float or value != value or value in (float("inf"), float("-inf")):
+        raise NotPlain
+    return value
+
+
+def encode(value: Any) -> Preserialized:
+    return Preserialized(orjson.dumps(value))

@@ -1,0 +1,230 @@
+"""Preserialized reads (resolvers/preserialized.py) answer exactly what the general path
+answers: a few hundred generated selections over an application (its pools, End Users with
+their balances, series, request log and billing periods; aliases, fragments, inline
+fragments, repeated fields, directives, arguments, `__typename`) run as an HTTP request's
+answer is made (preserialized values spliced by the encoder) and through the general path,
+and through a stock Strawberry schema; the decoded answers must be equal."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+import strawberry
+
+from api.http_answer import encode_json
+from models.accounts import create_application, create_organization
+from models.alerts import set_low_balance_threshold
+from models.end_users import EndUserInput, upsert_end_users
+from models.ledger import allocate_credits, consume_credits, purchase_credits
+from models.references import EndUserRef
+from models.rollups import fold_usage
+from models.tenancy import ApiKeyRole
+from resolvers import end_users
+from resolvers.context import Context, Principal
+from resolvers.runtime.versions import fast_paths_enabled
+from resolvers.schema import Mutation, Query, Subscription, schema
+from tests.conftest import Backend
+
+SELECTIONS = 300
+
+BALANCE_FIELDS = [
+    "pool",
+    "allocated",
+    "used",
+    "remaining",
+    "expired",
+    "status",
+    "version",
+    "lowBalanceThreshold",
+    "burnRatePerDay",
+    "projectedExhaustionAt",
+    "__typename",
+]
+END_USER_FIELDS = ["id", "externalId", "name", "email", "createdAt", "__typename"]
+POOL_FIELDS = [
+    "key",
+    "name",
+    "purchased",
+    "allocated",
+    "used",
+    "remaining",
+    "expired",
+    "unallocated",
+    "status",
+    "lowBalanceThreshold",
+    "version",
+    "__typename",
+]
+LOG_FIELDS = ["id", "time", "endpoint", "status", "outcome", "latencyMs", "source", "method"]
+
+
+class Writer:
+    """One random document: fields, aliases, fragments (collected to define at the end)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.fragments: list[str] = []
+
+    def pick(self, fields: list[str], least: int = 1) -> list[str]:
+        chosen = self.rng.sample(fields, self.rng.randint(least, len(fields)))
+        if chosen and self.rng.random() < 0.2:
+            chosen.append(self.rng.choice(chosen))  # the same field twice
+        return [self.alias(name) for name in chosen]
+
+    def alias(self, name: str) -> str:
+        if name != "__typename" and self.rng.random() < 0.15:
+            return f"{name}_{self.rng.randint(0, 2)}: {name}"
+        return name
+
+    def wrap(self, type_name: str, body: str) -> str:
+        """The body as it is, in an inline fragment, a named fragment or under a directive."""
+        roll = self.rng.random()
+        if roll < 0.15:
+            return f"... on {type_name} {{ {body} }}"
+        if roll < 0.3:
+            name = f"F{len(self.fragments)}"
+            self.fragments.append(f"fragment {name} on {type_name} {{ {body} }}")
+            return f"...{name}"
+        if roll < 0.35:
+            return f"... @include(if: true) {{ {body} }}"
+        if roll < 0.38:
+            return f"... {{ {body} }}"
+        return body
+
+    def balances(self) -> str:
+        fields = self.pick(BALANCE_FIELDS)
+        if self.rng.random() < 0.1:
+            fields.append("endUser { externalId }")
+        return f"balances {{ {self.wrap('EndUserBalance', ' '.join(fields))} }}"
+
+    def end_user(self) -> str:
+        fields = self.pick(END_USER_FIELDS, least=0)
+        if self.rng.random() < 0.75 or not fields:
+            fields.append(self.balances())
+        if self.rng.random() < 0.2:
+            fields.append(self.balances())  # merged with the first
+        if self.rng.random() < 0.08:
+            fields.append('balance(pool: "ai") { remaining }')
+        if self.rng.random() < 0.06:
+            fields.append("consumption(from: $from, to: $to, granularity: DAY) { totalUsed }")
+        return self.wrap("EndUser", " ".join(fields))
+
+    def connection(self) -> str:
+        parts: list[str] = []
+        if self.rng.random() < 0.6:
+            parts.append(self.alias("totalCount"))
+        if self.rng.random() < 0.5:
+            parts.append(f"pageInfo {{ {' '.join(self.pick(['hasNextPage', 'endCursor']))} }}")
+        edge = []
+        if self.rng.random() < 0.4:
+            edge.append("cursor")
+        if self.rng.random() < 0.1:
+            edge.append("__typename")
+        edge.append(f"node {{ {self.end_user()} }}")
+        parts.append(f"edges {{ {' '.join(edge)} }}")
+        if self.rng.random() < 0.1:
+            parts.append("__typename")
+        return self.wrap("EndUserConnection", " ".join(parts))
+
+    def end_users_arguments(self) -> str:
+        arguments = [f"first: {self.rng.choice([0, 1, 3, 7, 15])}"]
+        roll = self.rng.random()
+        if roll < 0.15:
+            arguments.append('filter: { pool: "ai", status: [LOW, OK, EXHAUSTED] }')
+        elif roll < 0.3:
+            field = self.rng.choice(["USED", "REMAINING", "PROJECTED_EXHAUSTION"])
+            direction = self.rng.choice(["ASC", "DESC"])
+            arguments.append(f'orderBy: {{ field: {field}, direction: {direction}, pool: "ai" }}')
+        return ", ".join(arguments)
+
+    def application(self) -> str:
+        parts = self.pick(["id", "name", "plan", "__typename"], least=0)
+        if self.rng.random() < 0.4:
+            parts.append(f"pools {{ {' '.join(self.pick(POOL_FIELDS))} }}")
+        for i in range(self.rng.choice([1, 1, 1, 2])):
+            alias = f"list{i}: " if i or self.rng.random() < 0.2 else ""
+            parts.append(f"{alias}endUsers({self.end_users_arguments()}) {{ {self.connection()} }}")
+        if self.rng.random() < 0.3:
+            node = " ".join(self.pick(LOG_FIELDS))
+            parts.append(f"requestLog(first: 5) {{ edges {{ cursor node {{ {node} }} }} }}")
+        if self.rng.random() < 0.2:
+            parts.append(
+                "consumption(from: $from, to: $to, granularity: DAY)"
+                " { totalUsed buckets { start used remaining } }"
+            )
+        if self.rng.random() < 0.15:
+            parts.append("billingPeriods(first: 2) { start end status endUserUsage }")
+        return self.wrap("Application", " ".join(parts))
+
+    def document(self) -> str:
+        body = self.application()
+        fragments = "\n".join(self.fragments)
+        span = ", $from: DateTime!, $to: DateTime!" if "$from" in body + fragments else ""
+        return f"query($id: ID!{span}) {{ application(id: $id) {{ {body} }} }}\n{fragments}"
+
+
+async def _application() -> int:
+    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
+    app = (await create_application(organization.id, "preserialized")).id
+    await purchase_credits(app, "ai", 100_000)
+    await purchase_credits(app, "inbox_preview", 10_000)
+    rows = await upsert_end_users(
+        app,
+        [EndUserInput(f"u{i}", f"User {i}" if i % 3 else None, None) for i in range(12)],
+    )
+    for i, row in enumerate(rows[:10]):  # two End Users hold nothing
+        await allocate_credits(app, "ai", EndUserRef(id=row.id), 100 + 40 * i)
+        if i % 2:
+            await allocate_credits(app, "inbox_preview", EndUserRef(id=row.id), 50)
+    for i, row in enumerate(rows[:8]):
+        await consume_credits(app, "ai", EndUserRef(id=row.id), 90 + 3 * i, "ai_generation")
+    await set_low_balance_threshold(app, "ai", 5, end_user=EndUserRef(id=rows[0].id))
+    await fold_usage()
+    return app
+
+
+def _answer(result: Any) -> Any:
+    """The answer as a client decodes it: data through the HTTP encoder, and the errors."""
+    errors = sorted((error.message, str(error.path)) for error in result.errors or ())
+    return orjson.loads(encode_json(result.data)), errors
+
+
+async def test_generated_selections_answer_the_same_preserialized_or_not(
+    backend: Backend, frozen_now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frozen = frozen_now
+    spliced = 0
+    general_writer = end_users._preserialized
+
+    async def counted(*args: Any) -> Any:
+        nonlocal spliced
+        spliced += 1
+        return await general_writer(*args)
+
+    monkeypatch.setattr(end_users, "_preserialized", counted)
+    app = await _application()
+    stock = strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription)
+    principal = Principal(0, app, ApiKeyRole.READ, None, None)
+    variables = {
+        "id": str(app),
+        "from": (frozen - timedelta(days=3)).isoformat(),
+        "to": frozen.isoformat(),
+    }
+    rng = random.Random(20261203)
+    for _ in range(SELECTIONS):
+        document = Writer(rng).document()
+        answers = []
+        for each, preserialized in ((schema, True), (schema, False), (stock, False)):
+            context = Context(None, None, principal, preserialized=preserialized)
+            result = await each.execute(document, variable_values=variables, context_value=context)
+            answers.append(_answer(result))
+        assert answers[0] == answers[1] == answers[2], document
+        assert not answers[0][1], (document, answers[0][1])
+    if fast_paths_enabled():
+        # most selections are plain enough to be written preserialized
+        assert spliced > SELECTIONS // 3, spliced
