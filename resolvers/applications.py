@@ -161,7 +161,7 @@ class Application:
         filter: RequestLogFilter | None = None,
     ) -> RequestLogConnection:
         _api_keys_only(info)
-        return await request_log_page(self.row_id, first, after, filter)
+        return await request_log_page(info, self.row_id, first, after, filter)
 
     @strawberry.field(description="Requests and errors per UTC bucket, empty buckets included.")
     async def request_volume(

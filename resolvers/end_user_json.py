@@ -5,54 +5,40 @@ strings, DateTime by `isoformat`, enums by name, Int within 32 bits)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from models.allocation_report import BalanceLine, EndUserLine
 from resolvers.preserialized import (
-    NotPlain,
+    PAGE_INFO_SHAPE,
     Selected,
     Shape,
     checked_float,
     checked_int,
+    object_json,
+    optional_int,
+    optional_text,
+    optional_time,
+    page_info,
+    text,
 )
 
-
-def _optional_int(value: int | None) -> int | None:
-    return None if value is None else checked_int(value)
-
-
-def _optional_time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _text(value: Any) -> str:
-    if type(value) is not str:
-        raise NotPlain
-    return value
-
-
-def _optional_text(value: Any) -> str | None:
-    return None if value is None else _text(value)
-
-
 _BALANCE: dict[str, Callable[[BalanceLine], Any]] = {
-    "pool": lambda b: _text(b.pool_key),
+    "pool": lambda b: text(b.pool_key),
     "allocated": lambda b: checked_int(b.allocated),
     "used": lambda b: checked_int(b.used),
     "remaining": lambda b: checked_int(b.remaining),
     "expired": lambda b: checked_int(b.expired),
     "status": lambda b: b.status.name,
     "version": lambda b: checked_int(b.version),
-    "lowBalanceThreshold": lambda b: _optional_int(b.threshold),
+    "lowBalanceThreshold": lambda b: optional_int(b.threshold),
     "burnRatePerDay": lambda b: checked_float(b.burn.rate_per_day),
-    "projectedExhaustionAt": lambda b: _optional_time(b.burn.exhaustion_at),
+    "projectedExhaustionAt": lambda b: optional_time(b.burn.exhaustion_at),
 }
 _END_USER: dict[str, Callable[[EndUserLine], Any]] = {
     "id": lambda e: str(e.id),
-    "externalId": lambda e: _text(e.external_id),
-    "name": lambda e: _optional_text(e.name),
-    "email": lambda e: _optional_text(e.email),
+    "externalId": lambda e: text(e.external_id),
+    "name": lambda e: optional_text(e.name),
+    "email": lambda e: optional_text(e.email),
     "createdAt": lambda e: e.created_at.isoformat(),
 }
 
@@ -62,7 +48,7 @@ CONNECTION_SHAPE: Shape = (
     "EndUserConnection",
     {
         "totalCount": None,
-        "pageInfo": ("PageInfo", {"hasNextPage": None, "endCursor": None}),
+        "pageInfo": PAGE_INFO_SHAPE,
         "edges": ("EndUserEdge", {"cursor": None, "node": END_USER_SHAPE}),
     },
 )
@@ -134,16 +120,8 @@ def connection_json(
         elif name == "totalCount":
             answer[part.response_name] = checked_int(total)
         elif name == "pageInfo":
-            answer[part.response_name] = {
-                s.response_name: (
-                    "PageInfo"
-                    if s.field_name == "__typename"
-                    else has_next
-                    if s.field_name == "hasNextPage"
-                    else (cursors[-1] if cursors else None)
-                )
-                for s in part.below or ()
-            }
+            end = cursors[-1] if cursors else None
+            answer[part.response_name] = page_info(part.below or (), has_next, end)
         else:  # edges
             answer[part.response_name] = [
                 _edge(part.below or (), line, cursor, balances)
@@ -158,12 +136,12 @@ def _edge(
     cursor: str,
     balances: dict[int, list[BalanceLine]],
 ) -> dict[str, Any]:
-    edge: dict[str, Any] = {}
-    for s in selection:
-        if s.field_name == "__typename":
-            edge[s.response_name] = "EndUserEdge"
-        elif s.field_name == "cursor":
-            edge[s.response_name] = cursor
-        else:
-            edge[s.response_name] = _node(s.below or (), line, balances.get(line.id))
-    return edge
+    return object_json(
+        selection,
+        "EndUserEdge",
+        lambda s: (
+            cursor
+            if s.field_name == "cursor"
+            else _node(s.below or (), line, balances.get(line.id))
+        ),
+    )

@@ -15,8 +15,10 @@ selections through both and compares the answers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -25,7 +27,11 @@ from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField
 from resolvers.context import Info
 from resolvers.runtime.versions import fast_paths_enabled
 
+# A shape: for a type, the fields `read_selection` accepts, each with the shape under it
+# (None: a leaf). `__typename` is accepted everywhere.
+Shape = tuple[str, dict[str, "Shape | None"]]
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+PAGE_INFO_SHAPE: Shape = ("PageInfo", {"hasNextPage": None, "endCursor": None})
 
 
 class Preserialized:
@@ -72,11 +78,6 @@ class Selected:
     response_name: str
     field_name: str
     below: tuple[Selected, ...] | None
-
-
-# A shape: for a type, the fields `read_selection` accepts, each with the shape under it
-# (None: a leaf). `__typename` is accepted everywhere.
-Shape = tuple[str, dict[str, "Shape | None"]]
 
 
 def read_selection(info: Info, shape: Shape) -> tuple[Selected, ...] | None:
@@ -138,9 +139,47 @@ def checked_int(value: int) -> int:
 
 
 def checked_float(value: float) -> float:
-    if type(value) is not float or value != value or value in (float("inf"), float("-inf")):
+    """A Float as GraphQL serializes it (an int becomes a float; never NaN or infinite)."""
+    if type(value) is int:
+        value = float(value)
+    if type(value) is not float or not math.isfinite(value):
         raise NotPlain
     return value
+
+
+def optional_int(value: int | None) -> int | None:
+    return None if value is None else checked_int(value)
+
+
+def optional_time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def text(value: Any) -> str:
+    if type(value) is not str:
+        raise NotPlain
+    return value
+
+
+def optional_text(value: Any) -> str | None:
+    return None if value is None else text(value)
+
+
+def object_json(
+    selection: tuple[Selected, ...], type_name: str, value_of: Callable[[Selected], Any]
+) -> dict[str, Any]:
+    """An object's answer: `__typename` is the type's name, any other entry `value_of` it."""
+    return {
+        s.response_name: type_name if s.field_name == "__typename" else value_of(s)
+        for s in selection
+    }
+
+
+def page_info(selection: tuple[Selected, ...], has_next: bool, end: str | None) -> dict[str, Any]:
+    """A Relay connection's pageInfo."""
+    return object_json(
+        selection, "PageInfo", lambda s: has_next if s.field_name == "hasNextPage" else end
+    )
 
 
 def encode(value: Any) -> Preserialized:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncGenerator
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 
@@ -21,6 +21,8 @@ from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
 from resolvers.errors import query_error
 from resolvers.loaders import SharedLoader
+from resolvers.preserialized import NotPlain, encode, read_selection, splicing
+from resolvers.request_log_json import CONNECTION_SHAPE, connection_json
 from subscriptions.request_log_tail import tail_entries
 
 RequestOutcome = strawberry.enum(Outcome, name="RequestOutcome")
@@ -152,6 +154,10 @@ def _cursor(time: datetime, entry_id: object) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
+def _entry_cursor(entry: dict[str, Any]) -> str:
+    return _cursor(entry["time"], entry["id"])
+
+
 def _after(cursor: str) -> tuple[datetime, int]:
     try:
         kind, _, raw = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
@@ -166,7 +172,11 @@ def _after(cursor: str) -> tuple[datetime, int]:
 
 
 async def request_log_page(
-    application_id: int, first: int, after: str | None, given: RequestLogFilter | None
+    info: Info,
+    application_id: int,
+    first: int,
+    after: str | None,
+    given: RequestLogFilter | None,
 ) -> RequestLogConnection:
     """Newest first; a page costs one indexed read whatever its depth (keyset)."""
     try:
@@ -176,6 +186,13 @@ async def request_log_page(
     except DomainError as error:
         raise query_error(error) from None
     page = entries[:first]
+    selection = read_selection(info, CONNECTION_SHAPE) if splicing(info) else None
+    if selection is not None:
+        try:
+            answer = connection_json(selection, page, _entry_cursor, len(entries) > first)
+            return cast(RequestLogConnection, encode(answer))
+        except NotPlain:
+            pass  # the general path answers, and reports what it reports
     edges = [RequestLogEdge(node=RequestLogEntry.from_entry(e)) for e in page]
     return RequestLogConnection(
         edges=edges,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -22,9 +22,10 @@ from models.alerts import set_low_balance_threshold
 from models.end_users import EndUserInput, upsert_end_users
 from models.ledger import allocate_credits, consume_credits, purchase_credits
 from models.references import EndUserRef
+from models.request_log import LogRow, insert_entries
 from models.rollups import fold_usage
 from models.tenancy import ApiKeyRole
-from resolvers import end_users
+from resolvers import end_users, request_log
 from resolvers.context import Context, Principal
 from resolvers.runtime.versions import fast_paths_enabled
 from resolvers.schema import Mutation, Query, Subscription, schema
@@ -60,7 +61,23 @@ POOL_FIELDS = [
     "version",
     "__typename",
 ]
-LOG_FIELDS = ["id", "time", "endpoint", "status", "outcome", "latencyMs", "source", "method"]
+LOG_FIELDS = [
+    "id",
+    "time",
+    "method",
+    "endpoint",
+    "operationName",
+    "endUserExternalId",
+    "apiKeyPrefix",
+    "status",
+    "outcome",
+    "errorCode",
+    "errorMessage",
+    "latencyMs",
+    "requestId",
+    "source",
+    "__typename",
+]
 
 
 class Writer:
@@ -142,6 +159,21 @@ class Writer:
             arguments.append(f'orderBy: {{ field: {field}, direction: {direction}, pool: "ai" }}')
         return ", ".join(arguments)
 
+    def request_log(self) -> str:
+        node = self.pick(LOG_FIELDS)
+        if self.rng.random() < 0.1:
+            node.append("endUser { externalId }")
+        edge = [f"node {{ {self.wrap('RequestLogEntry', ' '.join(node))} }}"]
+        if self.rng.random() < 0.4:
+            edge.append("cursor")
+        parts = [f"edges {{ {' '.join(edge)} }}"]
+        if self.rng.random() < 0.4:
+            parts.append(f"pageInfo {{ {' '.join(self.pick(['hasNextPage', 'endCursor']))} }}")
+        first = self.rng.choice([0, 1, 4, 20])
+        return (
+            f"requestLog(first: {first}) {{ {self.wrap('RequestLogConnection', ' '.join(parts))} }}"
+        )
+
     def application(self) -> str:
         parts = self.pick(["id", "name", "plan", "__typename"], least=0)
         if self.rng.random() < 0.4:
@@ -149,9 +181,8 @@ class Writer:
         for i in range(self.rng.choice([1, 1, 1, 2])):
             alias = f"list{i}: " if i or self.rng.random() < 0.2 else ""
             parts.append(f"{alias}endUsers({self.end_users_arguments()}) {{ {self.connection()} }}")
-        if self.rng.random() < 0.3:
-            node = " ".join(self.pick(LOG_FIELDS))
-            parts.append(f"requestLog(first: 5) {{ edges {{ cursor node {{ {node} }} }} }}")
+        if self.rng.random() < 0.5:
+            parts.append(self.request_log())
         if self.rng.random() < 0.2:
             parts.append(
                 "consumption(from: $from, to: $to, granularity: DAY)"
@@ -184,6 +215,31 @@ async def _application() -> int:
     for i, row in enumerate(rows[:8]):
         await consume_credits(app, "ai", EndUserRef(id=row.id), 90 + 3 * i, "ai_generation")
     await set_low_balance_threshold(app, "ai", 5, end_user=EndUserRef(id=rows[0].id))
+    now = datetime.now(UTC)
+    await insert_entries(
+        [
+            LogRow(
+                app,
+                organization.id,
+                now - timedelta(minutes=i, microseconds=0 if i % 4 else 123_456),
+                "POST",
+                "POST /graphql consumeCredits",
+                "Consume" if i % 2 else None,
+                rows[i % 3].id if i % 3 else None,
+                rows[i % 3].external_id if i % 3 else None,
+                "ug_abc" if i % 5 else None,
+                (200, 400, 401, 500)[i % 4],
+                "OK" if i % 4 == 0 else "CLIENT_ERROR",
+                None if i % 4 == 0 else "VALIDATION",
+                None if i % 4 == 0 else f'bad "input" ü {i}',
+                (1.0, 2.5, 12, 0.125)[i % 4],
+                f"req-{i}",
+                "api" if i % 6 else "ingest",
+            )
+            for i in range(15)
+        ],
+        returning=False,
+    )
     await fold_usage()
     return app
 
@@ -199,14 +255,16 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
 ) -> None:
     frozen = frozen_now
     spliced = 0
-    general_writer = end_users._preserialized
+    writers = ((end_users, "_preserialized"), (request_log, "connection_json"))
+    for module, name in writers:
+        writer = getattr(module, name)
 
-    async def counted(*args: Any) -> Any:
-        nonlocal spliced
-        spliced += 1
-        return await general_writer(*args)
+        def counted(*args: Any, _writer: Any = writer) -> Any:
+            nonlocal spliced
+            spliced += 1
+            return _writer(*args)
 
-    monkeypatch.setattr(end_users, "_preserialized", counted)
+        monkeypatch.setattr(module, name, counted)
     app = await _application()
     stock = strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription)
     principal = Principal(0, app, ApiKeyRole.READ, None, None)

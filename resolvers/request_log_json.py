@@ -1,0 +1,90 @@
+"""A page of the request log written as JSON straight from its entries
+(resolvers/preserialized.py), each value as the general path serializes it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from resolvers.preserialized import (
+    PAGE_INFO_SHAPE,
+    Selected,
+    Shape,
+    checked_float,
+    checked_int,
+    object_json,
+    optional_text,
+    page_info,
+    text,
+)
+
+Entry = dict[str, Any]
+
+_ENTRY: dict[str, Callable[[Entry], Any]] = {
+    "id": lambda e: str(e["id"]),
+    "time": lambda e: e["time"].isoformat(),
+    "method": lambda e: text(e["method"]),
+    "endpoint": lambda e: text(e["endpoint"]),
+    "operationName": lambda e: optional_text(e["operation_name"]),
+    "endUserExternalId": lambda e: optional_text(e["end_user_external_id"]),
+    "apiKeyPrefix": lambda e: optional_text(e["api_key_prefix"]),
+    "status": lambda e: checked_int(e["status"]),
+    "outcome": lambda e: e["outcome"].name,
+    "errorCode": lambda e: optional_text(e["error_code"]),
+    "errorMessage": lambda e: optional_text(e["error_message"]),
+    "latencyMs": lambda e: checked_float(e["latency_ms"]),
+    "requestId": lambda e: text(e["request_id"]),
+    "source": lambda e: text(e["source"]),
+}
+
+CONNECTION_SHAPE: Shape = (
+    "RequestLogConnection",
+    {
+        "pageInfo": PAGE_INFO_SHAPE,
+        "edges": (
+            "RequestLogEdge",
+            {"cursor": None, "node": ("RequestLogEntry", dict.fromkeys(_ENTRY))},
+        ),
+    },
+)
+
+
+def _node(selection: tuple[Selected, ...], entry: Entry) -> dict[str, Any]:
+    return {
+        s.response_name: "RequestLogEntry"
+        if s.field_name == "__typename"
+        else _ENTRY[s.field_name](entry)
+        for s in selection
+    }
+
+
+def _edge(selection: tuple[Selected, ...], entry: Entry, cursor: str) -> dict[str, Any]:
+    return object_json(
+        selection,
+        "RequestLogEdge",
+        lambda s: cursor if s.field_name == "cursor" else _node(s.below or (), entry),
+    )
+
+
+def connection_json(
+    selection: tuple[Selected, ...],
+    entries: list[Entry],
+    cursor_of: Callable[[Entry], str],
+    has_next: bool,
+) -> dict[str, Any]:
+    """The connection's answer for `selection` (read with CONNECTION_SHAPE); a cursor is
+    made only where one is selected."""
+    answer: dict[str, Any] = {}
+    for part in selection:
+        if part.field_name == "__typename":
+            answer[part.response_name] = "RequestLogConnection"
+        elif part.field_name == "pageInfo":
+            end = cursor_of(entries[-1]) if entries else None
+            answer[part.response_name] = page_info(part.below or (), has_next, end)
+        else:  # edges
+            below = part.below or ()
+            wants_cursor = any(s.field_name == "cursor" for s in below)
+            answer[part.response_name] = [
+                _edge(below, entry, cursor_of(entry) if wants_cursor else "") for entry in entries
+            ]
+    return answer
