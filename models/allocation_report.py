@@ -33,7 +33,7 @@ from models.rollups import (
     window_used_joins,
     window_used_of,
 )
-from models.sql import Row, single_statement
+from models.sql import Row, Sql, single_statement
 
 
 @lru_cache(maxsize=16)  # a request computes every burn at one `now`
@@ -168,6 +168,57 @@ async def balance_lines(
     for row in rows:
         found[row["end_user_id"]].append(_balance(row, row["end_user_id"], row["pool_id"], now))
     return found
+
+
+# A balance's plain fields as the API names them, and the columns of `_balance_columns`
+# that hold them; the Int ones must fit 32 bits for the database to write them.
+BALANCE_FIELD_COLUMNS = {
+    "pool": "pool_key",
+    "allocated": "allocated",
+    "used": "used",
+    "remaining": "remaining",
+    "expired": "expired",
+    "status": "status",
+    "version": "version",
+    "lowBalanceThreshold": "threshold",
+}
+_INT32 = "BETWEEN -2147483648 AND 2147483647"
+
+
+async def balances_json(
+    end_user_ids: list[int], entries: tuple[tuple[str, str], ...], type_name: str
+) -> dict[int, str] | None:
+    """Each End User's balances in every pool of its application (pool order) as a JSON
+    array built by PostgreSQL, each an object of `entries` (name in the answer, field of
+    BALANCE_FIELD_COLUMNS, or `__typename` answered `type_name`); End Users of no pool are
+    left out. None on SQLite, or when a number does not fit an Int."""
+    ids = sorted(set(end_user_ids))
+    marks = _marks(1, len(ids))
+    pairs = ", ".join(
+        f"'{name}', "
+        + (f"'{type_name}'::text" if field == "__typename" else f"x.{BALANCE_FIELD_COLUMNS[field]}")
+        for name, field in entries
+    )
+    fits = " AND ".join(
+        f"COALESCE(x.{column} {_INT32}, TRUE)"
+        for column in ("allocated", "used", "remaining", "expired", "version", "threshold")
+    )
+    statement = (
+        f"SELECT x.end_user_id, json_agg(json_build_object({pairs}) ORDER BY x.pool_id)::text"
+        f" AS answer, bool_and({fits}) AS fits FROM (SELECT e.id AS end_user_id,"
+        f" p.id AS pool_id, {_balance_columns('0')} FROM end_user e"
+        " JOIN credit_pool p ON p.application_id = e.application_id"
+        " LEFT JOIN end_user_balance b ON b.end_user_id = e.id AND b.pool_id = p.id"
+        f" AND b.end_user_id IN ({marks}) WHERE e.id IN ({marks})) x GROUP BY x.end_user_id"
+    )
+
+    async def work(db: Sql) -> list[Row] | None:
+        return await db.records(statement, *ids) if db.postgres else None
+
+    rows = await single_statement(work)
+    if rows is None or not all(row["fits"] for row in rows):
+        return None
+    return {row["end_user_id"]: row["answer"] for row in rows}
 
 
 # ------------------------------------------------------------------------------- summary

@@ -5,9 +5,12 @@ strings, DateTime by `isoformat`, enums by name, Int within 32 bits)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from models.allocation_report import BalanceLine, EndUserLine
+import orjson
+
+from models.allocation_report import BALANCE_FIELD_COLUMNS, BalanceLine, EndUserLine
 from resolvers.preserialized import (
     PAGE_INFO_SHAPE,
     Selected,
@@ -42,6 +45,16 @@ _END_USER: dict[str, Callable[[EndUserLine], Any]] = {
     "createdAt": lambda e: e.created_at.isoformat(),
 }
 
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    """Each End User's balance lines, or (on PostgreSQL, when it can) the JSON text of its
+    balances as the database wrote it for the one balances selection."""
+
+    lines: dict[int, list[BalanceLine]] = field(default_factory=dict)
+    texts: dict[int, str] | None = None
+
+
 BALANCE_SHAPE: Shape = ("EndUserBalance", dict.fromkeys(_BALANCE))
 END_USER_SHAPE: Shape = ("EndUser", {**dict.fromkeys(_END_USER), "balances": BALANCE_SHAPE})
 CONNECTION_SHAPE: Shape = (
@@ -54,15 +67,32 @@ CONNECTION_SHAPE: Shape = (
 )
 
 
-def selects_balances(selection: tuple[Selected, ...]) -> bool:
-    return any(
-        node.field_name == "balances"
+def _balance_selections(selection: tuple[Selected, ...]) -> list[Selected]:
+    return [
+        node
         for edge_part in selection
         if edge_part.field_name == "edges" and edge_part.below
         for node_part in edge_part.below
         if node_part.field_name == "node" and node_part.below
         for node in node_part.below
-    )
+        if node.field_name == "balances"
+    ]
+
+
+def selects_balances(selection: tuple[Selected, ...]) -> bool:
+    return bool(_balance_selections(selection))
+
+
+def balance_entries(selection: tuple[Selected, ...]) -> tuple[tuple[str, str], ...] | None:
+    """(name in the answer, field) of the one balances selection, when the database can
+    write all of it (BALANCE_FIELD_COLUMNS); else None."""
+    found = _balance_selections(selection)
+    if len(found) != 1:
+        return None
+    entries = tuple((s.response_name, s.field_name) for s in found[0].below or ())
+    if all(f == "__typename" or f in BALANCE_FIELD_COLUMNS for _, f in entries):
+        return entries
+    return None
 
 
 def selects_burn(selection: tuple[Selected, ...]) -> bool:
@@ -89,15 +119,16 @@ def _balances(selection: tuple[Selected, ...], lines: list[BalanceLine]) -> list
     ]
 
 
-def _node(
-    selection: tuple[Selected, ...], line: EndUserLine, balances: list[BalanceLine] | None
-) -> dict[str, Any]:
+def _node(selection: tuple[Selected, ...], line: EndUserLine, balances: Balances) -> dict[str, Any]:
     node: dict[str, Any] = {}
     for s in selection:
         if s.field_name == "__typename":
             node[s.response_name] = "EndUser"
         elif s.below is not None:  # balances
-            node[s.response_name] = _balances(s.below, balances or [])
+            if balances.texts is not None:
+                node[s.response_name] = orjson.Fragment(balances.texts.get(line.id, "[]"))
+            else:
+                node[s.response_name] = _balances(s.below, balances.lines.get(line.id) or [])
         else:
             node[s.response_name] = _END_USER[s.field_name](line)
     return node
@@ -107,7 +138,7 @@ def connection_json(
     selection: tuple[Selected, ...],
     lines: list[EndUserLine],
     cursors: list[str],
-    balances: dict[int, list[BalanceLine]],
+    balances: Balances,
     has_next: bool,
     total: int,
 ) -> dict[str, Any]:
@@ -134,14 +165,10 @@ def _edge(
     selection: tuple[Selected, ...],
     line: EndUserLine,
     cursor: str,
-    balances: dict[int, list[BalanceLine]],
+    balances: Balances,
 ) -> dict[str, Any]:
     return object_json(
         selection,
         "EndUserEdge",
-        lambda s: (
-            cursor
-            if s.field_name == "cursor"
-            else _node(s.below or (), line, balances.get(line.id))
-        ),
+        lambda s: cursor if s.field_name == "cursor" else _node(s.below or (), line, balances),
     )

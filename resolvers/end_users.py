@@ -19,6 +19,7 @@ from models.allocation_report import (
     Page,
     StatusFilter,
     balance_lines,
+    balances_json,
 )
 from models.allocation_report import end_user_page as report_page
 from models.balances import EndUserBalanceSnapshot
@@ -34,6 +35,8 @@ from resolvers.consumption import (
 from resolvers.context import Info
 from resolvers.end_user_json import (
     CONNECTION_SHAPE,
+    Balances,
+    balance_entries,
     connection_json,
     selects_balances,
     selects_burn,
@@ -414,13 +417,19 @@ async def end_user_page(
 async def _preserialized(
     selection: tuple[Selected, ...], page: Page, order: OrderField, now: datetime
 ) -> Preserialized:
-    """The page as JSON, its End Users' balances read in one statement when selected."""
+    """The page as JSON, its End Users' balances read in one statement when selected
+    (written by the database itself where it can)."""
     lines = page.lines
-    balances = {}
+    balances = Balances()
     if lines and selects_balances(selection):
-        balances = await balance_lines(
-            [line.id for line in lines], now, burn=selects_burn(selection)
-        )
+        ids = [line.id for line in lines]
+        entries = balance_entries(selection)
+        texts = None if entries is None else await balances_json(ids, entries, "EndUserBalance")
+        if texts is not None:
+            balances = Balances(texts=texts)
+        else:
+            burn = selects_burn(selection)
+            balances = Balances(lines=await balance_lines(ids, now, burn=burn))
     cursors = [encode_cursor(order, line.sort_key, line.id) for line in lines]
     return encode(connection_json(selection, lines, cursors, balances, page.has_next, page.total))
 
