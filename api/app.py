@@ -153,6 +153,7 @@ class UsageGraphQL(GraphQL):
         if not isinstance(operation.operation_name, str | None):
             raise HTTPException(400, NOT_A_NAME)
         context.preserialized = True  # this view's encoder splices them
+        context.operation_name = operation.operation_name
         try:
             result = await self.schema.execute(
                 operation.query,

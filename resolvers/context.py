@@ -47,6 +47,7 @@ class Context:
     cache: dict[str, Any] = field(default_factory=dict)
     # the answer is encoded by api/http_answer.py, which splices preserialized values
     preserialized: bool = False
+    operation_name: str | None = None  # as the request gave it
 
 
 Info = StrawberryInfo[Context, None]

@@ -42,7 +42,6 @@ from resolvers.end_user_json import (
     selects_burn,
 )
 from resolvers.errors import UserError, parse_id, query_error
-from resolvers.execution import PRELOADED
 from resolvers.loaders import loaders_of
 from resolvers.pools import BalanceStatus, check_page_size
 from resolvers.preserialized import (
@@ -53,6 +52,7 @@ from resolvers.preserialized import (
     read_selection,
     splicing,
 )
+from resolvers.runtime.plain_lists import PRELOADED
 from resolvers.selection import selects
 
 
@@ -129,7 +129,7 @@ BURN_RATE = (
 
 
 # Plain fields only (the lists of a dashboard complete them without a resolver call each,
-# resolvers/execution.py); a write's result holds `_Later` values where it knows less.
+# resolvers/runtime/plain_lists.py); a write's result holds `_Later` values where it knows less.
 @strawberry.type
 class EndUserBalance:
     pool: str
@@ -401,7 +401,7 @@ async def end_user_page(
     ]
     if edges and selects(info, ("edges", "node", "balances")):
         # loaded now, all at once, so the page completes without a resolver per End User
-        # (resolvers.execution.PRELOADED); through the loader, shared with other fields
+        # (resolvers.runtime.plain_lists.PRELOADED); through the loader, shared with other fields
         loaded = await loaders_of(info).balances.load_many([edge.node.row_id for edge in edges])
         for edge, lines in zip(edges, loaded, strict=True):
             edge.node.preload_balances(lines)

@@ -5,7 +5,7 @@ hundreds of values; graphql-core completes each through a resolver call and a co
 step, after the resolver has made an object per row. For a selection made only of plain
 fields (`read_selection` says which), the resolver can instead write the field's JSON
 itself, value by value as the general path would serialize it, and return it as a
-`Preserialized`: the executor (resolvers/execution.py) takes it as the completed value and
+`Preserialized`: the executor (resolvers/runtime/plain_lists.py) takes it as the completed value and
 the HTTP answer's encoder (api/http_answer.py) splices its bytes into the document.
 
 Only an HTTP request whose answer that encoder writes, with the fast paths on, gets them

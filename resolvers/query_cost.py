@@ -55,6 +55,7 @@ from models.consumption import Granularity, bucket_range
 from models.errors import ValidationFailed
 from resolvers.cost_budgets import DEFAULT_BUDGETS
 from resolvers.pools import MAX_PAGE
+from resolvers.runtime.strawberry_internals import graphql_schema_of
 
 if TYPE_CHECKING:
     from strawberry.types import ExecutionContext
@@ -99,7 +100,7 @@ def check_query_cost(context: ExecutionContext) -> None:
     document = context.graphql_document
     if document is not None and not context.pre_execution_errors and context.result is None:
         requested = operation_cost(
-            context.schema._schema, document, context.operation_name, context.variables
+            graphql_schema_of(context), document, context.operation_name, context.variables
         )
         if requested > limit:
             context.pre_execution_errors = [too_costly(requested, limit)]

@@ -29,6 +29,7 @@ from resolvers.input_rules import (
 )
 from resolvers.operation_choice import ambiguous_operation
 from resolvers.query_cost import check_query_cost
+from resolvers.runtime.strawberry_internals import graphql_schema_of, provided_operation_name
 
 MAX_DEPTH = 12
 MAX_TOKENS = 5_000
@@ -139,13 +140,13 @@ class RequestRules(MaskUnexpectedErrors):
             # The limits first, alone: a document past them is not worth the standard rules'
             # work (OverlappingFieldsCanBeMerged compares fields pairwise). A 1,000-alias
             # document is refused in 19 ms of CPU instead of 42.
-            schema = context.schema._schema
+            schema = graphql_schema_of(context)
             document = context.graphql_document
             context.pre_execution_errors = validated(schema, document, LIMIT_RULES) or validated(
                 schema, document, standard_rules
             )
             # the name the request gave (Strawberry's `operation_name` falls back to the first)
-            ambiguous = ambiguous_operation(document, context._provided_operation_name)  # type: ignore[attr-defined]
+            ambiguous = ambiguous_operation(document, provided_operation_name(context))
             if ambiguous is not None and not context.pre_execution_errors:
                 context.pre_execution_errors = [ambiguous]
             # variable values are JSON, not seen by validation: refused as validation

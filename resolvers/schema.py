@@ -29,11 +29,12 @@ from resolvers.end_user_tokens import (
     resolve_issue_token,
 )
 from resolvers.error_logging import log_errors
-from resolvers.execution import PlainListExecutor
-from resolvers.input_conversion import install as install_input_conversion
 from resolvers.realtime import balance_changed
 from resolvers.request_log import request_log_tail
 from resolvers.request_rules import DOCUMENT_CACHE_SIZE, MaskUnexpectedErrors, RequestRules
+from resolvers.runtime.input_conversion import install as install_input_conversion
+from resolvers.runtime.plain_lists import PlainListExecutor
+from resolvers.runtime.versions import fast_paths_enabled
 from resolvers.viewer import resolve_viewer
 
 __all__ = ["DOCUMENT_CACHE_SIZE", "MaskUnexpectedErrors", "schema", "schema_sdl"]
@@ -79,16 +80,22 @@ class UsageSchema(strawberry.Schema):
         log_errors(errors)  # not Strawberry's: a traceback and the query for every error
 
 
-def build_schema() -> strawberry.Schema:
+def build_schema(fast: bool | None = None) -> strawberry.Schema:
+    """The schema; with the fast paths (resolvers/runtime/, on unless `fast_paths()` turns
+    them off) its plain lists complete without graphql-core's per-field steps and its
+    inputs convert by compiled converters, else graphql-core and Strawberry do both."""
+    if fast is None:
+        fast = fast_paths_enabled()
     built = UsageSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         config=StrawberryConfig(),
-        execution_context_class=PlainListExecutor,
+        execution_context_class=PlainListExecutor if fast else None,
         extensions=[RequestRules],  # a class: Strawberry makes one per request
     )
-    install_input_conversion(built)
+    if fast:
+        install_input_conversion(built)
     return built
 
 

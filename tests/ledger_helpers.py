@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 from tortoise import Tortoise
 
+from models.accounts import create_application, create_organization
 from models.credits import CreditPack, CreditPool, EndUserBalance
 from models.end_users import EndUserInput, upsert_end_users
 from models.ledger import allocate_credits, purchase_credits
@@ -46,3 +49,18 @@ async def ledger_count(application_id: int, kind: str) -> int:
 
 
 __all__ = ["CreditPack"]
+
+
+async def application_with_allocations(users: int = 3) -> tuple[int, list[int]]:
+    """A new application with both pools bought and `users` End Users holding credits in
+    each: its id and the End Users' ids."""
+    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
+    application = await create_application(organization.id, "reporting")
+    app = application.id
+    await purchase_credits(app, "ai", 1_000_000)
+    await purchase_credits(app, "inbox_preview", 100_000)
+    rows = await upsert_end_users(app, [EndUserInput(f"u{i}") for i in range(users)])
+    for row in rows:
+        await allocate_credits(app, "ai", EndUserRef(id=row.id), 100_000)
+        await allocate_credits(app, "inbox_preview", EndUserRef(id=row.id), 10_000)
+    return app, [row.id for row in rows]

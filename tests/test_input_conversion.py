@@ -1,7 +1,7 @@
-"""Compiled input conversion (resolvers/input_conversion.py) builds exactly what Strawberry's
-own conversion builds: the same inputs converted before and after `install`, for nested and
-listed inputs, nulls, omitted fields, defaults, enums, DateTime and ID, with lists copied
-(graphql-core shares default values between requests)."""
+"""Compiled input conversion (resolvers/runtime/input_conversion.py) builds exactly what
+Strawberry's own conversion builds: the same inputs converted before and after `install`, for
+nested and listed inputs, nulls, omitted fields, defaults, enums, DateTime and ID, with lists
+copied (graphql-core shares default values between requests)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import strawberry
 from strawberry.types.arguments import convert_argument
 
-from resolvers.input_conversion import install
+from resolvers.runtime.input_conversion import install
 from resolvers.schema import schema as real_schema
 
 

@@ -1,9 +1,9 @@
-"""The fast completion of lists of plain objects (resolvers/execution.py) answers exactly what
-graphql-core's own completion answers: the same query runs on a schema with and one without
+"""The fast completion of lists of plain objects (resolvers/runtime/plain_lists.py) answers exactly
+what graphql-core's own completion answers: the same query runs on a schema with and one without
 it, and data and errors must be equal, for aliases, `__typename`, fragments, enums, DateTime,
 nulls, nested objects and lists, and for everything the fast path leaves to graphql-core
-(resolvers, arguments, directives, awaitable values, values a type cannot serialize, nulls
-where the type forbids them)."""
+(resolvers, arguments, directives, awaitable values, values a type cannot serialize, nulls where
+the type forbids them)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import strawberry
 
-from resolvers.execution import PRELOADED, PlainListExecutor
 from resolvers.request_rules import RequestRules
+from resolvers.runtime.plain_lists import PRELOADED, PlainListExecutor
 
 
 @strawberry.enum

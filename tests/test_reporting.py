@@ -35,10 +35,11 @@ from models.sql import Sql, single_statement, transaction
 from models.tenancy import ApiKeyRole
 from models.verify import verify_ledger
 from resolvers.context import Context, Principal
-from resolvers.execution import PlainListExecutor
+from resolvers.runtime.plain_lists import PlainListExecutor
 from resolvers.schema import Mutation, Query, Subscription, schema
 from tests.conftest import Backend
 from tests.dashboard_query import DASHBOARD
+from tests.ledger_helpers import application_with_allocations
 from tests.statement_counter import counting
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -99,19 +100,6 @@ def test_spike_rule_flags_a_burst_but_not_a_flat_or_weekly_series() -> None:
 
 
 # ---------------------------------------------------------------------------- histories
-
-
-async def _tenant(users: int = 3) -> tuple[int, list[int]]:
-    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
-    application = await create_application(organization.id, "reporting")
-    app = application.id
-    await purchase_credits(app, "ai", 1_000_000)
-    await purchase_credits(app, "inbox_preview", 100_000)
-    rows = await upsert_end_users(app, [EndUserInput(f"u{i}") for i in range(users)])
-    for row in rows:
-        await allocate_credits(app, "ai", EndUserRef(id=row.id), 100_000)
-        await allocate_credits(app, "inbox_preview", EndUserRef(id=row.id), 10_000)
-    return app, [row.id for row in rows]
 
 
 async def _ledger_sums(app: int, start: datetime, end: datetime) -> dict[str, Any]:
@@ -187,7 +175,7 @@ CONSUMPTION = st.tuples(
 async def test_bucket_sums_equal_the_ledger(
     backend: Backend, history: list[tuple], granularity: Granularity, span: tuple[int, int]
 ) -> None:
-    app, users = await _tenant()
+    app, users = await application_with_allocations()
     now = datetime.now(UTC)
     for user, pool, credits, feature, hours_ago, minute, fold in history:
         moment = now - timedelta(hours=hours_ago, minutes=minute)
@@ -227,7 +215,7 @@ async def test_bucket_sums_equal_the_ledger(
 
 
 async def test_series_are_contiguous_with_empty_buckets(backend: Backend) -> None:
-    app, users = await _tenant(1)
+    app, users = await application_with_allocations(1)
     day = bucket_floor(datetime.now(UTC), Granularity.DAY) - timedelta(days=10)
     await consume_credits(
         app, "ai", EndUserRef(id=users[0]), 7, "ai_generation", occurred_at=day + timedelta(hours=5)
@@ -280,7 +268,7 @@ async def _check_burn(app: int, users: list[int]) -> None:
 
 
 async def test_burn_rate_is_exact_before_and_after_folds(backend: Backend) -> None:
-    app, users = await _tenant(3)
+    app, users = await application_with_allocations(3)
     now = datetime.now(UTC)
     for i, hours_ago in enumerate((1, 30, 24 * 6, 24 * 7 + 5, 24 * 20)):
         await consume_credits(
@@ -358,7 +346,7 @@ query($id: ID!, $from: DateTime!, $to: DateTime!, $g: Granularity!) {
 
 
 async def test_bad_ranges_answer_typed_errors(backend: Backend) -> None:
-    app, _ = await _tenant(1)
+    app, _ = await application_with_allocations(1)
     cases = [
         ("2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z", "DAY"),
         ("2020-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "HOUR"),
@@ -522,8 +510,8 @@ async def _dashboard_statements(app: int) -> tuple[list[str], dict[str, Any]]:
 
 
 async def test_dashboard_statement_count_does_not_grow_with_end_users(backend: Backend) -> None:
-    small, _ = await _tenant(10)
-    large, _ = await _tenant(10)
+    small, _ = await application_with_allocations(10)
+    large, _ = await application_with_allocations(10)
     for app in (small, large):
         for i in range(10):
             await consume_credits(
@@ -552,8 +540,9 @@ async def test_dashboard_statement_count_does_not_grow_with_end_users(backend: B
 async def test_the_dashboard_answers_the_same_without_the_fast_path(
     backend: Backend, frozen_now: datetime
 ) -> None:
-    """resolvers/execution.py completes its plain lists (buckets, balances, log entries)."""
-    app, _ = await _tenant(10)
+    """resolvers/runtime/plain_lists.py completes its plain lists (buckets, balances, log
+    entries)."""
+    app, _ = await application_with_allocations(10)
     for i in range(10):
         await consume_credits(app, "ai", EndUserRef(external_id=f"u{i}"), i + 1, FEATURES[i % 2])
     await fold_usage()
@@ -582,7 +571,7 @@ async def test_a_dashboard_leaves_no_reference_cycles(backend: Backend) -> None:
     request. Left in reference cycles, a dashboard's ~800 objects waited for the cyclic
     collector, whose collections then paused the server 50-150 ms about every second under
     load (bench/dashboard.py at one client: p99 120 ms against a p50 of 23 ms)."""
-    app, _ = await _tenant(10)
+    app, _ = await application_with_allocations(10)
     for i in range(10):
         await consume_credits(app, "ai", EndUserRef(external_id=f"u{i}"), i + 1, FEATURES[i % 2])
     await fold_usage()
@@ -616,7 +605,7 @@ async def test_a_dashboard_leaves_no_reference_cycles(backend: Backend) -> None:
 
 
 async def test_concurrent_folds_and_consumptions_keep_series_exact(backend: Backend) -> None:
-    app, users = await _tenant(3)
+    app, users = await application_with_allocations(3)
     now = datetime.now(UTC)
 
     async def consume(i: int) -> None:
