@@ -1,5 +1,5 @@
-"""Authentication (SPEC §8): `Authorization: Bearer <credential>`, where the credential is
-an API key (`ug_<key id>_<secret>`) or an End User token (`ugt_...`)."""
+"""Authentication (docs/api.md#credentials): `Authorization: Bearer <credential>`, where the
+credential is an API key (`ug_<key id>_<secret>`) or an End User token (`ugt_...`)."""
 
 from __future__ import annotations
 

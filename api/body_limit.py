@@ -1,4 +1,4 @@
-"""A bound on HTTP request bodies (SPEC §8), refused before the body is read.
+"""A bound on HTTP request bodies (docs/api.md#limits), refused before the body is read.
 
 A declared `Content-Length` over the limit is answered at once, before any of the body is
 read; the server then discards the declared bytes as they arrive (never buffering them), so

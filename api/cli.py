@@ -1,4 +1,4 @@
-"""The `usagegraph` command line (SPEC §3.2)."""
+"""The `usagegraph` command line (docs/operations.md#command-line)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The request log middleware (SPEC §5): every HTTP request and WebSocket connection leaves
-one record, whatever happens to it (unknown path, refused credential, malformed body, an
+"""The request log middleware (docs/request-log.md): every HTTP request and WebSocket connection
+leaves one record, whatever happens to it (unknown path, refused credential, malformed body, an
 exception), with a request id echoed in `X-Request-Id`.
 
 On the request path it only notes what it sees (the time, the status, the raw credential

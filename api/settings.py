@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     request_log_flush_seconds: float = Field(
         0.2, gt=0, alias="USAGEGRAPH_REQUEST_LOG_FLUSH_SECONDS"
     )
-    # Idempotency keys are kept at least 30 days (SPEC rule 3).
+    # Idempotency keys are kept at least 30 days (docs/ledger.md rule 3).
     idempotency_retention_days: float = Field(
         35.0, ge=30, alias="USAGEGRAPH_IDEMPOTENCY_RETENTION_DAYS"
     )

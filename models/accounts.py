@@ -1,4 +1,4 @@
-"""Organizations, applications and API keys (SPEC §2, §8)."""
+"""Organizations, applications and API keys (docs/ledger.md#domain, docs/api-keys.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Low-balance thresholds and alert acknowledgement (SPEC §4).
+"""Low-balance thresholds and alert acknowledgement (docs/balances.md#statuses).
 
 Changing a threshold can change a balance's status without any credit moving: the stored
 status is recomputed in the same transaction and every balance whose status changed takes

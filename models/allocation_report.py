@@ -1,10 +1,11 @@
 """The End User allocation report: balances with burn rates, the per-pool summary, and End
 User lists filtered by status and ordered by used, remaining or projected exhaustion.
 
-Burn rate (SPEC §2.1): the mean daily use over the last 7 days, that is the credits used
-since the start of the UTC hour 7 days ago (`models.rollups.window_start`) divided by the
-window's length in days (7 days and the part of the current hour gone by).
-Projected exhaustion: now + remaining / burn rate; none when the burn rate is 0.
+Burn rate (docs/reporting.md#burn-rate-exhaustion-allocation-summary): the mean daily use over the
+last 7 days, that is the credits used since the start of the UTC hour 7 days ago
+(`models.rollups.window_start`) divided by the window's length in days (7 days and the part of the
+current hour gone by). Projected exhaustion: now + remaining / burn rate; none when the burn rate
+is 0.
 
 Needs allocation: the projected use of the next 7 days that the End Users' own credits do
 not cover, Σ max(0, 7 · burn rate - remaining) over the pool's End Users, is more than the
@@ -303,9 +304,9 @@ def _summary_statement(postgres: bool) -> str:
 
 
 async def allocation_summary(application_id: int, pool_id: int, now: datetime) -> AllocationSummary:
-    """The pool's End User figures (SPEC §3 AllocationSummary) in one statement: the pool's
-    report sums, less the report rows of the End Users changed since the fold, plus those
-    End Users live (`models.balance_report`)."""
+    """The pool's End User figures (docs/reporting.md#burn-rate-exhaustion-allocation-summary) in
+    one statement: the pool's report sums, less the report rows of the End Users changed since the
+    fold, plus those End Users live (`models.balance_report`)."""
     horizon = HORIZON_DAYS / window_days(now)  # window use → projected use of the horizon
     row = await single_statement(
         lambda db: db.row(

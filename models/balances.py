@@ -1,4 +1,5 @@
-"""Balance snapshots, the status rule of SPEC §4, and the events that announce them."""
+"""Balance snapshots, the status rule of docs/balances.md#statuses, and the events that announce
+them."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def iso_time(value: datetime | str | None) -> str:
 
 
 def status_for(remaining: int, threshold: int | None) -> BalanceStatus:
-    """A pool's status, and an End User's once it was allocated credits (SPEC §4)."""
+    """A pool's status, and an End User's once it was allocated credits
+    (docs/balances.md#statuses)."""
     if remaining <= 0:
         return BalanceStatus.EXHAUSTED
     if threshold is not None and remaining <= threshold:
@@ -189,8 +191,8 @@ def _status_before(change: BalanceChange) -> BalanceStatus:
 
 
 def alert_kind(change: BalanceChange) -> AlertKind | None:
-    """The alert a change writes (SPEC §4): only on a status change, and never for a
-    balance's first change (its first funding is not a recovery) nor into or out of
+    """The alert a change writes (docs/balances.md#statuses): only on a status change, and never
+    for a balance's first change (its first funding is not a recovery) nor into or out of
     NO_ALLOCATION (being allocated credits, or giving them all back, is no alert)."""
     snapshot, delta = change
     if snapshot.version <= 1 or delta == 0:
@@ -238,7 +240,7 @@ async def write_balance_events(
     alerts: list[Alerted] | None = None,
 ) -> None:
     """Writes one outbox row per changed balance, and an alert (with its own outbox row)
-    per status change, in the transaction that changed them (SPEC rule 6: published after
+    per status change, in the transaction that changed them (docs/ledger.md rule 6: published after
     commit, never for a rolled-back change). The alerts are those `alert_kind` finds in
     the credit movements, unless given."""
     if not changes:

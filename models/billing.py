@@ -1,4 +1,5 @@
-"""Billing periods (SPEC §6): calendar months in UTC, one summary per application and month.
+"""Billing periods (docs/billing-and-export.md#billing-periods): calendar months in UTC, one
+summary per application and month.
 
 A period holds the ledger entries *booked* in it: their `created_at`, the database clock
 when the entry was written, not `occurred_at`, which an integrator may back-date. So a

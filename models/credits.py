@@ -13,7 +13,7 @@ from tortoise.models import Model
 
 from models.tenancy import Application
 
-MAX_TOTAL = 2_147_483_647  # SPEC §3.1: no total may pass a GraphQL Int
+MAX_TOTAL = 2_147_483_647  # no total may pass a GraphQL Int (docs/ledger.md#rules)
 
 
 class BalanceStatus(StrEnum):

@@ -1,4 +1,4 @@
-"""End User tokens and temporary codes (SPEC §8).
+"""End User tokens and temporary codes (docs/api.md#credentials).
 
 A token is a short-lived JWT (HS256, signed with USAGEGRAPH_SECRET) naming one End User of
 one application; it reads and subscribes to that End User's balances only. A temporary code

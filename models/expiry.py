@@ -1,4 +1,4 @@
-"""The expiry sweep (SPEC rule 4): the remainder of every lot past `expires_at` becomes
+"""The expiry sweep (docs/ledger.md rule 4): the remainder of every lot past `expires_at` becomes
 EXPIRE entries exactly once, however many processes sweep at once.
 
 Until the sweep runs, expired credits are already unusable: every draw filters lots by the

@@ -1,7 +1,7 @@
-"""Signed export links (SPEC §7): a short-lived JWT (HS256, USAGEGRAPH_SECRET) naming one
-export exactly (application, type, range, format) and the API key that asked for it, so a
-browser can download it without holding the key. Any change to the URL's parameters, an
-expired signature or a revoked key refuses the download."""
+"""Signed export links (docs/billing-and-export.md#export): a short-lived JWT (HS256,
+USAGEGRAPH_SECRET) naming one export exactly (application, type, range, format) and the API key
+that asked for it, so a browser can download it without holding the key. Any change to the URL's
+parameters, an expired signature or a revoked key refuses the download."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Exports (SPEC §7): the rows of one application's records in a time range, streamed in
-batches so memory stays constant whatever the number of rows.
+"""Exports (docs/billing-and-export.md#export): the rows of one application's records in a time
+range, streamed in batches so memory stays constant whatever the number of rows.
 
 What each type holds and which time its range applies to:
 - consumption: one row per usage event; range on `occurred_at` (as the integrator sent it);

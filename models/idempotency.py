@@ -1,4 +1,4 @@
-"""Idempotency keys (SPEC rule 3), scoped per application.
+"""Idempotency keys (docs/ledger.md rule 3), scoped per application.
 
 The key is claimed by inserting its record first in the write's transaction. A second
 writer with the same key blocks on that insert until the first commits (then it reads the
@@ -16,7 +16,7 @@ from models.errors import IdempotencyConflict, ValidationFailed
 from models.sql import Sql, delete_older_than, dumps, loads
 
 MAX_KEY_LENGTH = 255
-KEPT_AT_LEAST = timedelta(days=30)  # SPEC rule 3
+KEPT_AT_LEAST = timedelta(days=30)  # docs/ledger.md rule 3
 
 
 def request_fingerprint(operation: str, arguments: dict[str, Any]) -> str:
@@ -73,6 +73,7 @@ async def store_result(db: Sql, record_id: int, result: Any) -> None:
 
 async def forget_keys_before(cutoff: datetime) -> int:
     """Deletes idempotency records created before `cutoff`, never one younger than 30 days
-    (SPEC rule 3: a retry within 30 days is still answered as a replay); the number deleted."""
+    (docs/ledger.md rule 3: a retry within 30 days is still answered as a replay); the number
+    deleted."""
     oldest_allowed = datetime.now(UTC) - KEPT_AT_LEAST
     return await delete_older_than("idempotency_record", "created_at", min(cutoff, oldest_allowed))

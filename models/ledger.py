@@ -1,7 +1,7 @@
 """The ledger operations: purchase, allocate, release and consume credits.
 
 Each runs in one transaction that writes its ledger entries, updates every counter they
-change and writes the outbox rows announcing the new balances (SPEC §2.2).
+change and writes the outbox rows announcing the new balances (docs/ledger.md#the-outbox).
 
 Lock order, the same in every operation (and in `models.expiry`), so that concurrent
 writers never deadlock: End User balance rows (by id), then lots (in FIFO order, which is a

@@ -153,8 +153,8 @@ class AlertKind(StrEnum):
 
 
 class Alert(Model):
-    """A low-credit alert (SPEC §4), written in the transaction whose change moved a balance
-    to another status. Pool alerts have no End User."""
+    """A low-credit alert (docs/balances.md#statuses), written in the transaction whose change
+    moved a balance to another status. Pool alerts have no End User."""
 
     id = fields.BigIntField(primary_key=True)
     application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(

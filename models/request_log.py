@@ -1,5 +1,5 @@
-"""The request log (SPEC §5): one row per API request, WebSocket connection or record pushed
-by another platform service.
+"""The request log (docs/request-log.md): one row per API request, WebSocket connection or record
+pushed by another platform service.
 
 `application_id` is NULL only when nothing in the request names an application: no
 credential, a malformed one, or an organization key on a request that addresses none of its

@@ -1,4 +1,4 @@
-"""Recomputes every counter from the ledger (SPEC rule 1) and reports each difference.
+"""Recomputes every counter from the ledger (docs/ledger.md rule 1) and reports each difference.
 
 Signs in the ledger: PURCHASE and ALLOCATE are positive; RELEASE, CONSUME and EXPIRE are
 negative. Entries with an End User move that End User's credits; an EXPIRE without one

@@ -1,5 +1,5 @@
-"""Which applications a principal may read or write (SPEC §8). Anything outside answers
-NOT_FOUND, never a hint that it exists."""
+"""Which applications a principal may read or write (docs/api.md#credentials). Anything outside
+answers NOT_FOUND, never a hint that it exists."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`Application.allocationSummary(pool)` (SPEC §3): how a pool's credits sit with its End
+"""`Application.allocationSummary(pool)` (docs/reporting.md): how a pool's credits sit with its End
 Users, who uses most, who runs out first, and whether the pool must allocate more soon."""
 
 from __future__ import annotations

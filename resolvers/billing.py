@@ -1,4 +1,5 @@
-"""Billing records (SPEC §6) and export links (SPEC §7) of an application."""
+"""Billing records (docs/billing-and-export.md#billing-periods) and export links
+(docs/billing-and-export.md#export) of an application."""
 
 from __future__ import annotations
 

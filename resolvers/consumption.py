@@ -1,4 +1,4 @@
-"""Consumption series (SPEC §3): `Application.consumption`, `CreditPool.consumption` and
+"""Consumption series (docs/reporting.md): `Application.consumption`, `CreditPool.consumption` and
 `EndUser.consumption`, all through one loader (one statement per distinct range)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Subscriptions: live balances (SPEC §3, rule 6)."""
+"""Subscriptions: live balances (docs/realtime.md; docs/ledger.md, rule 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The request log in GraphQL (SPEC §5): `Application.requestLog` (newest first, keyset
+"""The request log in GraphQL (docs/request-log.md): `Application.requestLog` (newest first, keyset
 pages), `Application.requestVolume` (requests and errors per bucket, with spikes) and the
 `requestLogTail` subscription. API keys only: an End User token sees none of it."""
 

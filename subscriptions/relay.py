@@ -1,4 +1,5 @@
-"""The outbox relay: publishes outbox rows after their transaction committed (SPEC rule 6).
+"""The outbox relay: publishes outbox rows after their transaction committed (docs/ledger.md rule
+6).
 
 Exactly one relay publishes at a time across all processes (a PostgreSQL advisory lock held
 by a dedicated connection; on SQLite there is one process). It publishes rows in id order,

@@ -1,4 +1,4 @@
-"""Bounded, conflating buffers (SPEC §3: a slow subscriber gets the latest snapshot per
+"""Bounded, conflating buffers (docs/realtime.md: a slow subscriber gets the latest snapshot per
 balance, never an unbounded queue).
 
 A buffer keeps at most one pending item per key (a balance, or an alert), the one of the

@@ -1,4 +1,4 @@
-"""The Usage page's dashboard query (issue 5): the statement-count test and
+"""The Usage page's dashboard query: the statement-count test and
 bench/dashboard.py send this same document."""
 
 DASHBOARD = """

@@ -1,4 +1,5 @@
-"""Low-credit alerts (SPEC §4): written exactly on status changes, in the ledger transaction."""
+"""Low-credit alerts (docs/balances.md#statuses): written exactly on status changes, in the ledger
+transaction."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Billing periods (SPEC §6) over HTTP, on SQLite and PostgreSQL: the open period is the
-ledger live, a closed record is written once and never changes, per-package figures add up."""
+"""Billing periods (docs/billing-and-export.md#billing-periods) over HTTP, on SQLite and
+PostgreSQL: the open period is the ledger live, a closed record is written once and never changes,
+per-package figures add up."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""End User tokens and temporary codes (SPEC §8): a widget reads one End User's balances."""
+"""End User tokens and temporary codes (docs/api.md#credentials): a widget reads one End User's
+balances."""
 
 from __future__ import annotations
 

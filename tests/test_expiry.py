@@ -1,4 +1,4 @@
-"""SPEC §2.2 rules 4 and 5: expiry by the database clock, one sweep's worth of EXPIRE
+"""docs/ledger.md#rules 4 and 5: expiry by the database clock, one sweep's worth of EXPIRE
 entries however many sweepers run, FIFO by expiry across lots."""
 
 from __future__ import annotations

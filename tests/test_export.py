@@ -1,6 +1,6 @@
-"""GET /v1/applications/{id}/export (SPEC §7) over HTTP, on SQLite and PostgreSQL: a range
-exports exactly the rows of that range in CSV and NDJSON, signed links work until they are
-altered or expire, other applications are 404 and bad parameters a typed 400."""
+"""GET /v1/applications/{id}/export (docs/billing-and-export.md#export) over HTTP, on SQLite and
+PostgreSQL: a range exports exactly the rows of that range in CSV and NDJSON, signed links work
+until they are altered or expire, other applications are 404 and bad parameters a typed 400."""
 
 from __future__ import annotations
 

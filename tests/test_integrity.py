@@ -1,4 +1,4 @@
-"""The database itself refuses an overdraw and any change to a ledger entry (SPEC rule 2),
+"""The database itself refuses an overdraw and any change to a ledger entry (docs/ledger.md rule 2),
 and verify reports a counter that drifted from the ledger."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC §2.2 rules 2 and 3 under many concurrent clients, on SQLite and PostgreSQL."""
+"""docs/ledger.md#rules 2 and 3 under many concurrent clients, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 

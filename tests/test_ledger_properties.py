@@ -1,4 +1,4 @@
-"""Property tests of the ledger (SPEC §2.1, §2.2 rules 1, 2, 4 and 5).
+"""Property tests of the ledger (docs/ledger.md#rules 1, 2, 4 and 5).
 
 Hypothesis generates sequences of purchases, allocations, releases, consumptions, lot
 expiries and expiry sweeps over two pools and three End Users of a fresh application.
@@ -136,7 +136,7 @@ class ModelLot:
     swept: bool = False
 
     def fifo_key(self) -> tuple[bool, float, int]:
-        # SPEC rule 5: first to expire first, never-expiring last, then oldest purchase.
+        # docs/ledger.md rule 5: first to expire first, never-expiring last, then oldest purchase.
         stamp = self.expires_at.timestamp() if self.expires_at else 0.0
         return (self.expires_at is None, stamp, self.seq)
 
@@ -294,7 +294,7 @@ def _counters_dict(counters: Counters) -> dict[str, int]:
 
 def _balance_dict(counters: Counters) -> dict[str, Any]:
     # No thresholds are set: NO_ALLOCATION without an allocation, else EXHAUSTED at 0 and
-    # OK otherwise (SPEC §4).
+    # OK otherwise (docs/balances.md#statuses).
     if counters.allocated <= 0:
         status = "NO_ALLOCATION"
     else:
@@ -405,7 +405,7 @@ async def _db_state(
 
 
 def _check_invariants(state: dict[str, dict[Any, dict[str, Any]]]) -> None:
-    """SPEC §2.1 and rule 1 on one tenant's counters, whatever produced them."""
+    """docs/ledger.md#balances and rule 1 on one tenant's counters, whatever produced them."""
     for section, rows in state.items():
         for key, row in rows.items():
             for name, value in row.items():

@@ -1,5 +1,5 @@
-"""Limits (SPEC §8): query depth, aliases, tokens, request body size and list arguments are
-bounded, each refused fast with a clear error; introspection stays on (public contract)."""
+"""Limits (docs/api.md#limits): query depth, aliases, tokens, request body size and list arguments
+are bounded, each refused fast with a clear error; introspection stays on (public contract)."""
 
 from __future__ import annotations
 

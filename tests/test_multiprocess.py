@@ -1,4 +1,4 @@
-"""Several server processes on one PostgreSQL and one Redis (SPEC §1 production deployment):
+"""Several server processes on one PostgreSQL and one Redis (docs/operations.md#several-processes):
 events cross processes, survive a killed process, and survive a Redis restart."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Usage reporting (issue 5): consumption series equal the ledger, buckets are contiguous
+"""Usage reporting: consumption series equal the ledger, buckets are contiguous
 UTC periods, burn rates and projections, the allocation summary, End User filters and
 orders, and a dashboard query whose statement count does not grow with the End Users."""
 

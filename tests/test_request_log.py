@@ -1,5 +1,5 @@
-"""The request log through HTTP (SPEC §5): refused credentials, unknown paths and GraphQL
-errors land in the owning application's log; ingest, filters, keyset pages, volume, the
+"""The request log through HTTP (docs/request-log.md): refused credentials, unknown paths and
+GraphQL errors land in the owning application's log; ingest, filters, keyset pages, volume, the
 live tail, retention."""
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Tenant isolation matrix (SPEC §8), generated from the schema: every root query, every field
-of `Application`, every mutation and every subscription, called with a credential of
-application A (its ADMIN key, its READ key, an End User token of A) and with another
-organization's key, naming application B's objects. Each call must answer `NOT_FOUND` (or
-what the field's contract below says), must not show any of B's data, and must change
-nothing of B (every row of B compared before and after, and the ledger verified).
+"""Tenant isolation matrix (docs/api.md#credentials), generated from the schema: every root query,
+every field of `Application`, every mutation and every subscription, called with a credential of
+application A (its ADMIN key, its READ key, an End User token of A) and with another organization's
+key, naming application B's objects. Each call must answer `NOT_FOUND` (or what the field's
+contract below says), must not show any of B's data, and must change nothing of B (every row of B
+compared before and after, and the ledger verified).
 
 A and B belong to one organization, so only the application checks stand between them.
 

@@ -1,1 +1,1 @@
-"""REST routes beside GraphQL (SPEC §1: export, ingest, health, metrics)."""
+"""REST routes beside GraphQL (export, ingest, health, metrics; docs/operations.md)."""

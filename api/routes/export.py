@@ -1,5 +1,6 @@
-"""`GET /v1/applications/{id}/export` (SPEC §7): one application's records of a time range
-as CSV or NDJSON, streamed as they are read (constant memory whatever the size).
+"""`GET /v1/applications/{id}/export` (docs/billing-and-export.md#export): one application's
+records of a time range as CSV or NDJSON, streamed as they are read (constant memory whatever the
+size).
 
 Credentials: `Authorization: Bearer <API key>` (an application key of that application or
 an organization key of its organization; anything else answers 404), or the `signature`

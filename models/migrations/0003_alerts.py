@@ -34,7 +34,7 @@ class Migration(migrations.Migration):
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=False)),
                 ('acknowledged_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
             ],
-            options={'table': 'alert', 'app': 'models', 'indexes': [Index(fields=['application_id', 'id'])], 'pk_attr': 'id', 'table_description': 'A low-credit alert (SPEC §4), written in the transaction whose change moved a balance'},
+            options={'table': 'alert', 'app': 'models', 'indexes': [Index(fields=['application_id', 'id'])], 'pk_attr': 'id', 'table_description': 'A low-credit alert (docs/balances.md#statuses), written in the transaction whose change moved a balance'},
             bases=['Model'],
         ),
     ]
