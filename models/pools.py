@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from tortoise.exceptions import IntegrityError
 
 from models.credits import CreditPool
 from models.errors import ValidationFailed, excerpt
+from models.sql import single_statement
 
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -46,3 +48,37 @@ async def create_pool(
         )
     except IntegrityError:
         raise ValidationFailed(f"a pool {excerpt(key)} exists already", field="key") from None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLine:
+    """A pool's counters as a read shows them (what `CreditPool` rows hold, read raw)."""
+
+    id: int
+    application_id: int
+    key: str
+    name: str
+    purchased: int
+    allocated: int
+    used: int
+    expired: int
+    end_user_remaining: int
+    low_balance_threshold: int | None
+    end_user_low_balance_threshold: int | None
+    version: int
+
+
+_POOL_COLUMNS = ", ".join(PoolLine.__slots__)  # type: ignore[attr-defined]
+
+
+async def pool_lines(application_ids: list[int]) -> list[PoolLine]:
+    """The pools of these applications, by id, in one statement (no ORM objects: a
+    dashboard reads them on every request)."""
+    if not application_ids:
+        return []
+    marks = ",".join(f"${i}" for i in range(1, len(application_ids) + 1))
+    statement = (
+        f"SELECT {_POOL_COLUMNS} FROM credit_pool WHERE application_id IN ({marks}) ORDER BY id"
+    )
+    rows = await single_statement(lambda db: db.records(statement, *application_ids))
+    return [PoolLine(*(row[name] for name in PoolLine.__slots__)) for row in rows]  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import strawberry
 
-from models.accounts import create_application
+from models.accounts import ApplicationLine, application_line, create_application
 from models.credits import CreditPool as PoolRow
 from models.credits import EndUser as EndUserRow
 from models.end_users import EndUserInput as DomainEndUserInput
@@ -72,7 +72,7 @@ class Application:
     row_id: strawberry.Private[int]
 
     @classmethod
-    def from_row(cls, row: ApplicationRow) -> Application:
+    def from_row(cls, row: ApplicationRow | ApplicationLine) -> Application:
         return cls(
             id=strawberry.ID(str(row.id)),
             name=row.name,
@@ -248,9 +248,9 @@ async def resolve_applications(info: Info) -> list[Application]:
 async def resolve_application(info: Info, id: strawberry.ID) -> Application | None:
     try:
         application_id = await visible_application(principal_of(info), id)
+        return Application.from_row(await application_line(application_id))
     except DomainError as error:
         raise query_error(error) from None
-    return Application.from_row(await ApplicationRow.get(id=application_id))
 
 
 @strawberry.input

@@ -21,8 +21,8 @@ from strawberry.dataloader import DataLoader
 from models.allocation_report import BalanceLine, balance_lines
 from models.consumption import Series, SeriesKey, consumption_series
 from models.credits import CreditPack as PackRow
-from models.credits import CreditPool as PoolRow
 from models.credits import EndUser as EndUserRow
+from models.pools import PoolLine, pool_lines
 
 PackKey = tuple[int, int]  # (pool id, first)
 K = TypeVar("K")
@@ -69,10 +69,10 @@ async def _end_users(ids: Sequence[int]) -> list[EndUserRow | None]:
     return [found.get(i) for i in ids]
 
 
-async def _pools(application_ids: Sequence[int]) -> list[list[PoolRow]]:
-    found: dict[int, list[PoolRow]] = defaultdict(list)
-    for row in await PoolRow.filter(application_id__in=list(application_ids)).order_by("id"):
-        found[row.application_id].append(row)  # type: ignore[attr-defined]
+async def _pools(application_ids: Sequence[int]) -> list[list[PoolLine]]:
+    found: dict[int, list[PoolLine]] = defaultdict(list)
+    for line in await pool_lines(list(application_ids)):
+        found[line.application_id].append(line)
     return [found[i] for i in application_ids]
 
 

@@ -12,6 +12,7 @@ from models.credits import BalanceStatus as DomainBalanceStatus
 from models.credits import CreditPack as PackRow
 from models.credits import CreditPool as PoolRow
 from models.errors import ValidationFailed
+from models.pools import PoolLine
 from resolvers.consumption import (
     SERIES_DESCRIPTION,
     ConsumptionSeries,
@@ -79,7 +80,7 @@ class CreditPool:
     application_id: strawberry.Private[int]
 
     @classmethod
-    def from_row(cls, row: PoolRow) -> CreditPool:
+    def from_row(cls, row: PoolRow | PoolLine) -> CreditPool:
         remaining = row.purchased - row.used - row.expired
         return cls(
             key=row.key,
