@@ -186,15 +186,16 @@ BALANCE_FIELD_COLUMNS = {
 _INT32 = "BETWEEN -2147483648 AND 2147483647"
 
 
-async def balances_json(
-    end_user_ids: list[int], entries: tuple[tuple[str, str], ...], type_name: str
-) -> dict[int, str] | None:
-    """Each End User's balances in every pool of its application (pool order) as a JSON
-    array built by PostgreSQL, each an object of `entries` (name in the answer, field of
-    BALANCE_FIELD_COLUMNS, or `__typename` answered `type_name`); End Users of no pool are
-    left out. None on SQLite, or when a number does not fit an Int."""
-    ids = sorted(set(end_user_ids))
-    marks = _marks(1, len(ids))
+_UNFIT = "-"  # a balance JSON the database could not write (an Int beyond 32 bits)
+
+
+def balances_json_sql(
+    end_user: str, application: str, entries: tuple[tuple[str, str], ...], type_name: str
+) -> str:
+    """PostgreSQL: End User `end_user`'s balances in every pool of application
+    `application` (SQL expressions), in pool order, as a JSON array of objects of `entries`
+    (name in the answer, field of BALANCE_FIELD_COLUMNS, or `__typename` answered
+    `type_name`): a scalar subquery answering the JSON text, or _UNFIT."""
     pairs = ", ".join(
         f"'{name}', "
         + (f"'{type_name}'::text" if field == "__typename" else f"x.{BALANCE_FIELD_COLUMNS[field]}")
@@ -204,22 +205,13 @@ async def balances_json(
         f"COALESCE(x.{column} {_INT32}, TRUE)"
         for column in ("allocated", "used", "remaining", "expired", "version", "threshold")
     )
-    statement = (
-        f"SELECT x.end_user_id, json_agg(json_build_object({pairs}) ORDER BY x.pool_id)::text"
-        f" AS answer, bool_and({fits}) AS fits FROM (SELECT e.id AS end_user_id,"
-        f" p.id AS pool_id, {_balance_columns('0')} FROM end_user e"
-        " JOIN credit_pool p ON p.application_id = e.application_id"
-        " LEFT JOIN end_user_balance b ON b.end_user_id = e.id AND b.pool_id = p.id"
-        f" AND b.end_user_id IN ({marks}) WHERE e.id IN ({marks})) x GROUP BY x.end_user_id"
+    return (
+        f"(SELECT CASE WHEN bool_and({fits}) IS FALSE THEN '{_UNFIT}' ELSE COALESCE("
+        f"json_agg(json_build_object({pairs}) ORDER BY x.pool_id)::text, '[]') END"
+        f" FROM (SELECT p.id AS pool_id, {_balance_columns('0')} FROM credit_pool p"
+        f" LEFT JOIN end_user_balance b ON b.end_user_id = {end_user} AND b.pool_id = p.id"
+        f" WHERE p.application_id = {application}) x)"
     )
-
-    async def work(db: Sql) -> list[Row] | None:
-        return await db.records(statement, *ids) if db.postgres else None
-
-    rows = await single_statement(work)
-    if rows is None or not all(row["fits"] for row in rows):
-        return None
-    return {row["end_user_id"]: row["answer"] for row in rows}
 
 
 # ------------------------------------------------------------------------------- summary
@@ -461,6 +453,12 @@ class Page:
     lines: list[EndUserLine]
     has_next: bool
     total: int
+    # each End User's balances as JSON text, when asked for and the database wrote them
+    balance_texts: dict[int, str] | None = None
+
+
+# The balances a page may carry as JSON (`balances_json_sql`): entries and type name.
+BalancesAsJson = tuple[tuple[tuple[str, str], ...], str]
 
 
 class _Params:
@@ -480,9 +478,11 @@ async def end_user_page(
     first: int,
     after: tuple[Any, int] | None,
     now: datetime,
+    balances: BalancesAsJson | None = None,
 ) -> Page:
     """A page of End Users after the keyset cursor (sort key, id) of the previous page's
-    last one, with the total count, in one statement. The order is total (ties broken by
+    last one, with the total count, in one statement; on PostgreSQL with their `balances`
+    as JSON too, when asked for. The order is total (ties broken by
     id, in the same direction), so pages never overlap or skip while the keys stay put; an
     End User whose key changes between two pages (it consumed) moves, as in any live order."""
     if listing.pool_id is None and (listing.statuses or listing.order != OrderField.CREATED):
@@ -529,11 +529,22 @@ async def end_user_page(
         f" t AS (SELECT {total} AS total),"
         f" page AS (SELECT * FROM x{keyset} ORDER BY x.k {direction}, x.id {direction}"
         f" LIMIT {param(first + 1)})"
-        " SELECT t.total, page.* FROM t LEFT JOIN page ON 1 = 1"
+        " SELECT t.total, page.*{json} FROM t LEFT JOIN page ON 1 = 1"
         f" ORDER BY page.k {direction}, page.id {direction}"
     )
-    rows = await single_statement(lambda db: db.records(statement, *param.values))
+    json = "" if balances is None else ", " + balances_json_sql("page.id", app, *balances) + " AS j"
+
+    async def work(db: Sql) -> list[Row]:
+        text = statement.replace("{json}", json if db.postgres else "")
+        return await db.records(text, *param.values)
+
+    rows = await single_statement(work)
     total = int(rows[0]["total"])
     rows = [row for row in rows if row["id"] is not None]
     lines = [_end_user(row, listing.pool_id, now) for row in rows[:first]]
-    return Page(lines=lines, has_next=len(rows) > first, total=total)
+    texts = None
+    if balances is not None and (not rows or "j" in rows[0].keys()):
+        texts = {row["id"]: row["j"] for row in rows[:first]}
+        if _UNFIT in texts.values():
+            texts = None
+    return Page(lines=lines, has_next=len(rows) > first, total=total, balance_texts=texts)

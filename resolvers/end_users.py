@@ -19,7 +19,6 @@ from models.allocation_report import (
     Page,
     StatusFilter,
     balance_lines,
-    balances_json,
 )
 from models.allocation_report import end_user_page as report_page
 from models.balances import EndUserBalanceSnapshot
@@ -387,7 +386,9 @@ async def end_user_page(
     cursor = None if after is None else decode_cursor(after, order)
     now = loaders_of(info).now
     selection = read_selection(info, CONNECTION_SHAPE) if splicing(info) else None
-    page = await report_page(application_id, listing, first, cursor, now)
+    entries = None if selection is None else balance_entries(selection)
+    as_json = None if entries is None else (entries, "EndUserBalance")
+    page = await report_page(application_id, listing, first, cursor, now, as_json)
     if selection is not None:
         try:
             return cast(EndUserConnection, await _preserialized(selection, page, order, now))
@@ -421,15 +422,12 @@ async def _preserialized(
     (written by the database itself where it can)."""
     lines = page.lines
     balances = Balances()
-    if lines and selects_balances(selection):
+    if page.balance_texts is not None:  # the database wrote them with the page
+        balances = Balances(texts=page.balance_texts)
+    elif lines and selects_balances(selection):
         ids = [line.id for line in lines]
-        entries = balance_entries(selection)
-        texts = None if entries is None else await balances_json(ids, entries, "EndUserBalance")
-        if texts is not None:
-            balances = Balances(texts=texts)
-        else:
-            burn = selects_burn(selection)
-            balances = Balances(lines=await balance_lines(ids, now, burn=burn))
+        burn = selects_burn(selection)
+        balances = Balances(lines=await balance_lines(ids, now, burn=burn))
     cursors = [encode_cursor(order, line.sort_key, line.id) for line in lines]
     return encode(connection_json(selection, lines, cursors, balances, page.has_next, page.total))
 
