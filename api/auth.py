@@ -3,11 +3,11 @@ credential is an API key (`ug_<key id>_<secret>`) or an End User token (`ugt_...
 
 from __future__ import annotations
 
+from models.access import Principal
 from models.accounts import InvalidCredential, verify_api_key
 from models.end_user_tokens import TOKEN_PREFIX, InvalidToken, verify_token
 from models.references import organization_of
 from models.tenancy import ApiKeyRole
-from resolvers.context import Principal
 
 # Far above any credential we issue (a key is 59 characters, a token a few hundred): a
 # longer one is refused unread.

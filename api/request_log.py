@@ -21,9 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.logging_setup import REQUEST_ID
 from models import clock
+from models.access import Principal
 from models.accounts import InvalidCredential
 from models.request_log import DRAFT_SCOPE_KEY, MAX_MESSAGE, RequestDraft, clip, draft_of
-from resolvers.context import Principal
 from resolvers.error_logging import code_of
 
 log = logging.getLogger("usagegraph.request_log")

@@ -407,8 +407,9 @@ async def captured_statements(
     """The statements (and arguments) one in-process execution of the query sends."""
     from asyncpg.connection import Connection
 
+    from models.access import Principal
     from models.tenancy import ApiKeyRole
-    from resolvers.context import Context, Principal
+    from resolvers.context import Context
     from resolvers.schema import schema
 
     seen: list[tuple[str, tuple]] = []

@@ -60,6 +60,15 @@ def forget_references() -> None:
     _owners.clear()
 
 
+def parse_id(value: object) -> int | None:
+    """A GraphQL ID of ours as an integer; None for anything that cannot be one."""
+    text = str(value)
+    if not text.isdigit() or len(text) > 19:
+        return None
+    number = int(text)
+    return number if 0 < number < 2**63 else None
+
+
 async def organization_of(application_id: int) -> int | None:
     """The organization owning an application (applications never move), None if none."""
     owner = _owners.get(application_id)

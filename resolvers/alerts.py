@@ -8,16 +8,17 @@ from datetime import datetime
 
 import strawberry
 
+from models.access import require_api_key, visible_application, writable_application
 from models.alerts import acknowledge_alert, set_low_balance_threshold
 from models.credits import CreditPool as PoolRow
 from models.credits import EndUser as EndUserRow
 from models.errors import DomainError, NotFound, ValidationFailed
 from models.records import Alert as AlertRow
 from models.records import AlertKind as DomainAlertKind
-from resolvers.access import require_api_key, visible_application, writable_application
+from models.references import parse_id
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
-from resolvers.errors import UserError, parse_id, query_error, user_errors
+from resolvers.errors import UserError, query_error, user_errors
 from resolvers.live import live_events
 from resolvers.pools import CreditPool, check_page_size
 from subscriptions.fanout import Topic

@@ -6,13 +6,14 @@ from datetime import datetime
 
 import strawberry
 
+from models.access import require_api_key, require_write, visible_application
 from models.accounts import create_api_key, list_api_keys, revoke_api_key
 from models.errors import DomainError, Forbidden, NotFound
+from models.references import parse_id
 from models.tenancy import ApiKey as ApiKeyRow
 from models.tenancy import ApiKeyRole as DomainApiKeyRole
-from resolvers.access import require_api_key, require_write, visible_application
 from resolvers.context import Info, principal_of
-from resolvers.errors import UserError, parse_id, query_error, user_errors
+from resolvers.errors import UserError, query_error, user_errors
 
 ApiKeyRole = strawberry.enum(DomainApiKeyRole, name="ApiKeyRole")
 

@@ -7,6 +7,13 @@ from typing import Annotated
 
 import strawberry
 
+from models.access import (
+    require_api_key,
+    require_end_user,
+    require_write,
+    visible_application,
+    writable_application,
+)
 from models.accounts import ApplicationLine, application_line, create_application
 from models.credits import CreditPool as PoolRow
 from models.credits import EndUser as EndUserRow
@@ -14,14 +21,8 @@ from models.end_users import EndUserInput as DomainEndUserInput
 from models.end_users import upsert_end_users
 from models.errors import DomainError, NotFound, ValidationFailed
 from models.pools import create_pool
+from models.references import parse_id
 from models.tenancy import Application as ApplicationRow
-from resolvers.access import (
-    require_api_key,
-    require_end_user,
-    require_write,
-    visible_application,
-    writable_application,
-)
 from resolvers.alerts import CreditAlertConnection, alert_page
 from resolvers.allocation_summary import AllocationSummary, allocation_summary_of
 from resolvers.api_keys import KEYS_DESCRIPTION, ApiKey, resolve_api_keys
@@ -51,7 +52,7 @@ from resolvers.end_users import (
     end_user_page,
     pool_id_of,
 )
-from resolvers.errors import UserError, parse_id, query_error, user_errors
+from resolvers.errors import UserError, query_error, user_errors
 from resolvers.loaders import loaders_of
 from resolvers.pools import CreateCreditPoolInput, CreateCreditPoolPayload, CreditPool
 from resolvers.request_log import (

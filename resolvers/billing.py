@@ -11,12 +11,12 @@ from urllib.parse import urlencode
 import strawberry
 
 from models import billing
+from models.access import require_api_key
 from models.errors import DomainError
 from models.export_links import LINK_TTL, sign_export
 from models.exports import ExportFormat as DomainExportFormat
 from models.exports import ExportSpec
 from models.exports import ExportType as DomainExportType
-from resolvers.access import require_api_key
 from resolvers.context import Info, principal_of
 from resolvers.errors import query_error
 

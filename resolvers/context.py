@@ -8,30 +8,9 @@ from typing import Any
 from graphql import GraphQLError
 from strawberry.types import Info as StrawberryInfo
 
+from models.access import Principal
 from models.request_log import draft_of
-from models.tenancy import ApiKeyRole
 from resolvers.cost_budgets import DEFAULT_BUDGETS, CostBudgets
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: an organization key (application_id None), an application key, or
-    an End User token (end_user_id set: it reads that End User's balances only)."""
-
-    organization_id: int
-    application_id: int | None
-    role: ApiKeyRole
-    api_key_id: int | None
-    key_id: str | None
-    end_user_id: int | None = None
-
-    @property
-    def can_write(self) -> bool:
-        return self.role == ApiKeyRole.ADMIN
-
-    @property
-    def organization_scoped(self) -> bool:
-        return self.application_id is None
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from resolvers.context import Principal
+    from models.access import Principal
 
 DEFAULT_MAX_QUERY_COST = 25_000
 DEFAULT_MAX_QUERY_COST_END_USER = 5_000

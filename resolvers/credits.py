@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import strawberry
 
+from models.access import writable_application
 from models.consume_batch import MAX_BATCH, Consumption
 from models.consumption_combiner import submit_consumptions
 from models.credits import CreditPack as PackRow
@@ -22,7 +23,6 @@ from models.ledger import (
     purchase_credits,
     release_credits,
 )
-from resolvers.access import writable_application
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUserBalance, EndUserRef
 from resolvers.errors import UserError, user_errors

@@ -7,13 +7,13 @@ from datetime import datetime
 
 import strawberry
 
+from models.access import require_api_key, visible_application
 from models.end_user_tokens import (
     create_temporary_code,
     exchange_temporary_code,
     issue_end_user_token,
 )
 from models.errors import DomainError
-from resolvers.access import require_api_key, visible_application
 from resolvers.context import Info, note_application, principal_of
 from resolvers.end_users import EndUserRef
 from resolvers.errors import UserError, user_errors

@@ -25,6 +25,7 @@ from models.balances import EndUserBalanceSnapshot
 from models.credits import EndUser as EndUserRow
 from models.errors import NotFound, ValidationFailed, excerpt
 from models.references import EndUserRef as DomainEndUserRef
+from models.references import parse_id
 from resolvers.consumption import (
     SERIES_DESCRIPTION,
     ConsumptionSeries,
@@ -40,7 +41,7 @@ from resolvers.end_user_json import (
     selects_balances,
     selects_burn,
 )
-from resolvers.errors import UserError, parse_id, query_error
+from resolvers.errors import UserError, query_error
 from resolvers.loaders import loaders_of
 from resolvers.pools import BalanceStatus, check_page_size
 from resolvers.preserialized import (

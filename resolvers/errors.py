@@ -49,12 +49,3 @@ def unavailable_error(error: GraphQLError) -> GraphQLError:
         path=error.path,
         extensions={"code": UNAVAILABLE},
     )
-
-
-def parse_id(value: object) -> int | None:
-    """A GraphQL ID of ours as an integer; None for anything that cannot be one."""
-    text = str(value)
-    if not text.isdigit() or len(text) > 19:
-        return None
-    number = int(text)
-    return number if 0 < number < 2**63 else None

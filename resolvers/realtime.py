@@ -7,13 +7,14 @@ from datetime import datetime
 
 import strawberry
 
+from models.access import require_end_user, visible_application
 from models.balances import BalanceCause
 from models.credits import EndUser as EndUserRow
 from models.errors import DomainError, NotFound
-from resolvers.access import require_end_user, visible_application
+from models.references import parse_id
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser
-from resolvers.errors import parse_id, query_error
+from resolvers.errors import query_error
 from resolvers.live import live_events
 from resolvers.pools import BalanceStatus
 from subscriptions.fanout import Topic

@@ -11,11 +11,11 @@ from typing import Any, cast
 
 import strawberry
 
+from models.access import require_api_key, visible_application
 from models.consumption import Granularity as DomainGranularity
 from models.credits import EndUser as EndUserRow
 from models.errors import DomainError, NotFound, ValidationFailed
 from models.request_log import LogFilter, Outcome, entry_page, request_volume
-from resolvers.access import require_api_key, visible_application
 from resolvers.consumption import Granularity
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser, EndUserRef, PageInfo

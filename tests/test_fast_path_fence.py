@@ -13,8 +13,9 @@ import pytest
 import strawberry
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from models.access import Principal
 from models.tenancy import ApiKeyRole
-from resolvers.context import Context, Principal
+from resolvers.context import Context
 from resolvers.runtime import versions
 from resolvers.runtime.plain_lists import PlainListExecutor
 from resolvers.runtime.versions import VERIFIED, decide

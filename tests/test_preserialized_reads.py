@@ -17,6 +17,7 @@ import pytest
 import strawberry
 
 from api.http_answer import encode_json
+from models.access import Principal
 from models.accounts import create_application, create_organization
 from models.alerts import set_low_balance_threshold
 from models.end_users import EndUserInput, upsert_end_users
@@ -26,7 +27,7 @@ from models.request_log import LogRow, insert_entries
 from models.rollups import fold_usage
 from models.tenancy import ApiKeyRole
 from resolvers import end_users, request_log
-from resolvers.context import Context, Principal
+from resolvers.context import Context
 from resolvers.runtime.versions import fast_paths_enabled
 from resolvers.schema import Mutation, Query, Subscription, schema
 from tests.conftest import Backend

@@ -16,6 +16,7 @@ import strawberry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from models.access import Principal
 from models.accounts import create_application, create_organization
 from models.allocation_report import balance_lines, window_days
 from models.consumption import (
@@ -34,7 +35,7 @@ from models.rollups import fold_usage, window_start
 from models.sql import Sql, single_statement, transaction
 from models.tenancy import ApiKeyRole
 from models.verify import verify_ledger
-from resolvers.context import Context, Principal
+from resolvers.context import Context
 from resolvers.runtime.plain_lists import PlainListExecutor
 from resolvers.schema import Mutation, Query, Subscription, schema
 from tests.conftest import Backend

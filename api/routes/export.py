@@ -26,6 +26,7 @@ from api.auth import authenticate
 from api.database import plain_postgres_dsn
 from api.settings import Settings
 from api.unavailable import unavailable_as
+from models.access import require_api_key, visible_application
 from models.accounts import InvalidCredential
 from models.errors import DomainError, NotFound, ValidationFailed
 from models.export_links import InvalidLink, same_export, verify_export
@@ -39,7 +40,6 @@ from models.exports import (
     export_batches,
 )
 from models.tenancy import ApiKey, Application
-from resolvers.access import require_api_key, visible_application
 
 MEDIA_TYPES = {
     ExportFormat.CSV: "text/csv; charset=utf-8",

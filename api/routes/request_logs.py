@@ -24,6 +24,7 @@ from api.auth import authenticate
 from api.request_log import note_error, note_principal
 from api.request_log_writer import store_and_publish
 from api.unavailable import unavailable_as
+from models.access import Principal, require_api_key, require_write
 from models.accounts import InvalidCredential
 from models.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from models.references import organization_of
@@ -35,8 +36,6 @@ from models.request_log import (
     Outcome,
     outcome_for,
 )
-from resolvers.access import require_api_key, require_write
-from resolvers.context import Principal
 
 MAX_RECORDS = 1_000
 

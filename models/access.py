@@ -1,12 +1,35 @@
-"""Which applications a principal may read or write (docs/api.md#credentials). Anything outside
+"""Who is calling and which applications they may read or write (docs/api.md#credentials).
+GraphQL resolvers and REST routes both check a caller through these rules; anything outside
 answers NOT_FOUND, never a hint that it exists."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from models.errors import Forbidden, NotFound
-from models.references import organization_of
-from resolvers.context import Principal
-from resolvers.errors import parse_id
+from models.references import organization_of, parse_id
+from models.tenancy import ApiKeyRole
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: an organization key (application_id None), an application key, or
+    an End User token (end_user_id set: it reads that End User's balances only)."""
+
+    organization_id: int
+    application_id: int | None
+    role: ApiKeyRole
+    api_key_id: int | None
+    key_id: str | None
+    end_user_id: int | None = None
+
+    @property
+    def can_write(self) -> bool:
+        return self.role == ApiKeyRole.ADMIN
+
+    @property
+    def organization_scoped(self) -> bool:
+        return self.application_id is None
 
 
 async def visible_application(principal: Principal, application_id: object) -> int:
