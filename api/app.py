@@ -58,12 +58,13 @@ from api.routes.health import health_routes
 from api.routes.request_logs import ingest_route
 from api.routes.usage_page import usage_page_route
 from api.settings import Settings, get_settings
+from api.transport import LiveGraphQLWSHandler, LiveTransportWSHandler, serve_websocket
 from api.unavailable import TransientFailureMiddleware, mark_unavailable
-from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler, connection_handler
 from models.accounts import InvalidCredential
 from models.api_key_use import flush_key_use
 from resolvers.context import Context
 from resolvers.cost_budgets import DEFAULT_BUDGETS, CostBudgets
+from resolvers.runtime.versions import fast_paths_enabled
 from resolvers.schema import schema
 from subscriptions.realtime import Realtime
 
@@ -74,11 +75,10 @@ NOT_A_NAME = "The GraphQL operation's `operationName` must be a string or null, 
 
 
 class UsageGraphQL(GraphQL):
-    """Strawberry's ASGI view with our context, WebSocket authentication and subscriptions
-    rendered once per selection (api/websocket.py)."""
-
-    graphql_transport_ws_handler_class = LiveTransportWSHandler
-    graphql_ws_handler_class = LiveGraphQLWSHandler
+    """Strawberry's ASGI view with our context and WebSocket authentication. WebSockets go
+    through our transport (api/transport/: subscriptions rendered once per selection) when
+    `fast_websockets` (by default: when the fast paths may run), else through Strawberry's
+    stock handlers."""
 
     def __init__(
         self,
@@ -87,6 +87,7 @@ class UsageGraphQL(GraphQL):
         secret: str,
         public_url: str | None = None,
         cost_budgets: CostBudgets = DEFAULT_BUDGETS,
+        fast_websockets: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -94,6 +95,10 @@ class UsageGraphQL(GraphQL):
         self.secret = secret
         self.public_url = public_url
         self.cost_budgets = cost_budgets
+        self.fast_websockets = fast_paths_enabled() if fast_websockets is None else fast_websockets
+        if self.fast_websockets:
+            self.graphql_transport_ws_handler_class = LiveTransportWSHandler
+            self.graphql_ws_handler_class = LiveGraphQLWSHandler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -104,9 +109,11 @@ class UsageGraphQL(GraphQL):
                 response = refusal(error, request.headers.get("accept"))
             await response(scope, receive, send)
             return
-        handler = await connection_handler(self, WebSocket(scope, receive=receive, send=send))
-        if handler is not None:
-            await handler.handle()
+        websocket = WebSocket(scope, receive=receive, send=send)
+        if self.fast_websockets:
+            await serve_websocket(self, websocket)
+        else:
+            await self.run(websocket)
 
     async def get_context(self, request: Any, response: Any = None) -> Context:
         return Context(
@@ -290,9 +297,15 @@ def _middleware(settings: Settings, request_log: RequestLogWriter) -> list[Middl
     ]
 
 
-def create_app(settings: Settings | None = None, *, migrate: bool | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    migrate: bool | None = None,
+    fast_websockets: bool | None = None,
+) -> Starlette:
     """The service. `migrate` (default: on the embedded SQLite default) applies pending
-    migrations at start-up; on PostgreSQL run `usagegraph migrate` as a deploy step."""
+    migrations at start-up; on PostgreSQL run `usagegraph migrate` as a deploy step.
+    `fast_websockets`: see `UsageGraphQL`."""
     settings = settings or get_settings()
     apply = (not settings.is_postgres) if migrate is None else migrate
     realtime = Realtime.create(
@@ -344,6 +357,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         secret=settings.secret,
         public_url=settings.public_url,
         cost_budgets=settings.cost_budgets,
+        fast_websockets=fast_websockets,
     )
     app = Starlette(
         routes=[

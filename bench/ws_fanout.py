@@ -205,18 +205,13 @@ class RawEndpoint:
 
 def server_app() -> Starlette:
     """The uvicorn factory: the real app, plus the raw baseline routes."""
-    from api.app import UsageGraphQL, create_app
+    from api.app import create_app
 
     raise_open_files_limit()
-    if os.environ.get(PER_SUBSCRIBER_ENV):
-        from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-            BaseGraphQLTransportWSHandler,
-        )
-
-        # Strawberry's own handler: the resolver gets no LiveFeed and yields each event,
-        # which Strawberry executes per subscriber.
-        UsageGraphQL.graphql_transport_ws_handler_class = BaseGraphQLTransportWSHandler
-    app = create_app(migrate=False)
+    # Per subscriber: Strawberry's stock WebSocket handlers (what the view serves when the
+    # fast paths are off), every other fast path on: each event executed per subscriber.
+    stock = bool(os.environ.get(PER_SUBSCRIBER_ENV))
+    app = create_app(migrate=False, fast_websockets=False if stock else None)
     raw = RawEndpoint()
     app.router.routes[:0] = [
         WebSocketRoute("/raw", raw.endpoint),

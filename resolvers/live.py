@@ -1,6 +1,6 @@
 """How a subscription resolver hands its events over.
 
-Over WebSocket (api/websocket.py) every operation runs with a `LiveFeed` as its root value.
+Over WebSocket (api/transport/) every operation runs with a `LiveFeed` as its root value.
 A subscription resolver checks access, then hands its topic and its event type to the feed
 and ends without yielding: the handler then sends the topic's events rendered once per
 selection, shared with every subscriber of the same document, operation and shaping

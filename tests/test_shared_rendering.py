@@ -1,4 +1,4 @@
-"""Subscriptions rendered once per selection (api/websocket.py, subscriptions/fanout.py):
+"""Subscriptions rendered once per selection (api/transport/, subscriptions/fanout.py):
 subscribers of one (document, operation, shaping variables) share each rendering, whatever
 their topic filters, protocol or credential; other selections are rendered apart and right;
 a slow subscriber is conflated and holds nobody up."""
@@ -15,7 +15,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from api.websocket import _shaping_variables
+from api.transport.handlers import _shaping_variables
 from models.records import OutboxEvent
 from subscriptions.broker import InProcessBroker, application_channel
 from subscriptions.fanout import Fanout, Selection, Topic
@@ -302,7 +302,7 @@ async def test_an_idle_subscription_runs_no_task_and_keeps_its_protocol_state(
 ) -> None:
     """No task while idle, yet the operation stays counted by the per-connection limit,
     stops (legacy: answered with `complete`), gets events, and leaves on close."""
-    from api.websocket import LiveGraphQLWSHandler, LiveTransportWSHandler
+    from api.transport.handlers import LiveGraphQLWSHandler, LiveTransportWSHandler
 
     for handler in (LiveTransportWSHandler, LiveGraphQLWSHandler):  # the view passes 100
         limit = property(lambda _: 2, lambda *_: None)

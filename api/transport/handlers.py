@@ -1,4 +1,6 @@
-"""WebSocket subscriptions rendered once per selection.
+"""Our two protocol handlers: Strawberry's graphql-transport-ws and legacy graphql-ws
+handlers, subclassed, with some methods copied from strawberry-graphql 0.341.2 (verified
+against it and graphql-core 3.3.2, `resolvers.runtime.versions.VERIFIED`).
 
 Strawberry runs a WebSocket operation per subscriber: it parses and validates the document
 (with our extensions and caches), runs the subscription resolver (which authorises the
