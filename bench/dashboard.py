@@ -38,7 +38,7 @@ newest packs, the "ai" allocation summary with its top 10 consumers and 10 End U
 to running out, the first 50 End Users with their balances (burn rates and projected
 exhaustion included), and the last 50 request-log entries when the schema has them.
 
-    .venv/bin/python bench/dashboard.py [--quick] [--end-users N] [--events N] [--clients 16]
+    .venv/bin/python -m bench.dashboard [--quick] [--end-users N] [--events N] [--clients 16]
         [--keep] [--database NAME] [--profile FILE]
 
 `--quick` (1,000 End Users, 50,000 events, 5 s) checks that everything runs. `--keep`
@@ -56,37 +56,40 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from api.database import (  # noqa: E402
-    PooledConnection,
-    apply_migrations,
-    close_database,
-    init_database,
+from api.database import PooledConnection, close_database
+from api.settings import Settings
+from bench.dashboard_query import DASHBOARD
+from bench.harness import (
+    DEFAULT_ADMIN_DSN,
+    ROOT,
+    PySpy,
+    Runner,
+    Server,
+    create_database,
+    database_urls,
+    drop_database,
+    first_answer,
+    load_runner,
+    machine_line,
+    open_database,
+    percentile,
+    process_cpu_seconds,
+    start_server,
+    usagegraph_serve,
 )
-from api.settings import Settings  # noqa: E402
-from tests.dashboard_query import DASHBOARD  # noqa: E402
 
-DEFAULT_ADMIN_DSN = os.environ.get(
-    "USAGEGRAPH_BENCH_PG",
-    os.environ.get("USAGEGRAPH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"),
-)
 THRESHOLD = 50
 
 # -------------------------------------------------------------------------------- data
@@ -260,7 +263,8 @@ async def kept_application(dsn: str) -> tuple[int, int]:
 async def verified(url: str) -> bool:
     verify = await asyncio.to_thread(
         subprocess.run,
-        [str(ROOT / ".venv" / "bin" / "usagegraph"), "verify"],
+        [sys.executable, "-c", "from api.cli import main; main()", "verify"],
+        cwd=ROOT,
         env={**os.environ, "DATABASE_URL": url},
         capture_output=True,
         text=True,
@@ -270,132 +274,6 @@ async def verified(url: str) -> bool:
         f"{verify.stderr.strip()[:500]}"
     )
     return verify.returncode == 0
-
-
-# -------------------------------------------------------------------------------- load
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds a process has used (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def first_answer(
-    endpoint: str, key: str, body: dict[str, Any], patience: float = 20
-) -> httpx.Response:
-    """The first answer of a server just started (retried for `patience` seconds while it
-    does not listen yet)."""
-    async with httpx.AsyncClient(timeout=30) as client:
-        for _ in range(int(patience * 10)):
-            try:
-                return await client.post(
-                    endpoint, json=body, headers={"Authorization": f"Bearer {key}"}
-                )
-            except httpx.TransportError:
-                await asyncio.sleep(0.1)
-    raise RuntimeError(f"no server answered at {endpoint}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def httpx_load(
-    url: str, key: str, body: dict[str, Any], clients: int, warmup: float, seconds: float
-) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        headers = {"Authorization": f"Bearer {key}"}
-        start = time.perf_counter()
-        measure_from = start + warmup
-        stop = measure_from + seconds
-
-        async def worker() -> None:
-            nonlocal errors
-            while (now := time.perf_counter()) < stop:
-                response = await client.post(url, json=body, headers=headers)
-                done = time.perf_counter()
-                if response.status_code != 200 or b'"errors"' in response.content:
-                    errors += 1
-                if now >= measure_from:
-                    latencies.append(done - now)
-
-        await asyncio.gather(*(worker() for _ in range(clients)))
-    return {
-        "rate": len(latencies) / seconds,
-        "p50": percentile(latencies, 0.5) * 1000,
-        "p99": percentile(latencies, 0.99) * 1000,
-        "errors": errors,
-    }
-
-
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer " .. os.getenv("USAGEGRAPH_WRK_KEY")
-local f = io.open(os.getenv("USAGEGRAPH_WRK_BODY"), "r")
-wrk.body = f:read("*a")
-f:close()
-errors = 0
-function response(status, headers, body)
-  if status ~= 200 or string.find(body, '"errors"', 1, true) then errors = errors + 1 end
-end
-function done(summary, latency, requests)
-  io.write(string.format("WRK_RESULT requests=%d p50=%d p99=%d seconds=%f non200=%d\\n",
-    summary.requests, latency:percentile(50), latency:percentile(99),
-    summary.duration / 1e6, summary.errors.status))
-end
-"""
-
-
-async def wrk_load(
-    url: str, key: str, body: dict[str, Any], clients: int, warmup: float, seconds: float
-) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        script, body_file = Path(tmp) / "dashboard.lua", Path(tmp) / "body.json"
-        script.write_text(WRK_SCRIPT)
-        body_file.write_text(json.dumps(body))
-        env = {**os.environ, "USAGEGRAPH_WRK_KEY": key, "USAGEGRAPH_WRK_BODY": str(body_file)}
-        threads = str(min(2, clients))
-
-        def wrk(duration: float) -> list[str]:
-            whole = f"{max(1, round(duration))}s"  # wrk takes whole seconds
-            return ["wrk", "-t", threads, "-c", str(clients), "-d", whole, "-s", str(script), url]
-
-        if warmup > 0:
-            await _run(wrk(warmup), env)
-        out = await _run(
-            wrk(seconds),
-            env,
-        )
-    line = next((x for x in out.splitlines() if x.startswith("WRK_RESULT")), None)
-    if line is None:
-        raise RuntimeError(f"wrk gave no result: {out[-2000:]}")
-    fields = dict(part.split("=") for part in line.split()[1:])
-    return {
-        "rate": int(fields["requests"]) / float(fields["seconds"]),
-        "p50": int(fields["p50"]) / 1000,
-        "p99": int(fields["p99"]) / 1000,
-        "errors": int(fields["non200"]),
-    }
-
-
-async def _run(command: list[str], env: dict[str, str]) -> str:
-    process = await asyncio.create_subprocess_exec(
-        *command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    out, _ = await process.communicate()
-    return out.decode()
 
 
 # ------------------------------------------------------------------------------ raw SQL
@@ -492,28 +370,29 @@ def serve_bare(port: int, answer_file: str) -> None:
 
 
 async def bare_http(
-    runner: Any, answer: bytes, key: str, body: dict[str, Any], clients: int, seconds: float
+    runner: Runner, answer: bytes, key: str, body: dict[str, Any], clients: int, seconds: float
 ) -> dict[str, float]:
     """Load the HTTP floor server (`serve_bare`) like the real one: rate, latencies and its
     CPU per request."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as answer_file:
-        answer_file.write(answer)
-        answer_file.flush()
-        port = free_port()
-        server = subprocess.Popen(  # noqa: ASYNC220 (started once, before its load)
-            [sys.executable, __file__, "--serve-bare", str(port), answer_file.name],
-            stdout=subprocess.DEVNULL,
+    with tempfile.TemporaryDirectory() as work:
+        answer_file = Path(work) / "answer.json"
+        answer_file.write_bytes(answer)
+        server = start_server(
+            lambda port: [
+                *(sys.executable, "-m", "bench.dashboard", "--serve-bare"),
+                *(str(port), str(answer_file)),
+            ],
+            {},
+            Path(work),
         )
         try:
-            endpoint = f"http://127.0.0.1:{port}/graphql"
-            await first_answer(endpoint, key, body)
-            await runner(endpoint, key, body, clients, 0, 2)  # warm up
+            await first_answer(server.url, key, body)
+            await runner(server.url, key, body, clients, 0, 2)  # warm up
             cpu_before = process_cpu_seconds(server.pid)
-            result = await runner(endpoint, key, body, clients, 0, seconds)
+            result = await runner(server.url, key, body, clients, 0, seconds)
             cpu = process_cpu_seconds(server.pid) - cpu_before
         finally:
-            server.terminate()
-            server.wait(10)
+            server.stop()
     result["cpu_ms"] = cpu * 1000 / max(1, result["rate"] * seconds)
     return result
 
@@ -588,15 +467,10 @@ class BenchDatabase:
     reused: bool
 
 
-async def create_database(options: argparse.Namespace) -> BenchDatabase:
+async def bench_database(options: argparse.Namespace) -> BenchDatabase:
     """A new scratch database, or the kept one `--database` names."""
-    name = options.database or f"usagegraph_dashboard_{uuid.uuid4().hex[:8]}"
-    if options.database is None:
-        admin = await asyncpg.connect(options.admin_dsn)
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        await admin.close()
-    dsn = options.admin_dsn.rsplit("/", 1)[0] + "/" + name
-    url = dsn.replace("postgresql://", "postgres://", 1)
+    name = options.database or await create_database(options.admin_dsn, "usagegraph_dashboard")
+    url, dsn = database_urls(options.admin_dsn, name)
     return BenchDatabase(name, dsn, url, options.database is not None)
 
 
@@ -604,10 +478,7 @@ async def populate(db: BenchDatabase, options: argparse.Namespace) -> tuple[int,
     """Migrates, generates the data (or finds a kept database's application) and folds the
     rollups; the application and a READ key of it, or None when `usagegraph verify` fails.
     Leaves the ORM initialised on the database (`close_database` when done with it)."""
-    settings = Settings(DATABASE_URL=db.url)
-    await apply_migrations(settings)
-    await close_database()
-    await init_database(settings)
+    await open_database(Settings(DATABASE_URL=db.url))
     from models.accounts import create_api_key, create_application, create_organization
     from models.rollups import fold_usage
     from models.tenancy import ApiKeyRole
@@ -638,35 +509,13 @@ async def release_database(db: BenchDatabase, options: argparse.Namespace) -> No
     await close_database()
     if options.keep:
         print(f"kept database {db.name}")
-        return
-    admin = await asyncpg.connect(options.admin_dsn)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
-    await admin.close()
+    else:
+        await drop_database(options.admin_dsn, db.name)
 
 
-def start_server(url: str) -> tuple[subprocess.Popen[bytes], str]:
-    """One `usagegraph serve` process on the database, and its GraphQL endpoint."""
-    port = free_port()
-    command = [str(ROOT / ".venv" / "bin" / "usagegraph"), "serve", "--port", str(port)]
-    server = subprocess.Popen(
-        [*command, "--no-access-log"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    return server, f"http://127.0.0.1:{port}/graphql"
-
-
-def stop(server: subprocess.Popen[bytes] | None) -> None:
-    if server is None:
-        return
-    server.terminate()
-    try:
-        server.wait(10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+def start_usagegraph(db: BenchDatabase, log_dir: Path) -> Server:
+    """One `usagegraph serve` process on the database."""
+    return start_server(usagegraph_serve, {"DATABASE_URL": db.url}, log_dir)
 
 
 # -------------------------------------------------------------------------------- main
@@ -676,9 +525,10 @@ async def main() -> int:
     parser = bench_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--profile", help="py-spy collapsed stacks of the server to this file")
     options = parsed(parser)
-    load = options.load or ("wrk" if shutil.which("wrk") else "httpx")
-    db = await create_database(options)
-    server: subprocess.Popen[bytes] | None = None
+    load, runner = load_runner(options.load)
+    db = await bench_database(options)
+    server: Server | None = None
+    work = Path(tempfile.mkdtemp(prefix="usagegraph_dashboard_"))
     status = 0
     try:
         prepared = await populate(db, options)
@@ -697,7 +547,8 @@ async def main() -> int:
         statements = await captured_statements(app, query, variables)
         await close_database()
 
-        server, endpoint = start_server(db.url)
+        server = start_usagegraph(db, work)
+        endpoint = server.url
         body = {"query": query, "variables": variables}
         response = await first_answer(endpoint, key, body)
         data = response.json()
@@ -711,26 +562,9 @@ async def main() -> int:
             f" {len(application['endUsers']['edges'])} End Users of"
             f" {application['endUsers']['totalCount']:,}; the last 50 request log entries"
         )
-        runner = wrk_load if load == "wrk" else httpx_load
-        profiler = None
+        profiler = PySpy(options.profile is not None)
         if options.profile:
-            profiler = subprocess.Popen(  # noqa: ASYNC220 (started once, before the load)
-                [
-                    str(ROOT / ".venv" / "bin" / "py-spy"),
-                    "record",
-                    "--pid",
-                    str(server.pid),
-                    "--format",
-                    "raw",
-                    "--output",
-                    options.profile,
-                    "--duration",
-                    str(int(options.warmup + options.seconds)),
-                    "--nonblocking",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            profiler.start(server.pid, Path(options.profile), options.warmup + options.seconds)
         if options.warmup > 0:
             await runner(endpoint, key, body, options.clients, 0, options.warmup)
         cpu_before = process_cpu_seconds(server.pid)
@@ -740,8 +574,7 @@ async def main() -> int:
             * 1000
             / (result["rate"] * options.seconds)
         )
-        if profiler is not None:
-            await asyncio.to_thread(profiler.wait)
+        await asyncio.to_thread(profiler.stop)
         if result["errors"]:
             print(f"{result['errors']} failed requests")
             status = 1
@@ -761,10 +594,7 @@ async def main() -> int:
             f"| dashboard query over HTTP, one server process | {result['rate']:,.0f}"
             f" | {result['p50']:.1f} ms | {result['p99']:.1f} ms |"
         )
-        print(
-            f"| (server process CPU per dashboard: {server_ms:.1f} ms; machine load"
-            f" average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) | | | |"
-        )
+        print(f"| (server process CPU per dashboard: {server_ms:.1f} ms; {machine_line()}) | | | |")
         print(
             f"| its {len(statements)} statements, raw asyncpg | {raw['rate']:,.0f}"
             f" | {raw['p50']:.1f} ms | {raw['p99']:.1f} ms |"
@@ -796,8 +626,10 @@ async def main() -> int:
             f" {encode_ms:.2f})"
         )
     finally:
-        stop(server)
+        if server is not None:
+            server.stop()
         await release_database(db, options)
+        shutil.rmtree(work, ignore_errors=True)
     return status
 
 

@@ -21,52 +21,54 @@ Before any timing, both answers must carry the same numbers for every row of the
                   its background jobs run, both counted in its figures.
     one client    `--rounds` rounds of `--single-seconds`: p50 of sequential requests.
 Medians of the rounds are printed per system with the ratios (usagegraph / PostGraphile),
-beside the floors of usagegraph's answer as bench/dashboard.py measures them: its
+beside the floors of usagegraph's answer as `bench.dashboard` measures them: its
 statements replayed by raw asyncpg and the same answer bytes from a bare HTTP endpoint.
 
-    .venv/bin/python bench/dashboard_peer.py [--quick] [--database NAME] [--clients 16]
+    .venv/bin/python -m bench.dashboard_peer [--quick] [--database NAME] [--clients 16]
         [--seconds 20] [--single-seconds 10] [--rounds 3]
 
-Data as bench/dashboard.py generates it (ANALYZE included); `--keep` and `--database NAME`
-as there (generate once with `bench/dashboard.py --keep`, then compare with `--database`).
+Data as `bench.dashboard` generates it (ANALYZE included); `--keep` and `--database NAME`
+as there (generate once with `python -m bench.dashboard --keep`, then compare with `--database`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import asyncpg
 import httpx
-from dashboard import (
+
+from bench.dashboard import (
     BenchDatabase,
     bare_http,
     bench_arguments,
+    bench_database,
     captured_statements,
     close_database,
-    create_database,
-    first_answer,
-    free_port,
-    httpx_load,
     parsed,
     populate,
-    process_cpu_seconds,
     raw_replay,
     release_database,
+    start_usagegraph,
+)
+from bench.harness import (
+    Runner,
+    Server,
+    first_answer,
+    load_runner,
+    machine_line,
+    process_cpu_seconds,
     start_server,
-    stop,
-    wrk_load,
 )
 
 PEER = Path(__file__).resolve().parent / "postgraphile"
@@ -116,7 +118,6 @@ query Nested($id: BigInt!) {
 }"""
 
 Page = dict[str, Any]
-Runner = Callable[..., Awaitable[dict[str, float]]]
 
 
 # ------------------------------------------------------------------ the same numbers
@@ -215,22 +216,19 @@ def peer_node() -> Path:
     return node
 
 
-def start_postgraphile(url: str, log: IO[bytes]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def start_postgraphile(url: str, log_dir: Path) -> Server:
     cli = PEER / "node_modules" / "postgraphile" / "dist" / "cli-run.js"
-    server = subprocess.Popen(
-        [str(peer_node()), str(cli), "-C", "graphile.config.mjs"],
-        cwd=PEER,
-        env={
-            **os.environ,
+    node = peer_node()
+    return start_server(
+        # `env` execs node: the process started is PostGraphile's
+        lambda port: ["env", f"PORT={port}", str(node), str(cli), "-C", "graphile.config.mjs"],
+        {
             "DATABASE_URL": f"{url}?application_name={PEER_APPLICATION_NAME}",
-            "PORT": str(port),
             "NODE_ENV": "production",
         },
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        log_dir,
+        cwd=PEER,
     )
-    return server, f"http://127.0.0.1:{port}/graphql"
 
 
 async def install_computed_columns(dsn: str) -> None:
@@ -249,7 +247,7 @@ async def install_computed_columns(dsn: str) -> None:
 @dataclass(slots=True)
 class System:
     name: str
-    server: subprocess.Popen[bytes]
+    server: Server
     endpoint: str
     body: dict[str, Any]
     peer: bool = False  # its backends carry PEER_APPLICATION_NAME
@@ -390,11 +388,10 @@ async def main() -> int:
     options = parsed(parser)
     if options.quick:
         options.single_seconds = 3
-    load = options.load or ("wrk" if shutil.which("wrk") else "httpx")
-    runner: Runner = wrk_load if load == "wrk" else httpx_load
-    db: BenchDatabase = await create_database(options)
-    servers: list[subprocess.Popen[bytes]] = []
-    peer_log = tempfile.TemporaryFile()
+    load, runner = load_runner(options.load)
+    db: BenchDatabase = await bench_database(options)
+    servers: list[Server] = []
+    work = Path(tempfile.mkdtemp(prefix="usagegraph_dashboard_peer_"))
     try:
         prepared = await populate(db, options)
         if prepared is None:
@@ -405,24 +402,17 @@ async def main() -> int:
         await close_database()
         await install_computed_columns(db.dsn)
 
-        server, endpoint = start_server(db.url)
-        servers.append(server)
-        ours = System("usagegraph", server, endpoint, {"query": NESTED, "variables": variables})
-        server, endpoint = start_postgraphile(db.url, peer_log)
-        servers.append(server)
-        theirs = System(
-            "PostGraphile 5",
-            server,
-            endpoint,
-            {"query": PEER_NESTED, "variables": variables},
-            peer=True,
-        )
+        servers.append(start_usagegraph(db, work))
+        body = {"query": NESTED, "variables": variables}
+        ours = System("usagegraph", servers[-1], servers[-1].url, body)
+        servers.append(start_postgraphile(db.url, work))
+        body = {"query": PEER_NESTED, "variables": variables}
+        theirs = System("PostGraphile 5", servers[-1], servers[-1].url, body, peer=True)
         await first_answer(ours.endpoint, key, ours.body)
         try:
             await first_answer(theirs.endpoint, key, theirs.body, patience=120)
         except RuntimeError:
-            peer_log.seek(0)
-            print(peer_log.read().decode()[-3000:])
+            print(theirs.server.tail(60))
             raise
         for system in (ours, theirs):  # warm, and a full page of request log to compare
             await runner(system.endpoint, key, system.body, options.clients, 0, options.warmup)
@@ -443,7 +433,7 @@ async def main() -> int:
             f" CPU each; the same bytes from a bare Starlette endpoint {bare['rate']:,.0f}/s,"
             f" p50 {bare['p50']:.1f} ms, {bare['cpu_ms']:.2f} ms CPU each"
         )
-        print(f"(machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        print(f"({machine_line()})")
         failed = sum(r["errors"] for s in (ours, theirs) for r in s.rounds)
         if failed:
             print(f"{failed} failed requests")
@@ -451,9 +441,9 @@ async def main() -> int:
         return 0
     finally:
         for server in servers:
-            stop(server)
-        peer_log.close()
+            server.stop()
         await release_database(db, options)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

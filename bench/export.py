@@ -24,37 +24,42 @@ Figures
 
 Targets: at least 100,000 rows/s and RSS growth under 50 MB for 1,000,000 rows.
 
-    .venv/bin/python bench/export.py            # 1,000,000 rows, 10,000 End Users
-    .venv/bin/python bench/export.py --quick    # 50,000 rows, 1,000 End Users
+    .venv/bin/python -m bench.export            # 1,000,000 rows, 10,000 End Users
+    .venv/bin/python -m bench.export --quick    # 50,000 rows, 1,000 End Users
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
+import shutil
 import subprocess
-import sys
+import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from api.database import close_database
+from api.settings import Settings
+from bench.harness import (
+    DEFAULT_ADMIN_DSN,
+    Server,
+    create_database,
+    database_urls,
+    drop_database,
+    open_database,
+    rss_kb,
+    start_server,
+    usagegraph_serve,
+)
+from models.accounts import create_api_key, create_application, create_organization
+from models.exports import QUERIES, ExportType, postgres_statement
+from models.ledger import purchase_credits
+from models.tenancy import ApiKeyRole
+from models.verify import verify_ledger
 
-from api.database import apply_migrations, close_database, init_database  # noqa: E402
-from api.settings import Settings  # noqa: E402
-from models.accounts import create_api_key, create_application, create_organization  # noqa: E402
-from models.exports import QUERIES, ExportType, postgres_statement  # noqa: E402
-from models.ledger import purchase_credits  # noqa: E402
-from models.tenancy import ApiKeyRole  # noqa: E402
-from models.verify import verify_ledger  # noqa: E402
-
-ADMIN_DSN = os.environ.get("USAGEGRAPH_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 DAYS = 90
 
 
@@ -154,16 +159,6 @@ async def load(dsn: str, application_id: int, rows: int, users: int) -> None:
         await conn.close()
 
 
-def rss_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process, in kB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0])
-    return fields["VmRSS"], fields["VmHWM"]
-
-
 async def download(url: str, key: str) -> tuple[int, int, float]:
     """(HTTP status, lines, seconds) of a curl download piped into wc -l."""
     started = time.perf_counter()
@@ -225,23 +220,6 @@ async def raw_copy(dsn: str, application_id: int, start: datetime, end: datetime
     return {"rows": counted["lines"] - 1, "seconds": seconds, "mb": counted["bytes"] / 1e6}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-async def wait_ready(url: str, key: str, proc: subprocess.Popen) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise SystemExit("the server exited")
-        status, _, _ = await download(url, key)
-        if status == 0:
-            return
-        await asyncio.sleep(0.1)
-    raise SystemExit("the server did not answer")
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -249,21 +227,16 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="50,000 rows, 1,000 End Users")
     parser.add_argument("--no-verify", action="store_true", help="skip verify_ledger()")
     parser.add_argument("--runs", type=int, default=2, help="measured downloads")
+    parser.add_argument("--admin-dsn", default=DEFAULT_ADMIN_DSN)
     args = parser.parse_args()
     rows, users = (50_000, 1_000) if args.quick else (args.rows, args.end_users)
 
-    name = f"usagegraph_bench_export_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    base = ADMIN_DSN.rsplit("/", 1)[0]
-    dsn = f"{base}/{name}"
-    url = dsn.replace("postgresql://", "postgres://", 1)
-    settings = Settings(DATABASE_URL=url)
-    server = None
+    name = await create_database(args.admin_dsn, "usagegraph_bench_export")
+    url, dsn = database_urls(args.admin_dsn, name)
+    work = Path(tempfile.mkdtemp(prefix="usagegraph_export_"))
+    server: Server | None = None
     try:
-        await apply_migrations(settings)
-        await close_database()
-        await init_database(settings)
+        await open_database(Settings(DATABASE_URL=url))
         organization, _ = await create_organization("export bench")
         application = await create_application(organization.id, "bench")
         await purchase_credits(application.id, "ai", (-(-rows // users) + 10) * users)
@@ -283,20 +256,11 @@ async def main() -> None:
                 raise SystemExit(1)
         await close_database()
 
-        port = free_port()
-        # This checkout's code, whichever virtualenv runs the script.
-        env = os.environ | {"DATABASE_URL": url, "USAGEGRAPH_JOBS": "0", "PYTHONPATH": str(ROOT)}
-        serve = ["serve", "--port", str(port), "--no-access-log"]
-        server = subprocess.Popen(  # noqa: ASYNC220 (started once, before measuring)
-            [sys.executable, "-c", "from api.cli import main; main()", *serve],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server = start_server(usagegraph_serve, {"DATABASE_URL": url, "USAGEGRAPH_JOBS": "0"}, work)
+        await server.ready(key)
         now = datetime.now(UTC)
         start, end = now - timedelta(days=DAYS + 1), now
-        export = f"http://127.0.0.1:{port}/v1/applications/{application.id}/export"
+        export = f"{server.base}/v1/applications/{application.id}/export"
         everything = (
             f"{export}?type=consumption&format=csv"
             f"&from={start.strftime('%Y-%m-%dT%H:%M:%SZ')}&to={end.strftime('%Y-%m-%dT%H:%M:%SZ')}"
@@ -305,7 +269,9 @@ async def main() -> None:
             f"{export}?type=consumption&format=csv&from={(now - timedelta(days=1)).date()}"
             f"&to={now.date() + timedelta(days=1)}"
         )
-        await wait_ready(one_day, key, server)
+        status, _, _ = await download(one_day, key)  # warms the export path
+        if status != 0:
+            raise SystemExit(f"the one-day export failed (curl/wc exit {status})")
         results = []
         copies = []
         for _ in range(args.runs):
@@ -340,11 +306,10 @@ async def main() -> None:
         )
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
         await close_database()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(args.admin_dsn, name)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

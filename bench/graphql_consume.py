@@ -14,7 +14,7 @@ What it measures
     about as many consumptions in flight as 64 single clients would batch together, 64 is
     the single phase's concurrency); its rate is consumptions per second (batch size x
     requests per second).
-    Raw baselines (`bench/ledger.py`'s raw paths, `--clients` asyncio tasks on a plain
+    Raw baselines (`bench.ledger`'s raw paths, `--clients` asyncio tasks on a plain
     asyncpg pool): "raw single", one transaction per consumption with exactly the statements
     the ledger sends for a consumption made alone, the rate the targets refer to; and "raw
     combined", the server's per-application combiner (concurrent single consumptions queue
@@ -34,7 +34,7 @@ Setup
     A scratch database on `--admin-dsn` (default postgresql://postgres@127.0.0.1:5432/test,
     or $USAGEGRAPH_BENCH_PG / $USAGEGRAPH_TEST_PG), migrated, with one organization, one
     application, an application ADMIN API key and `--end-users` End Users each allocated an
-    equal share of 10^9 credits (`bench/ledger.py`'s `fund`, through the model functions).
+    equal share of 10^9 credits (`bench.ledger`'s `fund`, through the model functions).
     The server is `usagegraph serve --port <free port>`, with DATABASE_URL and
     USAGEGRAPH_DB_POOL_MIN/MAX set to `--pool-size` (default 40) and this checkout first on
     PYTHONPATH; the raw pools have the same size. PostgreSQL allows 100 connections, shared
@@ -52,28 +52,29 @@ Setup
 
 Load generator (`--load`)
     httpx (default): the consumeCredits phase runs on this process's httpx clients, as above.
-    They cost about half a core at 64 clients, which on a small machine the server and
+    They cost a good part of a core at 64 clients, which on a small machine the server and
     PostgreSQL then lack, so the server's latency is inflated by its own load generator.
     wrk: the consumeCredits phase is driven by wrk (a C load generator; exit status 2 if
     `wrk` is not on PATH) instead: a warm-up run of `--warmup` s, then the measured run,
     `wrk -t<--wrk-threads, default 1> -c<--clients> -d<--seconds>s --timeout 60s --latency
-    -s bench/wrk_consume.lua <server>/graphql`. One thread is plenty: wrk spends about 0.04
-    ms of CPU per request (0.03 core at 800 requests/s). The script POSTs the same fixed
-    mutation with the same variables (the bodies, one per End User, are written by this
-    script to a file in the work directory and passed with the key in environment
-    variables), with `Content-Type: application/json` and `Authorization: Bearer <key>`,
-    for a random End User per request. Its `response` hook counts answers that are not 200
-    and bodies holding a non-empty `errors` list (`"errors":[{`, GraphQL's or the
-    payload's) or `"balance":null`; `--wrk-check-every n` checks every n-th body only (1,
-    every body, is the default: the hook costs wrk no measurable CPU at this rate) and 0
-    drops the hook (then only statuses > 399 are seen). Its `done` hook prints wrk's totals,
-    error counts and latency percentiles in one `WRK_RESULT key=value ...` line, which this
-    script parses. The phase (labelled `consumeCredits [wrk -t1]`) reports the same columns:
-    rate = successful answers in the measured run / its duration, p50/p99 from wrk's latency
-    distribution (the latency of every answer of the run), and CPU over the measured run,
-    where "client" is wrk's CPU (wait4 of the wrk process) plus this process's (idle
-    meanwhile). The summary's target verdicts then use this phase, and say which load
-    generator ran it. The other phases (prewarm, batches, raw) are unchanged.
+    -s bench/wrk_post.lua <server>/graphql`. One thread is plenty: wrk's CPU per request is
+    a small fraction of the server's (the table's client column shows it). It POSTs the same
+    fixed mutation with the same variables (the bodies, one per End User, are written by
+    this script to a file in the work directory and passed with the key in environment
+    variables; `bench/wrk_post.lua`), with `Content-Type: application/json` and
+    `Authorization: Bearer <key>`, for a random End User per request. Its `response` hook
+    counts answers that are not 200 and bodies holding a non-empty `errors` list
+    (`"errors":[{`, GraphQL's or the payload's) or `"balance":null`; `--wrk-check-every n`
+    checks every n-th body only (1, every body, is the default: the hook costs wrk no
+    measurable CPU at this rate) and 0 drops the hook (then only statuses > 399 are seen).
+    Its `done` hook prints wrk's totals, error counts and latency percentiles in one
+    `WRK_RESULT key=value ...` line, which this script parses. The phase (labelled
+    `consumeCredits [wrk -t1]`) reports the same columns: rate = successful answers in the
+    measured run / its duration, p50/p99 from wrk's latency distribution (the latency of
+    every answer of the run), and CPU over the measured run, where "client" is wrk's CPU
+    (wait4 of the wrk process) plus this process's (idle meanwhile). The summary's target
+    verdicts then use this phase, and say which load generator ran it. The other phases
+    (prewarm, batches, raw) are unchanged.
     wrk drops the requests in flight when a run ends (up to `--clients` per run), which the
     server still commits. So the phase's consumptions, for the row check, are the usage
     events written from the warm-up's start until the row counts stay unchanged for 1 s
@@ -83,20 +84,22 @@ Load generator (`--load`)
 
 Run it from the project root:
 
-    .venv/bin/python bench/graphql_consume.py [--seconds 10] [--clients 64] [--end-users 1000]
-        [--load httpx|wrk]
+    .venv/bin/python -m bench.graphql_consume [--seconds 10] [--clients 64]
+        [--end-users 1000] [--load httpx|wrk] [--quick]
+
+`--quick` (200 End Users, 3 s windows, one batch concurrency) checks that everything runs.
 
 `--profile` samples the server with py-spy during each HTTP window and prints where its CPU
 went, by library, by stage and by function (install py-spy first:
 `.venv/bin/pip install py-spy`). `usagegraph serve` runs uvicorn at log level INFO with its
-access log, a line per request, and has no option to turn that off; `--no-access-log`
-starts the same application with the same uvicorn settings but `access_log=False`, to
-measure what the log costs. `--server-cmd` starts any other command instead (for
+access log, a line per request; `--no-access-log` runs `usagegraph serve --no-access-log`,
+to measure what the log costs. `--server-cmd` starts any other command instead (for
 experiments such as a patched launcher; `{port}` and `{python}` are filled in).
 
-The server and this process import the project this script sits in (it goes first on
-PYTHONPATH), so a copy of the project, e.g. `git archive HEAD | tar -x -C /tmp/copy`, with
-this script in its bench/ benchmarks that copy with the same virtualenv.
+The server and this process import the checkout the command runs in (it goes first on
+PYTHONPATH), so `python -m bench.graphql_consume` run from the root of a copy of the project,
+e.g. `git archive HEAD | tar -x -C /tmp/copy`, benchmarks that copy with the same
+virtualenv.
 
 Exit status: 1 when an HTTP answer was wrong, the rows written do not match the
 consumptions completed (or, with `--load wrk`, wrk's answers), or `verify_ledger()` reports
@@ -109,15 +112,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import random
 import shlex
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -127,33 +127,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import httpx
+from tortoise import connections
 
-import asyncpg  # noqa: E402
-import httpx  # noqa: E402
-from tortoise import connections  # noqa: E402
-
-from api.database import close_database  # noqa: E402
-from api.settings import Settings  # noqa: E402
-from bench.ledger import (  # noqa: E402
-    CREDITS,
+from api.database import close_database
+from api.settings import Settings
+from bench.harness import (
     DEFAULT_ADMIN_DSN,
-    FEATURE,
-    POOL_KEY,
-    Account,
+    ROOT,
+    CpuSnapshot,
+    CpuUse,
+    PySpy,
+    Server,
+    WrkRun,
+    closed_loop,
     create_database,
     database_urls,
     drop_database,
-    fund,
+    find_wrk,
     open_database,
+    percentile,
+    run_wrk,
+    start_server,
+    until,
+    usagegraph_serve,
+    wait_for_connections,
+    write_bodies,
+)
+from bench.ledger import (
+    CREDITS,
+    FEATURE,
+    POOL_KEY,
+    Account,
+    fund,
     raw_combined,
+    raw_pool,
     raw_single,
 )
-from models.accounts import create_api_key  # noqa: E402
-from models.credits import EndUser  # noqa: E402
-from models.tenancy import ApiKeyRole, Application  # noqa: E402
-from models.verify import verify_ledger  # noqa: E402
+from models.accounts import create_api_key
+from models.credits import EndUser
+from models.tenancy import ApiKeyRole, Application
+from models.verify import verify_ledger
 
 TARGET_RATIO = 0.35  # HTTP consumeCredits rate / raw rate
 TARGET_P99_MS = 150.0
@@ -170,93 +184,6 @@ CONSUME_BATCH = """mutation ConsumeMany($input: ConsumeCreditsBatchInput!) {
   }
 }"""
 READY = "query Ready { __typename }"
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# ---------------------------------------------------------------------- CPU accounting
-
-
-def _proc_ticks(stat_path: str) -> tuple[str, int] | None:
-    """(comm, utime + stime) of one /proc/<pid>/stat, or None if the process is gone."""
-    try:
-        with open(stat_path, encoding="ascii", errors="replace") as handle:
-            text = handle.read()
-    except OSError:
-        return None
-    comm = text[text.index("(") + 1 : text.rindex(")")]
-    fields = text[text.rindex(")") + 2 :].split()
-    return comm, int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-
-
-def _postgres_ticks() -> dict[int, int]:
-    ticks: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            found = _proc_ticks(f"/proc/{entry.name}/stat")
-            if found is not None and found[0] == "postgres":
-                ticks[int(entry.name)] = found[1]
-    return ticks
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs."""
-    with open("/proc/stat", encoding="ascii") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # guest time is already in user
-    return total - idle, total
-
-
-@dataclass
-class CpuSnapshot:
-    wall: float
-    client: float
-    server: int | None
-    postgres: dict[int, int]
-    machine: tuple[int, int]
-
-    @classmethod
-    def take(cls, server_pid: int | None) -> CpuSnapshot:
-        server = None
-        if server_pid is not None:
-            found = _proc_ticks(f"/proc/{server_pid}/stat")
-            server = found[1] if found else None
-        return cls(
-            time.perf_counter(),
-            time.process_time(),
-            server,
-            _postgres_ticks(),
-            _machine_ticks(),
-        )
-
-
-@dataclass
-class CpuUse:
-    """CPU seconds used in a window, and the window's length."""
-
-    wall: float
-    client: float
-    server: float | None
-    postgres: float
-    machine_cores: float  # busy CPUs on average over the window
-
-    @property
-    def others(self) -> float:
-        """Cores busy outside the server, this process and PostgreSQL."""
-        mine = self.client + (self.server or 0.0) + self.postgres
-        return self.machine_cores - mine / self.wall
-
-    @classmethod
-    def between(cls, a: CpuSnapshot, b: CpuSnapshot) -> CpuUse:
-        server = None
-        if a.server is not None and b.server is not None:
-            server = (b.server - a.server) / CLK_TCK
-        postgres = sum(t - a.postgres.get(pid, 0) for pid, t in b.postgres.items()) / CLK_TCK
-        busy, total = b.machine[0] - a.machine[0], b.machine[1] - a.machine[1]
-        cores = (os.cpu_count() or 1) * busy / total if total else float("nan")
-        return cls(b.wall - a.wall, b.client - a.client, server, postgres, cores)
-
 
 # ------------------------------------------------------------------------------ phases
 
@@ -298,48 +225,11 @@ class Phase:
         """Latency at quantile q, in ms."""
         if self.quantiles is not None:
             return self.quantiles.get(q, float("nan"))
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return percentile(self.latencies, q) * 1000
 
 
-@dataclass
-class Profiler:
-    """py-spy, run on the server during one window."""
-
-    executable: str
-    out_dir: Path
-    process: asyncio.subprocess.Process | None = None
-
-    async def start(self, pid: int, name: str, seconds: float) -> Path:
-        out = self.out_dir / f"{name}.txt"
-        self.process = await asyncio.create_subprocess_exec(
-            self.executable,
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(max(1, round(seconds))),
-            "--rate",
-            "250",
-            "--nonblocking",
-            "--function",  # a function's samples together, whatever line they were on
-            "--format",
-            "raw",
-            "--output",
-            str(out),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        return out
-
-    async def finish(self) -> None:
-        if self.process is not None:
-            _, err = await self.process.communicate()
-            if self.process.returncode != 0:
-                print(f"py-spy failed: {err.decode(errors='replace').strip()[-500:]}")
-            self.process = None
+def profile_file(work_dir: Path, label: str, concurrency: int) -> Path:
+    return work_dir / ("".join(c if c.isalnum() else "_" for c in label) + f"_x{concurrency}.txt")
 
 
 async def run_phase(
@@ -350,47 +240,30 @@ async def run_phase(
     per_call: int,
     args: argparse.Namespace,
     server_pid: int | None = None,
-    profiler: Profiler | None = None,
+    profiler: PySpy | None = None,
 ) -> Phase:
-    """`concurrency` tasks calling `consume(random End User)` until the window closes (the
-    loop of `bench/ledger.py`'s run_phase), with the CPU of every party read at the
-    window's ends and, given a profiler, the server sampled during the window."""
+    """`concurrency` tasks calling `consume(random End User)` until the window closes, with
+    the CPU of every party read at the window's ends and, given a profiler, the server
+    sampled during the window."""
     phase = Phase(label, concurrency, per_call, args.seconds)
     before = await consumption_rows()
-    begin = time.perf_counter()
-    start = begin + args.warmup
-    end = start + args.seconds
 
-    async def worker(index: int) -> None:
-        rng = random.Random(args.seed * 1_000 + index)  # the same draws for every phase
-        while True:
-            t0 = time.perf_counter()
-            if t0 >= end:
-                return
-            try:
-                await consume(rng.choice(accounts))
-            except Exception as exc:
-                phase.errors += 1
-                phase.first_error = phase.first_error or f"{type(exc).__name__}: {exc}"
-                continue
-            t1 = time.perf_counter()
-            phase.total += 1
-            if start <= t1 < end:
-                phase.completed += 1
-                phase.latencies.append(t1 - t0)
-
-    async def meter() -> None:
-        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    async def meter(start: float, end: float) -> None:
+        await until(start)
         first = CpuSnapshot.take(server_pid)
         if profiler is not None and server_pid is not None:
-            name = "".join(c if c.isalnum() else "_" for c in label) + f"_x{concurrency}"
-            phase.profile = await profiler.start(server_pid, name, args.seconds)
-        await asyncio.sleep(max(0.0, end - time.perf_counter()))
+            phase.profile = profile_file(args.work_dir, label, concurrency)
+            profiler.start(server_pid, phase.profile, args.seconds)
+        await until(end)
         phase.cpu = CpuUse.between(first, CpuSnapshot.take(server_pid))
 
-    await asyncio.gather(meter(), *(worker(i) for i in range(concurrency)))
+    loop = await closed_loop(
+        consume, accounts, concurrency, args.warmup, args.seconds, args.seed, meter
+    )
+    phase.completed, phase.total, phase.latencies = loop.completed, loop.total, loop.latencies
+    phase.errors, phase.first_error = loop.errors, loop.first_error
     if profiler is not None:
-        await profiler.finish()
+        await asyncio.to_thread(profiler.stop)
     phase.transactions = (await consumption_rows())["transactions"] - before["transactions"]
     return phase
 
@@ -398,11 +271,11 @@ async def run_phase(
 async def raw_phase(
     label: str, dsn: str, accounts: list[Account], args: argparse.Namespace
 ) -> Phase:
-    """A raw baseline of `bench/ledger.py` on an asyncpg pool of `--pool-size`: "raw single"
+    """A raw baseline of `bench.ledger` on an asyncpg pool of `--pool-size`: "raw single"
     (one transaction per consumption, `raw_single`) or "raw combined" (the server's
     combiner in plain asyncpg, `raw_combined`)."""
     await wait_for_connections(args.admin_dsn, args.pool_size + 1)
-    pool = await asyncpg.create_pool(dsn, min_size=args.pool_size, max_size=args.pool_size)
+    pool = await raw_pool(dsn, args.pool_size)
     try:
         if label.startswith("raw single"):
 
@@ -546,43 +419,6 @@ async def prewarm(clients: Clients, accounts: list[Account], concurrency: int) -
 
 # ---------------------------------------------------------------------------- wrk load
 
-WRK_SCRIPT = ROOT / "bench" / "wrk_consume.lua"
-
-
-@dataclass
-class WrkRun:
-    """One wrk run: the WRK_RESULT line of `bench/wrk_consume.lua`'s `done`, and wrk's CPU
-    seconds (user + system, from wait4)."""
-
-    result: dict[str, float]
-    cpu: float
-    output: Path
-
-    @property
-    def errors(self) -> int:
-        """Failed answers and socket errors. Without the `response` hook (check every 0)
-        only wrk's own status count (> 399) is known."""
-        r = self.result
-        statuses = r["non200"] if r["check_every"] else r["status_gt399"]
-        sockets = r["connect"] + r["read"] + r["write"] + r["timeout"]
-        return int(statuses + r["bad_body"] + sockets)
-
-    @property
-    def answered(self) -> int:
-        """Answers counted as successful consumptions (of the checked bodies, all sound)."""
-        r = self.result
-        statuses = r["non200"] if r["check_every"] else r["status_gt399"]
-        return int(r["requests"] - statuses - r["bad_body"])
-
-    def describe_errors(self) -> str:
-        r = self.result
-        return (
-            f"wrk: {int(r['non200'] if r['check_every'] else r['status_gt399'])} non-200"
-            f" answers, {int(r['bad_body'])} of {int(r['checked'])} checked bodies with"
-            f" errors, socket errors connect {int(r['connect'])} read {int(r['read'])}"
-            f" write {int(r['write'])} timeout {int(r['timeout'])} (output: {self.output})"
-        )
-
 
 @dataclass
 class WrkPhase:
@@ -612,74 +448,27 @@ class WrkPhase:
         return self.rows - self.answered
 
 
-def find_wrk() -> str | None:
-    return shutil.which("wrk")
-
-
-def write_wrk_bodies(target: Target, accounts: list[Account], path: Path) -> None:
-    """One JSON request body per End User and line, the same mutation text and variables
-    the httpx clients send."""
-    with open(path, "w", encoding="utf-8") as handle:
-        for account in accounts:
-            variables = {
-                "input": {
-                    "applicationId": str(target.application_id),
-                    **target.consumption(account),
-                }
-            }
-            body = {"query": CONSUME, "variables": variables}
-            handle.write(json.dumps(body, separators=(",", ":")) + "\n")
-
-
-def _read_text(path: Path) -> str:
-    return path.read_text(errors="replace")
-
-
-def _wait4(pid: int) -> tuple[int, float]:
-    _, status, usage = os.wait4(pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
-
-
-async def run_wrk(
-    wrk: str, url: str, seconds: float, args: argparse.Namespace, env: dict[str, str], out: Path
-) -> WrkRun:
-    """`wrk -t<threads> -c<clients> -d<seconds>s --latency` with bench/wrk_consume.lua; its
-    CPU comes from wait4 of exactly this child."""
-    command = [
-        wrk,
-        f"-t{args.wrk_threads}",
-        f"-c{args.clients}",
-        f"-d{max(1, round(seconds))}s",
-        "--timeout",
-        "60s",  # the httpx clients' timeout; wrk's default 2 s would drop slow answers
-        "--latency",
-        "-s",
-        str(WRK_SCRIPT),
-        url,
+def wrk_bodies(target: Target, accounts: list[Account]) -> list[dict[str, Any]]:
+    """One request body per End User, the same mutation text and variables the httpx
+    clients send."""
+    return [
+        {
+            "query": CONSUME,
+            "variables": {
+                "input": {"applicationId": str(target.application_id), **target.consumption(a)}
+            },
+        }
+        for a in accounts
     ]
-    process = _spawn(command, env, out)
-    try:
-        code, cpu = await asyncio.to_thread(_wait4, process.pid)
-    except BaseException:
-        process.kill()
-        raise
-    process.returncode = code  # reaped by wait4
-    text = _read_text(out)
-    line = next((x for x in text.splitlines() if x.startswith("WRK_RESULT ")), None)
-    if code != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({code}): {' '.join(command)}\n{text[-2000:]}")
-    result = {k: float(v) for k, v in (item.split("=", 1) for item in line.split()[1:])}
-    return WrkRun(result, cpu, out)
 
 
 async def wrk_phase(
-    wrk: str,
     target: Target,
     accounts: list[Account],
     args: argparse.Namespace,
     server_pid: int,
     work_dir: Path,
-    profiler: Profiler | None = None,
+    profiler: PySpy | None = None,
 ) -> Phase:
     """consumeCredits driven by wrk: a warm-up run of `--warmup` s, then the measured run of
     `--seconds` s, with the CPU of every party read at the measured run's ends (the client
@@ -688,26 +477,32 @@ async def wrk_phase(
     from the warm-up's start until they stop changing."""
     label = f"consumeCredits [wrk -t{args.wrk_threads}]"
     bodies = work_dir / "wrk_bodies.jsonl"
-    write_wrk_bodies(target, accounts, bodies)
-    env = dict(os.environ)
-    env.update(
-        USAGEGRAPH_WRK_BODIES=str(bodies),
-        USAGEGRAPH_WRK_KEY=target.api_key,
-        USAGEGRAPH_WRK_SEED=str(args.seed),
-        USAGEGRAPH_WRK_CHECK_EVERY=str(args.wrk_check_every),
-    )
+    write_bodies(wrk_bodies(target, accounts), bodies)
+
+    async def wrk(seconds: float, out: str) -> WrkRun:
+        return await run_wrk(
+            target.url,
+            target.api_key,
+            bodies,
+            args.clients,
+            seconds,
+            work_dir / out,
+            threads=args.wrk_threads,
+            check_every=args.wrk_check_every,
+            seed=args.seed,
+        )
+
     before = await consumption_rows()
-    warmup = None
-    if args.warmup > 0:
-        warmup = await run_wrk(wrk, target.url, args.warmup, args, env, work_dir / "wrk_warmup.txt")
+    warmup = await wrk(args.warmup, "wrk_warmup.txt") if args.warmup > 0 else None
     first = CpuSnapshot.take(server_pid)
     profile = None
     if profiler is not None:
-        profile = await profiler.start(server_pid, "consumeCredits_wrk", args.seconds)
-    window = await run_wrk(wrk, target.url, args.seconds, args, env, work_dir / "wrk_window.txt")
+        profile = work_dir / "consumeCredits_wrk.txt"
+        profiler.start(server_pid, profile, args.seconds)
+    window = await wrk(args.seconds, "wrk_window.txt")
     cpu = CpuUse.between(first, CpuSnapshot.take(server_pid))
     if profiler is not None:
-        await profiler.finish()
+        await asyncio.to_thread(profiler.stop)
     # The requests wrk dropped at its stop are still running in the server: wait until the
     # rows stop changing (the server answers within a second at this load).
     settled = time.perf_counter()
@@ -743,135 +538,35 @@ async def wrk_phase(
 # ------------------------------------------------------------------------------ server
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-    command: str
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # uvicorn shuts down gracefully
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def server_command(port: int, access_log: bool, template: str | None) -> list[str]:
+def server_command(access_log: bool, template: str | None) -> Callable[[int], list[str]]:
+    """`usagegraph serve`, or the `--server-cmd` template ({port}, {python})."""
     if template is not None:
-        return shlex.split(template.format(port=port, python=sys.executable))
-    bin_dir = Path(sys.executable).parent
-    if access_log:
-        return [str(bin_dir / "usagegraph"), "serve", "--port", str(port)]
-    # What `usagegraph serve` runs (api/cli.py), minus the access log.
-    code = (
-        "import uvicorn; uvicorn.run('api.app:create_app', factory=True, host='127.0.0.1',"
-        f" port={port}, workers=1, ws='websockets-sansio', log_level='info', access_log=False)"
-    )
-    return [sys.executable, "-c", code]
+        return lambda port: shlex.split(template.format(port=port, python=sys.executable))
+    return lambda port: usagegraph_serve(port, access_log=access_log)
 
 
-def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as handle:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
-
-
-async def start_server(
-    url: str, pool_size: int, access_log: bool, template: str | None, log_dir: Path
+async def start_usagegraph(
+    url: str, pool_size: int, access_log: bool, template: str | None, log_dir: Path, key: str
 ) -> Server:
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=url,
-        USAGEGRAPH_DB_POOL_MIN=str(pool_size),
-        USAGEGRAPH_DB_POOL_MAX=str(pool_size),
-        # This checkout's code, whichever checkout the script runs from.
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    )
-    command = server_command(port, access_log, template)
-    log = log_dir / "server.log"
-    process = _spawn(command, env, log)
-    server = Server(process, f"http://127.0.0.1:{port}/graphql", log, " ".join(command))
-    deadline = time.monotonic() + 60
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited ({process.returncode}):\n{server.tail()}")
-            try:
-                await client.get(server.url)  # any HTTP answer: it is listening
-                return server
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError(f"the server did not answer in 60 s:\n{server.tail()}")
-            await asyncio.sleep(0.1)
-
-
-async def check_server(server: Server, api_key: str) -> None:
-    """An authenticated query must answer 200 without errors before anything is measured."""
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        response = await client.post(
-            server.url,
-            json={"query": READY},
-            headers={"Authorization": f"Bearer {api_key}"},
-        )
-    if response.status_code != 200 or response.json().get("errors"):
-        server.stop()
-        raise RuntimeError(
-            f"the server answered {response.status_code}: {response.text[:300]}\n{server.tail()}"
-        )
+    """One server process on the database with a pool of `pool_size`, answering `key`."""
+    env = {
+        "DATABASE_URL": url,
+        "USAGEGRAPH_DB_POOL_MIN": str(pool_size),
+        "USAGEGRAPH_DB_POOL_MAX": str(pool_size),
+    }
+    server = start_server(server_command(access_log, template), env, log_dir)
+    try:
+        await server.ready(key)
+    except RuntimeError as error:
+        raise RuntimeError(f"{error}\n{server.tail()}") from error
+    return server
 
 
 # ------------------------------------------------------------------------------- setup
 
 
-async def wait_for_connections(admin_dsn: str, needed: int, patience: float = 600.0) -> None:
-    """Waits until PostgreSQL has `needed` free connection slots (other processes on the
-    machine share its max_connections), or fails after `patience` seconds."""
-    deadline = time.monotonic() + patience
-    announced = False
-    while True:
-        admin = await asyncpg.connect(admin_dsn, timeout=5)
-        try:
-            free = await admin.fetchval(
-                "SELECT current_setting('max_connections')::int"
-                " - current_setting('superuser_reserved_connections')::int"
-                " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
-            )
-        finally:
-            await admin.close()
-        if free >= needed:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"PostgreSQL has {free} free connections, {needed} needed")
-        if not announced:
-            print(f"  waiting for {needed} free PostgreSQL connections ({free} free)", flush=True)
-            announced = True
-        await asyncio.sleep(1.0)
-
-
 async def seed(end_users: int) -> tuple[list[Account], int, str, dict[int, dict[str, str]]]:
-    """Funded End Users (bench/ledger.py), an application ADMIN key and each End User's
+    """Funded End Users (`bench.ledger`), an application ADMIN key and each End User's
     reference as sent in the mutation."""
     accounts = await fund(end_users, 1)
     application_id = accounts[0].application_id
@@ -1188,7 +883,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--no-access-log",
         action="store_true",
-        help="start the app as `usagegraph serve` does but with uvicorn's access log off",
+        help="`usagegraph serve --no-access-log`: uvicorn's access log off",
     )
     parser.add_argument(
         "--server-cmd",
@@ -1206,7 +901,7 @@ def parse_args() -> argparse.Namespace:
         choices=("httpx", "wrk"),
         default="httpx",
         help="load generator of the consumeCredits phase: this process's httpx clients, or"
-        " wrk (a C load generator using far less CPU; bench/wrk_consume.lua)",
+        " wrk (a C load generator using far less CPU; bench/wrk_post.lua)",
     )
     parser.add_argument(
         "--wrk-threads",
@@ -1234,6 +929,7 @@ def parse_args() -> argparse.Namespace:
         help="event loop of this process (the server uses uvloop)",
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="small and short: checks it runs")
     parser.add_argument(
         "--admin-dsn",
         default=DEFAULT_ADMIN_DSN,
@@ -1241,6 +937,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.warmup, args.end_users, args.batch_clients = 3.0, 1.0, 200, "8"
     args.batch_clients = [int(c) for c in args.batch_clients.split(",") if c.strip()]
     if min(args.clients, args.end_users, args.pool_size, args.batch_size, *args.batch_clients) < 1:
         parser.error("clients, end-users, pool-size and batch figures must be positive")
@@ -1251,13 +949,6 @@ def parse_args() -> argparse.Namespace:
     if args.batch_size > args.end_users:
         parser.error("a batch draws distinct End Users: batch-size <= end-users")
     return args
-
-
-def find_py_spy() -> str:
-    found = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
-    if found is None:
-        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
-    return found
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -1271,10 +962,8 @@ async def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    profiler = None
-    work_dir = Path(tempfile.mkdtemp(prefix="usagegraph_graphql_bench_"))
-    if args.profile:
-        profiler = Profiler(find_py_spy(), work_dir)
+    work_dir = args.work_dir = Path(tempfile.mkdtemp(prefix="usagegraph_graphql_bench_"))
+    profiler = PySpy(True) if args.profile else None
     load_start = os.getloadavg()
     name = await create_database(args.admin_dsn)
     url, dsn = database_urls(args.admin_dsn, name)
@@ -1306,11 +995,10 @@ async def main(args: argparse.Namespace) -> int:
         await clear_outbox()
         # The raw pools are closed: the server's pool opens now, and closes before the next.
         await wait_for_connections(args.admin_dsn, args.pool_size + 1)
-        server = await start_server(
-            url, args.pool_size, not args.no_access_log, args.server_cmd, work_dir
+        server = await start_usagegraph(
+            url, args.pool_size, not args.no_access_log, args.server_cmd, work_dir, api_key
         )
         print(f"server pid {server.pid} at {server.url}: {server.command}", flush=True)
-        await check_server(server, api_key)
         target = Target(server.url, api_key, application_id, refs)
         async with Clients(target, args.clients, args.shared_client) as clients:
             warmed = await prewarm(clients, accounts, args.clients)
@@ -1326,7 +1014,7 @@ async def main(args: argparse.Namespace) -> int:
                     profiler,
                 )
         if wrk is not None:
-            single = await wrk_phase(wrk, target, accounts, args, server.pid, work_dir, profiler)
+            single = await wrk_phase(target, accounts, args, server.pid, work_dir, profiler)
         progress(single)
         batches: list[Phase] = []
         for number, concurrency in enumerate(args.batch_clients):
@@ -1388,7 +1076,7 @@ async def main(args: argparse.Namespace) -> int:
             )
             load = (
                 f"load: consumeCredits by wrk -t{args.wrk_threads} -c{args.clients} keep-alive"
-                f" ({wrk}, bench/wrk_consume.lua, {checks}; warm-up and window are separate wrk"
+                f" ({wrk}, bench/wrk_post.lua, {checks}; warm-up and window are separate wrk"
                 f" runs); batches by httpx.AsyncClient keep-alive,"
                 f" {', '.join(map(str, args.batch_clients)) or 'none'} concurrent of"
                 f" {args.batch_size} ({httpx_clients}); prewarm by httpx"

@@ -66,7 +66,10 @@ The default run takes about a minute.
 
 Run it from the project root:
 
-    .venv/bin/python bench/ledger.py [--seconds 8] [--tasks 64] [--end-users 1000]
+    .venv/bin/python -m bench.ledger [--seconds 8] [--tasks 64] [--end-users 1000] [--quick]
+
+`--quick` (200 End Users, 2 s windows) checks that everything runs, the statement
+comparison included.
 
 The exit status is 1 when a raw path's statements differ from the ledger's, a consumption
 fails, the rows written do not match the consumptions and transactions completed (usage
@@ -81,29 +84,30 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import statistics
 import sys
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.connection import LoggedQuery
+from tortoise import connections
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tortoise import Tortoise, connections
-from tortoise.backends.base.executor import EXECUTOR_CACHE
-
-from api.database import apply_migrations, close_database, init_database
+from api.database import PooledConnection, close_database
 from api.settings import Settings
+from bench.harness import (
+    DEFAULT_ADMIN_DSN,
+    closed_loop,
+    create_database,
+    database_urls,
+    drop_database,
+    open_database,
+    percentile,
+    until,
+)
 from models.accounts import create_application, create_organization
 from models.consume_batch import MAX_BATCH
 from models.consumption_combiner import MAX_DRAINERS
@@ -118,10 +122,6 @@ from models.references import EndUserRef, forget_references
 from models.sql import MAX_ATTEMPTS
 from models.verify import verify_ledger
 
-DEFAULT_ADMIN_DSN = os.environ.get(
-    "USAGEGRAPH_BENCH_PG",
-    os.environ.get("USAGEGRAPH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"),
-)
 POOL_KEY = "ai"
 FEATURE = "ai_generation"
 CREDITS = 1
@@ -165,6 +165,8 @@ SQL_BALANCES = (
     " column3 AS used, column4 AS remaining, column5 AS status, column6 AS version"
     " FROM (VALUES {rows}) AS x) AS v"
     " WHERE end_user_balance.end_user_id = v.e AND end_user_balance.pool_id = v.p"
+    " RETURNING end_user_balance.end_user_id, end_user_balance.pool_id,"
+    " end_user_balance.updated_at"
 )
 ALLOCATION_ROW = PAIR_ROW  # allocation id, credits drawn
 SQL_ALLOCATIONS = (
@@ -188,8 +190,9 @@ SQL_LEDGER_ENTRIES = (
 SQL_LOT = "UPDATE credit_pack SET used = used + $2 WHERE id = $1"
 SQL_POOL = (
     "UPDATE credit_pool SET used = used + $2, end_user_remaining = end_user_remaining - $2,"
-    " version = version + 1 WHERE id = $1 RETURNING id AS pool_id, purchased, allocated, used,"
-    " expired, end_user_remaining, low_balance_threshold, version"
+    " version = version + 1, changed_at = now() WHERE id = $1 RETURNING id AS pool_id,"
+    " purchased, allocated, used, expired, end_user_remaining, low_balance_threshold, version,"
+    " changed_at AS at"
 )
 SQL_OUTBOX = "INSERT INTO outbox_event (application_id, topic, payload, created_at) VALUES "
 # PostgreSQL errors on which the ledger retries the whole transaction (`models.sql`).
@@ -375,7 +378,7 @@ async def raw_consume_items(
         args += [end_user_id, pool_id, h.used, h.remaining, _status(h.remaining, h.threshold)]
         args.append(h.version)
     rows = _rows(len(moved), BALANCE_ROW, BALANCE_COLUMNS)
-    await conn.execute(SQL_BALANCES.replace("{rows}", rows), *args)
+    await conn.fetch(SQL_BALANCES.replace("{rows}", rows), *args)
     drawn = [a for _, h in moved for a in h.allocations if a.drawn]
     rows = _rows(len(drawn), ALLOCATION_ROW, 2)
     await conn.execute(
@@ -407,7 +410,7 @@ async def raw_consume_items(
         await conn.execute(SQL_LOT, lot_id, by_lot[lot_id])
     for pool_id in sorted(by_pool):
         pool = await conn.fetchrow(SQL_POOL, pool_id, by_pool[pool_id])
-        at = datetime.now(UTC).isoformat()
+        at = pool["at"].isoformat()
         in_pool = [
             (account, snapshot) for account, _, snapshot in applied if account.pool_id == pool_id
         ]
@@ -418,6 +421,14 @@ async def raw_consume_items(
             outbox_args += [event["application_id"], "balance", _dumps(event)]
         await conn.execute(SQL_OUTBOX + _values(len(events), 3, ", now()"), *outbox_args)
     return outcome
+
+
+async def raw_pool(dsn: str, size: int) -> asyncpg.Pool:
+    """A plain asyncpg pool whose connections return without a reset statement, as the
+    server's do (`api.database.PooledConnection`)."""
+    return await asyncpg.create_pool(
+        dsn, min_size=size, max_size=size, connection_class=PooledConnection
+    )
 
 
 async def raw_transaction(pool: asyncpg.Pool, accounts: list[Account]) -> list[Exception | None]:
@@ -658,7 +669,7 @@ async def capture_ledger(
 async def capture_raw(
     dsn: str, account: Account, batch: list[Account]
 ) -> tuple[list[LoggedQuery], list[LoggedQuery]]:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    pool = await raw_pool(dsn, 1)
     try:
         log = StatementLog()
         await attach(pool, log)
@@ -696,10 +707,7 @@ class PhaseResult:
         return self.completed / self.commits if self.commits else float("nan")
 
     def percentile(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return percentile(self.latencies, q) * 1000
 
 
 async def run_phase(
@@ -711,39 +719,22 @@ async def run_phase(
 ) -> PhaseResult:
     """`args.tasks` tasks calling `consume(random End User)` until the window closes."""
     result = PhaseResult(name, args.seconds)
-    begin = time.perf_counter()
-    start = begin + args.warmup
-    end = start + args.seconds
     commit_log.times.clear()
 
-    async def worker(index: int) -> None:
-        rng = random.Random(args.seed * 1_000 + index)  # the same draws for every phase
-        while True:
-            t0 = time.perf_counter()
-            if t0 >= end:
-                return
-            try:
-                await consume(rng.choice(accounts))
-            except Exception as exc:
-                result.errors += 1
-                result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"
-                continue
-            t1 = time.perf_counter()
-            result.total += 1
-            if start <= t1 < end:
-                result.completed += 1
-                result.latencies.append(t1 - t0)
-
-    async def cpu_meter() -> None:
-        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    async def cpu_meter(start: float, end: float) -> None:
+        await until(start)
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        await until(end)
         wall1, cpu1 = time.perf_counter(), time.process_time()
         result.client_cpu = (cpu1 - cpu0) / (wall1 - wall0)
 
-    await asyncio.gather(cpu_meter(), *(worker(i) for i in range(args.tasks)))
+    loop = await closed_loop(
+        consume, accounts, args.tasks, args.warmup, args.seconds, args.seed, cpu_meter
+    )
+    result.completed, result.total, result.latencies = loop.completed, loop.total, loop.latencies
+    result.errors, result.first_error = loop.errors, loop.first_error
     await flush_loggers()
-    result.commits = sum(1 for t in commit_log.times if start <= t < end)
+    result.commits = sum(1 for t in commit_log.times if loop.start <= t < loop.end)
     result.commits_total = len(commit_log.times)
     return result
 
@@ -751,7 +742,7 @@ async def run_phase(
 async def raw_phase(
     name: str, dsn: str, accounts: list[Account], pool_size: int, args: argparse.Namespace
 ) -> PhaseResult:
-    pool = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size)
+    pool = await raw_pool(dsn, pool_size)
     try:
         commit_log = CommitLog()
         await attach(pool, commit_log)
@@ -785,40 +776,6 @@ async def close_tortoise_pool() -> None:
 
 
 # -------------------------------------------------------------------------- the database
-
-
-def database_urls(admin_dsn: str, name: str) -> tuple[str, str]:
-    """(Tortoise URL, plain asyncpg DSN) of database `name` on the admin DSN's server."""
-    parts = urlsplit(admin_dsn)
-    plain = urlunsplit(("postgresql", parts.netloc, f"/{name}", parts.query, ""))
-    return urlunsplit(("postgres", parts.netloc, f"/{name}", parts.query, "")), plain
-
-
-async def create_database(admin_dsn: str) -> str:
-    name = f"usagegraph_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(admin_dsn, timeout=5)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return name
-
-
-async def drop_database(admin_dsn: str, name: str) -> None:
-    admin = await asyncpg.connect(admin_dsn, timeout=5)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-async def open_database(settings: Settings) -> None:
-    await apply_migrations(settings)
-    # migrate() left Tortoise bound to its own setup: bind the models afresh, as the tests do.
-    await close_database()
-    await Tortoise._reset_apps()
-    EXECUTOR_CACHE.clear()
-    await init_database(settings)
 
 
 async def fund_application(organization_id: int, number: int, end_users: int) -> list[Account]:
@@ -1053,7 +1010,7 @@ def print_report(
     context = rates["ledger"] / rates["raw single"] if rates["raw single"] else float("nan")
     print(
         f"ratio ledger / raw single   {context:.1%} (context: one transaction per consumption,"
-        " what the ledger sent before the combiner)"
+        " no combiner)"
     )
 
 
@@ -1085,7 +1042,10 @@ def parse_args() -> argparse.Namespace:
         " (env USAGEGRAPH_BENCH_PG or USAGEGRAPH_TEST_PG)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--quick", action="store_true", help="small and short: checks it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.warmup, args.end_users = 2.0, 1.0, 200
     if min(args.tasks, args.end_users, args.rounds, args.applications) < 1 or args.seconds <= 0:
         parser.error("tasks, end-users, applications, seconds and rounds must be positive")
     if args.applications > args.end_users:

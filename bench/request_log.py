@@ -1,6 +1,6 @@
 """The request log's three costs, on PostgreSQL, in one run:
 
-1. Middleware: `consumeCredits` over HTTP (bench/graphql_consume.py's wrk phase, or its
+1. Middleware: `consumeCredits` over HTTP (`bench.graphql_consume`'s wrk phase, or its
    httpx clients without wrk) against one server process with the request log off
    (USAGEGRAPH_REQUEST_LOG=0), on, and on with the per-key rate limit, in alternating
    rounds (`--rounds`, each a fresh server), so that drift of the shared machine hits every
@@ -16,7 +16,10 @@
    beside the same SELECT run directly on asyncpg.
 
 Everything runs in a throwaway database (dropped at the end unless --keep). `--quick` is a
-small scale for checking that the script runs."""
+small scale for checking that the script runs.
+
+    .venv/bin/python -m bench.request_log [--quick] [--only middleware|ingest|read]
+"""
 
 from __future__ import annotations
 
@@ -24,41 +27,36 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import asyncpg
+import httpx
 
-import asyncpg  # noqa: E402
-import httpx  # noqa: E402
-
-from api.settings import Settings  # noqa: E402
-from bench.graphql_consume import (  # noqa: E402
+from api.settings import Settings
+from bench.graphql_consume import (
     Clients,
     Target,
-    check_server,
-    find_wrk,
     prewarm,
     run_phase,
     seed,
     single_consumer,
-    start_server,
-    wait_for_connections,
+    start_usagegraph,
     wrk_phase,
 )
-from bench.ledger import (  # noqa: E402
+from bench.harness import (
     DEFAULT_ADMIN_DSN,
     create_database,
     database_urls,
     drop_database,
+    find_wrk,
     open_database,
+    wait_for_connections,
 )
-from models.request_log import COLUMNS  # noqa: E402
+from models.request_log import COLUMNS
 
 CONFIGS = {
     "log off": {"USAGEGRAPH_REQUEST_LOG": "0", "USAGEGRAPH_RATE_LIMIT_PER_SECOND": "0"},
@@ -99,9 +97,8 @@ async def middleware_rounds(
             os.environ.update(env)
             await wait_for_connections(args.admin_dsn, args.pool_size + 1)
             rows_before = await log_rows(dsn)
-            server = await start_server(url, args.pool_size, False, None, work_dir)
+            server = await start_usagegraph(url, args.pool_size, False, None, work_dir, api_key)
             try:
-                await check_server(server, api_key)
                 target = Target(server.url, api_key, application_id, refs)
                 async with Clients(target, args.clients, False) as clients:
                     await prewarm(clients, accounts, args.clients)
@@ -116,7 +113,7 @@ async def middleware_rounds(
                             server.pid,
                         )
                 if wrk is not None:
-                    phase = await wrk_phase(wrk, target, accounts, args, server.pid, work_dir)
+                    phase = await wrk_phase(target, accounts, args, server.pid, work_dir)
             finally:
                 server.stop()  # SIGTERM: a clean shutdown, which flushes the log
             logged = await log_rows(dsn) - rows_before
@@ -169,11 +166,10 @@ async def ingest_phase(
     os.environ.update(CONFIGS["log on"])
     await wait_for_connections(args.admin_dsn, args.pool_size + 1)
     rows_before = await log_rows(dsn, "ingest")
-    server = await start_server(url, args.pool_size, False, None, work_dir)
-    endpoint = server.url.replace("/graphql", "/v1/request-logs")
+    server = await start_usagegraph(url, args.pool_size, False, None, work_dir, api_key)
+    endpoint = f"{server.base}/v1/request-logs"
     headers = {"Authorization": f"Bearer {api_key}"}
     try:
-        await check_server(server, api_key)
         queue = list(reversed(batches))
         accepted = 0
 
@@ -291,9 +287,8 @@ async def read_phase(args: argparse.Namespace, url: str, dsn: str, work_dir: Pat
     }
     os.environ.update(CONFIGS["log on"])
     await wait_for_connections(args.admin_dsn, args.pool_size + 1)
-    server = await start_server(url, args.pool_size, False, None, work_dir)
+    server = await start_usagegraph(url, args.pool_size, False, None, work_dir, api_key)
     try:
-        await check_server(server, api_key)
         async with httpx.AsyncClient(
             timeout=60, headers={"Authorization": f"Bearer {api_key}"}
         ) as client:
@@ -328,9 +323,7 @@ async def read_phase(args: argparse.Namespace, url: str, dsn: str, work_dir: Pat
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--admin-dsn", default=os.environ.get("USAGEGRAPH_BENCH_PG", DEFAULT_ADMIN_DSN)
-    )
+    parser.add_argument("--admin-dsn", default=DEFAULT_ADMIN_DSN)
     parser.add_argument("--quick", action="store_true", help="small scale: check the script runs")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -355,7 +348,7 @@ def parse_args() -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> int:
-    work_dir = Path(tempfile.mkdtemp(prefix="usagegraph_request_log_bench_"))
+    work_dir = args.work_dir = Path(tempfile.mkdtemp(prefix="usagegraph_request_log_bench_"))
     name = await create_database(args.admin_dsn)
     url, dsn = database_urls(args.admin_dsn, name)
     print(f"scratch database {name}; work files in {work_dir}; load average {os.getloadavg()}")

@@ -52,7 +52,7 @@ Phases, for each N of `--subscribers` (default 1,000 and 5,000)
 Other work on the machine (2 cores shared by server, client, PostgreSQL and Redis) moves
 the figures: compare within one run.
 
-    .venv/bin/python bench/ws_fanout.py [--subscribers 1000,5000] [--quick]
+    .venv/bin/python -m bench.ws_fanout [--subscribers 1000,5000] [--quick]
 
 `--quick` is a smoke run (200 subscribers, 4 s of widget load, 5 changes); `--only memory`
 runs the memory phase alone (no widget or dashboard load). `--profile`
@@ -72,7 +72,6 @@ import os
 import random
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -84,16 +83,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import ClientConnection, connect
 
-import httpx  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse  # noqa: E402
-from starlette.routing import Route, WebSocketRoute  # noqa: E402
-from starlette.websockets import WebSocket  # noqa: E402
-from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
+from bench.harness import (
+    DEFAULT_ADMIN_DSN,
+    PySpy,
+    Server,
+    create_database,
+    database_urls,
+    drop_database,
+    free_port,
+    open_database,
+    percentile,
+    rss_kb,
+    start_server,
+)
 
 SECRET = "ws-fanout-benchmark-secret-of-at-least-32-bytes"
 POOL = "ai"
@@ -226,30 +236,16 @@ def server_app() -> Starlette:
 # ------------------------------------------------------------------------ client side
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 async def settled_rss(server: Server) -> int:
     """The server's RSS, after a garbage collection, once it stops moving (the connections'
     work is done)."""
     async with httpx.AsyncClient(timeout=60) as client:
-        await client.post(f"{server.base_http}/raw/gc")
+        await client.post(f"{server.base}/raw/gc")
     pid = server.pid
-    last = rss_kb(pid)
+    last = rss_kb(pid)[0]
     while True:
         await asyncio.sleep(1.0)
-        now = rss_kb(pid)
+        now = rss_kb(pid)[0]
         if abs(now - last) < 256:
             return now
         last = now
@@ -357,13 +353,6 @@ def at_seconds(event: dict[str, Any]) -> float:
     return at if isinstance(at, float) else datetime.fromisoformat(at).timestamp()
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 @dataclass
 class Latencies:
     label: str
@@ -397,17 +386,6 @@ class Rate:
 
 
 @dataclass
-class Server:
-    base_http: str
-    base_ws: str
-    process: subprocess.Popen[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-
-@dataclass
 class Setup:
     application_id: int
     end_users: list[int]
@@ -417,88 +395,41 @@ class Setup:
     env: dict[str, str]
 
 
-async def start_server(setup: Setup, per_subscriber: bool, log_dir: Path) -> Server:
-    port = free_port()
-    env = {**os.environ, **setup.env, "PYTHONPATH": str(ROOT)}
-    if per_subscriber:
-        env[PER_SUBSCRIBER_ENV] = "1"
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench.ws_fanout:server_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ws",
-        "websockets-sansio",
-        # as `usagegraph serve` runs it by default (USAGEGRAPH_WS_COMPRESSION off)
-        "--ws-per-message-deflate",
-        "false",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
-    # Blocking calls, once per server start: nothing else runs meanwhile.
-    log = open(log_dir / f"server-{port}.log", "wb")  # noqa: ASYNC230
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)  # noqa: ASYNC220
-    server = Server(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", process)
-    async with httpx.AsyncClient() as client:
-        for _ in range(300):
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited; see {log.name}")
-            try:
-                answer = await client.post(
-                    f"{server.base_http}/graphql",
-                    json={"query": "query Ready { __typename }"},
-                    headers={"Authorization": f"Bearer {setup.read_key}"},
-                )
-                if answer.status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("server did not start")
+def ws_base(server: Server) -> str:
+    return server.base.replace("http://", "ws://", 1)
 
 
-def stop_server(server: Server) -> None:
-    server.process.send_signal(signal.SIGINT)
-    try:
-        server.process.wait(15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+async def start_fanout_server(setup: Setup, per_subscriber: bool, log_dir: Path) -> Server:
+    """The real app plus the raw routes (`server_app`) in one uvicorn process, once it
+    answers."""
+    env = {**setup.env, **({PER_SUBSCRIBER_ENV: "1"} if per_subscriber else {})}
+    server = start_server(
+        lambda port: [
+            *(sys.executable, "-m", "uvicorn", "bench.ws_fanout:server_app", "--factory"),
+            *("--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio"),
+            # as `usagegraph serve` runs it by default (USAGEGRAPH_WS_COMPRESSION off)
+            *("--ws-per-message-deflate", "false", "--no-access-log", "--log-level", "warning"),
+        ],
+        env,
+        log_dir,
+    )
+    await server.ready(setup.read_key)
+    return server
 
 
 class Profiler:
+    """py-spy on the server during a phase, into the work directory."""
+
     def __init__(self, enabled: bool, out_dir: Path) -> None:
-        self.enabled = enabled and shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        self.spy = PySpy(enabled) if enabled else None
         self.out_dir = out_dir
-        self.process: subprocess.Popen[bytes] | None = None
-        self.out: Path | None = None
 
     def start(self, pid: int, name: str) -> None:
-        if not self.enabled:
-            return
-        self.out = self.out_dir / f"{name}.txt"
-        py_spy = str(Path(sys.executable).parent / "py-spy")
-        self.process = subprocess.Popen(
-            [
-                *(py_spy, "record", "--pid", str(pid), "--rate", "200", "--nonblocking"),
-                *("--function", "--format", "raw", "--output", str(self.out)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        if self.spy is not None:
+            self.spy.start(pid, self.out_dir / f"{name}.txt", rate=200)
 
     def stop(self) -> str:
-        if self.process is None:
-            return ""
-        self.process.send_signal(signal.SIGINT)
-        self.process.wait(30)
-        self.process = None
-        return f"  (py-spy profile: {self.out})"
+        return "" if self.spy is None else self.spy.stop()
 
 
 # --------------------------------------------------------------------------- phases
@@ -531,7 +462,7 @@ async def widget_phase(
                 }
             }
             answer = await client.post(
-                f"{server.base_http}/graphql", json={"query": CONSUME, "variables": variables}
+                f"{server.base}/graphql", json={"query": CONSUME, "variables": variables}
             )
             body = answer.json()
             if (
@@ -556,7 +487,7 @@ async def widget_phase(
 
     async with httpx.AsyncClient(timeout=60) as client:
         await client.post(
-            f"{server.base_http}/raw/trickle", params={"rate": args.rate, "seconds": args.seconds}
+            f"{server.base}/raw/trickle", params={"rate": args.rate, "seconds": args.seconds}
         )
     await asyncio.sleep(args.seconds + 1.0)
     raw = [
@@ -600,7 +531,7 @@ async def dashboard_phase(
                 "input": {"applicationId": str(setup.application_id), "pool": pool, "credits": 1}
             }
             answer = await client.post(
-                f"{server.base_http}/graphql", json={"query": PURCHASE, "variables": variables}
+                f"{server.base}/graphql", json={"query": PURCHASE, "variables": variables}
             )
             payload = answer.json()["data"]["purchaseCredits"]
             if payload["errors"]:
@@ -626,7 +557,7 @@ async def raw_broadcast_phase(server: Server, raws: list[Subscriber], changes: i
     for subscriber in raws:
         subscriber.frames.clear()
     async with httpx.AsyncClient(timeout=600) as client:
-        await client.post(f"{server.base_http}/raw/broadcast", params={"count": changes})
+        await client.post(f"{server.base}/raw/broadcast", params={"count": changes})
     expected = changes * len(raws)
     if not await wait_until(lambda: sum(len(s.frames) for s in raws) >= expected, 300):
         raise RuntimeError("raw broadcast incomplete")
@@ -641,10 +572,10 @@ async def raw_broadcast_phase(server: Server, raws: list[Subscriber], changes: i
 
 async def run_size(n: int, setup: Setup, args: Any, work: Path) -> list[str]:
     lines = [f"N = {n:,} subscribers"]
-    server = await start_server(setup, per_subscriber=False, log_dir=work)
+    server = await start_fanout_server(setup, per_subscriber=False, log_dir=work)
     profiler = Profiler(args.profile, work)
     try:
-        base = server.base_ws
+        base = ws_base(server)
         # Warm both paths (imports, caches, the database pool grown by as many concurrent
         # subscriptions as are opened at once), then measure from a settled RSS. The warm-up
         # connections stay open meanwhile: the bare ones measured first would otherwise
@@ -701,7 +632,7 @@ async def run_size(n: int, setup: Setup, args: Any, work: Path) -> list[str]:
         await close_all(dashboards + raws)
     finally:
         profiler.stop()
-        stop_server(server)
+        server.stop()
     if args.per_subscriber:
         lines += await run_per_subscriber(n, setup, args, work)
     return lines
@@ -709,9 +640,9 @@ async def run_size(n: int, setup: Setup, args: Any, work: Path) -> list[str]:
 
 async def run_per_subscriber(n: int, setup: Setup, args: Any, work: Path) -> list[str]:
     """Strawberry's own handlers: the selection executed per subscriber and event."""
-    server = await start_server(setup, per_subscriber=True, log_dir=work)
+    server = await start_fanout_server(setup, per_subscriber=True, log_dir=work)
     try:
-        base = server.base_ws
+        base = ws_base(server)
         warm = await warm_up(base, setup)
         before = await settled_rss(server)
         widgets = await open_many(n, lambda i: widget(base, setup, i))
@@ -722,7 +653,7 @@ async def run_per_subscriber(n: int, setup: Setup, args: Any, work: Path) -> lis
         rate = await dashboard_phase(server, setup, dashboards, args)
         await close_all(dashboards)
     finally:
-        stop_server(server)
+        server.stop()
     rate.label = "per subscriber (Strawberry's handler)"
     return [
         f"  per-subscriber execution, for comparison: {kb:.1f} KB per idle subscription",
@@ -750,7 +681,8 @@ def dashboard(base: str, setup: Setup) -> Awaitable[Subscriber]:
 async def prepare(largest: int, changes: int, admin_dsn: str, redis_url: str) -> tuple[Setup, str]:
     """A scratch database with one application of `largest` funded End Users, keys, one
     End User token each, and `changes` empty pools for the dashboard load."""
-    from bench.ledger import create_database, database_urls, fund_application, open_database
+    from api.settings import Settings
+    from bench.ledger import fund_application
     from models.accounts import create_api_key, create_organization
     from models.end_user_tokens import sign_token
     from models.pools import create_pool
@@ -758,8 +690,6 @@ async def prepare(largest: int, changes: int, admin_dsn: str, redis_url: str) ->
 
     name = await create_database(admin_dsn)
     url, _ = database_urls(admin_dsn, name)
-    from api.settings import Settings
-
     await open_database(Settings(DATABASE_URL=url))
     organization, _ = await create_organization("ws fanout bench")
     accounts = await fund_application(organization.id, 0, largest)
@@ -800,8 +730,6 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
 
 
 async def main() -> int:
-    from bench.ledger import DEFAULT_ADMIN_DSN, drop_database
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscribers", default="1000,5000", help="comma-separated N")
     parser.add_argument("--rate", type=float, default=50.0, help="widget consumptions/s")

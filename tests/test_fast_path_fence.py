@@ -21,7 +21,7 @@ from resolvers.runtime.plain_lists import PlainListExecutor
 from resolvers.runtime.versions import VERIFIED, decide
 from resolvers.schema import build_schema, schema
 from tests.conftest import Backend
-from tests.dashboard_query import DASHBOARD
+from bench.dashboard_query import DASHBOARD
 from tests.ledger_helpers import application_with_allocations
 from tests.test_locked_versions import _pins
 

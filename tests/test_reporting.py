@@ -39,7 +39,7 @@ from resolvers.context import Context
 from resolvers.runtime.plain_lists import PlainListExecutor
 from resolvers.schema import Mutation, Query, Subscription, schema
 from tests.conftest import Backend
-from tests.dashboard_query import DASHBOARD
+from bench.dashboard_query import DASHBOARD
 from tests.ledger_helpers import application_with_allocations
 from tests.statement_counter import counting
 

@@ -1,24 +1,25 @@
--- wrk script of bench/graphql_consume.py's `--load wrk`: POSTs the fixed consumeCredits
--- mutation for a random End User per request and checks the answers.
+-- wrk script of the benchmarks (bench/harness.py's `run_wrk`): POSTs a random body of a
+-- file per request and checks the answers.
 --
--- Environment (set by bench/graphql_consume.py):
---   USAGEGRAPH_WRK_BODIES       file of JSON request bodies, one per End User and line
---                               ({"query": <the fixed mutation>, "variables": {...}})
+-- Environment (set by bench/harness.py):
+--   USAGEGRAPH_WRK_BODIES       file of JSON request bodies, one a line
+--                               ({"query": <a fixed document>, "variables": {...}})
 --   USAGEGRAPH_WRK_KEY          API key, sent as `Authorization: Bearer <key>`
---   USAGEGRAPH_WRK_SEED         seed of the End User draws (thread n uses seed * 1000 + n)
+--   USAGEGRAPH_WRK_SEED         seed of the draws (thread n uses seed * 1000 + n)
 --   USAGEGRAPH_WRK_CHECK_EVERY  1: check every answer (default); n > 1: every answer's
 --                               status, the body of every n-th; 0: no `response` hook at all
 --                               (wrk then reads no bodies; only its own status count > 399)
 --
 -- An answer is an error when its status is not 200 or its body holds a non-empty `errors`
--- list (`"errors":[{`: GraphQL errors or the payload's own) or `"balance":null`.
+-- list (`"errors":[{`: GraphQL errors or a payload's own) or `"balance":null` (a consumption
+-- answered without its balance).
 -- `done` prints one line for the caller to parse:
 --   WRK_RESULT key=value ... (latencies in microseconds)
 
 local bodies_path = os.getenv("USAGEGRAPH_WRK_BODIES")
 local key = os.getenv("USAGEGRAPH_WRK_KEY")
 if not bodies_path or not key then
-  io.stderr:write("wrk_consume.lua: set USAGEGRAPH_WRK_BODIES and USAGEGRAPH_WRK_KEY\n")
+  io.stderr:write("wrk_post.lua: set USAGEGRAPH_WRK_BODIES and USAGEGRAPH_WRK_KEY\n")
   os.exit(2)
 end
 local seed = tonumber(os.getenv("USAGEGRAPH_WRK_SEED") or "1")
@@ -36,7 +37,7 @@ for body in io.lines(bodies_path) do
   end
 end
 if #requests == 0 then
-  io.stderr:write("wrk_consume.lua: no request bodies in " .. bodies_path .. "\n")
+  io.stderr:write("wrk_post.lua: no request bodies in " .. bodies_path .. "\n")
   os.exit(2)
 end
 local count = #requests

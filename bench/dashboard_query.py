@@ -1,5 +1,6 @@
-"""The Usage page's dashboard query: the statement-count test and
-bench/dashboard.py send this same document."""
+"""The dashboard query: everything a usage dashboard shows in one document. The benchmark
+`bench.dashboard` drives it, and the statement-count, query-cost and fast-path tests send
+this same document."""
 
 DASHBOARD = """
 query Dashboard($id: ID!, $from: DateTime!, $to: DateTime!) {
