@@ -12,13 +12,13 @@ from models.access import require_api_key, visible_application, writable_applica
 from models.alerts import acknowledge_alert, set_low_balance_threshold
 from models.credits import CreditPool as PoolRow
 from models.credits import EndUser as EndUserRow
-from models.errors import DomainError, NotFound, ValidationFailed
+from models.errors import NotFound, ValidationFailed
 from models.records import Alert as AlertRow
 from models.records import AlertKind as DomainAlertKind
 from models.references import parse_id
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
-from resolvers.errors import UserError, query_error, user_errors
+from resolvers.errors import UserError, errors_as_query_errors, errors_in_payload
 from resolvers.live import live_events
 from resolvers.pools import CreditPool, check_page_size
 from subscriptions.fanout import Topic
@@ -103,17 +103,13 @@ def _after(cursor: str) -> int:
 
 async def alert_page(application_id: int, first: int, after: str | None) -> CreditAlertConnection:
     """Newest first."""
-    try:
+    with errors_as_query_errors():
         check_page_size(first)
-    except DomainError as error:
-        raise query_error(error) from None
     query = AlertRow.filter(application_id=application_id)
     total = await query.count()
     if after is not None:
-        try:
+        with errors_as_query_errors():
             query = query.filter(id__lt=_after(after))
-        except DomainError as error:
-            raise query_error(error) from None
     rows = await query.order_by("-id").limit(first + 1)
     keys = dict(await PoolRow.filter(application_id=application_id).values_list("id", "key"))
     page = [
@@ -148,21 +144,19 @@ class SetLowBalanceThresholdPayload:
     errors: list[UserError] = strawberry.field(default_factory=list)
 
 
+@errors_in_payload(SetLowBalanceThresholdPayload)
 async def resolve_set_threshold(
     info: Info, input: SetLowBalanceThresholdInput
 ) -> SetLowBalanceThresholdPayload:
     """Without endUser or endUserDefault: the pool's own threshold."""
-    try:
-        application_id = await writable_application(principal_of(info), input.application_id)
-        await set_low_balance_threshold(
-            application_id,
-            input.pool,
-            input.threshold,
-            end_user=None if input.end_user is None else input.end_user.to_domain(),
-            end_user_default=input.end_user_default,
-        )
-    except DomainError as error:
-        return SetLowBalanceThresholdPayload(errors=user_errors(error))
+    application_id = await writable_application(principal_of(info), input.application_id)
+    await set_low_balance_threshold(
+        application_id,
+        input.pool,
+        input.threshold,
+        end_user=None if input.end_user is None else input.end_user.to_domain(),
+        end_user_default=input.end_user_default,
+    )
     pool = await PoolRow.get(application_id=application_id, key=input.pool)
     return SetLowBalanceThresholdPayload(pool=CreditPool.from_row(pool))
 
@@ -173,17 +167,15 @@ class AcknowledgeAlertPayload:
     errors: list[UserError] = strawberry.field(default_factory=list)
 
 
+@errors_in_payload(AcknowledgeAlertPayload)
 async def resolve_acknowledge(info: Info, id: strawberry.ID) -> AcknowledgeAlertPayload:
     principal = principal_of(info)
-    try:
-        parsed = parse_id(id)
-        row = None if parsed is None else await AlertRow.get_or_none(id=parsed)
-        if row is None:
-            raise NotFound("alert not found", field="id")
-        application_id = await writable_application(principal, row.application_id)  # type: ignore[attr-defined]
-        row = await acknowledge_alert(application_id, row.id)
-    except DomainError as error:
-        return AcknowledgeAlertPayload(errors=user_errors(error))
+    parsed = parse_id(id)
+    row = None if parsed is None else await AlertRow.get_or_none(id=parsed)
+    if row is None:
+        raise NotFound("alert not found", field="id")
+    application_id = await writable_application(principal, row.application_id)  # type: ignore[attr-defined]
+    row = await acknowledge_alert(application_id, row.id)
     pool = await PoolRow.get(id=row.pool_id)
     return AcknowledgeAlertPayload(alert=CreditAlert.from_row(row, pool.key))
 
@@ -192,11 +184,9 @@ async def low_credit_alerts(
     info: Info, application_id: strawberry.ID
 ) -> AsyncGenerator[CreditAlert, None]:
     """Every LOW, EXHAUSTED and RECOVERED alert of the application from now on."""
-    try:
+    with errors_as_query_errors():
         principal = principal_of(info)
         require_api_key(principal)
         application = await visible_application(principal, application_id)
-    except DomainError as error:
-        raise query_error(error) from None
     async for alert in live_events(info, Topic(application, "alert"), CreditAlert.from_event):
         yield alert

@@ -11,10 +11,9 @@ from models.allocation_report import (
     allocation_summary,
     ranked_end_users,
 )
-from models.errors import DomainError
 from resolvers.context import Info
 from resolvers.end_users import EndUser, EndUserBalance, pool_id_of
-from resolvers.errors import query_error
+from resolvers.errors import errors_as_query_errors
 from resolvers.loaders import loaders_of
 from resolvers.pools import check_page_size
 
@@ -47,10 +46,8 @@ class AllocationSummary:
     pool_id: strawberry.Private[int]
 
     async def _ranked(self, info: Info, ranking: Ranking, first: int) -> list[EndUserBalance]:
-        try:
+        with errors_as_query_errors():
             check_page_size(first)
-        except DomainError as error:
-            raise query_error(error) from None
         lines = await ranked_end_users(
             self.application_id, self.pool_id, ranking, first, loaders_of(info).now
         )

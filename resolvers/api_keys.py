@@ -8,12 +8,12 @@ import strawberry
 
 from models.access import require_api_key, require_write, visible_application
 from models.accounts import create_api_key, list_api_keys, revoke_api_key
-from models.errors import DomainError, Forbidden, NotFound
+from models.errors import Forbidden, NotFound
 from models.references import parse_id
 from models.tenancy import ApiKey as ApiKeyRow
 from models.tenancy import ApiKeyRole as DomainApiKeyRole
 from resolvers.context import Info, principal_of
-from resolvers.errors import UserError, query_error, user_errors
+from resolvers.errors import UserError, errors_as_query_errors, errors_in_payload
 
 ApiKeyRole = strawberry.enum(DomainApiKeyRole, name="ApiKeyRole")
 
@@ -69,22 +69,18 @@ class RevokeApiKeyPayload:
     errors: list[UserError] = strawberry.field(default_factory=list)
 
 
+@errors_in_payload(CreateApiKeyPayload)
 async def resolve_create_api_key(info: Info, input: CreateApiKeyInput) -> CreateApiKeyPayload:
     principal = principal_of(info)
-    try:
-        application_id = None
-        if input.application_id is not None:
-            application_id = await visible_application(principal, input.application_id)
-        elif not principal.organization_scoped:
-            raise NotFound(
-                "an application key cannot create organization keys", field="applicationId"
-            )
-        require_write(principal)  # after visibility: another application's is NOT_FOUND
-        issued = await create_api_key(
-            principal.organization_id, input.name, DomainApiKeyRole(input.role), application_id
-        )
-    except DomainError as error:
-        return CreateApiKeyPayload(errors=user_errors(error))
+    application_id = None
+    if input.application_id is not None:
+        application_id = await visible_application(principal, input.application_id)
+    elif not principal.organization_scoped:
+        raise NotFound("an application key cannot create organization keys", field="applicationId")
+    require_write(principal)  # after visibility: another application's is NOT_FOUND
+    issued = await create_api_key(
+        principal.organization_id, input.name, DomainApiKeyRole(input.role), application_id
+    )
     return CreateApiKeyPayload(api_key=ApiKey.from_row(issued.api_key), secret=issued.secret)
 
 
@@ -100,13 +96,11 @@ async def _visible_key(info: Info, key_id: strawberry.ID) -> ApiKeyRow:
     return row
 
 
+@errors_in_payload(RevokeApiKeyPayload)
 async def resolve_revoke_api_key(info: Info, id: strawberry.ID) -> RevokeApiKeyPayload:
-    try:
-        row = await _visible_key(info, id)
-        require_write(principal_of(info))  # after visibility: another's key is NOT_FOUND
-        row = await revoke_api_key(row)
-    except DomainError as error:
-        return RevokeApiKeyPayload(errors=user_errors(error))
+    row = await _visible_key(info, id)
+    require_write(principal_of(info))  # after visibility: another's key is NOT_FOUND
+    row = await revoke_api_key(row)
     return RevokeApiKeyPayload(api_key=ApiKey.from_row(row))
 
 
@@ -122,13 +116,11 @@ async def resolve_api_keys(
     """Keys of the organization or of one application (the caller checked it is visible),
     as far as an ADMIN credential sees them: an application key sees its application's."""
     principal = principal_of(info)
-    try:
+    with errors_as_query_errors():
         require_api_key(principal)
         if not principal.organization_scoped:
             application_id = principal.application_id
         if not principal.can_write:
             raise Forbidden("listing API keys needs an ADMIN key")
         rows = await list_api_keys(organization_id, application_id, first)
-    except DomainError as error:
-        raise query_error(error) from None
     return [ApiKey.from_row(row) for row in rows]

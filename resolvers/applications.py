@@ -19,7 +19,7 @@ from models.credits import CreditPool as PoolRow
 from models.credits import EndUser as EndUserRow
 from models.end_users import EndUserInput as DomainEndUserInput
 from models.end_users import upsert_end_users
-from models.errors import DomainError, NotFound, ValidationFailed
+from models.errors import NotFound, ValidationFailed
 from models.pools import create_pool
 from models.references import parse_id
 from models.tenancy import Application as ApplicationRow
@@ -52,7 +52,7 @@ from resolvers.end_users import (
     end_user_page,
     pool_id_of,
 )
-from resolvers.errors import UserError, query_error, user_errors
+from resolvers.errors import UserError, errors_as_query_errors, errors_in_payload, query_error
 from resolvers.loaders import loaders_of
 from resolvers.pools import CreateCreditPoolInput, CreateCreditPoolPayload, CreditPool
 from resolvers.request_log import (
@@ -113,10 +113,8 @@ class Application:
         order_by: EndUserOrder | None = None,
     ) -> EndUserConnection:
         _api_keys_only(info)
-        try:
+        with errors_as_query_errors():
             return await end_user_page(info, self.row_id, first, after, filter, order_by)
-        except DomainError as error:
-            raise query_error(error) from None
 
     @strawberry.field(description=SERIES_DESCRIPTION + " Without `pool`, every pool summed.")
     async def consumption(
@@ -224,18 +222,14 @@ class Application:
             row = await EndUserRow.get_or_none(application_id=self.row_id, external_id=external_id)
         if row is None:
             raise query_error(NotFound("End User not found"))
-        try:
+        with errors_as_query_errors():
             require_end_user(principal_of(info), row.id)
-        except DomainError as error:
-            raise query_error(error) from None
         return EndUser.from_row(row)
 
 
 def _api_keys_only(info: Info) -> None:
-    try:
+    with errors_as_query_errors():
         require_api_key(principal_of(info))
-    except DomainError as error:
-        raise query_error(error) from None
 
 
 async def resolve_applications(info: Info) -> list[Application]:
@@ -247,11 +241,9 @@ async def resolve_applications(info: Info) -> list[Application]:
 
 
 async def resolve_application(info: Info, id: strawberry.ID) -> Application | None:
-    try:
+    with errors_as_query_errors():
         application_id = await visible_application(principal_of(info), id)
         return Application.from_row(await application_line(application_id))
-    except DomainError as error:
-        raise query_error(error) from None
 
 
 @strawberry.input
@@ -266,42 +258,36 @@ class CreateApplicationPayload:
     errors: list[UserError] = strawberry.field(default_factory=list)
 
 
+@errors_in_payload(CreateApplicationPayload)
 async def resolve_create_application(
     info: Info, input: CreateApplicationInput
 ) -> CreateApplicationPayload:
     principal = principal_of(info)
-    try:
-        require_write(principal)
-        if not principal.organization_scoped:
-            raise NotFound("applications are created with an organization key")
-        row = await create_application(principal.organization_id, input.name, input.plan)
-    except DomainError as error:
-        return CreateApplicationPayload(errors=user_errors(error))
+    require_write(principal)
+    if not principal.organization_scoped:
+        raise NotFound("applications are created with an organization key")
+    row = await create_application(principal.organization_id, input.name, input.plan)
     return CreateApplicationPayload(application=Application.from_row(row))
 
 
+@errors_in_payload(CreateCreditPoolPayload)
 async def resolve_create_pool(info: Info, input: CreateCreditPoolInput) -> CreateCreditPoolPayload:
-    try:
-        application_id = await writable_application(principal_of(info), input.application_id)
-        row = await create_pool(
-            application_id,
-            input.key,
-            input.name,
-            low_balance_threshold=input.low_balance_threshold,
-            end_user_low_balance_threshold=input.end_user_low_balance_threshold,
-        )
-    except DomainError as error:
-        return CreateCreditPoolPayload(errors=user_errors(error))
+    application_id = await writable_application(principal_of(info), input.application_id)
+    row = await create_pool(
+        application_id,
+        input.key,
+        input.name,
+        low_balance_threshold=input.low_balance_threshold,
+        end_user_low_balance_threshold=input.end_user_low_balance_threshold,
+    )
     return CreateCreditPoolPayload(pool=CreditPool.from_row(row))
 
 
+@errors_in_payload(UpsertEndUsersPayload)
 async def resolve_upsert_end_users(info: Info, input: UpsertEndUsersInput) -> UpsertEndUsersPayload:
-    try:
-        application_id = await writable_application(principal_of(info), input.application_id)
-        rows = await upsert_end_users(
-            application_id,
-            [DomainEndUserInput(u.external_id, u.name, u.email) for u in input.end_users],
-        )
-    except DomainError as error:
-        return UpsertEndUsersPayload(errors=user_errors(error))
+    application_id = await writable_application(principal_of(info), input.application_id)
+    rows = await upsert_end_users(
+        application_id,
+        [DomainEndUserInput(u.external_id, u.name, u.email) for u in input.end_users],
+    )
     return UpsertEndUsersPayload(end_users=[EndUser.from_row(row) for row in rows])

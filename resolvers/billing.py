@@ -12,13 +12,12 @@ import strawberry
 
 from models import billing
 from models.access import require_api_key
-from models.errors import DomainError
 from models.export_links import LINK_TTL, sign_export
 from models.exports import ExportFormat as DomainExportFormat
 from models.exports import ExportSpec
 from models.exports import ExportType as DomainExportType
 from resolvers.context import Info, principal_of
-from resolvers.errors import query_error
+from resolvers.errors import errors_as_query_errors
 
 BillingPeriodStatus = strawberry.enum(billing.PeriodStatus, name="BillingPeriodStatus")
 ExportType = strawberry.enum(DomainExportType, name="ExportType")
@@ -82,22 +81,18 @@ class BillingPeriod:
 
 
 async def billing_periods_of(info: Info, application_id: int, first: int) -> list[BillingPeriod]:
-    try:
+    with errors_as_query_errors():
         require_api_key(principal_of(info))
         periods = await billing.billing_periods(application_id, first)
-    except DomainError as error:
-        raise query_error(error) from None
     return [BillingPeriod.from_domain(period) for period in periods]
 
 
 async def billing_period_of(
     info: Info, application_id: int, start: datetime
 ) -> BillingPeriod | None:
-    try:
+    with errors_as_query_errors():
         require_api_key(principal_of(info))
         period = await billing.billing_period(application_id, start)
-    except DomainError as error:
-        raise query_error(error) from None
     return None if period is None else BillingPeriod.from_domain(period)
 
 
@@ -115,11 +110,9 @@ def export_url_of(
     """A link to GET /v1/applications/{id}/export, signed for these parameters and valid
     for a few minutes: a browser downloads it without an API key."""
     principal = principal_of(info)
-    try:
+    with errors_as_query_errors():
         require_api_key(principal)
         spec = ExportSpec(application_id, type, start, end, format).validated()
-    except DomainError as error:
-        raise query_error(error) from None
     link = sign_export(info.context.secret, spec, principal.api_key_id, LINK_TTL)
     query = urlencode(
         {

@@ -9,9 +9,8 @@ import strawberry
 
 from models.consumption import Granularity as DomainGranularity
 from models.consumption import Series, SeriesKey, bucket_range
-from models.errors import DomainError
 from resolvers.context import Info
-from resolvers.errors import query_error
+from resolvers.errors import errors_as_query_errors
 from resolvers.loaders import loaders_of
 
 Granularity = strawberry.enum(DomainGranularity, name="Granularity")
@@ -75,9 +74,7 @@ async def load_series(
     end_user_id: int | None = None,
     feature: str | None = None,
 ) -> ConsumptionSeries:
-    try:
+    with errors_as_query_errors():
         buckets = bucket_range(start, end, granularity)
-    except DomainError as error:
-        raise query_error(error) from None
     key = SeriesKey(application_id, buckets, pool_id, end_user_id, feature)
     return ConsumptionSeries.from_series(await loaders_of(info).series.load(key))

@@ -14,7 +14,6 @@ from models.consume_batch import MAX_BATCH, Consumption
 from models.consumption_combiner import submit_consumptions
 from models.credits import CreditPack as PackRow
 from models.credits import CreditPool as PoolRow
-from models.errors import DomainError
 from models.ledger import (
     BalanceResult,
     ConsumeResult,
@@ -25,7 +24,7 @@ from models.ledger import (
 )
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUserBalance, EndUserRef
-from resolvers.errors import UserError, user_errors
+from resolvers.errors import UserError, errors_in_payload, user_errors
 from resolvers.pools import CreditPack, CreditPool, PurchaseCreditsInput, PurchaseCreditsPayload
 
 
@@ -74,22 +73,20 @@ class ConsumeCreditsPayload:
     errors: list[UserError] = strawberry.field(default_factory=list)
 
 
+@errors_in_payload(PurchaseCreditsPayload)
 async def resolve_purchase(info: Info, input: PurchaseCreditsInput) -> PurchaseCreditsPayload:
     principal = principal_of(info)
-    try:
-        application_id = await writable_application(principal, input.application_id)
-        result = await purchase_credits(
-            application_id,
-            input.pool,
-            input.credits,
-            expires_at=input.expires_at,
-            package=input.package,
-            reference=input.reference,
-            idempotency_key=input.idempotency_key,
-            actor=principal.key_id,
-        )
-    except DomainError as error:
-        return PurchaseCreditsPayload(errors=user_errors(error))
+    application_id = await writable_application(principal, input.application_id)
+    result = await purchase_credits(
+        application_id,
+        input.pool,
+        input.credits,
+        expires_at=input.expires_at,
+        package=input.package,
+        reference=input.reference,
+        idempotency_key=input.idempotency_key,
+        actor=principal.key_id,
+    )
     pool_row = await PoolRow.get(application_id=application_id, key=input.pool)
     pack_row = await PackRow.get(id=result.pack_id)
     return PurchaseCreditsPayload(
@@ -109,48 +106,45 @@ async def _move(
     payload: type[MovePayload],
 ) -> MovePayload:
     principal = principal_of(info)
-    try:
-        application_id = await writable_application(principal, input.application_id)
-        result = await operation(
-            application_id,
-            input.pool,
-            input.end_user.to_domain(),
-            input.credits,
-            idempotency_key=input.idempotency_key,
-            actor=principal.key_id,
-        )
-    except DomainError as error:
-        return payload(errors=user_errors(error))
+    application_id = await writable_application(principal, input.application_id)
+    result = await operation(
+        application_id,
+        input.pool,
+        input.end_user.to_domain(),
+        input.credits,
+        idempotency_key=input.idempotency_key,
+        actor=principal.key_id,
+    )
     return payload(
         balance=EndUserBalance.from_snapshot(info, input.pool, result.balance),
         replayed=result.replayed,
     )
 
 
+@errors_in_payload(AllocateCreditsPayload)
 async def resolve_allocate(info: Info, input: AllocateCreditsInput) -> AllocateCreditsPayload:
     return await _move(info, input, allocate_credits, AllocateCreditsPayload)
 
 
+@errors_in_payload(ReleaseCreditsPayload)
 async def resolve_release(info: Info, input: AllocateCreditsInput) -> ReleaseCreditsPayload:
     return await _move(info, input, release_credits, ReleaseCreditsPayload)
 
 
+@errors_in_payload(ConsumeCreditsPayload)
 async def resolve_consume(info: Info, input: ConsumeCreditsInput) -> ConsumeCreditsPayload:
     principal = principal_of(info)
-    try:
-        application_id = await writable_application(principal, input.application_id)
-        result = await consume_credits(
-            application_id,
-            input.pool,
-            input.end_user.to_domain(),
-            input.credits,
-            input.feature,
-            idempotency_key=input.idempotency_key,
-            occurred_at=input.occurred_at,
-            actor=principal.key_id,
-        )
-    except DomainError as error:
-        return ConsumeCreditsPayload(errors=user_errors(error))
+    application_id = await writable_application(principal, input.application_id)
+    result = await consume_credits(
+        application_id,
+        input.pool,
+        input.end_user.to_domain(),
+        input.credits,
+        input.feature,
+        idempotency_key=input.idempotency_key,
+        occurred_at=input.occurred_at,
+        actor=principal.key_id,
+    )
     return ConsumeCreditsPayload(
         balance=EndUserBalance.from_snapshot(info, input.pool, result.balance),
         replayed=result.replayed,
@@ -173,29 +167,27 @@ class ConsumeCreditsBatchPayload:
     errors: list[UserError] = strawberry.field(default_factory=list)
 
 
+@errors_in_payload(ConsumeCreditsBatchPayload)
 async def resolve_consume_batch(
     info: Info, input: ConsumeCreditsBatchInput
 ) -> ConsumeCreditsBatchPayload:
     principal = principal_of(info)
-    try:
-        application_id = await writable_application(principal, input.application_id)
-        results = await submit_consumptions(
-            application_id,
-            [
-                Consumption(
-                    end_user=c.end_user.to_domain(),
-                    pool=c.pool,
-                    credits=c.credits,
-                    feature=c.feature,
-                    idempotency_key=c.idempotency_key,
-                    occurred_at=c.occurred_at,
-                    actor=principal.key_id,
-                )
-                for c in input.consumptions
-            ],
-        )
-    except DomainError as error:
-        return ConsumeCreditsBatchPayload(errors=user_errors(error))
+    application_id = await writable_application(principal, input.application_id)
+    results = await submit_consumptions(
+        application_id,
+        [
+            Consumption(
+                end_user=c.end_user.to_domain(),
+                pool=c.pool,
+                credits=c.credits,
+                feature=c.feature,
+                idempotency_key=c.idempotency_key,
+                occurred_at=c.occurred_at,
+                actor=principal.key_id,
+            )
+            for c in input.consumptions
+        ],
+    )
     return ConsumeCreditsBatchPayload(
         results=[
             ConsumeCreditsPayload(

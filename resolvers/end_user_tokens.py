@@ -16,7 +16,7 @@ from models.end_user_tokens import (
 from models.errors import DomainError
 from resolvers.context import Info, note_application, principal_of
 from resolvers.end_users import EndUserRef
-from resolvers.errors import UserError, user_errors
+from resolvers.errors import UserError, errors_in_payload
 
 
 @strawberry.input
@@ -48,28 +48,25 @@ async def _application_for_tokens(info: Info, application_id: strawberry.ID) -> 
     return await visible_application(principal, application_id)
 
 
+@errors_in_payload(EndUserTokenPayload)
 async def resolve_issue_token(info: Info, input: IssueEndUserTokenInput) -> EndUserTokenPayload:
-    try:
-        application_id = await _application_for_tokens(info, input.application_id)
-        issued = await issue_end_user_token(
-            info.context.secret, application_id, input.end_user.to_domain(), input.ttl_seconds
-        )
-    except DomainError as error:
-        return EndUserTokenPayload(errors=user_errors(error))
+    application_id = await _application_for_tokens(info, input.application_id)
+    issued = await issue_end_user_token(
+        info.context.secret, application_id, input.end_user.to_domain(), input.ttl_seconds
+    )
     return EndUserTokenPayload(token=issued.token, expires_at=issued.expires_at)
 
 
+@errors_in_payload(TemporaryCodePayload)
 async def resolve_create_code(info: Info, input: IssueEndUserTokenInput) -> TemporaryCodePayload:
-    try:
-        application_id = await _application_for_tokens(info, input.application_id)
-        issued = await create_temporary_code(
-            application_id, input.end_user.to_domain(), input.ttl_seconds
-        )
-    except DomainError as error:
-        return TemporaryCodePayload(errors=user_errors(error))
+    application_id = await _application_for_tokens(info, input.application_id)
+    issued = await create_temporary_code(
+        application_id, input.end_user.to_domain(), input.ttl_seconds
+    )
     return TemporaryCodePayload(code=issued.code, expires_at=issued.expires_at)
 
 
+@errors_in_payload(EndUserTokenPayload)
 async def resolve_exchange_code(info: Info, code: str) -> EndUserTokenPayload:
     """Needs no credential: the code is the credential, and it works once."""
     try:
@@ -77,6 +74,6 @@ async def resolve_exchange_code(info: Info, code: str) -> EndUserTokenPayload:
     except DomainError as error:
         # A spent or expired code still names its application: log the attempt there.
         note_application(info, getattr(error, "application_id", None))
-        return EndUserTokenPayload(errors=user_errors(error))
+        raise
     note_application(info, application_id)
     return EndUserTokenPayload(token=issued.token, expires_at=issued.expires_at)

@@ -4,6 +4,11 @@ for a transient failure of the database or the broker."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
 import strawberry
 from graphql import GraphQLError
 
@@ -49,3 +54,39 @@ def unavailable_error(error: GraphQLError) -> GraphQLError:
         path=error.path,
         extensions={"code": UNAVAILABLE},
     )
+
+
+PayloadT = TypeVar("PayloadT")
+Params = ParamSpec("Params")
+
+
+def errors_in_payload(
+    payload: type[PayloadT],
+) -> Callable[[Callable[Params, Awaitable[PayloadT]]], Callable[Params, Awaitable[PayloadT]]]:
+    """Wraps a mutation resolver: a domain error (an expected failure: INSUFFICIENT_CREDITS,
+    NOT_FOUND, ...) comes back as the payload's typed `errors`, never as a GraphQL error.
+    Strawberry reads the wrapped resolver's signature, so arguments stay as declared."""
+
+    def wrap(
+        resolver: Callable[Params, Awaitable[PayloadT]],
+    ) -> Callable[Params, Awaitable[PayloadT]]:
+        @functools.wraps(resolver)
+        async def resolve(*args: Params.args, **kwargs: Params.kwargs) -> PayloadT:
+            try:
+                return await resolver(*args, **kwargs)
+            except DomainError as error:
+                return payload(errors=user_errors(error))
+
+        return resolve
+
+    return wrap
+
+
+@contextmanager
+def errors_as_query_errors() -> Iterator[None]:
+    """Around a query's or a subscription's checks: a domain error is raised as a GraphQL
+    error carrying its code (NOT_FOUND for what the caller cannot see)."""
+    try:
+        yield
+    except DomainError as error:
+        raise query_error(error) from None

@@ -10,11 +10,11 @@ import strawberry
 from models.access import require_end_user, visible_application
 from models.balances import BalanceCause
 from models.credits import EndUser as EndUserRow
-from models.errors import DomainError, NotFound
+from models.errors import NotFound
 from models.references import parse_id
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser
-from resolvers.errors import query_error
+from resolvers.errors import errors_as_query_errors
 from resolvers.live import live_events
 from resolvers.pools import BalanceStatus
 from subscriptions.fanout import Topic
@@ -86,7 +86,7 @@ async def balance_changed(
     User balance of the application (of `pool`, when given). The first messages are the
     current snapshots; a slow subscriber gets the latest snapshot per balance."""
     principal = principal_of(info)
-    try:
+    with errors_as_query_errors():
         application = await visible_application(principal, application_id)
         end_user = principal.end_user_id  # an End User token watches its own balances
         if end_user_id is not None:
@@ -96,8 +96,6 @@ async def balance_changed(
             ):
                 raise NotFound("End User not found", field="endUserId")
             require_end_user(principal, end_user)
-    except DomainError as error:
-        raise query_error(error) from None
     topic = Topic(application, "balance", pool, end_user)
     async for event in live_events(info, topic, BalanceEvent.from_event):
         yield event

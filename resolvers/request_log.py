@@ -14,12 +14,12 @@ import strawberry
 from models.access import require_api_key, visible_application
 from models.consumption import Granularity as DomainGranularity
 from models.credits import EndUser as EndUserRow
-from models.errors import DomainError, NotFound, ValidationFailed
+from models.errors import NotFound, ValidationFailed
 from models.request_log import LogFilter, Outcome, entry_page, request_volume
 from resolvers.consumption import Granularity
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
-from resolvers.errors import query_error
+from resolvers.errors import errors_as_query_errors
 from resolvers.loaders import SharedLoader
 from resolvers.preserialized import NotPlain, encode, read_selection, splicing
 from resolvers.request_log_json import CONNECTION_SHAPE, connection_json
@@ -179,12 +179,10 @@ async def request_log_page(
     given: RequestLogFilter | None,
 ) -> RequestLogConnection:
     """Newest first; a page costs one indexed read whatever its depth (keyset)."""
-    try:
+    with errors_as_query_errors():
         where = await _domain_filter(application_id, given)
         keyset = None if after is None else _after(after)
         entries = await entry_page(application_id, first, keyset, where)
-    except DomainError as error:
-        raise query_error(error) from None
     page = entries[:first]
     selection = read_selection(info, CONNECTION_SHAPE) if splicing(info) else None
     if selection is not None:
@@ -227,10 +225,8 @@ class RequestVolume:
 async def request_volume_series(
     application_id: int, since: datetime, until: datetime, granularity: DomainGranularity
 ) -> RequestVolume:
-    try:
+    with errors_as_query_errors():
         buckets = await request_volume(application_id, since, until, granularity)
-    except DomainError as error:
-        raise query_error(error) from None
     shaped = []
     for bucket in buckets:
         ok = bucket.by_outcome.get(Outcome.OK, 0)
@@ -259,12 +255,10 @@ async def request_log_tail(
 ) -> AsyncGenerator[RequestLogEntry, None]:
     """Every entry of the application written from now on (by any process) that matches
     the filter. A subscriber that falls behind loses the oldest entries, never the newest."""
-    try:
+    with errors_as_query_errors():
         principal = principal_of(info)
         require_api_key(principal)
         application = await visible_application(principal, application_id)
         where = await _domain_filter(application, filter)
-    except DomainError as error:
-        raise query_error(error) from None
     async for entry in tail_entries(info.context.realtime.broker, application, where.matches):
         yield RequestLogEntry.from_entry(entry)
