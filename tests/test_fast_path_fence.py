@@ -13,6 +13,7 @@ import pytest
 import strawberry
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from bench.dashboard_query import DASHBOARD
 from models.access import Principal
 from models.tenancy import ApiKeyRole
 from resolvers.context import Context
@@ -21,7 +22,6 @@ from resolvers.runtime.plain_lists import PlainListExecutor
 from resolvers.runtime.versions import VERIFIED, decide
 from resolvers.schema import build_schema, schema
 from tests.conftest import Backend
-from bench.dashboard_query import DASHBOARD
 from tests.ledger_helpers import application_with_allocations
 from tests.test_locked_versions import _pins
 

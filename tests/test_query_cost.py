@@ -31,13 +31,13 @@ from graphql import (
     type_from_ast,
 )
 
+from bench.dashboard_query import DASHBOARD
 from models.consumption import Granularity, bucket_range
 from resolvers.cost_budgets import DEFAULT_MAX_QUERY_COST
 from resolvers.pools import MAX_PAGE
 from resolvers.query_cost import QUERY_TOO_COSTLY, operation_cost
 from resolvers.request_rules import MAX_ALIASES
 from resolvers.schema import schema
-from bench.dashboard_query import DASHBOARD
 from tests.graphql_client import CONSUME, Caller
 from tests.schema_operations import fields_with_argument, operations
 from tests.test_end_user_tokens import ISSUE

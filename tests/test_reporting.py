@@ -16,6 +16,7 @@ import strawberry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.dashboard_query import DASHBOARD
 from models.access import Principal
 from models.accounts import create_application, create_organization
 from models.allocation_report import balance_lines, window_days
@@ -39,7 +40,6 @@ from resolvers.context import Context
 from resolvers.runtime.plain_lists import PlainListExecutor
 from resolvers.schema import Mutation, Query, Subscription, schema
 from tests.conftest import Backend
-from bench.dashboard_query import DASHBOARD
 from tests.ledger_helpers import application_with_allocations
 from tests.statement_counter import counting
 
