@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from models.outbox import oldest_pending_at
 from models.request_log import LogRow, LogSource, Outcome, as_utc
 from models.sql import single_statement
 
@@ -84,9 +85,7 @@ class Metrics:
                 observe(row.latency_ms / 1000.0)
 
     async def render(self) -> bytes:
-        oldest = await single_statement(
-            lambda db: db.value("SELECT min(created_at) FROM outbox_event")
-        )
+        oldest = await single_statement(oldest_pending_at)
         lag = 0.0 if oldest is None else (datetime.now(UTC) - as_utc(oldest)).total_seconds()
         self.outbox_lag.set(max(lag, 0.0))
         return generate_latest(self.registry)

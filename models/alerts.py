@@ -12,21 +12,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from models.balance_report import touch_balance_report
+from models.balance_rules import BalanceStatus, pool_remaining, status_for, status_sql
 from models.balances import (
     END_USER_BALANCE_COLUMNS,
     NEXT_END_USER_VERSION,
     NEXT_POOL_VERSION,
     POOL_COLUMNS,
-    BalanceCause,
     EndUserBalanceSnapshot,
     PoolSnapshot,
-    status_for,
-    status_sql,
     write_balance_events,
 )
-from models.credits import MAX_TOTAL, BalanceStatus
+from models.credits import MAX_TOTAL
 from models.draws import ensure_end_user_balance
 from models.errors import NotFound, ValidationFailed
+from models.events import BalanceCause
 from models.records import Alert, AlertKind
 from models.references import EndUserRef, resolve_end_user, resolve_pool
 from models.sql import Sql, transaction
@@ -112,7 +111,7 @@ async def _set_pool_threshold(
         pool_id,
     )
     assert row is not None
-    remaining = row["purchased"] - row["used"] - row["expired"]
+    remaining = pool_remaining(row["purchased"], row["used"], row["expired"])
     moved = status_for(remaining, row["low_balance_threshold"]) != status_for(remaining, threshold)
     next_version = f", {NEXT_POOL_VERSION}" if moved else ""
     updated = await db.row(

@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from models.balance_report import CHANGED, among_changed, changed_end_users
-from models.credits import BalanceStatus
+from models.balance_rules import BalanceStatus, pool_remaining_sql
 from models.errors import ValidationFailed
 from models.rollups import (
     END_USER_TOTAL,
@@ -287,7 +287,7 @@ def _summary_statement(postgres: bool) -> str:
         f" WHERE pool_id = $2 AND {among_changed('end_user_id', postgres)})"
         f" SELECT {END_USER_TOTAL.format('$1')} AS total,"
         " p.allocated AS pool_allocated, p.used AS pool_used, p.end_user_remaining AS held,"
-        f" p.purchased - p.used - p.expired - p.end_user_remaining AS unallocated, {figures},"
+        f" {pool_remaining_sql('p.')} - p.end_user_remaining AS unallocated, {figures},"
         " COALESCE(r.short_window_used, 0) - xs.short_window_used AS short_window_used,"
         " COALESCE(r.short_remaining, 0) - xs.short_remaining AS short_remaining,"
         " xl.shortfall FROM credit_pool p LEFT JOIN pool_report r ON r.pool_id = p.id"

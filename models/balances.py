@@ -6,32 +6,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
-from models.credits import BalanceStatus
-from models.records import AlertKind, LedgerEntryKind
-from models.sql import Sql, dumps, values_list
-
-# The End User threshold is the balance's own override, else its pool's default.
-_THRESHOLD = (
-    "COALESCE(low_balance_threshold,"
-    " (SELECT end_user_low_balance_threshold FROM credit_pool WHERE credit_pool.id = pool_id))"
+from models import outbox
+from models.balance_rules import (
+    END_USER_THRESHOLD_SQL,
+    BalanceStatus,
+    end_user_status,
+    pool_remaining,
+    pool_unallocated,
+    status_for,
 )
-
-
-def status_sql(allocated: str, remaining: str, threshold: str = _THRESHOLD) -> str:
-    """SQL for an End User balance's status (`end_user_status`) from SQL expressions: in an
-    UPDATE of end_user_balance, the new allocated and remaining, and the threshold."""
-    return (
-        f"CASE WHEN {allocated} <= 0 THEN 'NO_ALLOCATION' WHEN {remaining} <= 0 THEN 'EXHAUSTED'"
-        f" WHEN {remaining} <= COALESCE({threshold}, -1) THEN 'LOW' ELSE 'OK' END"
-    )
-
+from models.events import AlertRaised, BalanceCause, BalanceChanged
+from models.records import AlertKind, LedgerEntryKind
+from models.sql import Sql, values_list
 
 END_USER_BALANCE_COLUMNS = (
     "end_user_id, pool_id, allocated, used, expired, remaining, status, version,"
-    f" updated_at AS at, {_THRESHOLD} AS threshold"
+    f" updated_at AS at, {END_USER_THRESHOLD_SQL} AS threshold"
 )
 POOL_COLUMNS = (
     "id AS pool_id, purchased, allocated, used, expired, end_user_remaining,"
@@ -43,19 +35,6 @@ NEXT_END_USER_VERSION = "version = version + 1, updated_at = now()"
 NEXT_POOL_VERSION = "version = version + 1, changed_at = now()"
 
 
-class BalanceCause(StrEnum):
-    """What changed a balance: the kind of ledger entry, or THRESHOLD (a threshold change
-    moved its status; no ledger entry, no counter moved)."""
-
-    PURCHASE = LedgerEntryKind.PURCHASE.value
-    ALLOCATE = LedgerEntryKind.ALLOCATE.value
-    RELEASE = LedgerEntryKind.RELEASE.value
-    CONSUME = LedgerEntryKind.CONSUME.value
-    EXPIRE = LedgerEntryKind.EXPIRE.value
-    ADJUST = LedgerEntryKind.ADJUST.value
-    THRESHOLD = "THRESHOLD"
-
-
 def iso_time(value: datetime | str | None) -> str:
     """A stored timestamp as an event's `at` (ISO 8601, UTC); SQLite keeps text."""
     if value is None:
@@ -63,24 +42,6 @@ def iso_time(value: datetime | str | None) -> str:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.astimezone(UTC).isoformat()
-
-
-def status_for(remaining: int, threshold: int | None) -> BalanceStatus:
-    """A pool's status, and an End User's once it was allocated credits
-    (docs/balances.md#statuses)."""
-    if remaining <= 0:
-        return BalanceStatus.EXHAUSTED
-    if threshold is not None and remaining <= threshold:
-        return BalanceStatus.LOW
-    return BalanceStatus.OK
-
-
-def end_user_status(allocated: int, remaining: int, threshold: int | None) -> BalanceStatus:
-    """An End User's status in a pool: NO_ALLOCATION while it holds no allocation (net of
-    releases), else as a pool's (`status_for`). `status_sql` is the same rule in SQL."""
-    if allocated <= 0:
-        return BalanceStatus.NO_ALLOCATION
-    return status_for(remaining, threshold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +94,11 @@ class PoolSnapshot:
 
     @property
     def remaining(self) -> int:
-        return self.purchased - self.used - self.expired
+        return pool_remaining(self.purchased, self.used, self.expired)
 
     @property
     def unallocated(self) -> int:
-        return self.remaining - self.end_user_remaining
+        return pool_unallocated(self.purchased, self.used, self.expired, self.end_user_remaining)
 
     @property
     def status(self) -> BalanceStatus:
@@ -149,26 +110,27 @@ class PoolSnapshot:
         return cls(**counters, at=iso_time(row["at"]))
 
 
-def _event(
+def balance_changed(
     application_id: int,
     pool_key: str,
     cause: BalanceCause,
     snapshot: EndUserBalanceSnapshot | PoolSnapshot,
-) -> dict[str, Any]:
-    return {
-        "application_id": application_id,
-        "pool_id": snapshot.pool_id,
-        "pool": pool_key,
-        "end_user_id": getattr(snapshot, "end_user_id", None),
-        "version": snapshot.version,
-        "cause": cause.value,
-        "at": snapshot.at,
-        "allocated": snapshot.allocated,
-        "used": snapshot.used,
-        "remaining": snapshot.remaining,
-        "expired": snapshot.expired,
-        "status": snapshot.status.value,
-    }
+) -> BalanceChanged:
+    """A balance at its snapshot's version, as its event."""
+    return BalanceChanged(
+        application_id=application_id,
+        pool_id=snapshot.pool_id,
+        pool=pool_key,
+        end_user_id=getattr(snapshot, "end_user_id", None),
+        version=snapshot.version,
+        cause=cause,
+        at=snapshot.at,
+        allocated=snapshot.allocated,
+        used=snapshot.used,
+        remaining=snapshot.remaining,
+        expired=snapshot.expired,
+        status=snapshot.status,
+    )
 
 
 # A changed balance and how much its remaining moved (+ credit, - debit, 0 neither).
@@ -206,29 +168,8 @@ def alert_kind(change: BalanceChange) -> AlertKind | None:
     return AlertKind(after.value)
 
 
-# Outbox rows per INSERT: a threshold change can move a whole pool's End Users, and a
-# statement's parameters are bounded (PostgreSQL 32,767, SQLite 32,766).
-OUTBOX_ROWS_PER_STATEMENT = 1_000
-
-
 # A balance at the version that moved its status, and the alert that move writes.
 Alerted = tuple[EndUserBalanceSnapshot | PoolSnapshot, AlertKind]
-
-
-async def _insert_outbox(
-    db: Sql, application_id: int, topic: str, payloads: list[dict[str, Any]]
-) -> None:
-    db.wrote_outbox = True
-    for first in range(0, len(payloads), OUTBOX_ROWS_PER_STATEMENT):
-        chunk = payloads[first : first + OUTBOX_ROWS_PER_STATEMENT]
-        args: list[Any] = []
-        for payload in chunk:
-            args += [application_id, topic, dumps(payload)]
-        await db.run(
-            "INSERT INTO outbox_event (application_id, topic, payload, created_at) VALUES "
-            + values_list(len(chunk), 3, ", now()"),
-            *args,
-        )
 
 
 async def write_balance_events(
@@ -246,8 +187,10 @@ async def write_balance_events(
     if not changes:
         return
     reason = BalanceCause(cause.value)
-    payloads = [_event(application_id, pool_key, reason, snapshot) for snapshot, _ in changes]
-    await _insert_outbox(db, application_id, "balance", payloads)
+    events = [
+        balance_changed(application_id, pool_key, reason, snapshot) for snapshot, _ in changes
+    ]
+    await outbox.write_events(db, application_id, events)
     if alerts is None:
         alerts = []
         for change in changes:
@@ -259,8 +202,9 @@ async def write_balance_events(
 
 async def write_alerts(db: Sql, application_id: int, pool_key: str, alerts: list[Alerted]) -> None:
     """Writes the alerts and their outbox rows, a bounded number per statement."""
-    for first in range(0, len(alerts), OUTBOX_ROWS_PER_STATEMENT):
-        chunk = alerts[first : first + OUTBOX_ROWS_PER_STATEMENT]
+    step = outbox.ROWS_PER_STATEMENT  # the alerts' own rows, as many per statement
+    for first in range(0, len(alerts), step):
+        chunk = alerts[first : first + step]
         args: list[Any] = []
         for snapshot, kind in chunk:
             end_user_id = getattr(snapshot, "end_user_id", None)
@@ -273,20 +217,18 @@ async def write_alerts(db: Sql, application_id: int, pool_key: str, alerts: list
         )
         # both databases assign the ids in VALUES order
         ids = sorted(row["id"] for row in rows)
-        payloads = [
-            {
-                "id": alert_id,
-                "application_id": application_id,
-                "pool_id": snapshot.pool_id,
-                "pool": pool_key,
-                "end_user_id": getattr(snapshot, "end_user_id", None),
-                "kind": kind.value,
-                "remaining": snapshot.remaining,
-                "threshold": _threshold_of(snapshot),
-                "at": snapshot.at,
-                # alerts are not conflated per balance; the stream keys them by their own id
-                "version": alert_id,
-            }
+        raised = [
+            AlertRaised(
+                id=alert_id,
+                application_id=application_id,
+                pool_id=snapshot.pool_id,
+                pool=pool_key,
+                end_user_id=getattr(snapshot, "end_user_id", None),
+                kind=kind,
+                remaining=snapshot.remaining,
+                threshold=_threshold_of(snapshot),
+                at=snapshot.at,
+            )
             for alert_id, (snapshot, kind) in zip(ids, chunk, strict=True)
         ]
-        await _insert_outbox(db, application_id, "alert", payloads)
+        await outbox.write_events(db, application_id, raised)

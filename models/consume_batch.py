@@ -14,13 +14,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from models.balance_rules import end_user_status
 from models.balances import (
     NEXT_POOL_VERSION,
     POOL_COLUMNS,
     BalanceChange,
     EndUserBalanceSnapshot,
     PoolSnapshot,
-    end_user_status,
     iso_time,
     write_balance_events,
 )

@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from models.balance_rules import pool_remaining_sql
 from models.errors import ValidationFailed
 from models.rollups import in_tail
 from models.sql import Row, Sql, single_statement
@@ -263,7 +264,7 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
         " CAST(SUM(f.expired) AS BIGINT) AS expired,"
         " CAST(SUM(f.purchased) AS BIGINT) AS purchased,"
         " CAST(SUM(f.booked) AS BIGINT) AS booked FROM f GROUP BY 1, 2"
-        f" UNION ALL SELECT id, {_NOW}, 0, 0, 0, purchased - used - expired"
+        f" UNION ALL SELECT id, {_NOW}, 0, 0, 0, {pool_remaining_sql()}"
         f" FROM credit_pool WHERE id IN {pools}"
     )
     return await db.records(statement, *args)

@@ -5,22 +5,14 @@ Every counter here is kept in the same transaction as the ledger entries that ch
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from tortoise import fields
 from tortoise.migrations.constraints import CheckConstraint
 from tortoise.models import Model
 
+from models.balance_rules import BalanceStatus, pool_remaining, pool_unallocated
 from models.tenancy import Application
 
 MAX_TOTAL = 2_147_483_647  # no total may pass a GraphQL Int (docs/ledger.md#rules)
-
-
-class BalanceStatus(StrEnum):
-    OK = "OK"
-    LOW = "LOW"
-    EXHAUSTED = "EXHAUSTED"  # was allocated credits, none left
-    NO_ALLOCATION = "NO_ALLOCATION"  # an End User never allocated any in the pool (net)
 
 
 class CreditPool(Model):
@@ -66,11 +58,11 @@ class CreditPool(Model):
 
     @property
     def remaining(self) -> int:
-        return self.purchased - self.used - self.expired
+        return pool_remaining(self.purchased, self.used, self.expired)
 
     @property
     def unallocated(self) -> int:
-        return self.remaining - self.end_user_remaining
+        return pool_unallocated(self.purchased, self.used, self.expired, self.end_user_remaining)
 
 
 class CreditPack(Model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.balance_rules import status_sql
 from models.balances import (
     END_USER_BALANCE_COLUMNS,
     NEXT_END_USER_VERSION,
@@ -18,7 +19,6 @@ from models.balances import (
     BalanceChange,
     EndUserBalanceSnapshot,
     PoolSnapshot,
-    status_sql,
     write_balance_events,
 )
 from models.ledger import Draw, insert_ledger_entries

@@ -17,12 +17,12 @@ from datetime import datetime
 from typing import Any
 
 from models import clock
+from models.balance_rules import status_sql
 from models.balances import (
     NEXT_POOL_VERSION,
     POOL_COLUMNS,
     EndUserBalanceSnapshot,
     PoolSnapshot,
-    status_sql,
     write_balance_events,
 )
 from models.consume_batch import Consumption

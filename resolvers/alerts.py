@@ -13,6 +13,7 @@ from models.alerts import acknowledge_alert, set_low_balance_threshold
 from models.credits import CreditPool as PoolRow
 from models.credits import EndUser as EndUserRow
 from models.errors import NotFound, ValidationFailed
+from models.events import AlertRaised
 from models.records import Alert as AlertRow
 from models.records import AlertKind as DomainAlertKind
 from models.references import parse_id
@@ -60,17 +61,17 @@ class CreditAlert:
         )
 
     @classmethod
-    def from_event(cls, event: dict) -> CreditAlert:
+    def from_event(cls, event: AlertRaised) -> CreditAlert:
         return cls(
-            id=strawberry.ID(str(event["id"])),
-            application_id=strawberry.ID(str(event["application_id"])),
-            pool=event["pool"],
-            kind=DomainAlertKind(event["kind"]),
-            remaining=event["remaining"],
-            threshold=event["threshold"],
-            at=datetime.fromisoformat(event["at"]),
+            id=strawberry.ID(str(event.id)),
+            application_id=strawberry.ID(str(event.application_id)),
+            pool=event.pool,
+            kind=event.kind,
+            remaining=event.remaining,
+            threshold=event.threshold,
+            at=datetime.fromisoformat(event.at),
             acknowledged=False,
-            end_user_row_id=event["end_user_id"],
+            end_user_row_id=event.end_user_id,
         )
 
 

@@ -13,11 +13,11 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from models.events import LiveEvent
 from resolvers.context import Info
 from subscriptions.fanout import EVENTS, Topic
-from subscriptions.streams import Event
 
-ToObject = Callable[[Event], Any]
+ToObject = Callable[[LiveEvent], Any]
 
 
 @dataclass(slots=True)

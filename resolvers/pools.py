@@ -7,8 +7,9 @@ from typing import Annotated
 
 import strawberry
 
-from models.balances import PoolSnapshot, status_for
-from models.credits import BalanceStatus as DomainBalanceStatus
+from models.balance_rules import BalanceStatus as DomainBalanceStatus
+from models.balance_rules import pool_remaining, pool_unallocated, status_for
+from models.balances import PoolSnapshot
 from models.credits import CreditPack as PackRow
 from models.credits import CreditPool as PoolRow
 from models.errors import ValidationFailed
@@ -81,7 +82,7 @@ class CreditPool:
 
     @classmethod
     def from_row(cls, row: PoolRow | PoolLine) -> CreditPool:
-        remaining = row.purchased - row.used - row.expired
+        remaining = pool_remaining(row.purchased, row.used, row.expired)
         return cls(
             key=row.key,
             name=row.name,
@@ -90,7 +91,9 @@ class CreditPool:
             used=row.used,
             remaining=remaining,
             expired=row.expired,
-            unallocated=remaining - row.end_user_remaining,
+            unallocated=pool_unallocated(
+                row.purchased, row.used, row.expired, row.end_user_remaining
+            ),
             status=status_for(remaining, row.low_balance_threshold),
             low_balance_threshold=row.low_balance_threshold,
             end_user_low_balance_threshold=row.end_user_low_balance_threshold,

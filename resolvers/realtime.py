@@ -8,9 +8,9 @@ from datetime import datetime
 import strawberry
 
 from models.access import require_end_user, visible_application
-from models.balances import BalanceCause
 from models.credits import EndUser as EndUserRow
 from models.errors import NotFound
+from models.events import BalanceCause, BalanceChanged
 from models.references import parse_id
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser
@@ -58,19 +58,19 @@ class BalanceEvent:
         return None if row is None else EndUser.from_row(row)
 
     @classmethod
-    def from_event(cls, event: dict) -> BalanceEvent:
-        end_user_id = event["end_user_id"]
+    def from_event(cls, event: BalanceChanged) -> BalanceEvent:
+        end_user_id = event.end_user_id
         return cls(
-            application_id=strawberry.ID(str(event["application_id"])),
-            pool=event["pool"],
-            version=event["version"],
-            cause=BalanceCause(event["cause"]),
-            at=datetime.fromisoformat(event["at"]),
-            allocated=event["allocated"],
-            used=event["used"],
-            remaining=event["remaining"],
-            expired=event["expired"],
-            status=BalanceStatus(event["status"]),
+            application_id=strawberry.ID(str(event.application_id)),
+            pool=event.pool,
+            version=event.version,
+            cause=event.cause,
+            at=datetime.fromisoformat(event.at),
+            allocated=event.allocated,
+            used=event.used,
+            remaining=event.remaining,
+            expired=event.expired,
+            status=event.status,
             end_user_id=None if end_user_id is None else strawberry.ID(str(end_user_id)),
             row_end_user_id=end_user_id,
         )

@@ -18,18 +18,18 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from models.events import KINDS, AlertRaised, LiveEvent, event_from_json
 from models.transient import is_transient
 from subscriptions.broker import Broker, application_channel
-from subscriptions.streams import ConflatingBuffer, Event, Key, event_key
+from subscriptions.streams import ConflatingBuffer, Key
 
 log = logging.getLogger(__name__)
 
-KINDS = ("balance", "alert")
 MAX_INTAKE_KEYS = 10_000  # events waiting for the dispatcher, newest per balance
 DISPATCHED_VERSIONS = 65_536  # versions remembered per application, to drop a republished row
 
@@ -40,7 +40,7 @@ RENDER_RETRY_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 RESYNC_FIRST_PAUSE = 0.5
 RESYNC_MAX_PAUSE = 5.0
 
-Render = Callable[[Event], Awaitable[Any]]
+Render = Callable[[LiveEvent], Awaitable[Any]]
 Route = tuple[str, int | None, str | None]  # (kind, End User or None for all, pool or None)
 
 
@@ -60,11 +60,11 @@ class Topic:
         return (self.kind, self.end_user_id, self.pool)
 
 
-def routes_of(kind: str, event: Event) -> tuple[Route, ...]:
+def routes_of(event: LiveEvent) -> tuple[Route, ...]:
     """The routes of every topic that wants `event`."""
-    end_user = event.get("end_user_id")
+    end_user = event.end_user_id
     users = (None,) if end_user is None else (end_user, None)
-    return tuple((kind, user, pool) for user in users for pool in (event["pool"], None))
+    return tuple((event.topic, user, pool) for user in users for pool in (event.pool, None))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -77,7 +77,7 @@ class Selection:
 
 
 async def render_retrying(
-    render: Render, event: Event, superseded: Callable[[], bool] = lambda: False
+    render: Render, event: LiveEvent, superseded: Callable[[], bool] = lambda: False
 ) -> Any:
     """`render(event)`, tried again with back-off while it fails for a transient reason
     (the database or the broker briefly away); its last failure is raised, and so is a
@@ -93,7 +93,7 @@ async def render_retrying(
     return await render(event)
 
 
-async def _as_is(event: Event) -> Event:
+async def _as_is(event: LiveEvent) -> LiveEvent:
     return event
 
 
@@ -154,7 +154,7 @@ class _Application:
         self.dispatcher: asyncio.Task[None] | None = None
         # Called with an event that could not be rendered for a transient reason: a
         # balance is read again and dispatched (Fanout's resync), an alert offered again.
-        self.repair: Callable[[str, Event], None] = lambda kind, event: None
+        self.repair: Callable[[LiveEvent], None] = lambda event: None
         self.repairing: asyncio.Task[None] | None = None
 
     def add(self, topic: Topic, selection: Selection) -> Subscriber:
@@ -191,29 +191,29 @@ class _Application:
         """The broker listener: one decoding per message, whatever the subscriber count."""
         try:
             envelope = json.loads(message)
-            kind, event = envelope["topic"], envelope["event"]
-            if kind in KINDS:
-                self.intake.offer((kind, event_key(kind, event)), event["version"], (kind, event))
+            if envelope["topic"] in KINDS:
+                event = event_from_json(envelope["topic"], envelope["event"])
+                self.intake.offer(event.key, event.version, event)
         except (ValueError, KeyError, TypeError):
             log.exception("malformed message on application %s", self.application_id)
 
     async def dispatch_forever(self) -> None:
         while True:
-            for kind, event in await self.intake.take():
+            for event in await self.intake.take():
                 try:
-                    await self.dispatch(kind, event)
+                    await self.dispatch(event)
                 except Exception:  # a malformed event must not stop the application's stream
                     log.exception("dispatch failed on application %s", self.application_id)
 
-    async def dispatch(self, kind: str, event: Event) -> None:
-        key, version = event_key(kind, event), event["version"]
+    async def dispatch(self, event: LiveEvent) -> None:
+        key, version = event.key, event.version
         if version <= self.dispatched.get(key, -1):
             return  # republished by a relay that took over, or an out-of-date resync
-        routes = routes_of(kind, event)
+        routes = routes_of(event)
         rendered_by_all = True
 
         def superseded() -> bool:  # a newer version of it came meanwhile: that one goes
-            waiting = self.intake.pending.get((kind, key))
+            waiting = self.intake.pending.get(key)
             return waiting is not None and waiting[0] > version
 
         for group in tuple(self.groups.values()):  # a few: one per distinct selection
@@ -229,7 +229,7 @@ class _Application:
                     log.exception("rendering failed on application %s", self.application_id)
                 elif not superseded():
                     log.warning("rendering failed (%s); its balances will be read again", error)
-                    self.repair(kind, event)
+                    self.repair(event)
                 continue
             for bucket in buckets:
                 if isinstance(bucket, Subscriber):
@@ -248,7 +248,9 @@ class Fanout:
     """Every subscriber of this process. `snapshots(topic)` reads a topic's current events
     (used to bring everyone up to date after the broker lost messages)."""
 
-    def __init__(self, broker: Broker, snapshots: Callable[[Topic], Awaitable[list[Event]]]):
+    def __init__(
+        self, broker: Broker, snapshots: Callable[[Topic], Awaitable[Sequence[LiveEvent]]]
+    ) -> None:
         self.broker = broker
         self.snapshots = snapshots
         self.applications: dict[int, _Application] = {}
@@ -293,7 +295,7 @@ class Fanout:
         application.dispatcher = asyncio.get_running_loop().create_task(
             application.dispatch_forever(), name=f"fanout-{application_id}"
         )
-        application.repair = lambda kind, event: self._repair(application, kind, event)
+        application.repair = lambda event: self._repair(application, event)
         self.applications[application_id] = application
         return application
 
@@ -307,10 +309,9 @@ class Fanout:
         for application in list(self.applications.values()):
             self._resync_later(application)
 
-    def _repair(self, application: _Application, kind: str, event: Event) -> None:
-        if kind == "alert":  # no snapshot to read: the event itself goes through again
-            key = (kind, event_key(kind, event))
-            retry = partial(application.intake.offer, key, event["version"], (kind, event))
+    def _repair(self, application: _Application, event: LiveEvent) -> None:
+        if isinstance(event, AlertRaised):  # no snapshot to read: it goes through again
+            retry = partial(application.intake.offer, event.key, event.version, event)
             asyncio.get_running_loop().call_later(RESYNC_FIRST_PAUSE, retry)
         elif application.repairing is None or application.repairing.done():
             application.repairing = self._resync_later(application)  # one at a time
@@ -336,8 +337,7 @@ class Fanout:
             try:
                 for topic in topics:
                     for event in await self.snapshots(topic):
-                        key = ("balance", event_key("balance", event))
-                        application.intake.offer(key, event["version"], ("balance", event))
+                        application.intake.offer(event.key, event.version, event)
                 return
             except Exception as error:
                 if not is_transient(error):

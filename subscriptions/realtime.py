@@ -10,7 +10,6 @@ from subscriptions.broker import Broker, create_broker
 from subscriptions.fanout import Fanout, Selection, Subscriber, Topic, render_retrying
 from subscriptions.relay import OutboxRelay
 from subscriptions.snapshots import topic_snapshots
-from subscriptions.streams import event_key
 
 
 class Realtime:
@@ -48,7 +47,7 @@ class Realtime:
             first = []
             for snapshot in await topic_snapshots(topic):
                 first.append(await render_retrying(subscriber.render, snapshot))
-                subscriber.mark_delivered(event_key(topic.kind, snapshot), snapshot["version"])
+                subscriber.mark_delivered(snapshot.key, snapshot.version)
             return subscriber, first
         except BaseException:
             self.fanout.leave(subscriber)

@@ -1,5 +1,5 @@
-"""The outbox relay: publishes outbox rows after their transaction committed (docs/ledger.md rule
-6).
+"""The outbox relay: publishes the outbox's rows (models/outbox.py) after their transaction
+committed (docs/ledger.md rule 6).
 
 Exactly one relay publishes at a time across all processes (a PostgreSQL advisory lock held
 by a dedicated connection; on SQLite there is one process). It publishes rows in id order,
@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import weakref
-from typing import Any
 
 import asyncpg
 
-from models.sql import Sql, outbox_hooks, single_statement
+from models.outbox import broker_message, delete_published, pending_rows
+from models.sql import outbox_hooks, single_statement
 from subscriptions.broker import Broker, application_channel
 
 log = logging.getLogger(__name__)
@@ -122,36 +121,14 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """Publishes up to BATCH unpublished rows in id order; the number published."""
-        rows = await single_statement(_pending)
+        rows = await single_statement(lambda db: pending_rows(db, BATCH))
         if not rows:
             return 0
         for row in rows:
-            message = _envelope(row)
-            await self.broker.publish(application_channel(row["application_id"]), message)
+            await self.broker.publish(
+                application_channel(row["application_id"]), broker_message(row)
+            )
         ids = [row["id"] for row in rows]
-        await single_statement(lambda db: _delete_published(db, ids))
+        await single_statement(lambda db: delete_published(db, ids))
         self.published += len(ids)
         return len(ids)
-
-
-async def _pending(db: Sql) -> list[dict[str, Any]]:
-    return await db.rows(
-        "SELECT id, application_id, topic, payload FROM outbox_event ORDER BY id LIMIT $1",
-        BATCH,
-    )
-
-
-async def _delete_published(db: Sql, ids: list[int]) -> None:
-    placeholders = ",".join(f"${i}" for i in range(1, len(ids) + 1))
-    await db.run(f"DELETE FROM outbox_event WHERE id IN ({placeholders})", *ids)
-
-
-def _envelope(row: dict[str, Any]) -> bytes:
-    """The published message. The payload is already JSON text: it is spliced in, not
-    decoded and encoded again (the relay runs on the server's event loop)."""
-    payload = row["payload"]
-    if not isinstance(payload, str):  # a driver that decodes JSON columns itself
-        payload = json.dumps(payload, separators=(",", ":"))
-    return (
-        f'{{"topic":{json.dumps(row["topic"])},"outbox_id":{int(row["id"])},"event":{payload}}}'
-    ).encode()

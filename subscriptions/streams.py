@@ -4,6 +4,7 @@ balance, never an unbounded queue).
 A buffer keeps at most one pending item per key (a balance, or an alert), the one of the
 newest version, and at most `bound` keys; past that the key that waited longest is dropped,
 and its next change brings the reader up to date again (every event is a full snapshot).
+What conflates is an event's `key` (models/events.py): a balance; an alert is its own key.
 Items are whatever the owner buffers: the events themselves, or their rendered text."""
 
 from __future__ import annotations
@@ -12,18 +13,9 @@ import asyncio
 from collections.abc import Hashable
 from typing import Any
 
-Event = dict[str, Any]
 Key = Hashable
 
 MAX_PENDING_KEYS = 1_000
-
-
-def event_key(kind: str, event: Event) -> Key:
-    """What conflates: a balance (pool, End User or None for the pool itself); an alert is
-    never conflated with another, so it is its own key."""
-    if kind == "alert":
-        return ("alert", event["id"])
-    return (event["pool_id"], event["end_user_id"])
 
 
 class ConflatingBuffer:

@@ -91,9 +91,9 @@ async def test_a_default_threshold_moves_each_end_user_in_bounded_statements(
     """Every End User whose status the pool default moves gets its event (cause THRESHOLD,
     next version) and its alert in the same transaction, a bounded number of rows per
     statement (here 2, so that 5 End Users take several)."""
-    import models.balances
+    import models.outbox
 
-    monkeypatch.setattr(models.balances, "OUTBOX_ROWS_PER_STATEMENT", 2)
+    monkeypatch.setattr(models.outbox, "ROWS_PER_STATEMENT", 2)
     app = tenant.application_id
     users = await end_users_holding(app, count=5, credits_each=10)
     pool = await pool_counters(app)

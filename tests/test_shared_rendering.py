@@ -16,11 +16,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from api.transport.handlers import _shaping_variables
+from models.events import LiveEvent
 from models.records import OutboxEvent
 from subscriptions.broker import InProcessBroker, application_channel
 from subscriptions.fanout import Fanout, Selection, Topic
 from subscriptions.streams import MAX_PENDING_KEYS
 from tests.graphql_client import CONSUME
+from tests.live_events import balance_event
 from tests.test_end_user_tokens import ISSUE
 from tests.test_graphql_api import _application, _consume
 
@@ -217,11 +219,11 @@ def test_only_the_variables_outside_the_topic_arguments_shape_the_result() -> No
 
 
 def _envelope(end_user: int | None, version: int, pool_id: int = 1) -> bytes:
-    event = {"pool_id": pool_id, "pool": "ai", "end_user_id": end_user, "version": version}
+    event = balance_event(end_user, version, pool_id).to_json()
     return json.dumps({"topic": "balance", "outbox_id": 0, "event": event}).encode()
 
 
-async def _no_snapshots(_: Topic) -> list[dict]:
+async def _no_snapshots(_: Topic) -> list[LiveEvent]:
     return []
 
 
@@ -230,9 +232,9 @@ async def test_a_slow_subscriber_is_conflated_and_holds_nobody_up() -> None:
     fanout = Fanout(broker, _no_snapshots)
     rendered: list[tuple[int | None, int]] = []
 
-    async def render(event: dict) -> str:
-        rendered.append((event["end_user_id"], event["version"]))
-        return f"{event['end_user_id']}@{event['version']}"
+    async def render(event: LiveEvent) -> str:
+        rendered.append((event.end_user_id, event.version))
+        return f"{event.end_user_id}@{event.version}"
 
     balances, versions = MAX_PENDING_KEYS + 500, 3
     channel = application_channel(1)
@@ -270,9 +272,9 @@ async def test_versions_never_go_backwards_and_republished_rows_are_not_rendered
     fanout = Fanout(broker, _no_snapshots)
     rendered: list[int] = []
 
-    async def render(event: dict) -> int:
-        rendered.append(event["version"])
-        return event["version"]
+    async def render(event: LiveEvent) -> int:
+        rendered.append(event.version)
+        return event.version
 
     channel = application_channel(1)
     subscriber = await fanout.join(Topic(1, end_user_id=5), Selection("doc", lambda: render))

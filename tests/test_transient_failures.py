@@ -28,12 +28,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from api.database import plain_postgres_dsn
+from models.events import BalanceChanged, LiveEvent
 from models.transient import is_transient
 from subscriptions.broker import InProcessBroker, RedisBroker, application_channel
 from subscriptions.fanout import EVENTS, RENDER_RETRY_PAUSES, Fanout, Selection, Topic
 from subscriptions.relay import OutboxRelay
 from tests.conftest import REDIS_TEST_URL, Backend
 from tests.graphql_client import CONSUME, CREATE_API_KEY, Caller
+from tests.live_events import alert_event, balance_event
 from tests.test_graphql_api import _application, _consume
 from tests.test_shared_rendering import LEGACY_WS, TRANSPORT_WS, frame, settled, subscriber
 
@@ -316,7 +318,7 @@ def _unused_application_id() -> int:
     return 2**40 + uuid.uuid4().int % 2**40
 
 
-async def _no_snapshots(_: Topic) -> list[dict]:
+async def _no_snapshots(_: Topic) -> list[LiveEvent]:
     return []
 
 
@@ -325,25 +327,25 @@ async def test_an_event_not_rendered_is_repaired_by_a_resync() -> None:
     resync (after a broker reconnect) delivers it."""
     broker = RedisBroker(REDIS_TEST_URL)
     application_id = _unused_application_id()
-    snapshot = {"pool_id": 1, "pool": "ai", "end_user_id": 5, "version": 3}
+    snapshot = balance_event(end_user_id=5, version=3)
 
-    async def snapshots(_: Topic) -> list[dict]:
+    async def snapshots(_: Topic) -> list[BalanceChanged]:
         return [snapshot]
 
     fanout = Fanout(broker, snapshots)
     failures = [RuntimeError("rendering failed")]
 
-    async def render(event: dict) -> int:
+    async def render(event: LiveEvent) -> int:
         if failures:
             raise failures.pop()
-        return event["version"]
+        return event.version
 
     await broker.start()
     try:
         await asyncio.wait_for(broker.connected.wait(), 5)
         topic = Topic(application_id, end_user_id=5)
         watcher = await fanout.join(topic, Selection("doc", lambda: render))
-        envelope = {"topic": "balance", "event": snapshot}
+        envelope = {"topic": "balance", "event": snapshot.to_json()}
         await broker.publish(application_channel(application_id), json.dumps(envelope).encode())
         await asyncio.sleep(0.3)
         assert watcher.pending == {}  # the failed rendering was not sent
@@ -363,17 +365,17 @@ async def test_an_alert_whose_rendering_keeps_failing_goes_through_again() -> No
     failures = len(RENDER_RETRY_PAUSES) + 2  # past every retry of the first dispatch
     attempts: list[int] = []
 
-    async def render(event: dict) -> str:
-        attempts.append(event["version"])
+    async def render(event: LiveEvent) -> str:
+        attempts.append(event.version)
         if len(attempts) <= failures:
             raise ConnectionResetError("connection reset by peer")
-        return f"alert {event['id']}"
+        return f"alert {event.version}"
 
     application_id = _unused_application_id()
     watcher = await fanout.join(Topic(application_id, "alert"), Selection("a", lambda: render))
     try:
-        alert = {"id": 9, "version": 1, "pool_id": 1, "pool": "ai", "end_user_id": None}
-        envelope = json.dumps({"topic": "alert", "event": alert}).encode()
+        alert = alert_event(9, application_id)
+        envelope = json.dumps({"topic": "alert", "event": alert.to_json()}).encode()
         await broker.publish(application_channel(application_id), envelope)
         assert await asyncio.wait_for(watcher.take(), 10) == ["alert 9"]
         assert len(attempts) == failures + 1
@@ -402,8 +404,8 @@ async def test_a_first_subscriber_hears_everything_published_once_it_joined() ->
         await asyncio.wait_for(broker.connected.wait(), 5)
         for _ in range(10):
             application_id = _unused_application_id()  # each time a first subscriber
-            event = {"pool_id": 1, "pool": "ai", "end_user_id": None, "version": 1}
-            envelope = json.dumps({"topic": "balance", "event": event})
+            event = balance_event(application_id=application_id)
+            envelope = json.dumps({"topic": "balance", "event": event.to_json()})
             watcher = await fanout.join(Topic(application_id), EVENTS)
             writer.write(_resp("PUBLISH", application_channel(application_id), envelope))
             assert await reader.readline() == b":1\r\n"  # one receiver: this process

@@ -69,6 +69,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import OperationMessage
 from strawberry.types.execution import PreExecutionError
 from strawberry.utils.aio import aclosing
 
+from models.events import LiveEvent
 from models.transient import is_transient
 from resolvers.context import Context
 from resolvers.errors import UNAVAILABLE, UNAVAILABLE_MESSAGE
@@ -76,7 +77,6 @@ from resolvers.live import LiveFeed
 from resolvers.schema import DOCUMENT_CACHE_SIZE, MaskUnexpectedErrors
 from subscriptions.fanout import Selection, Subscriber
 from subscriptions.realtime import Realtime
-from subscriptions.streams import Event
 
 log = logging.getLogger(__name__)
 _MASK = MaskUnexpectedErrors()
@@ -158,7 +158,7 @@ class _Renderer:
             raise GraphQLError(f"cannot render the subscription: {executor}")
         return executor
 
-    async def __call__(self, event: Event) -> str:
+    async def __call__(self, event: LiveEvent) -> str:
         assert self.feed.to_object is not None
         result = execute_subscription_event(self._executor(self.feed.to_object(event)))
         if isawaitable(result):

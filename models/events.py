@@ -1,0 +1,106 @@
+"""The live events, one typed value per kind, from the ledger transaction that writes them
+to the outbox to the subscriber they are rendered for (docs/realtime.md): a balance's new
+version, and a low-credit alert. Each crosses processes as JSON (`to_json` / `from_json`);
+the outbox row, the broker message and the fan-out carry the same value."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from models.balance_rules import BalanceStatus
+from models.records import AlertKind, LedgerEntryKind
+
+
+class BalanceCause(StrEnum):
+    """What changed a balance: the kind of ledger entry, or THRESHOLD (a threshold change
+    moved its status; no ledger entry, no counter moved)."""
+
+    PURCHASE = LedgerEntryKind.PURCHASE.value
+    ALLOCATE = LedgerEntryKind.ALLOCATE.value
+    RELEASE = LedgerEntryKind.RELEASE.value
+    CONSUME = LedgerEntryKind.CONSUME.value
+    EXPIRE = LedgerEntryKind.EXPIRE.value
+    ADJUST = LedgerEntryKind.ADJUST.value
+    THRESHOLD = "THRESHOLD"
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceChanged:
+    """A balance (the pool's when `end_user_id` is None) at `version`, made at `at`."""
+
+    topic: ClassVar[str] = "balance"
+
+    application_id: int
+    pool_id: int
+    pool: str
+    end_user_id: int | None
+    version: int
+    cause: BalanceCause
+    at: str  # ISO 8601, UTC
+    allocated: int
+    used: int
+    remaining: int
+    expired: int
+    status: BalanceStatus
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What conflates: a slow subscriber needs only the newest version of a balance."""
+        return (self.pool_id, self.end_user_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "cause": self.cause.value, "status": self.status.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BalanceChanged:
+        cause, status = BalanceCause(data["cause"]), BalanceStatus(data["status"])
+        return cls(**{**data, "cause": cause, "status": status})
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRaised:
+    """A low-credit alert as written (`id` is the alert's row)."""
+
+    topic: ClassVar[str] = "alert"
+
+    id: int
+    application_id: int
+    pool_id: int
+    pool: str
+    end_user_id: int | None
+    kind: AlertKind
+    remaining: int
+    threshold: int | None
+    at: str  # ISO 8601, UTC
+
+    @property
+    def version(self) -> int:
+        # alerts are never conflated: each is its own key, at its own id
+        return self.id
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return ("alert", self.id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "kind": self.kind.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AlertRaised:
+        values = {field.name: data[field.name] for field in fields(cls)}
+        return cls(**{**values, "kind": AlertKind(data["kind"])})
+
+
+LiveEvent = BalanceChanged | AlertRaised
+KINDS: dict[str, type[BalanceChanged] | type[AlertRaised]] = {
+    BalanceChanged.topic: BalanceChanged,
+    AlertRaised.topic: AlertRaised,
+}
+
+
+def event_from_json(topic: str, data: dict[str, Any]) -> LiveEvent:
+    """The event of an outbox row's (or a broker message's) topic and payload; KeyError for
+    a topic that is not a live event's, ValueError or TypeError for a malformed payload."""
+    return KINDS[topic].from_json(data)
