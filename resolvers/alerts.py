@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import strawberry
@@ -20,9 +20,9 @@ from models.references import parse_id
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
 from resolvers.errors import UserError, errors_as_query_errors, errors_in_payload
-from resolvers.live import live_events
 from resolvers.pools import CreditPool, check_page_size
 from subscriptions.fanout import Topic
+from subscriptions.live import LiveEvents
 
 AlertKind = strawberry.enum(DomainAlertKind, name="AlertKind")
 
@@ -181,13 +181,13 @@ async def resolve_acknowledge(info: Info, id: strawberry.ID) -> AcknowledgeAlert
     return AcknowledgeAlertPayload(alert=CreditAlert.from_row(row, pool.key))
 
 
-async def low_credit_alerts(
-    info: Info, application_id: strawberry.ID
-) -> AsyncGenerator[CreditAlert, None]:
+def low_credit_alerts(info: Info, application_id: strawberry.ID) -> AsyncIterator[CreditAlert]:
     """Every LOW, EXHAUSTED and RECOVERED alert of the application from now on."""
-    with errors_as_query_errors():
-        principal = principal_of(info)
-        require_api_key(principal)
-        application = await visible_application(principal, application_id)
-    async for alert in live_events(info, Topic(application, "alert"), CreditAlert.from_event):
-        yield alert
+
+    async def authorise() -> Topic:
+        with errors_as_query_errors():
+            principal = principal_of(info)
+            require_api_key(principal)
+            return Topic(await visible_application(principal, application_id), "alert")
+
+    return LiveEvents(info.context.realtime, authorise, CreditAlert.from_event)

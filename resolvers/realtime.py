@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import strawberry
@@ -15,9 +15,9 @@ from models.references import parse_id
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser
 from resolvers.errors import errors_as_query_errors
-from resolvers.live import live_events
 from resolvers.pools import BalanceStatus
 from subscriptions.fanout import Topic
+from subscriptions.live import LiveEvents
 
 # The name stays the ledger's: every value but THRESHOLD is a ledger entry kind.
 LedgerEntryKind = strawberry.enum(
@@ -76,26 +76,28 @@ class BalanceEvent:
         )
 
 
-async def balance_changed(
+def balance_changed(
     info: Info,
     application_id: strawberry.ID,
     pool: str | None = None,
     end_user_id: strawberry.ID | None = None,
-) -> AsyncGenerator[BalanceEvent, None]:
+) -> AsyncIterator[BalanceEvent]:
     """With endUserId, that End User's balances; without, the pool balances and every End
     User balance of the application (of `pool`, when given). The first messages are the
     current snapshots; a slow subscriber gets the latest snapshot per balance."""
-    principal = principal_of(info)
-    with errors_as_query_errors():
-        application = await visible_application(principal, application_id)
-        end_user = principal.end_user_id  # an End User token watches its own balances
-        if end_user_id is not None:
-            end_user = parse_id(end_user_id)
-            if end_user is None or not await EndUserRow.exists(
-                id=end_user, application_id=application
-            ):
-                raise NotFound("End User not found", field="endUserId")
-            require_end_user(principal, end_user)
-    topic = Topic(application, "balance", pool, end_user)
-    async for event in live_events(info, topic, BalanceEvent.from_event):
-        yield event
+
+    async def authorise() -> Topic:
+        principal = principal_of(info)
+        with errors_as_query_errors():
+            application = await visible_application(principal, application_id)
+            end_user = principal.end_user_id  # an End User token watches its own balances
+            if end_user_id is not None:
+                end_user = parse_id(end_user_id)
+                if end_user is None or not await EndUserRow.exists(
+                    id=end_user, application_id=application
+                ):
+                    raise NotFound("End User not found", field="endUserId")
+                require_end_user(principal, end_user)
+        return Topic(application, "balance", pool, end_user)
+
+    return LiveEvents(info.context.realtime, authorise, BalanceEvent.from_event)

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from api.transport.handlers import _shaping_variables
 from models.events import LiveEvent
 from models.records import OutboxEvent
 from subscriptions.broker import InProcessBroker, application_channel
 from subscriptions.fanout import Fanout, Selection, Topic
+from subscriptions.rendering import shaping_variables
 from subscriptions.streams import MAX_PENDING_KEYS
 from tests.graphql_client import CONSUME
 from tests.live_events import balance_event
@@ -181,7 +181,7 @@ async def test_an_application_subscriber_gets_pool_and_end_user_renderings(serve
 
 
 async def test_without_a_live_feed_strawberry_executes_each_event(backend, server, http) -> None:
-    """Another transport (no LiveFeed root value): the resolver yields the events itself."""
+    """Another transport (no LiveClaim root value): the resolver yields the events itself."""
     from api.auth import authenticate
     from resolvers.context import Context
     from resolvers.schema import schema
@@ -203,16 +203,16 @@ async def test_without_a_live_feed_strawberry_executes_each_event(backend, serve
 
 
 def test_only_the_variables_outside_the_topic_arguments_shape_the_result() -> None:
-    assert _shaping_variables(REMAINING, None) == ()
-    assert _shaping_variables(WHO, "Who") == ("who",)
+    assert shaping_variables(REMAINING, None) == ()
+    assert shaping_variables(WHO, "Who") == ("who",)
     both = """subscription($app: ID!, $e: ID) {
       balanceChanged(applicationId: $app, endUserId: $e) { endUser { balance(pool: $e) { used } } }
     }"""
-    assert _shaping_variables(both, None) == ("e",)
+    assert shaping_variables(both, None) == ("e",)
     via_fragment = """subscription($app: ID!, $who: Boolean!) {
       balanceChanged(applicationId: $app) { ...F } }
     fragment F on BalanceEvent { endUser @skip(if: $who) { id } }"""
-    assert _shaping_variables(via_fragment, None) == ("who",)
+    assert shaping_variables(via_fragment, None) == ("who",)
 
 
 # ---------------------------------------------------------------- the fan-out on its own

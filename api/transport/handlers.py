@@ -5,18 +5,14 @@ against it and graphql-core 3.3.2, `resolvers.runtime.versions.VERIFIED`).
 Strawberry runs a WebSocket operation per subscriber: it parses and validates the document
 (with our extensions and caches), runs the subscription resolver (which authorises the
 topic) and then executes the selection again for every event and every subscriber. Our two
-protocol handlers keep everything up to the resolver, and give each operation a `LiveFeed`
-as root value (resolvers/live.py): a subscription resolver hands its topic to the feed and
-ends; the handler then sends the topic's events itself, from the process's fan-out, where
-an event is rendered once per selection -- (document, operation, shaping variables) -- and
-serialized once. Each subscriber gets that text inside its own frame (only the operation
+protocol handlers keep everything up to the resolver, and give each operation a `LiveClaim`
+as root value (subscriptions/live.py): the `LiveEvents` a resolver returns authorises its
+topic and hands it to the claim. The handler then sends the topic's events itself, from the
+process's fan-out, where an event is rendered once per selection (subscriptions/rendering.py)
+and serialized once. Each subscriber gets that text inside its own frame (only the operation
 id differs): `{"id":...,"type":"next","payload":<text>}` (graphql-transport-ws) or
-`{"type":"data","id":...,"payload":<text>}` (legacy graphql-ws).
-
-Variables used only in the subscription field's own arguments choose the topic (which the
-resolver authorised for this subscriber) and do not shape the result, so subscribers that
-differ only there share renderings. Renderings run with a context without a principal:
-nothing under a balance event or an alert depends on who is watching (the topic does)."""
+`{"type":"data","id":...,"payload":<text>}` (legacy graphql-ws). This module keeps the
+protocol work only."""
 
 from __future__ import annotations
 
@@ -24,28 +20,14 @@ import asyncio
 import json
 import logging
 import sys
-from collections import Counter
 from collections.abc import Awaitable, Generator
 from contextlib import suppress
-from functools import lru_cache
-from inspect import isawaitable
 from json import JSONDecodeError
 from typing import Any
 
 from graphql import (
-    DocumentNode,
-    FieldNode,
     GraphQLError,
-    Node,
-    OperationDefinitionNode,
-    VariableNode,
-    Visitor,
-    execute_subscription_event,
-    get_operation_ast,
-    parse,
-    visit,
 )
-from graphql.execution import Executor
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.execution import optimized_is_awaitable
@@ -69,14 +51,14 @@ from strawberry.subscriptions.protocols.graphql_ws.types import OperationMessage
 from strawberry.types.execution import PreExecutionError
 from strawberry.utils.aio import aclosing
 
-from models.events import LiveEvent
 from models.transient import is_transient
 from resolvers.context import Context
 from resolvers.errors import UNAVAILABLE, UNAVAILABLE_MESSAGE
-from resolvers.live import LiveFeed
-from resolvers.schema import DOCUMENT_CACHE_SIZE, MaskUnexpectedErrors
-from subscriptions.fanout import Selection, Subscriber
+from resolvers.schema import MaskUnexpectedErrors
+from subscriptions.fanout import Subscriber
+from subscriptions.live import LiveClaim
 from subscriptions.realtime import Realtime
+from subscriptions.rendering import GraphQLSetup, selection_of
 
 log = logging.getLogger(__name__)
 _MASK = MaskUnexpectedErrors()
@@ -86,99 +68,26 @@ TRY_AGAIN_LATER = 1013
 UNAVAILABLE_ERROR = {"message": UNAVAILABLE_MESSAGE, "extensions": {"code": UNAVAILABLE}}
 
 
-class _CountVariables(Visitor):
-    def __init__(self, counts: Counter[str]) -> None:
-        super().__init__()
-        self.counts = counts
-
-    def enter_variable(self, node: VariableNode, *_: Any) -> None:
-        self.counts[node.name.value] += 1
-
-
-def _variables_in(node: Node) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    visit(node, _CountVariables(counts))
-    return counts
-
-
-@lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
-def _shaping_variables(query: str, operation_name: str | None) -> tuple[str, ...]:
-    """Every variable used anywhere but in the subscription field's own arguments (those
-    only choose the topic)."""
-    document = _document(query)
-    operation = get_operation_ast(document, operation_name)
-    if operation is None:
-        return ()
-    used = _variables_in(operation.selection_set)
-    for definition in document.definitions:
-        if not isinstance(definition, OperationDefinitionNode):
-            used += _variables_in(definition)  # fragments
-    topic: Counter[str] = Counter()
-    for selection in operation.selection_set.selections:
-        if isinstance(selection, FieldNode):
-            for argument in selection.arguments:
-                topic += _variables_in(argument)
-    return tuple(sorted(name for name, count in used.items() if count > topic[name]))
-
-
-def selection_of(feed: LiveFeed, schema: Schema, realtime: Realtime) -> Selection:
-    variables = feed.variables or {}
-    shaping = tuple(
-        (name, json.dumps(variables[name], sort_keys=True) if name in variables else None)
-        for name in _shaping_variables(feed.query, feed.operation_name)
-    )
-    key = (feed.query, feed.operation_name, shaping)
-    return Selection(key, lambda: _Renderer(feed, schema, realtime))
-
-
-class _Renderer:
-    """One execution of the selection per event: the GraphQL `payload` as JSON text."""
-
-    __slots__ = ("context", "feed", "schema")
-
-    def __init__(self, feed: LiveFeed, schema: Schema, realtime: Realtime) -> None:
-        self.feed = feed
-        self.schema = schema
-        self.context = Context(request=None, response=None, realtime=realtime)
-
-    def _executor(self, root: Any) -> Executor:
-        # A fresh executor per event: graphql-core's per-event copies share one memo of
-        # collected fields, keyed by objects made anew for each event, which never shrinks.
-        feed = self.feed
-        executor = self.schema.execution_context_class.build(
-            self.schema._schema,
-            _document(feed.query),
-            root_value=root,
-            context_value=self.context,
-            raw_variable_values=feed.variables,
-            operation_name=feed.operation_name,
+def _rendering_setup(handler: Any) -> GraphQLSetup:
+    """What rendering needs of the schema the handler serves (one per view)."""
+    view = handler.view
+    setup = getattr(view, "rendering_setup", None)
+    if setup is None:
+        schema: Schema = handler.schema
+        realtime: Realtime = view.realtime
+        setup = view.rendering_setup = GraphQLSetup(
+            schema=schema._schema,
+            executor_class=schema.execution_context_class,
+            make_context=lambda: Context(request=None, response=None, realtime=realtime),
             is_awaitable=optimized_is_awaitable,
+            report_errors=schema.process_errors,
+            format_error=_formatted,
         )
-        if isinstance(executor, list):  # the operation was validated: cannot happen
-            raise GraphQLError(f"cannot render the subscription: {executor}")
-        return executor
-
-    async def __call__(self, event: LiveEvent) -> str:
-        assert self.feed.to_object is not None
-        result = execute_subscription_event(self._executor(self.feed.to_object(event)))
-        if isawaitable(result):
-            result = await result
-        payload: dict[str, Any] = {"data": result.data}
-        if result.errors:
-            for error in result.errors:
-                if is_transient(error):  # never sent degraded: the fan-out tries again
-                    raise error.original_error or error
-            self.schema.process_errors(result.errors)  # logged, as Strawberry does
-            payload["errors"] = [
-                (_MASK.anonymise_error(e) if _MASK.should_mask_error(e) else e).formatted
-                for e in result.errors
-            ]
-        return json.dumps(payload, separators=(",", ":"))
+    return setup
 
 
-@lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
-def _document(query: str) -> DocumentNode:
-    return parse(query)
+def _formatted(error: GraphQLError) -> dict[str, Any]:
+    return (_MASK.anonymise_error(error) if _MASK.should_mask_error(error) else error).formatted
 
 
 class _LiveSender:
@@ -249,14 +158,14 @@ class _LiveSender:
 
 
 async def _go_live(
-    handler: Any, feed: LiveFeed, frame_prefix: str, complete: str | None = None
+    handler: Any, claim: LiveClaim, frame_prefix: str, complete: str | None = None
 ) -> _LiveSender:
-    """Joins the feed's topic and sends its current snapshots; the sender then sends its
+    """Joins the claimed topic and sends its current snapshots; the sender then sends its
     events until cancelled."""
-    assert feed.topic is not None
+    assert claim.topic is not None
     realtime: Realtime = handler.view.realtime
-    selection = selection_of(feed, handler.schema, realtime)
-    subscriber, items = await realtime.subscribe(feed.topic, selection)
+    selection = selection_of(claim, _rendering_setup(handler))
+    subscriber, items = await realtime.subscribe(claim.topic, selection)
     del selection  # an idle subscriber keeps only what it needs
     sender = _LiveSender(handler, subscriber, frame_prefix, complete)
     try:
@@ -360,27 +269,27 @@ class LiveTransportWSHandler(_MessageLoop, BaseGraphQLTransportWSHandler[Context
         _forget_credentials(self.context)
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
-        """Strawberry 0.341's run_operation, with a LiveFeed as root value, served between
+        """Strawberry 0.341's run_operation, with a LiveClaim as root value, served between
         the operation's own results and its completion."""
         # One copy of a document's text, however many subscribers sent it.
         operation.query = sys.intern(operation.query)
-        feed = LiveFeed(operation.query, operation.operation_name, operation.variables)
+        claim = LiveClaim(operation.query, operation.operation_name, operation.variables)
         try:
             result_source = await self.schema.stream(
                 operation.query,
                 variable_values=operation.variables,
                 context_value=self.context,
-                root_value=feed,
+                root_value=claim,
                 operation_name=operation.operation_name,
             )
             async with aclosing(result_source):
                 await self._send_result_stream(operation, result_source)
             del result_source
-            if feed.topic is None:
+            if claim.topic is None:
                 await operation.send_operation_message({"id": operation.id, "type": "complete"})
                 return
             prefix = sys.intern(f'{{"id":{json.dumps(operation.id)},"type":"next","payload":')
-            sender = await _go_live(self, feed, prefix)
+            sender = await _go_live(self, claim, prefix)
             if operation.completed or self.operations.get(operation.id) is not operation:
                 sender.cancel()  # stopped meanwhile (never, short of a race): not kept
                 return
@@ -453,17 +362,17 @@ class LiveGraphQLWSHandler(_MessageLoop, BaseGraphQLWSHandler[Context, None]):
         operation_name: str | None,
         variables: dict[str, object] | None,
     ) -> None:
-        """Strawberry 0.341's handle_async_results, with a LiveFeed as root value, served
+        """Strawberry 0.341's handle_async_results, with a LiveClaim as root value, served
         between the operation's own results and its completion."""
         query = sys.intern(query)
-        feed = LiveFeed(query, operation_name, variables)
+        claim = LiveClaim(query, operation_name, variables)
         try:
             result_source = await self.schema.subscribe(
                 query=query,
                 variable_values=variables,
                 operation_name=operation_name,
                 context_value=self.context,
-                root_value=feed,
+                root_value=claim,
             )
             self.subscriptions[operation_id] = result_source
             is_first_result = True
@@ -477,13 +386,13 @@ class LiveGraphQLWSHandler(_MessageLoop, BaseGraphQLWSHandler[Context, None]):
                 is_first_result = False
             del result_source
             self.subscriptions.pop(operation_id, None)
-            if feed.topic is None:
+            if claim.topic is None:
                 await self.send_message({"type": "complete", "id": operation_id})
                 return
             quoted = json.dumps(operation_id)
             sender = await _go_live(
                 self,
-                feed,
+                claim,
                 sys.intern(f'{{"type":"data","id":{quoted},"payload":'),
                 sys.intern(f'{{"type":"complete","id":{quoted}}}'),
             )

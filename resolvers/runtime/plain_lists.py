@@ -55,6 +55,7 @@ from strawberry.schema.types.base_scalars import isoformat
 from strawberry.types.field import StrawberryField
 
 from resolvers.preserialized import Preserialized
+from resolvers.runtime.live_claims import ClaimsLiveEvents
 
 
 class _NotPlain(Exception):
@@ -323,8 +324,9 @@ def _selection_nodes(root: Any) -> Iterator[Any]:
                 pending.append(selection)
 
 
-class PlainListExecutor(StrawberryGraphQLCoreExecutionContext):
-    """graphql-core's executor (as Strawberry configures it) with the fast path above, and
+class PlainListExecutor(ClaimsLiveEvents, StrawberryGraphQLCoreExecutionContext):
+    """graphql-core's executor (as Strawberry configures it) with the fast path above, live
+    subscriptions claimed by our WebSocket transport (live_claims.py), and
     async helpers that do not refer back to it (`_AsyncWork`): an execution is freed as soon
     as it is done with."""
 
