@@ -1,7 +1,9 @@
 """The live events, one typed value per kind, from the ledger transaction that writes them
 to the outbox to the subscriber they are rendered for (docs/realtime.md): a balance's new
 version, and a low-credit alert. Each crosses processes as JSON (`to_json` / `from_json`);
-the outbox row, the broker message and the fan-out carry the same value."""
+the outbox row, the broker message and the fan-out carry the same value. A request-log
+entry is the third kind: it goes from the log writer to the live tail the same way, without
+the outbox."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any, ClassVar
 
 from models.balance_rules import BalanceStatus
 from models.records import AlertKind, LedgerEntryKind
+from models.request_log import COLUMNS, LogRow, as_utc
 
 
 class BalanceCause(StrEnum):
@@ -91,6 +94,25 @@ class AlertRaised:
     def from_json(cls, data: dict[str, Any]) -> AlertRaised:
         values = {field.name: data[field.name] for field in fields(cls)}
         return cls(**{**values, "kind": AlertKind(data["kind"])})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLogged:
+    """A request-log entry as written (`id` is its row), for the live tail; published
+    straight by the log writer (the log is no ledger: no outbox)."""
+
+    topic: ClassVar[str] = "request_log"
+
+    id: int
+    row: LogRow
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, **self.row._asdict(), "time": self.row.time.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RequestLogged:
+        values = {name: data[name] for name in COLUMNS}
+        return cls(data["id"], LogRow(**{**values, "time": as_utc(values["time"])}))
 
 
 LiveEvent = BalanceChanged | AlertRaised

@@ -237,21 +237,21 @@ class LogFilter:
             if value is not None and value.tzinfo is None:
                 raise ValidationFailed(f"{name} must carry a time zone", field=name)
 
-    def matches(self, entry: dict[str, Any]) -> bool:
+    def matches(self, entry: LogRow) -> bool:
         """The same conditions on an entry in memory (the live tail)."""
-        if self.since is not None and entry["time"] < self.since:
+        if self.since is not None and entry.time < self.since:
             return False
-        if self.until is not None and entry["time"] >= self.until:
+        if self.until is not None and entry.time >= self.until:
             return False
-        if self.status_class is not None and entry["status"] // 100 != self.status_class:
+        if self.status_class is not None and entry.status // 100 != self.status_class:
             return False
         checks = (
-            (self.outcome, "outcome"),
-            (self.endpoint, "endpoint"),
-            (self.end_user_id, "end_user_id"),
-            (self.api_key_prefix, "api_key_prefix"),
+            (self.outcome, entry.outcome),
+            (self.endpoint, entry.endpoint),
+            (self.end_user_id, entry.end_user_id),
+            (self.api_key_prefix, entry.api_key_prefix),
         )
-        return all(want is None or entry[key] == want for want, key in checks)
+        return all(want is None or have == want for want, have in checks)
 
     def sql(self, first_param: int) -> tuple[str, list[Any]]:
         conditions: list[str] = []

@@ -15,7 +15,8 @@ from models.access import require_api_key, visible_application
 from models.consumption import Granularity as DomainGranularity
 from models.credits import EndUser as EndUserRow
 from models.errors import NotFound, ValidationFailed
-from models.request_log import LogFilter, Outcome, entry_page, request_volume
+from models.events import RequestLogged
+from models.request_log import LogFilter, Outcome, entry_dict, entry_page, request_volume
 from resolvers.consumption import Granularity
 from resolvers.context import Info, principal_of
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
@@ -58,6 +59,10 @@ class RequestLogEntry:
             loader = info.context.cache["request_log_end_users"] = SharedLoader(_load_end_users)
         row = await loader.load((self.application_id, self.end_user_row_id))
         return None if row is None else EndUser.from_row(row)
+
+    @classmethod
+    def from_logged(cls, logged: RequestLogged) -> RequestLogEntry:
+        return cls.from_entry({"id": logged.id, **entry_dict(logged.row._asdict())})
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> RequestLogEntry:
@@ -260,5 +265,9 @@ async def request_log_tail(
         require_api_key(principal)
         application = await visible_application(principal, application_id)
         where = await _domain_filter(application, filter)
-    async for entry in tail_entries(info.context.realtime.broker, application, where.matches):
-        yield RequestLogEntry.from_entry(entry)
+
+    def accept(logged: RequestLogged) -> bool:
+        return where.matches(logged.row)
+
+    async for logged in tail_entries(info.context.realtime.broker, application, accept):
+        yield RequestLogEntry.from_logged(logged)

@@ -10,10 +10,10 @@ import asyncio
 import json
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
 from typing import Any
 
-from models.request_log import COLUMNS, LogRow, entry_dict
+from models.events import RequestLogged
+from models.request_log import LogRow
 from subscriptions.broker import Broker
 
 MAX_PENDING = 1_000
@@ -21,12 +21,6 @@ MAX_PENDING = 1_000
 
 def request_log_channel(application_id: int) -> str:
     return f"usagegraph:log:{application_id}"
-
-
-def _json_default(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
 
 
 async def listened_applications(broker: Broker, application_ids: set[int]) -> set[int]:
@@ -49,25 +43,25 @@ async def publish_entries(broker: Broker, rows: Sequence[LogRow], ids: Sequence[
     by_application: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for entry_id, row in zip(ids, rows, strict=True):
         if row.application_id is not None:
-            by_application[row.application_id].append({"id": entry_id, **row._asdict()})
+            by_application[row.application_id].append(RequestLogged(entry_id, row).to_json())
     for application_id, entries in by_application.items():
-        message = json.dumps({"entries": entries}, default=_json_default, separators=(",", ":"))
+        message = json.dumps({"entries": entries}, separators=(",", ":"))
         await broker.publish(request_log_channel(application_id), message.encode())
 
 
 class TailBuffer:
     """A subscriber's entries not yet sent (at most `bound`; the oldest go first)."""
 
-    def __init__(self, accept: Callable[[dict[str, Any]], bool], bound: int = MAX_PENDING) -> None:
+    def __init__(self, accept: Callable[[RequestLogged], bool], bound: int = MAX_PENDING) -> None:
         self.accept = accept
-        self.entries: deque[dict[str, Any]] = deque()
+        self.entries: deque[RequestLogged] = deque()
         self.bound = bound
         self.dropped = 0
         self.wakeup = asyncio.Event()
 
     def offer_message(self, message: bytes) -> None:
         for raw in json.loads(message)["entries"]:
-            entry = entry_dict({key: raw[key] for key in ("id", *COLUMNS)})
+            entry = RequestLogged.from_json(raw)
             if not self.accept(entry):
                 continue
             if len(self.entries) >= self.bound:
@@ -77,7 +71,7 @@ class TailBuffer:
         if self.entries:
             self.wakeup.set()
 
-    async def drain(self) -> AsyncIterator[dict[str, Any]]:
+    async def drain(self) -> AsyncIterator[RequestLogged]:
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
@@ -86,8 +80,8 @@ class TailBuffer:
 
 
 async def tail_entries(
-    broker: Broker, application_id: int, accept: Callable[[dict[str, Any]], bool]
-) -> AsyncIterator[dict[str, Any]]:
+    broker: Broker, application_id: int, accept: Callable[[RequestLogged], bool]
+) -> AsyncIterator[RequestLogged]:
     """Every entry of the application written from now on that `accept` takes."""
     buffer = TailBuffer(accept)
     with broker.listen(request_log_channel(application_id), buffer.offer_message):
