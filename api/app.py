@@ -47,7 +47,7 @@ from api.metrics import Metrics
 from api.rate_limit import RateLimitMiddleware
 from api.request_log import (
     RequestLogMiddleware,
-    note_graphql_request,
+    note_graphql_operation,
     note_graphql_result,
     note_principal,
     note_refusal,
@@ -126,10 +126,6 @@ class UsageGraphQL(GraphQL):
             cost_budgets=self.cost_budgets,
         )
 
-    async def execute_operation(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        note_graphql_request(request.scope, kwargs["request_data"])
-        return await super().execute_operation(request=request, **kwargs)
-
     async def execute_single(  # type: ignore[override]
         self,
         request: Request,
@@ -161,6 +157,7 @@ class UsageGraphQL(GraphQL):
             raise HTTPException(400, NOT_A_NAME)
         context.preserialized = True  # this view's encoder splices them
         context.operation_name = operation.operation_name
+        context.notes_operation = True  # for the request log (note_graphql_operation)
         try:
             result = await self.schema.execute(
                 operation.query,
@@ -179,6 +176,8 @@ class UsageGraphQL(GraphQL):
             raise HTTPException(status, error.as_http_error_reason(request.method)) from None
         except MissingQueryError:
             raise HTTPException(400, "No GraphQL query found in the request") from None
+        finally:
+            note_graphql_operation(request.scope, context)
         media_type = response_media_type(request.headers.get("accept"))
         sub_response.status_code = answer_status(result, media_type, sub_response.status_code)  # type: ignore[assignment]
         sub_response.media_type = media_type

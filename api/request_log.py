@@ -3,9 +3,11 @@ leaves one record, whatever happens to it (unknown path, refused credential, mal
 exception), with a request id echoed in `X-Request-Id`.
 
 On the request path it only notes what it sees (the time, the status, the raw credential
-header) in a `RequestDraft` that the authentication and the GraphQL view fill in, and hands
-the draft to the writer's bounded queue; everything else (GraphQL root fields, the End User,
-which application a refused key belongs to) is worked out by the writer, off the path."""
+header) in a `RequestDraft` (api/request_draft.py) that the authentication and the GraphQL
+view fill in (the view: each operation's root fields and the application and End User they
+name, noted while it ran), and hands the draft to the writer's bounded queue; the rest (the
+End User's other id, which application a refused key belongs to) is worked out by the
+writer, off the path."""
 
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ from typing import Any, Protocol
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.logging_setup import REQUEST_ID
+from api.request_draft import DRAFT_SCOPE_KEY, RequestDraft, draft_of
 from models import clock
 from models.access import Principal
 from models.accounts import InvalidCredential
-from models.request_log import DRAFT_SCOPE_KEY, MAX_MESSAGE, RequestDraft, clip, draft_of
+from models.request_log import MAX_MESSAGE, clip
+from resolvers.context import Context
 from resolvers.error_logging import code_of
 
 log = logging.getLogger("usagegraph.request_log")
@@ -242,13 +246,17 @@ class RequestLogMiddleware:
                 finish(499, "the client left before the connection was acknowledged")
 
 
-def note_graphql_request(scope: Scope, request_data: Any) -> None:
-    """The operation(s) of a GraphQL request, as the view parsed them (read by the writer)."""
+def note_graphql_operation(scope: Scope, context: Context) -> None:
+    """What an operation of the request noted on its context while it ran (the operation,
+    the application a request without a credential concerned), moved to the draft."""
     draft = draft_of(scope)
+    operation, context.operation = context.operation, None
     if draft is None:
         return
-    items = request_data if isinstance(request_data, list) else [request_data]
-    draft.graphql = [(item.query, item.operation_name, item.variables) for item in items]
+    if operation is not None:
+        draft.operations.append(operation)
+    if draft.application_id is None and context.noted_application_id is not None:
+        draft.application_id = context.noted_application_id
 
 
 def note_graphql_result(scope: Scope, result: Any) -> None:

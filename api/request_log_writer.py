@@ -2,7 +2,7 @@
 
 The middleware's `offer` is all a request pays: an append to a deque (or, when the queue is
 full, a count of the dropped record: the service keeps serving). The flush task turns each
-draft into a row (GraphQL root fields from the cached parse of the query text, the owning
+draft into a row (the GraphQL root fields each operation noted while it ran, the owning
 application of a refused key, the End User named by the token or the mutation's `endUser`),
 writes the batch in one statement, updates the metrics and publishes the rows to the live
 tail. `close` flushes everything still queued (the lifespan's shutdown)."""
@@ -15,20 +15,10 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
-from graphql import (
-    FieldNode,
-    GraphQLError,
-    OperationDefinitionNode,
-    ValueNode,
-    VariableNode,
-    parse,
-    value_from_ast_untyped,
-)
-
 from api.auth import bearer_credential
+from api.request_draft import RequestDraft
 from models.accounts import InvalidCredential, split_key
 from models.credits import EndUser
 from models.end_user_tokens import TOKEN_PREFIX, InvalidToken, verify_token
@@ -37,20 +27,17 @@ from models.request_log import (
     MAX_ENDPOINT,
     LogRow,
     LogSource,
-    RequestDraft,
     clip,
     insert_entries,
     outcome_for,
 )
 from models.sql import single_statement
 from models.tenancy import ApiKey
-from resolvers.input_rules import MAX_DOCUMENT
 from subscriptions.request_log_tail import listened_applications, publish_entries
 
 log = logging.getLogger("usagegraph.request_log")
 
 BATCH = 2_000
-PARSE_CACHE = 1_000
 _MISS_TTL = 60.0  # seconds a failed lookup (unknown key id, End User) is remembered
 _CACHE_SIZE = 50_000
 _RETRY_LIMIT = 5  # attempts at writing a batch while shutting down
@@ -74,61 +61,6 @@ class _Lookups:
         if len(self.values) > _CACHE_SIZE:
             self.values.popitem(last=False)
         return value
-
-
-@lru_cache(maxsize=PARSE_CACHE)
-def graphql_summary(
-    query: str, operation_name: str | None
-) -> tuple[str | None, tuple[str, ...], tuple[FieldNode, ...]]:
-    """(operation name, root field names, root field nodes) of the operation a request ran;
-    cached by text, like the server's own parse (clients send values in variables). A
-    document the server refused unparsed for its length is not parsed here either."""
-    if len(query) > MAX_DOCUMENT:
-        return operation_name, (), ()
-    try:
-        document = parse(query, no_location=True, max_tokens=10_000)
-    except GraphQLError:
-        return operation_name, (), ()
-    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    chosen = None
-    for operation in operations:
-        name = operation.name.value if operation.name else None
-        if operation_name is None or name == operation_name:
-            chosen = operation
-            break
-    if chosen is None:
-        return operation_name, (), ()
-    fields = tuple(s for s in chosen.selection_set.selections if isinstance(s, FieldNode))
-    names = tuple(dict.fromkeys(f.name.value for f in fields))
-    name = operation_name or (chosen.name.value if chosen.name else None)
-    return name, names, fields
-
-
-def _argument(field: FieldNode, name: str, variables: dict[str, Any] | None) -> Any:
-    for argument in field.arguments or ():
-        if argument.name.value == name:
-            return _value(argument.value, variables)
-    return None
-
-
-def _value(node: ValueNode, variables: dict[str, Any] | None) -> Any:
-    if isinstance(node, VariableNode):
-        return (variables or {}).get(node.name.value)
-    return value_from_ast_untyped(node, variables)
-
-
-def _named(field: FieldNode, variables: dict[str, Any] | None) -> tuple[Any, Any]:
-    """(application id, End User reference) a root field names in its arguments."""
-    application = _argument(field, "applicationId", variables)
-    end_user: Any = _argument(field, "endUserId", variables)
-    end_user = {"id": end_user} if end_user is not None else None
-    data = _argument(field, "input", variables)
-    if isinstance(data, dict):
-        application = data.get("applicationId", application)
-        end_user = data.get("endUser") or end_user
-    if application is None and field.name.value == "application":
-        application = _argument(field, "id", variables)
-    return application, end_user if isinstance(end_user, dict) else None
 
 
 def _as_id(value: Any) -> int | None:
@@ -285,20 +217,14 @@ class RequestLogWriter:
         endpoint = f"{draft.method} {draft.route or draft.path}"
         operation_name = None
         named_application = named_end_user = None
-        if draft.graphql:
-            roots: list[str] = []
-            for query, wanted, variables in draft.graphql:
-                if not isinstance(query, str):
-                    continue
-                name, names, fields = graphql_summary(query, wanted)
-                operation_name = operation_name or name
-                roots.extend(names)
-                for field in fields:
-                    application, end_user = _named(field, variables)
-                    named_application = named_application or application
-                    named_end_user = named_end_user or end_user
-            if roots:
-                endpoint = f"{endpoint} {' '.join(dict.fromkeys(roots))}"
+        roots: list[str] = []
+        for operation in draft.operations:
+            operation_name = operation_name or operation.operation_name
+            roots.extend(operation.root_fields)
+            named_application = named_application or operation.application
+            named_end_user = named_end_user or operation.end_user
+        if roots:
+            endpoint = f"{endpoint} {' '.join(dict.fromkeys(roots))}"
         if not draft.principal_known and draft.authorization is not None:
             await self._attribute_credential(draft)
         elif draft.application_id is None and draft.api_key_prefix is not None:

@@ -25,9 +25,6 @@ from models.sql import Row, Sql, delete_older_than, single_statement, values_lis
 MAX_MESSAGE = 1_000
 MAX_ENDPOINT = 300
 MAX_PAGE = 500
-# Where a request's log draft travels in the ASGI scope: the middleware puts it there, the
-# authentication and the GraphQL view add what they learn.
-DRAFT_SCOPE_KEY = "usagegraph.request_log"
 
 
 class Outcome(StrEnum):
@@ -372,61 +369,3 @@ RETENTION_BATCH = 10_000
 async def delete_entries_before(cutoff: datetime) -> int:
     """Deletes entries older than `cutoff` (the retention job); the number deleted."""
     return await delete_older_than("request_log", "time", cutoff.astimezone(UTC), RETENTION_BATCH)
-
-
-class RequestDraft:
-    """What is known of a request while it runs: the middleware opens it, the authentication
-    and the GraphQL view add to it, and the log writer turns it into a row off the request
-    path (where the GraphQL root fields, the End User and the application are worked out)."""
-
-    __slots__ = (
-        "api_key_prefix",
-        "application_id",
-        "authorization",
-        "end_user_external_id",
-        "end_user_id",
-        "error_code",
-        "error_message",
-        "graphql",
-        "latency_ms",
-        "method",
-        "organization_id",
-        "path",
-        "principal_known",
-        "request_id",
-        "route",
-        "status",
-        "time",
-        "websocket",
-    )
-
-    def __init__(self, time: datetime, method: str, path: str, request_id: str) -> None:
-        self.time = time
-        self.method = method
-        self.path = path
-        self.request_id = request_id
-        self.route: str | None = None  # the matched route's template, when one matched
-        self.status = 0
-        self.latency_ms = 0.0
-        self.websocket = False
-        self.authorization: bytes | None = None  # the raw header, read by the writer only
-        self.principal_known = False  # the credential was verified (or refused) in-request
-        self.application_id: int | None = None
-        self.organization_id: int | None = None
-        self.api_key_prefix: str | None = None
-        self.end_user_id: int | None = None
-        self.end_user_external_id: str | None = None
-        self.error_code: str | None = None
-        self.error_message: str | None = None
-        # (query, operation name, variables) of each GraphQL operation of the request
-        self.graphql: list[tuple[str | None, str | None, dict[str, Any] | None]] | None = None
-
-    def note_error(self, code: str, message: str | None) -> None:
-        """Keeps the first error of the request (the one that explains it)."""
-        if self.error_code is None:
-            self.error_code = code
-            self.error_message = clip(message, MAX_MESSAGE)
-
-
-def draft_of(scope: dict[str, Any]) -> RequestDraft | None:
-    return scope.get(DRAFT_SCOPE_KEY)

@@ -9,8 +9,8 @@ from graphql import GraphQLError
 from strawberry.types import Info as StrawberryInfo
 
 from models.access import Principal
-from models.request_log import draft_of
 from resolvers.cost_budgets import DEFAULT_BUDGETS, CostBudgets
+from resolvers.operation_summary import OperationSummary
 
 
 @dataclass
@@ -27,6 +27,12 @@ class Context:
     # the answer is encoded by api/http_answer.py, which splices preserialized values
     preserialized: bool = False
     operation_name: str | None = None  # as the request gave it
+    # For the request log of an HTTP request: the operation as it ran (noted when
+    # `notes_operation`), and the application a request without a credential concerned
+    # (both read by the view after the operation).
+    notes_operation: bool = False
+    operation: OperationSummary | None = None
+    noted_application_id: int | None = None
 
 
 Info = StrawberryInfo[Context, None]
@@ -50,6 +56,5 @@ def principal_of(info: Info) -> Principal:
 def note_application(info: Info, application_id: int | None) -> None:
     """Tells the request log which application a request without a credential concerned
     (exchangeTemporaryCode: the code names it)."""
-    draft = draft_of(getattr(info.context.request, "scope", {}))
-    if draft is not None and application_id is not None and draft.application_id is None:
-        draft.application_id = application_id
+    if application_id is not None and info.context.noted_application_id is None:
+        info.context.noted_application_id = application_id

@@ -17,8 +17,10 @@ from typing import Any
 
 from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, validate
 from strawberry.extensions import MaskErrors, max_aliases, query_depth_limiter
+from strawberry.types import ExecutionContext
 
 from models.transient import is_transient
+from resolvers.context import Context
 from resolvers.errors import unavailable_error
 from resolvers.input_rules import (
     MAX_DOCUMENT,
@@ -28,6 +30,7 @@ from resolvers.input_rules import (
     variable_uses,
 )
 from resolvers.operation_choice import ambiguous_operation
+from resolvers.operation_summary import OperationSummary, summarize
 from resolvers.query_cost import check_query_cost
 from resolvers.runtime.strawberry_internals import graphql_schema_of, provided_operation_name
 
@@ -112,6 +115,20 @@ class MaskUnexpectedErrors(MaskErrors):
             result.errors = [_bounded(e) for e in self._process_errors(errors)]  # type: ignore[attr-defined]
 
 
+def _note_operation(execution: ExecutionContext) -> None:
+    """The operation as the request log sees it, on our context (api/ moves it to the
+    request's draft): from the document parsed here, never parsed again."""
+    ours = execution.context
+    if not isinstance(ours, Context) or not ours.notes_operation:
+        return
+    wanted = provided_operation_name(execution)
+    document = execution.graphql_document
+    if document is None or document is UNPARSED:
+        ours.operation = OperationSummary(wanted, ())
+    else:
+        ours.operation = summarize(document, wanted, execution.variables)
+
+
 class RequestRules(MaskUnexpectedErrors):
     """Everything in the one hook Strawberry runs around the whole operation: each hook an
     extension implements costs a context manager per request. Parsing and validation done
@@ -155,5 +172,6 @@ class RequestRules(MaskUnexpectedErrors):
                 error = variable_error(context.variables, variable_uses(document))
                 if error is not None:
                     context.pre_execution_errors = [error]
+        _note_operation(context)
         check_query_cost(context)  # after validation: a valid document's static cost
         yield from super().on_operation()  # masks the result's unexpected errors
