@@ -24,6 +24,29 @@ def pool_unallocated(purchased: int, used: int, expired: int, end_user_remaining
     return pool_remaining(purchased, used, expired) - end_user_remaining
 
 
+class PoolFigures:
+    """A pool's derived figures, for whatever holds its counters (a row, a snapshot)."""
+
+    __slots__ = ()
+    purchased: int
+    used: int
+    expired: int
+    end_user_remaining: int
+    low_balance_threshold: int | None
+
+    @property
+    def remaining(self) -> int:
+        return pool_remaining(self.purchased, self.used, self.expired)
+
+    @property
+    def unallocated(self) -> int:
+        return pool_unallocated(self.purchased, self.used, self.expired, self.end_user_remaining)
+
+    @property
+    def status(self) -> BalanceStatus:
+        return status_for(self.remaining, self.low_balance_threshold)
+
+
 def pool_remaining_sql(table: str = "") -> str:
     """`pool_remaining` over credit_pool's columns (`table`: an alias, with its dot)."""
     return f"{table}purchased - {table}used - {table}expired"

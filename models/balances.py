@@ -12,9 +12,8 @@ from models import outbox
 from models.balance_rules import (
     END_USER_THRESHOLD_SQL,
     BalanceStatus,
+    PoolFigures,
     end_user_status,
-    pool_remaining,
-    pool_unallocated,
     status_for,
 )
 from models.events import AlertRaised, BalanceCause, BalanceChanged
@@ -44,6 +43,17 @@ def iso_time(value: datetime | str | None) -> str:
     return value.astimezone(UTC).isoformat()
 
 
+_SNAPSHOT_COUNTERS = (
+    "end_user_id",
+    "pool_id",
+    "allocated",
+    "used",
+    "expired",
+    "remaining",
+    "version",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class EndUserBalanceSnapshot:
     end_user_id: int
@@ -59,17 +69,10 @@ class EndUserBalanceSnapshot:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> EndUserBalanceSnapshot:
+        counters = {name: row[name] for name in _SNAPSHOT_COUNTERS}
+        status = BalanceStatus(row["status"])
         return cls(
-            end_user_id=row["end_user_id"],
-            pool_id=row["pool_id"],
-            allocated=row["allocated"],
-            used=row["used"],
-            expired=row["expired"],
-            remaining=row["remaining"],
-            status=BalanceStatus(row["status"]),
-            version=row["version"],
-            threshold=row.get("threshold"),
-            at=iso_time(row.get("at")),
+            **counters, status=status, threshold=row.get("threshold"), at=iso_time(row.get("at"))
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -81,7 +84,7 @@ class EndUserBalanceSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class PoolSnapshot:
+class PoolSnapshot(PoolFigures):
     pool_id: int
     purchased: int
     allocated: int
@@ -92,22 +95,13 @@ class PoolSnapshot:
     low_balance_threshold: int | None
     at: str = ""  # when this version was made (ISO 8601)
 
-    @property
-    def remaining(self) -> int:
-        return pool_remaining(self.purchased, self.used, self.expired)
-
-    @property
-    def unallocated(self) -> int:
-        return pool_unallocated(self.purchased, self.used, self.expired, self.end_user_remaining)
-
-    @property
-    def status(self) -> BalanceStatus:
-        return status_for(self.remaining, self.low_balance_threshold)
-
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> PoolSnapshot:
         counters = {name: row[name] for name in cls.__slots__ if name != "at"}
         return cls(**counters, at=iso_time(row["at"]))
+
+
+_EVENT_COUNTERS = ("allocated", "used", "remaining", "expired")
 
 
 def balance_changed(
@@ -117,18 +111,17 @@ def balance_changed(
     snapshot: EndUserBalanceSnapshot | PoolSnapshot,
 ) -> BalanceChanged:
     """A balance at its snapshot's version, as its event."""
+    counters = {name: getattr(snapshot, name) for name in _EVENT_COUNTERS}
+    end_user_id = getattr(snapshot, "end_user_id", None)
     return BalanceChanged(
+        **counters,
         application_id=application_id,
         pool_id=snapshot.pool_id,
         pool=pool_key,
-        end_user_id=getattr(snapshot, "end_user_id", None),
+        end_user_id=end_user_id,
         version=snapshot.version,
         cause=cause,
         at=snapshot.at,
-        allocated=snapshot.allocated,
-        used=snapshot.used,
-        remaining=snapshot.remaining,
-        expired=snapshot.expired,
         status=snapshot.status,
     )
 

@@ -9,13 +9,13 @@ from tortoise import fields
 from tortoise.migrations.constraints import CheckConstraint
 from tortoise.models import Model
 
-from models.balance_rules import BalanceStatus, pool_remaining, pool_unallocated
+from models.balance_rules import BalanceStatus, PoolFigures
 from models.tenancy import Application
 
 MAX_TOTAL = 2_147_483_647  # no total may pass a GraphQL Int (docs/ledger.md#rules)
 
 
-class CreditPool(Model):
+class CreditPool(PoolFigures, Model):
     """Counters of one pool. `end_user_remaining` is Σ End User remaining, so
     unallocated = purchased - used - expired - end_user_remaining."""
 
@@ -55,14 +55,6 @@ class CreditPool(Model):
                 name="credit_pool_unallocated_non_negative",
             ),
         )
-
-    @property
-    def remaining(self) -> int:
-        return pool_remaining(self.purchased, self.used, self.expired)
-
-    @property
-    def unallocated(self) -> int:
-        return pool_unallocated(self.purchased, self.used, self.expired, self.end_user_remaining)
 
 
 class CreditPack(Model):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from models.balance_rules import BalanceStatus
 from models.records import AlertKind, LedgerEntryKind
@@ -29,19 +29,40 @@ class BalanceCause(StrEnum):
     THRESHOLD = "THRESHOLD"
 
 
-@dataclass(frozen=True, slots=True)
-class BalanceChanged:
-    """A balance (the pool's when `end_user_id` is None) at `version`, made at `at`."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _OfABalance:
+    """What every balance event names: the balance (the pool's when `end_user_id` is
+    None), and the time `at` of what it announces (ISO 8601, UTC)."""
 
-    topic: ClassVar[str] = "balance"
+    # the fields that hold an enum's member, sent as its value
+    enums: ClassVar[dict[str, type[StrEnum]]] = {}
 
     application_id: int
     pool_id: int
     pool: str
     end_user_id: int | None
+    at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v.value if isinstance(v, StrEnum) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        values = {field.name: data[field.name] for field in fields(cls)}
+        for name, enum in cls.enums.items():
+            values[name] = enum(values[name])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BalanceChanged(_OfABalance):
+    """A balance at `version`, made at `at`."""
+
+    topic: ClassVar[str] = "balance"
+    enums: ClassVar[dict[str, type[StrEnum]]] = {"cause": BalanceCause, "status": BalanceStatus}
+
     version: int
     cause: BalanceCause
-    at: str  # ISO 8601, UTC
     allocated: int
     used: int
     remaining: int
@@ -53,30 +74,18 @@ class BalanceChanged:
         """What conflates: a slow subscriber needs only the newest version of a balance."""
         return (self.pool_id, self.end_user_id)
 
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "cause": self.cause.value, "status": self.status.value}
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BalanceChanged:
-        cause, status = BalanceCause(data["cause"]), BalanceStatus(data["status"])
-        return cls(**{**data, "cause": cause, "status": status})
-
-
-@dataclass(frozen=True, slots=True)
-class AlertRaised:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertRaised(_OfABalance):
     """A low-credit alert as written (`id` is the alert's row)."""
 
     topic: ClassVar[str] = "alert"
+    enums: ClassVar[dict[str, type[StrEnum]]] = {"kind": AlertKind}
 
     id: int
-    application_id: int
-    pool_id: int
-    pool: str
-    end_user_id: int | None
     kind: AlertKind
     remaining: int
     threshold: int | None
-    at: str  # ISO 8601, UTC
 
     @property
     def version(self) -> int:
@@ -86,14 +95,6 @@ class AlertRaised:
     @property
     def key(self) -> tuple[Any, ...]:
         return ("alert", self.id)
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "kind": self.kind.value}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> AlertRaised:
-        values = {field.name: data[field.name] for field in fields(cls)}
-        return cls(**{**values, "kind": AlertKind(data["kind"])})
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from tortoise.exceptions import IntegrityError
 
+from models.balance_rules import PoolFigures
 from models.credits import CreditPool
 from models.errors import ValidationFailed, excerpt
 from models.sql import single_statement
@@ -51,7 +52,7 @@ async def create_pool(
 
 
 @dataclass(frozen=True, slots=True)
-class PoolLine:
+class PoolLine(PoolFigures):
     """A pool's counters as a read shows them (what `CreditPool` rows hold, read raw)."""
 
     id: int

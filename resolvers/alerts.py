@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -12,12 +11,13 @@ from models.access import require_api_key, visible_application, writable_applica
 from models.alerts import acknowledge_alert, set_low_balance_threshold
 from models.credits import CreditPool as PoolRow
 from models.credits import EndUser as EndUserRow
-from models.errors import NotFound, ValidationFailed
+from models.errors import NotFound
 from models.events import AlertRaised
 from models.records import Alert as AlertRow
 from models.records import AlertKind as DomainAlertKind
 from models.references import parse_id
 from resolvers.context import Info, principal_of
+from resolvers.cursors import cursor_value, encode_cursor, whole_number
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
 from resolvers.errors import UserError, errors_as_query_errors, errors_in_payload
 from resolvers.pools import CreditPool, check_page_size
@@ -89,17 +89,7 @@ class CreditAlertConnection:
 
 
 def _cursor(alert_id: int) -> str:
-    return base64.urlsafe_b64encode(f"Alert:{alert_id}".encode()).decode()
-
-
-def _after(cursor: str) -> int:
-    try:
-        kind, _, raw = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        if kind == "Alert" and raw.isdigit():
-            return int(raw)
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise ValidationFailed("after is not a cursor of this connection", field="after")
+    return encode_cursor("Alert", str(alert_id))
 
 
 async def alert_page(application_id: int, first: int, after: str | None) -> CreditAlertConnection:
@@ -110,7 +100,7 @@ async def alert_page(application_id: int, first: int, after: str | None) -> Cred
     total = await query.count()
     if after is not None:
         with errors_as_query_errors():
-            query = query.filter(id__lt=_after(after))
+            query = query.filter(id__lt=cursor_value(after, "Alert", whole_number))
     rows = await query.order_by("-id").limit(first + 1)
     keys = dict(await PoolRow.filter(application_id=application_id).values_list("id", "key"))
     page = [

@@ -52,7 +52,7 @@ class AllocationSummary:
             self.application_id, self.pool_id, ranking, first, loaders_of(info).now
         )
         return [
-            EndUserBalance.from_line(line.balance, EndUser.from_line(line))
+            EndUserBalance.from_line(line.balance, EndUser.from_row(line))
             for line in lines
             if line.balance
         ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable, Generator
 from datetime import datetime
 from enum import Enum
@@ -33,6 +32,7 @@ from resolvers.consumption import (
     load_series,
 )
 from resolvers.context import Info
+from resolvers.cursors import cursor_value, encode_cursor
 from resolvers.end_user_json import (
     CONNECTION_SHAPE,
     Balances,
@@ -205,7 +205,8 @@ class EndUser:
     preloaded_lines: strawberry.Private[list[BalanceLine] | None] = None
 
     @classmethod
-    def from_row(cls, row: EndUserRow) -> EndUser:
+    def from_row(cls, row: EndUserRow | EndUserLine) -> EndUser:
+        """From the ORM's row or a raw read's line (the same attributes)."""
         return cls(
             id=strawberry.ID(str(row.id)),
             external_id=row.external_id,
@@ -213,19 +214,7 @@ class EndUser:
             email=row.email,
             created_at=row.created_at,
             row_id=row.id,
-            application_id=row.application_id,  # type: ignore[attr-defined]
-        )
-
-    @classmethod
-    def from_line(cls, line: EndUserLine) -> EndUser:
-        return cls(
-            id=strawberry.ID(str(line.id)),
-            external_id=line.external_id,
-            name=line.name,
-            email=line.email,
-            created_at=line.created_at,
-            row_id=line.id,
-            application_id=line.application_id,
+            application_id=row.application_id,  # type: ignore[union-attr]
         )
 
     @strawberry.field(
@@ -342,26 +331,25 @@ class EndUserOrder:
     pool: str | None = None
 
 
-def encode_cursor(order: OrderField, key: Any, row_id: int) -> str:
+def end_user_cursor(order: OrderField, key: Any, row_id: int) -> str:
     if order == OrderField.CREATED:
-        text = f"EndUser:{row_id}"
-    else:
-        text = f"EndUser:{order.value}:{key!r}:{row_id}"
-    return base64.urlsafe_b64encode(text.encode()).decode()
+        return encode_cursor("EndUser", str(row_id))
+    return encode_cursor("EndUser", f"{order.value}:{key!r}:{row_id}")
 
 
-def decode_cursor(cursor: str, order: OrderField) -> tuple[Any, int]:
-    """(sort key, id) of a cursor made for the same order."""
-    try:
-        parts = base64.urlsafe_b64decode(cursor.encode()).decode().split(":")
-        if order == OrderField.CREATED and len(parts) == 2 and parts[0] == "EndUser":
-            return int(parts[1]), int(parts[1])
-        if len(parts) == 4 and parts[0] == "EndUser" and parts[1] == order.value:
+def _sort_position(order: OrderField) -> Callable[[str], tuple[Any, int]]:
+    """How a cursor's value made for `order` reads as (sort key, id)."""
+
+    def position(value: str) -> tuple[Any, int]:
+        parts = value.split(":")
+        if order == OrderField.CREATED and len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 3 and parts[0] == order.value:
             number = float if order == OrderField.PROJECTED_EXHAUSTION else int
-            return number(parts[2]), int(parts[3])
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise ValidationFailed("after is not a cursor of this connection and order", field="after")
+            return number(parts[1]), int(parts[2])
+        raise ValueError(value)
+
+    return position
 
 
 async def end_user_page(
@@ -384,7 +372,10 @@ async def end_user_page(
         order=order,
         descending=order_by is not None and order_by.direction == OrderDirection.DESC,
     )
-    cursor = None if after is None else decode_cursor(after, order)
+    refusal = "after is not a cursor of this connection and order"
+    cursor = (
+        None if after is None else cursor_value(after, "EndUser", _sort_position(order), refusal)
+    )
     now = loaders_of(info).now
     selection = read_selection(info, CONNECTION_SHAPE) if splicing(info) else None
     entries = None if selection is None else balance_entries(selection)
@@ -397,7 +388,7 @@ async def end_user_page(
             pass  # the general path answers, and reports what it reports
     edges = [
         EndUserEdge(
-            cursor=encode_cursor(order, line.sort_key, line.id), node=EndUser.from_line(line)
+            cursor=end_user_cursor(order, line.sort_key, line.id), node=EndUser.from_row(line)
         )
         for line in page.lines
     ]
@@ -429,7 +420,7 @@ async def _preserialized(
         ids = [line.id for line in lines]
         burn = selects_burn(selection)
         balances = Balances(lines=await balance_lines(ids, now, burn=burn))
-    cursors = [encode_cursor(order, line.sort_key, line.id) for line in lines]
+    cursors = [end_user_cursor(order, line.sort_key, line.id) for line in lines]
     return encode(connection_json(selection, lines, cursors, balances, page.has_next, page.total))
 
 

@@ -19,8 +19,6 @@ from graphql import (
     value_from_ast_untyped,
 )
 
-ROOTS_KEPT = 1_000  # documents whose root fields are remembered, per process
-
 
 @dataclass(frozen=True, slots=True)
 class OperationSummary:
@@ -30,6 +28,7 @@ class OperationSummary:
     end_user: dict[str, Any] | None = None  # an `endUser` reference (`id` or `externalId`)
 
 
+ROOTS_KEPT = 1_000  # documents whose root fields are remembered, per process
 # (id of the document, operation name) -> (the document, kept alive, its chosen operation's
 # name and root field nodes): the document is cached by its text, so ids stay stable.
 _ROOTS: OrderedDict[tuple[int, str | None], tuple[DocumentNode, str | None, tuple]] = OrderedDict()

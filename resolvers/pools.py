@@ -8,7 +8,6 @@ from typing import Annotated
 import strawberry
 
 from models.balance_rules import BalanceStatus as DomainBalanceStatus
-from models.balance_rules import pool_remaining, pool_unallocated, status_for
 from models.balances import PoolSnapshot
 from models.credits import CreditPack as PackRow
 from models.credits import CreditPool as PoolRow
@@ -82,19 +81,16 @@ class CreditPool:
 
     @classmethod
     def from_row(cls, row: PoolRow | PoolLine) -> CreditPool:
-        remaining = pool_remaining(row.purchased, row.used, row.expired)
         return cls(
             key=row.key,
             name=row.name,
             purchased=row.purchased,
             allocated=row.allocated,
             used=row.used,
-            remaining=remaining,
+            remaining=row.remaining,
             expired=row.expired,
-            unallocated=pool_unallocated(
-                row.purchased, row.used, row.expired, row.end_user_remaining
-            ),
-            status=status_for(remaining, row.low_balance_threshold),
+            unallocated=row.unallocated,
+            status=row.status,
             low_balance_threshold=row.low_balance_threshold,
             end_user_low_balance_threshold=row.end_user_low_balance_threshold,
             version=row.version,

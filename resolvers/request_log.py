@@ -4,7 +4,6 @@ pages), `Application.requestVolume` (requests and errors per bucket, with spikes
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Any, cast
@@ -14,11 +13,12 @@ import strawberry
 from models.access import require_api_key, visible_application
 from models.consumption import Granularity as DomainGranularity
 from models.credits import EndUser as EndUserRow
-from models.errors import NotFound, ValidationFailed
+from models.errors import NotFound
 from models.events import RequestLogged
 from models.request_log import LogFilter, Outcome, entry_dict, entry_page, request_volume
 from resolvers.consumption import Granularity
 from resolvers.context import Info, principal_of
+from resolvers.cursors import cursor_value, encode_cursor, whole_number
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
 from resolvers.errors import errors_as_query_errors
 from resolvers.loaders import SharedLoader
@@ -155,25 +155,19 @@ _CURSOR_KIND = "RequestLog"
 
 
 def _cursor(time: datetime, entry_id: object) -> str:
-    raw = f"{_CURSOR_KIND}:{time.isoformat()}|{entry_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
+    return encode_cursor(_CURSOR_KIND, f"{time.isoformat()}|{entry_id}")
 
 
 def _entry_cursor(entry: dict[str, Any]) -> str:
     return _cursor(entry["time"], entry["id"])
 
 
-def _after(cursor: str) -> tuple[datetime, int]:
-    try:
-        kind, _, raw = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        moment, _, entry_id = raw.rpartition("|")
-        if kind == _CURSOR_KIND and entry_id.isdigit():
-            at = datetime.fromisoformat(moment)
-            if at.tzinfo is not None:
-                return at, int(entry_id)
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise ValidationFailed("after is not a cursor of this connection", field="after")
+def _keyset(value: str) -> tuple[datetime, int]:
+    moment, _, entry_id = value.rpartition("|")
+    at = datetime.fromisoformat(moment)
+    if at.tzinfo is None:
+        raise ValueError(moment)
+    return at, whole_number(entry_id)
 
 
 async def request_log_page(
@@ -186,7 +180,7 @@ async def request_log_page(
     """Newest first; a page costs one indexed read whatever its depth (keyset)."""
     with errors_as_query_errors():
         where = await _domain_filter(application_id, given)
-        keyset = None if after is None else _after(after)
+        keyset = None if after is None else cursor_value(after, _CURSOR_KIND, _keyset)
         entries = await entry_page(application_id, first, keyset, where)
     page = entries[:first]
     selection = read_selection(info, CONNECTION_SHAPE) if splicing(info) else None
