@@ -55,7 +55,7 @@ def connection_config(settings: Settings) -> str | dict[str, Any]:
     config = expand_db_url(connection_url(settings))
     config["credentials"]["connection_class"] = PooledConnection
     # Reports join a tail of unknown length (the ledger since the fold's watermark): the
-    # planner's estimate crosses the JIT threshold and compiling took 40 ms of a 2 ms query.
+    # planner's estimate crosses the JIT threshold, and compiling costs many times the query.
     config["credentials"]["server_settings"] = {"jit": "off"}
     return config
 

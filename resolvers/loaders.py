@@ -82,7 +82,7 @@ class Loaders:
     The load functions do not refer back to this object: a bound method would close a
     reference cycle through every loader's cache, and a dashboard's whole answer (~800
     objects) would then wait for the cyclic collector instead of being freed with the
-    request; under load those collections paused the server 50-150 ms every second or so."""
+    request; under load those collections paused the server visibly and often."""
 
     def __init__(self) -> None:
         self.now = datetime.now(UTC)

@@ -72,7 +72,7 @@ ASSUMED_ITEM_SIZES: dict[str, int] = {"UserError": 1}
 OWN_COSTS: dict[str, int] = {
     "Application.allocationSummary": 10,  # aggregates every End User's balance in the pool
 }
-# A whole schema described takes ~40 ms of CPU, one type a few.
+# A whole schema described costs hundreds of times what one type does.
 INTROSPECTION_COSTS: dict[str, int] = {"__schema": 2_500, "__type": 100}
 SERIES_ARGUMENTS = ("from", "to", "granularity")
 PAGE_ARGUMENT = "first"

@@ -1,6 +1,6 @@
 """Input objects built by a converter compiled once per type (`install`), instead of
 Strawberry's generic conversion, which resolves every field's type and GraphQL name again on
-each request (about 0.1 ms for one `consumeCredits` input, a tenth of the request).
+each request (a tenth of a `consumeCredits` request).
 
 It is Strawberry's documented hook (`StrawberryObjectDefinition.from_input`) and builds the
 same value: fields without a default start as None, every field present in the input is
