@@ -7,7 +7,7 @@ the outbox."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Self
 
@@ -44,7 +44,11 @@ class _OfABalance:
     at: str
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v.value if isinstance(v, StrEnum) else v for k, v in asdict(self).items()}
+        # not `asdict`, which deep-copies every value (this runs in every ledger write)
+        values = {field.name: getattr(self, field.name) for field in fields(self)}
+        for name in self.enums:
+            values[name] = values[name].value
+        return values
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
