@@ -117,8 +117,17 @@ SERIES_SHAPE: Shape = (
 )
 
 
-def _bucket_json(selection: tuple[Selected, ...], bucket: Bucket) -> dict[str, Any]:
-    return object_json(selection, "ConsumptionBucket", lambda s: _BUCKET[s.field_name](bucket))
+def _typename(_: Bucket) -> str:
+    return "ConsumptionBucket"
+
+
+def _buckets_json(selection: tuple[Selected, ...], buckets: list[Bucket]) -> list[dict[str, Any]]:
+    # the selection's readers looked up once for the whole list (a series has hundreds)
+    readers = [
+        (s.response_name, _typename if s.field_name == "__typename" else _BUCKET[s.field_name])
+        for s in selection
+    ]
+    return [{name: read(bucket) for name, read in readers} for bucket in buckets]
 
 
 def series_json(selection: tuple[Selected, ...], series: Series) -> dict[str, Any]:
@@ -128,8 +137,7 @@ def series_json(selection: tuple[Selected, ...], series: Series) -> dict[str, An
     def value_of(part: Selected) -> Any:
         name = part.field_name
         if name == "buckets":
-            below = part.below or ()
-            return [_bucket_json(below, bucket) for bucket in series.buckets]
+            return _buckets_json(part.below or (), series.buckets)
         if name == "granularity":
             return series.granularity.name
         return checked_int(series.total_used if name == "totalUsed" else series.total_expired)

@@ -37,6 +37,7 @@ from graphql import (
     InlineFragmentNode,
     NamedTypeNode,
     OperationDefinitionNode,
+    OperationType,
     SelectionSetNode,
     VariableNode,
     get_named_type,
@@ -92,7 +93,9 @@ def check_query_cost(context: ExecutionContext) -> None:
     """Puts `{"requested", "limit"}` in the answer's `extensions.cost`, and refuses an
     operation over the caller's budget before it runs (a pre-execution error, as validation
     errors are: any operation type, subscriptions included). A document that did not parse
-    or validate runs nothing: it costs 0."""
+    or validate runs nothing: it costs 0. A subscription's messages carry no cost: they are
+    rendered once for every subscriber of a selection, whatever their budgets
+    (docs/query-cost.md), over our transport and Strawberry's alike."""
     app_context = context.context
     budgets = getattr(app_context, "cost_budgets", DEFAULT_BUDGETS)
     limit = budgets.for_principal(getattr(app_context, "principal", None))
@@ -104,7 +107,13 @@ def check_query_cost(context: ExecutionContext) -> None:
         )
         if requested > limit:
             context.pre_execution_errors = [too_costly(requested, limit)]
-    context.extensions_results["cost"] = {"requested": requested, "limit": limit}
+    if document is None or not _is_subscription(document, context.operation_name):
+        context.extensions_results["cost"] = {"requested": requested, "limit": limit}
+
+
+def _is_subscription(document: DocumentNode, operation_name: str | None) -> bool:
+    operation = get_operation_ast(document, operation_name)
+    return operation is not None and operation.operation == OperationType.SUBSCRIPTION
 
 
 # ------------------------------------------------------------------------------- caching

@@ -9,6 +9,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,10 +149,11 @@ class Server:
         return f"{self.url}/graphql"
 
 
-@pytest.fixture(scope="session")
-async def server(backend: Backend) -> AsyncIterator[Server]:
+@asynccontextmanager
+async def serving(backend: Backend, fast_websockets: bool | None = None) -> AsyncIterator[Server]:
     """The real ASGI app served by uvicorn on a free port, in this process and event loop,
-    on the backend's database (which the fixture has already opened)."""
+    on the backend's database (which the fixture has already opened); `fast_websockets`
+    as `create_app` takes it (False: Strawberry's stock WebSocket handlers)."""
     import socket
 
     import uvicorn
@@ -161,7 +163,7 @@ async def server(backend: Backend) -> AsyncIterator[Server]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = create_app(backend.settings, migrate=False)
+    app = create_app(backend.settings, migrate=False, fast_websockets=fast_websockets)
     await app.state.realtime.start()
     await app.state.request_log.start()  # the lifespan is off: start what it would
     config = uvicorn.Config(
@@ -191,6 +193,13 @@ async def server(backend: Backend) -> AsyncIterator[Server]:
         await task
         await app.state.request_log.close()
         await app.state.realtime.close()
+
+
+@pytest.fixture(scope="session")
+async def server(backend: Backend) -> AsyncIterator[Server]:
+    """The service as it runs, for the HTTP and WebSocket tests."""
+    async with serving(backend) as served:
+        yield served
 
 
 @pytest.fixture
