@@ -7,7 +7,7 @@ To move to other versions, change PACKAGES and run:
 
     .venv/bin/python scripts/refresh_graphiql.py
 
-then check the page (tests/test_graphiql.py) and commit api/static/vendor/."""
+then check the page (tests/api/test_graphiql.py) and commit api/static/vendor/."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from tortoise import Tortoise
 from tortoise.backends.base.executor import EXECUTOR_CACHE
@@ -200,6 +201,14 @@ async def server(backend: Backend) -> AsyncIterator[Server]:
     """The service as it runs, for the HTTP and WebSocket tests."""
     async with serving(backend) as served:
         yield served
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for a test's requests to the `server` (64 connections at most)."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        yield client
 
 
 @pytest.fixture

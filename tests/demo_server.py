@@ -3,17 +3,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import uvicorn
+
+from api.app import create_app
+from api.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -95,3 +101,35 @@ def demo_server(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@asynccontextmanager
+async def served(backend, **overrides: Any) -> AsyncIterator[tuple[str, Any]]:
+    """An app with its own settings under uvicorn (lifespan off, as the `server` fixture:
+    the test process owns the database), shut down as a process would be: uvicorn stops
+    taking requests and finishes those in flight, then the log writer flushes."""
+    settings = Settings(
+        DATABASE_URL=backend.settings.database_url,
+        **{"REDIS_URL": backend.settings.redis_url, **overrides},
+    )
+    app = create_app(settings, migrate=False)
+    await app.state.realtime.start()
+    await app.state.request_log.start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uv = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    task = asyncio.ensure_future(uv.serve())
+    while not uv.started:
+        await asyncio.sleep(0.02)
+        if task.done():
+            task.result()
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        uv.should_exit = True
+        await task
+        await app.state.request_log.close()
+        await app.state.realtime.close()

@@ -1,4 +1,4 @@
-"""The generating side of tests/test_fuzz_graphql.py, run as its own process: hypothesis is
+"""The generating side of tests/api/test_fuzz_graphql.py, run as its own process: hypothesis is
 CPU-bound, and in the test's process it would share one interpreter lock with the server it
 fuzzes. Reads its configuration as JSON on stdin, sends every generated operation to the
 server over HTTP with one httpx client, and prints a JSON summary as its last line; exits 1

@@ -90,3 +90,21 @@ query($id: ID!, $externalId: String) {
     }
   }
 }"""
+
+
+ISSUE = """
+mutation($input: IssueEndUserTokenInput!) {
+  issueEndUserToken(input: $input) { token expiresAt errors { code message } }
+}"""
+
+
+CREATE_CODE = """
+mutation($input: IssueEndUserTokenInput!) {
+  createTemporaryCode(input: $input) { code expiresAt errors { code message } }
+}"""
+
+
+EXCHANGE = """
+mutation($code: String!) {
+  exchangeTemporaryCode(code: $code) { token expiresAt errors { code message } }
+}"""

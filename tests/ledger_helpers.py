@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from tortoise import Tortoise
+from tortoise.expressions import Q
 
 from models.accounts import create_application, create_organization
 from models.credits import CreditPack, CreditPool, EndUserBalance
 from models.end_users import EndUserInput, upsert_end_users
 from models.ledger import allocate_credits, purchase_credits
 from models.references import EndUserRef
+
+VOLATILE_COLUMNS: dict[str, set[str]] = {}
+EXCLUDED_MODELS = {
+    # Written off the request path in batches: B's own set-up calls land at any time.
+    "RequestLogEntry",
+    # Deleted by the relay once published, whenever it gets to them.
+    "OutboxEvent",
+}
 
 
 async def end_users_holding(
@@ -64,3 +74,37 @@ async def application_with_allocations(users: int = 3) -> tuple[int, list[int]]:
         await allocate_credits(app, "ai", EndUserRef(id=row.id), 100_000)
         await allocate_credits(app, "inbox_preview", EndUserRef(id=row.id), 10_000)
     return app, [row.id for row in rows]
+
+
+async def application_rows(application_id: int) -> dict[str, list[dict[str, Any]]]:
+    """Every row that belongs to the application, by model: those with its id, then those
+    pointing at one of them, until nothing more is found."""
+    models = {name: m for name, m in Tortoise.apps["models"].items() if name not in EXCLUDED_MODELS}
+    owned: dict[str, set[Any]] = {"Application": {application_id}}
+    while True:
+        found: dict[str, set[Any]] = {}
+        for name, model in models.items():
+            if name == "Application":
+                continue
+            meta = model._meta
+            conditions = [
+                Q(**{f"{fk}_id__in": list(owned[related])})
+                for fk in meta.fk_fields
+                if (related := meta.fields_map[fk].related_model.__name__) in owned
+            ]
+            if "application" not in meta.fk_fields and "application_id" in meta.fields_map:
+                conditions.append(Q(application_id=application_id))
+            if conditions:
+                rows = await model.filter(Q(*conditions, join_type="OR")).values_list(
+                    "id", flat=True
+                )
+                found[name] = set(rows)
+        if all(owned.get(name) == ids for name, ids in found.items()):
+            break
+        owned.update(found)
+    snapshot = {}
+    for name, ids in owned.items():
+        volatile = VOLATILE_COLUMNS.get(name, set())
+        rows = await models[name].filter(id__in=list(ids)).order_by("id").values()
+        snapshot[name] = [{k: v for k, v in row.items() if k not in volatile} for row in rows]
+    return snapshot
