@@ -552,6 +552,8 @@ async def wrk_load(
         if warmup > 0:
             await run_wrk(url, key, bodies, clients, warmup, Path(tmp) / "warm", threads=threads)
         run = await run_wrk(url, key, bodies, clients, seconds, Path(tmp) / "run", threads=threads)
+        if run.errors:  # said, not hidden in a lower rate
+            print(f"  {url}: {run.describe_errors()}", flush=True)
     return {
         "rate": run.answered / run.seconds,
         "p50": run.result["p50_us"] / 1000,

@@ -140,7 +140,8 @@ async def middleware_rounds(
 
 
 def ingest_records(count: int, application_id: int) -> list[dict[str, Any]]:
-    start = datetime(2026, 11, 1, tzinfo=UTC)
+    # recent: older records would meet the retention job, which deletes what it is past
+    start = datetime.now(UTC) - timedelta(hours=1)
     return [
         {
             "applicationId": application_id,

@@ -29,18 +29,21 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. key
 
--- Every Lua state (wrk's main one and each thread's) formats the requests once.
-local requests = {}
+-- The bodies are read once per Lua state (wrk's main one and each thread's); each thread
+-- formats its requests in `init`, where wrk knows the host: formatted before, a request
+-- has no Host header, which HTTP/1.1 servers such as Node's refuse with 400.
+local bodies = {}
 for body in io.lines(bodies_path) do
   if #body > 0 then
-    requests[#requests + 1] = wrk.format("POST", nil, nil, body)
+    bodies[#bodies + 1] = body
   end
 end
-if #requests == 0 then
+if #bodies == 0 then
   io.stderr:write("wrk_post.lua: no request bodies in " .. bodies_path .. "\n")
   os.exit(2)
 end
-local count = #requests
+local count = #bodies
+local requests = {}
 
 -- Per-thread counters (globals, so that the main state's `done` reads them by thread:get).
 answers = 0   -- answers seen by `response`
@@ -59,6 +62,10 @@ end
 
 function init(args)
   math.randomseed(seed * 1000 + (thread_number or 0))
+  wrk.headers["Host"] = wrk.host .. ":" .. wrk.port
+  for i, body in ipairs(bodies) do
+    requests[i] = wrk.format("POST", nil, nil, body)
+  end
 end
 
 function request()
