@@ -43,17 +43,6 @@ def iso_time(value: datetime | str | None) -> str:
     return value.astimezone(UTC).isoformat()
 
 
-_SNAPSHOT_COUNTERS = (
-    "end_user_id",
-    "pool_id",
-    "allocated",
-    "used",
-    "expired",
-    "remaining",
-    "version",
-)
-
-
 @dataclass(frozen=True, slots=True)
 class EndUserBalanceSnapshot:
     end_user_id: int
@@ -69,10 +58,17 @@ class EndUserBalanceSnapshot:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> EndUserBalanceSnapshot:
-        counters = {name: row[name] for name in _SNAPSHOT_COUNTERS}
-        status = BalanceStatus(row["status"])
         return cls(
-            **counters, status=status, threshold=row.get("threshold"), at=iso_time(row.get("at"))
+            end_user_id=row["end_user_id"],
+            pool_id=row["pool_id"],
+            allocated=row["allocated"],
+            used=row["used"],
+            expired=row["expired"],
+            remaining=row["remaining"],
+            status=BalanceStatus(row["status"]),
+            version=row["version"],
+            threshold=row.get("threshold"),
+            at=iso_time(row.get("at")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -101,9 +97,6 @@ class PoolSnapshot(PoolFigures):
         return cls(**counters, at=iso_time(row["at"]))
 
 
-_EVENT_COUNTERS = ("allocated", "used", "remaining", "expired")
-
-
 def balance_changed(
     application_id: int,
     pool_key: str,
@@ -111,17 +104,18 @@ def balance_changed(
     snapshot: EndUserBalanceSnapshot | PoolSnapshot,
 ) -> BalanceChanged:
     """A balance at its snapshot's version, as its event."""
-    counters = {name: getattr(snapshot, name) for name in _EVENT_COUNTERS}
-    end_user_id = getattr(snapshot, "end_user_id", None)
     return BalanceChanged(
-        **counters,
         application_id=application_id,
         pool_id=snapshot.pool_id,
         pool=pool_key,
-        end_user_id=end_user_id,
+        end_user_id=getattr(snapshot, "end_user_id", None),
         version=snapshot.version,
         cause=cause,
         at=snapshot.at,
+        allocated=snapshot.allocated,
+        used=snapshot.used,
+        remaining=snapshot.remaining,
+        expired=snapshot.expired,
         status=snapshot.status,
     )
 
