@@ -6,7 +6,6 @@ User). The request log writer reads it from the request's draft and parses nothi
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,32 +27,16 @@ class OperationSummary:
     end_user: dict[str, Any] | None = None  # an `endUser` reference (`id` or `externalId`)
 
 
-ROOTS_KEPT = 1_000  # documents whose root fields are remembered, per process
-# (id of the document, operation name) -> (the document, kept alive, its chosen operation's
-# name and root field nodes): the document is cached by its text, so ids stay stable.
-_ROOTS: OrderedDict[tuple[int, str | None], tuple[DocumentNode, str | None, tuple]] = OrderedDict()
-
-
 def _roots(document: DocumentNode, wanted: str | None) -> tuple[str | None, tuple[FieldNode, ...]]:
-    key = (id(document), wanted)
-    found = _ROOTS.get(key)
-    if found is not None and found[0] is document:
-        return found[1], found[2]
-    name: str | None = wanted
-    fields: tuple[FieldNode, ...] = ()
+    """The chosen operation's name and root fields: the one named `wanted`, else the first."""
     for definition in document.definitions:
         if not isinstance(definition, OperationDefinitionNode):
             continue
         own = definition.name.value if definition.name else None
         if wanted is None or own == wanted:
-            name = wanted or own
             selections = definition.selection_set.selections
-            fields = tuple(s for s in selections if isinstance(s, FieldNode))
-            break
-    _ROOTS[key] = (document, name, fields)
-    if len(_ROOTS) > ROOTS_KEPT:
-        _ROOTS.popitem(last=False)
-    return name, fields
+            return wanted or own, tuple(s for s in selections if isinstance(s, FieldNode))
+    return wanted, ()
 
 
 def _value(node: ValueNode, variables: dict[str, Any] | None) -> Any:
