@@ -28,17 +28,15 @@ from graphql import (
     Visitor,
     execute_subscription_event,
     get_operation_ast,
-    parse,
     visit,
 )
 from graphql.execution import Executor
 
 from models.events import LiveEvent
 from models.transient import is_transient
+from resolvers.request_rules import DOCUMENT_CACHE_SIZE, MAX_TOKENS, parsed
 from subscriptions.fanout import Selection
 from subscriptions.live import LiveClaim
-
-DOCUMENTS_KEPT = 1_000  # parsed documents and their shaping variables, per process
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +66,12 @@ def _variables_in(node: Node) -> Counter[str]:
     return counts
 
 
-@lru_cache(maxsize=DOCUMENTS_KEPT)
 def _document(query: str) -> DocumentNode:
-    return parse(query)
+    """The document as the request rules parsed and validated it (the same cached parse)."""
+    return parsed(query, MAX_TOKENS)
 
 
-@lru_cache(maxsize=DOCUMENTS_KEPT)
+@lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
 def shaping_variables(query: str, operation_name: str | None) -> tuple[str, ...]:
     """Every variable used anywhere but in the subscription field's own arguments (those
     only choose the topic)."""
