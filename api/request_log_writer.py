@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import OrderedDict, deque
@@ -134,7 +135,10 @@ class RequestLogWriter:
         """Stops the task, then writes whatever is still queued (retrying a failing write a
         few times before giving up on it)."""
         if self.task is not None:
-            self.task.cancel()
+            # Cancelled only between flushes: a flush cut short would lose the batch it had
+            # taken off the queue, or write twice a batch whose commit it had not yet seen.
+            async with self.flushing:
+                self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
             self.task = None
@@ -201,8 +205,12 @@ class RequestLogWriter:
         written = 0
         while self.unwritten or self.pending:
             if not self.unwritten:
-                batch = [self.pending.popleft() for _ in range(min(BATCH, len(self.pending)))]
-                self.unwritten = [await self.row(draft) for draft in batch]
+                # Taken off the queue once they are rows: an interrupted enrichment loses none.
+                batch = list(itertools.islice(self.pending, BATCH))
+                rows = [await self.row(draft) for draft in batch]
+                for _ in batch:
+                    self.pending.popleft()
+                self.unwritten = rows
             rows = self.unwritten
             await store_and_publish(rows, self.broker)
             self.unwritten = []

@@ -471,3 +471,29 @@ async def test_a_row_the_database_refuses_is_dropped_alone_and_counted(backend) 
     )
     assert sorted(stored) == [f"{tag}-good-{i}" for i in range(3)]
     assert (writer.dropped, writer.written, writer.unwritten) == (1, 3, [])
+
+
+async def test_closing_mid_flush_writes_every_queued_record_once(backend) -> None:
+    """Shutting down while the flush task is enriching a batch (each draft's key looked up)
+    must neither lose that batch nor write it twice."""
+    from api.request_draft import RequestDraft
+    from api.request_log_writer import RequestLogWriter
+
+    tag = uuid.uuid4().hex[:8]
+    writer = RequestLogWriter(secret="x" * 32, flush_seconds=0.001)
+    for i in range(200):
+        draft = RequestDraft(datetime.now(UTC), "POST", "/graphql", f"{tag}-{i}")
+        draft.status = 200
+        draft.api_key_prefix = f"{tag}{i:04d}"  # an unknown key: one lookup per draft
+        writer.offer(draft)
+    await writer.start()
+    # The writer signals nothing when its task takes a batch: poll for the lock it holds.
+    while not writer.flushing.locked():  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.005)  # and is part-way through its lookups
+    await writer.close()
+    stored = await RequestLogEntry.filter(request_id__startswith=tag).values_list(
+        "request_id", flat=True
+    )
+    assert sorted(stored) == sorted(f"{tag}-{i}" for i in range(200))
+    assert (writer.written, writer.dropped) == (200, 0)
