@@ -112,6 +112,7 @@ class RequestLogWriter:
         self.written = 0
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.stopping = False  # close() asks the flush task to end
         self.keys = _Lookups()
         self.end_users = _Lookups()
         self.flushing = asyncio.Lock()  # one flush at a time (the task, close, a test)
@@ -129,16 +130,20 @@ class RequestLogWriter:
     # ---------------------------------------------------------------- the flush task
     async def start(self) -> None:
         if self.task is None:
+            self.stopping = False
             self.task = asyncio.create_task(self._run(), name="request-log-writer")
 
     async def close(self) -> None:
         """Stops the task, then writes whatever is still queued (retrying a failing write a
         few times before giving up on it)."""
         if self.task is not None:
-            # Cancelled only between flushes: a flush cut short would lose the batch it had
-            # taken off the queue, or write twice a batch whose commit it had not yet seen.
+            # Stopped only between flushes: a flush cut short would write twice a batch whose
+            # commit it had not yet seen. The flag stops it too when the cancellation is lost
+            # (Python 3.11's wait_for drops one that meets its wait's completion).
+            self.stopping = True
+            self.wakeup.set()
             async with self.flushing:
-                self.task.cancel()
+                self.task.cancel()  # it may be waiting out a back-off
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
             self.task = None
@@ -155,9 +160,11 @@ class RequestLogWriter:
 
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self.stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), self.flush_seconds)
+            if self.stopping:
+                return
             self.wakeup.clear()
             try:
                 await self.flush()

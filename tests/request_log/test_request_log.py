@@ -497,3 +497,20 @@ async def test_closing_mid_flush_writes_every_queued_record_once(backend) -> Non
     )
     assert sorted(stored) == sorted(f"{tag}-{i}" for i in range(200))
     assert (writer.written, writer.dropped) == (200, 0)
+
+
+async def test_closing_right_after_a_wakeup_ends_the_flush_task(backend) -> None:
+    """A close that meets the flush task's wakeup (its wait done, the cancellation due in the
+    same turn) must still end it, whatever the event loop does with that cancellation."""
+    from api.request_log_writer import RequestLogWriter
+
+    for turns in range(4):  # the close lands 0-3 loop turns after the wakeup
+        writer = RequestLogWriter(secret="x" * 32, flush_seconds=60)
+        await writer.start()
+        await asyncio.sleep(0)  # the task waits for its wakeup
+        writer.wakeup.set()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        closing = asyncio.create_task(writer.close())
+        done, _ = await asyncio.wait({closing}, timeout=5)  # not a minute later, or never
+        assert closing in done, turns
