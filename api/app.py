@@ -59,6 +59,12 @@ from api.routes.request_logs import ingest_route
 from api.routes.usage_page import usage_page_route
 from api.settings import Settings, get_settings
 from api.transport import LiveGraphQLWSHandler, LiveTransportWSHandler, serve_websocket
+from api.transport.json_request import (
+    SubResponse,
+    is_plain_json,
+    plain_request,
+    wants_single_answer,
+)
 from api.unavailable import TransientFailureMiddleware, mark_unavailable
 from models.accounts import InvalidCredential
 from models.api_key_use import flush_key_use
@@ -95,7 +101,8 @@ class UsageGraphQL(GraphQL):
         self.secret = secret
         self.public_url = public_url
         self.cost_budgets = cost_budgets
-        self.fast_websockets = fast_paths_enabled() if fast_websockets is None else fast_websockets
+        self.fast_paths = fast_paths_enabled()
+        self.fast_websockets = self.fast_paths if fast_websockets is None else fast_websockets
         if self.fast_websockets:
             self.graphql_transport_ws_handler_class = LiveTransportWSHandler
             self.graphql_ws_handler_class = LiveGraphQLWSHandler
@@ -196,7 +203,7 @@ class UsageGraphQL(GraphQL):
             status_code=sub_response.status_code or 200,
             media_type=sub_response.media_type or JSON,
         )
-        response.headers.raw.extend(sub_response.headers.raw)
+        response.headers.raw.extend(sub_response.raw_headers)
         response.background = sub_response.background
         return response
 
@@ -209,10 +216,27 @@ class UsageGraphQL(GraphQL):
     def decode_json(self, data: str | bytes) -> object:
         return decode_json(data)
 
+    async def get_sub_response(self, request: Any) -> Any:
+        return SubResponse() if self.fast_paths else await super().get_sub_response(request)
+
     async def parse_http_body(self, request: Any) -> Any:
         """The stock parsing, with a JSON body that is neither an object nor a list refused
-        as a bad request (the stock view fails on one with a 500)."""
-        if request.method == "POST" and "application/json" in (request.content_type or ""):
+        as a bad request (the stock view fails on one with a 500). The common request (a
+        JSON object) is read directly when the fast paths run (api/transport/json_request.py)."""
+        content_type = request.content_type
+        if (
+            self.fast_paths
+            and request.method == "POST"
+            and is_plain_json(content_type)
+            and wants_single_answer(request.headers.get("accept"))
+        ):
+            try:
+                plain = plain_request(decode_json(await request.get_body()))
+            except ValueError:  # not JSON: the stock parsing answers it
+                plain = None
+            if plain is not None:
+                return plain
+        if request.method == "POST" and "application/json" in (content_type or ""):
             body = await request.get_body()
             if not is_json_container(body):
                 self.parse_json(body)  # a body that is not JSON at all: the stock 400

@@ -1,6 +1,7 @@
-"""The WebSocket transport: GraphQL over `graphql-transport-ws` and legacy `graphql-ws`,
-with live subscriptions sent from the process's fan-out (rendered once per selection,
-subscriptions/fanout.py) instead of executed per subscriber.
+"""The transports: GraphQL over `graphql-transport-ws` and legacy `graphql-ws`, with live
+subscriptions sent from the process's fan-out (rendered once per selection,
+subscriptions/fanout.py) instead of executed per subscriber; and the common JSON request
+over HTTP read directly (json_request.py).
 
 This package is a fence, like `resolvers/runtime/`: it subclasses Strawberry's protocol
 handlers and copies some of their methods, and it was verified against strawberry-graphql
