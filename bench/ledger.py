@@ -93,6 +93,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 from asyncpg.connection import LoggedQuery
 from tortoise import connections
 
@@ -222,7 +223,7 @@ def _prefix(template: str) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return orjson.dumps(value).decode()  # as models/outbox.py encodes a payload
 
 
 def _status(remaining: int, threshold: int | None) -> str:

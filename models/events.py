@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from enum import StrEnum
+from functools import cache
 from typing import Any, ClassVar, Self
 
 from models.balance_rules import BalanceStatus
@@ -29,6 +30,11 @@ class BalanceCause(StrEnum):
     THRESHOLD = "THRESHOLD"
 
 
+@cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(field.name for field in fields(kind))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _OfABalance:
     """What every balance event names: the balance (the pool's when `end_user_id` is
@@ -45,14 +51,14 @@ class _OfABalance:
 
     def to_json(self) -> dict[str, Any]:
         # not `asdict`, which deep-copies every value (this runs in every ledger write)
-        values = {field.name: getattr(self, field.name) for field in fields(self)}
+        values = {name: getattr(self, name) for name in _field_names(type(self))}
         for name in self.enums:
             values[name] = values[name].value
         return values
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
-        values = {field.name: data[field.name] for field in fields(cls)}
+        values = {name: data[name] for name in _field_names(cls)}
         for name, enum in cls.enums.items():
             values[name] = enum(values[name])
         return cls(**values)
