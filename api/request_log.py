@@ -71,27 +71,31 @@ def request_id_from(value: bytes | None) -> str:
     return uuid.UUID(int=random.getrandbits(128), version=4).hex
 
 
+def _note_credential(
+    scope: Scope, application_id: int | None, key_id: str | None
+) -> RequestDraft | None:
+    """The credential was checked in the request (the writer need not): what it names."""
+    draft = draft_of(scope)
+    if draft is not None:
+        draft.principal_known = True
+        draft.application_id = application_id
+        draft.api_key_prefix = key_id
+    return draft
+
+
 def note_principal(scope: Scope, principal: Principal) -> None:
     """The credential was verified: who called."""
-    draft = draft_of(scope)
-    if draft is None:
-        return
-    draft.principal_known = True
-    draft.organization_id = principal.organization_id
-    draft.application_id = principal.application_id
-    draft.api_key_prefix = principal.key_id
-    draft.end_user_id = principal.end_user_id
+    draft = _note_credential(scope, principal.application_id, principal.key_id)
+    if draft is not None:
+        draft.organization_id = principal.organization_id
+        draft.end_user_id = principal.end_user_id
 
 
 def note_refusal(scope: Scope, error: InvalidCredential) -> None:
     """The credential was refused: the key id or token still names the application."""
-    draft = draft_of(scope)
-    if draft is None:
-        return
-    draft.principal_known = True
-    draft.api_key_prefix = error.key_id
-    draft.application_id = error.application_id
-    draft.note_error(error.code, error.message)
+    draft = _note_credential(scope, error.application_id, error.key_id)
+    if draft is not None:
+        draft.note_error(error.code, error.message)
 
 
 def note_error(scope: Scope, code: str, message: str | None) -> None:

@@ -7,6 +7,7 @@ expires a lot's unallocated part."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from models.sql import Sql, transaction
@@ -44,20 +45,26 @@ async def verify_ledger() -> list[str]:
     return await transaction(_verify)
 
 
-async def _verify(db: Sql) -> list[str]:
-    problems: list[str] = []
+_HELD = {"allocated": "allocated", "used": "used", "expired": "expired", "remaining": "held"}
 
-    def by(rows: list[dict[str, Any]], *keys: str) -> dict[Any, dict[str, Any]]:
-        return {tuple(row[k] for k in keys): row for row in rows}
 
-    pool_sums = by(
-        await db.rows(f"SELECT pool_id, {_SUMS} FROM ledger_entry GROUP BY pool_id"), "pool_id"
-    )
-    pools = by(await db.rows("SELECT id AS pool_id, * FROM credit_pool"), "pool_id")
-    problems += _compare(
+@dataclass(frozen=True)
+class _Counters:
+    """Counters kept in `table`, one row per `keys`, each equal to the ledger sum `names`
+    maps it to (counter -> sum), the ledger grouped by the same keys."""
+
+    what: str
+    keys: tuple[str, ...]
+    table: str  # FROM what the counter rows are read (with their key columns)
+    names: dict[str, str]
+    entries: str = ""  # which ledger entries count (a WHERE condition)
+
+
+_CHECKS = (
+    _Counters(
         "pool",
-        pools,
-        pool_sums,
+        ("pool_id",),
+        "(SELECT id AS pool_id, * FROM credit_pool) AS pool",
         {
             "purchased": "purchased",
             "allocated": "allocated",
@@ -65,66 +72,60 @@ async def _verify(db: Sql) -> list[str]:
             "expired": "expired",
             "end_user_remaining": "held",
         },
-    )
-    balance_sums = by(
-        await db.rows(
-            f"SELECT end_user_id, pool_id, {_SUMS} FROM ledger_entry"
-            " WHERE end_user_id IS NOT NULL GROUP BY end_user_id, pool_id"
-        ),
-        "end_user_id",
-        "pool_id",
-    )
-    balances = by(await db.rows("SELECT * FROM end_user_balance"), "end_user_id", "pool_id")
-    problems += _compare(
+    ),
+    _Counters(
         "End User balance",
-        balances,
-        balance_sums,
-        {"allocated": "allocated", "used": "used", "expired": "expired", "remaining": "held"},
-    )
-    allocation_sums = by(
-        await db.rows(
-            f"SELECT end_user_id, lot_id, {_SUMS} FROM ledger_entry"
-            " WHERE end_user_id IS NOT NULL GROUP BY end_user_id, lot_id"
-        ),
-        "end_user_id",
-        "lot_id",
-    )
-    allocations = by(await db.rows("SELECT * FROM allocation"), "end_user_id", "lot_id")
-    problems += _compare(
-        "allocation",
-        allocations,
-        allocation_sums,
-        {"allocated": "allocated", "used": "used", "expired": "expired", "remaining": "held"},
-    )
-    lot_sums = by(
-        await db.rows(f"SELECT lot_id, {_SUMS} FROM ledger_entry GROUP BY lot_id"), "lot_id"
-    )
-    lots = by(await db.rows("SELECT id AS lot_id, * FROM credit_pack"), "lot_id")
-    problems += _compare(
+        ("end_user_id", "pool_id"),
+        "end_user_balance",
+        _HELD,
+        "end_user_id IS NOT NULL",
+    ),
+    _Counters(
+        "allocation", ("end_user_id", "lot_id"), "allocation", _HELD, "end_user_id IS NOT NULL"
+    ),
+    _Counters(
         "lot",
-        lots,
-        lot_sums,
+        ("lot_id",),
+        "(SELECT id AS lot_id, * FROM credit_pack) AS lot",
         {
             "credits": "purchased",
             "unallocated": "unallocated",
             "used": "used",
             "expired": "expired",
         },
-    )
+    ),
+)
+
+
+def _by(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[Any, dict[str, Any]]:
+    return {tuple(row[k] for k in keys): row for row in rows}
+
+
+async def _verify(db: Sql) -> list[str]:
+    problems: list[str] = []
+    read: dict[str, dict[Any, dict[str, Any]]] = {}
+    for check in _CHECKS:
+        keys = ", ".join(check.keys)
+        where = f" WHERE {check.entries}" if check.entries else ""
+        sums = await db.rows(f"SELECT {keys}, {_SUMS} FROM ledger_entry{where} GROUP BY {keys}")
+        counters = _by(await db.rows(f"SELECT * FROM {check.table}"), check.keys)
+        problems += _compare(check.what, counters, _by(sums, check.keys), check.names)
+        read[check.what] = counters
+    allocations, lots = read["allocation"], read["lot"]
     problems += _compare(
         "application",
-        by(
+        _by(
             await db.rows(
                 "SELECT application_id, SUM(delta) AS counted FROM end_user_count"
                 " GROUP BY application_id"
             ),
-            "application_id",
+            ("application_id",),
         ),
-        by(
+        _by(
             await db.rows(
                 "SELECT application_id, COUNT(*) AS end_users FROM end_user GROUP BY application_id"
             ),
-            "application_id",
+            ("application_id",),
         ),
         {"counted": "end_users"},
     )
