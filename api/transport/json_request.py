@@ -26,10 +26,11 @@ STREAMED = ("multipart", "event-stream")
 
 
 def is_plain_json(content_type: str | None) -> bool:
-    """`application/json`, with or without parameters (a charset)."""
+    """`application/json`, with or without parameters (a charset); the stock refuses
+    another spelling (APPLICATION/JSON) with 400, and so the stock answers it."""
     if content_type is None:
         return False
-    return content_type.partition(";")[0].strip().lower() == "application/json"
+    return content_type.partition(";")[0].strip() == "application/json"  # as the stock: case kept
 
 
 def wants_single_answer(accept: str | None) -> bool:
