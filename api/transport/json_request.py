@@ -9,9 +9,8 @@ Part of the fence (see the package): it knows which Accept headers may select on
 Strawberry's streamed transports (multipart/mixed, text/event-stream) and what the stock
 `get_sub_response` gives, verified against strawberry-graphql 0.341.2 and graphql-core
 3.3.2 (`resolvers.runtime.versions.VERIFIED`); the view uses it only when the fast paths
-run. Whatever it does not recognise it
-leaves to the stock parsing (None), and tests/api/test_json_request.py compares the two on
-generated requests."""
+run. Whatever it does not recognise it leaves to the stock parsing (None), and
+tests/api/test_json_request.py compares the two on generated requests."""
 
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ def is_plain_json(content_type: str | None) -> bool:
     another spelling (APPLICATION/JSON) with 400, and so the stock answers it."""
     if content_type is None:
         return False
-    return content_type.partition(";")[0].strip() == "application/json"  # as the stock: case kept
+    return content_type.partition(";")[0].strip() == "application/json"
 
 
 def wants_single_answer(accept: str | None) -> bool:
