@@ -70,7 +70,7 @@ import asyncpg
 
 from api.database import PooledConnection, close_database
 from api.settings import Settings
-from bench.dashboard_query import DASHBOARD
+from bench.dashboard_query import DASHBOARD, NESTED
 from bench.harness import (
     DEFAULT_ADMIN_DSN,
     ROOT,
@@ -513,9 +513,81 @@ async def release_database(db: BenchDatabase, options: argparse.Namespace) -> No
         await drop_database(options.admin_dsn, db.name)
 
 
-def start_usagegraph(db: BenchDatabase, log_dir: Path) -> Server:
-    """One `usagegraph serve` process on the database."""
-    return start_server(usagegraph_serve, {"DATABASE_URL": db.url}, log_dir)
+def start_usagegraph(db: BenchDatabase, log_dir: Path, checkout: Path = ROOT) -> Server:
+    """One `usagegraph serve` process on the database, of this checkout or of another one
+    with a virtual environment of its own in `.venv`."""
+    python = sys.executable if checkout == ROOT else str(checkout / ".venv" / "bin" / "python")
+    return start_server(
+        lambda port: usagegraph_serve(port, python=python),
+        {"DATABASE_URL": db.url},
+        log_dir,
+        cwd=checkout,
+        checkout=checkout,
+    )
+
+
+async def measured_round(
+    server: Server, runner: Runner, key: str, body: dict[str, Any], clients: int, seconds: float
+) -> dict[str, float]:
+    """One round of load, with the server's CPU per request."""
+    cpu_before = process_cpu_seconds(server.pid)
+    result = await runner(server.url, key, body, clients, 0, seconds)
+    cpu = process_cpu_seconds(server.pid) - cpu_before
+    return {**result, "server_ms": cpu * 1000 / max(1.0, result["rate"] * seconds)}
+
+
+async def against(
+    ours: Server,
+    theirs: Server,
+    runner: Runner,
+    key: str,
+    body: dict[str, Any],
+    options: argparse.Namespace,
+) -> bool:
+    """Interleaved rounds of this checkout's server and the `--against` one's: `--rounds`
+    A/B rounds at `--clients`, then as many of one sequential client. Prints the medians
+    and the ratios; False when a request failed."""
+    pair = (ours, theirs)
+    loaded: dict[int, list[dict[str, float]]] = {id(s): [] for s in pair}
+    single: dict[int, list[dict[str, float]]] = {id(s): [] for s in pair}
+    for server in pair:  # both warm before the first round
+        await runner(server.url, key, body, options.clients, 0, options.warmup)
+    for _ in range(options.rounds):
+        for server in pair:
+            loaded[id(server)].append(
+                await measured_round(server, runner, key, body, options.clients, options.seconds)
+            )
+    for _ in range(options.rounds):
+        for server in pair:
+            single[id(server)].append(
+                await measured_round(server, runner, key, body, 1, options.single_seconds)
+            )
+
+    def med(rounds: list[dict[str, float]], name: str) -> float:
+        return statistics.median(r[name] for r in rounds)
+
+    print(
+        f"\n| interleaved with {options.against} ({options.rounds} rounds, medians)"
+        " | this checkout | the other | ratio |"
+    )
+    print("|---|---|---|---|")
+    rows = (
+        (f"dashboards/s at {options.clients} clients", loaded, "rate", "{:,.0f}"),
+        (f"p50 at {options.clients} clients (ms)", loaded, "p50", "{:.1f}"),
+        ("server CPU per dashboard (ms)", loaded, "server_ms", "{:.2f}"),
+        ("one client: p50 (ms)", single, "p50", "{:.2f}"),
+        ("one client: p99 (ms)", single, "p99", "{:.2f}"),
+    )
+    for label, rounds, name, form in rows:
+        mine, other = med(rounds[id(ours)], name), med(rounds[id(theirs)], name)
+        print(
+            f"| {label} | {form.format(mine)} | {form.format(other)}"
+            f" | {mine / other if other else float('nan'):.2f} |"
+        )
+    pairs = zip(loaded[id(ours)], loaded[id(theirs)], strict=True)
+    each = ", ".join(f"{a['rate']:,.0f}/{b['rate']:,.0f}" for a, b in pairs)
+    print(f"(rounds at {options.clients} clients, this/other: {each}; {machine_line()})")
+    return not any(r["errors"] for rounds in (loaded, single) for r in rounds[id(ours)])
 
 
 # -------------------------------------------------------------------------------- main
@@ -524,7 +596,26 @@ def start_usagegraph(db: BenchDatabase, log_dir: Path) -> Server:
 async def main() -> int:
     parser = bench_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--profile", help="py-spy collapsed stacks of the server to this file")
+    parser.add_argument(
+        "--query",
+        choices=("dashboard", "nested"),
+        default="dashboard",
+        help="the document sent: the whole dashboard, or the nested read of bench.dashboard_peer",
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="another checkout (with its own .venv) whose server runs interleaved rounds"
+        " against this one's",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds with --against")
+    parser.add_argument("--single-seconds", type=float, default=10, help="one-client rounds")
+    parser.add_argument(
+        "--only-against", action="store_true", help="with --against: skip the floors"
+    )
     options = parsed(parser)
+    if options.quick:
+        options.single_seconds = 3
     load, runner = load_runner(options.load)
     db = await bench_database(options)
     server: Server | None = None
@@ -537,7 +628,7 @@ async def main() -> int:
         app, key = prepared
         dsn = db.dsn
 
-        query = DASHBOARD
+        query = DASHBOARD if options.query == "dashboard" else NESTED
         now = datetime.now(UTC)
         variables = {
             "id": str(app),
@@ -556,12 +647,27 @@ async def main() -> int:
             print("the dashboard query failed:", data["errors"])
             return 1
         application = data["data"]["application"]
+        pool = application["pools"][0]
+        buckets = (
+            f"{len(pool['consumption']['buckets'])} DAY buckets per pool, "
+            if "consumption" in pool
+            else ""
+        )
         print(
-            f"dashboard answer: {len(response.content):,} bytes, {len(statements)} statements;"
-            f" {len(application['pools'][0]['consumption']['buckets'])} DAY buckets per pool,"
-            f" {len(application['endUsers']['edges'])} End Users of"
+            f"{options.query} answer: {len(response.content):,} bytes, {len(statements)}"
+            f" statements; {buckets}{len(application['endUsers']['edges'])} End Users of"
             f" {application['endUsers']['totalCount']:,}; the last 50 request log entries"
         )
+        if options.against is not None:
+            other = start_usagegraph(db, work, options.against.resolve())
+            try:
+                await first_answer(other.url, key, body)
+                if not await against(server, other, runner, key, body, options):
+                    status = 1
+            finally:
+                other.stop()
+            if options.only_against:
+                return status
         profiler = PySpy(options.profile is not None)
         if options.profile:
             profiler.start(server.pid, Path(options.profile), options.warmup + options.seconds)

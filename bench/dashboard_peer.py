@@ -61,6 +61,7 @@ from bench.dashboard import (
     release_database,
     start_usagegraph,
 )
+from bench.dashboard_query import NESTED
 from bench.harness import (
     Runner,
     Server,
@@ -73,23 +74,6 @@ from bench.harness import (
 
 PEER = Path(__file__).resolve().parent / "postgraphile"
 PEER_APPLICATION_NAME = "postgraphile_peer"  # how its PostgreSQL backends are told apart
-
-NESTED = """
-query Nested($id: ID!) {
-  application(id: $id) {
-    pools { key purchased allocated used remaining expired unallocated status }
-    endUsers(first: 50) {
-      totalCount
-      edges {
-        node {
-          externalId name
-          balances { pool allocated used remaining expired status lowBalanceThreshold }
-        }
-      }
-    }
-    requestLog(first: 50) { edges { node { time endpoint status outcome latencyMs } } }
-  }
-}"""
 
 # The same selection in PostGraphile's amber naming (computed columns: remaining,
 # unallocated, status, effectiveThreshold).

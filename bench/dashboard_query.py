@@ -36,3 +36,22 @@ query Dashboard($id: ID!, $from: DateTime!, $to: DateTime!) {
     requestLog(first: 50) { edges { node { time endpoint status outcome latencyMs } } }
   }
 }"""
+
+# The nested read the PostGraphile comparison sends (bench.dashboard_peer): pools, the first
+# 50 End Users with their balances, the 50 newest request-log entries.
+NESTED = """
+query Nested($id: ID!) {
+  application(id: $id) {
+    pools { key purchased allocated used remaining expired unallocated status }
+    endUsers(first: 50) {
+      totalCount
+      edges {
+        node {
+          externalId name
+          balances { pool allocated used remaining expired status lowBalanceThreshold }
+        }
+      }
+    }
+    requestLog(first: 50) { edges { node { time endpoint status outcome latencyMs } } }
+  }
+}"""

@@ -230,10 +230,12 @@ async def wait_for_connections(admin_dsn: str, needed: int, patience: float = 60
 # ------------------------------------------------------------------------- servers
 
 
-def usagegraph_serve(port: int, *, access_log: bool = False) -> list[str]:
-    """`usagegraph serve` on `port`, run by this interpreter on this checkout."""
+def usagegraph_serve(
+    port: int, *, access_log: bool = False, python: str = sys.executable
+) -> list[str]:
+    """`usagegraph serve` on `port`, run by `python` (default: this interpreter)."""
     serve = ["serve", "--port", str(port), *(() if access_log else ("--no-access-log",))]
-    return [sys.executable, "-c", "from api.cli import main; main()", *serve]
+    return [python, "-c", "from api.cli import main; main()", *serve]
 
 
 @dataclass
@@ -303,13 +305,15 @@ def start_server(
     env: dict[str, str],
     log_dir: Path,
     cwd: Path = ROOT,
+    checkout: Path = ROOT,
 ) -> Server:
     """Starts `command(port)` on a free port with `env` over this process's environment and
-    this checkout first on PYTHONPATH; its output goes to a log file in `log_dir`."""
+    `checkout` (default: this one) first on PYTHONPATH; its output goes to a log file in
+    `log_dir`."""
     port = free_port()
     full_env = {**os.environ, **env}
     full_env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+        filter(None, [str(checkout), os.environ.get("PYTHONPATH")])
     )
     argv = command(port)
     log = log_dir / f"server-{port}.log"
