@@ -282,7 +282,8 @@ async def verified(url: str) -> bool:
 async def captured_statements(
     app: int, query: str, variables: dict[str, Any]
 ) -> list[tuple[str, tuple]]:
-    """The statements (and arguments) one in-process execution of the query sends."""
+    """The statements (and arguments) one in-process execution of the query sends, as the
+    server executes an HTTP request (preserialized values allowed)."""
     from asyncpg.connection import Connection
 
     from models.access import Principal
@@ -301,7 +302,9 @@ async def captured_statements(
     Connection._execute = capture  # type: ignore[method-assign]
     try:
         result = await schema.execute(
-            query, variable_values=variables, context_value=Context(None, None, principal)
+            query,
+            variable_values=variables,
+            context_value=Context(None, None, principal, preserialized=True),
         )
     finally:
         Connection._execute = original  # type: ignore[method-assign]

@@ -22,6 +22,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
+from models import json_sql
 from models.balance_report import CHANGED, among_changed, changed_end_users
 from models.balance_rules import BalanceStatus, pool_remaining_sql
 from models.errors import ValidationFailed
@@ -455,10 +456,60 @@ class Page:
     total: int
     # each End User's balances as JSON text, when asked for and the database wrote them
     balance_texts: dict[int, str] | None = None
+    # each End User's whole node as JSON text, likewise
+    node_texts: dict[int, str] | None = None
 
 
 # The balances a page may carry as JSON (`balances_json_sql`): entries and type name.
 BalancesAsJson = tuple[tuple[tuple[str, str], ...], str]
+# An End User's fields as the API names them, as PostgreSQL writes them in JSON, on the
+# page's row `page` (models/json_sql.py).
+END_USER_FIELD_SQL = {
+    "id": "page.id::text",
+    "externalId": "page.external_id",
+    "name": "page.name",
+    "email": "page.email",
+    "createdAt": json_sql.iso_time("page.created_at"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PageJson:
+    """What of a page the database writes as JSON: the balances of the one balances
+    selection, and the whole node of the one node selection ((name in the answer, field
+    of END_USER_FIELD_SQL, `balances` or `__typename`)), when each is plain."""
+
+    balances: BalancesAsJson | None = None
+    node: tuple[tuple[str, str], ...] | None = None
+
+    def sql(self, app: str) -> tuple[str, str]:
+        """The columns the page's statement adds (`j`: the balances, `n`: the node) and the
+        lateral join they read the balances from."""
+        columns = lateral = ""
+        if self.balances is not None:
+            balances = balances_json_sql("page.id", app, *self.balances)
+            # (OFFSET 0: kept a subquery, so its JSON is written once per row, not once
+            # per use)
+            lateral = f" LEFT JOIN LATERAL (SELECT {balances} AS j OFFSET 0) bj ON TRUE"
+            columns = ", bj.j"
+        if self.node is not None:
+            columns = ""  # the balances are in the node
+            pairs = [
+                (
+                    name,
+                    json_sql.type_name("EndUser")
+                    if field == "__typename"
+                    else "CAST(bj.j AS json)"
+                    if field == "balances"
+                    else END_USER_FIELD_SQL[field],
+                )
+                for name, field in self.node
+            ]
+            fits = "page.external_id IS NOT NULL AND page.created_at IS NOT NULL"
+            if lateral:
+                fits += f" AND bj.j <> '{_UNFIT}'"
+            columns += f", CASE WHEN {fits} THEN {json_sql.json_object(pairs)}::text END AS n"
+        return columns, lateral
 
 
 class _Params:
@@ -472,17 +523,22 @@ class _Params:
         return f"${len(self.values)}"
 
 
+def _written(rows: list[Row], column: str) -> bool:
+    """Whether the statement carried `column` (PostgreSQL only writes JSON)."""
+    return not rows or column in rows[0].keys()
+
+
 async def end_user_page(
     application_id: int,
     listing: Listing,
     first: int,
     after: tuple[Any, int] | None,
     now: datetime,
-    balances: BalancesAsJson | None = None,
+    as_json: PageJson | None = None,
 ) -> Page:
     """A page of End Users after the keyset cursor (sort key, id) of the previous page's
-    last one, with the total count, in one statement; on PostgreSQL with their `balances`
-    as JSON too, when asked for. The order is total (ties broken by
+    last one, with the total count, in one statement; on PostgreSQL with their balances or
+    whole nodes as JSON too, as `as_json` asks. The order is total (ties broken by
     id, in the same direction), so pages never overlap or skip while the keys stay put; an
     End User whose key changes between two pages (it consumed) moves, as in any live order."""
     if listing.pool_id is None and (listing.statuses or listing.order != OrderField.CREATED):
@@ -529,22 +585,33 @@ async def end_user_page(
         f" t AS (SELECT {total} AS total),"
         f" page AS (SELECT * FROM x{keyset} ORDER BY x.k {direction}, x.id {direction}"
         f" LIMIT {param(first + 1)})"
-        " SELECT t.total, page.*{json} FROM t LEFT JOIN page ON 1 = 1"
+        " SELECT t.total, page.*{json} FROM t LEFT JOIN page ON 1 = 1{lateral}"
         f" ORDER BY page.k {direction}, page.id {direction}"
     )
-    json = "" if balances is None else ", " + balances_json_sql("page.id", app, *balances) + " AS j"
+    json, lateral = ("", "") if as_json is None else as_json.sql(app)
 
     async def work(db: Sql) -> list[Row]:
         text = statement.replace("{json}", json if db.postgres else "")
+        text = text.replace("{lateral}", lateral if db.postgres else "")
         return await db.records(text, *param.values)
 
     rows = await single_statement(work)
     total = int(rows[0]["total"])
     rows = [row for row in rows if row["id"] is not None]
     lines = [_end_user(row, listing.pool_id, now) for row in rows[:first]]
-    texts = None
-    if balances is not None and (not rows or "j" in rows[0].keys()):
-        texts = {row["id"]: row["j"] for row in rows[:first]}
-        if _UNFIT in texts.values():
-            texts = None
-    return Page(lines=lines, has_next=len(rows) > first, total=total, balance_texts=texts)
+    balance_texts = node_texts = None
+    if as_json is not None and as_json.balances is not None and _written(rows, "j"):
+        balance_texts = {row["id"]: row["j"] for row in rows[:first]}
+        if _UNFIT in balance_texts.values():
+            balance_texts = None
+    if as_json is not None and as_json.node is not None and _written(rows, "n"):
+        node_texts = {row["id"]: row["n"] for row in rows[:first]}
+        if None in node_texts.values():
+            node_texts = None
+    return Page(
+        lines=lines,
+        has_next=len(rows) > first,
+        total=total,
+        balance_texts=balance_texts,
+        node_texts=node_texts,
+    )

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from tortoise import connections, fields
 from tortoise.models import Model
 
+from models import json_sql
 from models.consumption import Granularity, bucket_range, spikes
 from models.errors import ValidationFailed
 from models.sql import Row, Sql, delete_older_than, single_statement, values_list
@@ -113,7 +114,7 @@ _PG_TYPES = (
     "text",
 )
 _COLUMN_LIST = ", ".join(f'"{c}"' for c in COLUMNS)
-_SELECT = f"SELECT id, {_COLUMN_LIST} FROM request_log"
+_SELECT = f"SELECT id, {_COLUMN_LIST}"
 # PostgreSQL: one statement for any number of rows, one array parameter per column.
 _PG_INSERT = (
     f"INSERT INTO request_log ({_COLUMN_LIST}) SELECT * FROM unnest("
@@ -283,14 +284,56 @@ def entry_dict(row: Row) -> dict[str, Any]:
     return row
 
 
+# An entry's fields as the API names them, as PostgreSQL writes them in JSON
+# (models/json_sql.py); an entry whose row breaks `_ENTRY_FITS` is written by Python.
+ENTRY_FIELD_SQL = {
+    "id": "id::text",
+    "time": json_sql.iso_time('"time"'),
+    "method": "method",
+    "endpoint": "endpoint",
+    "operationName": "operation_name",
+    "endUserExternalId": "end_user_external_id",
+    "apiKeyPrefix": "api_key_prefix",
+    "status": "status",
+    "outcome": "outcome",
+    "errorCode": "error_code",
+    "errorMessage": "error_message",
+    "latencyMs": "latency_ms",
+    "requestId": "request_id",
+    "source": "source",
+}
+_ENTRY_FITS = (
+    f"{json_sql.finite('latency_ms')} AND method IS NOT NULL AND endpoint IS NOT NULL"
+    " AND request_id IS NOT NULL AND source IS NOT NULL AND outcome IS NOT NULL"
+)
+# (name in the answer, field of ENTRY_FIELD_SQL or `__typename`) of an entry's JSON
+EntryJson = tuple[tuple[str, str], ...]
+
+
+def _entry_json_sql(entries: EntryJson) -> str:
+    pairs = [
+        (
+            name,
+            json_sql.type_name("RequestLogEntry")
+            if field == "__typename"
+            else ENTRY_FIELD_SQL[field],
+        )
+        for name, field in entries
+    ]
+    return f", CASE WHEN {_ENTRY_FITS} THEN {json_sql.json_object(pairs)}::text END AS j"
+
+
 async def entry_page(
     application_id: int,
     first: int,
     after: tuple[datetime, int] | None = None,
     where: LogFilter | None = None,
+    as_json: EntryJson | None = None,
 ) -> list[dict[str, Any]]:
     """Up to `first` + 1 entries of an application, newest first (by time, then id), after
-    the keyset cursor `(time, id)` when given; the extra row tells that a next page exists."""
+    the keyset cursor `(time, id)` when given; the extra row tells that a next page exists.
+    On PostgreSQL with `as_json`, each entry also carries under "j" its JSON text for those
+    fields, when the database could write every entry's (else none carries it)."""
     if not 0 <= first <= MAX_PAGE:
         raise ValidationFailed(f"first must be between 0 and {MAX_PAGE}", field="first")
     where = where or LogFilter()
@@ -304,11 +347,19 @@ async def entry_page(
     params.extend(extra)
     params.append(first + 1)
     statement = (
-        f"{_SELECT} WHERE application_id = $1{keyset}{conditions}"
+        f"{_SELECT}{{json}} FROM request_log WHERE application_id = $1{keyset}{conditions}"
         f' ORDER BY "time" DESC, id DESC LIMIT ${len(params)}'
     )
-    rows = await single_statement(lambda db: db.records(statement, *params))
-    return [entry_dict(row) for row in rows]
+    json = "" if as_json is None else _entry_json_sql(as_json)
+
+    async def work(db: Sql) -> list[Row]:
+        return await db.records(statement.replace("{json}", json if db.postgres else ""), *params)
+
+    entries = [entry_dict(row) for row in await single_statement(work)]
+    if json and any(entry.get("j", "") is None for entry in entries):
+        for entry in entries:
+            del entry["j"]
+    return entries
 
 
 _PG_TRUNC = "date_trunc('{unit}', \"time\" AT TIME ZONE 'UTC')"

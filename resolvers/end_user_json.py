@@ -10,13 +10,20 @@ from typing import Any
 
 import orjson
 
-from models.allocation_report import BALANCE_FIELD_COLUMNS, BalanceLine, EndUserLine
+from models.allocation_report import (
+    BALANCE_FIELD_COLUMNS,
+    END_USER_FIELD_SQL,
+    BalanceLine,
+    EndUserLine,
+    PageJson,
+)
 from resolvers.preserialized import (
     PAGE_INFO_SHAPE,
     Selected,
     Shape,
     checked_float,
     checked_int,
+    node_entries,
     object_json,
     optional_int,
     optional_text,
@@ -49,10 +56,13 @@ _END_USER: dict[str, Callable[[EndUserLine], Any]] = {
 @dataclass(frozen=True, slots=True)
 class Balances:
     """Each End User's balance lines, or (on PostgreSQL, when it can) the JSON text of its
-    balances as the database wrote it for the one balances selection."""
+    balances as the database wrote it for the one balances selection, and of its whole node
+    for the one node selection."""
 
     lines: dict[int, list[BalanceLine]] = field(default_factory=dict)
     texts: dict[int, str] | None = None
+    # each End User's node of the one node selection, as the database wrote it
+    nodes: dict[int, str] | None = None
 
 
 BALANCE_SHAPE: Shape = ("EndUserBalance", dict.fromkeys(_BALANCE))
@@ -95,6 +105,17 @@ def balance_entries(selection: tuple[Selected, ...]) -> tuple[tuple[str, str], .
     return None
 
 
+def page_json(selection: tuple[Selected, ...]) -> PageJson | None:
+    """What of a page of `selection` the database can write as JSON (on PostgreSQL)."""
+    balances = balance_entries(selection)
+    node = node_entries(selection, ("balances", *END_USER_FIELD_SQL))
+    if node is not None and balances is None and selects_balances(selection):
+        node = None  # its balances are not the database's to write
+    if balances is None and node is None:
+        return None
+    return PageJson(None if balances is None else (balances, "EndUserBalance"), node)
+
+
 def selects_burn(selection: tuple[Selected, ...]) -> bool:
     """Whether any balance selected asks for what the burn window gives."""
     pending = list(selection)
@@ -119,7 +140,9 @@ def _balances(selection: tuple[Selected, ...], lines: list[BalanceLine]) -> list
     ]
 
 
-def _node(selection: tuple[Selected, ...], line: EndUserLine, balances: Balances) -> dict[str, Any]:
+def _node(selection: tuple[Selected, ...], line: EndUserLine, balances: Balances) -> Any:
+    if balances.nodes is not None:  # the one node selection, written by the database
+        return orjson.Fragment(balances.nodes[line.id])
     node: dict[str, Any] = {}
     for s in selection:
         if s.field_name == "__typename":

@@ -36,8 +36,8 @@ from resolvers.cursors import cursor_value, encode_cursor
 from resolvers.end_user_json import (
     CONNECTION_SHAPE,
     Balances,
-    balance_entries,
     connection_json,
+    page_json,
     selects_balances,
     selects_burn,
 )
@@ -378,8 +378,7 @@ async def end_user_page(
     )
     now = loaders_of(info).now
     selection = read_selection(info, CONNECTION_SHAPE) if splicing(info) else None
-    entries = None if selection is None else balance_entries(selection)
-    as_json = None if entries is None else (entries, "EndUserBalance")
+    as_json = None if selection is None else page_json(selection)
     page = await report_page(application_id, listing, first, cursor, now, as_json)
     if selection is not None:
         try:
@@ -413,8 +412,10 @@ async def _preserialized(
     """The page as JSON, its End Users' balances read in one statement when selected
     (written by the database itself where it can)."""
     lines = page.lines
-    balances = Balances()
-    if page.balance_texts is not None:  # the database wrote them with the page
+    balances = Balances(nodes=page.node_texts)
+    if page.node_texts is not None:  # the database wrote the nodes, balances included
+        pass
+    elif page.balance_texts is not None:  # the database wrote them with the page
         balances = Balances(texts=page.balance_texts)
     elif lines and selects_balances(selection):
         ids = [line.id for line in lines]

@@ -131,6 +131,26 @@ def _collect(sets: Iterable[list[Selection]], shape: Shape) -> tuple[Selected, .
     return tuple(selected)
 
 
+def node_entries(
+    selection: tuple[Selected, ...], fields: Iterable[str]
+) -> tuple[tuple[str, str], ...] | None:
+    """(name in the answer, field) of a connection's one node selection, for the database
+    to write each node's JSON, when it selects only `fields` or `__typename`; None when it
+    selects anything else, or when no node, or more than one, is selected."""
+    found = [
+        node.below
+        for edges in selection
+        if edges.field_name == "edges" and edges.below
+        for node in edges.below
+        if node.field_name == "node" and node.below is not None
+    ]
+    if len(found) != 1 or not found[0]:
+        return None
+    entries = tuple((s.response_name, s.field_name) for s in found[0])
+    plain = {"__typename", *fields}
+    return entries if all(f in plain for _, f in entries) else None
+
+
 def checked_int(value: int) -> int:
     """An Int as GraphQL serializes it; beyond 32 bits the general path reports the error."""
     if type(value) is not int or not INT_MIN <= value <= INT_MAX:

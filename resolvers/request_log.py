@@ -23,7 +23,7 @@ from resolvers.end_users import EndUser, EndUserRef, PageInfo
 from resolvers.errors import errors_as_query_errors
 from resolvers.loaders import SharedLoader
 from resolvers.preserialized import NotPlain, encode, read_selection, splicing
-from resolvers.request_log_json import CONNECTION_SHAPE, connection_json
+from resolvers.request_log_json import CONNECTION_SHAPE, connection_json, entry_entries
 from subscriptions.request_log_tail import tail_entries
 
 RequestOutcome = strawberry.enum(Outcome, name="RequestOutcome")
@@ -181,9 +181,10 @@ async def request_log_page(
     with errors_as_query_errors():
         where = await _domain_filter(application_id, given)
         keyset = None if after is None else cursor_value(after, _CURSOR_KIND, _keyset)
-        entries = await entry_page(application_id, first, keyset, where)
+        selection = read_selection(info, CONNECTION_SHAPE) if splicing(info) else None
+        as_json = None if selection is None else entry_entries(selection)
+        entries = await entry_page(application_id, first, keyset, where, as_json)
     page = entries[:first]
-    selection = read_selection(info, CONNECTION_SHAPE) if splicing(info) else None
     if selection is not None:
         try:
             answer = connection_json(selection, page, _entry_cursor, len(entries) > first)

@@ -6,12 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
+from models.request_log import ENTRY_FIELD_SQL, EntryJson
 from resolvers.preserialized import (
     PAGE_INFO_SHAPE,
     Selected,
     Shape,
     checked_float,
     checked_int,
+    node_entries,
     object_json,
     optional_text,
     page_info,
@@ -49,7 +53,16 @@ CONNECTION_SHAPE: Shape = (
 )
 
 
-def _node(selection: tuple[Selected, ...], entry: Entry) -> dict[str, Any]:
+def entry_entries(selection: tuple[Selected, ...]) -> EntryJson | None:
+    """The one node selection of the connection, for the database to write each entry's
+    JSON (models.request_log.entry_page), when it can write all of it."""
+    return node_entries(selection, ENTRY_FIELD_SQL)
+
+
+def _node(selection: tuple[Selected, ...], entry: Entry) -> Any:
+    written = entry.get("j")  # by the database, for the one node selection
+    if written is not None:
+        return orjson.Fragment(written)
     return {
         s.response_name: "RequestLogEntry"
         if s.field_name == "__typename"

@@ -1,0 +1,36 @@
+"""PostgreSQL expressions that write an answer's JSON values as the GraphQL layer serializes
+them, so that a plain list can come out of the database as JSON text and be spliced into
+the answer (resolvers/preserialized.py): strings as they are, Ints and Floats as numbers,
+enums by their stored name, DateTime as Python's `isoformat` of the UTC time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Python's isoformat of an aware UTC datetime: microseconds only when there are some.
+_ISO_TIME = (
+    "(to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+    " || CASE WHEN date_trunc('second', {t}) = {t} THEN ''"
+    " ELSE to_char({t} AT TIME ZONE 'UTC', '.US') END || '+00:00')"
+)
+INT32 = "BETWEEN -2147483648 AND 2147483647"
+
+
+def iso_time(column: str) -> str:
+    """A timestamptz `column` as the text `datetime.isoformat()` gives for it in UTC."""
+    return _ISO_TIME.format(t=column)
+
+
+def finite(column: str) -> str:
+    """True where a float8 `column` is a number JSON can hold (not NaN, not infinite)."""
+    return f"{column} NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)"
+
+
+def json_object(pairs: Iterable[tuple[str, str]]) -> str:
+    """`json_build_object` of (name in the answer, SQL expression) pairs, in their order."""
+    return "json_build_object(" + ", ".join(f"'{name}', {sql}" for name, sql in pairs) + ")"
+
+
+def type_name(name: str) -> str:
+    """A `__typename` entry's value."""
+    return f"'{name}'::text"
