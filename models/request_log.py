@@ -332,8 +332,8 @@ async def entry_page(
 ) -> list[dict[str, Any]]:
     """Up to `first` + 1 entries of an application, newest first (by time, then id), after
     the keyset cursor `(time, id)` when given; the extra row tells that a next page exists.
-    On PostgreSQL with `as_json`, each entry also carries under "j" its JSON text for those
-    fields, when the database could write every entry's (else none carries it)."""
+    On PostgreSQL with `as_json`, when the database could write every entry's JSON text for
+    those fields, each entry is only its id, time and that text ("j")."""
     if not 0 <= first <= MAX_PAGE:
         raise ValidationFailed(f"first must be between 0 and {MAX_PAGE}", field="first")
     where = where or LogFilter()
@@ -347,19 +347,24 @@ async def entry_page(
     params.extend(extra)
     params.append(first + 1)
     statement = (
-        f"{_SELECT}{{json}} FROM request_log WHERE application_id = $1{keyset}{conditions}"
+        f"{{columns}} FROM request_log WHERE application_id = $1{keyset}{conditions}"
         f' ORDER BY "time" DESC, id DESC LIMIT ${len(params)}'
     )
-    json = "" if as_json is None else _entry_json_sql(as_json)
+    json = None if as_json is None else f'SELECT id, "time"{_entry_json_sql(as_json)}'
+
+    async def written(db: Sql) -> list[Row] | None:
+        if json is None or not db.postgres:
+            return None
+        rows = await db.records(statement.replace("{columns}", json), *params)
+        return None if any(row["j"] is None for row in rows) else rows
 
     async def work(db: Sql) -> list[Row]:
-        return await db.records(statement.replace("{json}", json if db.postgres else ""), *params)
+        return await db.records(statement.replace("{columns}", _SELECT), *params)
 
-    entries = [entry_dict(row) for row in await single_statement(work)]
-    if json and any(entry.get("j", "") is None for entry in entries):
-        for entry in entries:
-            del entry["j"]
-    return entries
+    rows = await single_statement(written)
+    if rows is not None:
+        return [{"id": row["id"], "time": as_utc(row["time"]), "j": row["j"]} for row in rows]
+    return [entry_dict(row) for row in await single_statement(work)]
 
 
 _PG_TRUNC = "date_trunc('{unit}', \"time\" AT TIME ZONE 'UTC')"
