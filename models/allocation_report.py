@@ -184,71 +184,32 @@ BALANCE_FIELD_COLUMNS = {
     "version": "version",
     "lowBalanceThreshold": "threshold",
 }
-# The fields the burn window gives (`Burn`), which the database writes from it too.
-BURN_FIELDS = ("burnRatePerDay", "projectedExhaustionAt")
 _INT32 = "BETWEEN -2147483648 AND 2147483647"
 
 
 _UNFIT = "-"  # a balance JSON the database could not write (an Int beyond 32 bits)
 
 
-@dataclass(frozen=True, slots=True)
-class BurnParams:
-    """The parameters (SQL placeholders) the burn fields are written with: the window start,
-    the window's length in days (`window_days`) and the request's now."""
-
-    window_start: str
-    days: str
-    now: str
-
-
-def _burn_sql(field: str, burn: BurnParams) -> str:
-    """`Burn.rate_per_day` and `Burn.exhaustion_at` of row x, as Python computes them."""
-    rate = f"(CAST(x.window_used AS float8) / {burn.days})"
-    if field == "burnRatePerDay":
-        return rate
-    days = f"(CAST(x.remaining AS float8) / {rate})"
-    return f"CASE WHEN x.window_used > 0 THEN {json_sql.iso_time_after_days(burn.now, days)} END"
-
-
 def balances_json_sql(
-    end_user: str,
-    application: str,
-    entries: tuple[tuple[str, str], ...],
-    type_name: str,
-    burn: BurnParams | None = None,
+    end_user: str, application: str, entries: tuple[tuple[str, str], ...], type_name: str
 ) -> str:
     """PostgreSQL: End User `end_user`'s balances in every pool of application
     `application` (SQL expressions), in pool order, as a JSON array of objects of `entries`
-    (name in the answer, field of BALANCE_FIELD_COLUMNS or BURN_FIELDS (with `burn`), or
-    `__typename` answered `type_name`): a scalar subquery answering the JSON text, or
-    _UNFIT."""
-
-    def value(field: str) -> str:
-        if field == "__typename":
-            return json_sql.type_name(type_name)
-        if field in BURN_FIELDS:
-            assert burn is not None
-            return _burn_sql(field, burn)
-        return f"x.{BALANCE_FIELD_COLUMNS[field]}"
-
-    pairs = json_sql.json_object((name, value(field)) for name, field in entries)
+    (name in the answer, field of BALANCE_FIELD_COLUMNS, or `__typename` answered
+    `type_name`): a scalar subquery answering the JSON text, or _UNFIT."""
+    pairs = ", ".join(
+        f"'{name}', "
+        + (f"'{type_name}'::text" if field == "__typename" else f"x.{BALANCE_FIELD_COLUMNS[field]}")
+        for name, field in entries
+    )
     fits = " AND ".join(
         f"COALESCE(x.{column} {_INT32}, TRUE)"
         for column in ("allocated", "used", "remaining", "expired", "version", "threshold")
     )
-    window_used = "0"
-    if burn is not None:
-        window_used = window_used_of(end_user, "p.id", burn.window_start)
-        ahead = f"abs(CAST(x.remaining AS float8) / (CAST(x.window_used AS float8) / {burn.days}))"
-        fits += (
-            f" AND COALESCE(CASE WHEN x.window_used > 0 THEN"
-            f" {ahead} < {json_sql.MAX_DAYS_AHEAD} END, TRUE)"
-        )
     return (
         f"(SELECT CASE WHEN bool_and({fits}) IS FALSE THEN '{_UNFIT}' ELSE COALESCE("
-        f"json_agg({pairs} ORDER BY x.pool_id)::text, '[]') END"
-        f" FROM (SELECT p.id AS pool_id, {_balance_columns(window_used)} FROM credit_pool p"
+        f"json_agg(json_build_object({pairs}) ORDER BY x.pool_id)::text, '[]') END"
+        f" FROM (SELECT p.id AS pool_id, {_balance_columns('0')} FROM credit_pool p"
         f" LEFT JOIN end_user_balance b ON b.end_user_id = {end_user} AND b.pool_id = p.id"
         f" WHERE p.application_id = {application}) x)"
     )
@@ -521,23 +482,12 @@ class PageJson:
     balances: BalancesAsJson | None = None
     node: tuple[tuple[str, str], ...] | None = None
 
-    def sql(self, app: str, param: _Params, now: datetime) -> tuple[str, str]:
+    def sql(self, app: str) -> tuple[str, str]:
         """The columns the page's statement adds (`j`: the balances, `n`: the node) and the
-        lateral join they read the balances from (`param` numbers what they need)."""
+        lateral join they read the balances from."""
         columns = lateral = ""
         if self.balances is not None:
-            burn = None
-            fields = {field for _, field in self.balances[0]}
-            if fields & set(BURN_FIELDS):
-                burn = BurnParams(
-                    param(window_start(now)),
-                    f"CAST({param(window_days(now))} AS float8)",
-                    # (a parameter the statement does not read would fail it)
-                    f"CAST({param(now)} AS timestamptz)"
-                    if "projectedExhaustionAt" in fields
-                    else "NULL",
-                )
-            balances = balances_json_sql("page.id", app, *self.balances, burn)
+            balances = balances_json_sql("page.id", app, *self.balances)
             # (OFFSET 0: kept a subquery, so its JSON is written once per row, not once
             # per use)
             lateral = f" LEFT JOIN LATERAL (SELECT {balances} AS j OFFSET 0) bj ON TRUE"
@@ -638,15 +588,12 @@ async def end_user_page(
         " SELECT t.total, page.*{json} FROM t LEFT JOIN page ON 1 = 1{lateral}"
         f" ORDER BY page.k {direction}, page.id {direction}"
     )
-    plain = statement.replace("{json}", "").replace("{lateral}", "")
-    values = list(param.values)
-    json, lateral = ("", "") if as_json is None else as_json.sql(app, param, now)
-    written = statement.replace("{json}", json).replace("{lateral}", lateral)
+    json, lateral = ("", "") if as_json is None else as_json.sql(app)
 
     async def work(db: Sql) -> list[Row]:
-        if db.postgres:  # only PostgreSQL writes JSON
-            return await db.records(written, *param.values)
-        return await db.records(plain, *values)
+        text = statement.replace("{json}", json if db.postgres else "")
+        text = text.replace("{lateral}", lateral if db.postgres else "")
+        return await db.records(text, *param.values)
 
     rows = await single_statement(work)
     total = int(rows[0]["total"])
