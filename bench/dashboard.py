@@ -77,6 +77,8 @@ from bench.harness import (
     PySpy,
     Runner,
     Server,
+    backend_cpu,
+    cpu_since,
     create_database,
     database_urls,
     drop_database,
@@ -530,13 +532,24 @@ def start_usagegraph(db: BenchDatabase, log_dir: Path, checkout: Path = ROOT) ->
 
 
 async def measured_round(
-    server: Server, runner: Runner, key: str, body: dict[str, Any], clients: int, seconds: float
+    server: Server,
+    runner: Runner,
+    key: str,
+    body: dict[str, Any],
+    clients: int,
+    seconds: float,
+    admin: asyncpg.Connection,
+    database: str,
 ) -> dict[str, float]:
-    """One round of load, with the server's CPU per request."""
+    """One round of load, with the server's CPU per request and the database's (all its
+    backends: one server is loaded at a time)."""
+    pg_before = await backend_cpu(admin, database)
     cpu_before = process_cpu_seconds(server.pid)
     result = await runner(server.url, key, body, clients, 0, seconds)
     cpu = process_cpu_seconds(server.pid) - cpu_before
-    return {**result, "server_ms": cpu * 1000 / max(1.0, result["rate"] * seconds)}
+    postgres = cpu_since(pg_before, await backend_cpu(admin, database))
+    requests = max(1.0, result["rate"] * seconds)
+    return {**result, "server_ms": cpu * 1000 / requests, "pg_ms": postgres * 1000 / requests}
 
 
 async def against(
@@ -555,16 +568,28 @@ async def against(
     single: dict[int, list[dict[str, float]]] = {id(s): [] for s in pair}
     for server in pair:  # both warm before the first round
         await runner(server.url, key, body, options.clients, 0, options.warmup)
-    for _ in range(options.rounds):
-        for server in pair:
-            loaded[id(server)].append(
-                await measured_round(server, runner, key, body, options.clients, options.seconds)
-            )
-    for _ in range(options.rounds):
-        for server in pair:
-            single[id(server)].append(
-                await measured_round(server, runner, key, body, 1, options.single_seconds)
-            )
+    admin = await asyncpg.connect(options.admin_dsn)
+    try:
+        for clients, seconds, rounds in (
+            (options.clients, options.seconds, loaded),
+            (1, options.single_seconds, single),
+        ):
+            for _ in range(options.rounds):
+                for server in pair:
+                    rounds[id(server)].append(
+                        await measured_round(
+                            server,
+                            runner,
+                            key,
+                            body,
+                            clients,
+                            seconds,
+                            admin,
+                            options.database_name,
+                        )
+                    )
+    finally:
+        await admin.close()
 
     def med(rounds: list[dict[str, float]], name: str) -> float:
         return statistics.median(r[name] for r in rounds)
@@ -578,6 +603,7 @@ async def against(
         (f"dashboards/s at {options.clients} clients", loaded, "rate", "{:,.0f}"),
         (f"p50 at {options.clients} clients (ms)", loaded, "p50", "{:.1f}"),
         ("server CPU per dashboard (ms)", loaded, "server_ms", "{:.2f}"),
+        ("PostgreSQL CPU per dashboard (ms)", loaded, "pg_ms", "{:.2f}"),
         ("one client: p50 (ms)", single, "p50", "{:.2f}"),
         ("one client: p99 (ms)", single, "p99", "{:.2f}"),
     )
@@ -665,6 +691,7 @@ async def main() -> int:
             other = start_usagegraph(db, work, options.against.resolve())
             try:
                 await first_answer(other.url, key, body)
+                options.database_name = db.name
                 if not await against(server, other, runner, key, body, options):
                     status = 1
             finally:

@@ -65,6 +65,8 @@ from bench.dashboard_query import NESTED
 from bench.harness import (
     Runner,
     Server,
+    backend_cpu,
+    cpu_since,
     first_answer,
     load_runner,
     machine_line,
@@ -239,24 +241,6 @@ class System:
     single_p50: list[float] = field(default_factory=list)
 
 
-async def backend_cpu(admin: asyncpg.Connection, database: str, peer: bool) -> dict[int, float]:
-    """CPU seconds so far of each backend of `database` serving the peer (or the others)."""
-    rows = await admin.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'"
-        " AND (application_name = $2) = $3",
-        database,
-        PEER_APPLICATION_NAME,
-        peer,
-    )
-    seconds = {}
-    for row in rows:
-        try:
-            seconds[row["pid"]] = process_cpu_seconds(row["pid"])
-        except (FileNotFoundError, ProcessLookupError):  # ended since
-            continue
-    return seconds
-
-
 async def timed_round(
     system: System,
     runner: Runner,
@@ -268,12 +252,12 @@ async def timed_round(
 ) -> dict[str, float]:
     """One round of load: the load generator's figures, and the server's and PostgreSQL's
     CPU per request (a backend started during the round counts from zero)."""
-    pg_before = await backend_cpu(admin, database, system.peer)
+    pg_before = await backend_cpu(admin, database, (PEER_APPLICATION_NAME, system.peer))
     server_before = process_cpu_seconds(system.server.pid)
     result = await runner(system.endpoint, key, system.body, clients, 0, seconds)
     server = process_cpu_seconds(system.server.pid) - server_before
-    pg_after = await backend_cpu(admin, database, system.peer)
-    postgres = sum(cpu - pg_before.get(pid, 0.0) for pid, cpu in pg_after.items())
+    pg_after = await backend_cpu(admin, database, (PEER_APPLICATION_NAME, system.peer))
+    postgres = cpu_since(pg_before, pg_after)
     requests = max(1.0, result["rate"] * seconds)
     return {**result, "server_ms": server * 1000 / requests, "pg_ms": postgres * 1000 / requests}
 

@@ -111,6 +111,36 @@ def _machine_ticks() -> tuple[int, int]:
     return total - idle, total
 
 
+async def backend_cpu(
+    admin: asyncpg.Connection, database: str, named: tuple[str, bool] | None = None
+) -> dict[int, float]:
+    """CPU seconds so far of each client backend of `database`; with `named` (an
+    application_name, and whether to take the backends carrying it or the others) only
+    those."""
+    name, carrying = named or ("", True)
+    rows = await admin.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'"
+        " AND ($2 OR (application_name = $3) = $4)",
+        database,
+        named is None,
+        name,
+        carrying,
+    )
+    seconds = {}
+    for row in rows:
+        try:
+            seconds[row["pid"]] = process_cpu_seconds(row["pid"])
+        except (FileNotFoundError, ProcessLookupError):  # ended since
+            continue
+    return seconds
+
+
+def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
+    """The CPU seconds backends spent between two `backend_cpu` readings (a backend started
+    in between counts from zero)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 @dataclass
 class CpuSnapshot:
     wall: float
