@@ -451,7 +451,11 @@ class Listing:
 
 @dataclass(frozen=True, slots=True)
 class Page:
+    """A page of End Users: their lines (none when the database wrote their whole nodes),
+    and each one's (id, sort key), in order."""
+
     lines: list[EndUserLine]
+    keys: list[tuple[int, Any]]
     has_next: bool
     total: int
     # each End User's balances as JSON text, when asked for and the database wrote them
@@ -585,33 +589,37 @@ async def end_user_page(
         f" t AS (SELECT {total} AS total),"
         f" page AS (SELECT * FROM x{keyset} ORDER BY x.k {direction}, x.id {direction}"
         f" LIMIT {param(first + 1)})"
-        " SELECT t.total, page.*{json} FROM t LEFT JOIN page ON 1 = 1{lateral}"
+        " SELECT t.total, {page}{json} FROM t LEFT JOIN page ON 1 = 1{lateral}"
         f" ORDER BY page.k {direction}, page.id {direction}"
     )
+    plain = statement.replace("{page}", "page.*").replace("{json}", "").replace("{lateral}", "")
     json, lateral = ("", "") if as_json is None else as_json.sql(app)
+    nodes = as_json is not None and as_json.node is not None
+    # with the whole nodes written, a row is only what the cursors and the order need
+    written = statement.replace("{page}", "page.id, page.k" if nodes else "page.*")
+    written = written.replace("{json}", json).replace("{lateral}", lateral)
 
-    async def work(db: Sql) -> list[Row]:
-        text = statement.replace("{json}", json if db.postgres else "")
-        text = text.replace("{lateral}", lateral if db.postgres else "")
-        return await db.records(text, *param.values)
+    async def work(db: Sql) -> list[Row] | None:
+        if not (db.postgres and json):  # only PostgreSQL writes JSON
+            return await db.records(plain, *param.values)
+        found = await db.records(written, *param.values)
+        if nodes and any(row["id"] is not None and row["n"] is None for row in found):
+            return None  # a node it could not write: the page is read whole
+        return found
 
     rows = await single_statement(work)
+    if rows is None:
+        rows = await single_statement(lambda db: db.records(plain, *param.values))
     total = int(rows[0]["total"])
     rows = [row for row in rows if row["id"] is not None]
+    keys = [(row["id"], row["k"]) for row in rows[:first]]
+    if nodes and _written(rows, "n"):
+        node_texts = {row["id"]: row["n"] for row in rows[:first]}
+        return Page([], keys, len(rows) > first, total, node_texts=node_texts)
     lines = [_end_user(row, listing.pool_id, now) for row in rows[:first]]
-    balance_texts = node_texts = None
+    balance_texts = None
     if as_json is not None and as_json.balances is not None and _written(rows, "j"):
         balance_texts = {row["id"]: row["j"] for row in rows[:first]}
         if _UNFIT in balance_texts.values():
             balance_texts = None
-    if as_json is not None and as_json.node is not None and _written(rows, "n"):
-        node_texts = {row["id"]: row["n"] for row in rows[:first]}
-        if None in node_texts.values():
-            node_texts = None
-    return Page(
-        lines=lines,
-        has_next=len(rows) > first,
-        total=total,
-        balance_texts=balance_texts,
-        node_texts=node_texts,
-    )
+    return Page(lines, keys, len(rows) > first, total, balance_texts=balance_texts)

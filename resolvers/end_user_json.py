@@ -141,8 +141,6 @@ def _balances(selection: tuple[Selected, ...], lines: list[BalanceLine]) -> list
 
 
 def _node(selection: tuple[Selected, ...], line: EndUserLine, balances: Balances) -> Any:
-    if balances.nodes is not None:  # the one node selection, written by the database
-        return orjson.Fragment(balances.nodes[line.id])
     node: dict[str, Any] = {}
     for s in selection:
         if s.field_name == "__typename":
@@ -165,7 +163,12 @@ def connection_json(
     has_next: bool,
     total: int,
 ) -> dict[str, Any]:
-    """The connection's answer for `selection` (read with CONNECTION_SHAPE)."""
+    """The connection's answer for `selection` (read with CONNECTION_SHAPE): the nodes the
+    database wrote (`balances.nodes`, in the cursors' order; no lines then), or each
+    line's."""
+    written = None
+    if balances.nodes is not None:
+        written = [orjson.Fragment(text) for text in balances.nodes.values()]
     answer: dict[str, Any] = {}
     for part in selection:
         name = part.field_name
@@ -177,21 +180,21 @@ def connection_json(
             end = cursors[-1] if cursors else None
             answer[part.response_name] = page_info(part.below or (), has_next, end)
         else:  # edges
+            below = part.below or ()
             answer[part.response_name] = [
-                _edge(part.below or (), line, cursor, balances)
-                for line, cursor in zip(lines, cursors, strict=True)
+                _edge(below, cursor, lambda node, i=i: _node(node, lines[i], balances))
+                if written is None
+                else _edge(below, cursor, lambda _, i=i: written[i])
+                for i, cursor in enumerate(cursors)
             ]
     return answer
 
 
 def _edge(
-    selection: tuple[Selected, ...],
-    line: EndUserLine,
-    cursor: str,
-    balances: Balances,
+    selection: tuple[Selected, ...], cursor: str, node_of: Callable[[tuple[Selected, ...]], Any]
 ) -> dict[str, Any]:
     return object_json(
         selection,
         "EndUserEdge",
-        lambda s: cursor if s.field_name == "cursor" else _node(s.below or (), line, balances),
+        lambda s: cursor if s.field_name == "cursor" else node_of(s.below or ()),
     )

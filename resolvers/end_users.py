@@ -383,8 +383,9 @@ async def end_user_page(
     if selection is not None:
         try:
             return cast(EndUserConnection, await _preserialized(selection, page, order, now))
-        except NotPlain:
-            pass  # the general path answers, and reports what it reports
+        except NotPlain:  # the general path answers, and reports what it reports
+            if page.keys and not page.lines:  # read as nodes only: read it whole
+                page = await report_page(application_id, listing, first, cursor, now)
     edges = [
         EndUserEdge(
             cursor=end_user_cursor(order, line.sort_key, line.id), node=EndUser.from_row(line)
@@ -411,18 +412,19 @@ async def _preserialized(
 ) -> Preserialized:
     """The page as JSON, its End Users' balances read in one statement when selected
     (written by the database itself where it can)."""
-    lines = page.lines
+    ids = [end_user_id for end_user_id, _ in page.keys]
     balances = Balances(nodes=page.node_texts)
     if page.node_texts is not None:  # the database wrote the nodes, balances included
         pass
     elif page.balance_texts is not None:  # the database wrote them with the page
         balances = Balances(texts=page.balance_texts)
-    elif lines and selects_balances(selection):
-        ids = [line.id for line in lines]
+    elif ids and selects_balances(selection):
         burn = selects_burn(selection)
         balances = Balances(lines=await balance_lines(ids, now, burn=burn))
-    cursors = [end_user_cursor(order, line.sort_key, line.id) for line in lines]
-    return encode(connection_json(selection, lines, cursors, balances, page.has_next, page.total))
+    cursors = [end_user_cursor(order, key, end_user_id) for end_user_id, key in page.keys]
+    return encode(
+        connection_json(selection, page.lines, cursors, balances, page.has_next, page.total)
+    )
 
 
 @strawberry.input

@@ -27,8 +27,9 @@ from models.references import EndUserRef
 from models.request_log import LogRow, insert_entries
 from models.rollups import fold_usage
 from models.tenancy import ApiKeyRole
-from resolvers import consumption, end_users, request_log
+from resolvers import consumption, end_user_json, end_users, request_log
 from resolvers.context import Context
+from resolvers.preserialized import NotPlain
 from resolvers.runtime.versions import fast_paths_enabled
 from resolvers.schema import Mutation, Query, Subscription, schema
 from tests.conftest import Backend
@@ -294,7 +295,7 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
 
     async def report_page(*args: Any) -> Any:
         page = await read_end_users(*args)
-        if page.node_texts is not None and page.lines:
+        if page.node_texts is not None and page.keys:
             spliced["End User nodes written by the database"] += 1
         return page
 
@@ -324,3 +325,30 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
         if backend.postgres:
             assert spliced["entries written by the database"] >= 10, spliced
             assert spliced["End User nodes written by the database"] >= 10, spliced
+
+
+async def test_a_page_of_written_nodes_the_writer_refuses_is_read_whole(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection the JSON writer refuses (an Int past 32 bits, here every Int) after the
+    database wrote its nodes is answered by the general path, its page read again whole."""
+
+    def refuse(value: int) -> int:
+        raise NotPlain
+
+    monkeypatch.setattr(end_user_json, "checked_int", refuse)
+    app = await _application()
+    principal = Principal(0, app, ApiKeyRole.READ, None, None)
+    document = (
+        "query($id: ID!) { application(id: $id) { endUsers(first: 5) { totalCount"
+        " edges { cursor node { externalId name balances { pool remaining status } } } } } }"
+    )
+    answers = []
+    for preserialized in (True, False):
+        context = Context(None, None, principal, preserialized=preserialized)
+        result = await schema.execute(
+            document, variable_values={"id": str(app)}, context_value=context
+        )
+        answers.append(_answer(result))
+    assert answers[0] == answers[1]
+    assert len(answers[0][0]["application"]["endUsers"]["edges"]) == 5
