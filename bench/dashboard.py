@@ -39,14 +39,18 @@ to running out, the first 50 End Users with their balances (burn rates and proje
 exhaustion included), and the last 50 request-log entries when the schema has them.
 
     .venv/bin/python -m bench.dashboard [--quick] [--end-users N] [--events N] [--clients 16]
-        [--keep] [--database NAME] [--profile FILE]
+        [--keep] [--database NAME] [--profile FILE] [--query dashboard|nested]
+        [--against DIR [--rounds N] [--single-seconds S] [--only-against]]
 
 `--quick` (1,000 End Users, 50,000 events, 5 s) checks that everything runs. `--keep`
 keeps the generated database and prints its name; `--database NAME` runs against such a
 kept database instead of generating one (migrated and folded first, the series range
 ending now). `--profile FILE` samples the server with py-spy during the measured load and
-writes collapsed stacks to FILE. The machine is shared by client, server and PostgreSQL:
-compare figures within one run.
+writes collapsed stacks to FILE. `--against DIR` compares, in interleaved rounds at
+`--clients` and at one client, this checkout's server with the server of checkout DIR (run
+by DIR/.venv): rates, latencies, the server's CPU and PostgreSQL's per dashboard, and the
+ratios. The machine is shared by client, server and PostgreSQL: compare figures within one
+run.
 """
 
 from __future__ import annotations
