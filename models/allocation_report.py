@@ -301,12 +301,17 @@ async def allocation_summary(application_id: int, pool_id: int, now: datetime) -
     one statement: the pool's report sums, less the report rows of the End Users changed since the
     fold, plus those End Users live (`models.balance_report`)."""
     horizon = HORIZON_DAYS / window_days(now)  # window use → projected use of the horizon
-    row = await single_statement(
-        lambda db: db.row(
-            _summary_statement(db.postgres), application_id, pool_id, window_start(now), horizon
+    rows = await single_statement(
+        lambda db: db.records(
+            _summary_statement(db.postgres),
+            application_id,
+            pool_id,
+            window_start(now),
+            horizon,
+            planned_once=True,
         )
     )
-    assert row is not None
+    row = rows[0]
 
     def number(name: str) -> int:
         return int(row[name] or 0)
@@ -398,6 +403,7 @@ async def ranked_end_users(
             pool_id,
             window_start(now),
             first,
+            planned_once=True,
         )
     )
     return [_end_user(row, pool_id, now) for row in rows]

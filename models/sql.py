@@ -73,12 +73,13 @@ class Sql:
     async def rows(self, statement: str, *args: Any) -> list[dict[str, Any]]:
         return await self.conn.execute_query_dict(self._text(statement), list(args))
 
-    async def records(self, statement: str, *args: Any) -> list[Row]:
+    async def records(self, statement: str, *args: Any, planned_once: bool = False) -> list[Row]:
         """Rows to read, not to change: on PostgreSQL asyncpg's Records as they come, where
         Tortoise's execute_query_dict copies each into a dict (a tenth of a dashboard's
-        CPU); its translation of errors kept."""
+        CPU); its translation of errors kept. `planned_once`: see `_fetch_planned_once`."""
         if self.postgres:
-            return await self.conn._translate_exceptions(_fetch, self._text(statement), args)  # type: ignore[attr-defined]
+            fetch = _fetch_planned_once if planned_once else _fetch
+            return await self.conn._translate_exceptions(fetch, self._text(statement), args)  # type: ignore[attr-defined]
         return await self.rows(statement, *args)
 
     async def row(self, statement: str, *args: Any) -> dict[str, Any] | None:
@@ -98,6 +99,21 @@ class Sql:
 async def _fetch(client: Any, statement: str, args: tuple[Any, ...]) -> list[Row]:
     async with client.acquire_connection() as connection:
         return await connection.fetch(statement, *args)
+
+
+async def _fetch_planned_once(client: Any, statement: str, args: tuple[Any, ...]) -> list[Row]:
+    """A read whose plan does not depend on its arguments, planned once per connection (a
+    generic plan) instead of on every call: PostgreSQL otherwise keeps planning statements
+    whose generic plan it estimates dearer, and for a report built of many subqueries that
+    planning costs more than running it. The setting is LOCAL to a transaction of its own,
+    so it ends with the read whatever happens; inside a caller's transaction the read runs
+    as it comes."""
+    async with client.acquire_connection() as connection:
+        if connection.is_in_transaction():
+            return await connection.fetch(statement, *args)
+        async with connection.transaction(readonly=True):
+            await connection.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            return await connection.fetch(statement, *args)
 
 
 def values_list(rows: int, columns: int, suffix: str = "") -> str:

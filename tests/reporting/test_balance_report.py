@@ -311,3 +311,35 @@ async def test_end_user_totals_stay_exact_under_concurrent_upserts_and_folds(
     assert sorted((r["application_id"], r["delta"]) for r in rows) == [(app, expected), (other, 7)]
     assert (await allocation_summary(app, pool_id, datetime.now(UTC))).end_users_total == expected
     assert await verify_ledger() == []
+
+
+async def test_reports_planned_once_leave_no_setting_on_the_pool(backend: Backend) -> None:
+    """The summary and rankings read with a generic plan (models.sql `planned_once`) inside
+    a transaction of their own: many at once, then every pooled connection plans as before,
+    and inside a caller's transaction they read as it comes and the caller's setting stays."""
+    app, pool_id, ids = await _one_pool_tenant(6, 1_000)
+    for end_user_id in ids:
+        await allocate_credits(app, "ai", EndUserRef(id=end_user_id), 40)
+        await consume_credits(app, "ai", EndUserRef(id=end_user_id), 7, "ai_generation")
+    await fold_usage()
+    await _check(app, pool_id)
+    now = datetime.now(UTC)
+    reads = [allocation_summary(app, pool_id, now) for _ in range(12)]
+    reads += [ranked_end_users(app, pool_id, ranking, FIRST, now) for ranking in Ranking] * 6
+    await asyncio.gather(*reads)
+    if not backend.postgres:
+        return
+
+    async def setting(db: Sql) -> str:
+        return await db.value("SHOW plan_cache_mode")
+
+    seen = await asyncio.gather(*(single_statement(setting) for _ in range(24)))
+    assert set(seen) == {"auto"}
+
+    async def inside(db: Sql) -> tuple[int, str]:
+        await db.run("SET LOCAL plan_cache_mode = force_custom_plan")
+        rows = await db.records("SELECT COUNT(*) AS n FROM end_user_balance", planned_once=True)
+        return int(rows[0]["n"]), await db.value("SHOW plan_cache_mode")
+
+    count, mode = await transaction(inside)
+    assert count >= len(ids) and mode == "force_custom_plan"
