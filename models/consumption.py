@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from models.balance_rules import pool_remaining_sql
@@ -137,18 +138,42 @@ class Bucket:
     spike: bool
 
 
+@lru_cache(maxsize=64)  # a dashboard's range stays the same all day
+def iso_starts(buckets: BucketRange) -> tuple[str, ...]:
+    """The buckets' starts as `datetime.isoformat` writes them."""
+    return tuple(start.isoformat() for start in buckets.starts())
+
+
 @dataclass(frozen=True, slots=True)
 class Series:
-    granularity: Granularity
-    buckets: list[Bucket]
+    """A series as columns, one value per bucket of `range` in each."""
+
+    range: BucketRange
+    used: list[int]
+    expired: list[int]
+    purchased: list[int]
+    remaining: list[int]
+    spike: list[bool]
+
+    @property
+    def granularity(self) -> Granularity:
+        return self.range.granularity
+
+    @property
+    def buckets(self) -> list[Bucket]:
+        columns = (self.used, self.expired, self.purchased, self.remaining, self.spike)
+        return [
+            Bucket(start, *values)
+            for start, *values in zip(self.range.starts(), *columns, strict=True)
+        ]
 
     @property
     def total_used(self) -> int:
-        return sum(bucket.used for bucket in self.buckets)
+        return sum(self.used)
 
     @property
     def total_expired(self) -> int:
-        return sum(bucket.expired for bucket in self.buckets)
+        return sum(self.expired)
 
 
 def spikes(used: Sequence[int]) -> list[bool]:
@@ -330,14 +355,7 @@ def _assemble(key: SeriesKey, rows: list[Row]) -> Series:
         # (never under 0: see the module's docstring on transactions in flight)
         remaining[index] = max(level, 0)
         level -= booked[index]
-    flags = spikes(used)
-    return Series(
-        key.range.granularity,
-        [
-            Bucket(start, used[i], expired[i], purchased[i], remaining[i], flags[i])
-            for i, start in enumerate(key.range.starts())
-        ],
-    )
+    return Series(key.range, used, expired, purchased, remaining, spikes(used))
 
 
 async def consumption_series(keys: Sequence[SeriesKey]) -> list[Series]:
