@@ -42,8 +42,9 @@ class PooledConnection(asyncpg.Connection):
     ALL, UNLISTEN, RESET ALL: one more round trip per statement Tortoise runs outside a
     transaction). Nothing on the pool leaves session state behind: advisory locks, LISTEN
     and session settings live on connections of their own (relay, migrations, export), the
-    export's `SET LOCAL` and cursors end with their transaction. asyncpg still rolls back a
-    transaction left open before the connection returns to the pool."""
+    `SET LOCAL`s of the export and of the reads planned once (models.sql) and the export's
+    cursors end with their transaction. asyncpg still rolls back a transaction left open
+    before the connection returns to the pool."""
 
     def get_reset_query(self) -> str:
         return ""

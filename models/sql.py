@@ -105,15 +105,22 @@ async def _fetch_planned_once(client: Any, statement: str, args: tuple[Any, ...]
     """A read whose plan does not depend on its arguments, planned once per connection (a
     generic plan) instead of on every call: PostgreSQL otherwise keeps planning statements
     whose generic plan it estimates dearer, and for a report built of many subqueries that
-    planning costs more than running it. The setting is LOCAL to a transaction of its own,
-    so it ends with the read whatever happens; inside a caller's transaction the read runs
-    as it comes."""
+    planning costs more than running it. The setting is LOCAL to a transaction of its own
+    (opened with it in one round trip), so it ends with the read whatever happens (a
+    transaction left open is rolled back before its connection returns to the pool); inside
+    a caller's transaction the read runs as it comes."""
     async with client.acquire_connection() as connection:
         if connection.is_in_transaction():
             return await connection.fetch(statement, *args)
-        async with connection.transaction(readonly=True):
-            await connection.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await connection.execute(_PLANNED_ONCE)
+        try:
             return await connection.fetch(statement, *args)
+        finally:
+            if connection.is_in_transaction() and not connection.is_closed():
+                await connection.execute("ROLLBACK")  # a read: nothing to keep
+
+
+_PLANNED_ONCE = "BEGIN READ ONLY; SET LOCAL plan_cache_mode = force_generic_plan"
 
 
 def values_list(rows: int, columns: int, suffix: str = "") -> str:

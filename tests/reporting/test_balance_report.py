@@ -315,8 +315,9 @@ async def test_end_user_totals_stay_exact_under_concurrent_upserts_and_folds(
 
 async def test_reports_planned_once_leave_no_setting_on_the_pool(backend: Backend) -> None:
     """The summary and rankings read with a generic plan (models.sql `planned_once`) inside
-    a transaction of their own: many at once, then every pooled connection plans as before,
-    and inside a caller's transaction they read as it comes and the caller's setting stays."""
+    a transaction of their own: many at once, and one that fails, then every pooled
+    connection plans as before; inside a caller's transaction a read runs as it comes and
+    the caller's setting stays."""
     app, pool_id, ids = await _one_pool_tenant(6, 1_000)
     for end_user_id in ids:
         await allocate_credits(app, "ai", EndUserRef(id=end_user_id), 40)
@@ -329,6 +330,9 @@ async def test_reports_planned_once_leave_no_setting_on_the_pool(backend: Backen
     await asyncio.gather(*reads)
     if not backend.postgres:
         return
+
+    with pytest.raises(Exception, match="division by zero"):  # a read that fails ends too
+        await single_statement(lambda db: db.records("SELECT 1 / 0 AS x", planned_once=True))
 
     async def setting(db: Sql) -> str:
         return await db.value("SHOW plan_cache_mode")
