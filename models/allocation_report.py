@@ -117,6 +117,9 @@ def _datetime(value: Any) -> datetime:
     return datetime.fromisoformat(str(value)).astimezone(UTC)
 
 
+_STATUSES = {status.value: status for status in BalanceStatus}  # (a lookup, not Enum's call)
+
+
 def _balance(row: Row, end_user_id: int, pool_id: int, now: datetime) -> BalanceLine:
     return BalanceLine(
         end_user_id=end_user_id,
@@ -126,7 +129,7 @@ def _balance(row: Row, end_user_id: int, pool_id: int, now: datetime) -> Balance
         used=int(row["used"]),
         expired=int(row["expired"]),
         remaining=int(row["remaining"]),
-        status=BalanceStatus(row["status"]),
+        status=_STATUSES[row["status"]],
         version=int(row["version"]),
         threshold=None if row["threshold"] is None else int(row["threshold"]),
         burn=Burn(int(row["window_used"]), int(row["remaining"]), now),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -127,17 +128,24 @@ def selects_burn(selection: tuple[Selected, ...]) -> bool:
     return False
 
 
+def _typename(_: BalanceLine) -> str:
+    return "EndUserBalance"
+
+
+@lru_cache(maxsize=64)
+def _balance_readers(
+    selection: tuple[Selected, ...],
+) -> tuple[tuple[str, Callable[[BalanceLine], Any]], ...]:
+    # a balance's fields are all leaves (endUser is outside the shape)
+    return tuple(
+        (s.response_name, _typename if s.field_name == "__typename" else _BALANCE[s.field_name])
+        for s in selection
+    )
+
+
 def _balances(selection: tuple[Selected, ...], lines: list[BalanceLine]) -> list[dict[str, Any]]:
-    return [
-        {
-            # a balance's fields are all leaves (endUser is outside the shape)
-            s.response_name: "EndUserBalance"
-            if s.field_name == "__typename"
-            else _BALANCE[s.field_name](line)
-            for s in selection
-        }
-        for line in lines
-    ]
+    readers = _balance_readers(selection)
+    return [{name: read(line) for name, read in readers} for line in lines]
 
 
 def _node(selection: tuple[Selected, ...], line: EndUserLine, balances: Balances) -> Any:
