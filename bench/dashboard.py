@@ -544,14 +544,16 @@ async def measured_round(
     seconds: float,
     admin: asyncpg.Connection,
     database: str,
+    named: tuple[str, bool] | None = None,
 ) -> dict[str, float]:
-    """One round of load, with the server's CPU per request and the database's (all its
-    backends: one server is loaded at a time)."""
-    pg_before = await backend_cpu(admin, database)
+    """One round of load, with the server's CPU per request and the database's: all its
+    backends (one server is loaded at a time), or those `named` picks (`backend_cpu`); a
+    backend started during the round counts from zero."""
+    pg_before = await backend_cpu(admin, database, named)
     cpu_before = process_cpu_seconds(server.pid)
     result = await runner(server.url, key, body, clients, 0, seconds)
     cpu = process_cpu_seconds(server.pid) - cpu_before
-    postgres = cpu_since(pg_before, await backend_cpu(admin, database))
+    postgres = cpu_since(pg_before, await backend_cpu(admin, database, named))
     requests = max(1.0, result["rate"] * seconds)
     return {**result, "server_ms": cpu * 1000 / requests, "pg_ms": postgres * 1000 / requests}
 

@@ -55,6 +55,7 @@ from bench.dashboard import (
     bench_database,
     captured_statements,
     close_database,
+    measured_round,
     parsed,
     populate,
     raw_replay,
@@ -65,12 +66,9 @@ from bench.dashboard_query import NESTED
 from bench.harness import (
     Runner,
     Server,
-    backend_cpu,
-    cpu_since,
     first_answer,
     load_runner,
     machine_line,
-    process_cpu_seconds,
     start_server,
 )
 
@@ -241,27 +239,6 @@ class System:
     single_p50: list[float] = field(default_factory=list)
 
 
-async def timed_round(
-    system: System,
-    runner: Runner,
-    key: str,
-    admin: asyncpg.Connection,
-    database: str,
-    clients: int,
-    seconds: float,
-) -> dict[str, float]:
-    """One round of load: the load generator's figures, and the server's and PostgreSQL's
-    CPU per request (a backend started during the round counts from zero)."""
-    pg_before = await backend_cpu(admin, database, (PEER_APPLICATION_NAME, system.peer))
-    server_before = process_cpu_seconds(system.server.pid)
-    result = await runner(system.endpoint, key, system.body, clients, 0, seconds)
-    server = process_cpu_seconds(system.server.pid) - server_before
-    pg_after = await backend_cpu(admin, database, (PEER_APPLICATION_NAME, system.peer))
-    postgres = cpu_since(pg_before, pg_after)
-    requests = max(1.0, result["rate"] * seconds)
-    return {**result, "server_ms": server * 1000 / requests, "pg_ms": postgres * 1000 / requests}
-
-
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -335,8 +312,16 @@ async def interleaved(
     try:
         for _ in range(options.rounds):
             for system in systems:
-                result = await timed_round(
-                    system, runner, key, admin, database, options.clients, options.seconds
+                result = await measured_round(
+                    system.server,
+                    runner,
+                    key,
+                    system.body,
+                    options.clients,
+                    options.seconds,
+                    admin,
+                    database,
+                    (PEER_APPLICATION_NAME, system.peer),
                 )
                 system.rounds.append(result)
         for _ in range(options.rounds):
