@@ -35,7 +35,7 @@ from models.rollups import (
     window_used_joins,
     window_used_of,
 )
-from models.sql import Row, Sql, single_statement
+from models.sql import Row, single_statement, written_or_plain
 
 
 @lru_cache(maxsize=16)  # a request computes every burn at one `now`
@@ -187,9 +187,6 @@ BALANCE_FIELD_COLUMNS = {
     "version": "version",
     "lowBalanceThreshold": "threshold",
 }
-_INT32 = "BETWEEN -2147483648 AND 2147483647"
-
-
 _UNFIT = "-"  # a balance JSON the database could not write (an Int beyond 32 bits)
 
 
@@ -200,18 +197,22 @@ def balances_json_sql(
     `application` (SQL expressions), in pool order, as a JSON array of objects of `entries`
     (name in the answer, field of BALANCE_FIELD_COLUMNS, or `__typename` answered
     `type_name`): a scalar subquery answering the JSON text, or _UNFIT."""
-    pairs = ", ".join(
-        f"'{name}', "
-        + (f"'{type_name}'::text" if field == "__typename" else f"x.{BALANCE_FIELD_COLUMNS[field]}")
+    balance = json_sql.json_object(
+        (
+            name,
+            json_sql.type_name(type_name)
+            if field == "__typename"
+            else f"x.{BALANCE_FIELD_COLUMNS[field]}",
+        )
         for name, field in entries
     )
     fits = " AND ".join(
-        f"COALESCE(x.{column} {_INT32}, TRUE)"
+        f"COALESCE(x.{column} {json_sql.INT32}, TRUE)"
         for column in ("allocated", "used", "remaining", "expired", "version", "threshold")
     )
     return (
         f"(SELECT CASE WHEN bool_and({fits}) IS FALSE THEN '{_UNFIT}' ELSE COALESCE("
-        f"json_agg(json_build_object({pairs}) ORDER BY x.pool_id)::text, '[]') END"
+        f"json_agg({balance} ORDER BY x.pool_id)::text, '[]') END"
         f" FROM (SELECT p.id AS pool_id, {_balance_columns('0')} FROM credit_pool p"
         f" LEFT JOIN end_user_balance b ON b.end_user_id = {end_user} AND b.pool_id = p.id"
         f" WHERE p.application_id = {application}) x)"
@@ -536,11 +537,6 @@ class _Params:
         return f"${len(self.values)}"
 
 
-def _written(rows: list[Row], column: str) -> bool:
-    """Whether the statement carried `column` (PostgreSQL only writes JSON)."""
-    return not rows or column in rows[0].keys()
-
-
 async def end_user_page(
     application_id: int,
     listing: Listing,
@@ -602,32 +598,29 @@ async def end_user_page(
         f" ORDER BY page.k {direction}, page.id {direction}"
     )
     plain = statement.replace("{page}", "page.*").replace("{json}", "").replace("{lateral}", "")
-    json, lateral = ("", "") if as_json is None else as_json.sql(app)
     nodes = as_json is not None and as_json.node is not None
-    # with the whole nodes written, a row is only what the cursors and the order need
-    written = statement.replace("{page}", "page.id, page.k" if nodes else "page.*")
-    written = written.replace("{json}", json).replace("{lateral}", lateral)
-
-    async def work(db: Sql) -> list[Row] | None:
-        if not (db.postgres and json):  # only PostgreSQL writes JSON
-            return await db.records(plain, *param.values)
-        found = await db.records(written, *param.values)
-        if nodes and any(row["id"] is not None and row["n"] is None for row in found):
-            return None  # a node it could not write: the page is read whole
-        return found
-
-    rows = await single_statement(work)
-    if rows is None:
-        rows = await single_statement(lambda db: db.records(plain, *param.values))
+    written = None
+    if as_json is not None:
+        json, lateral = as_json.sql(app)
+        # with the whole nodes written, a row is only what the cursors and the order need
+        written = statement.replace("{page}", "page.id, page.k" if nodes else "page.*")
+        written = written.replace("{json}", json).replace("{lateral}", lateral)
+    rows, as_written = await written_or_plain(
+        written,
+        plain,
+        param.values,
+        # a node it could not write: the page is read whole
+        lambda rows: nodes and any(row["id"] is not None and row["n"] is None for row in rows),
+    )
     total = int(rows[0]["total"])
     rows = [row for row in rows if row["id"] is not None]
     keys = [(row["id"], row["k"]) for row in rows[:first]]
-    if nodes and _written(rows, "n"):
+    if nodes and as_written:
         node_texts = {row["id"]: row["n"] for row in rows[:first]}
         return Page([], keys, len(rows) > first, total, node_texts=node_texts)
     lines = [_end_user(row, listing.pool_id, now) for row in rows[:first]]
     balance_texts = None
-    if as_json is not None and as_json.balances is not None and _written(rows, "j"):
+    if as_written and as_json is not None and as_json.balances is not None:
         balance_texts = {row["id"]: row["j"] for row in rows[:first]}
         if _UNFIT in balance_texts.values():
             balance_texts = None

@@ -21,7 +21,14 @@ from tortoise.models import Model
 from models import json_sql
 from models.consumption import Granularity, bucket_range, spikes
 from models.errors import ValidationFailed
-from models.sql import Row, Sql, delete_older_than, single_statement, values_list
+from models.sql import (
+    Row,
+    Sql,
+    delete_older_than,
+    single_statement,
+    values_list,
+    written_or_plain,
+)
 
 MAX_MESSAGE = 1_000
 MAX_ENDPOINT = 300
@@ -350,21 +357,18 @@ async def entry_page(
         f"{{columns}} FROM request_log WHERE application_id = $1{keyset}{conditions}"
         f' ORDER BY "time" DESC, id DESC LIMIT ${len(params)}'
     )
-    json = None if as_json is None else f'SELECT id, "time"{_entry_json_sql(as_json)}'
-
-    async def written(db: Sql) -> list[Row] | None:
-        if json is None or not db.postgres:
-            return None
-        rows = await db.records(statement.replace("{columns}", json), *params)
-        return None if any(row["j"] is None for row in rows) else rows
-
-    async def work(db: Sql) -> list[Row]:
-        return await db.records(statement.replace("{columns}", _SELECT), *params)
-
-    rows = await single_statement(written)
-    if rows is not None:
+    written = None
+    if as_json is not None:
+        written = statement.replace("{columns}", f'SELECT id, "time"{_entry_json_sql(as_json)}')
+    rows, as_written = await written_or_plain(
+        written,
+        statement.replace("{columns}", _SELECT),
+        params,
+        lambda rows: any(row["j"] is None for row in rows),
+    )
+    if as_written:
         return [{"id": row["id"], "time": as_utc(row["time"]), "j": row["j"]} for row in rows]
-    return [entry_dict(row) for row in await single_statement(work)]
+    return [entry_dict(row) for row in rows]
 
 
 _PG_TRUNC = "date_trunc('{unit}', \"time\" AT TIME ZONE 'UTC')"

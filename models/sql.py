@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -149,6 +149,28 @@ def _retryable(exc: BaseException) -> bool:
 async def single_statement(work: Callable[[Sql], Awaitable[T]]) -> T:
     """Runs `work` (one statement, atomic by itself) without BEGIN and COMMIT around it."""
     return await work(Sql(connections.get("default")))
+
+
+async def written_or_plain(
+    written: str | None,
+    plain: str,
+    args: Sequence[Any],
+    unwritten: Callable[[list[Row]], bool],
+) -> tuple[list[Row], bool]:
+    """The rows of `written`, a read whose JSON PostgreSQL writes, unless there is none, the
+    database is SQLite or `unwritten` finds in them a row it could not write; else the rows
+    of `plain`. And whether they are `written`'s."""
+
+    async def work(db: Sql) -> list[Row] | None:
+        if written is None or not db.postgres:
+            return None
+        rows = await db.records(written, *args)
+        return None if unwritten(rows) else rows
+
+    rows = await single_statement(work)
+    if rows is not None:
+        return rows, True
+    return await single_statement(lambda db: db.records(plain, *args)), False
 
 
 async def delete_older_than(table: str, column: str, cutoff: Any, batch: int = 5_000) -> int:

@@ -384,7 +384,7 @@ async def end_user_page(
         try:
             return cast(EndUserConnection, await _preserialized(selection, page, order, now))
         except NotPlain:  # the general path answers, and reports what it reports
-            if page.keys and not page.lines:  # read as nodes only: read it whole
+            if page.node_texts is not None:  # read as nodes only: read it whole
                 page = await report_page(application_id, listing, first, cursor, now)
     edges = [
         EndUserEdge(
@@ -413,9 +413,9 @@ async def _preserialized(
     """The page as JSON, its End Users' balances read in one statement when selected
     (written by the database itself where it can)."""
     ids = [end_user_id for end_user_id, _ in page.keys]
-    balances = Balances(nodes=page.node_texts)
+    balances = Balances()
     if page.node_texts is not None:  # the database wrote the nodes, balances included
-        pass
+        balances = Balances(nodes=page.node_texts)
     elif page.balance_texts is not None:  # the database wrote them with the page
         balances = Balances(texts=page.balance_texts)
     elif ids and selects_balances(selection):
