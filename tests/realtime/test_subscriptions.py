@@ -149,7 +149,7 @@ async def test_a_bad_key_closes_the_socket(server) -> None:
 __all__ = ["App", "Caller"]
 
 
-async def test_the_relay_deletes_the_rows_it_published(backend, tenant) -> None:
+async def test_the_relay_deletes_the_rows_it_published(backend, tenant, outbox_held) -> None:
     """Published outbox rows do not pile up: a row left is a row not yet published."""
     from models.ledger import purchase_credits
     from models.records import OutboxEvent
@@ -159,7 +159,7 @@ async def test_the_relay_deletes_the_rows_it_published(backend, tenant) -> None:
     app = tenant.application_id
     await purchase_credits(app, "ai", 5)
     assert await OutboxEvent.filter(application_id=app).exists()
-    relay = OutboxRelay(InProcessBroker(), None)  # (the server's relay may run too)
+    relay = OutboxRelay(InProcessBroker(), None)  # (the server's relay is held meanwhile)
     while await relay.publish_pending():  # publish everything still pending
         pass
     assert not await OutboxEvent.filter(application_id=app).exists()
