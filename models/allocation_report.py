@@ -16,11 +16,15 @@ Every function answers in one statement, whatever the number of End Users."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
+
+import orjson
 
 from models import json_sql
 from models.balance_report import CHANGED, among_changed, changed_end_users
@@ -57,9 +61,13 @@ class Burn:
 
     @property
     def exhaustion_at(self) -> datetime | None:
+        """None without use, or past the calendar's end (the year 9999)."""
         if self.window_used <= 0:
             return None
-        return self.now + timedelta(days=self.remaining / self.rate_per_day)
+        try:
+            return self.now + timedelta(days=self.remaining / self.rate_per_day)
+        except OverflowError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,36 +195,76 @@ BALANCE_FIELD_COLUMNS = {
     "version": "version",
     "lowBalanceThreshold": "threshold",
 }
+_TEXT_COLUMNS = ("pool_key", "status")
+# A balance's fields of its burn: the database writes a mark with the window's use and the
+# remaining credits (control characters, which its JSON never holds raw), which the server
+# replaces by the value (`write_burns`), so the two are computed by one code.
+BURN_MARKS = {"burnRatePerDay": "R", "projectedExhaustionAt": "E"}
+_BURN_MARK = re.compile("\x1e([RE])(-?[0-9]+),(-?[0-9]+)\x1f")
 _UNFIT = "-"  # a balance JSON the database could not write (an Int beyond 32 bits)
 
 
+def _balance_value(field: str) -> str:
+    """The JSON text of a balance's `field` on the row x of `balances_json_sql`."""
+    if field in BURN_MARKS:
+        return (
+            f"chr(30) || '{BURN_MARKS[field]}' || x.window_used::text || ','"
+            " || x.remaining::text || chr(31)"
+        )
+    column = BALANCE_FIELD_COLUMNS[field]
+    if column in _TEXT_COLUMNS:
+        return json_sql.json_text(f"x.{column}")
+    return f"COALESCE(x.{column}::text, 'null')"
+
+
 def balances_json_sql(
-    end_user: str, application: str, entries: tuple[tuple[str, str], ...], type_name: str
+    end_user: str,
+    application: str,
+    entries: tuple[tuple[str, str], ...],
+    type_name: str,
+    window_start: str | None = None,
 ) -> str:
     """PostgreSQL: End User `end_user`'s balances in every pool of application
     `application` (SQL expressions), in pool order, as a JSON array of objects of `entries`
-    (name in the answer, field of BALANCE_FIELD_COLUMNS, or `__typename` answered
-    `type_name`): a scalar subquery answering the JSON text, or _UNFIT."""
-    balance = json_sql.json_object(
-        (
-            name,
-            json_sql.type_name(type_name)
-            if field == "__typename"
-            else f"x.{BALANCE_FIELD_COLUMNS[field]}",
-        )
+    (name in the answer, field of BALANCE_FIELD_COLUMNS or BURN_MARKS, or `__typename`
+    answered `type_name`): a scalar subquery answering the JSON text, or _UNFIT. Burn
+    fields need the burn window's start, `window_start` (a parameter), and come as marks
+    for `write_burns`."""
+    balance = json_sql.text_object(
+        (name, f"'\"{type_name}\"'" if field == "__typename" else _balance_value(field))
         for name, field in entries
     )
     fits = " AND ".join(
         f"COALESCE(x.{column} {json_sql.INT32}, TRUE)"
         for column in ("allocated", "used", "remaining", "expired", "version", "threshold")
     )
+    window_used, kept = "0", ""
+    if window_start is not None:
+        window_used = window_used_of(end_user, "p.id", window_start)
+        kept = " OFFSET 0"  # (a subquery of its own: each window sum once, not once per use)
     return (
-        f"(SELECT CASE WHEN bool_and({fits}) IS FALSE THEN '{_UNFIT}' ELSE COALESCE("
-        f"json_agg({balance} ORDER BY x.pool_id)::text, '[]') END"
-        f" FROM (SELECT p.id AS pool_id, {_balance_columns('0')} FROM credit_pool p"
+        f"(SELECT CASE WHEN bool_and({fits}) IS FALSE THEN '{_UNFIT}' ELSE"
+        f" '[' || COALESCE(string_agg({balance}, ',' ORDER BY x.pool_id), '') || ']' END"
+        f" FROM (SELECT p.id AS pool_id, {_balance_columns(window_used)} FROM credit_pool p"
         f" LEFT JOIN end_user_balance b ON b.end_user_id = {end_user} AND b.pool_id = p.id"
-        f" WHERE p.application_id = {application}) x)"
+        f" WHERE p.application_id = {application}{kept}) x)"
     )
+
+
+def write_burns(text: str, now: datetime) -> str:
+    """`text` with the burn marks of `balances_json_sql` replaced by their values at `now`,
+    as the general path serializes them."""
+    if "\x1e" not in text:
+        return text
+
+    def value(mark: re.Match[str]) -> str:
+        burn = Burn(int(mark[2]), int(mark[3]), now)
+        if mark[1] == "R":
+            return orjson.dumps(burn.rate_per_day).decode()
+        at = burn.exhaustion_at
+        return "null" if at is None else f'"{at.isoformat()}"'
+
+    return _BURN_MARK.sub(value, text)
 
 
 # ------------------------------------------------------------------------------- summary
@@ -476,14 +524,14 @@ class Page:
 
 # The balances a page may carry as JSON (`balances_json_sql`): entries and type name.
 BalancesAsJson = tuple[tuple[tuple[str, str], ...], str]
-# An End User's fields as the API names them, as PostgreSQL writes them in JSON, on the
+# An End User's fields as the API names them, as PostgreSQL writes their JSON text, on the
 # page's row `page` (models/json_sql.py).
 END_USER_FIELD_SQL = {
-    "id": "page.id::text",
-    "externalId": "page.external_id",
-    "name": "page.name",
-    "email": "page.email",
-    "createdAt": json_sql.iso_time("page.created_at"),
+    "id": json_sql.json_text("page.id::text"),
+    "externalId": json_sql.json_text("page.external_id"),
+    "name": json_sql.json_text("page.name"),
+    "email": json_sql.json_text("page.email"),
+    "createdAt": f"'\"' || {json_sql.iso_time('page.created_at')} || '\"'",
 }
 
 
@@ -491,17 +539,20 @@ END_USER_FIELD_SQL = {
 class PageJson:
     """What of a page the database writes as JSON: the balances of the one balances
     selection, and the whole node of the one node selection ((name in the answer, field
-    of END_USER_FIELD_SQL, `balances` or `__typename`)), when each is plain."""
+    of END_USER_FIELD_SQL, `balances` or `__typename`)), when each is plain or a burn."""
 
     balances: BalancesAsJson | None = None
     node: tuple[tuple[str, str], ...] | None = None
 
-    def sql(self, app: str) -> tuple[str, str]:
+    def sql(self, app: str, param: Callable[[Any], str], now: datetime) -> tuple[str, str]:
         """The columns the page's statement adds (`j`: the balances, `n`: the node) and the
-        lateral join they read the balances from."""
+        lateral join they read the balances from; `param` adds a parameter."""
         columns = lateral = ""
         if self.balances is not None:
-            balances = balances_json_sql("page.id", app, *self.balances)
+            entries, type_name = self.balances
+            burn = any(field in BURN_MARKS for _, field in entries)
+            window = param(window_start(now)) if burn else None
+            balances = balances_json_sql("page.id", app, entries, type_name, window)
             # (OFFSET 0: kept a subquery, so its JSON is written once per row, not once
             # per use)
             lateral = f" LEFT JOIN LATERAL (SELECT {balances} AS j OFFSET 0) bj ON TRUE"
@@ -511,9 +562,9 @@ class PageJson:
             pairs = [
                 (
                     name,
-                    json_sql.type_name("EndUser")
+                    "'\"EndUser\"'"
                     if field == "__typename"
-                    else "CAST(bj.j AS json)"
+                    else "bj.j"
                     if field == "balances"
                     else END_USER_FIELD_SQL[field],
                 )
@@ -522,7 +573,7 @@ class PageJson:
             fits = "page.external_id IS NOT NULL AND page.created_at IS NOT NULL"
             if lateral:
                 fits += f" AND bj.j <> '{_UNFIT}'"
-            columns += f", CASE WHEN {fits} THEN {json_sql.json_object(pairs)}::text END AS n"
+            columns += f", CASE WHEN {fits} THEN {json_sql.text_object(pairs)} END AS n"
         return columns, lateral
 
 
@@ -600,17 +651,19 @@ async def end_user_page(
     plain = statement.replace("{page}", "page.*").replace("{json}", "").replace("{lateral}", "")
     nodes = as_json is not None and as_json.node is not None
     written = None
+    plain_args = list(param.values)
     if as_json is not None:
-        json, lateral = as_json.sql(app)
+        json, lateral = as_json.sql(app, param, now)
         # with the whole nodes written, a row is only what the cursors and the order need
         written = statement.replace("{page}", "page.id, page.k" if nodes else "page.*")
         written = written.replace("{json}", json).replace("{lateral}", lateral)
     rows, as_written = await written_or_plain(
         written,
         plain,
-        param.values,
+        plain_args,
         # a node it could not write: the page is read whole
         lambda rows: nodes and any(row["id"] is not None and row["n"] is None for row in rows),
+        param.values,
     )
     total = int(rows[0]["total"])
     rows = [row for row in rows if row["id"] is not None]

@@ -31,6 +31,19 @@ def json_object(pairs: Iterable[tuple[str, str]]) -> str:
     return "json_build_object(" + ", ".join(f"'{name}', {sql}" for name, sql in pairs) + ")"
 
 
+def text_object(pairs: Iterable[tuple[str, str]]) -> str:
+    """A JSON object as text from (name in the answer, SQL expression of the value's JSON
+    text) pairs, in their order: what `json_object` writes, built by concatenation so that a
+    value may be any text (a mark the server replaces, `models.allocation_report.write_burns`)."""
+    parts = ",".join(f"\"{name}\":' || {sql} || '" for name, sql in pairs)
+    return f"('{{{parts}}}')"
+
+
+def json_text(sql: str) -> str:
+    """The JSON text of a value (`null` for NULL)."""
+    return f"COALESCE(to_json({sql})::text, 'null')"
+
+
 def type_name(name: str) -> str:
     """A `__typename` entry's value."""
     return f"'{name}'::text"

@@ -156,15 +156,17 @@ async def written_or_plain(
     plain: str,
     args: Sequence[Any],
     unwritten: Callable[[list[Row]], bool],
+    written_args: Sequence[Any] | None = None,
 ) -> tuple[list[Row], bool]:
     """The rows of `written`, a read whose JSON PostgreSQL writes, unless there is none, the
     database is SQLite or `unwritten` finds in them a row it could not write; else the rows
-    of `plain`. And whether they are `written`'s."""
+    of `plain`. And whether they are `written`'s. `written` takes `written_args` when it
+    needs more parameters than `plain`'s `args`."""
 
     async def work(db: Sql) -> list[Row] | None:
         if written is None or not db.postgres:
             return None
-        rows = await db.records(written, *args)
+        rows = await db.records(written, *(args if written_args is None else written_args))
         return None if unwritten(rows) else rows
 
     rows = await single_statement(work)

@@ -13,6 +13,7 @@ import orjson
 
 from models.allocation_report import (
     BALANCE_FIELD_COLUMNS,
+    BURN_MARKS,
     END_USER_FIELD_SQL,
     BalanceLine,
     EndUserLine,
@@ -96,12 +97,12 @@ def selects_balances(selection: tuple[Selected, ...]) -> bool:
 
 def balance_entries(selection: tuple[Selected, ...]) -> tuple[tuple[str, str], ...] | None:
     """(name in the answer, field) of the one balances selection, when the database can
-    write all of it (BALANCE_FIELD_COLUMNS); else None."""
+    write all of it (BALANCE_FIELD_COLUMNS, and the burn as marks: BURN_MARKS); else None."""
     found = _balance_selections(selection)
     if len(found) != 1:
         return None
     entries = tuple((s.response_name, s.field_name) for s in found[0].below or ())
-    if all(f == "__typename" or f in BALANCE_FIELD_COLUMNS for _, f in entries):
+    if all(f == "__typename" or f in BALANCE_FIELD_COLUMNS or f in BURN_MARKS for _, f in entries):
         return entries
     return None
 

@@ -18,6 +18,7 @@ from models.allocation_report import (
     Page,
     StatusFilter,
     balance_lines,
+    write_burns,
 )
 from models.allocation_report import end_user_page as report_page
 from models.balances import EndUserBalanceSnapshot
@@ -415,9 +416,9 @@ async def _preserialized(
     ids = [end_user_id for end_user_id, _ in page.keys]
     balances = Balances()
     if page.node_texts is not None:  # the database wrote the nodes, balances included
-        balances = Balances(nodes=page.node_texts)
+        balances = Balances(nodes={i: write_burns(t, now) for i, t in page.node_texts.items()})
     elif page.balance_texts is not None:  # the database wrote them with the page
-        balances = Balances(texts=page.balance_texts)
+        balances = Balances(texts={i: write_burns(t, now) for i, t in page.balance_texts.items()})
     elif ids and selects_balances(selection):
         burn = selects_burn(selection)
         balances = Balances(lines=await balance_lines(ids, now, burn=burn))

@@ -297,6 +297,8 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
         page = await read_end_users(*args)
         if page.node_texts is not None and page.keys:
             spliced["End User nodes written by the database"] += 1
+            if any("\x1e" in text for text in page.node_texts.values()):
+                spliced["End User burns written by the database"] += 1
         return page
 
     monkeypatch.setattr(end_users, "report_page", report_page)
@@ -325,6 +327,7 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
         if backend.postgres:
             assert spliced["entries written by the database"] >= 10, spliced
             assert spliced["End User nodes written by the database"] >= 10, spliced
+            assert spliced["End User burns written by the database"] >= 5, spliced
 
 
 async def test_a_page_of_written_nodes_the_writer_refuses_is_read_whole(

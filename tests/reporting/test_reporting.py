@@ -11,11 +11,13 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 import strawberry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from api.http_answer import encode_json
 from bench.dashboard_query import DASHBOARD
 from models.access import Principal
 from models.accounts import create_application, create_organization
@@ -572,6 +574,34 @@ async def test_the_dashboard_answers_the_same_without_the_fast_path(
     assert answers[0].errors is None and answers[1].errors is None
     assert answers[0].data == answers[1].data
     assert len(answers[0].data["application"]["endUsers"]["edges"]) == 10
+
+
+async def test_an_exhaustion_past_the_calendar_is_null_on_every_path(
+    backend: Backend, frozen_now: datetime
+) -> None:
+    """An End User holding many credits and using one a week projects past the year 9999:
+    its exhaustion is null (and its burn rate still answered), on the fast path, the
+    database-written one and the stock one alike."""
+    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
+    app = (await create_application(organization.id, "far")).id
+    await purchase_credits(app, "ai", 1_000_000_000)
+    (row,) = await upsert_end_users(app, [EndUserInput("patient")])
+    await allocate_credits(app, "ai", EndUserRef(id=row.id), 1_000_000_000)
+    await consume_credits(app, "ai", EndUserRef(id=row.id), 1, "ai_generation")
+    query = """query($id: ID!) { application(id: $id) { endUsers(first: 5) { edges { node {
+      externalId balances { pool remaining burnRatePerDay projectedExhaustionAt } } } } } }"""
+    normal = strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription)
+    principal = Principal(0, app, ApiKeyRole.READ, None, None)
+    answers = []
+    for each, preserialized in ((schema, True), (schema, False), (normal, False)):
+        context = Context(None, None, principal, preserialized=preserialized)
+        result = await each.execute(query, variable_values={"id": str(app)}, context_value=context)
+        assert result.errors is None, result.errors
+        answers.append(orjson.loads(encode_json(result.data)))  # as a client decodes it
+    assert answers[0] == answers[1] == answers[2]
+    (ai, _) = answers[0]["application"]["endUsers"]["edges"][0]["node"]["balances"]
+    assert ai["remaining"] == 999_999_999 and ai["burnRatePerDay"] > 0
+    assert ai["projectedExhaustionAt"] is None
 
 
 async def test_a_dashboard_leaves_no_reference_cycles(backend: Backend) -> None:
