@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -12,6 +13,7 @@ from tortoise.migrations.api import migrate
 
 from api.settings import Settings
 from models.references import forget_references
+from models.sql import PLANNED_ONCE_CONNECTION
 
 MIGRATION_LOCK_ID = 7461001
 MODEL_MODULES = [
@@ -41,9 +43,9 @@ class PooledConnection(asyncpg.Connection):
     """A pool connection released without asyncpg's reset statement (advisory unlock, CLOSE
     ALL, UNLISTEN, RESET ALL: one more round trip per statement Tortoise runs outside a
     transaction). Nothing on the pool leaves session state behind: advisory locks, LISTEN
-    and session settings live on connections of their own (relay, migrations, export), the
-    `SET LOCAL`s of the export and of the reads planned once (models.sql) and the export's
-    cursors end with their transaction. asyncpg still rolls back a transaction left open
+    and session settings live on connections of their own (relay, migrations, export, the
+    reads planned once), the export's `SET LOCAL`s and its cursors end with their
+    transaction. asyncpg still rolls back a transaction left open
     before the connection returns to the pool."""
 
     def get_reset_query(self) -> str:
@@ -61,6 +63,21 @@ def connection_config(settings: Settings) -> str | dict[str, Any]:
     return config
 
 
+def planned_once_config(settings: Settings) -> dict[str, Any]:
+    """The small pool of the reads planned once (models.sql `_fetch_planned_once`): its
+    sessions use generic plans, made once per connection and statement."""
+    config = copy.deepcopy(connection_config(settings))
+    assert isinstance(config, dict)
+    credentials = config["credentials"]
+    credentials["minsize"] = 1
+    credentials["maxsize"] = settings.db_planned_pool_max
+    credentials["server_settings"] = {
+        **credentials["server_settings"],
+        "plan_cache_mode": "force_generic_plan",
+    }
+    return config
+
+
 def plain_postgres_dsn(url: str) -> str:
     """A libpq-style DSN for asyncpg itself, without Tortoise's pool parameters."""
     parts = urlsplit(url)
@@ -69,8 +86,11 @@ def plain_postgres_dsn(url: str) -> str:
 
 
 def tortoise_config(settings: Settings) -> dict[str, Any]:
+    connections = {"default": connection_config(settings)}
+    if settings.is_postgres:
+        connections[PLANNED_ONCE_CONNECTION] = planned_once_config(settings)
     return {
-        "connections": {"default": connection_config(settings)},
+        "connections": connections,
         "apps": {
             "models": {
                 "models": MODEL_MODULES,

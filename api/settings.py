@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     )
     db_pool_min: int = Field(2, ge=1, alias="USAGEGRAPH_DB_POOL_MIN")
     db_pool_max: int = Field(20, ge=1, alias="USAGEGRAPH_DB_POOL_MAX")
+    # the reports' pool (PostgreSQL): the allocation summary and rankings, planned once
+    db_planned_pool_max: int = Field(4, ge=1, alias="USAGEGRAPH_DB_PLANNED_POOL_MAX")
     # Browser origins allowed to call the API over HTTP (CORS, api/cors.py) and to open a
     # WebSocket (Strawberry refuses cross-origin handshakes otherwise). None by default.
     allowed_origins: list[str] = Field(default_factory=list, alias="USAGEGRAPH_ALLOWED_ORIGINS")

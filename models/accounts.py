@@ -101,7 +101,7 @@ async def list_api_keys(
 async def create_organization(name: str) -> tuple[Organization, IssuedKey]:
     """A new organization and its first organization-scoped ADMIN key."""
     name = _name(name)
-    async with in_transaction():
+    async with in_transaction("default"):
         organization = await Organization.create(name=name, created_at=clock.now())
         issued = await create_api_key(organization.id, "initial key", ApiKeyRole.ADMIN)
     return organization, issued
@@ -114,7 +114,7 @@ async def create_application(
     name = _name(name)
     if plan is not None:
         plan = _name(plan, "plan")
-    async with in_transaction():
+    async with in_transaction("default"):
         application = await Application.create(
             organization_id=organization_id, name=name, plan=plan, created_at=clock.now()
         )

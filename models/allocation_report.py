@@ -251,20 +251,28 @@ def balances_json_sql(
     )
 
 
-def write_burns(text: str, now: datetime) -> str:
-    """`text` with the burn marks of `balances_json_sql` replaced by their values at `now`,
+def write_burns(texts: dict[int, str], now: datetime) -> dict[int, str]:
+    """`texts` with the burn marks of `balances_json_sql` replaced by their values at `now`,
     as the general path serializes them."""
-    if "\x1e" not in text:
-        return text
+    if not any("\x1e" in text for text in texts.values()):
+        return texts
+    written: dict[str, str] = {}  # (End Users of one page often share a mark: no use)
 
     def value(mark: re.Match[str]) -> str:
-        burn = Burn(int(mark[2]), int(mark[3]), now)
-        if mark[1] == "R":
-            return orjson.dumps(burn.rate_per_day).decode()
-        at = burn.exhaustion_at
-        return "null" if at is None else f'"{at.isoformat()}"'
+        found = written.get(mark[0])
+        if found is None:
+            burn = Burn(int(mark[2]), int(mark[3]), now)
+            if mark[1] == "R":
+                found = orjson.dumps(burn.rate_per_day).decode()
+            else:
+                at = burn.exhaustion_at
+                found = "null" if at is None else f'"{at.isoformat()}"'
+            written[mark[0]] = found
+        return found
 
-    return _BURN_MARK.sub(value, text)
+    # one pass over the page: the texts joined by a character their JSON never holds raw
+    joined = _BURN_MARK.sub(value, "\x1d".join(texts.values()))
+    return dict(zip(texts, joined.split("\x1d"), strict=True))
 
 
 # ------------------------------------------------------------------------------- summary

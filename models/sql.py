@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from asyncpg import TransactionRollbackError
 from tortoise import connections
-from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.backends.base.client import BaseDBAsyncClient, TransactionalDBClient
 from tortoise.exceptions import OperationalError
 from tortoise.transactions import in_transaction
 
@@ -101,26 +101,21 @@ async def _fetch(client: Any, statement: str, args: tuple[Any, ...]) -> list[Row
         return await connection.fetch(statement, *args)
 
 
+# The connection (api.database) whose sessions plan every statement once, generically.
+PLANNED_ONCE_CONNECTION = "planned_once"
+
+
 async def _fetch_planned_once(client: Any, statement: str, args: tuple[Any, ...]) -> list[Row]:
     """A read whose plan does not depend on its arguments, planned once per connection (a
     generic plan) instead of on every call: PostgreSQL otherwise keeps planning statements
     whose generic plan it estimates dearer, and for a report built of many subqueries that
-    planning costs more than running it. The setting is LOCAL to a transaction of its own
-    (opened with it in one round trip), so it ends with the read whatever happens (a
-    transaction left open is rolled back before its connection returns to the pool); inside
-    a caller's transaction the read runs as it comes."""
+    planning costs more than running it. It runs on a small pool of its own whose sessions
+    plan so (`plan_cache_mode`); the main pool keeps PostgreSQL's choice, which suits its
+    other statements better. Inside a caller's transaction the read runs as it comes."""
+    if not isinstance(client, TransactionalDBClient):
+        client = connections.get(PLANNED_ONCE_CONNECTION)
     async with client.acquire_connection() as connection:
-        if connection.is_in_transaction():
-            return await connection.fetch(statement, *args)
-        await connection.execute(_PLANNED_ONCE)
-        try:
-            return await connection.fetch(statement, *args)
-        finally:
-            if connection.is_in_transaction() and not connection.is_closed():
-                await connection.execute("ROLLBACK")  # a read: nothing to keep
-
-
-_PLANNED_ONCE = "BEGIN READ ONLY; SET LOCAL plan_cache_mode = force_generic_plan"
+        return await connection.fetch(statement, *args)
 
 
 def values_list(rows: int, columns: int, suffix: str = "") -> str:
@@ -213,7 +208,7 @@ def _retrieve(done: asyncio.Future[Any]) -> None:
 async def _transaction(work: Callable[[Sql], Awaitable[T]]) -> T:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            async with in_transaction() as conn:
+            async with in_transaction("default") as conn:
                 db = Sql(conn)
                 result = await work(db)
             if db.wrote_outbox:

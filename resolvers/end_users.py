@@ -416,9 +416,9 @@ async def _preserialized(
     ids = [end_user_id for end_user_id, _ in page.keys]
     balances = Balances()
     if page.node_texts is not None:  # the database wrote the nodes, balances included
-        balances = Balances(nodes={i: write_burns(t, now) for i, t in page.node_texts.items()})
+        balances = Balances(nodes=write_burns(page.node_texts, now))
     elif page.balance_texts is not None:  # the database wrote them with the page
-        balances = Balances(texts={i: write_burns(t, now) for i, t in page.balance_texts.items()})
+        balances = Balances(texts=write_burns(page.balance_texts, now))
     elif ids and selects_balances(selection):
         burn = selects_burn(selection)
         balances = Balances(lines=await balance_lines(ids, now, burn=burn))

@@ -313,10 +313,10 @@ async def test_end_user_totals_stay_exact_under_concurrent_upserts_and_folds(
     assert await verify_ledger() == []
 
 
-async def test_reports_planned_once_leave_no_setting_on_the_pool(backend: Backend) -> None:
-    """The summary and rankings read with a generic plan (models.sql `planned_once`) inside
-    a transaction of their own: many at once, and one that fails, then every pooled
-    connection plans as before; inside a caller's transaction a read runs as it comes and
+async def test_reports_planned_once_run_on_their_own_pool(backend: Backend) -> None:
+    """The summary and rankings read with generic plans (models.sql `planned_once`) on a
+    pool of their own: many at once, and one that fails, and the main pool's connections
+    plan as PostgreSQL chooses; inside a caller's transaction a read runs as it comes and
     the caller's setting stays."""
     app, pool_id, ids = await _one_pool_tenant(6, 1_000)
     for end_user_id in ids:
@@ -339,6 +339,13 @@ async def test_reports_planned_once_leave_no_setting_on_the_pool(backend: Backen
 
     seen = await asyncio.gather(*(single_statement(setting) for _ in range(24)))
     assert set(seen) == {"auto"}
+
+    async def planned(db: Sql) -> str:
+        rows = await db.records("SHOW plan_cache_mode", planned_once=True)
+        return rows[0]["plan_cache_mode"]
+
+    seen = await asyncio.gather(*(single_statement(planned) for _ in range(8)))
+    assert set(seen) == {"force_generic_plan"}
 
     async def inside(db: Sql) -> tuple[int, str]:
         await db.run("SET LOCAL plan_cache_mode = force_custom_plan")
