@@ -339,13 +339,19 @@ def start_server(
 ) -> Server:
     """Starts `command(port)` on a free port with `env` over this process's environment and
     `checkout` (default: this one) first on PYTHONPATH; its output goes to a log file in
-    `log_dir`."""
+    `log_dir`. With USAGEGRAPH_BENCH_SERVER_CHECKOUT set to another checkout (with its own
+    .venv), a server this interpreter would run is that checkout's, run by its interpreter:
+    the same benchmark, before and after a change, in interleaved runs."""
     port = free_port()
+    argv = command(port)
+    other = os.environ.get("USAGEGRAPH_BENCH_SERVER_CHECKOUT")
+    if other and checkout == ROOT and argv[0] == sys.executable:
+        checkout = cwd = Path(other)
+        argv[0] = str(checkout / ".venv" / "bin" / "python")
     full_env = {**os.environ, **env}
     full_env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(checkout), os.environ.get("PYTHONPATH")])
     )
-    argv = command(port)
     log = log_dir / f"server-{port}.log"
     with open(log, "wb") as handle:
         process = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=handle, stderr=handle)
