@@ -47,6 +47,20 @@ def window_days(now: datetime) -> float:
     return (now - window_start(now)) / timedelta(days=1)
 
 
+def burn_rate(window_used: int, now: datetime) -> float:
+    return window_used / window_days(now)
+
+
+def exhaustion_time(window_used: int, remaining: int, now: datetime) -> datetime | None:
+    """None without use, or past the calendar's end (the year 9999)."""
+    if window_used <= 0:
+        return None
+    try:
+        return now + timedelta(days=remaining / burn_rate(window_used, now))
+    except OverflowError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Burn:
     """An End User's use over the burn window, and what it projects."""
@@ -57,17 +71,11 @@ class Burn:
 
     @property
     def rate_per_day(self) -> float:
-        return self.window_used / window_days(self.now)
+        return burn_rate(self.window_used, self.now)
 
     @property
     def exhaustion_at(self) -> datetime | None:
-        """None without use, or past the calendar's end (the year 9999)."""
-        if self.window_used <= 0:
-            return None
-        try:
-            return self.now + timedelta(days=self.remaining / self.rate_per_day)
-        except OverflowError:
-            return None
+        return exhaustion_time(self.window_used, self.remaining, self.now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,11 +269,11 @@ def write_burns(texts: dict[int, str], now: datetime) -> dict[int, str]:
     def value(mark: re.Match[str]) -> str:
         found = written.get(mark[0])
         if found is None:
-            burn = Burn(int(mark[2]), int(mark[3]), now)
-            if mark[1] == "R":
-                found = orjson.dumps(burn.rate_per_day).decode()
+            kind, window_used, remaining = mark.groups()
+            if kind == "R":
+                found = orjson.dumps(burn_rate(int(window_used), now)).decode()
             else:
-                at = burn.exhaustion_at
+                at = exhaustion_time(int(window_used), int(remaining), now)
                 found = "null" if at is None else f'"{at.isoformat()}"'
             written[mark[0]] = found
         return found
