@@ -21,6 +21,7 @@ MODEL_MODULES = [
     "models.request_log",
     "models.billing",
     "models.rollups",
+    "models.webhooks",
 ]
 
 

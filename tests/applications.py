@@ -26,9 +26,8 @@ class App:
     end_user_ids: list[str]
 
 
-async def application(
-    server, http: httpx.AsyncClient, users: int = 10, credits_each: int = 10
-) -> App:
+async def keyed_application(server, http: httpx.AsyncClient) -> App:
+    """A new application with an ADMIN and a READ key, and nothing booked."""
     org = Caller(http, server.graphql, server.organization_key)
     created = await org(CREATE_APPLICATION, input={"name": f"app-{uuid.uuid4().hex[:6]}"})
     app_id = created["createApplication"]["application"]["id"]
@@ -40,6 +39,14 @@ async def application(
         assert made["createApiKey"]["errors"] == []
         keys[role] = made["createApiKey"]["secret"]
     admin = Caller(http, server.graphql, keys["ADMIN"])
+    return App(app_id, admin, Caller(http, server.graphql, keys["READ"]), org, [])
+
+
+async def application(
+    server, http: httpx.AsyncClient, users: int = 10, credits_each: int = 10
+) -> App:
+    keyed = await keyed_application(server, http)
+    app_id, admin = keyed.id, keyed.admin
     await admin(
         PURCHASE, input={"applicationId": app_id, "pool": "ai", "credits": users * credits_each}
     )
@@ -62,7 +69,8 @@ async def application(
             },
         )
         assert result["allocateCredits"]["errors"] == []
-    return App(app_id, admin, Caller(http, server.graphql, keys["READ"]), org, ids)
+    keyed.end_user_ids = ids
+    return keyed
 
 
 def consume_input(app: App, end_user: dict, credits: int = 1, **extra) -> dict:

@@ -1,0 +1,255 @@
+"""The webhook messages' queue (docs/webhooks.md#delivery): what is due, who holds it, and
+what each attempt did.
+
+Per endpoint only its oldest pending message (the head) may be sent, so a receiver sees an
+endpoint's messages in id order: the next one waits while the head is retried. A deliverer
+claims heads by stamping a lease in one conditional UPDATE (of concurrent claimers, one
+wins each row, on PostgreSQL without waiting on another's: SKIP LOCKED); a lease that runs
+out (a process killed mid-send) makes the head due again, so a message is sent at least
+once, and its `webhook-id` lets the receiver drop a repeat. Safe in every process at
+once."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from models.billing import as_utc, time_param
+from models.errors import ValidationFailed
+from models.sql import Sql, single_statement, transaction
+from models.webhooks import DeliveryStatus, WebhookEndpoint, WebhookMessage, message_id
+
+MAX_ERROR = 500
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential back-off with jitter: `first_delay`, doubling up to `max_delay`, for
+    `attempts` attempts in all (the defaults: 19 attempts over about three days)."""
+
+    first_delay: float = 5.0
+    max_delay: float = 43_200.0
+    attempts: int = 19
+
+    def delay_after(self, attempts_made: int) -> float | None:
+        """Seconds before the next attempt, None when there is none."""
+        if attempts_made >= self.attempts:
+            return None
+        step = min(self.first_delay * 2 ** min(attempts_made - 1, 60), self.max_delay)
+        return step * random.uniform(0.8, 1.2)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A message held for one attempt, with what sending it needs."""
+
+    id: int
+    endpoint_id: int
+    application_id: int
+    event_type: str
+    payload: str
+    attempts: int  # made before this one
+    url: str
+    signing_secrets: list[str]
+
+    @property
+    def message_id(self) -> str:
+        return message_id(self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one attempt did: `status` the receiver's answer (None: no answer)."""
+
+    message: Claimed
+    delivered: bool
+    status: int | None
+    latency_ms: float
+    error: str | None
+
+
+def _in(ids: Sequence[int], start: int = 1) -> str:
+    return ",".join(f"${i}" for i in range(start, start + len(ids)))
+
+
+async def claim_due(limit: int, lease: timedelta) -> list[Claimed]:
+    """Holds up to `limit` due heads of enabled endpoints for `lease`."""
+    now = datetime.now(UTC)
+
+    async def heads(db: Sql) -> list[int]:
+        rows = await db.rows(
+            "SELECT m.id FROM webhook_message m WHERE m.id IN (SELECT (SELECT w.id FROM"
+            " webhook_message w WHERE w.endpoint_id = e.id AND w.status = 'PENDING'"
+            " ORDER BY w.id LIMIT 1) FROM webhook_endpoint e WHERE e.enabled)"
+            " AND m.next_attempt_at <= $1 AND (m.lease_until IS NULL OR m.lease_until < $1)"
+            " ORDER BY m.next_attempt_at LIMIT $2",
+            time_param(db, now),
+            limit,
+        )
+        return [row["id"] for row in rows]
+
+    ids = await single_statement(heads)
+    if not ids:
+        return []
+
+    async def claim(db: Sql) -> list[dict[str, Any]]:
+        n = len(ids)
+        return await db.rows(
+            f"UPDATE webhook_message SET lease_until = ${n + 1} WHERE id IN (SELECT id FROM"
+            f" webhook_message WHERE id IN ({_in(ids)}) AND status = 'PENDING' AND"
+            f" (lease_until IS NULL OR lease_until < ${n + 2}) FOR UPDATE SKIP LOCKED)"
+            " RETURNING id, endpoint_id, application_id, event_type, payload, attempts",
+            *ids,
+            time_param(db, now + lease),
+            time_param(db, now),
+        )
+
+    rows = await single_statement(claim)
+    if not rows:
+        return []
+    endpoints = {
+        e.id: e for e in await WebhookEndpoint.filter(id__in={row["endpoint_id"] for row in rows})
+    }
+    claimed = []
+    for row in sorted(rows, key=lambda r: r["id"]):
+        endpoint = endpoints.get(row["endpoint_id"])
+        if endpoint is None:
+            continue  # deleted meanwhile (its messages with it)
+        claimed.append(
+            Claimed(
+                id=row["id"],
+                endpoint_id=row["endpoint_id"],
+                application_id=row["application_id"],
+                event_type=row["event_type"],
+                payload=row["payload"],
+                attempts=row["attempts"],
+                url=endpoint.url,
+                signing_secrets=endpoint.signing_secrets(now),
+            )
+        )
+    return claimed
+
+
+@dataclass(frozen=True, slots=True)
+class DisabledEndpoint:
+    id: int
+    application_id: int
+    url: str
+    failing_since: datetime
+
+
+async def record_attempts(
+    attempts: Sequence[Attempt], policy: RetryPolicy, disable_after: timedelta
+) -> list[DisabledEndpoint]:
+    """Stores what the attempts did (a message not PENDING any more, delivered meanwhile by
+    another holder, is left as it is), schedules retries, gives up on messages out of
+    attempts, and disables the endpoints failing for longer than `disable_after`: those
+    disabled now."""
+    now = datetime.now(UTC)
+
+    async def work(db: Sql) -> list[DisabledEndpoint]:
+        at = time_param(db, now)
+        delivered = [a for a in attempts if a.delivered]
+        failed = [a for a in attempts if not a.delivered]
+        if delivered and db.postgres:
+            await db.run(
+                "UPDATE webhook_message m SET status = 'DELIVERED', attempts = m.attempts + 1,"
+                " response_status = v.status, latency_ms = v.latency, last_error = NULL,"
+                " lease_until = NULL, delivered_at = $4 FROM unnest($1::bigint[], $2::int[],"
+                " $3::float8[]) AS v(id, status, latency) WHERE m.id = v.id"
+                " AND m.status = 'PENDING'",
+                [a.message.id for a in delivered],
+                [a.status for a in delivered],
+                [a.latency_ms for a in delivered],
+                now,
+            )
+        else:
+            for a in delivered:
+                await db.run(
+                    "UPDATE webhook_message SET status = 'DELIVERED', attempts = attempts + 1,"
+                    " response_status = $2, latency_ms = $3, last_error = NULL,"
+                    " lease_until = NULL, delivered_at = $4 WHERE id = $1"
+                    " AND status = 'PENDING'",
+                    a.message.id,
+                    a.status,
+                    a.latency_ms,
+                    at,
+                )
+        for a in failed:
+            delay = policy.delay_after(a.message.attempts + 1)
+            status = DeliveryStatus.PENDING if delay is not None else DeliveryStatus.FAILED
+            await db.run(
+                "UPDATE webhook_message SET status = $2, attempts = attempts + 1,"
+                " response_status = $3, latency_ms = $4, last_error = $5, lease_until = NULL,"
+                " next_attempt_at = $6 WHERE id = $1 AND status = 'PENDING'",
+                a.message.id,
+                status.value,
+                a.status,
+                a.latency_ms,
+                (a.error or "")[:MAX_ERROR] or None,
+                time_param(db, now + timedelta(seconds=delay or 0)),
+            )
+        answered = sorted({a.message.endpoint_id for a in delivered})
+        if answered:
+            await db.run(
+                "UPDATE webhook_endpoint SET failing_since = NULL"
+                f" WHERE id IN ({_in(answered)}) AND failing_since IS NOT NULL",
+                *answered,
+            )
+        failing = sorted({a.message.endpoint_id for a in failed} - set(answered))
+        if not failing:
+            return []
+        n = len(failing)
+        await db.run(
+            f"UPDATE webhook_endpoint SET failing_since = ${n + 1}"
+            f" WHERE id IN ({_in(failing)}) AND failing_since IS NULL",
+            *failing,
+            at,
+        )
+        rows = await db.rows(
+            f"UPDATE webhook_endpoint SET enabled = FALSE, updated_at = ${n + 1},"
+            f" disabled_reason = ${n + 3} WHERE id IN ({_in(failing)}) AND enabled"
+            f" AND failing_since < ${n + 2} RETURNING id, application_id, url, failing_since",
+            *failing,
+            at,
+            time_param(db, now - disable_after),
+            f"failing for more than {disable_after}",
+        )
+        return [
+            DisabledEndpoint(r["id"], r["application_id"], r["url"], as_utc(r["failing_since"]))
+            for r in rows
+        ]
+
+    return await transaction(work)
+
+
+async def redeliver(message: WebhookMessage) -> WebhookMessage:
+    """Sends the message again, with the same `webhook-id`, as a new attempt (after the
+    endpoint's older pending messages, whose order it keeps)."""
+    endpoint = await WebhookEndpoint.get(id=message.endpoint_id)  # type: ignore[attr-defined]
+    if not endpoint.enabled:
+        raise ValidationFailed("the endpoint is disabled: enable it first", field="id")
+    now = datetime.now(UTC)
+    await WebhookMessage.filter(id=message.id).update(
+        status=DeliveryStatus.PENDING, next_attempt_at=now, lease_until=None
+    )
+    await message.refresh_from_db()
+    return message
+
+
+async def delivery_page(
+    endpoint_id: int, first: int, before_id: int | None, status: DeliveryStatus | None
+) -> tuple[list[WebhookMessage], bool, int]:
+    """An endpoint's messages newest first (keyset on id): the page, whether more follow,
+    and how many match in all."""
+    query = WebhookMessage.filter(endpoint_id=endpoint_id)
+    if status is not None:
+        query = query.filter(status=status)
+    total = await query.count()
+    if before_id is not None:
+        query = query.filter(id__lt=before_id)
+    rows = await query.order_by("-id").limit(first + 1)
+    return rows[:first], len(rows) > first, total
