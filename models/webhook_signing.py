@@ -23,7 +23,7 @@ from models.errors import ValidationFailed
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 24
-MAX_URL = 2_048
+MAX_URL = 1_000  # as every string argument (resolvers/input_rules.py)
 
 
 def new_secret() -> str:

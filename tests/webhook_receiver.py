@@ -16,7 +16,9 @@ from typing import Any
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from tests.applications import App
 from tests.conftest import on_loopback
+from tests.graphql_client import CREATE_WEBHOOK
 
 
 @dataclass
@@ -30,12 +32,14 @@ class Received:
 class Receiver:
     """`secrets[path]`: the secrets a path's messages must verify with (any one). A message
     answers 500 to its first `fail_first` attempts; with `slow_attempt` n, its n-th attempt
-    answers only after `slow_seconds` (past the deliverer's timeout)."""
+    answers only after `slow_seconds` (past the deliverer's timeout). Only messages whose
+    number (`msg_<n>`) is a multiple of `troubled_every` are treated so."""
 
     secrets: dict[str, list[str]] = field(default_factory=dict)
     fail_first: int = 0
     slow_attempt: int | None = None
     slow_seconds: float = 0.0
+    troubled_every: int = 1
     url: str = ""
     attempts: Counter[str] = field(default_factory=Counter)
     accepted: dict[str, list[Received]] = field(default_factory=lambda: defaultdict(list))
@@ -82,9 +86,10 @@ class Receiver:
             message_id = headers["webhook-id"]
             self.attempts[message_id] += 1
             attempt = self.attempts[message_id]
-            if attempt <= self.fail_first:
+            troubled = int(message_id.removeprefix("msg_")) % self.troubled_every == 0
+            if troubled and attempt <= self.fail_first:
                 status = 500
-            elif attempt == self.slow_attempt:
+            elif troubled and attempt == self.slow_attempt:
                 await asyncio.sleep(self.slow_seconds)
             if status == 200:
                 self.accepted[path].append(Received(message_id, json.loads(body), headers))
@@ -109,3 +114,16 @@ async def receiving(receiver: Receiver) -> AsyncIterator[Receiver]:
     async with on_loopback(receiver) as url:
         receiver.url = url
         yield receiver
+
+
+async def subscribe(app: App, receiver: Receiver, path: str, events: list[str]) -> dict:
+    """A new endpoint of the application to the receiver's `path`, its secret known there."""
+    made = await app.admin(
+        CREATE_WEBHOOK,
+        input={"applicationId": app.id, "url": receiver.endpoint_url(path), "events": events},
+    )
+    payload = made["createWebhookEndpoint"]
+    assert payload["errors"] == [], payload
+    assert payload["secret"].startswith("whsec_")
+    receiver.secrets[path] = [payload["secret"]]
+    return payload["endpoint"] | {"secret": payload["secret"]}

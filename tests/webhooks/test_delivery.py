@@ -22,19 +22,17 @@ from models.outbox import write_events
 from models.sql import transaction
 from models.tenancy import Application
 from models.webhooks import WebhookMessage
-from tests.applications import App, consume_input, keyed_application
+from tests.applications import App, allocation, book, consume_input, keyed_application
 from tests.conftest import Backend, Server, serving
 from tests.graphql_client import (
     ALLOCATE,
     CONSUME,
-    CREATE_WEBHOOK,
     PURCHASE,
     ROTATE_WEBHOOK_SECRET,
     UPDATE_WEBHOOK,
-    UPSERT,
     WEBHOOK_DELIVERIES,
 )
-from tests.webhook_receiver import Receiver, receiving
+from tests.webhook_receiver import Receiver, receiving, subscribe
 
 ALL_EVENTS = [
     "BALANCE_LOW",
@@ -83,47 +81,11 @@ async def empty_app(hooked: Hooked) -> App:
     return await keyed_application(hooked.server, hooked.http)
 
 
-async def endpoint(app: App, receiver: Receiver, path: str, events: list[str]) -> dict:
-    made = await app.admin(
-        CREATE_WEBHOOK,
-        input={"applicationId": app.id, "url": receiver.endpoint_url(path), "events": events},
-    )
-    payload = made["createWebhookEndpoint"]
-    assert payload["errors"] == [], payload
-    assert payload["secret"].startswith("whsec_")
-    receiver.secrets[path] = [payload["secret"]]
-    return payload["endpoint"] | {"secret": payload["secret"]}
-
-
-async def book(app: App, users: int = 1, credits: int = 100, each: int = 10) -> list[str]:
-    await app.admin(PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": credits})
-    upserted = await app.admin(
-        UPSERT,
-        input={
-            "applicationId": app.id,
-            "endUsers": [{"externalId": f"u{i}"} for i in range(users)],
-        },
-    )
-    ids = [u["id"] for u in upserted["upsertEndUsers"]["endUsers"]]
-    for end_user_id in ids:
-        await app.admin(ALLOCATE, input=allocation(app, end_user_id, each))
-    return ids
-
-
-def allocation(app: App, end_user_id: str, credits: int) -> dict:
-    return {
-        "applicationId": app.id,
-        "endUser": {"id": end_user_id},
-        "pool": "ai",
-        "credits": credits,
-    }
-
-
 async def test_committed_events_arrive_signed_with_the_figures_a_query_shows(hooked) -> None:
     async with receiving(Receiver()) as receiver:
         app = await empty_app(hooked)
-        await endpoint(app, receiver, "all", ALL_EVENTS)
-        await endpoint(app, receiver, "purchases", ["PACK_PURCHASED"])
+        await subscribe(app, receiver, "all", ALL_EVENTS)
+        await subscribe(app, receiver, "purchases", ["PACK_PURCHASED"])
         [user] = await book(app, users=1, credits=100, each=10)
         consumed = await app.admin(CONSUME, input=consume_input(app, {"id": user}, 10))
         assert consumed["consumeCredits"]["balance"]["status"] == "EXHAUSTED"
@@ -166,7 +128,7 @@ async def test_committed_events_arrive_signed_with_the_figures_a_query_shows(hoo
 async def test_a_rolled_back_change_sends_nothing(hooked) -> None:
     async with receiving(Receiver()) as receiver:
         app = await empty_app(hooked)
-        await endpoint(app, receiver, "hook", ALL_EVENTS)
+        await subscribe(app, receiver, "hook", ALL_EVENTS)
         [user] = await book(app, users=1, credits=20, each=10)
         await receiver.wait_for("hook", 2)
         # Refused whole (more than the pool holds unallocated): rolled back, no event.
@@ -215,7 +177,7 @@ async def test_failures_and_timeouts_are_retried_in_order_once_each(hooked) -> N
     receiver = Receiver(fail_first=2, slow_attempt=3, slow_seconds=0.7)
     async with receiving(receiver):
         app = await empty_app(hooked)
-        await endpoint(app, receiver, "flaky", ["ALLOCATION_CHANGED"])
+        await subscribe(app, receiver, "flaky", ["ALLOCATION_CHANGED"])
         users = await book(app, users=3, credits=300, each=1)
         for round_ in range(3):
             for user in users:
@@ -250,10 +212,39 @@ async def test_failures_and_timeouts_are_retried_in_order_once_each(hooked) -> N
             assert node["latencyMs"] > 0 and node["deliveredAt"] is not None
 
 
+async def test_many_clients_create_endpoints_and_events_at_once(hooked) -> None:
+    async with receiving(Receiver()) as receiver:
+        app = await empty_app(hooked)
+        paths = [f"e{i}" for i in range(8)]
+        await asyncio.gather(
+            *(subscribe(app, receiver, p, ["ALLOCATION_CHANGED", "PACK_PURCHASED"]) for p in paths)
+        )
+        users = await book(app, users=4, credits=1_000, each=1)
+        answers = await asyncio.gather(
+            *(app.admin(ALLOCATE, input=allocation(app, u, 1)) for u in users for _ in range(6))
+        )
+        assert all(a["allocateCredits"]["errors"] == [] for a in answers)
+        expected = 1 + 4 + 24  # the purchase, the first allocations, the concurrent ones
+        bodies = []
+        for path in paths:
+            got = await receiver.wait_for(path, expected)
+            ids = [int(m.message_id.removeprefix("msg_")) for m in got]
+            assert ids == sorted(ids)
+            per_user: dict[str, list[int]] = {}
+            for m in got[1:]:
+                data = m.body["data"]
+                per_user.setdefault(data["endUser"]["id"], []).append(data["allocated"])
+            assert per_user == {u: list(range(1, 8)) for u in users}
+            bodies.append([m.body for m in got])
+        assert all(b == bodies[0] for b in bodies)  # every endpoint, the same events in order
+        await asyncio.sleep(0.3)
+        assert {len(receiver.unique(p)) for p in paths} == {expected}
+
+
 async def test_redelivery_and_the_request_log(hooked) -> None:
     async with receiving(Receiver()) as receiver:
         app = await empty_app(hooked)
-        made = await endpoint(app, receiver, "hook", ["PACK_PURCHASED"])
+        made = await subscribe(app, receiver, "hook", ["PACK_PURCHASED"])
         await app.admin(PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": 5})
         [first] = await receiver.wait_for("hook", 1)
         listing = await app.admin(WEBHOOK_DELIVERIES, id=app.id, first=10, filter=None)
@@ -279,18 +270,22 @@ async def test_redelivery_and_the_request_log(hooked) -> None:
         got = await receiver.wait_for("hook", 2)
         assert got[1].body["type"] == "test"
 
-        await hooked.server.request_log.flush()
-        log = await app.admin(
-            """query($id: ID!) { application(id: $id) { requestLog(first: 50) {
-                 edges { node { method endpoint operationName status outcome source requestId
-                 latencyMs } } } } }""",
-            id=app.id,
-        )
-        calls = [
-            e["node"]
-            for e in log["application"]["requestLog"]["edges"]
-            if e["node"]["source"] == "webhook"
-        ]
+        for _ in range(50):  # logged once the deliverer has seen the answer
+            await hooked.server.request_log.flush()
+            log = await app.admin(
+                """query($id: ID!) { application(id: $id) { requestLog(first: 50) {
+                     edges { node { method endpoint operationName status outcome source
+                     requestId latencyMs } } } } }""",
+                id=app.id,
+            )
+            calls = [
+                e["node"]
+                for e in log["application"]["requestLog"]["edges"]
+                if e["node"]["source"] == "webhook"
+            ]
+            if len(calls) == 3:
+                break
+            await asyncio.sleep(0.1)
         assert len(calls) == 3
         assert {c["operationName"] for c in calls} == {"pack.purchased", "test"}
         assert all(c["endpoint"] == f"POST {receiver.endpoint_url('hook')}" for c in calls)
@@ -300,7 +295,7 @@ async def test_redelivery_and_the_request_log(hooked) -> None:
 async def test_a_rotated_secret_signs_beside_the_new_one_during_the_overlap(hooked) -> None:
     async with receiving(Receiver()) as receiver:
         app = await empty_app(hooked)
-        made = await endpoint(app, receiver, "hook", ["PACK_PURCHASED"])
+        made = await subscribe(app, receiver, "hook", ["PACK_PURCHASED"])
         old = made["secret"]
         rotated = await app.admin(ROTATE_WEBHOOK_SECRET, id=made["id"], overlap=3600)
         new = rotated["rotateWebhookSecret"]["secret"]
@@ -339,7 +334,7 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_says_so(backend, htt
         await deliverer.start()
         try:
             app = await keyed_application(server, http)
-            made = await endpoint(app, receiver, "down", ["PACK_PURCHASED"])
+            made = await subscribe(app, receiver, "down", ["PACK_PURCHASED"])
             with caplog.at_level(logging.WARNING, logger="usagegraph.webhooks"):
                 await app.admin(
                     PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": 1}
@@ -369,7 +364,7 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_says_so(backend, htt
 async def test_a_closed_billing_period_is_announced_once(hooked) -> None:
     async with receiving(Receiver()) as receiver:
         app = await empty_app(hooked)
-        await endpoint(app, receiver, "billing", ["BILLING_PERIOD_CLOSED"])
+        await subscribe(app, receiver, "billing", ["BILLING_PERIOD_CLOSED"])
         # an application dated back two months has an ended period to close
         start = previous_month(month_start(datetime.now(UTC)))
         await Application.filter(id=int(app.id)).update(created_at=previous_month(start))
