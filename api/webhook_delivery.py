@@ -3,9 +3,12 @@
 and in the request log as an outgoing call. Every process runs one; the queue's leases make
 that safe, and a killed process's messages are sent by the others once their leases end.
 
-At most `webhook_concurrency` deliveries are in flight per process, and one per endpoint
-(the queue hands out only an endpoint's oldest pending message). Finished attempts are
-recorded together, between claims, in one transaction."""
+An endpoint's messages are claimed as a run (its head and up to RUN - 1 that follow) and
+sent one after the other, each once the previous one was answered 2xx; a failure ends the
+run (that message is retried later, the rest stay pending behind it). So one delivery per
+endpoint is in flight, at most `webhook_concurrency` per process, and the database is
+written once per run, not per message: finished runs are recorded together, between
+claims, in one transaction."""
 
 from __future__ import annotations
 
@@ -13,23 +16,24 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
-
 from api.settings import Settings
+from api.webhook_http import Connection, Target
 from models.references import organization_of
 from models.request_log import LogRow, LogSource, clip, outcome_for
 from models.webhook_events import message_hooks
-from models.webhook_queue import Attempt, Claimed, RetryPolicy, claim_due, record_attempts
+from models.webhook_queue import Attempt, Claimed, RetryPolicy, claim_runs, record_attempts
 from models.webhook_signing import UnsafeTarget, check_target, signature_header
 
 log = logging.getLogger("usagegraph.webhooks")
 
+
 USER_AGENT = "usagegraph-webhooks/1"
-RESPONSE_BYTES_READ = 65_536  # of an answer's body, read to keep the connection; the rest is not
 LEASE_MARGIN_SECONDS = 5.0
+RUN = 50  # messages of one endpoint claimed at once
 
 
 class WebhookDeliverer:
@@ -42,24 +46,26 @@ class WebhookDeliverer:
             attempts=settings.webhook_attempts,
         )
         self.disable_after = timedelta(seconds=settings.webhook_disable_after_seconds)
-        # A claimed message is someone else's again after this (its holder died mid-send).
-        self.lease = timedelta(seconds=settings.webhook_timeout_seconds * 2 + LEASE_MARGIN_SECONDS)
-        self.client: httpx.AsyncClient | None = None
+        # A claimed run is someone else's again after this (its holder died mid-send): time
+        # for its messages one after the other (a failure ends it: at most one timeout).
+        timeout = settings.webhook_timeout_seconds
+        self.lease = timedelta(seconds=timeout * 2 + RUN * 0.2 + LEASE_MARGIN_SECONDS)
+        # One kept-alive connection per endpoint (it has one delivery in flight at most);
+        # the least recently used are closed beyond `webhook_concurrency`.
+        self.connections: OrderedDict[int, Connection] = OrderedDict()
         self.task: asyncio.Task[None] | None = None
         self.sending: set[asyncio.Task[None]] = set()
         self.finished: list[Attempt] = []
+        self.released: list[int] = []  # held, not attempted (after a failure in their run)
         self.wakeup = asyncio.Event()
+        # close() asks the loop to end by this flag too: Python 3.11's wait_for can lose a
+        # cancellation that meets its wait's completion
+        self.stopping = False
         self.delivered = 0
         self.failed_attempts = 0
 
     async def start(self) -> None:
-        concurrency = self.settings.webhook_concurrency
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.settings.webhook_timeout_seconds),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            follow_redirects=False,  # a redirect could lead anywhere, a private address too
-            trust_env=False,
-        )
+        self.stopping = False
         message_hooks.append(self.wakeup.set)
         self.task = asyncio.create_task(self._run(), name="webhook-deliverer")
 
@@ -69,6 +75,8 @@ class WebhookDeliverer:
         with contextlib.suppress(ValueError):
             message_hooks.remove(self.wakeup.set)
         if self.task is not None:
+            self.stopping = True
+            self.wakeup.set()
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
@@ -77,27 +85,36 @@ class WebhookDeliverer:
             await asyncio.wait(self.sending, timeout=self.settings.webhook_timeout_seconds + 1)
         with contextlib.suppress(Exception):
             await self._record()  # what is not recorded is sent again once its lease ends
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        connections, self.connections = list(self.connections.values()), OrderedDict()
+        for connection in connections:
+            connection.close()
+
+    def _connection(self, endpoint_id: int) -> Connection:
+        connection = self.connections.pop(endpoint_id, None) or Connection()
+        self.connections[endpoint_id] = connection
+        while len(self.connections) > self.settings.webhook_concurrency:
+            _, oldest = self.connections.popitem(last=False)
+            oldest.close()
+        return connection
 
     async def _run(self) -> None:
         backoff = 0.1
         poll = self.settings.webhook_poll_seconds
-        while True:
+        while not self.stopping:
             try:
                 self.wakeup.clear()
                 await self._record()
                 free = self.settings.webhook_concurrency - len(self.sending)
-                claimed = await claim_due(free, self.lease) if free > 0 else []
-                for message in claimed:
-                    task = asyncio.create_task(self._deliver(message))
+                claimed = await claim_runs(free, RUN, self.lease) if free > 0 else []
+                for run in claimed:
+                    task = asyncio.create_task(self._deliver(run))
                     self.sending.add(task)
                     task.add_done_callback(self.sending.discard)
                 backoff = 0.1
-                if not claimed or len(claimed) == free:
+                if (not claimed or len(claimed) == free) and not self.stopping:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wakeup.wait(), poll)
+                        async with asyncio.timeout(poll):
+                            await self.wakeup.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the database away: the leases keep the messages
@@ -109,10 +126,12 @@ class WebhookDeliverer:
         if not self.finished:
             return
         attempts, self.finished = self.finished, []
+        released, self.released = self.released, []
         try:
-            disabled = await record_attempts(attempts, self.policy, self.disable_after)
+            disabled = await record_attempts(attempts, self.policy, self.disable_after, released)
         except BaseException:
             self.finished = attempts + self.finished  # recorded at the next turn
+            self.released = released + self.released
             raise
         for endpoint in disabled:
             log.warning(
@@ -124,25 +143,38 @@ class WebhookDeliverer:
                 endpoint.failing_since.isoformat(),
             )
 
-    async def _deliver(self, message: Claimed) -> None:
-        attempt = await self.attempt(message)
-        if attempt.delivered:
-            self.delivered += 1
-        else:
-            self.failed_attempts += 1
-        self.finished.append(attempt)
+    async def _deliver(self, run: list[Claimed]) -> None:
+        """Sends a run in order, up to its first failure, while its lease surely holds."""
+        attempts = []
+        # the last send must end before the lease does (a slow receiver shortens the run)
+        latest = time.monotonic() + self.lease.total_seconds() - LEASE_MARGIN_SECONDS
+        latest -= self.settings.webhook_timeout_seconds
+        for sent, message in enumerate(run):
+            if sent and time.monotonic() > latest:
+                self.released += [m.id for m in run[sent:]]
+                break
+            attempt = await self.attempt(message, checked=sent > 0)
+            attempts.append(attempt)
+            if not attempt.delivered:
+                self.released += [m.id for m in run[sent + 1 :]]
+                break
+        self.delivered += sum(a.delivered for a in attempts)
+        self.failed_attempts += sum(not a.delivered for a in attempts)
+        self.finished += attempts
         self.wakeup.set()
         if self.request_log is not None:
-            await self._log(attempt)
+            for attempt in attempts:
+                await self._log(attempt)
 
-    async def attempt(self, message: Claimed) -> Attempt:
-        """One POST of the message, signed now; never raises for the receiver's doing."""
-        assert self.client is not None
+    async def attempt(self, message: Claimed, checked: bool = False) -> Attempt:
+        """One POST of the message, signed now; never raises for the receiver's doing.
+        `checked`: its URL was checked for this run already."""
+        connection = self._connection(message.endpoint_id)
         body = message.payload.encode()
         timestamp = int(time.time())
         headers = {
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
             "webhook-id": message.message_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature_header(
@@ -152,25 +184,21 @@ class WebhookDeliverer:
         started = time.perf_counter()
         status = None
         error = None
+        timeout = self.settings.webhook_timeout_seconds
         try:
-            # Checked again at each delivery: what the host resolves to may have changed.
-            await check_target(message.url, self.settings.webhooks_allow_private)
-            async with self.client.stream(
-                "POST", message.url, content=body, headers=headers
-            ) as response:
-                status = response.status_code
-                read = 0
-                async for chunk in response.aiter_raw():
-                    read += len(chunk)
-                    if read >= RESPONSE_BYTES_READ:
-                        break
+            # Checked again at each run: what the host resolves to may have changed.
+            if not checked:
+                await check_target(message.url, self.settings.webhooks_allow_private)
+            async with asyncio.timeout(timeout):
+                status = await connection.post(Target(message.url), headers, body)
             if not 200 <= status < 300:
                 error = f"the receiver answered HTTP {status}"
         except UnsafeTarget as refused:
             error = refused.message
-        except httpx.TimeoutException:
-            error = f"no answer within {self.settings.webhook_timeout_seconds:g} s"
-        except httpx.HTTPError as failure:
+        except TimeoutError:
+            connection.close()
+            error = f"no answer within {timeout:g} s"
+        except (OSError, ConnectionError) as failure:
             error = (
                 f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
             )

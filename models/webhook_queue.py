@@ -75,23 +75,71 @@ def _in(ids: Sequence[int], start: int = 1) -> str:
     return ",".join(f"${i}" for i in range(start, start + len(ids)))
 
 
-async def claim_due(limit: int, lease: timedelta) -> list[Claimed]:
-    """Holds up to `limit` due heads of enabled endpoints for `lease`."""
+# Up to `$2` pending messages of up to `$3` endpoints whose head (oldest pending message)
+# is due and free at `$1`, in id order per endpoint: on PostgreSQL an index probe per
+# endpoint. On SQLite (one process, few endpoints) up to `$1` pending messages of every
+# endpoint, from a window over them; `_runs` keeps those whose head is due and free.
+_RUNS_POSTGRES = (
+    "WITH heads AS (SELECT e.id AS endpoint_id, h.id AS head, h.next_attempt_at"
+    " FROM webhook_endpoint e CROSS JOIN LATERAL (SELECT w.id, w.next_attempt_at,"
+    " w.lease_until FROM webhook_message w WHERE w.endpoint_id = e.id"
+    " AND w.status = 'PENDING' ORDER BY w.id LIMIT 1) h WHERE e.enabled"
+    " AND h.next_attempt_at <= $1 AND (h.lease_until IS NULL OR h.lease_until < $1)"
+    " ORDER BY h.next_attempt_at LIMIT $3)"
+    " SELECT heads.endpoint_id, m.id, m.next_attempt_at, m.lease_until FROM heads"
+    " CROSS JOIN LATERAL (SELECT w.id, w.next_attempt_at, w.lease_until FROM webhook_message w"
+    " WHERE w.endpoint_id = heads.endpoint_id AND w.status = 'PENDING' AND w.id >= heads.head"
+    " ORDER BY w.id LIMIT $2) m ORDER BY heads.next_attempt_at, heads.endpoint_id, m.id"
+)
+_RUNS_SQLITE = (
+    "SELECT endpoint_id, id, next_attempt_at, lease_until FROM (SELECT w.endpoint_id, w.id,"
+    " w.next_attempt_at, w.lease_until, row_number() OVER (PARTITION BY w.endpoint_id"
+    " ORDER BY w.id) AS n FROM webhook_message w JOIN webhook_endpoint e"
+    " ON e.id = w.endpoint_id WHERE e.enabled AND w.status = 'PENDING')"
+    " WHERE n <= $1 ORDER BY endpoint_id, id"
+)
+
+
+def _runs(rows: Sequence[Any], now: datetime, endpoints: int) -> dict[int, list[int]]:
+    """Per endpoint whose head is due and free, the ids from its head up to the first that
+    is not free, in order, for at most `endpoints` endpoints."""
+    runs: dict[int, list[int]] = {}
+    closed: set[int] = set()
+    for row in rows:
+        endpoint_id = row["endpoint_id"]
+        if endpoint_id in closed:
+            continue
+        lease = row["lease_until"]
+        free = lease is None or as_utc(lease) < now
+        if endpoint_id not in runs:
+            due = as_utc(row["next_attempt_at"]) <= now
+            if not (due and free) or len(runs) >= endpoints:
+                closed.add(endpoint_id)
+                continue
+            runs[endpoint_id] = []
+        elif not free:
+            closed.add(endpoint_id)
+            continue
+        runs[endpoint_id].append(row["id"])
+    return runs
+
+
+async def claim_runs(endpoints: int, per_endpoint: int, lease: timedelta) -> list[list[Claimed]]:
+    """Holds for `lease`, for up to `endpoints` endpoints whose head is due, up to
+    `per_endpoint` of their pending messages from the head on, in id order: one run per
+    endpoint, to be sent one after the other. A claimer that did not get an endpoint's
+    head (another took it) lets go of the rest of that endpoint's run."""
     now = datetime.now(UTC)
 
-    async def heads(db: Sql) -> list[int]:
-        rows = await db.rows(
-            "SELECT m.id FROM webhook_message m WHERE m.id IN (SELECT (SELECT w.id FROM"
-            " webhook_message w WHERE w.endpoint_id = e.id AND w.status = 'PENDING'"
-            " ORDER BY w.id LIMIT 1) FROM webhook_endpoint e WHERE e.enabled)"
-            " AND m.next_attempt_at <= $1 AND (m.lease_until IS NULL OR m.lease_until < $1)"
-            " ORDER BY m.next_attempt_at LIMIT $2",
-            time_param(db, now),
-            limit,
-        )
-        return [row["id"] for row in rows]
+    async def find(db: Sql) -> dict[int, list[int]]:
+        if db.postgres:
+            rows = await db.rows(_RUNS_POSTGRES, now, per_endpoint, endpoints)
+        else:
+            rows = await db.rows(_RUNS_SQLITE, per_endpoint)
+        return _runs(rows, now, endpoints)
 
-    ids = await single_statement(heads)
+    wanted = await single_statement(find)
+    ids = [i for run in wanted.values() for i in run]
     if not ids:
         return []
 
@@ -107,30 +155,68 @@ async def claim_due(limit: int, lease: timedelta) -> list[Claimed]:
             time_param(db, now),
         )
 
-    rows = await single_statement(claim)
-    if not rows:
-        return []
-    endpoints = {
-        e.id: e for e in await WebhookEndpoint.filter(id__in={row["endpoint_id"] for row in rows})
-    }
-    claimed = []
-    for row in sorted(rows, key=lambda r: r["id"]):
-        endpoint = endpoints.get(row["endpoint_id"])
-        if endpoint is None:
-            continue  # deleted meanwhile (its messages with it)
-        claimed.append(
-            Claimed(
-                id=row["id"],
-                endpoint_id=row["endpoint_id"],
-                application_id=row["application_id"],
-                event_type=row["event_type"],
-                payload=row["payload"],
-                attempts=row["attempts"],
-                url=endpoint.url,
-                signing_secrets=endpoint.signing_secrets(now),
-            )
+    held = {row["id"]: row for row in await single_statement(claim)}
+    targets = await _targets(sorted(wanted), now)
+    runs, unwanted = [], []
+    for endpoint_id, run_ids in wanted.items():
+        target = targets.get(endpoint_id)
+        prefix = []
+        for row_id in run_ids:
+            if row_id not in held or target is None:
+                break
+            prefix.append(row_id)
+        unwanted += [i for i in run_ids[len(prefix) :] if i in held]
+        if prefix and target is not None:
+            url, signing = target
+            runs.append([_claimed(held[i], url, signing) for i in prefix])
+    if unwanted:
+        await release(unwanted)
+    return runs
+
+
+def _claimed(row: dict[str, Any], url: str, signing_secrets: list[str]) -> Claimed:
+    return Claimed(
+        id=row["id"],
+        endpoint_id=row["endpoint_id"],
+        application_id=row["application_id"],
+        event_type=row["event_type"],
+        payload=row["payload"],
+        attempts=row["attempts"],
+        url=url,
+        signing_secrets=signing_secrets,
+    )
+
+
+async def _targets(endpoint_ids: list[int], now: datetime) -> dict[int, tuple[str, list[str]]]:
+    """Each endpoint's URL and the secrets that sign now."""
+    rows = await single_statement(
+        lambda db: db.rows(
+            "SELECT id, url, secret, previous_secret, previous_secret_until FROM"
+            f" webhook_endpoint WHERE id IN ({_in(endpoint_ids)})",
+            *endpoint_ids,
         )
-    return claimed
+    )
+    found = {}
+    for row in rows:
+        signing = [row["secret"]]
+        until = row["previous_secret_until"]
+        if row["previous_secret"] and until is not None and as_utc(until) > now:
+            signing.append(row["previous_secret"])
+        found[row["id"]] = (row["url"], signing)
+    return found
+
+
+async def release(message_ids: Sequence[int]) -> None:
+    """Lets go of held messages not attempted (they stay pending, in their place)."""
+    await single_statement(lambda db: _release(db, message_ids))
+
+
+async def _release(db: Sql, message_ids: Sequence[int]) -> None:
+    await db.run(
+        f"UPDATE webhook_message SET lease_until = NULL WHERE id IN ({_in(message_ids)})"
+        " AND status = 'PENDING'",
+        *message_ids,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,16 +228,21 @@ class DisabledEndpoint:
 
 
 async def record_attempts(
-    attempts: Sequence[Attempt], policy: RetryPolicy, disable_after: timedelta
+    attempts: Sequence[Attempt],
+    policy: RetryPolicy,
+    disable_after: timedelta,
+    released: Sequence[int] = (),
 ) -> list[DisabledEndpoint]:
     """Stores what the attempts did (a message not PENDING any more, delivered meanwhile by
     another holder, is left as it is), schedules retries, gives up on messages out of
-    attempts, and disables the endpoints failing for longer than `disable_after`: those
-    disabled now."""
+    attempts, lets go of the `released` messages (held, not attempted), and disables the
+    endpoints failing for longer than `disable_after`: those disabled now."""
     now = datetime.now(UTC)
 
     async def work(db: Sql) -> list[DisabledEndpoint]:
         at = time_param(db, now)
+        if released:
+            await _release(db, released)
         delivered = [a for a in attempts if a.delivered]
         failed = [a for a in attempts if not a.delivered]
         if delivered and db.postgres:

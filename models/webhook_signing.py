@@ -53,6 +53,11 @@ def check_url_form(url: str) -> tuple[str, int]:
     """The host and port of an http(s) URL, else UnsafeTarget."""
     if len(url) > MAX_URL:
         raise UnsafeTarget(f"url must be at most {MAX_URL} characters", field="url")
+    if not url.isascii() or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise UnsafeTarget(
+            "url must be ASCII without spaces or control characters (percent-encode them)",
+            field="url",
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeTarget("url must be an http or https URL with a host", field="url")

@@ -15,6 +15,7 @@ from typing import Any
 
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
+from starlette.requests import Request
 
 from tests.applications import App
 from tests.conftest import on_loopback
@@ -73,12 +74,7 @@ class Receiver:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await Request(scope, receive).body()
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         path = scope["path"].strip("/")
         status = self._verify(path, body, headers)
