@@ -348,6 +348,7 @@ def create_app(
         metrics=metrics,
     )
     webhooks = WebhookDeliverer(settings, request_log)
+    metrics.watch_webhooks(webhooks)
     metrics.watch(
         lambda: realtime.subscriber_count,
         lambda: request_log.dropped,

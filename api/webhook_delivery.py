@@ -61,8 +61,9 @@ class WebhookDeliverer:
         # close() asks the loop to end by this flag too: Python 3.11's wait_for can lose a
         # cancellation that meets its wait's completion
         self.stopping = False
-        self.delivered = 0
+        self.delivered = 0  # attempts answered 2xx, by this process (for /metrics)
         self.failed_attempts = 0
+        self.disabled = 0  # endpoints this process disabled
 
     async def start(self) -> None:
         self.stopping = False
@@ -81,8 +82,10 @@ class WebhookDeliverer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
             self.task = None
-        if self.sending:
+        if self.sending:  # each ends after its message in flight (see `stopping`)
             await asyncio.wait(self.sending, timeout=self.settings.webhook_timeout_seconds + 1)
+            for task in list(self.sending):
+                task.cancel()  # not recorded: sent again once its lease runs out
         with contextlib.suppress(Exception):
             await self._record()  # what is not recorded is sent again once its lease ends
         connections, self.connections = list(self.connections.values()), OrderedDict()
@@ -133,6 +136,7 @@ class WebhookDeliverer:
             self.finished = attempts + self.finished  # recorded at the next turn
             self.released = released + self.released
             raise
+        self.disabled += len(disabled)
         for endpoint in disabled:
             log.warning(
                 "webhook endpoint %s of application %s (%s) disabled: its deliveries have"
@@ -150,7 +154,7 @@ class WebhookDeliverer:
         latest = time.monotonic() + self.lease.total_seconds() - LEASE_MARGIN_SECONDS
         latest -= self.settings.webhook_timeout_seconds
         for sent, message in enumerate(run):
-            if sent and time.monotonic() > latest:
+            if sent and (self.stopping or time.monotonic() > latest):
                 self.released += [m.id for m in run[sent:]]
                 break
             attempt = await self.attempt(message, checked=sent > 0)

@@ -344,6 +344,7 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_says_so(backend, htt
                         break
                     await asyncio.sleep(0.05)
             assert f"webhook endpoint {made['id']} of application {app.id}" in caplog.text
+            assert deliverer.disabled == 1 and deliverer.failed_attempts >= 1
             listing = await app.admin(
                 "query($id: ID!) { application(id: $id) { webhookEndpoints {"
                 " enabled disabledReason failingSince } } }",
