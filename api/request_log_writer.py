@@ -320,7 +320,10 @@ class RequestLogWriter:
                 draft.organization_id, draft.application_id = owner
 
     async def _end_user_column(self, application_id: int, column: str, **where: Any) -> Any:
-        """One column of an End User of the application (None when there is none), cached."""
+        """One column of an End User of the application (None when there is none), cached.
+        A value no row can hold (a NUL, which PostgreSQL refuses in text) names none."""
+        if any(isinstance(value, str) and "\x00" in value for value in where.values()):
+            return None
 
         async def load() -> Any:
             found = await EndUser.filter(application_id=application_id, **where).values_list(

@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     webhook_disable_after_seconds: float = Field(
         259_200.0, gt=0, alias="USAGEGRAPH_WEBHOOK_DISABLE_AFTER_SECONDS"
     )
+    # Delivered and failed messages (the delivery log) are kept this long.
+    webhook_retention_days: float = Field(30.0, gt=0, alias="USAGEGRAPH_WEBHOOK_RETENTION_DAYS")
 
     @property
     def rate_limit_burst_size(self) -> int:

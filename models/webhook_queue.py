@@ -344,3 +344,22 @@ async def delivery_page(
         query = query.filter(id__lt=before_id)
     rows = await query.order_by("-id").limit(first + 1)
     return rows[:first], len(rows) > first, total
+
+
+async def delete_settled_before(cutoff: datetime, batch: int = 5_000) -> int:
+    """Deletes delivered and failed messages created before `cutoff`, a bounded batch per
+    statement; pending ones (a disabled endpoint's) are kept. Safe in every process at
+    once: two deleters of the same rows simply find fewer. The number deleted."""
+    deleted = 0
+    while True:
+        count = await single_statement(
+            lambda db: db.run(
+                "DELETE FROM webhook_message WHERE id IN (SELECT id FROM webhook_message"
+                " WHERE created_at < $1 AND status <> 'PENDING' LIMIT $2)",
+                time_param(db, cutoff),
+                batch,
+            )
+        )
+        deleted += count
+        if count < batch:
+            return deleted

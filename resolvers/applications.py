@@ -182,7 +182,7 @@ class Application:
         return await alert_page(self.row_id, first, after)
 
     @strawberry.field(description="Webhook endpoints, oldest first (docs/webhooks.md).")
-    async def webhook_endpoints(self, info: Info, first: int = 50) -> list[WebhookEndpoint]:
+    async def webhook_endpoints(self, info: Info, first: int = 10) -> list[WebhookEndpoint]:
         return await webhook_endpoints_of(info, self.row_id, first)
 
     @strawberry.field(description="Billing periods (UTC months), newest first.")

@@ -138,7 +138,7 @@ class WebhookEndpoint:
 
     @strawberry.field(description="The delivery log, newest first (keyset pages).")
     async def deliveries(
-        self, first: int = 50, after: str | None = None, filter: WebhookDeliveryFilter | None = None
+        self, first: int = 20, after: str | None = None, filter: WebhookDeliveryFilter | None = None
     ) -> WebhookDeliveryConnection:
         with errors_as_query_errors():
             check_page_size(first)

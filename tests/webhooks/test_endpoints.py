@@ -5,13 +5,15 @@ target unless the operator allows it, at creation and again at delivery)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from api.jobs import webhook_retention
 from api.webhook_delivery import WebhookDeliverer
 from models.webhook_events import enqueue_test
 from models.webhook_signing import UnsafeTarget, check_target
-from models.webhooks import WebhookMessage, create_endpoint
+from models.webhooks import DeliveryStatus, WebhookEventType, WebhookMessage, create_endpoint
 from tests.applications import application, keyed_application
 from tests.graphql_client import (
     CREATE_WEBHOOK,
@@ -202,3 +204,20 @@ async def test_a_target_is_checked_again_at_delivery(backend, tenant) -> None:
         assert message.attempts == 1 and message.response_status is None
         assert "private" in (message.last_error or "")
         assert receiver.attempts == {} and receiver.unverified == []
+
+
+async def test_retention_deletes_old_settled_messages_only(backend, tenant) -> None:
+    made = await create_endpoint(
+        tenant.application_id, PUBLIC_URL, [WebhookEventType.PACK_PURCHASED]
+    )
+    ids = [await enqueue_test(made) for _ in range(4)]
+    old = datetime.now(UTC) - timedelta(days=40)
+    statuses = [DeliveryStatus.DELIVERED, DeliveryStatus.FAILED, DeliveryStatus.PENDING]
+    for message_id, status in zip(ids, statuses, strict=False):
+        await WebhookMessage.filter(id=message_id).update(status=status, created_at=old)
+    await WebhookMessage.filter(id=ids[3]).update(status=DeliveryStatus.DELIVERED)
+    await asyncio.gather(*(webhook_retention(backend.settings)() for _ in range(2)))
+    left = (
+        await WebhookMessage.filter(endpoint_id=made.id).order_by("id").values_list("id", flat=True)
+    )
+    assert left == [ids[2], ids[3]]  # the pending one, and the recent one
