@@ -66,6 +66,7 @@ from api.transport.json_request import (
     wants_single_answer,
 )
 from api.unavailable import TransientFailureMiddleware, mark_unavailable
+from api.webhook_delivery import WebhookDeliverer
 from models.accounts import InvalidCredential
 from models.api_key_use import flush_key_use
 from resolvers.context import Context
@@ -94,10 +95,12 @@ class UsageGraphQL(GraphQL):
         public_url: str | None = None,
         cost_budgets: CostBudgets = DEFAULT_BUDGETS,
         fast_websockets: bool | None = None,
+        webhooks_allow_private: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.realtime = realtime
+        self.webhooks_allow_private = webhooks_allow_private
         self.secret = secret
         self.public_url = public_url
         self.cost_budgets = cost_budgets
@@ -131,6 +134,7 @@ class UsageGraphQL(GraphQL):
             secret=self.secret,
             public_url=self.public_url,
             cost_budgets=self.cost_budgets,
+            webhooks_allow_private=self.webhooks_allow_private,
         )
 
     async def execute_single(  # type: ignore[override]
@@ -343,6 +347,8 @@ def create_app(
         broker=realtime.broker,
         metrics=metrics,
     )
+    webhooks = WebhookDeliverer(settings, request_log)
+    metrics.watch_webhooks(webhooks)
     metrics.watch(
         lambda: realtime.subscriber_count,
         lambda: request_log.dropped,
@@ -360,6 +366,8 @@ def create_app(
         await request_log.start()
         jobs = JobRunner(default_jobs(settings) if settings.jobs_enabled else [])
         await jobs.start()
+        if settings.jobs_enabled:
+            await webhooks.start()
         # Everything loaded at start-up lives forever: keep it out of the cyclic collector,
         # and collect young objects less often (fewer pauses in the latency tail).
         gc.freeze()
@@ -368,6 +376,7 @@ def create_app(
             yield
         finally:
             await jobs.close()
+            await webhooks.close()  # before the request log: its attempts are logged
             await _flush_key_use()  # the uses noted since the last flush
             await request_log.close()  # after the server stopped taking requests: all flushed
             await realtime.close()
@@ -381,6 +390,7 @@ def create_app(
         public_url=settings.public_url,
         cost_budgets=settings.cost_budgets,
         fast_websockets=fast_websockets,
+        webhooks_allow_private=settings.webhooks_allow_private,
     )
     app = Starlette(
         routes=[
@@ -398,6 +408,7 @@ def create_app(
     app.state.realtime = realtime  # started by the lifespan (or by a test that skips it)
     app.state.request_log = request_log  # likewise
     app.state.metrics = metrics
+    app.state.webhooks = webhooks  # likewise
     return app
 
 

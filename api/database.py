@@ -23,6 +23,7 @@ MODEL_MODULES = [
     "models.request_log",
     "models.billing",
     "models.rollups",
+    "models.webhooks",
 ]
 
 

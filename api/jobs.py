@@ -18,6 +18,7 @@ from models.expiry import SWEEP_BATCH, expire_lots
 from models.idempotency import forget_keys_before
 from models.request_log import delete_entries_before
 from models.rollups import fold_usage
+from models.webhook_queue import delete_settled_before
 
 log = logging.getLogger("usagegraph.jobs")
 
@@ -67,6 +68,12 @@ def idempotency_retention(settings: Settings) -> Callable[[], Awaitable[int]]:
     return lambda: forget_keys_before(datetime.now(UTC) - kept)
 
 
+def webhook_retention(settings: Settings) -> Callable[[], Awaitable[int]]:
+    """Deletes settled webhook messages older than USAGEGRAPH_WEBHOOK_RETENTION_DAYS."""
+    kept = timedelta(days=settings.webhook_retention_days)
+    return lambda: delete_settled_before(datetime.now(UTC) - kept)
+
+
 def default_jobs(settings: Settings) -> list[PeriodicJob]:
     """The jobs a server process runs. Other domains add theirs here."""
     return [
@@ -86,6 +93,7 @@ def default_jobs(settings: Settings) -> list[PeriodicJob]:
             "close-billing-periods", settings.billing_close_seconds, billing_closer(settings)
         ),
         PeriodicJob("api-key-use", settings.api_key_use_flush_seconds, flush_key_use),
+        PeriodicJob("webhook-retention", RETENTION_EVERY_SECONDS, webhook_retention(settings)),
     ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -49,6 +50,26 @@ class _Live(Collector):
         )
 
 
+class _Webhooks(Collector):
+    def __init__(self, deliverer: Any) -> None:
+        self.deliverer = deliverer
+
+    def collect(self) -> Iterable[Metric]:
+        attempts = CounterMetricFamily(
+            "usagegraph_webhook_attempts",
+            "Webhook delivery attempts made by this process, by result.",
+            labels=["result"],
+        )
+        attempts.add_metric(["delivered"], self.deliverer.delivered)
+        attempts.add_metric(["failed"], self.deliverer.failed_attempts)
+        yield attempts
+        yield CounterMetricFamily(
+            "usagegraph_webhook_endpoints_disabled",
+            "Webhook endpoints this process disabled after failing for too long.",
+            value=self.deliverer.disabled,
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -75,6 +96,10 @@ class Metrics:
         self, subscribers: Callable[[], int], dropped: Callable[[], int], queued: Callable[[], int]
     ) -> None:
         self.registry.register(_Live(subscribers, dropped, queued))
+
+    def watch_webhooks(self, deliverer: Any) -> None:
+        """The webhook deliverer's counts (api/webhook_delivery.py)."""
+        self.registry.register(_Webhooks(deliverer))
 
     def observe_rows(self, rows: Sequence[LogRow]) -> None:
         """Counts the middleware's records of a written batch (not the ingested ones)."""

@@ -106,6 +106,7 @@ class RequestLogWriter:
         self.broker = broker
         self.metrics = metrics
         self.pending: deque[RequestDraft] = deque()
+        self.ready: deque[LogRow] = deque()  # rows needing no enrichment (outgoing calls)
         self.unwritten: list[LogRow] = []  # a batch whose write failed, retried first
         self.failures = 0  # consecutive failed writes of `unwritten`
         self.dropped = 0
@@ -126,6 +127,13 @@ class RequestLogWriter:
         pending.append(draft)
         if len(pending) >= BATCH:
             self.wakeup.set()
+
+    def offer_row(self, row: LogRow) -> None:
+        """A record complete already: a call this service made (a webhook delivery)."""
+        if len(self.ready) >= self.capacity:
+            self.dropped += 1
+            return
+        self.ready.append(row)
 
     # ---------------------------------------------------------------- the flush task
     async def start(self) -> None:
@@ -210,8 +218,11 @@ class RequestLogWriter:
 
     async def _flush(self) -> int:
         written = 0
-        while self.unwritten or self.pending:
-            if not self.unwritten:
+        while self.unwritten or self.pending or self.ready:
+            if not self.unwritten and self.ready:
+                count = min(len(self.ready), BATCH)
+                self.unwritten = [self.ready.popleft() for _ in range(count)]
+            elif not self.unwritten:
                 # Taken off the queue once they are rows: an interrupted enrichment loses none.
                 batch = list(itertools.islice(self.pending, BATCH))
                 rows = [await self.row(draft) for draft in batch]
@@ -309,7 +320,10 @@ class RequestLogWriter:
                 draft.organization_id, draft.application_id = owner
 
     async def _end_user_column(self, application_id: int, column: str, **where: Any) -> Any:
-        """One column of an End User of the application (None when there is none), cached."""
+        """One column of an End User of the application (None when there is none), cached.
+        A value no row can hold (a NUL, which PostgreSQL refuses in text) names none."""
+        if any(isinstance(value, str) and "\x00" in value for value in where.values()):
+            return None
 
         async def load() -> Any:
             found = await EndUser.filter(application_id=application_id, **where).values_list(

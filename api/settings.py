@@ -104,6 +104,31 @@ class Settings(BaseSettings):
     )
     # Exports streaming at once per process (each holds a database connection of its own).
     export_concurrency: int = Field(4, ge=1, alias="USAGEGRAPH_EXPORT_CONCURRENCY")
+    # Webhooks (docs/webhooks.md). Private, loopback and link-local targets are refused
+    # unless allowed (tests, receivers on the operator's own network).
+    webhooks_allow_private: bool = Field(False, alias="USAGEGRAPH_WEBHOOKS_ALLOW_PRIVATE")
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=60, alias="USAGEGRAPH_WEBHOOK_TIMEOUT_SECONDS"
+    )
+    # Deliveries in flight per process (each endpoint has at most one: its order).
+    webhook_concurrency: int = Field(64, ge=1, alias="USAGEGRAPH_WEBHOOK_CONCURRENCY")
+    # How soon messages written by another process (or due for a retry) are seen.
+    webhook_poll_seconds: float = Field(0.1, gt=0, alias="USAGEGRAPH_WEBHOOK_POLL_SECONDS")
+    # Retries: the first after this, doubling up to the maximum, for so many attempts in
+    # all (the defaults span about three days).
+    webhook_retry_first_seconds: float = Field(
+        5.0, gt=0, alias="USAGEGRAPH_WEBHOOK_RETRY_FIRST_SECONDS"
+    )
+    webhook_retry_max_seconds: float = Field(
+        43_200.0, gt=0, alias="USAGEGRAPH_WEBHOOK_RETRY_MAX_SECONDS"
+    )
+    webhook_attempts: int = Field(19, ge=1, le=100, alias="USAGEGRAPH_WEBHOOK_ATTEMPTS")
+    # An endpoint whose deliveries have all failed for this long is disabled.
+    webhook_disable_after_seconds: float = Field(
+        259_200.0, gt=0, alias="USAGEGRAPH_WEBHOOK_DISABLE_AFTER_SECONDS"
+    )
+    # Delivered and failed messages (the delivery log) are kept this long.
+    webhook_retention_days: float = Field(30.0, gt=0, alias="USAGEGRAPH_WEBHOOK_RETENTION_DAYS")
 
     @property
     def rate_limit_burst_size(self) -> int:

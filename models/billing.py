@@ -19,6 +19,7 @@ PostgreSQL, until no transaction that began before the end is still running."""
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,8 @@ from tortoise.models import Model
 from models.errors import ValidationFailed
 from models.sql import Sql, dumps, loads, single_statement, transaction
 from models.tenancy import Application
+from models.webhook_events import WebhookEvent, enqueue_event
+from models.webhooks import WebhookEventType
 
 MAX_PERIODS_PAGE = 120
 DEFAULT_CLOSE_DELAY = timedelta(minutes=5)
@@ -367,9 +370,35 @@ async def close_period(application_id: int, start: datetime) -> bool:
             period.end,
             period.figures_json(),
         )
+        if written is not None:
+            await enqueue_event(db, period_closed_event(application_id, period))
         return written is not None
 
     return await transaction(work)
+
+
+def _camel(value: Any) -> Any:
+    """Figures as GraphQL names them (`closingRemaining`), for a webhook's data."""
+    if isinstance(value, dict):
+        return {
+            re.sub(r"_(\w)", lambda m: m.group(1).upper(), key): _camel(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_camel(item) for item in value]
+    return value
+
+
+def period_closed_event(application_id: int, period: BillingPeriod) -> WebhookEvent:
+    """The `billing_period.closed` webhook event: the closed record's figures."""
+    data = {
+        "applicationId": str(application_id),
+        "start": period.start.isoformat(),
+        "end": period.end.isoformat(),
+        **_camel(loads(period.figures_json())),
+    }
+    at = datetime.now(UTC).isoformat()
+    return WebhookEvent(application_id, WebhookEventType.BILLING_PERIOD_CLOSED, at, data)
 
 
 async def close_cutoff(delay: timedelta = DEFAULT_CLOSE_DELAY) -> datetime:

@@ -49,9 +49,15 @@ async def pending_rows(db: Sql, limit: int) -> list[dict[str, Any]]:
     )
 
 
-async def delete_published(db: Sql, ids: list[int]) -> None:
+async def delete_published(db: Sql, ids: list[int], returning: bool = False) -> list[int]:
+    """Deletes published rows; with `returning`, the ids of those this call deleted (a
+    relay that lost its lead may have deleted some of them already)."""
     placeholders = ",".join(f"${i}" for i in range(1, len(ids) + 1))
-    await db.run(f"DELETE FROM outbox_event WHERE id IN ({placeholders})", *ids)
+    statement = f"DELETE FROM outbox_event WHERE id IN ({placeholders})"
+    if not returning:
+        await db.run(statement, *ids)
+        return []
+    return [row["id"] for row in await db.rows(statement + " RETURNING id", *ids)]
 
 
 async def oldest_pending_at(db: Sql) -> datetime | str | None:

@@ -45,6 +45,7 @@ class Outcome(StrEnum):
 class LogSource(StrEnum):
     API = "api"  # logged by this service's middleware
     INGEST = "ingest"  # pushed by another platform service to POST /v1/request-logs
+    WEBHOOK = "webhook"  # a webhook delivery this service made (an outgoing call)
 
 
 class RequestLogEntry(Model):

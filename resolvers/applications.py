@@ -62,6 +62,7 @@ from resolvers.request_log import (
     request_log_page,
     request_volume_series,
 )
+from resolvers.webhooks import WebhookEndpoint, webhook_endpoints_of
 
 
 @strawberry.type
@@ -179,6 +180,10 @@ class Application:
     ) -> CreditAlertConnection:
         _api_keys_only(info)
         return await alert_page(self.row_id, first, after)
+
+    @strawberry.field(description="Webhook endpoints, oldest first (docs/webhooks.md).")
+    async def webhook_endpoints(self, info: Info, first: int = 10) -> list[WebhookEndpoint]:
+        return await webhook_endpoints_of(info, self.row_id, first)
 
     @strawberry.field(description="Billing periods (UTC months), newest first.")
     async def billing_periods(self, info: Info, first: int = 12) -> list[BillingPeriod]:

@@ -23,6 +23,7 @@ class Context:
     secret: str = ""  # signs End User tokens
     public_url: str | None = None  # base of the links handed out; None: the request's
     cost_budgets: CostBudgets = DEFAULT_BUDGETS  # the most an operation may cost
+    webhooks_allow_private: bool = False  # webhook URLs may name private addresses
     cache: dict[str, Any] = field(default_factory=dict)
     # the answer is encoded by api/http_answer.py, which splices preserialized values
     preserialized: bool = False

@@ -46,7 +46,10 @@ class RequestLogEntry:
     error_message: str | None
     latency_ms: float
     request_id: str
-    source: str = strawberry.field(description="`api` (this service) or `ingest` (pushed).")
+    source: str = strawberry.field(
+        description="`api` (this service), `ingest` (pushed) or `webhook` (a"
+        " webhook delivery this service made)."
+    )
     end_user_row_id: strawberry.Private[int | None]
     application_id: strawberry.Private[int]
 

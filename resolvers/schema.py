@@ -36,6 +36,15 @@ from resolvers.runtime.input_conversion import install as install_input_conversi
 from resolvers.runtime.plain_lists import PlainListExecutor
 from resolvers.runtime.versions import fast_paths_enabled
 from resolvers.viewer import resolve_viewer
+from resolvers.webhooks import (
+    resolve_create_endpoint,
+    resolve_delete_endpoint,
+    resolve_disable_endpoint,
+    resolve_redeliver,
+    resolve_rotate_secret,
+    resolve_send_test,
+    resolve_update_endpoint,
+)
 
 __all__ = ["DOCUMENT_CACHE_SIZE", "MaskUnexpectedErrors", "schema", "schema_sdl"]
 
@@ -64,6 +73,13 @@ class Mutation:
     issue_end_user_token = strawberry.mutation(resolver=resolve_issue_token)
     create_temporary_code = strawberry.mutation(resolver=resolve_create_code)
     exchange_temporary_code = strawberry.mutation(resolver=resolve_exchange_code)
+    create_webhook_endpoint = strawberry.mutation(resolver=resolve_create_endpoint)
+    update_webhook_endpoint = strawberry.mutation(resolver=resolve_update_endpoint)
+    disable_webhook_endpoint = strawberry.mutation(resolver=resolve_disable_endpoint)
+    delete_webhook_endpoint = strawberry.mutation(resolver=resolve_delete_endpoint)
+    rotate_webhook_secret = strawberry.mutation(resolver=resolve_rotate_secret)
+    send_test_webhook = strawberry.mutation(resolver=resolve_send_test)
+    redeliver_webhook = strawberry.mutation(resolver=resolve_redeliver)
 
 
 @strawberry.type

@@ -26,9 +26,8 @@ class App:
     end_user_ids: list[str]
 
 
-async def application(
-    server, http: httpx.AsyncClient, users: int = 10, credits_each: int = 10
-) -> App:
+async def keyed_application(server, http: httpx.AsyncClient) -> App:
+    """A new application with an ADMIN and a READ key, and nothing booked."""
     org = Caller(http, server.graphql, server.organization_key)
     created = await org(CREATE_APPLICATION, input={"name": f"app-{uuid.uuid4().hex[:6]}"})
     app_id = created["createApplication"]["application"]["id"]
@@ -40,29 +39,15 @@ async def application(
         assert made["createApiKey"]["errors"] == []
         keys[role] = made["createApiKey"]["secret"]
     admin = Caller(http, server.graphql, keys["ADMIN"])
-    await admin(
-        PURCHASE, input={"applicationId": app_id, "pool": "ai", "credits": users * credits_each}
-    )
-    upserted = await admin(
-        UPSERT,
-        input={
-            "applicationId": app_id,
-            "endUsers": [{"externalId": f"u{i}"} for i in range(users)],
-        },
-    )
-    ids = [u["id"] for u in upserted["upsertEndUsers"]["endUsers"]]
-    for end_user_id in ids:
-        result = await admin(
-            ALLOCATE,
-            input={
-                "applicationId": app_id,
-                "endUser": {"id": end_user_id},
-                "pool": "ai",
-                "credits": credits_each,
-            },
-        )
-        assert result["allocateCredits"]["errors"] == []
-    return App(app_id, admin, Caller(http, server.graphql, keys["READ"]), org, ids)
+    return App(app_id, admin, Caller(http, server.graphql, keys["READ"]), org, [])
+
+
+async def application(
+    server, http: httpx.AsyncClient, users: int = 10, credits_each: int = 10
+) -> App:
+    app = await keyed_application(server, http)
+    app.end_user_ids = await book(app, users, users * credits_each, credits_each)
+    return app
 
 
 def consume_input(app: App, end_user: dict, credits: int = 1, **extra) -> dict:
@@ -73,4 +58,31 @@ def consume_input(app: App, end_user: dict, credits: int = 1, **extra) -> dict:
         "credits": credits,
         "feature": "ai_generation",
         **extra,
+    }
+
+
+async def book(app: App, users: int = 1, credits: int = 100, each: int = 10) -> list[str]:
+    """Buys `credits` in pool `ai`, makes End Users u0, u1... and allocates `each` to each
+    of them (none for 0); their ids."""
+    await app.admin(PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": credits})
+    upserted = await app.admin(
+        UPSERT,
+        input={
+            "applicationId": app.id,
+            "endUsers": [{"externalId": f"u{i}"} for i in range(users)],
+        },
+    )
+    ids = [u["id"] for u in upserted["upsertEndUsers"]["endUsers"]]
+    for end_user_id in ids if each else []:
+        result = await app.admin(ALLOCATE, input=allocation(app, end_user_id, each))
+        assert result["allocateCredits"]["errors"] == []
+    return ids
+
+
+def allocation(app: App, end_user_id: str, credits: int) -> dict:
+    return {
+        "applicationId": app.id,
+        "endUser": {"id": end_user_id},
+        "pool": "ai",
+        "credits": credits,
     }

@@ -151,22 +151,16 @@ class Server:
 
 
 @asynccontextmanager
-async def serving(backend: Backend, fast_websockets: bool | None = None) -> AsyncIterator[Server]:
-    """The real ASGI app served by uvicorn on a free port, in this process and event loop,
-    on the backend's database (which the fixture has already opened); `fast_websockets`
-    as `create_app` takes it (False: Strawberry's stock WebSocket handlers)."""
+async def on_loopback(app: Any) -> AsyncIterator[str]:
+    """An ASGI app served by uvicorn on a free loopback port, in this process and event
+    loop, without its lifespan; its base URL."""
     import socket
 
     import uvicorn
 
-    from api.app import create_app
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = create_app(backend.settings, migrate=False, fast_websockets=fast_websockets)
-    await app.state.realtime.start()
-    await app.state.request_log.start()  # the lifespan is off: start what it would
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -181,17 +175,33 @@ async def serving(backend: Backend, fast_websockets: bool | None = None) -> Asyn
         await asyncio.sleep(0.02)
         if task.done():
             task.result()
-    _, issued = await create_organization("HTTP tests")
     try:
-        yield Server(
-            url=f"http://127.0.0.1:{port}",
-            organization_key=issued.secret,
-            realtime=app.state.realtime,
-            request_log=app.state.request_log,
-        )
+        yield f"http://127.0.0.1:{port}"
     finally:
         uv.should_exit = True
         await task
+
+
+@asynccontextmanager
+async def serving(backend: Backend, fast_websockets: bool | None = None) -> AsyncIterator[Server]:
+    """The real ASGI app served by uvicorn on a free port, in this process and event loop,
+    on the backend's database (which the fixture has already opened); `fast_websockets`
+    as `create_app` takes it (False: Strawberry's stock WebSocket handlers)."""
+    from api.app import create_app
+
+    app = create_app(backend.settings, migrate=False, fast_websockets=fast_websockets)
+    await app.state.realtime.start()
+    await app.state.request_log.start()  # the lifespan is off: start what it would
+    try:
+        async with on_loopback(app) as url:
+            _, issued = await create_organization("HTTP tests")
+            yield Server(
+                url=url,
+                organization_key=issued.secret,
+                realtime=app.state.realtime,
+                request_log=app.state.request_log,
+            )
+    finally:
         await app.state.request_log.close()
         await app.state.realtime.close()
 

@@ -108,3 +108,37 @@ EXCHANGE = """
 mutation($code: String!) {
   exchangeTemporaryCode(code: $code) { token expiresAt errors { code message } }
 }"""
+
+
+WEBHOOK_FIELDS = "id url description events enabled disabledReason failingSince"
+CREATE_WEBHOOK = f"""
+mutation($input: CreateWebhookEndpointInput!) {{
+  createWebhookEndpoint(input: $input) {{
+    endpoint {{ {WEBHOOK_FIELDS} }} secret errors {{ code message field }}
+  }}
+}}"""
+UPDATE_WEBHOOK = f"""
+mutation($input: UpdateWebhookEndpointInput!) {{
+  updateWebhookEndpoint(input: $input) {{
+    endpoint {{ {WEBHOOK_FIELDS} }} errors {{ code message field }}
+  }}
+}}"""
+ROTATE_WEBHOOK_SECRET = """
+mutation($id: ID!, $overlap: Int!) {
+  rotateWebhookSecret(id: $id, overlapSeconds: $overlap) {
+    endpoint { id previousSecretExpiresAt } secret errors { code message field }
+  }
+}"""
+WEBHOOK_DELIVERIES = """
+query($id: ID!, $first: Int!, $after: String, $filter: WebhookDeliveryFilter) {
+  application(id: $id) {
+    webhookEndpoints {
+      id
+      deliveries(first: $first, after: $after, filter: $filter) {
+        totalCount pageInfo { hasNextPage endCursor }
+        edges { node { id messageId eventType status attempts responseStatus latencyMs
+                       lastError deliveredAt payload } }
+      }
+    }
+  }
+}"""

@@ -45,6 +45,12 @@ REFERENCE_COORDINATES: dict[str, str] = {
     "Application.pool(key:)": "pool",
     "EndUserRef.id": "end_user",
     "EndUserRef.externalId": "external_id",
+    "UpdateWebhookEndpointInput.id": "webhook_endpoint",
+    "Mutation.disableWebhookEndpoint(id:)": "webhook_endpoint",
+    "Mutation.deleteWebhookEndpoint(id:)": "webhook_endpoint",
+    "Mutation.rotateWebhookSecret(id:)": "webhook_endpoint",
+    "Mutation.sendTestWebhook(id:)": "webhook_endpoint",
+    "Mutation.redeliverWebhook(id:)": "webhook_delivery",
 }
 # ... and otherwise by its name, wherever it appears.
 REFERENCE_NAMES: dict[str, str] = {

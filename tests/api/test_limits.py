@@ -17,6 +17,7 @@ import pytest
 from models.accounts import create_organization
 from models.credits import EndUser
 from models.verify import verify_ledger
+from models.webhooks import WebhookEventType, create_endpoint
 from resolvers.request_rules import MAX_ALIASES, MAX_DEPTH
 from tests.graphql_client import CREATE_API_KEY, CREATE_APPLICATION, PURCHASE, UPSERT, Caller
 from tests.ledger_helpers import application_rows
@@ -39,7 +40,8 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="module")
 async def app(server, http: httpx.AsyncClient) -> tuple[Caller, str]:
-    """An application with a pool, a pack and an End User, and its ADMIN key."""
+    """An application with a pool, a pack, an End User and a webhook endpoint, and its ADMIN
+    key."""
     _, issued = await create_organization(f"limits {uuid.uuid4().hex[:6]}")
     org = Caller(http, server.graphql, issued.secret)
     made = await org(CREATE_APPLICATION, input={"name": "limits"})
@@ -48,6 +50,7 @@ async def app(server, http: httpx.AsyncClient) -> tuple[Caller, str]:
     admin = Caller(http, server.graphql, key["createApiKey"]["secret"])
     await admin(PURCHASE, input={"applicationId": app_id, "pool": "ai", "credits": 100})
     await admin(UPSERT, input={"applicationId": app_id, "endUsers": [{"externalId": "u0"}]})
+    await create_endpoint(int(app_id), "https://93.184.215.14/hooks", [WebhookEventType.TEST])
     return admin, app_id
 
 

@@ -27,6 +27,8 @@ from tortoise import Tortoise
 
 from models.accounts import create_organization
 from models.verify import verify_ledger
+from models.webhook_events import enqueue_test
+from models.webhooks import WebhookEventType, create_endpoint
 from tests.graphql_client import (
     ALLOCATE,
     CONSUME,
@@ -116,8 +118,9 @@ async def _key(org: Caller, application: str, role: str, name: str) -> dict[str,
 
 @pytest.fixture(scope="module")
 async def world(server, http: httpx.AsyncClient) -> World:
-    """A and B in one organization; B has pools, packs, End Users with balances, an alert
-    and API keys. C is the other organization's application."""
+    """A and B in one organization; B has pools, packs, End Users with balances, an alert,
+    API keys and a webhook endpoint with a delivery. C is the other organization's
+    application."""
     tag = uuid.uuid4().hex[:8]
     canary = f"canary-{tag}"
     _, issued = await create_organization(f"isolation {tag}")
@@ -191,6 +194,10 @@ async def world(server, http: httpx.AsyncClient) -> World:
             input={"applicationId": a, "endUser": {"externalId": f"a-{tag}"}},
         )
     )["issueEndUserToken"]["token"]
+    endpoint = await create_endpoint(
+        int(b), f"https://93.184.215.14/{canary}", [WebhookEventType.PACK_PURCHASED]
+    )
+    delivery = await enqueue_test(endpoint)
     _, other = await create_organization(f"isolation other {tag}")
     c = await application(Caller(http, server.graphql, other.secret), f"c-{tag}")
     return World(
@@ -203,6 +210,8 @@ async def world(server, http: httpx.AsyncClient) -> World:
             "alert": alert,
             "api_key": b_read_key["apiKey"]["id"],
             "key_prefix": b_admin_key["apiKey"]["keyId"],
+            "webhook_endpoint": str(endpoint.id),
+            "webhook_delivery": str(delivery),
         },
         credentials={
             "A's ADMIN key": (a_admin, a),

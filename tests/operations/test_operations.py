@@ -98,6 +98,8 @@ async def test_health_readiness_and_metrics(backend, server) -> None:
         "usagegraph_websocket_subscribers",
         "usagegraph_outbox_lag_seconds",
         "usagegraph_request_log_dropped_total",
+        'usagegraph_webhook_attempts_total{result="delivered"}',
+        "usagegraph_webhook_endpoints_disabled_total",
     ):
         assert name in text, name
 

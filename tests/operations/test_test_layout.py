@@ -35,7 +35,15 @@ def test_every_test_module_sits_in_an_area() -> None:
     stray = sorted(path.name for path in TESTS.glob("test_*.py"))
     assert not stray, f"test modules outside an area folder: {stray}"
     areas = {path.parent.name for path in TESTS.rglob("test_*.py")}
-    assert areas <= {"ledger", "api", "realtime", "reporting", "request_log", "operations"}, areas
+    assert areas <= {
+        "ledger",
+        "api",
+        "realtime",
+        "reporting",
+        "request_log",
+        "operations",
+        "webhooks",
+    }, areas
     for area in areas:
         assert (TESTS / area / "__init__.py").exists(), area
 

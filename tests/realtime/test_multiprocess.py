@@ -4,7 +4,6 @@ events cross processes, survive a killed process, and survive a Redis restart.""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import socket
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -21,102 +19,18 @@ import pytest
 
 from api.database import plain_postgres_dsn
 from tests.applications import application, consume_input
-from tests.conftest import Backend, _drop_postgres_database, _postgres_database
+from tests.conftest import Backend
 from tests.graphql_client import CONSUME, Caller
+from tests.processes import Cluster, Entry, cluster_database, free_port, start_server
 from tests.subscribing import next_event, subscribed
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
 
-@dataclass
-class Cluster:
-    """A database of these tests' own (so that no other relay shares it), migrated, with an
-    organization key; its servers are subprocesses."""
-
-    database_url: str
-    organization_key: str
-
-
-def _cli(database_url: str, *args: str) -> str:
-    env = {**os.environ, "DATABASE_URL": database_url}
-    result = subprocess.run(
-        [sys.executable, "-c", "from api.cli import main; main()", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return result.stdout
-
-
 @pytest.fixture
 async def cluster(backend: Backend) -> AsyncIterator[Cluster]:
-    url = await _postgres_database()
-    assert url is not None
-    try:
-        await asyncio.to_thread(_cli, url, "migrate")
-        output = await asyncio.to_thread(_cli, url, "create-org", "cluster tests")
-        yield Cluster(url, output.strip().splitlines()[-1])
-    finally:
-        await _drop_postgres_database(url)
-
-
-@dataclass
-class _Entry:
-    """What `application` needs of a server: its GraphQL URL and an organization key."""
-
-    graphql: str
-    organization_key: str
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class Process:
-    url: str
-    popen: subprocess.Popen
-
-    @property
-    def graphql(self) -> str:
-        return f"{self.url}/graphql"
-
-    def kill(self) -> None:
-        self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait(timeout=10)
-
-
-def _start_server(cluster: Cluster, redis_url: str, *options: str) -> Process:
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": cluster.database_url, "REDIS_URL": redis_url}
-    popen = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from api.cli import main; main()",
-            "serve",
-            "--port",
-            str(port),
-            *list(options),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{url}/graphql", headers={"Accept": "text/html"}, timeout=2)
-            return Process(url, popen)
-        except httpx.TransportError:
-            assert popen.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.1)
+    async with cluster_database() as made:
+        yield made
 
 
 @pytest.fixture
@@ -125,7 +39,7 @@ def redis_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     yield f"redis://127.0.0.1:{port}/0", Path(binary)
 
 
@@ -159,11 +73,11 @@ async def test_an_event_crosses_processes_and_survives_a_killed_leader(
     redis_process = _start_redis(redis_url, binary)
     first = second = None
     try:
-        first = _start_server(cluster, redis_url)  # started first: it relays the outbox
+        first = start_server(cluster, redis_url)  # started first: it relays the outbox
         await asyncio.sleep(1.0)
-        second = _start_server(cluster, redis_url)
+        second = start_server(cluster, redis_url)
         app = await application(
-            _Entry(first.graphql, cluster.organization_key), http, users=2, credits_each=50
+            Entry(first.graphql, cluster.organization_key), http, users=2, credits_each=50
         )
         on_first = Caller(http, first.graphql, app.admin.key)
         user = app.end_user_ids[0]
@@ -199,9 +113,9 @@ async def test_a_commit_of_a_process_killed_before_publishing_is_still_published
     redis_process = _start_redis(redis_url, binary)
     relay = None
     try:
-        relay = _start_server(cluster, redis_url)
+        relay = start_server(cluster, redis_url)
         app = await application(
-            _Entry(relay.graphql, cluster.organization_key), http, users=1, credits_each=20
+            Entry(relay.graphql, cluster.organization_key), http, users=1, credits_each=20
         )
         user = app.end_user_ids[0]
         async with subscribed(
@@ -243,9 +157,9 @@ async def test_everything_committed_during_a_redis_restart_is_published(
     redis_process = _start_redis(redis_url, binary)
     process = None
     try:
-        process = _start_server(cluster, redis_url)
+        process = start_server(cluster, redis_url)
         app = await application(
-            _Entry(process.graphql, cluster.organization_key), http, users=5, credits_each=100
+            Entry(process.graphql, cluster.organization_key), http, users=5, credits_each=100
         )
         caller = Caller(http, process.graphql, app.admin.key)
 
@@ -294,10 +208,10 @@ async def test_serve_workers_share_subscriptions_through_redis(cluster, http, re
     redis_process = _start_redis(redis_url, binary)
     workers = None
     try:
-        workers = _start_server(cluster, redis_url, "--workers", "2", "--no-access-log")
+        workers = start_server(cluster, redis_url, "--workers", "2", "--no-access-log")
         url = workers.graphql
         app = await application(
-            _Entry(url, cluster.organization_key), http, users=1, credits_each=30
+            Entry(url, cluster.organization_key), http, users=1, credits_each=30
         )
         user = app.end_user_ids[0]
         async with subscribed(url, app.reader.key, app=app.id, endUser=user, pool="ai") as events:

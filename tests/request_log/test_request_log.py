@@ -514,3 +514,25 @@ async def test_closing_right_after_a_wakeup_ends_the_flush_task(backend) -> None
         closing = asyncio.create_task(writer.close())
         done, _ = await asyncio.wait({closing}, timeout=5)  # not a minute later, or never
         assert closing in done, turns
+
+
+async def test_an_end_user_named_with_a_nul_is_logged_without_one(backend, tenant) -> None:
+    """An operation naming an End User by an external id with NUL (refused before it ran)
+    must not make the writer's look-up fail on PostgreSQL, which would hold its batch."""
+    from api.request_draft import RequestDraft
+    from api.request_log_writer import RequestLogWriter
+    from resolvers.operation_summary import OperationSummary
+
+    tag = uuid.uuid4().hex[:8]
+    writer = RequestLogWriter(secret="x" * 32)
+    draft = RequestDraft(datetime.now(UTC), "POST", "/graphql", tag)
+    draft.status = 200
+    draft.application_id = tenant.application_id
+    draft.principal_known = True
+    draft.operations.append(
+        OperationSummary(None, ("consumeCredits",), end_user={"externalId": "a\x00b"})
+    )
+    writer.offer(draft)
+    assert await writer.flush() == 1
+    entry = await RequestLogEntry.get(request_id=tag)
+    assert entry.end_user_id is None and entry.end_user_external_id == "a\ufffdb"
