@@ -256,7 +256,7 @@ async def test_redelivery_and_the_request_log(hooked) -> None:
         )
         assert again["redeliverWebhook"]["errors"] == []
         assert again["redeliverWebhook"]["delivery"]["messageId"] == first.message_id
-        for _ in range(100):
+        for _ in range(400):  # up to 20 s, as Receiver.wait_for
             if len(receiver.accepted["hook"]) == 2:
                 break
             await asyncio.sleep(0.05)
@@ -313,7 +313,7 @@ async def test_a_rotated_secret_signs_beside_the_new_one_during_the_overlap(hook
         newest = rotated["rotateWebhookSecret"]["secret"]
         receiver.secrets["hook"] = [new]
         await app.admin(PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": 1})
-        for _ in range(100):
+        for _ in range(400):  # up to 20 s, as Receiver.wait_for
             if receiver.unverified:
                 break
             await asyncio.sleep(0.05)
@@ -339,7 +339,7 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_says_so(backend, htt
                 await app.admin(
                     PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": 1}
                 )
-                for _ in range(100):
+                for _ in range(400):  # up to 20 s, as Receiver.wait_for
                     if "disabled" in caplog.text:
                         break
                     await asyncio.sleep(0.05)
