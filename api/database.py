@@ -46,8 +46,8 @@ class PooledConnection(asyncpg.Connection):
     transaction). Nothing on the pool leaves session state behind: advisory locks, LISTEN
     and session settings live on connections of their own (relay, migrations, export, the
     reads planned once), the export's `SET LOCAL`s and its cursors end with their
-    transaction. asyncpg still rolls back a transaction left open
-    before the connection returns to the pool."""
+    transaction. asyncpg still rolls back a transaction left open before the connection
+    returns to the pool."""
 
     def get_reset_query(self) -> str:
         return ""

@@ -239,7 +239,10 @@ def balances_json_sql(
     fields need the burn window's start, `window_start` (a parameter), and come as marks
     for `write_burns`."""
     balance = json_sql.text_object(
-        (name, f"'\"{type_name}\"'" if field == "__typename" else _balance_value(field))
+        (
+            name,
+            json_sql.type_name_text(type_name) if field == "__typename" else _balance_value(field),
+        )
         for name, field in entries
     )
     fits = " AND ".join(
@@ -578,7 +581,7 @@ class PageJson:
             pairs = [
                 (
                     name,
-                    "'\"EndUser\"'"
+                    json_sql.type_name_text("EndUser")
                     if field == "__typename"
                     else "bj.j"
                     if field == "balances"

@@ -47,3 +47,8 @@ def json_text(sql: str) -> str:
 def type_name(name: str) -> str:
     """A `__typename` entry's value."""
     return f"'{name}'::text"
+
+
+def type_name_text(name: str) -> str:
+    """A `__typename` entry's JSON text, for `text_object`."""
+    return f"'\"{name}\"'"

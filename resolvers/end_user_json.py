@@ -123,7 +123,7 @@ def selects_burn(selection: tuple[Selected, ...]) -> bool:
     pending = list(selection)
     while pending:
         entry = pending.pop()
-        if entry.field_name in ("burnRatePerDay", "projectedExhaustionAt"):
+        if entry.field_name in BURN_MARKS:
             return True
         pending.extend(entry.below or ())
     return False

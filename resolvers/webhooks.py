@@ -8,7 +8,12 @@ from typing import Annotated
 
 import strawberry
 
-from models.access import require_api_key, require_write, visible_application
+from models.access import (
+    require_api_key,
+    require_write,
+    visible_application,
+    writable_application,
+)
 from models.errors import NotFound
 from models.references import parse_id
 from models.webhook_events import enqueue_test
@@ -207,8 +212,7 @@ async def resolve_create_endpoint(
 ) -> CreateWebhookEndpointPayload:
     principal = principal_of(info)
     require_api_key(principal)
-    application_id = await visible_application(principal, input.application_id)
-    require_write(principal)
+    application_id = await writable_application(principal, input.application_id)
     row = await create_endpoint(
         application_id,
         input.url,
