@@ -288,7 +288,7 @@ class _AsyncWork:
 # one query text the same document): keyed by the operation's id, the object type and the
 # ids of the field nodes, holding the operation so that its id is not reused while they
 # live. Only for documents without directives, whose field groups cannot depend on the
-# variables (@skip, @include). Rebuilding a dashboard's plans for every request was a
+# variables (@skip, @include). Building a dashboard's plans for every request would be a
 # visible share of its CPU.
 _SHARED_PLANS: dict[tuple[int, GraphQLObjectType, tuple[int, ...]], tuple[Any, Any]] = {}
 MAX_SHARED_PLANS = 10_000
