@@ -683,6 +683,8 @@ async def end_user_page(
         # a node it could not write: the page is read whole
         lambda rows: nodes and any(row["id"] is not None and row["n"] is None for row in rows),
         param.values,
+        # in id order, every application's page reads the same index (end_user_by_application)
+        planned_once=listing.order == OrderField.CREATED and listing.pool_id is None,
     )
     total = int(rows[0]["total"])
     rows = [row for row in rows if row["id"] is not None]

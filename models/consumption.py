@@ -292,7 +292,8 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
         f" UNION ALL SELECT id, {_NOW}, 0, 0, 0, {pool_remaining_sql()}"
         f" FROM credit_pool WHERE id IN {pools}"
     )
-    return await db.records(statement, *args)
+    # (the rollups' (pool, bucket) index serves every pool alike: planned once)
+    return await db.records(statement, *args, planned_once=True)
 
 
 async def _end_user_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:

@@ -108,10 +108,13 @@ PLANNED_ONCE_CONNECTION = "planned_once"
 async def _fetch_planned_once(client: Any, statement: str, args: tuple[Any, ...]) -> list[Row]:
     """A read whose plan does not depend on its arguments, planned once per connection (a
     generic plan) instead of on every call: PostgreSQL otherwise keeps planning statements
-    whose generic plan it estimates dearer, and for a report built of many subqueries that
-    planning costs more than running it. It runs on a small pool of its own whose sessions
-    plan so (`plan_cache_mode`); the main pool keeps PostgreSQL's choice, which suits its
-    other statements better. Inside a caller's transaction the read runs as it comes."""
+    whose generic plan it estimates dearer, and for a report built of many subqueries (or a
+    page whose every row carries subqueries) that planning costs more than running it. Only
+    for statements whose best plan is the same for every argument: an index serves every
+    application alike, whatever its size among the others. It runs on a small pool of its
+    own whose sessions plan so (`plan_cache_mode`); the main pool keeps PostgreSQL's choice,
+    which suits its other statements better. Inside a caller's transaction the read runs as
+    it comes."""
     if not isinstance(client, TransactionalDBClient):
         client = connections.get(PLANNED_ONCE_CONNECTION)
     async with client.acquire_connection() as connection:
@@ -152,22 +155,30 @@ async def written_or_plain(
     args: Sequence[Any],
     unwritten: Callable[[list[Row]], bool],
     written_args: Sequence[Any] | None = None,
+    planned_once: bool = False,
 ) -> tuple[list[Row], bool]:
     """The rows of `written`, a read whose JSON PostgreSQL writes, unless there is none, the
     database is SQLite or `unwritten` finds in them a row it could not write; else the rows
     of `plain`. And whether they are `written`'s. `written` takes `written_args` when it
-    needs more parameters than `plain`'s `args`."""
+    needs more parameters than `plain`'s `args`. `planned_once`: see `Sql.records`."""
 
     async def work(db: Sql) -> list[Row] | None:
         if written is None or not db.postgres:
             return None
-        rows = await db.records(written, *(args if written_args is None else written_args))
+        rows = await db.records(
+            written,
+            *(args if written_args is None else written_args),
+            planned_once=planned_once,
+        )
         return None if unwritten(rows) else rows
 
     rows = await single_statement(work)
     if rows is not None:
         return rows, True
-    return await single_statement(lambda db: db.records(plain, *args)), False
+    plain_rows = await single_statement(
+        lambda db: db.records(plain, *args, planned_once=planned_once)
+    )
+    return plain_rows, False
 
 
 async def delete_older_than(table: str, column: str, cutoff: Any, batch: int = 5_000) -> int:

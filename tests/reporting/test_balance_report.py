@@ -14,15 +14,20 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+import models.sql
 from models.accounts import create_application, create_organization
 from models.alerts import set_low_balance_threshold
 from models.allocation_report import (
     HORIZON_DAYS,
+    Listing,
+    OrderField,
     Ranking,
     allocation_summary,
+    end_user_page,
     ranked_end_users,
     window_days,
 )
+from models.consumption import Granularity, SeriesKey, bucket_range, consumption_series
 from models.end_users import EndUserInput, upsert_end_users
 from models.ledger import allocate_credits, consume_credits, purchase_credits, release_credits
 from models.references import EndUserRef
@@ -354,3 +359,37 @@ async def test_reports_planned_once_run_on_their_own_pool(backend: Backend) -> N
 
     count, mode = await transaction(inside)
     assert count >= len(ids) and mode == "force_custom_plan"
+
+
+async def test_id_ordered_pages_and_pool_series_are_planned_once(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An End User page in id order and a pool's series read the same index whatever the
+    application, so they are planned once; a page ordered by a balance is not (its best
+    plan depends on the application's size)."""
+    app, pool_id, ids = await _one_pool_tenant(3, 1_000)
+    await allocate_credits(app, "ai", EndUserRef(id=ids[0]), 40)
+    await consume_credits(app, "ai", EndUserRef(id=ids[0]), 5, "ai_generation")
+    planned: list[str] = []
+    fetch = models.sql._fetch_planned_once
+
+    async def noting(client: object, statement: str, args: tuple[object, ...]) -> object:
+        planned.append(statement)
+        return await fetch(client, statement, args)
+
+    monkeypatch.setattr(models.sql, "_fetch_planned_once", noting)
+    now = datetime.now(UTC)
+    page = await end_user_page(app, Listing(), 2, None, now)
+    assert [key[0] for key in page.keys] == sorted(ids)[:2] and page.total == 3
+    by_id = len(planned)
+    by_balance = Listing(pool_id=pool_id, order=OrderField.REMAINING)
+    await end_user_page(app, by_balance, 2, None, now)
+    assert len(planned) == by_id
+    day = bucket_range(now - timedelta(days=2), now, Granularity.DAY)
+    (series,) = await consumption_series([SeriesKey(app, day, pool_id)])
+    assert sum(series.used) == 5
+    if backend.postgres:
+        assert by_id == 1 and "end_user e" in planned[0]
+        assert len(planned) == 2 and "usage_rollup_day" in planned[1]
+    else:
+        assert planned == []  # SQLite has one connection and plans as it does
