@@ -39,18 +39,20 @@ to running out, the first 50 End Users with their balances (burn rates and proje
 exhaustion included), and the last 50 request-log entries when the schema has them.
 
     .venv/bin/python -m bench.dashboard [--quick] [--end-users N] [--events N] [--clients 16]
-        [--keep] [--database NAME] [--profile FILE] [--query dashboard|nested]
+        [--keep] [--database NAME] [--profile FILE] [--query dashboard|nested] [--parts]
         [--against DIR [--rounds N] [--single-seconds S] [--only-against]]
 
 `--quick` (1,000 End Users, 50,000 events, 5 s) checks that everything runs. `--keep`
 keeps the generated database and prints its name; `--database NAME` runs against such a
 kept database instead of generating one (migrated and folded first, the series range
 ending now). `--profile FILE` samples the server with py-spy during the measured load and
-writes collapsed stacks to FILE. `--against DIR` compares, in interleaved rounds at
-`--clients` and at one client, this checkout's server with the server of checkout DIR (run
-by DIR/.venv): rates, latencies, the server's CPU and PostgreSQL's per dashboard, and the
-ratios. The machine is shared by client, server and PostgreSQL: compare figures within one
-run.
+writes collapsed stacks to FILE. `--parts` also prints the CPU of this process per
+execution of the whole dashboard and of each of its parts alone (`DASHBOARD_PARTS`),
+executed in process as the server does without HTTP: where the server's time goes.
+`--against DIR` compares, in interleaved rounds at `--clients` and at one client, this
+checkout's server with the server of checkout DIR (run by DIR/.venv): rates, latencies, the
+server's CPU and PostgreSQL's per dashboard, and the ratios. The machine is shared by
+client, server and PostgreSQL: compare figures within one run.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ import asyncpg
 
 from api.database import PooledConnection, close_database
 from api.settings import Settings
-from bench.dashboard_query import DASHBOARD, NESTED
+from bench.dashboard_query import DASHBOARD, DASHBOARD_PARTS, NESTED, part_query
 from bench.harness import (
     DEFAULT_ADMIN_DSN,
     ROOT,
@@ -355,6 +357,40 @@ async def raw_replay(
         "p99": percentile(latencies, 0.99) * 1000,
         "cpu_ms": cpu * 1000 / max(1, len(latencies)),
     }
+
+
+async def parts_cpu(app: int, variables: dict[str, Any], runs: int) -> dict[str, float]:
+    """The CPU of this process per execution of each part of the dashboard (best of three
+    runs of `runs`), executed in process as the server executes an HTTP request and encoded
+    as its answer: the server's work without HTTP, statements and JSON included."""
+    from api.http_answer import encode_json
+    from models.access import Principal
+    from models.tenancy import ApiKeyRole
+    from resolvers.context import Context
+    from resolvers.schema import schema
+
+    principal = Principal(0, app, ApiKeyRole.READ, None, None)
+    costs = {}
+    for name, selection in {"whole dashboard": None, **DASHBOARD_PARTS}.items():
+        query = DASHBOARD if selection is None else part_query(selection)
+        values = variables if "$from" in query else {"id": variables["id"]}
+
+        async def execute(query: str = query, values: dict[str, Any] = values) -> None:
+            context = Context(None, None, principal, preserialized=True)
+            result = await schema.execute(query, variable_values=values, context_value=context)
+            assert result.errors is None, result.errors
+            encode_json({"data": result.data})
+
+        for _ in range(max(1, runs // 10)):
+            await execute()
+        best = float("inf")
+        for _ in range(3):
+            before = time.process_time()
+            for _ in range(runs):
+                await execute()
+            best = min(best, (time.process_time() - before) * 1000 / runs)
+        costs[name] = best
+    return costs
 
 
 # ------------------------------------------------------------------------- HTTP floor
@@ -651,6 +687,11 @@ async def main() -> int:
     parser.add_argument(
         "--only-against", action="store_true", help="with --against: skip the floors"
     )
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="also the CPU of each part of the dashboard, executed in this process",
+    )
     options = parsed(parser)
     if options.quick:
         options.single_seconds = 3
@@ -674,6 +715,16 @@ async def main() -> int:
             "to": now.isoformat(),
         }
         statements = await captured_statements(app, query, variables)
+        if options.parts:
+            costs = await parts_cpu(app, variables, 20 if options.quick else 200)
+            print("| part of the dashboard, executed in process | CPU per execution |")
+            print("|---|---|")
+            for name, cost in costs.items():
+                extra = (
+                    "" if name in ("whole dashboard", "name") else f" (+{cost - costs['name']:.2f})"
+                )
+                print(f"| {name} | {cost:.2f} ms{extra} |")
+            print(f"({machine_line()})")
         await close_database()
 
         server = start_usagegraph(db, work)
