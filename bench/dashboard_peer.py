@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -64,6 +65,7 @@ from bench.dashboard import (
 )
 from bench.dashboard_query import NESTED
 from bench.harness import (
+    Body,
     Runner,
     Server,
     first_answer,
@@ -233,8 +235,8 @@ class System:
     name: str
     server: Server
     endpoint: str
-    body: dict[str, Any]
-    peer: bool = False  # its backends carry PEER_APPLICATION_NAME
+    body: Body
+    peer: bool = False  # its backends carry the peer's application_name
     rounds: list[dict[str, float]] = field(default_factory=list)
     single_p50: list[float] = field(default_factory=list)
 
@@ -243,27 +245,43 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def print_table(ours: System, theirs: System, clients: int, load: str) -> None:
-    """Medians of the rounds per system, and usagegraph / PostGraphile."""
-    rows = (
-        ("requests/s (median of rounds)", "rate", "{:,.0f}"),
-        (f"p50 at {clients} clients", "p50", "{:.1f} ms"),
-        (f"p99 at {clients} clients", "p99", "{:.1f} ms"),
-        ("one client, sequential: p50", "single_p50", "{:.1f} ms"),
-        ("server CPU per request", "server_ms", "{:.2f} ms"),
-        ("PostgreSQL CPU per request", "pg_ms", "{:.2f} ms"),
-    )
+Row = tuple[str, str, str]  # label, figure (a round's key, or single_p50), format
+
+
+def ratio_table(title: str, ours: System, theirs: System, rows: tuple[Row, ...]) -> None:
+    """Medians of the rounds per system, and the ratios ours / theirs, as a Markdown table."""
 
     def figure(system: System, name: str) -> float:
         if name == "single_p50":
             return median(system.single_p50)
         return median([r[name] for r in system.rounds])
 
-    print(f"\n| nested query, load: {load} | usagegraph | PostGraphile 5 | ratio |")
+    print(f"\n| {title} | {ours.name} | {theirs.name} | ratio |")
     print("|---|---|---|---|")
     for label, name, form in rows:
         a, b = figure(ours, name), figure(theirs, name)
         print(f"| {label} | {form.format(a)} | {form.format(b)} | {a / b:.2f} |")
+
+
+SINGLE_ROW: Row = ("one client, sequential: p50", "single_p50", "{:.1f} ms")
+
+
+def round_rows(counted: str, clients: int) -> tuple[Row, ...]:
+    """The figures of every loaded round: `counted` (what the rate counts) per second, p50,
+    p99, and the server's and PostgreSQL's CPU per request."""
+    return (
+        (f"{counted}/s (median of rounds)", "rate", "{:,.0f}"),
+        (f"p50 at {clients} clients", "p50", "{:.1f} ms"),
+        (f"p99 at {clients} clients", "p99", "{:.1f} ms"),
+        ("server CPU per request", "server_ms", "{:.2f} ms"),
+        ("PostgreSQL CPU per request", "pg_ms", "{:.2f} ms"),
+    )
+
+
+def print_table(ours: System, theirs: System, clients: int, load: str) -> None:
+    """Medians of the rounds per system, and usagegraph / PostGraphile."""
+    rows = (*round_rows("requests", clients), SINGLE_ROW)
+    ratio_table(f"nested query, load: {load}", ours, theirs, rows)
     for system in (ours, theirs):
         rates = ", ".join(f"{r['rate']:,.0f}" for r in system.rounds)
         singles = ", ".join(f"{p:.1f}" for p in system.single_p50)
@@ -306,11 +324,15 @@ async def interleaved(
     key: str,
     options: argparse.Namespace,
     database: str,
+    peer_name: str = PEER_APPLICATION_NAME,
+    after_round: Callable[[int], None] | None = None,
 ) -> None:
-    """A/B rounds at `--clients`, then A/B rounds of one client."""
+    """A/B rounds at `--clients` (`after_round(number)` called after each pair), then, when
+    `--single-seconds` is positive, A/B rounds of one client. The peer's PostgreSQL backends
+    carry the application_name `peer_name`."""
     admin = await asyncpg.connect(options.admin_dsn)
     try:
-        for _ in range(options.rounds):
+        for number in range(1, options.rounds + 1):
             for system in systems:
                 result = await measured_round(
                     system.server,
@@ -321,10 +343,12 @@ async def interleaved(
                     options.seconds,
                     admin,
                     database,
-                    (PEER_APPLICATION_NAME, system.peer),
+                    (peer_name, system.peer),
                 )
                 system.rounds.append(result)
-        for _ in range(options.rounds):
+            if after_round is not None:
+                after_round(number)
+        for _ in range(options.rounds if options.single_seconds > 0 else 0):
             for system in systems:
                 single = await runner(
                     system.endpoint, key, system.body, 1, 0, options.single_seconds

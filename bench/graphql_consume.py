@@ -546,13 +546,21 @@ def server_command(access_log: bool, template: str | None) -> Callable[[int], li
 
 
 async def start_usagegraph(
-    url: str, pool_size: int, access_log: bool, template: str | None, log_dir: Path, key: str
+    url: str,
+    pool_size: int,
+    access_log: bool,
+    template: str | None,
+    log_dir: Path,
+    key: str,
+    settings: dict[str, str] | None = None,
 ) -> Server:
-    """One server process on the database with a pool of `pool_size`, answering `key`."""
+    """One server process on the database with a pool of `pool_size`, answering `key`,
+    with other `settings` (environment variables) given."""
     env = {
         "DATABASE_URL": url,
         "USAGEGRAPH_DB_POOL_MIN": str(pool_size),
         "USAGEGRAPH_DB_POOL_MAX": str(pool_size),
+        **(settings or {}),
     }
     server = start_server(server_command(access_log, template), env, log_dir)
     try:

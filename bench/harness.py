@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -336,16 +337,18 @@ def start_server(
     log_dir: Path,
     cwd: Path = ROOT,
     checkout: Path = ROOT,
+    peer: bool = False,
 ) -> Server:
     """Starts `command(port)` on a free port with `env` over this process's environment and
     `checkout` (default: this one) first on PYTHONPATH; its output goes to a log file in
     `log_dir`. With USAGEGRAPH_BENCH_SERVER_CHECKOUT set to another checkout (with its own
     .venv), a server this interpreter would run is that checkout's, run by its interpreter:
-    the same benchmark, before and after a change, in interleaved runs."""
+    the same benchmark, before and after a change, in interleaved runs. A `peer` (another
+    program to compare with, in `bench/`) always runs from this checkout."""
     port = free_port()
     argv = command(port)
     other = os.environ.get("USAGEGRAPH_BENCH_SERVER_CHECKOUT")
-    if other and checkout == ROOT and argv[0] == sys.executable:
+    if other and not peer and checkout == ROOT and argv[0] == sys.executable:
         checkout = cwd = Path(other)
         argv[0] = str(checkout / ".venv" / "bin" / "python")
     full_env = {**os.environ, **env}
@@ -435,22 +438,33 @@ async def until(moment: float) -> None:
     await asyncio.sleep(max(0.0, moment - time.perf_counter()))
 
 
+Body = dict[str, Any] | list[dict[str, Any]]  # a request body, or bodies to draw from
+# What bench/wrk_post.lua counts as a failed answer: a non-empty `errors` list (GraphQL's or a
+# payload's) or a consumption answered without its balance.
+FAILED_ANSWER = re.compile(rb'"errors"\s*:\s*\[\s*\{|"balance"\s*:\s*null')
+
+
+def _bodies(body: Body) -> list[dict[str, Any]]:
+    return body if isinstance(body, list) else [body]
+
+
 async def httpx_load(
-    url: str, key: str, body: dict[str, Any], clients: int, warmup: float, seconds: float
+    url: str, key: str, body: Body, clients: int, warmup: float, seconds: float
 ) -> dict[str, float]:
-    """`clients` keep-alive httpx clients POSTing `body`: rate, p50 and p99 (ms) of the
-    window, and the answers that were not 200 or carried errors."""
+    """`clients` keep-alive httpx clients POSTing `body` (a random one of a list per
+    request): rate, p50 and p99 (ms) of the window, and the answers that were not 200 or
+    carried errors."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(
         limits=limits, timeout=30, headers={"Authorization": f"Bearer {key}"}
     ) as client:
 
-        async def post(_: None) -> None:
-            response = await client.post(url, json=body)
-            if response.status_code != 200 or b'"errors"' in response.content:
+        async def post(drawn: dict[str, Any]) -> None:
+            response = await client.post(url, json=drawn)
+            if response.status_code != 200 or FAILED_ANSWER.search(response.content):
                 raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
 
-        loop = await closed_loop(post, [None], clients, warmup, seconds, 1)
+        loop = await closed_loop(post, _bodies(body), clients, warmup, seconds, 1)
     return {
         "rate": loop.completed / seconds,
         "p50": percentile(loop.latencies, 0.5) * 1000,
@@ -581,13 +595,13 @@ async def run_wrk(
 
 
 async def wrk_load(
-    url: str, key: str, body: dict[str, Any], clients: int, warmup: float, seconds: float
+    url: str, key: str, body: Body, clients: int, warmup: float, seconds: float
 ) -> dict[str, float]:
     """`httpx_load`'s figures with wrk as the load generator (a C program: a small fraction
     of the CPU the httpx clients take)."""
     with tempfile.TemporaryDirectory() as tmp:
         bodies = Path(tmp) / "bodies.jsonl"
-        write_bodies([body], bodies)
+        write_bodies(_bodies(body), bodies)
         threads = min(2, clients)
         if warmup > 0:
             await run_wrk(url, key, bodies, clients, warmup, Path(tmp) / "warm", threads=threads)
@@ -602,7 +616,7 @@ async def wrk_load(
     }
 
 
-Runner = Callable[[str, str, dict[str, Any], int, float, float], Awaitable[dict[str, float]]]
+Runner = Callable[[str, str, Body, int, float, float], Awaitable[dict[str, float]]]
 
 
 def load_runner(choice: str | None) -> tuple[str, Runner]:
