@@ -22,6 +22,12 @@ So it writes what `usagegraph verify` checks. It does not combine concurrent con
 write balance events to the outbox (no live balances, no webhooks, no alerts), log
 requests, limit rates or query cost, or cache references.
 
+With `PLAIN_CONSUME_SHAPE=minimal` it is the smallest app that still answers the same
+(the peer as first defined): after the same read, one transaction of the balance UPDATE
+guarded by `remaining >= credits`, the balance read back, and one CONSUME ledger row (on the
+pool's first lot, looked up once); no idempotency, allocation, lot, pool, usage event or
+status. The counters it leaves are then out of step with the ledger by design.
+
     DATABASE_URL=postgres://... python -m bench.peers.plain_consume --port 8001
 """
 
@@ -93,6 +99,7 @@ class CreditPool(Model):
 
 class CreditPack(Model):
     id = fields.BigIntField(primary_key=True)
+    pool_id = fields.BigIntField()
     used = fields.BigIntField()
     expires_at = fields.DatetimeField(null=True)
 
@@ -300,12 +307,59 @@ async def balance_of(application_id: int, ref: EndUserRef, pool: str) -> EndUser
     return balance
 
 
-async def consume(
-    application_id: int, key: ApiKey, input: ConsumeCreditsInput
+async def take(balance_id: int, credits: int, now: datetime) -> EndUserBalance:
+    """The balance UPDATE guarded by remaining, and the balance as it then is."""
+    taken = await EndUserBalance.filter(id=balance_id, remaining__gte=credits).update(
+        used=F("used") + credits,
+        remaining=F("remaining") - credits,
+        version=F("version") + 1,
+        updated_at=now,
+    )
+    if not taken:
+        raise Refused(ErrorCode.INSUFFICIENT_CREDITS, "not enough credits")
+    return await EndUserBalance.get(id=balance_id)
+
+
+MINIMAL = os.environ.get("PLAIN_CONSUME_SHAPE") == "minimal"
+_first_lots: dict[int, int] = {}
+
+
+async def first_lot(pool_id: int) -> int:
+    lot = _first_lots.get(pool_id)
+    if lot is None:
+        found = await CreditPack.filter(pool_id=pool_id).order_by("id").first()
+        if found is None:
+            raise Refused(ErrorCode.INSUFFICIENT_CREDITS, "the pool holds no lot")
+        lot = _first_lots[pool_id] = found.id
+    return lot
+
+
+async def consume_minimal(
+    application_id: int, key: ApiKey, input: ConsumeCreditsInput, found: EndUserBalance
 ) -> ConsumeCreditsPayload:
-    if input.credits < 1:
-        raise Refused(ErrorCode.VALIDATION, "credits must be positive")
-    found = await balance_of(application_id, input.end_user, input.pool)
+    """The balance UPDATE guarded by remaining and one ledger row, in one transaction."""
+    pool, credits, now = found.pool, input.credits, datetime.now(UTC)
+    lot = await first_lot(pool.id)
+    async with in_transaction():
+        balance = await take(found.id, credits, now)
+        await LedgerEntry.create(
+            application_id=application_id,
+            pool_id=pool.id,
+            lot_id=lot,
+            end_user_id=balance.end_user_id,  # type: ignore[attr-defined]
+            kind="CONSUME",
+            amount=-credits,
+            feature=input.feature,
+            actor=key.key_id,
+            occurred_at=input.occurred_at or now,
+            created_at=now,
+        )
+    return answer(balance, pool, replayed=False)
+
+
+async def consume(
+    application_id: int, key: ApiKey, input: ConsumeCreditsInput, found: EndUserBalance
+) -> ConsumeCreditsPayload:
     pool, credits, now = found.pool, input.credits, datetime.now(UTC)
     fingerprint = hashlib.sha256(
         json.dumps(
@@ -322,15 +376,7 @@ async def consume(
                     request_hash=fingerprint,
                     created_at=now,
                 )
-            taken = await EndUserBalance.filter(id=found.id, remaining__gte=credits).update(
-                used=F("used") + credits,
-                remaining=F("remaining") - credits,
-                version=F("version") + 1,
-                updated_at=now,
-            )
-            if not taken:
-                raise Refused(ErrorCode.INSUFFICIENT_CREDITS, "not enough credits")
-            balance = await EndUserBalance.get(id=found.id)
+            balance = await take(found.id, credits, now)
             allocation = (
                 await Allocation.filter(
                     Q(lot__expires_at__isnull=True) | Q(lot__expires_at__gt=now),
@@ -415,7 +461,12 @@ class Mutation:
         try:
             if key.role != "ADMIN" or str(key.application_id) != input.application_id:
                 raise Refused(ErrorCode.FORBIDDEN, "the key cannot write that application")
-            return await consume(int(input.application_id), key, input)
+            if input.credits < 1:
+                raise Refused(ErrorCode.VALIDATION, "credits must be positive")
+            application_id = int(input.application_id)
+            found = await balance_of(application_id, input.end_user, input.pool)
+            write = consume_minimal if MINIMAL else consume
+            return await write(application_id, key, input, found)
         except Refused as refused:
             error = UserError(code=refused.code, message=str(refused))
             return ConsumeCreditsPayload(errors=[error])
