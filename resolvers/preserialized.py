@@ -87,36 +87,44 @@ def read_selection(info: Info, shape: Shape) -> tuple[Selected, ...] | None:
     return _collect([field.selections for field in info.selected_fields], shape)
 
 
-def _collect(sets: Iterable[list[Selection]], shape: Shape) -> tuple[Selected, ...] | None:
+# Same-named entries of a selection: name in the answer -> (field, their selection sets).
+_Merged = dict[str, tuple[str, list[list[Selection]]]]
+
+
+def _merge(selections: list[Selection], shape: Shape, merged: _Merged) -> bool:
+    """Adds `selections` (fragments inlined) to `merged`; False when outside `shape`. (A
+    function of its own, not a closure calling itself: that would be a reference cycle
+    per call, left to the cyclic collector with the selection it holds.)"""
     type_name, fields = shape
-    merged: dict[str, tuple[str, list[list[Selection]]]] = {}
-
-    def walk(selections: list[Selection]) -> bool:
-        for node in selections:
-            if node.directives:
+    for node in selections:
+        if node.directives:
+            return False
+        if isinstance(node, SelectedField):
+            name = node.name
+            if node.arguments or (name != "__typename" and name not in fields):
                 return False
-            if isinstance(node, SelectedField):
-                name = node.name
-                if node.arguments or (name != "__typename" and name not in fields):
-                    return False
-                key = node.alias or name
-                found = merged.get(key)
-                if found is None:
-                    merged[key] = (name, [node.selections])
-                elif found[0] != name:
-                    return False  # validation refuses this; never guess
-                else:
-                    found[1].append(node.selections)
-            elif isinstance(node, InlineFragment | FragmentSpread):
-                if node.type_condition not in (None, type_name):
-                    return False
-                if not walk(node.selections):
-                    return False
+            key = node.alias or name
+            found = merged.get(key)
+            if found is None:
+                merged[key] = (name, [node.selections])
+            elif found[0] != name:
+                return False  # validation refuses this; never guess
             else:
+                found[1].append(node.selections)
+        elif isinstance(node, InlineFragment | FragmentSpread):
+            if node.type_condition not in (None, type_name):
                 return False
-        return True
+            if not _merge(node.selections, shape, merged):
+                return False
+        else:
+            return False
+    return True
 
-    if not all(walk(selections) for selections in sets):
+
+def _collect(sets: Iterable[list[Selection]], shape: Shape) -> tuple[Selected, ...] | None:
+    fields = shape[1]
+    merged: _Merged = {}
+    if not all(_merge(selections, shape, merged) for selections in sets):
         return None
     selected: list[Selected] = []
     for key, (name, below_sets) in merged.items():
