@@ -16,12 +16,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
+
 from api.settings import Settings
-from api.webhook_http import Connection, Target
+from api.webhook_http import WebhookClient, refusal
 from models.references import organization_of
 from models.request_log import LogRow, LogSource, clip, outcome_for
 from models.webhook_events import message_hooks
@@ -50,9 +51,9 @@ class WebhookDeliverer:
         # for its messages one after the other (a failure ends it: at most one timeout).
         timeout = settings.webhook_timeout_seconds
         self.lease = timedelta(seconds=timeout * 2 + RUN * 0.2 + LEASE_MARGIN_SECONDS)
-        # One kept-alive connection per endpoint (it has one delivery in flight at most);
-        # the least recently used are closed beyond `webhook_concurrency`.
-        self.connections: OrderedDict[int, Connection] = OrderedDict()
+        # Kept-alive connections, one per endpoint in flight (it has one delivery in flight
+        # at most), as many as `webhook_concurrency`.
+        self.client = WebhookClient(settings.webhook_concurrency, settings.webhooks_allow_private)
         self.task: asyncio.Task[None] | None = None
         self.sending: set[asyncio.Task[None]] = set()
         self.finished: list[Attempt] = []
@@ -88,17 +89,7 @@ class WebhookDeliverer:
                 task.cancel()  # not recorded: sent again once its lease runs out
         with contextlib.suppress(Exception):
             await self._record()  # what is not recorded is sent again once its lease ends
-        connections, self.connections = list(self.connections.values()), OrderedDict()
-        for connection in connections:
-            connection.close()
-
-    def _connection(self, endpoint_id: int) -> Connection:
-        connection = self.connections.pop(endpoint_id, None) or Connection()
-        self.connections[endpoint_id] = connection
-        while len(self.connections) > self.settings.webhook_concurrency:
-            _, oldest = self.connections.popitem(last=False)
-            oldest.close()
-        return connection
+        await self.client.close()
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -173,7 +164,6 @@ class WebhookDeliverer:
     async def attempt(self, message: Claimed, checked: bool = False) -> Attempt:
         """One POST of the message, signed now; never raises for the receiver's doing.
         `checked`: its URL was checked for this run already."""
-        connection = self._connection(message.endpoint_id)
         body = message.payload.encode()
         timestamp = int(time.time())
         headers = {
@@ -194,16 +184,15 @@ class WebhookDeliverer:
             if not checked:
                 await check_target(message.url, self.settings.webhooks_allow_private)
             async with asyncio.timeout(timeout):
-                status = await connection.post(Target(message.url), headers, body)
+                status = await self.client.post(message.url, headers, body)
             if not 200 <= status < 300:
                 error = f"the receiver answered HTTP {status}"
         except UnsafeTarget as refused:
             error = refused.message
         except TimeoutError:
-            connection.close()
             error = f"no answer within {timeout:g} s"
-        except (OSError, ConnectionError) as failure:
-            error = (
+        except (OSError, aiohttp.ClientError) as failure:
+            error = refusal(failure) or (
                 f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
             )
         latency_ms = (time.perf_counter() - started) * 1000

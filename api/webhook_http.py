@@ -1,127 +1,99 @@
-"""The HTTP/1.1 client webhooks are posted with: one kept-alive connection per endpoint,
-responses parsed by httptools (uvicorn's parser). A delivery is one small POST whose answer
-only its status matters for, at up to thousands a second from one process: httpx spent
-several times the CPU of the rest of a delivery on it. No redirects are followed (one could
-lead anywhere, a private address too); at most RESPONSE_BYTES of an answer are read, beyond
-that the connection is closed."""
+"""The HTTP client webhooks are posted with: aiohttp, one session per deliverer, its
+connections kept alive between deliveries (one per endpoint in flight, as many as the
+deliverer's concurrency). No redirects are followed (one could lead anywhere, a private
+address too), no cookies are kept, answers are not decompressed, and at most RESPONSE_BYTES
+of one are read (beyond that its connection is closed): a delivery's answer matters by its
+status only.
+
+Unless private targets are allowed, the connector's resolver refuses a host any of whose
+addresses is not public (models/webhook_signing.py) when it connects, not only when the URL
+is checked: a name that resolves to a public address at the check and to a private one at
+the connection (DNS rebinding) is refused too. (An IP literal is not resolved: the check
+before each run covers it, and it cannot change.)"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ssl
-from urllib.parse import urlsplit
+import socket
+from typing import Any
 
-import httptools
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from models.webhook_signing import PRIVATE_TARGET, is_public
 
 RESPONSE_BYTES = 65_536
-_TLS = ssl.create_default_context()
+KEEPALIVE_SECONDS = 30.0
 
 
-class _Answer(asyncio.Protocol):
-    """A connection's reading side: the status of the answer to the request in flight."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.answer: asyncio.Future[int] | None = None
-        self.read = 0
-        self.closed = False
-
-    def expect(self) -> asyncio.Future[int]:
-        self.parser = httptools.HttpResponseParser(self)
-        self.read = 0
-        self.answer = asyncio.get_running_loop().create_future()
-        return self.answer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.read += len(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as error:
-            self._fail(ConnectionError(f"malformed answer ({error})"))
-            self.close()
-            return
-        if self.read > RESPONSE_BYTES and self.answer is not None and not self.answer.done():
-            status = self.parser.get_status_code()
-            if status:
-                self.answer.set_result(status)
-            self.close()  # the rest of a long answer is not read
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._fail(ConnectionError("the connection closed before an answer"))
-
-    def on_message_complete(self) -> None:
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_result(self.parser.get_status_code())
-        if not self.parser.should_keep_alive():
-            self.close()
-
-    def _fail(self, error: Exception) -> None:
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(error)
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+class PrivateAddress(OSError):
+    """A host resolved, when connecting, to an address a webhook may not be sent to."""
 
 
-class Target:
-    """Where a URL's POSTs go: the address to connect to and the request line and Host."""
+class PublicResolver(AbstractResolver):
+    """aiohttp's resolver, answering only hosts whose every address is public."""
 
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.tls = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.tls else 80)
-        default = 443 if self.tls else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.authority = host if self.port == default else f"{host}:{self.port}"
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self.inner = inner if inner is not None else aiohttp.DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self.inner.resolve(host, port, family)
+        if not found or not all(is_public(entry["host"]) for entry in found):
+            raise PrivateAddress(PRIVATE_TARGET)
+        return found
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
-class Connection:
-    """One endpoint's connection, opened when needed and kept alive between POSTs."""
+class WebhookClient:
+    """Posts deliveries; its session is made in the running loop at the first post."""
 
-    def __init__(self) -> None:
-        self.protocol: _Answer | None = None
-        self.key: tuple[bool, str, int] | None = None
+    def __init__(self, connections: int, allow_private: bool) -> None:
+        self.connections = connections
+        self.allow_private = allow_private
+        self.session: aiohttp.ClientSession | None = None
 
-    async def post(self, target: Target, headers: dict[str, str], body: bytes) -> int:
-        """The status of the answer (raises OSError, ConnectionError; the caller bounds
-        the time)."""
-        key = (target.tls, target.host, target.port)
-        if self.protocol is None or self.protocol.closed or self.key != key:
-            self.close()
-            _, self.protocol = await asyncio.get_running_loop().create_connection(
-                _Answer,
-                target.host,
-                target.port,
-                ssl=_TLS if target.tls else None,
-                server_hostname=target.host if target.tls else None,
+    def _session(self) -> aiohttp.ClientSession:
+        if self.session is None or self.session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.connections,
+                limit_per_host=0,
+                keepalive_timeout=KEEPALIVE_SECONDS,
+                resolver=None if self.allow_private else PublicResolver(),
             )
-            self.key = key
-        protocol = self.protocol
-        lines = [f"POST {target.path} HTTP/1.1", f"Host: {target.authority}"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        lines.append(f"Content-Length: {len(body)}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        answer = protocol.expect()
-        assert protocol.transport is not None
-        protocol.transport.write(head + body)
-        try:
-            return await answer
-        except BaseException:
-            self.close()  # a late answer must not be read as the next request's
-            raise
+            self.session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                # the caller bounds each delivery's time (asyncio.timeout)
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self.session
 
-    def close(self) -> None:
-        if self.protocol is not None:
-            with contextlib.suppress(Exception):
-                self.protocol.close()
-        self.protocol = None
+    async def post(self, url: str, headers: dict[str, str], body: bytes) -> int:
+        """The status of the answer (raises OSError: aiohttp's connection errors are; the
+        caller bounds the time)."""
+        response: Any
+        async with self._session().post(
+            url, data=body, headers=headers, allow_redirects=False
+        ) as response:
+            read = 0
+            while chunk := await response.content.read(RESPONSE_BYTES):
+                read += len(chunk)
+                if read > RESPONSE_BYTES:
+                    response.close()  # the rest of a long answer is not read
+                    break
+            return int(response.status)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+def refusal(error: BaseException) -> str | None:
+    """The message of a connection refused for a private address, else None."""
+    cause = getattr(error, "os_error", None) or error.__cause__
+    return str(cause) if isinstance(cause, PrivateAddress) else None

@@ -4,8 +4,8 @@ Signatures follow Standard Webhooks: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp
 keyed by the base64 part of a `whsec_` secret, several space-separated while a rotated
 secret still signs. A webhook goes only to http(s) URLs whose host resolves to public
 addresses: private, loopback, link-local and reserved ones are refused unless the operator
-allows them (tests, on-premise receivers), at creation and again before every delivery, as
-DNS answers change."""
+allows them (tests, on-premise receivers), at creation, again before every run of
+deliveries, and at every connection (api/webhook_http.py), as DNS answers change."""
 
 from __future__ import annotations
 
@@ -70,7 +70,10 @@ def check_url_form(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def _public(address: str) -> bool:
+PRIVATE_TARGET = "url resolves to a private, loopback, link-local or reserved address"
+
+
+def is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
@@ -88,7 +91,5 @@ async def check_target(url: str, allow_private: bool) -> None:
     except OSError:
         raise UnsafeTarget("url's host does not resolve", field="url") from None
     addresses = {info[4][0] for info in found}
-    if not addresses or not all(_public(address) for address in addresses):
-        raise UnsafeTarget(
-            "url resolves to a private, loopback, link-local or reserved address", field="url"
-        )
+    if not addresses or not all(is_public(address) for address in addresses):
+        raise UnsafeTarget(PRIVATE_TARGET, field="url")

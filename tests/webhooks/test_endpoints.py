@@ -11,8 +11,10 @@ import pytest
 
 from api.jobs import webhook_retention
 from api.webhook_delivery import WebhookDeliverer
+from api.webhook_http import WebhookClient, refusal
 from models.webhook_events import enqueue_test
-from models.webhook_signing import UnsafeTarget, check_target
+from models.webhook_queue import Claimed
+from models.webhook_signing import PRIVATE_TARGET, UnsafeTarget, check_target
 from models.webhooks import DeliveryStatus, WebhookEventType, WebhookMessage, create_endpoint
 from tests.applications import application, keyed_application
 from tests.graphql_client import (
@@ -204,6 +206,43 @@ async def test_a_target_is_checked_again_at_delivery(backend, tenant) -> None:
         assert message.attempts == 1 and message.response_status is None
         assert "private" in (message.last_error or "")
         assert receiver.attempts == {} and receiver.unverified == []
+
+
+async def test_a_name_is_checked_again_when_connecting(backend, tenant) -> None:
+    """A host checked public before a run may resolve elsewhere when the connection is made
+    (DNS rebinding): the client's resolver refuses it then too, unless the setting allows
+    private targets. `localhost` stands for such a name: it is resolved, not a literal."""
+    async with receiving(Receiver()) as receiver:
+        made = await create_endpoint(
+            tenant.application_id, receiver.endpoint_url("named"), ["test"], allow_private=True
+        )
+        receiver.secrets["named"] = [made.secret]
+        port = receiver.url.rsplit(":", 1)[1]
+        url = f"http://localhost:{port}/named"
+        guarded = WebhookClient(4, allow_private=False)
+        try:
+            with pytest.raises(OSError) as refused:
+                await guarded.post(url, {}, b"{}")
+            assert refusal(refused.value) == PRIVATE_TARGET
+        finally:
+            await guarded.close()
+        assert receiver.attempts == {}
+        # the deliverer, told that its URL was checked for the run, still does not send it
+        settings = backend.settings.model_copy(update={"webhooks_allow_private": False})
+        deliverer = WebhookDeliverer(settings)
+        claimed = Claimed(0, made.id, tenant.application_id, "test", "{}", 0, url, [made.secret])
+        try:
+            attempt = await deliverer.attempt(claimed, checked=True)
+        finally:
+            await deliverer.close()
+        assert not attempt.delivered and attempt.status is None
+        assert attempt.error == PRIVATE_TARGET and receiver.attempts == {}
+        allowed = WebhookClient(4, allow_private=True)
+        try:  # with the setting, the same name is posted to (unsigned: the receiver refuses)
+            assert await allowed.post(url, {}, b"{}") == 401
+        finally:
+            await allowed.close()
+        assert receiver.unverified == [("named", "")]
 
 
 async def test_retention_deletes_old_settled_messages_only(backend, tenant) -> None:
