@@ -31,6 +31,7 @@ class WebhookEventType(StrEnum):
     PACK_PURCHASED = "pack.purchased"
     ALLOCATION_CHANGED = "allocation.changed"
     BILLING_PERIOD_CLOSED = "billing_period.closed"
+    WEBHOOK_ENDPOINT_DISABLED = "webhook_endpoint.disabled"
     TEST = "test"  # sent on demand (sendTestWebhook), whatever the endpoint listens to
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from gql import gql
 
 from api.settings import Settings
 from api.webhook_delivery import WebhookDeliverer
@@ -32,6 +33,7 @@ from tests.graphql_client import (
     UPDATE_WEBHOOK,
     WEBHOOK_DELIVERIES,
 )
+from tests.subscribing import next_event, subscribed
 from tests.webhook_receiver import Receiver, receiving, subscribe
 
 ALL_EVENTS = [
@@ -43,6 +45,17 @@ ALL_EVENTS = [
     "ALLOCATION_CHANGED",
     "BILLING_PERIOD_CLOSED",
 ]
+LOW_CREDIT_ALERTS = gql("subscription($app: ID!) { lowCreditAlerts(applicationId: $app) { id } }")
+ENDPOINT_ALERTS = """
+query($id: ID!) {
+  application(id: $id) {
+    webhookEndpoints { enabled disabledReason failingSince }
+    alerts(first: 10) { edges { node { id kind pool remaining acknowledged endUser { id }
+                                       webhookEndpoint { id enabled } } } }
+  }
+}"""
+ACKNOWLEDGE_ALERT = """
+mutation($id: ID!) { acknowledgeAlert(id: $id) { alert { acknowledged pool } errors { code } } }"""
 
 
 def webhook_settings(settings: Settings, **changes: object) -> Settings:
@@ -324,10 +337,13 @@ async def test_a_rotated_secret_signs_beside_the_new_one_during_the_overlap(hook
 
 
 async def test_an_endpoint_failing_too_long_is_disabled_and_says_so(backend, http, caplog) -> None:
+    """Disabled with a warning, a `disabledReason`, an alert in the application's list (not
+    in the low-credit subscription) and a webhook to the application's other endpoints."""
     settings = webhook_settings(backend.settings, webhook_disable_after_seconds=0.5)
     receiver = Receiver(fail_first=10**6)
     async with (
         receiving(receiver),
+        receiving(Receiver()) as watcher,
         serving(Backend(backend.name, settings)) as server,
     ):
         deliverer = WebhookDeliverer(settings, server.request_log)
@@ -335,23 +351,39 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_says_so(backend, htt
         try:
             app = await keyed_application(server, http)
             made = await subscribe(app, receiver, "down", ["PACK_PURCHASED"])
-            with caplog.at_level(logging.WARNING, logger="usagegraph.webhooks"):
-                await app.admin(
-                    PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": 1}
-                )
-                for _ in range(400):  # up to 20 s, as Receiver.wait_for
-                    if "disabled" in caplog.text:
-                        break
-                    await asyncio.sleep(0.05)
+            await subscribe(app, watcher, "watch", ["WEBHOOK_ENDPOINT_DISABLED"])
+            async with subscribed(
+                server.graphql, app.reader.key, document=LOW_CREDIT_ALERTS, app=app.id
+            ) as low_credit:
+                with caplog.at_level(logging.WARNING, logger="usagegraph.webhooks"):
+                    await app.admin(
+                        PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": 1}
+                    )
+                    [announced] = await watcher.wait_for("watch", 1)
+                with pytest.raises(TimeoutError):  # not a low-credit alert
+                    await next_event(low_credit, wait=0.5)
             assert f"webhook endpoint {made['id']} of application {app.id}" in caplog.text
             assert deliverer.disabled == 1 and deliverer.failed_attempts >= 1
-            listing = await app.admin(
-                "query($id: ID!) { application(id: $id) { webhookEndpoints {"
-                " enabled disabledReason failingSince } } }",
-                id=app.id,
-            )
-            [state] = listing["application"]["webhookEndpoints"]
+            listing = await app.admin(ENDPOINT_ALERTS, id=app.id)
+            state, watching = listing["application"]["webhookEndpoints"]
             assert state["enabled"] is False and "failing" in state["disabledReason"]
+            assert watching["enabled"] is True
+            [alert] = [e["node"] for e in listing["application"]["alerts"]["edges"]]
+            assert alert["kind"] == "WEBHOOK_ENDPOINT_DISABLED" and not alert["acknowledged"]
+            assert (alert["pool"], alert["remaining"], alert["endUser"]) == (None, None, None)
+            assert alert["webhookEndpoint"] == {"id": made["id"], "enabled": False}
+            assert announced.body["type"] == "webhook_endpoint.disabled"
+            assert announced.body["data"] == {
+                "applicationId": app.id,
+                "alertId": alert["id"],
+                "endpointId": made["id"],
+                "url": made["url"],
+                "disabledReason": state["disabledReason"],
+                "failingSince": announced.body["data"]["failingSince"],
+            }
+            acknowledged = await app.admin(ACKNOWLEDGE_ALERT, id=alert["id"])
+            assert acknowledged["acknowledgeAlert"]["alert"]["acknowledged"] is True
+            assert acknowledged["acknowledgeAlert"]["alert"]["pool"] is None
             # enabled again: its pending message is tried again, from the oldest
             receiver.fail_first = 0
             enabled = await app.admin(UPDATE_WEBHOOK, input={"id": made["id"], "enabled": True})
