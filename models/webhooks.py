@@ -27,6 +27,7 @@ class WebhookEventType(StrEnum):
     BALANCE_LOW = "balance.low"
     BALANCE_EXHAUSTED = "balance.exhausted"
     BALANCE_RECOVERED = "balance.recovered"
+    CREDITS_EXPIRING = "credits.expiring"
     CREDITS_EXPIRED = "credits.expired"
     PACK_PURCHASED = "pack.purchased"
     ALLOCATION_CHANGED = "allocation.changed"

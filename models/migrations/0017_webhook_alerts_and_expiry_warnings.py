@@ -1,7 +1,7 @@
 """Alerts that belong to no pool: an alert may name a webhook endpoint instead (the one it
 says was disabled for failing), with neither pool nor remaining credits; its kind needs a
 longer column. SQLite rebuilds the table to drop NOT NULL, without its index: it is made
-again."""
+again. A lot records when its coming expiry was announced (`expiry_warned_at`)."""
 
 from enum import StrEnum
 
@@ -45,4 +45,9 @@ class Migration(migrations.Migration):
             model_name="Alert", name="webhook_endpoint_id", field=fields.BigIntField(null=True)
         ),
         ops.RunPython(index_alerts_again),
+        ops.AddField(
+            model_name="CreditPack",
+            name="expiry_warned_at",
+            field=fields.DatetimeField(null=True, auto_now=False, auto_now_add=False),
+        ),
     ]

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -19,6 +19,7 @@ from gql import gql
 from api.settings import Settings
 from api.webhook_delivery import WebhookDeliverer
 from models.billing import close_period, month_start, previous_month
+from models.expiry import warn_expiring_lots
 from models.outbox import write_events
 from models.sql import transaction
 from models.tenancy import Application
@@ -31,6 +32,7 @@ from tests.graphql_client import (
     PURCHASE,
     ROTATE_WEBHOOK_SECRET,
     UPDATE_WEBHOOK,
+    UPSERT,
     WEBHOOK_DELIVERIES,
 )
 from tests.subscribing import next_event, subscribed
@@ -409,3 +411,42 @@ async def test_a_closed_billing_period_is_announced_once(hooked) -> None:
         assert data["start"] == start.isoformat() and "activeEndUsers" in data
         await asyncio.sleep(0.2)
         assert await WebhookMessage.filter(application_id=int(app.id)).count() == 1
+
+
+async def test_credits_expiring_soon_are_announced_once(hooked) -> None:
+    async with receiving(Receiver()) as receiver:
+        app = await empty_app(hooked)
+        await subscribe(app, receiver, "expiring", ["CREDITS_EXPIRING"])
+        expires_at = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+        bought = await app.admin(
+            PURCHASE,
+            input={"applicationId": app.id, "pool": "ai", "credits": 100, "expiresAt": expires_at},
+        )
+        pack = bought["purchaseCredits"]["pack"]
+        upserted = await app.admin(
+            UPSERT, input={"applicationId": app.id, "endUsers": [{"externalId": "u0"}]}
+        )
+        [user] = [u["id"] for u in upserted["upsertEndUsers"]["endUsers"]]
+        allocated = await app.admin(ALLOCATE, input=allocation(app, user, 30))  # from the lot
+        assert allocated["allocateCredits"]["errors"] == []
+        for _ in range(2):
+            await warn_expiring_lots(timedelta(days=7))
+        pool, held = await receiver.wait_for("expiring", 2)
+        assert {pool.body["type"], held.body["type"]} == {"credits.expiring"}
+        assert pool.body["version"] == 1
+        assert pool.body["data"] == {
+            "applicationId": app.id,
+            "pool": "ai",
+            "endUser": None,
+            "packId": pack["id"],
+            "remaining": 100,
+            "unallocated": 70,
+            "expiresAt": pool.body["data"]["expiresAt"],
+        }
+        assert datetime.fromisoformat(pool.body["data"]["expiresAt"]) == datetime.fromisoformat(
+            pack["expiresAt"]
+        )
+        assert held.body["data"]["endUser"] == {"id": user, "externalId": "u0"}
+        assert held.body["data"]["remaining"] == 30
+        await asyncio.sleep(0.3)
+        assert len(receiver.unique("expiring")) == 2
