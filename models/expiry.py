@@ -208,7 +208,8 @@ async def _warn_lot(db: Sql, lot_id: int, until: datetime) -> int:
         lot_id,
         time_param(db, until),
     )
-    if lot is None or lot["credits"] - lot["used"] - lot["expired"] == 0:
+    remaining = 0 if lot is None else lot["credits"] - lot["used"] - lot["expired"]
+    if lot is None or remaining == 0:
         return 0
     pool = await db.row("SELECT application_id, key FROM credit_pool WHERE id = $1", lot["pool_id"])
     assert pool is not None
@@ -217,7 +218,7 @@ async def _warn_lot(db: Sql, lot_id: int, until: datetime) -> int:
         " AND remaining > 0 GROUP BY end_user_id ORDER BY end_user_id",
         lot_id,
     )
-    shares = [(None, lot["credits"] - lot["used"] - lot["expired"], lot["unallocated"])]
+    shares = [(None, remaining, lot["unallocated"])]
     shares += [(row["end_user_id"], int(row["remaining"]), None) for row in holders]
     at = datetime.now(UTC).isoformat()
     events = [
@@ -228,11 +229,11 @@ async def _warn_lot(db: Sql, lot_id: int, until: datetime) -> int:
             end_user_id=end_user_id,
             at=at,
             pack_id=lot_id,
-            remaining=remaining,
+            remaining=held,
             unallocated=unallocated,
             expires_at=as_utc(lot["expires_at"]).isoformat(),
         )
-        for end_user_id, remaining, unallocated in shares
+        for end_user_id, held, unallocated in shares
     ]
     await write_events(db, pool["application_id"], events)
     return len(events)

@@ -317,14 +317,14 @@ async def record_attempts(
             DisabledEndpoint(r["id"], r["application_id"], r["url"], as_utc(r["failing_since"]))
             for r in rows
         ]
-        await _write_disabled_alerts(db, disabled, reason)
+        await _write_disabled_alerts(db, disabled, reason, now)
         return disabled
 
     return await transaction(work)
 
 
 async def _write_disabled_alerts(
-    db: Sql, disabled: Sequence[DisabledEndpoint], reason: str
+    db: Sql, disabled: Sequence[DisabledEndpoint], reason: str, now: datetime
 ) -> None:
     """A WEBHOOK_ENDPOINT_DISABLED alert per endpoint just disabled, and its outbox row (the
     `webhook_endpoint.disabled` webhook, to the application's other endpoints), in the
@@ -344,7 +344,7 @@ async def _write_disabled_alerts(
             url=endpoint.url,
             reason=reason,
             failing_since=endpoint.failing_since.isoformat(),
-            at=datetime.now(UTC).isoformat(),
+            at=now.isoformat(),
         )
         await write_events(db, endpoint.application_id, [event])
 
