@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from api.settings import Settings
 from models.api_key_use import flush_key_use
 from models.billing import close_ended_periods
-from models.expiry import SWEEP_BATCH, expire_lots
+from models.expiry import SWEEP_BATCH, expire_lots, warn_expiring_lots
 from models.idempotency import forget_keys_before
 from models.request_log import delete_entries_before
 from models.rollups import fold_usage
@@ -50,6 +50,20 @@ async def sweep_expired_lots() -> None:
         pass
 
 
+def expiry_warner(settings: Settings) -> Callable[[], Awaitable[int]]:
+    """Announces, once each, the lots expiring within USAGEGRAPH_EXPIRY_WARNING_DAYS, a batch
+    at a time, until none is left; the events written."""
+    window = timedelta(days=settings.expiry_warning_days)
+
+    async def warn() -> int:
+        written = 0
+        while count := await warn_expiring_lots(window):
+            written += count
+        return written
+
+    return warn
+
+
 def billing_closer(settings: Settings) -> Callable[[], Awaitable[int]]:
     """Closes every ended billing period of every application (exactly once in all)."""
     delay = timedelta(seconds=settings.billing_close_delay_seconds)
@@ -78,6 +92,7 @@ def default_jobs(settings: Settings) -> list[PeriodicJob]:
     """The jobs a server process runs. Other domains add theirs here."""
     return [
         PeriodicJob("expire-lots", settings.expiry_sweep_seconds, sweep_expired_lots),
+        PeriodicJob("warn-expiring-lots", settings.expiry_sweep_seconds, expiry_warner(settings)),
         PeriodicJob("fold-usage", settings.rollup_fold_seconds, fold_usage, on_the_hour=True),
         PeriodicJob(
             "request-log-retention",

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     # Background jobs (api/jobs.py); 0 turns them off in this process.
     jobs_enabled: bool = Field(True, alias="USAGEGRAPH_JOBS")
     expiry_sweep_seconds: float = Field(30.0, gt=0, alias="USAGEGRAPH_EXPIRY_SWEEP_SECONDS")
+    # how long before a lot expires its credits are announced (credits.expiring); 0: never
+    expiry_warning_days: float = Field(7.0, ge=0, alias="USAGEGRAPH_EXPIRY_WARNING_DAYS")
     # Reporting rollups (models/rollups.py): how often new ledger entries are folded in.
     rollup_fold_seconds: float = Field(30.0, gt=0, alias="USAGEGRAPH_ROLLUP_FOLD_SECONDS")
     # Billing periods (models/billing.py): how often ended months are closed, and how long

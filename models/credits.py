@@ -59,7 +59,8 @@ class CreditPool(PoolFigures, Model):
 
 class CreditPack(Model):
     """A lot: credits bought at once. credits = unallocated + Σ allocation remaining + used
-    + expired; `swept_at` marks the one expiry sweep that turned its remainder into EXPIRE."""
+    + expired; `swept_at` marks the one expiry sweep that turned its remainder into EXPIRE,
+    `expiry_warned_at` the one announcement that its credits expire soon."""
 
     id = fields.BigIntField(primary_key=True)
     pool: fields.ForeignKeyRelation[CreditPool] = fields.ForeignKeyField(
@@ -74,6 +75,7 @@ class CreditPack(Model):
     package = fields.CharField(max_length=200, null=True)
     reference = fields.CharField(max_length=200, null=True)
     swept_at = fields.DatetimeField(null=True)
+    expiry_warned_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "credit_pack"

@@ -126,7 +126,42 @@ class RequestLogged:
         return cls(data["id"], LogRow(**{**values, "time": as_utc(values["time"])}))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookEndpointDisabled:
+    """An endpoint disabled for failing, and the alert that says so (`alert_id`). Written to
+    the outbox for webhooks only: the low-credit subscription does not carry it."""
+
+    topic: ClassVar[str] = "webhook_endpoint_alert"
+
+    application_id: int
+    alert_id: int
+    endpoint_id: int
+    url: str
+    reason: str
+    failing_since: str
+    at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _field_names(type(self))}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreditsExpiring(_OfABalance):
+    """A lot's credits that expire at `expires_at`, announced once ahead of it: the lot's
+    remaining for the pool (`end_user_id` None), an End User's remaining from the lot for
+    each holder. For webhooks only: no subscription carries it."""
+
+    topic: ClassVar[str] = "credits_expiring"
+
+    pack_id: int
+    remaining: int
+    unallocated: int | None  # the pool's event: the part no End User holds
+    expires_at: str
+
+
 LiveEvent = BalanceChanged | AlertRaised
+# What the outbox carries: the live events, and those only webhooks announce.
+OutboxItem = LiveEvent | WebhookEndpointDisabled | CreditsExpiring
 KINDS: dict[str, type[BalanceChanged] | type[AlertRaised]] = {
     BalanceChanged.topic: BalanceChanged,
     AlertRaised.topic: AlertRaised,

@@ -4,11 +4,17 @@ EXPIRE entries exactly once, however many processes sweep at once.
 Until the sweep runs, expired credits are already unusable: every draw filters lots by the
 database clock. The sweep only books them. It follows the ledger's lock order (End User
 balances, then the lot, then the pool); two sweepers of one lot queue on those locks and the
-second finds the lot marked swept."""
+second finds the lot marked swept.
+
+Ahead of it, `warn_expiring_lots` announces once per lot the credits that will expire
+within a window (docs/webhooks.md#events): a warner claims a lot by marking it in one
+conditional UPDATE and writes its outbox rows in that transaction, so of several warners
+one announces each lot, and nothing is announced for a rolled-back claim."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from models.balance_rules import status_sql
 from models.balances import (
@@ -21,7 +27,10 @@ from models.balances import (
     PoolSnapshot,
     write_balance_events,
 )
+from models.billing import as_utc, time_param
+from models.events import CreditsExpiring
 from models.ledger import Draw, insert_ledger_entries
+from models.outbox import write_events
 from models.records import LedgerEntryKind
 from models.sql import Sql, transaction
 
@@ -165,3 +174,66 @@ async def _sweep_lot_once(db: Sql, lot_id: int) -> int | None:
             db, lot["application_id"], lot["key"], LedgerEntryKind.EXPIRE, changes
         )
     return total
+
+
+async def warn_expiring_lots(window: timedelta, limit: int = SWEEP_BATCH) -> int:
+    """Announces up to `limit` lots that expire within `window` from now, not expired yet
+    and not announced before, each in its own transaction: one CreditsExpiring event for
+    the pool (the lot's remaining) and one per End User holding some of it, none for an
+    empty lot. Each lot is announced once however many warners run; the events written."""
+    until = datetime.now(UTC) + window
+
+    async def due(db: Sql) -> list[int]:
+        rows = await db.rows(
+            "SELECT id FROM credit_pack WHERE expires_at > now() AND expires_at <= $1"
+            " AND expiry_warned_at IS NULL AND swept_at IS NULL ORDER BY expires_at, id LIMIT $2",
+            time_param(db, until),
+            limit,
+        )
+        return [row["id"] for row in rows]
+
+    written = 0
+    for lot_id in await transaction(due):
+        written += await transaction(lambda db, lot_id=lot_id: _warn_lot(db, lot_id, until))
+    return written
+
+
+async def _warn_lot(db: Sql, lot_id: int, until: datetime) -> int:
+    """Claims the lot's announcement (another warner may have it already) and writes its
+    events; how many."""
+    lot = await db.row(
+        "UPDATE credit_pack SET expiry_warned_at = now() WHERE id = $1"
+        " AND expiry_warned_at IS NULL AND swept_at IS NULL AND expires_at > now()"
+        " AND expires_at <= $2 RETURNING pool_id, credits, used, expired, unallocated, expires_at",
+        lot_id,
+        time_param(db, until),
+    )
+    remaining = 0 if lot is None else lot["credits"] - lot["used"] - lot["expired"]
+    if lot is None or remaining == 0:
+        return 0
+    pool = await db.row("SELECT application_id, key FROM credit_pool WHERE id = $1", lot["pool_id"])
+    assert pool is not None
+    holders = await db.rows(
+        "SELECT end_user_id, SUM(remaining) AS remaining FROM allocation WHERE lot_id = $1"
+        " AND remaining > 0 GROUP BY end_user_id ORDER BY end_user_id",
+        lot_id,
+    )
+    shares = [(None, remaining, lot["unallocated"])]
+    shares += [(row["end_user_id"], int(row["remaining"]), None) for row in holders]
+    at = datetime.now(UTC).isoformat()
+    events = [
+        CreditsExpiring(
+            application_id=pool["application_id"],
+            pool_id=lot["pool_id"],
+            pool=pool["key"],
+            end_user_id=end_user_id,
+            at=at,
+            pack_id=lot_id,
+            remaining=held,
+            unallocated=unallocated,
+            expires_at=as_utc(lot["expires_at"]).isoformat(),
+        )
+        for end_user_id, held, unallocated in shares
+    ]
+    await write_events(db, pool["application_id"], events)
+    return len(events)

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from models.events import LiveEvent
+from models.events import OutboxItem
 from models.sql import Sql, values_list
 
 # Rows per INSERT: a threshold change can move a whole pool's End Users, and a statement's
@@ -19,13 +19,13 @@ from models.sql import Sql, values_list
 ROWS_PER_STATEMENT = 1_000
 
 
-def payload_json(event: LiveEvent) -> str:
+def payload_json(event: OutboxItem) -> str:
     """An event's outbox payload. orjson: this runs for every balance a ledger write moves,
     and an event holds only integers, strings and None (the broker splices the text)."""
     return orjson.dumps(event.to_json()).decode()
 
 
-async def write_events(db: Sql, application_id: int, events: Sequence[LiveEvent]) -> None:
+async def write_events(db: Sql, application_id: int, events: Sequence[OutboxItem]) -> None:
     """Writes the events in the caller's transaction: published after it commits, never for
     a rolled-back one."""
     db.wrote_outbox = True  # wakes the relay after commit

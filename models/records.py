@@ -150,20 +150,25 @@ class AlertKind(StrEnum):
     LOW = "LOW"
     EXHAUSTED = "EXHAUSTED"
     RECOVERED = "RECOVERED"
+    WEBHOOK_ENDPOINT_DISABLED = "WEBHOOK_ENDPOINT_DISABLED"
 
 
 class Alert(Model):
     """A low-credit alert (docs/balances.md#statuses), written in the transaction whose change
-    moved a balance to another status. Pool alerts have no End User."""
+    moved a balance to another status. Pool alerts have no End User. A
+    WEBHOOK_ENDPOINT_DISABLED alert (docs/webhooks.md#delivery) names the endpoint disabled
+    for failing, in the transaction that disabled it, and neither pool nor remaining."""
 
     id = fields.BigIntField(primary_key=True)
     application: fields.ForeignKeyRelation[Application] = fields.ForeignKeyField(
         "models.Application", related_name="alerts", on_delete=fields.RESTRICT
     )
-    pool_id = fields.BigIntField()  # no foreign key: it would lock the hot pool row
+    pool_id = fields.BigIntField(null=True)  # no foreign key: it would lock the hot pool row
     end_user_id = fields.BigIntField(null=True)
-    kind = fields.CharEnumField(AlertKind, max_length=16)
-    remaining = fields.BigIntField()
+    # no foreign key: deleting an endpoint keeps the alerts that named it
+    webhook_endpoint_id = fields.BigIntField(null=True)
+    kind = fields.CharEnumField(AlertKind, max_length=32)
+    remaining = fields.BigIntField(null=True)
     threshold = fields.BigIntField(null=True)
     created_at = fields.DatetimeField()
     acknowledged_at = fields.DatetimeField(null=True)

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from models.errors import ValidationFailed
-from models.events import BalanceCause
+from models.events import BalanceCause, CreditsExpiring, WebhookEndpointDisabled
 from models.outbox import delete_published
 from models.sql import Sql, single_statement, transaction, values_list
 from models.webhooks import WebhookEndpoint, WebhookEventType
@@ -36,6 +36,7 @@ _CAUSE_TYPES = {
     BalanceCause.RELEASE.value: WebhookEventType.ALLOCATION_CHANGED,
     BalanceCause.EXPIRE.value: WebhookEventType.CREDITS_EXPIRED,
 }
+_TOPICS = ("alert", "balance", WebhookEndpointDisabled.topic, CreditsExpiring.topic)
 _BALANCE_FIGURES = ("version", "cause", "allocated", "used", "remaining", "expired", "status")
 _ALERT_FIGURES = ("kind", "remaining", "threshold")
 _MESSAGES_PER_STATEMENT = 1_000
@@ -57,14 +58,19 @@ class WebhookEvent:
 
 
 def outbox_webhook_event(row: Mapping[str, Any]) -> WebhookEvent | None:
-    """The webhook event an outbox row announces, if any: alerts, and balance changes by a
-    purchase (the pool's), an allocation or release (the End User's) and an expiry (both).
-    A consumption announces none (its status changes come as alerts)."""
+    """The webhook event an outbox row announces, if any: alerts (an endpoint disabled for
+    failing too), balance changes by a purchase (the pool's), an allocation or release
+    (the End User's) and an expiry (both), and credits expiring soon. A consumption
+    announces none (its status changes come as alerts)."""
     topic = row["topic"]
-    if topic not in ("alert", "balance"):
+    if topic not in _TOPICS:
         return None
     payload = row["payload"]
     event = orjson.loads(payload) if isinstance(payload, str | bytes) else payload
+    if topic == WebhookEndpointDisabled.topic:
+        return _endpoint_disabled(event)
+    if topic == CreditsExpiring.topic:
+        return _credits_expiring(event)
     end_user_id = event["end_user_id"]
     if topic == "alert":
         kind = _ALERT_TYPES[event["kind"]]
@@ -83,6 +89,34 @@ def outbox_webhook_event(row: Mapping[str, Any]) -> WebhookEvent | None:
         **figures,
     }
     return WebhookEvent(event["application_id"], kind, event["at"], data, end_user_id)
+
+
+def _endpoint_disabled(event: dict[str, Any]) -> WebhookEvent:
+    data = {
+        "applicationId": str(event["application_id"]),
+        "alertId": str(event["alert_id"]),
+        "endpointId": str(event["endpoint_id"]),
+        "url": event["url"],
+        "disabledReason": event["reason"],
+        "failingSince": event["failing_since"],
+    }
+    kind = WebhookEventType.WEBHOOK_ENDPOINT_DISABLED
+    return WebhookEvent(event["application_id"], kind, event["at"], data)
+
+
+def _credits_expiring(event: dict[str, Any]) -> WebhookEvent:
+    data = {
+        "applicationId": str(event["application_id"]),
+        "pool": event["pool"],
+        "endUser": None,
+        "packId": str(event["pack_id"]),
+        "remaining": event["remaining"],
+        "expiresAt": event["expires_at"],
+    }
+    if event["end_user_id"] is None:
+        data["unallocated"] = event["unallocated"]
+    kind = WebhookEventType.CREDITS_EXPIRING
+    return WebhookEvent(event["application_id"], kind, event["at"], data, event["end_user_id"])
 
 
 def message_body(event: WebhookEvent, external_ids: Mapping[int, str]) -> str:

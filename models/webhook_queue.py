@@ -19,6 +19,9 @@ from typing import Any
 
 from models.billing import as_utc, time_param
 from models.errors import ValidationFailed
+from models.events import WebhookEndpointDisabled
+from models.outbox import write_events
+from models.records import AlertKind
 from models.sql import Sql, single_statement, transaction
 from models.webhooks import DeliveryStatus, WebhookEndpoint, WebhookMessage, message_id
 
@@ -294,6 +297,7 @@ async def record_attempts(
         if not failing:
             return []
         n = len(failing)
+        reason = f"failing for more than {disable_after}"
         await db.run(
             f"UPDATE webhook_endpoint SET failing_since = ${n + 1}"
             f" WHERE id IN ({_in(failing)}) AND failing_since IS NULL",
@@ -307,14 +311,42 @@ async def record_attempts(
             *failing,
             at,
             time_param(db, now - disable_after),
-            f"failing for more than {disable_after}",
+            reason,
         )
-        return [
+        disabled = [
             DisabledEndpoint(r["id"], r["application_id"], r["url"], as_utc(r["failing_since"]))
             for r in rows
         ]
+        await _write_disabled_alerts(db, disabled, reason, now)
+        return disabled
 
     return await transaction(work)
+
+
+async def _write_disabled_alerts(
+    db: Sql, disabled: Sequence[DisabledEndpoint], reason: str, now: datetime
+) -> None:
+    """A WEBHOOK_ENDPOINT_DISABLED alert per endpoint just disabled, and its outbox row (the
+    `webhook_endpoint.disabled` webhook, to the application's other endpoints), in the
+    transaction that disabled it."""
+    for endpoint in disabled:
+        alert_id = await db.value(
+            "INSERT INTO alert (application_id, webhook_endpoint_id, kind, created_at)"
+            " VALUES ($1, $2, $3, now()) RETURNING id",
+            endpoint.application_id,
+            endpoint.id,
+            AlertKind.WEBHOOK_ENDPOINT_DISABLED.value,
+        )
+        event = WebhookEndpointDisabled(
+            application_id=endpoint.application_id,
+            alert_id=alert_id,
+            endpoint_id=endpoint.id,
+            url=endpoint.url,
+            reason=reason,
+            failing_since=endpoint.failing_since.isoformat(),
+            at=now.isoformat(),
+        )
+        await write_events(db, endpoint.application_id, [event])
 
 
 async def redeliver(message: WebhookMessage) -> WebhookMessage:

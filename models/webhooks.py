@@ -27,10 +27,12 @@ class WebhookEventType(StrEnum):
     BALANCE_LOW = "balance.low"
     BALANCE_EXHAUSTED = "balance.exhausted"
     BALANCE_RECOVERED = "balance.recovered"
+    CREDITS_EXPIRING = "credits.expiring"
     CREDITS_EXPIRED = "credits.expired"
     PACK_PURCHASED = "pack.purchased"
     ALLOCATION_CHANGED = "allocation.changed"
     BILLING_PERIOD_CLOSED = "billing_period.closed"
+    WEBHOOK_ENDPOINT_DISABLED = "webhook_endpoint.disabled"
     TEST = "test"  # sent on demand (sendTestWebhook), whatever the endpoint listens to
 
 

@@ -16,28 +16,35 @@ from models.events import AlertRaised
 from models.records import Alert as AlertRow
 from models.records import AlertKind as DomainAlertKind
 from models.references import parse_id
+from models.webhooks import WebhookEndpoint as EndpointRow
 from resolvers.context import Info, principal_of
 from resolvers.cursors import cursor_value, encode_cursor, whole_number
 from resolvers.end_users import EndUser, EndUserRef, PageInfo
 from resolvers.errors import UserError, errors_as_query_errors, errors_in_payload
 from resolvers.pools import CreditPool, check_page_size
+from resolvers.webhooks import WebhookEndpoint
 from subscriptions.fanout import Topic
 from subscriptions.live import LiveEvents
 
 AlertKind = strawberry.enum(DomainAlertKind, name="AlertKind")
 
 
-@strawberry.type
+@strawberry.type(
+    description="A balance's status change (LOW, EXHAUSTED, RECOVERED: `pool` and `remaining`"
+    " set), or a webhook endpoint disabled for failing (WEBHOOK_ENDPOINT_DISABLED:"
+    " `webhookEndpoint` set, `pool` and `remaining` null)."
+)
 class CreditAlert:
     id: strawberry.ID
     application_id: strawberry.ID
-    pool: str
+    pool: str | None
     kind: AlertKind
-    remaining: int
+    remaining: int | None
     threshold: int | None
     at: datetime
     acknowledged: bool
     end_user_row_id: strawberry.Private[int | None]
+    endpoint_row_id: strawberry.Private[int | None] = None
 
     @strawberry.field
     async def end_user(self) -> EndUser | None:
@@ -46,8 +53,15 @@ class CreditAlert:
         row = await EndUserRow.get_or_none(id=self.end_user_row_id)
         return None if row is None else EndUser.from_row(row)
 
+    @strawberry.field(description="The endpoint disabled; null once deleted.")
+    async def webhook_endpoint(self) -> WebhookEndpoint | None:
+        if self.endpoint_row_id is None:
+            return None
+        row = await EndpointRow.get_or_none(id=self.endpoint_row_id)
+        return None if row is None else WebhookEndpoint.from_row(row)
+
     @classmethod
-    def from_row(cls, row: AlertRow, pool_key: str) -> CreditAlert:
+    def from_row(cls, row: AlertRow, pool_key: str | None) -> CreditAlert:
         return cls(
             id=strawberry.ID(str(row.id)),
             application_id=strawberry.ID(str(row.application_id)),  # type: ignore[attr-defined]
@@ -58,6 +72,7 @@ class CreditAlert:
             at=row.created_at,
             acknowledged=row.acknowledged_at is not None,
             end_user_row_id=row.end_user_id,
+            endpoint_row_id=row.webhook_endpoint_id,
         )
 
     @classmethod
@@ -104,7 +119,7 @@ async def alert_page(application_id: int, first: int, after: str | None) -> Cred
     rows = await query.order_by("-id").limit(first + 1)
     keys = dict(await PoolRow.filter(application_id=application_id).values_list("id", "key"))
     page = [
-        CreditAlertEdge(cursor=_cursor(r.id), node=CreditAlert.from_row(r, keys[r.pool_id]))
+        CreditAlertEdge(cursor=_cursor(r.id), node=CreditAlert.from_row(r, keys.get(r.pool_id)))
         for r in rows[:first]
     ]
     return CreditAlertConnection(
@@ -167,12 +182,13 @@ async def resolve_acknowledge(info: Info, id: strawberry.ID) -> AcknowledgeAlert
         raise NotFound("alert not found", field="id")
     application_id = await writable_application(principal, row.application_id)  # type: ignore[attr-defined]
     row = await acknowledge_alert(application_id, row.id)
-    pool = await PoolRow.get(id=row.pool_id)
-    return AcknowledgeAlertPayload(alert=CreditAlert.from_row(row, pool.key))
+    pool = None if row.pool_id is None else await PoolRow.get(id=row.pool_id)
+    return AcknowledgeAlertPayload(alert=CreditAlert.from_row(row, pool and pool.key))
 
 
 def low_credit_alerts(info: Info, application_id: strawberry.ID) -> AsyncIterator[CreditAlert]:
-    """Every LOW, EXHAUSTED and RECOVERED alert of the application from now on."""
+    """Every LOW, EXHAUSTED and RECOVERED alert of the application from now on (a webhook
+    endpoint's alert is not carried: `Application.alerts` and the webhook list it)."""
 
     async def authorise() -> Topic:
         with errors_as_query_errors():

@@ -174,7 +174,9 @@ class Application:
         _api_keys_only(info)
         return await request_volume_series(self.row_id, from_, to, granularity)
 
-    @strawberry.field(description="Low-credit alerts, newest first.")
+    @strawberry.field(
+        description="Low-credit alerts, and webhook endpoints disabled for failing, newest first."
+    )
     async def alerts(
         self, info: Info, first: int = 50, after: str | None = None
     ) -> CreditAlertConnection:

@@ -9,14 +9,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from api.jobs import expiry_warner
+from api.settings import Settings
 from models.credits import Allocation, CreditPack
 from models.end_users import EndUserInput, upsert_end_users
 from models.errors import InsufficientCredits
 from models.expiry import expire_lots
 from models.ledger import allocate_credits, consume_credits, purchase_credits, release_credits
-from models.records import LedgerEntry
+from models.records import LedgerEntry, OutboxEvent
 from models.references import EndUserRef
 from models.verify import verify_ledger
+from models.webhook_events import outbox_webhook_event
 from tests.ledger_helpers import balance_of, move_expiry_to_past, pool_counters
 
 
@@ -139,3 +142,44 @@ async def test_fifo_by_expiry_across_lots(tenant) -> None:
     balance = await balance_of((await Allocation.filter(lot_id=late).first()).end_user_id, pool)
     assert (balance.remaining, balance.expired) == (0, 8)
     assert await verify_ledger() == []
+
+
+async def test_credits_expiring_soon_are_announced_once_by_concurrent_warners(
+    tenant, outbox_held
+) -> None:
+    """One event per lot's pool remainder and per holder, for lots expiring within the
+    window that still hold credits; none for a lot empty, already expired, or later."""
+    app = tenant.application_id
+    alice, bob = await _user(app, "alice"), await _user(app, "bob")
+    now = datetime.now(UTC)
+    empty = await purchase_credits(app, "inbox_preview", 10, expires_at=now + timedelta(days=2))
+    await allocate_credits(app, "inbox_preview", alice, 10)
+    await consume_credits(app, "inbox_preview", alice, 10, "ai_generation")
+    expired = (await purchase_credits(app, "ai", 30, expires_at=now + timedelta(days=1))).pack_id
+    await move_expiry_to_past(expired)
+    soon = await purchase_credits(app, "ai", 100, expires_at=now + timedelta(days=3))
+    later = await purchase_credits(app, "ai", 50, expires_at=now + timedelta(days=10))
+    await allocate_credits(app, "ai", alice, 25)  # from the lot expiring first
+    await allocate_credits(app, "ai", bob, 20)
+    await consume_credits(app, "ai", bob, 5, "ai_generation")
+
+    warner = expiry_warner(Settings().model_copy(update={"expiry_warning_days": 7}))
+    await asyncio.gather(warner(), warner())
+    await asyncio.gather(warner(), warner())  # announced already: nothing more
+
+    rows = await OutboxEvent.filter(application_id=app, topic="credits_expiring").order_by("id")
+    announced = [outbox_webhook_event({"topic": r.topic, "payload": r.payload}) for r in rows]
+    ids = {ref.external_id: u.id for ref in (alice, bob) for u in await _ids(app, ref)}
+    assert [(e.end_user_id, e.data["packId"], e.data["remaining"]) for e in announced] == [
+        (None, str(soon.pack_id), 95),
+        (ids["alice"], str(soon.pack_id), 25),
+        (ids["bob"], str(soon.pack_id), 15),
+    ]
+    pool_event = announced[0]
+    assert pool_event.type == "credits.expiring" and pool_event.data["pool"] == "ai"
+    assert pool_event.data["unallocated"] == 55 and "unallocated" not in announced[1].data
+    pack = await CreditPack.get(id=soon.pack_id)
+    assert datetime.fromisoformat(pool_event.data["expiresAt"]) == pack.expires_at
+    warned = await CreditPack.filter(pool__application_id=app, expiry_warned_at__isnull=False)
+    assert {p.id for p in warned} == {soon.pack_id, empty.pack_id}  # the empty one: claimed
+    assert later.pack_id not in {p.id for p in warned} and expired not in {p.id for p in warned}

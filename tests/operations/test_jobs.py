@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from api.jobs import JobRunner, PeriodicJob, sweep_expired_lots
+from api.jobs import JobRunner, PeriodicJob, default_jobs, sweep_expired_lots
+from api.settings import Settings
+from models.credits import CreditPack
 from models.ledger import purchase_credits
+from models.records import OutboxEvent
 from models.verify import verify_ledger
 from tests.ledger_helpers import move_expiry_to_past, pool_counters
 
@@ -53,6 +56,29 @@ async def test_the_sweep_job_books_every_expired_lot_and_runs_safely_twice_at_on
     pool = await pool_counters(app)
     assert (pool.expired, pool.remaining) == (30, 0)
     assert await verify_ledger() == []
+
+
+async def test_the_expiry_warning_job_announces_each_lot_once_with_two_runners_at_once(
+    tenant, outbox_held
+) -> None:
+    app = tenant.application_id
+    soon = datetime.now(UTC) + timedelta(days=2)
+    packs = {(await purchase_credits(app, "ai", 10, expires_at=soon)).pack_id for _ in range(40)}
+    settings = Settings().model_copy(update={"expiry_warning_days": 7})
+    [job] = [job for job in default_jobs(settings) if job.name == "warn-expiring-lots"]
+    runners = [JobRunner([PeriodicJob(job.name, 0.05, job.run)]) for _ in range(2)]
+    await asyncio.gather(*(runner.start() for runner in runners))
+    warned = CreditPack.filter(id__in=packs, expiry_warned_at__isnull=False)
+    try:
+        for _ in range(400):
+            if await warned.count() == len(packs):
+                break
+            await asyncio.sleep(0.025)
+        await asyncio.sleep(0.2)  # both runners tick again: nothing more
+    finally:
+        await asyncio.gather(*(runner.close() for runner in runners))
+    rows = await OutboxEvent.filter(application_id=app, topic="credits_expiring")
+    assert sorted(row.payload["pack_id"] for row in rows) == sorted(packs)
 
 
 async def test_idempotency_keys_are_forgotten_after_their_retention_never_before_30_days(

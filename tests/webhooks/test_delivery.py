@@ -10,14 +10,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from gql import gql
 
 from api.settings import Settings
 from api.webhook_delivery import WebhookDeliverer
 from models.billing import close_period, month_start, previous_month
+from models.expiry import warn_expiring_lots
 from models.outbox import write_events
 from models.sql import transaction
 from models.tenancy import Application
@@ -30,8 +32,10 @@ from tests.graphql_client import (
     PURCHASE,
     ROTATE_WEBHOOK_SECRET,
     UPDATE_WEBHOOK,
+    UPSERT,
     WEBHOOK_DELIVERIES,
 )
+from tests.subscribing import next_event, subscribed
 from tests.webhook_receiver import Receiver, receiving, subscribe
 
 ALL_EVENTS = [
@@ -43,6 +47,17 @@ ALL_EVENTS = [
     "ALLOCATION_CHANGED",
     "BILLING_PERIOD_CLOSED",
 ]
+LOW_CREDIT_ALERTS = gql("subscription($app: ID!) { lowCreditAlerts(applicationId: $app) { id } }")
+ENDPOINT_ALERTS = """
+query($id: ID!) {
+  application(id: $id) {
+    webhookEndpoints { enabled disabledReason failingSince }
+    alerts(first: 10) { edges { node { id kind pool remaining acknowledged endUser { id }
+                                       webhookEndpoint { id enabled } } } }
+  }
+}"""
+ACKNOWLEDGE_ALERT = """
+mutation($id: ID!) { acknowledgeAlert(id: $id) { alert { acknowledged pool } errors { code } } }"""
 
 
 def webhook_settings(settings: Settings, **changes: object) -> Settings:
@@ -324,10 +339,13 @@ async def test_a_rotated_secret_signs_beside_the_new_one_during_the_overlap(hook
 
 
 async def test_an_endpoint_failing_too_long_is_disabled_and_says_so(backend, http, caplog) -> None:
+    """Disabled with a warning, a `disabledReason`, an alert in the application's list (not
+    in the low-credit subscription) and a webhook to the application's other endpoints."""
     settings = webhook_settings(backend.settings, webhook_disable_after_seconds=0.5)
     receiver = Receiver(fail_first=10**6)
     async with (
         receiving(receiver),
+        receiving(Receiver()) as watcher,
         serving(Backend(backend.name, settings)) as server,
     ):
         deliverer = WebhookDeliverer(settings, server.request_log)
@@ -335,23 +353,39 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_says_so(backend, htt
         try:
             app = await keyed_application(server, http)
             made = await subscribe(app, receiver, "down", ["PACK_PURCHASED"])
-            with caplog.at_level(logging.WARNING, logger="usagegraph.webhooks"):
-                await app.admin(
-                    PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": 1}
-                )
-                for _ in range(400):  # up to 20 s, as Receiver.wait_for
-                    if "disabled" in caplog.text:
-                        break
-                    await asyncio.sleep(0.05)
+            await subscribe(app, watcher, "watch", ["WEBHOOK_ENDPOINT_DISABLED"])
+            async with subscribed(
+                server.graphql, app.reader.key, document=LOW_CREDIT_ALERTS, app=app.id
+            ) as low_credit:
+                with caplog.at_level(logging.WARNING, logger="usagegraph.webhooks"):
+                    await app.admin(
+                        PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": 1}
+                    )
+                    [announced] = await watcher.wait_for("watch", 1)
+                with pytest.raises(TimeoutError):  # not a low-credit alert
+                    await next_event(low_credit, wait=0.5)
             assert f"webhook endpoint {made['id']} of application {app.id}" in caplog.text
             assert deliverer.disabled == 1 and deliverer.failed_attempts >= 1
-            listing = await app.admin(
-                "query($id: ID!) { application(id: $id) { webhookEndpoints {"
-                " enabled disabledReason failingSince } } }",
-                id=app.id,
-            )
-            [state] = listing["application"]["webhookEndpoints"]
+            listing = await app.admin(ENDPOINT_ALERTS, id=app.id)
+            state, watching = listing["application"]["webhookEndpoints"]
             assert state["enabled"] is False and "failing" in state["disabledReason"]
+            assert watching["enabled"] is True
+            [alert] = [e["node"] for e in listing["application"]["alerts"]["edges"]]
+            assert alert["kind"] == "WEBHOOK_ENDPOINT_DISABLED" and not alert["acknowledged"]
+            assert (alert["pool"], alert["remaining"], alert["endUser"]) == (None, None, None)
+            assert alert["webhookEndpoint"] == {"id": made["id"], "enabled": False}
+            assert announced.body["type"] == "webhook_endpoint.disabled"
+            assert announced.body["data"] == {
+                "applicationId": app.id,
+                "alertId": alert["id"],
+                "endpointId": made["id"],
+                "url": made["url"],
+                "disabledReason": state["disabledReason"],
+                "failingSince": announced.body["data"]["failingSince"],
+            }
+            acknowledged = await app.admin(ACKNOWLEDGE_ALERT, id=alert["id"])
+            assert acknowledged["acknowledgeAlert"]["alert"]["acknowledged"] is True
+            assert acknowledged["acknowledgeAlert"]["alert"]["pool"] is None
             # enabled again: its pending message is tried again, from the oldest
             receiver.fail_first = 0
             enabled = await app.admin(UPDATE_WEBHOOK, input={"id": made["id"], "enabled": True})
@@ -377,3 +411,42 @@ async def test_a_closed_billing_period_is_announced_once(hooked) -> None:
         assert data["start"] == start.isoformat() and "activeEndUsers" in data
         await asyncio.sleep(0.2)
         assert await WebhookMessage.filter(application_id=int(app.id)).count() == 1
+
+
+async def test_credits_expiring_soon_are_announced_once(hooked) -> None:
+    async with receiving(Receiver()) as receiver:
+        app = await empty_app(hooked)
+        await subscribe(app, receiver, "expiring", ["CREDITS_EXPIRING"])
+        expires_at = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+        bought = await app.admin(
+            PURCHASE,
+            input={"applicationId": app.id, "pool": "ai", "credits": 100, "expiresAt": expires_at},
+        )
+        pack = bought["purchaseCredits"]["pack"]
+        upserted = await app.admin(
+            UPSERT, input={"applicationId": app.id, "endUsers": [{"externalId": "u0"}]}
+        )
+        [user] = [u["id"] for u in upserted["upsertEndUsers"]["endUsers"]]
+        allocated = await app.admin(ALLOCATE, input=allocation(app, user, 30))  # from the lot
+        assert allocated["allocateCredits"]["errors"] == []
+        for _ in range(2):
+            await warn_expiring_lots(timedelta(days=7))
+        pool, held = await receiver.wait_for("expiring", 2)
+        assert {pool.body["type"], held.body["type"]} == {"credits.expiring"}
+        assert pool.body["version"] == 1
+        assert pool.body["data"] == {
+            "applicationId": app.id,
+            "pool": "ai",
+            "endUser": None,
+            "packId": pack["id"],
+            "remaining": 100,
+            "unallocated": 70,
+            "expiresAt": pool.body["data"]["expiresAt"],
+        }
+        assert datetime.fromisoformat(pool.body["data"]["expiresAt"]) == datetime.fromisoformat(
+            pack["expiresAt"]
+        )
+        assert held.body["data"]["endUser"] == {"id": user, "externalId": "u0"}
+        assert held.body["data"]["remaining"] == 30
+        await asyncio.sleep(0.3)
+        assert len(receiver.unique("expiring")) == 2

@@ -1,9 +1,11 @@
 // Low-credit alerts: the latest ones, and each new one as it happens (lowCreditAlerts).
+// The list also holds webhook endpoints disabled for failing (no pool, no subscription).
 
 import { endUserName } from "./allocation.js";
 import { formatInteger, h, setState, statusBadge, timeElement } from "./dom.js";
 
-const ALERT = "id pool kind remaining threshold at acknowledged endUser { id externalId name }";
+const ALERT =
+  "id pool kind remaining threshold at acknowledged endUser { id externalId name } webhookEndpoint { url }";
 
 const LATEST = `query UsageAlerts($id: ID!) {
   application(id: $id) { alerts(first: 5) { totalCount edges { node { ${ALERT} } } } }
@@ -71,9 +73,15 @@ export function alertsSection(ctx) {
 }
 
 function describe(alert, fresh) {
+  const attributes = { "data-alert": alert.id, "data-kind": alert.kind, class: fresh ? "flash" : null };
+  if (alert.pool === null) {
+    const url = alert.webhookEndpoint ? alert.webhookEndpoint.url : "(deleted)";
+    return h("li", attributes, h("strong", {}, "Webhook endpoint"), ` ${url} disabled for failing · `,
+      timeElement(alert.at));
+  }
   return h(
     "li",
-    { "data-alert": alert.id, "data-kind": alert.kind, class: fresh ? "flash" : null },
+    attributes,
     statusBadge(alert.kind),
     " ",
     h("strong", {}, alert.endUser ? endUserName(alert.endUser) : `Pool ${alert.pool}`),
