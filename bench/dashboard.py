@@ -10,6 +10,7 @@ over `--days` days (default 90) in two pools ("ai": AI generation and rewrite, 7
 when it occurred, as if recorded live). Allocations: what each End User used plus a
 headroom that leaves ~10% of them EXHAUSTED and ~20% LOW (threshold 50); half of the End
 Users who used nothing hold 500 unused credits, the others none. One lot per pool.
+One request-log entry per 10 usage events (a few failing), as a live log holds.
 After loading: ANALYZE, then one fold of the reporting rollups (`models.rollups.fold_usage`,
 timed); the server also folds every 30 s by itself.
 
@@ -247,6 +248,22 @@ async def generate(dsn: str, app: int, users: int, events: int, days: int) -> No
                 " $2 + i, occurred_at, occurred_at FROM gen",
                 app,
                 first_event,
+            )
+            # the request log's history: one consumeCredits call per 10 events, a few
+            # failing, so that its statistics are a live log's, not an empty table's
+            # (autovacuum may be off: nothing would analyze it while the load grows it)
+            await conn.execute(
+                "INSERT INTO request_log (application_id, organization_id, time, method,"
+                " endpoint, operation_name, end_user_id, end_user_external_id, api_key_prefix,"
+                " status, outcome, error_code, latency_ms, request_id, source)"
+                " SELECT $1, a.organization_id, occurred_at, 'POST',"
+                " 'POST /graphql consumeCredits', 'Consume', end_user_id, NULL, 'ug_bench',"
+                " CASE WHEN i % 97 = 0 THEN 400 ELSE 200 END,"
+                " CASE WHEN i % 97 = 0 THEN 'CLIENT_ERROR' ELSE 'OK' END,"
+                " CASE WHEN i % 97 = 0 THEN 'INSUFFICIENT_CREDITS' END, 3 + i % 17,"
+                " 'bench-' || i, 'api' FROM gen JOIN application a ON a.id = $1"
+                " WHERE i % 10 = 0",
+                app,
             )
         await conn.execute("ANALYZE")
     finally:
