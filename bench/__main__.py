@@ -31,7 +31,7 @@ BENCHMARKS = (
     Benchmark("ledger"),
     Benchmark("graphql_consume", ("--load", "wrk", "--no-access-log", "--seconds", "20")),
     Benchmark("consume_peer"),
-    Benchmark("dashboard", ("--parts",)),
+    Benchmark("dashboard", ("--parts", "--statements")),
     Benchmark("dashboard_peer", ("--rounds", "5", "--seconds", "10", "--single-seconds", "5")),
     Benchmark("ws_fanout"),
     Benchmark("export"),

@@ -23,7 +23,8 @@ Measured
     raw SQL       the statements the dashboard query sends (captured on the wire from an
                   in-process execution) replayed by `--clients` asyncpg tasks, each
                   dashboard's statements one after the other, for the same time: per
-                  dashboard p50 and p99, and the replaying process's CPU per dashboard.
+                  dashboard p50 and p99, and the CPU per dashboard of the replaying
+                  process and of PostgreSQL.
                   This is the floor of the SQL part.
     HTTP floor    the same answer bytes from a bare Starlette endpoint on uvicorn (the
                   body parsed as JSON, nothing else), loaded the same way: rate, p50, p99
@@ -41,6 +42,7 @@ exhaustion included), and the last 50 request-log entries when the schema has th
 
     .venv/bin/python -m bench.dashboard [--quick] [--end-users N] [--events N] [--clients 16]
         [--keep] [--database NAME] [--profile FILE] [--query dashboard|nested] [--parts]
+        [--statements]
         [--against DIR [--rounds N] [--single-seconds S] [--only-against]]
 
 `--quick` (1,000 End Users, 50,000 events, 5 s) checks that everything runs. `--keep`
@@ -50,6 +52,9 @@ ending now). `--profile FILE` samples the server with py-spy during the measured
 writes collapsed stacks to FILE. `--parts` also prints the CPU of this process per
 execution of the whole dashboard and of each of its parts alone (`DASHBOARD_PARTS`),
 executed in process as the server does without HTTP: where the server's time goes.
+`--statements` also prints each of the statements alone, replayed by `--clients` tasks for
+a few seconds with the server's plan settings: its CPU per execution in PostgreSQL and in
+the replaying process, under load.
 `--against DIR` compares, in interleaved rounds at `--clients` and at one client, this
 checkout's server with the server of checkout DIR (run by DIR/.venv): rates, latencies, the
 server's CPU and PostgreSQL's per dashboard, and the ratios. The machine is shared by
@@ -307,9 +312,17 @@ async def verified(url: str) -> bool:
 # ------------------------------------------------------------------------------ raw SQL
 
 
-async def captured_statements(
-    app: int, query: str, variables: dict[str, Any]
-) -> list[tuple[str, tuple]]:
+@dataclass(frozen=True)
+class Statement:
+    """A statement the server sent: its text, arguments, and whether it ran on the pool
+    whose sessions plan once (`models.sql._fetch_planned_once`)."""
+
+    text: str
+    args: tuple[Any, ...]
+    generic: bool
+
+
+async def captured_statements(app: int, query: str, variables: dict[str, Any]) -> list[Statement]:
     """The statements (and arguments) one in-process execution of the query sends, as the
     server executes an HTTP request (preserialized values allowed)."""
     from asyncpg.connection import Connection
@@ -319,11 +332,13 @@ async def captured_statements(
     from resolvers.context import Context
     from resolvers.schema import schema
 
-    seen: list[tuple[str, tuple]] = []
+    seen: list[Statement] = []
     original = Connection._execute
 
     async def capture(self: Any, query: str, args: Any, *rest: Any, **kw: Any) -> Any:
-        seen.append((query, tuple(args)))
+        settings = self._params.server_settings or {}
+        generic = settings.get("plan_cache_mode") == "force_generic_plan"
+        seen.append(Statement(query, tuple(args), generic))
         return await original(self, query, args, *rest, **kw)
 
     principal = Principal(0, app, ApiKeyRole.READ, None, None)
@@ -340,40 +355,115 @@ async def captured_statements(
     return seen
 
 
-async def raw_replay(
-    dsn: str, statements: list[tuple[str, tuple]], clients: int, seconds: float
-) -> dict[str, float]:
-    # the server's connection settings (no reset statement on release, no JIT)
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=clients,
-        max_size=clients,
-        connection_class=PooledConnection,
-        server_settings={"jit": "off"},
-    )
+REPLAY_NAME = "usagegraph-bench-replay"  # the replaying sessions' application_name
+
+
+async def replay_pools(dsn: str, size: int) -> dict[bool, asyncpg.Pool]:
+    """Pools as the server's: no reset statement on release, no JIT; by `Statement.generic`,
+    one whose sessions plan once (as `api.database.planned_once_config`) or the other."""
+    pools = {}
+    for generic in (False, True):
+        settings = {"jit": "off", "application_name": REPLAY_NAME}
+        if generic:
+            settings["plan_cache_mode"] = "force_generic_plan"
+        pools[generic] = await asyncpg.create_pool(
+            dsn,
+            min_size=size,
+            max_size=size,
+            connection_class=PooledConnection,
+            server_settings=settings,
+        )
+    return pools
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Where and how wide statements are replayed: the database (asyncpg's DSN, and its
+    name on the server the admin DSN reaches) and the number of replaying tasks."""
+
+    dsn: str
+    admin_dsn: str
+    database: str
+    clients: int
+
+
+async def replayed(replay: Replay, statements: list[Statement], seconds: float) -> dict[str, float]:
+    """`replay.clients` tasks sending `statements` one after the other, again and again, for
+    `seconds`: rounds/s, p50 and p99 of a round, and per round the CPU of this process
+    and of the replaying backends."""
+    clients, database = replay.clients, replay.database
+    pools = await replay_pools(replay.dsn, clients)
+    admin = await asyncpg.connect(replay.admin_dsn)
     latencies: list[float] = []
-    cpu_before = time.process_time()
     try:
+        for statement in statements:  # each prepared on every session, as when warm
+            for _ in range(clients):
+                async with pools[statement.generic].acquire() as conn:
+                    await conn.fetch(statement.text, *statement.args)
+        pg_before = await backend_cpu(admin, database, (REPLAY_NAME, True))
+        cpu_before = time.process_time()
         stop = time.perf_counter() + seconds
 
         async def worker() -> None:
             while time.perf_counter() < stop:
                 start = time.perf_counter()
-                for text, args in statements:
-                    async with pool.acquire() as conn:  # as the server does per statement
-                        await conn.fetch(text, *args)
+                for statement in statements:
+                    # a connection per statement, as the server acquires one
+                    async with pools[statement.generic].acquire() as conn:
+                        await conn.fetch(statement.text, *statement.args)
                 latencies.append(time.perf_counter() - start)
 
         await asyncio.gather(*(worker() for _ in range(clients)))
         cpu = time.process_time() - cpu_before
+        postgres = cpu_since(pg_before, await backend_cpu(admin, database, (REPLAY_NAME, True)))
     finally:
-        await pool.close()
+        await admin.close()
+        for pool in pools.values():
+            await pool.close()
+    rounds = max(1, len(latencies))
     return {
         "rate": len(latencies) / seconds,
         "p50": percentile(latencies, 0.5) * 1000,
         "p99": percentile(latencies, 0.99) * 1000,
-        "cpu_ms": cpu * 1000 / max(1, len(latencies)),
+        "cpu_ms": cpu * 1000 / rounds,
+        "pg_ms": postgres * 1000 / rounds,
     }
+
+
+async def statement_costs(
+    replay: Replay, statements: list[Statement], seconds: float
+) -> list[dict[str, float]]:
+    """Each statement alone, replayed for `seconds`: its executions/s and its CPU per
+    execution in PostgreSQL and in this process, under load as in a dashboard run rather
+    than alone (where caches are warm and nothing contends)."""
+    return [await replayed(replay, [statement], seconds) for statement in statements]
+
+
+async def print_statement_costs(
+    replay: Replay, statements: list[Statement], options: argparse.Namespace
+) -> None:
+    seconds = 1.0 if options.quick else 3.0
+    costs = await statement_costs(replay, statements, seconds)
+    print(
+        f"\n| statement, alone, {options.clients} replaying tasks, {seconds:.0f} s"
+        " | executions/s | PostgreSQL CPU each | replaying process CPU each |"
+    )
+    print("|---|---|---|---|")
+    for statement, cost in zip(statements, costs, strict=True):
+        plan = "generic plan; " if statement.generic else ""
+        print(
+            f"| `{statement_label(statement)}` ({plan}{len(statement.args)} arguments)"
+            f" | {cost['rate']:,.0f} | {cost['pg_ms']:.3f} ms | {cost['cpu_ms']:.3f} ms |"
+        )
+    pg = sum(c["pg_ms"] for c in costs)
+    client = sum(c["cpu_ms"] for c in costs)
+    print(f"| all of them | | {pg:.2f} ms | {client:.2f} ms |")
+
+
+def statement_label(statement: Statement, width: int = 70) -> str:
+    """The statement's first words, on one line, for a table."""
+    text = " ".join(statement.text.split())
+    return (text[:width] + "...") if len(text) > width else text
 
 
 async def parts_cpu(app: int, variables: dict[str, Any], runs: int) -> dict[str, float]:
@@ -709,6 +799,12 @@ async def main() -> int:
         action="store_true",
         help="also the CPU of each part of the dashboard, executed in this process",
     )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="also each statement alone, replayed by --clients tasks: its CPU per execution"
+        " in PostgreSQL and in the replaying process",
+    )
     options = parsed(parser)
     if options.quick:
         options.single_seconds = 3
@@ -791,7 +887,8 @@ async def main() -> int:
         if result["errors"]:
             print(f"{result['errors']} failed requests")
             status = 1
-        raw = await raw_replay(dsn, statements, options.clients, options.seconds)
+        replay = Replay(dsn, options.admin_dsn, db.name, options.clients)
+        raw = await replayed(replay, statements, options.seconds)
         bare = await bare_http(
             runner, response.content, key, body, options.clients, options.seconds
         )
@@ -812,7 +909,10 @@ async def main() -> int:
             f"| its {len(statements)} statements, raw asyncpg | {raw['rate']:,.0f}"
             f" | {raw['p50']:.1f} ms | {raw['p99']:.1f} ms |"
         )
-        print(f"| (CPU per dashboard of the replaying process: {raw['cpu_ms']:.1f} ms) | | | |")
+        print(
+            f"| (CPU per dashboard of the replaying process: {raw['cpu_ms']:.1f} ms, of"
+            f" PostgreSQL: {raw['pg_ms']:.1f} ms) | | | |"
+        )
         print(
             f"| HTTP floor: the same answer bytes from a bare Starlette endpoint, one uvicorn"
             f" process | {bare['rate']:,.0f} | {bare['p50']:.1f} ms | {bare['p99']:.1f} ms |"
@@ -822,6 +922,8 @@ async def main() -> int:
             f"| 90 days of DAY buckets straight from the ledger (one query, alone) |"
             f" | {scan:.1f} ms | |"
         )
+        if options.statements:
+            await print_statement_costs(replay, statements, options)
         verdict = result["p50"] < 50 and result["p99"] < 150
         if options.clients == 16:
             print(f"\ntarget p50 < 50 ms and p99 < 150 ms: {'met' if verdict else 'NOT met'}")

@@ -51,6 +51,7 @@ import httpx
 
 from bench.dashboard import (
     BenchDatabase,
+    Replay,
     bare_http,
     bench_arguments,
     bench_database,
@@ -59,8 +60,8 @@ from bench.dashboard import (
     measured_round,
     parsed,
     populate,
-    raw_replay,
     release_database,
+    replayed,
     start_usagegraph,
 )
 from bench.dashboard_query import NESTED
@@ -399,7 +400,8 @@ async def main() -> int:
         print(f"usagegraph's answer: {len(answer.content):,} bytes, {len(statements)} statements")
 
         await interleaved((ours, theirs), runner, key, options, db.name)
-        raw = await raw_replay(db.dsn, statements, options.clients, options.seconds)
+        replay = Replay(db.dsn, options.admin_dsn, db.name, options.clients)
+        raw = await replayed(replay, statements, options.seconds)
         bare = await bare_http(
             runner, answer.content, key, ours.body, options.clients, options.seconds
         )
