@@ -73,6 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -322,6 +323,21 @@ class Statement:
     generic: bool
 
 
+async def statements_now(
+    db: BenchDatabase, app: int, query: str, variables: dict[str, Any]
+) -> list[Statement]:
+    """The statements a server sends for the query now, captured with the ORM opened on the
+    database for the time of it. Their arguments hold the burn window's start, which moves
+    each UTC hour: replayed later, an earlier hour's statements would read the moved hour
+    from the ledger every time, where a server does so only until the fold just after the
+    hour has summed it."""
+    await open_database(Settings(DATABASE_URL=db.url))
+    try:
+        return await captured_statements(app, query, variables)
+    finally:
+        await close_database()
+
+
 async def captured_statements(app: int, query: str, variables: dict[str, Any]) -> list[Statement]:
     """The statements (and arguments) one in-process execution of the query sends, as the
     server executes an HTTP request (preserialized values allowed)."""
@@ -430,20 +446,28 @@ async def replayed(replay: Replay, statements: list[Statement], seconds: float) 
     }
 
 
+Capture = Callable[[], Awaitable[list[Statement]]]
+
+
 async def statement_costs(
-    replay: Replay, statements: list[Statement], seconds: float
+    replay: Replay, statements: list[Statement], capture: Capture, seconds: float
 ) -> list[dict[str, float]]:
-    """Each statement alone, replayed for `seconds`: its executions/s and its CPU per
-    execution in PostgreSQL and in this process, under load as in a dashboard run rather
-    than alone (where caches are warm and nothing contends)."""
-    return [await replayed(replay, [statement], seconds) for statement in statements]
+    """Each of `statements` alone, replayed for `seconds` as `capture` gives it at that
+    moment: its executions/s and its CPU per execution in PostgreSQL and in this process,
+    under load as in a dashboard run rather than alone (where caches are warm and nothing
+    contends)."""
+    costs = []
+    for statement in statements:
+        now = {s.text: s for s in await capture()}
+        costs.append(await replayed(replay, [now.get(statement.text, statement)], seconds))
+    return costs
 
 
 async def print_statement_costs(
-    replay: Replay, statements: list[Statement], options: argparse.Namespace
+    replay: Replay, statements: list[Statement], capture: Capture, options: argparse.Namespace
 ) -> None:
     seconds = 1.0 if options.quick else 3.0
-    costs = await statement_costs(replay, statements, seconds)
+    costs = await statement_costs(replay, statements, capture, seconds)
     print(
         f"\n| statement, alone, {options.clients} replaying tasks, {seconds:.0f} s"
         " | executions/s | PostgreSQL CPU each | replaying process CPU each |"
@@ -888,6 +912,11 @@ async def main() -> int:
             print(f"{result['errors']} failed requests")
             status = 1
         replay = Replay(dsn, options.admin_dsn, db.name, options.clients)
+
+        async def capture() -> list[Statement]:
+            return await statements_now(db, app, query, variables)
+
+        statements = await capture()
         raw = await replayed(replay, statements, options.seconds)
         bare = await bare_http(
             runner, response.content, key, body, options.clients, options.seconds
@@ -923,7 +952,7 @@ async def main() -> int:
             f" | {scan:.1f} ms | |"
         )
         if options.statements:
-            await print_statement_costs(replay, statements, options)
+            await print_statement_costs(replay, statements, capture, options)
         verdict = result["p50"] < 50 and result["p99"] < 150
         if options.clients == 16:
             print(f"\ntarget p50 < 50 ms and p99 < 150 ms: {'met' if verdict else 'NOT met'}")
