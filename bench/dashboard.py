@@ -81,7 +81,12 @@ from typing import Any
 
 import asyncpg
 
-from api.database import PooledConnection, close_database
+from api.database import (
+    PooledConnection,
+    close_database,
+    connection_config,
+    planned_once_config,
+)
 from api.settings import Settings
 from bench.dashboard_query import DASHBOARD, DASHBOARD_PARTS, NESTED, part_query
 from bench.harness import (
@@ -333,12 +338,14 @@ async def statements_now(
     hour has summed it."""
     await open_database(Settings(DATABASE_URL=db.url))
     try:
-        return await captured_statements(app, query, variables)
+        return await captured_statements(db, app, query, variables)
     finally:
         await close_database()
 
 
-async def captured_statements(app: int, query: str, variables: dict[str, Any]) -> list[Statement]:
+async def captured_statements(
+    db: BenchDatabase, app: int, query: str, variables: dict[str, Any]
+) -> list[Statement]:
     """The statements (and arguments) one in-process execution of the query sends, as the
     server executes an HTTP request (preserialized values allowed)."""
     from asyncpg.connection import Connection
@@ -350,10 +357,10 @@ async def captured_statements(app: int, query: str, variables: dict[str, Any]) -
 
     seen: list[Statement] = []
     original = Connection._execute
+    planned_once = server_session_settings(db)[True]
 
     async def capture(self: Any, query: str, args: Any, *rest: Any, **kw: Any) -> Any:
-        settings = self._params.server_settings or {}
-        generic = settings.get("plan_cache_mode") == "force_generic_plan"
+        generic = self._params.server_settings == planned_once
         seen.append(Statement(query, tuple(args), generic))
         return await original(self, query, args, *rest, **kw)
 
@@ -374,32 +381,40 @@ async def captured_statements(app: int, query: str, variables: dict[str, Any]) -
 REPLAY_NAME = "usagegraph-bench-replay"  # the replaying sessions' application_name
 
 
-async def replay_pools(dsn: str, size: int) -> dict[bool, asyncpg.Pool]:
-    """Pools as the server's: no reset statement on release, no JIT; by `Statement.generic`,
-    one whose sessions plan once (as `api.database.planned_once_config`) or the other."""
+def server_session_settings(db: BenchDatabase) -> dict[bool, dict[str, str]]:
+    """The session settings of the server's two pools on the database, by
+    `Statement.generic`: the main one's, and those of the one whose sessions plan once."""
+    settings = Settings(DATABASE_URL=db.url)
+    main = connection_config(settings)
+    assert isinstance(main, dict)
+    return {
+        False: main["credentials"]["server_settings"],
+        True: planned_once_config(settings)["credentials"]["server_settings"],
+    }
+
+
+async def replay_pools(db: BenchDatabase, size: int) -> dict[bool, asyncpg.Pool]:
+    """Pools as the server's (no reset statement on release, its session settings), by
+    `Statement.generic`."""
     pools = {}
-    for generic in (False, True):
-        settings = {"jit": "off", "application_name": REPLAY_NAME}
-        if generic:
-            settings["plan_cache_mode"] = "force_generic_plan"
+    for generic, settings in server_session_settings(db).items():
         pools[generic] = await asyncpg.create_pool(
-            dsn,
+            db.dsn,
             min_size=size,
             max_size=size,
             connection_class=PooledConnection,
-            server_settings=settings,
+            server_settings={**settings, "application_name": REPLAY_NAME},
         )
     return pools
 
 
 @dataclass(frozen=True)
 class Replay:
-    """Where and how wide statements are replayed: the database (asyncpg's DSN, and its
-    name on the server the admin DSN reaches) and the number of replaying tasks."""
+    """Where and how wide statements are replayed: the database, the admin DSN that reads
+    its backends' CPU, and the number of replaying tasks."""
 
-    dsn: str
+    db: BenchDatabase
     admin_dsn: str
-    database: str
     clients: int
 
 
@@ -407,8 +422,8 @@ async def replayed(replay: Replay, statements: list[Statement], seconds: float) 
     """`replay.clients` tasks sending `statements` one after the other, again and again, for
     `seconds`: rounds/s, p50 and p99 of a round, and per round the CPU of this process
     and of the replaying backends."""
-    clients, database = replay.clients, replay.database
-    pools = await replay_pools(replay.dsn, clients)
+    clients, database = replay.clients, replay.db.name
+    pools = await replay_pools(replay.db, clients)
     admin = await asyncpg.connect(replay.admin_dsn)
     latencies: list[float] = []
     try:
@@ -851,7 +866,7 @@ async def main() -> int:
             "from": (now - timedelta(days=options.days)).isoformat(),
             "to": now.isoformat(),
         }
-        statements = await captured_statements(app, query, variables)
+        statements = await captured_statements(db, app, query, variables)
         if options.parts:
             costs = await parts_cpu(app, variables, 20 if options.quick else 200)
             print("| part of the dashboard, executed in process | CPU per execution |")
@@ -911,7 +926,7 @@ async def main() -> int:
         if result["errors"]:
             print(f"{result['errors']} failed requests")
             status = 1
-        replay = Replay(dsn, options.admin_dsn, db.name, options.clients)
+        replay = Replay(db, options.admin_dsn, options.clients)
 
         async def capture() -> list[Statement]:
             return await statements_now(db, app, query, variables)

@@ -376,7 +376,7 @@ async def main() -> int:
             return 1
         app, key = prepared
         variables = {"id": str(app)}
-        statements = await captured_statements(app, NESTED, variables)
+        statements = await captured_statements(db, app, NESTED, variables)
         await close_database()
         await install_computed_columns(db.dsn)
 
@@ -400,7 +400,7 @@ async def main() -> int:
         print(f"usagegraph's answer: {len(answer.content):,} bytes, {len(statements)} statements")
 
         await interleaved((ours, theirs), runner, key, options, db.name)
-        replay = Replay(db.dsn, options.admin_dsn, db.name, options.clients)
+        replay = Replay(db, options.admin_dsn, options.clients)
         raw = await replayed(replay, statements, options.seconds)
         bare = await bare_http(
             runner, answer.content, key, ours.body, options.clients, options.seconds
