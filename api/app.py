@@ -60,10 +60,10 @@ from api.routes.usage_page import usage_page_route
 from api.settings import Settings, get_settings
 from api.transport import LiveGraphQLWSHandler, LiveTransportWSHandler, serve_websocket
 from api.transport.json_request import (
+    POST_OPERATIONS,
     SubResponse,
-    is_plain_json,
+    is_plain_post,
     plain_request,
-    wants_single_answer,
 )
 from api.unavailable import TransientFailureMiddleware, mark_unavailable
 from api.webhook_delivery import WebhookDeliverer
@@ -114,7 +114,7 @@ class UsageGraphQL(GraphQL):
         if scope["type"] != "websocket":
             request = Request(scope, receive)
             try:
-                response = await self.run(request)
+                response = await self.answer(request)
             except HTTPException as error:  # Strawberry answers these in plain text
                 response = refusal(error, request.headers.get("accept"))
             await response(scope, receive, send)
@@ -124,6 +124,28 @@ class UsageGraphQL(GraphQL):
             await serve_websocket(self, websocket)
         else:
             await self.run(websocket)
+
+    async def answer(self, request: Request) -> Response:
+        """The stock view's answer (`run`). The common request, a plain JSON POST
+        (api/transport/json_request.py), takes the same steps directly when the fast paths
+        run: none of `run`'s others (the request adapter, the IDE and WebSocket checks,
+        streamed and batched results) can apply to it."""
+        if self.fast_paths and is_plain_post(request.scope):
+            try:
+                operation = plain_request(decode_json(await request.body()))
+            except ValueError:  # not JSON: the stock parsing answers it
+                operation = None
+            if operation is not None:
+                sub_response = SubResponse()
+                context = await self.get_context(request, response=sub_response)
+                result = await self.execute_http(
+                    request, operation, context, sub_response, POST_OPERATIONS
+                )
+                data = await self.process_result(request, result)
+                if result.errors:
+                    self._handle_errors(result.errors, data)
+                return self.create_response(data, sub_response)
+        return await self.run(request)
 
     async def get_context(self, request: Any, response: Any = None) -> Context:
         return Context(
@@ -226,20 +248,8 @@ class UsageGraphQL(GraphQL):
     async def parse_http_body(self, request: Any) -> Any:
         """The stock parsing, with a JSON body that is neither an object nor a list refused
         as a bad request (the stock view fails on one with a 500). The common request (a
-        JSON object) is read directly when the fast paths run (api/transport/json_request.py)."""
+        JSON object) does not come here when the fast paths run (`answer`)."""
         content_type = request.content_type
-        if (
-            self.fast_paths
-            and request.method == "POST"
-            and is_plain_json(content_type)
-            and wants_single_answer(request.headers.get("accept"))
-        ):
-            try:
-                plain = plain_request(decode_json(await request.get_body()))
-            except ValueError:  # not JSON: the stock parsing answers it
-                plain = None
-            if plain is not None:
-                return plain
         if request.method == "POST" and "application/json" in (content_type or ""):
             body = await request.get_body()
             if not is_json_container(body):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -158,3 +159,50 @@ async def test_the_sub_response_keeps_what_resolvers_set() -> None:
     sub.status_code = 503
     sub.headers["Retry-After"] = "1"
     assert sub.raw_headers == [(b"retry-after", b"1")]
+
+
+# Requests the direct answer takes (a plain JSON POST), each answered once directly and once
+# by the stock `run`: a query with variables and a fragment, request errors (syntax,
+# validation, variables, operation choice), field errors, a mutation refused in its payload
+# (nothing written) and both answer media types.
+ANSWERED = [
+    {"query": "query Q($n: Int = 3) { viewer { role } applications { name } }"},
+    {"query": "{ ...V } fragment V on Query { viewer { role organizationId } }"},
+    {"query": "{ viewer { role }"},
+    {"query": "{ nope }"},
+    {"query": "query Q($id: ID!) { application(id: $id) { name } }", "variables": {}},
+    {"query": "query Q($id: ID!) { application(id: $id) { name } }", "variables": {"id": "x"}},
+    {"query": "query A { __typename } query B { __typename }"},
+    {"query": "query A { __typename } query B { __typename }", "operationName": "C"},
+    {"query": "query A { __typename }", "operationName": "A", "extensions": {"x": 1}},
+    {"query": 'mutation { createApplication(input: {name: ""}) { errors { code } } }'},
+    {"query": "subscription { balanceChanged(applicationId: 1) { remaining } }"},
+]
+
+
+@pytest.mark.parametrize("accept", [None, "application/graphql-response+json"])
+@pytest.mark.parametrize("body", ANSWERED, ids=lambda body: body["query"][:40])
+async def test_the_direct_answer_is_the_stock_answer(
+    backend: Any, accept: str | None, body: dict[str, Any]
+) -> None:
+    from api.app import create_app
+    from models.accounts import create_organization
+
+    app = create_app(backend.settings, migrate=False)
+    view = next(route.endpoint.view for route in app.routes if hasattr(route.endpoint, "view"))
+    _, issued = await create_organization("direct answers")
+    headers = {"authorization": f"Bearer {issued.secret}", "content-type": "application/json"}
+    if accept is not None:
+        headers["accept"] = accept
+    answers = []
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        for fast in (True, False):
+            view.fast_paths = fast
+            response = await client.post("/graphql", content=json.dumps(body), headers=headers)
+            answers.append(
+                (response.status_code, response.headers["content-type"], response.json())
+            )
+    assert view.fast_paths is False  # the second answer was the stock view's
+    assert answers[0] == answers[1]
