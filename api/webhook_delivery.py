@@ -17,17 +17,17 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from api.settings import Settings
-from api.webhook_http import WebhookClient, refusal
 from models.references import organization_of
 from models.request_log import LogRow, LogSource, clip, outcome_for
 from models.webhook_events import message_hooks
 from models.webhook_queue import Attempt, Claimed, RetryPolicy, claim_runs, record_attempts
 from models.webhook_signing import UnsafeTarget, check_target, signature_header
+
+if TYPE_CHECKING:
+    from api.webhook_http import WebhookClient
 
 log = logging.getLogger("usagegraph.webhooks")
 
@@ -51,9 +51,7 @@ class WebhookDeliverer:
         # for its messages one after the other (a failure ends it: at most one timeout).
         timeout = settings.webhook_timeout_seconds
         self.lease = timedelta(seconds=timeout * 2 + RUN * 0.2 + LEASE_MARGIN_SECONDS)
-        # Kept-alive connections, one per endpoint in flight (it has one delivery in flight
-        # at most), as many as `webhook_concurrency`.
-        self.client = WebhookClient(settings.webhook_concurrency, settings.webhooks_allow_private)
+        self.client: WebhookClient | None = None  # made at the first delivery (`_client`)
         self.task: asyncio.Task[None] | None = None
         self.sending: set[asyncio.Task[None]] = set()
         self.finished: list[Attempt] = []
@@ -89,7 +87,22 @@ class WebhookDeliverer:
                 task.cancel()  # not recorded: sent again once its lease runs out
         with contextlib.suppress(Exception):
             await self._record()  # what is not recorded is sent again once its lease ends
-        await self.client.close()
+        if self.client is not None:
+            await self.client.close()
+
+    def _client(self) -> WebhookClient:
+        """Kept-alive connections, one per endpoint in flight (it has one delivery in flight
+        at most), as many as `webhook_concurrency`. Made at the first delivery: aiohttp is
+        loaded only then, so a process that sends no webhook never loads it (loaded, it
+        grows the memory of every idle WebSocket connection by about a tenth,
+        bench.ws_fanout)."""
+        if self.client is None:
+            from api.webhook_http import WebhookClient
+
+            self.client = WebhookClient(
+                self.settings.webhook_concurrency, self.settings.webhooks_allow_private
+            )
+        return self.client
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -164,6 +177,7 @@ class WebhookDeliverer:
     async def attempt(self, message: Claimed, checked: bool = False) -> Attempt:
         """One POST of the message, signed now; never raises for the receiver's doing.
         `checked`: its URL was checked for this run already."""
+        client = self._client()
         body = message.payload.encode()
         timestamp = int(time.time())
         headers = {
@@ -184,15 +198,15 @@ class WebhookDeliverer:
             if not checked:
                 await check_target(message.url, self.settings.webhooks_allow_private)
             async with asyncio.timeout(timeout):
-                status = await self.client.post(message.url, headers, body)
+                status = await client.post(message.url, headers, body)
             if not 200 <= status < 300:
                 error = f"the receiver answered HTTP {status}"
         except UnsafeTarget as refused:
             error = refused.message
         except TimeoutError:
             error = f"no answer within {timeout:g} s"
-        except (OSError, aiohttp.ClientError) as failure:
-            error = refusal(failure) or (
+        except client.failures as failure:
+            error = client.refusal(failure) or (
                 f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
             )
         latency_ms = (time.perf_counter() - started) * 1000

@@ -47,8 +47,18 @@ class PublicResolver(AbstractResolver):
         await self.inner.close()
 
 
+def refusal(error: BaseException) -> str | None:
+    """The message of a connection refused for a private address, else None."""
+    cause = getattr(error, "os_error", None) or error.__cause__
+    return str(cause) if isinstance(cause, PrivateAddress) else None
+
+
 class WebhookClient:
     """Posts deliveries; its session is made in the running loop at the first post."""
+
+    # what a post raises for the receiver's doing, and the message of a refused address
+    failures = (OSError, aiohttp.ClientError)
+    refusal = staticmethod(refusal)
 
     def __init__(self, connections: int, allow_private: bool) -> None:
         self.connections = connections
@@ -91,9 +101,3 @@ class WebhookClient:
         if self.session is not None:
             await self.session.close()
             self.session = None
-
-
-def refusal(error: BaseException) -> str | None:
-    """The message of a connection refused for a private address, else None."""
-    cause = getattr(error, "os_error", None) or error.__cause__
-    return str(cause) if isinstance(cause, PrivateAddress) else None

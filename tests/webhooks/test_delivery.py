@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -450,3 +452,19 @@ async def test_credits_expiring_soon_are_announced_once(hooked) -> None:
         assert held.body["data"]["remaining"] == 30
         await asyncio.sleep(0.3)
         assert len(receiver.unique("expiring")) == 2
+
+
+def test_a_server_that_sends_no_webhook_never_loads_the_http_client() -> None:
+    """aiohttp comes with the first delivery: loaded, it grows every idle WebSocket
+    connection's memory by about a tenth (bench.ws_fanout)."""
+    probe = (
+        "import sys\n"
+        "from api.app import create_app\n"
+        "app = create_app()\n"
+        "assert app.state.webhooks.client is None\n"
+        "print('aiohttp' in sys.modules)\n"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert answer.stdout.strip() == "False"
