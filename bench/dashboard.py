@@ -95,6 +95,7 @@ from bench.harness import (
     PySpy,
     Runner,
     Server,
+    against_arguments,
     backend_cpu,
     cpu_since,
     create_database,
@@ -103,9 +104,12 @@ from bench.harness import (
     first_answer,
     load_runner,
     machine_line,
+    measured_round,
     open_database,
     percentile,
+    print_comparison,
     process_cpu_seconds,
+    rates_line,
     start_server,
     usagegraph_serve,
 )
@@ -720,29 +724,6 @@ def start_usagegraph(db: BenchDatabase, log_dir: Path, checkout: Path = ROOT) ->
     )
 
 
-async def measured_round(
-    server: Server,
-    runner: Runner,
-    key: str,
-    body: dict[str, Any],
-    clients: int,
-    seconds: float,
-    admin: asyncpg.Connection,
-    database: str,
-    named: tuple[str, bool] | None = None,
-) -> dict[str, float]:
-    """One round of load, with the server's CPU per request and the database's: all its
-    backends (one server is loaded at a time), or those `named` picks (`backend_cpu`); a
-    backend started during the round counts from zero."""
-    pg_before = await backend_cpu(admin, database, named)
-    cpu_before = process_cpu_seconds(server.pid)
-    result = await runner(server.url, key, body, clients, 0, seconds)
-    cpu = process_cpu_seconds(server.pid) - cpu_before
-    postgres = cpu_since(pg_before, await backend_cpu(admin, database, named))
-    requests = max(1.0, result["rate"] * seconds)
-    return {**result, "server_ms": cpu * 1000 / requests, "pg_ms": postgres * 1000 / requests}
-
-
 async def against(
     ours: Server,
     theirs: Server,
@@ -782,31 +763,20 @@ async def against(
     finally:
         await admin.close()
 
-    def med(rounds: list[dict[str, float]], name: str) -> float:
-        return statistics.median(r[name] for r in rounds)
-
-    print(
-        f"\n| interleaved with {options.against} ({options.rounds} rounds, medians)"
-        " | this checkout | the other | ratio |"
+    mine, other = loaded[id(ours)], loaded[id(theirs)]
+    one, one_other = single[id(ours)], single[id(theirs)]
+    print_comparison(
+        f"interleaved with {options.against} ({options.rounds} rounds, medians)",
+        [
+            (f"dashboards/s at {options.clients} clients", mine, other, "rate", "{:,.0f}"),
+            (f"p50 at {options.clients} clients (ms)", mine, other, "p50", "{:.1f}"),
+            ("server CPU per dashboard (ms)", mine, other, "server_ms", "{:.2f}"),
+            ("PostgreSQL CPU per dashboard (ms)", mine, other, "pg_ms", "{:.2f}"),
+            ("one client: p50 (ms)", one, one_other, "p50", "{:.2f}"),
+            ("one client: p99 (ms)", one, one_other, "p99", "{:.2f}"),
+        ],
     )
-    print("|---|---|---|---|")
-    rows = (
-        (f"dashboards/s at {options.clients} clients", loaded, "rate", "{:,.0f}"),
-        (f"p50 at {options.clients} clients (ms)", loaded, "p50", "{:.1f}"),
-        ("server CPU per dashboard (ms)", loaded, "server_ms", "{:.2f}"),
-        ("PostgreSQL CPU per dashboard (ms)", loaded, "pg_ms", "{:.2f}"),
-        ("one client: p50 (ms)", single, "p50", "{:.2f}"),
-        ("one client: p99 (ms)", single, "p99", "{:.2f}"),
-    )
-    for label, rounds, name, form in rows:
-        mine, other = med(rounds[id(ours)], name), med(rounds[id(theirs)], name)
-        print(
-            f"| {label} | {form.format(mine)} | {form.format(other)}"
-            f" | {mine / other if other else float('nan'):.2f} |"
-        )
-    pairs = zip(loaded[id(ours)], loaded[id(theirs)], strict=True)
-    each = ", ".join(f"{a['rate']:,.0f}/{b['rate']:,.0f}" for a, b in pairs)
-    print(f"(rounds at {options.clients} clients, this/other: {each}; {machine_line()})")
+    print(rates_line(mine, other, options.clients))
     return not any(r["errors"] for rounds in (loaded, single) for r in rounds[id(ours)])
 
 
@@ -822,13 +792,7 @@ async def main() -> int:
         default="dashboard",
         help="the document sent: the whole dashboard, or the nested read of bench.dashboard_peer",
     )
-    parser.add_argument(
-        "--against",
-        type=Path,
-        help="another checkout (with its own .venv) whose server runs interleaved rounds"
-        " against this one's",
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds with --against")
+    against_arguments(parser, "the query", 3)
     parser.add_argument("--single-seconds", type=float, default=10, help="one-client rounds")
     parser.add_argument(
         "--only-against", action="store_true", help="with --against: skip the floors"

@@ -29,6 +29,11 @@ What it measures
     utime+stime), by this (client) process, by every `postgres` process and by the whole
     machine, to show which is the bottleneck; and the database transactions that wrote the
     phase's consumptions (pool balance events: one per transaction).
+    `--against DIR` replaces all of the above with interleaved rounds of consumeCredits
+    (wrk at `--clients`, `--rounds` of `--seconds`, each on a server started for it after
+    `--warmup`) of this checkout's server and the server of the checkout DIR (with its own
+    `.venv`), one server at a time: the medians of the rates, the p99 and the server's and
+    PostgreSQL's CPU a request, with their ratios; then `verify_ledger()`.
 
 Setup
     A scratch database on `--admin-dsn` (default postgresql://postgres@127.0.0.1:5432/test,
@@ -127,6 +132,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from tortoise import connections
 
@@ -140,19 +146,24 @@ from bench.harness import (
     PySpy,
     Server,
     WrkRun,
+    against_arguments,
     closed_loop,
     create_database,
     database_urls,
     drop_database,
     find_wrk,
+    measured_round,
     open_database,
     percentile,
+    print_comparison,
+    rates_line,
     run_wrk,
     start_server,
     until,
     usagegraph_serve,
     wait_for_connections,
     write_bodies,
+    wrk_load,
 )
 from bench.ledger import (
     CREDITS,
@@ -553,16 +564,22 @@ async def start_usagegraph(
     log_dir: Path,
     key: str,
     settings: dict[str, str] | None = None,
+    checkout: Path = ROOT,
 ) -> Server:
     """One server process on the database with a pool of `pool_size`, answering `key`,
-    with other `settings` (environment variables) given."""
+    with other `settings` (environment variables) given; of this checkout, or of another
+    one with a virtual environment of its own in `.venv`."""
     env = {
         "DATABASE_URL": url,
         "USAGEGRAPH_DB_POOL_MIN": str(pool_size),
         "USAGEGRAPH_DB_POOL_MAX": str(pool_size),
         **(settings or {}),
     }
-    server = start_server(server_command(access_log, template), env, log_dir)
+    command = server_command(access_log, template)
+    if checkout != ROOT:  # that checkout's server, run by its own interpreter
+        python = str(checkout / ".venv" / "bin" / "python")
+        command = lambda port: usagegraph_serve(port, access_log=access_log, python=python)  # noqa: E731
+    server = start_server(command, env, log_dir, cwd=checkout, checkout=checkout)
     try:
         await server.ready(key)
     except RuntimeError as error:
@@ -944,6 +961,7 @@ def parse_args() -> argparse.Namespace:
         help="server and database to create the scratch database from",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    against_arguments(parser, "consumeCredits (wrk; nothing else runs)", 6)
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.warmup, args.end_users, args.batch_clients = 3.0, 1.0, 200, "8"
@@ -959,9 +977,69 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+async def against(
+    args: argparse.Namespace, url: str, name: str, target: Target, accounts: list[Account]
+) -> bool:
+    """consumeCredits of this checkout's server and the `--against` one's, in interleaved
+    rounds of wrk at `--clients` (`--rounds`, each of `--seconds` on a server started for
+    it, after a warm-up of `--warmup`): the medians of the rates and of the server's and
+    PostgreSQL's CPU a request, and their ratios. One server runs at a time (an idle one
+    would still relay the other's events), with a pool of `--pool-size`. False when a
+    request failed."""
+    bodies = wrk_bodies(target, accounts)
+    checkouts = (ROOT, args.against.resolve())
+    rounds: dict[Path, list[dict[str, float]]] = {c: [] for c in checkouts}
+    admin = await asyncpg.connect(args.admin_dsn)
+    try:
+        for number in range(args.rounds):
+            for checkout in checkouts if number % 2 == 0 else checkouts[::-1]:
+                await wait_for_connections(args.admin_dsn, args.pool_size + 1)
+                server = await start_usagegraph(
+                    url,
+                    args.pool_size,
+                    not args.no_access_log,
+                    None,
+                    args.work_dir,
+                    target.api_key,
+                    checkout=checkout,
+                )
+                try:
+                    await wrk_load(server.url, target.api_key, bodies, args.clients, 0, args.warmup)
+                    rounds[checkout].append(
+                        await measured_round(
+                            server,
+                            wrk_load,
+                            target.api_key,
+                            bodies,
+                            args.clients,
+                            args.seconds,
+                            admin,
+                            name,
+                        )
+                    )
+                finally:
+                    server.stop()
+    finally:
+        await admin.close()
+    ours, theirs = (rounds[c] for c in checkouts)
+
+    clients = args.clients
+    print_comparison(
+        f"consumeCredits, interleaved with {args.against} ({args.rounds} rounds, medians)",
+        [
+            (f"consumptions/s at {clients} clients", ours, theirs, "rate", "{:,.0f}"),
+            (f"p99 at {clients} clients (ms)", ours, theirs, "p99", "{:.1f}"),
+            ("server CPU per request (ms)", ours, theirs, "server_ms", "{:.3f}"),
+            ("PostgreSQL CPU per request (ms)", ours, theirs, "pg_ms", "{:.3f}"),
+        ],
+    )
+    print(rates_line(ours, theirs, clients))
+    return not any(r["errors"] for r in ours + theirs)
+
+
 async def main(args: argparse.Namespace) -> int:
     wrk = None
-    if args.load == "wrk":
+    if args.load == "wrk" or args.against is not None:
         wrk = find_wrk()
         if wrk is None:
             print(
@@ -985,6 +1063,13 @@ async def main(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         accounts, application_id, api_key, refs = await seed(args.end_users)
         print(f"funded {len(accounts)} End Users in {time.perf_counter() - started:.1f} s")
+        if args.against is not None:
+            target = Target("", api_key, application_id, refs)
+            if not await against(args, url, name, target, accounts):
+                return 1
+            problems = await verify_ledger()
+            print("verify_ledger(): " + ("[]" if not problems else f"{len(problems)} problems"))
+            return 0 if not problems else 1
 
         def progress(phase: Phase) -> None:
             print(

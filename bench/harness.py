@@ -8,6 +8,7 @@ runs it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -16,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -623,6 +625,63 @@ def load_runner(choice: str | None) -> tuple[str, Runner]:
     """The load generator asked for, else wrk when installed, else httpx."""
     name = choice or ("wrk" if find_wrk() else "httpx")
     return name, wrk_load if name == "wrk" else httpx_load
+
+
+async def measured_round(
+    server: Server,
+    runner: Runner,
+    key: str,
+    body: Body,
+    clients: int,
+    seconds: float,
+    admin: asyncpg.Connection,
+    database: str,
+    named: tuple[str, bool] | None = None,
+) -> dict[str, float]:
+    """One round of load, with the server's CPU per request and the database's: all its
+    backends (one server is loaded at a time), or those `named` picks (`backend_cpu`); a
+    backend started during the round counts from zero."""
+    pg_before = await backend_cpu(admin, database, named)
+    cpu_before = process_cpu_seconds(server.pid)
+    result = await runner(server.url, key, body, clients, 0, seconds)
+    cpu = process_cpu_seconds(server.pid) - cpu_before
+    postgres = cpu_since(pg_before, await backend_cpu(admin, database, named))
+    requests = max(1.0, result["rate"] * seconds)
+    return {**result, "server_ms": cpu * 1000 / requests, "pg_ms": postgres * 1000 / requests}
+
+
+def against_arguments(parser: argparse.ArgumentParser, what: str, rounds: int) -> None:
+    """`--against DIR` and `--rounds`: interleaved rounds against another checkout."""
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help=f"another checkout (with its own .venv) whose server runs interleaved rounds"
+        f" of {what} against this one's",
+    )
+    parser.add_argument("--rounds", type=int, default=rounds, help="rounds with --against")
+
+
+Rounds = list[dict[str, float]]
+
+
+def print_comparison(title: str, rows: Sequence[tuple[str, Rounds, Rounds, str, str]]) -> None:
+    """A table of interleaved rounds: for each row (label, this checkout's rounds, the other
+    checkout's, the figure, its format), both medians and their ratio."""
+    print(f"\n| {title} | this checkout | the other | ratio |")
+    print("|---|---|---|---|")
+    for label, ours, theirs, key, form in rows:
+        mine = statistics.median(r[key] for r in ours)
+        other = statistics.median(r[key] for r in theirs)
+        ratio = mine / other if other else float("nan")
+        print(f"| {label} | {form.format(mine)} | {form.format(other)} | {ratio:.2f} |")
+
+
+def rates_line(ours: Rounds, theirs: Rounds, clients: int) -> str:
+    """The rates of each pair of rounds, and the machine's load."""
+    each = ", ".join(
+        f"{a['rate']:,.0f}/{b['rate']:,.0f}" for a, b in zip(ours, theirs, strict=True)
+    )
+    return f"(rounds at {clients} clients, this/other: {each}; {machine_line()})"
 
 
 # ------------------------------------------------------------------------ profiler
