@@ -19,6 +19,7 @@ from api.http_answer import decode_json
 from api.transport.json_request import (
     SubResponse,
     is_plain_json,
+    is_plain_post,
     plain_request,
     wants_single_answer,
 )
@@ -101,7 +102,7 @@ async def _stock(content_type: str, accept: str | None, body: bytes) -> Any:
 
 
 def _direct(content_type: str, accept: str | None, body: bytes) -> GraphQLRequestData | None:
-    if not (is_plain_json(content_type) and wants_single_answer(accept)):
+    if not is_plain_post(_request(content_type, accept, body).scope):
         return None
     try:
         return plain_request(decode_json(body))
@@ -206,3 +207,29 @@ async def test_the_direct_answer_is_the_stock_answer(
             )
     assert view.fast_paths is False  # the second answer was the stock view's
     assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"content-type", b"text/plain"), (b"content-type", b"application/json")],
+        [(b"content-type", b"application/json"), (b"content-type", b"text/plain")],
+        [
+            (b"content-type", b"application/json"),
+            (b"accept", b"*/*"),
+            (b"accept", b"multipart/mixed"),
+        ],
+        [
+            (b"content-type", b"application/json"),
+            (b"accept", b"multipart/mixed"),
+            (b"accept", b"*/*"),
+        ],
+    ],
+)
+def test_repeated_headers_are_read_as_the_stock_reads_them(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    scope = {"type": "http", "method": "POST", "path": "/graphql", "headers": headers}
+    stock = Request(scope).headers  # the first of each name, as the stock adapter reads it
+    expected = is_plain_json(stock.get("content-type")) and wants_single_answer(stock.get("accept"))
+    assert is_plain_post(scope) is expected
