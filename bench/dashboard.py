@@ -97,6 +97,7 @@ from bench.harness import (
     Server,
     against_arguments,
     backend_cpu,
+    checkout_python,
     cpu_since,
     create_database,
     database_urls,
@@ -714,7 +715,7 @@ async def release_database(db: BenchDatabase, options: argparse.Namespace) -> No
 def start_usagegraph(db: BenchDatabase, log_dir: Path, checkout: Path = ROOT) -> Server:
     """One `usagegraph serve` process on the database, of this checkout or of another one
     with a virtual environment of its own in `.venv`."""
-    python = sys.executable if checkout == ROOT else str(checkout / ".venv" / "bin" / "python")
+    python = checkout_python(checkout)
     return start_server(
         lambda port: usagegraph_serve(port, python=python),
         {"DATABASE_URL": db.url},

@@ -147,6 +147,7 @@ from bench.harness import (
     Server,
     WrkRun,
     against_arguments,
+    checkout_python,
     closed_loop,
     create_database,
     database_urls,
@@ -549,11 +550,14 @@ async def wrk_phase(
 # ------------------------------------------------------------------------------ server
 
 
-def server_command(access_log: bool, template: str | None) -> Callable[[int], list[str]]:
-    """`usagegraph serve`, or the `--server-cmd` template ({port}, {python})."""
+def server_command(
+    access_log: bool, template: str | None, python: str = sys.executable
+) -> Callable[[int], list[str]]:
+    """`usagegraph serve` run by `python`, or the `--server-cmd` template ({port},
+    {python})."""
     if template is not None:
-        return lambda port: shlex.split(template.format(port=port, python=sys.executable))
-    return lambda port: usagegraph_serve(port, access_log=access_log)
+        return lambda port: shlex.split(template.format(port=port, python=python))
+    return lambda port: usagegraph_serve(port, access_log=access_log, python=python)
 
 
 async def start_usagegraph(
@@ -575,10 +579,7 @@ async def start_usagegraph(
         "USAGEGRAPH_DB_POOL_MAX": str(pool_size),
         **(settings or {}),
     }
-    command = server_command(access_log, template)
-    if checkout != ROOT:  # that checkout's server, run by its own interpreter
-        python = str(checkout / ".venv" / "bin" / "python")
-        command = lambda port: usagegraph_serve(port, access_log=access_log, python=python)  # noqa: E731
+    command = server_command(access_log, template, checkout_python(checkout))
     server = start_server(command, env, log_dir, cwd=checkout, checkout=checkout)
     try:
         await server.ready(key)
@@ -1037,6 +1038,19 @@ async def against(
     return not any(r["errors"] for r in ours + theirs)
 
 
+async def verified() -> bool:
+    """`verify_ledger()`, printed (its first 20 problems); whether it found none."""
+    problems = await verify_ledger()
+    print(
+        "verify_ledger(): " + ("[] (every counter equals its ledger sum)" if not problems else "")
+    )
+    for problem in problems[:20]:
+        print(f"  {problem}")
+    if len(problems) > 20:
+        print(f"  ... {len(problems) - 20} more")
+    return not problems
+
+
 async def main(args: argparse.Namespace) -> int:
     wrk = None
     if args.load == "wrk" or args.against is not None:
@@ -1067,9 +1081,7 @@ async def main(args: argparse.Namespace) -> int:
             target = Target("", api_key, application_id, refs)
             if not await against(args, url, name, target, accounts):
                 return 1
-            problems = await verify_ledger()
-            print("verify_ledger(): " + ("[]" if not problems else f"{len(problems)} problems"))
-            return 0 if not problems else 1
+            return 0 if await verified() else 1
 
         def progress(phase: Phase) -> None:
             print(
@@ -1216,21 +1228,13 @@ async def main(args: argparse.Namespace) -> int:
                 + "): "
                 + ("consistent" if wrk_ok else "MISMATCH")
             )
-        problems = await verify_ledger()
-        print(
-            "verify_ledger(): "
-            + ("[] (every counter equals its ledger sum)" if not problems else "")
-        )
-        for problem in problems[:20]:
-            print(f"  {problem}")
-        if len(problems) > 20:
-            print(f"  ... {len(problems) - 20} more")
+        ledger_ok = await verified()
         for phase in (single, *batches):
             if phase.profile is not None:
                 print()
                 print(f"server profile during {phase.label} x{phase.concurrency}:")
                 print_profile(phase.profile, 25 if phase is single else 12)
-        return 0 if rows_ok and wrk_ok and not problems and not errors else 1
+        return 0 if rows_ok and wrk_ok and ledger_ok and not errors else 1
     finally:
         if server is not None:
             server.stop()

@@ -271,6 +271,12 @@ def usagegraph_serve(
     return [python, "-c", "from api.cli import main; main()", *serve]
 
 
+def checkout_python(checkout: Path) -> str:
+    """The interpreter that runs a checkout's server: this one for this checkout, else the
+    one of the other checkout's own `.venv`."""
+    return sys.executable if checkout == ROOT else str(checkout / ".venv" / "bin" / "python")
+
+
 @dataclass
 class Server:
     """A server process started by `start_server`, its log and its address."""
@@ -352,7 +358,7 @@ def start_server(
     other = os.environ.get("USAGEGRAPH_BENCH_SERVER_CHECKOUT")
     if other and not peer and checkout == ROOT and argv[0] == sys.executable:
         checkout = cwd = Path(other)
-        argv[0] = str(checkout / ".venv" / "bin" / "python")
+        argv[0] = checkout_python(checkout)
     full_env = {**os.environ, **env}
     full_env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(checkout), os.environ.get("PYTHONPATH")])
