@@ -16,8 +16,6 @@ from models import clock
 from models.api_key_use import note_key_use
 from models.credits import CreditPool
 from models.errors import NotFound, ValidationFailed
-from models.request_log import as_utc
-from models.sql import single_statement
 from models.tenancy import ApiKey, ApiKeyRole, Application, Organization
 
 KEY_PREFIX = "ug"
@@ -200,15 +198,3 @@ class ApplicationLine:
     name: str
     plan: str | None
     created_at: datetime
-
-
-async def application_line(application_id: int) -> ApplicationLine:
-    """One application, in one statement without ORM objects (every dashboard reads it)."""
-    row = await single_statement(
-        lambda db: db.row(
-            "SELECT id, name, plan, created_at FROM application WHERE id = $1", application_id
-        )
-    )
-    if row is None:
-        raise NotFound("application not found", field="applicationId")
-    return ApplicationLine(row["id"], row["name"], row["plan"], as_utc(row["created_at"]))

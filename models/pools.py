@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from tortoise.exceptions import IntegrityError
 
+from models.accounts import ApplicationLine
 from models.balance_rules import PoolFigures
 from models.credits import CreditPool
-from models.errors import ValidationFailed, excerpt
-from models.sql import single_statement
+from models.errors import NotFound, ValidationFailed, excerpt
+from models.request_log import as_utc
+from models.sql import Row, single_statement
 
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -82,4 +86,84 @@ async def pool_lines(application_ids: list[int]) -> list[PoolLine]:
         f"SELECT {_POOL_COLUMNS} FROM credit_pool WHERE application_id IN ({marks}) ORDER BY id"
     )
     rows = await single_statement(lambda db: db.records(statement, *application_ids))
-    return [PoolLine(*(row[name] for name in PoolLine.__slots__)) for row in rows]  # type: ignore[attr-defined]
+    return [_pool_line(row) for row in rows]
+
+
+def _pool_line(row: Row) -> PoolLine:
+    return PoolLine(*(row[name] for name in PoolLine.__slots__))  # type: ignore[attr-defined]
+
+
+_POOLS_OF_APPLICATION = ", ".join(f"p.{name}" for name in PoolLine.__slots__)  # type: ignore[attr-defined]
+
+
+async def application_and_pools(application_id: int) -> tuple[ApplicationLine, list[PoolLine]]:
+    """One application and its pools (by id) in one statement, without ORM objects: every
+    dashboard reads both, and one statement reads them at one snapshot."""
+    statement = (
+        "SELECT a.name AS application_name, a.plan AS application_plan,"
+        f" a.created_at AS application_created_at, {_POOLS_OF_APPLICATION}"
+        " FROM application a LEFT JOIN credit_pool p ON p.application_id = a.id"
+        " WHERE a.id = $1 ORDER BY p.id"
+    )
+    rows = await single_statement(lambda db: db.records(statement, application_id))
+    if not rows:
+        raise NotFound("application not found", field="applicationId")
+    first = rows[0]
+    application = ApplicationLine(
+        application_id,
+        first["application_name"],
+        first["application_plan"],
+        as_utc(first["application_created_at"]),
+    )
+    return application, [_pool_line(row) for row in rows if row["id"] is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class PackLine:
+    """A pack as a read shows it (what `CreditPack` rows hold, read raw)."""
+
+    id: int
+    pool_id: int
+    credits: int
+    unallocated: int
+    used: int
+    expired: int
+    purchased_at: datetime
+    expires_at: datetime | None
+    package: str | None
+    reference: str | None
+
+
+_PACK_COLUMNS = ", ".join(PackLine.__slots__)  # type: ignore[attr-defined]
+
+
+async def newest_packs(pool_ids: Sequence[int], first: int) -> dict[int, list[PackLine]]:
+    """The newest `first` packs of each of these pools (by purchase, then id), in one
+    statement and without ORM objects: a dashboard reads them on every request."""
+    if not pool_ids:
+        return {}
+    marks = ",".join(f"${i}" for i in range(2, len(pool_ids) + 2))
+    statement = (
+        f"SELECT {_PACK_COLUMNS} FROM (SELECT {_PACK_COLUMNS}, ROW_NUMBER() OVER"
+        " (PARTITION BY pool_id ORDER BY purchased_at DESC, id DESC) AS n FROM credit_pack"
+        f" WHERE pool_id IN ({marks})) x WHERE n <= $1 ORDER BY pool_id, purchased_at DESC, id DESC"
+    )
+    rows = await single_statement(lambda db: db.records(statement, first, *pool_ids))
+    found: dict[int, list[PackLine]] = {pool_id: [] for pool_id in pool_ids}
+    for row in rows:
+        expires_at = row["expires_at"]
+        found[row["pool_id"]].append(
+            PackLine(
+                row["id"],
+                row["pool_id"],
+                row["credits"],
+                row["unallocated"],
+                row["used"],
+                row["expired"],
+                as_utc(row["purchased_at"]),
+                None if expires_at is None else as_utc(expires_at),
+                row["package"],
+                row["reference"],
+            )
+        )
+    return found

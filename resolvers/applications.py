@@ -14,13 +14,13 @@ from models.access import (
     visible_application,
     writable_application,
 )
-from models.accounts import ApplicationLine, application_line, create_application
+from models.accounts import ApplicationLine, create_application
 from models.credits import CreditPool as PoolRow
 from models.credits import EndUser as EndUserRow
 from models.end_users import EndUserInput as DomainEndUserInput
 from models.end_users import upsert_end_users
 from models.errors import NotFound, ValidationFailed
-from models.pools import create_pool
+from models.pools import application_and_pools, create_pool
 from models.references import parse_id
 from models.tenancy import Application as ApplicationRow
 from resolvers.alerts import CreditAlertConnection, alert_page
@@ -250,7 +250,10 @@ async def resolve_applications(info: Info) -> list[Application]:
 async def resolve_application(info: Info, id: strawberry.ID) -> Application | None:
     with errors_as_query_errors():
         application_id = await visible_application(principal_of(info), id)
-        return Application.from_row(await application_line(application_id))
+        line, pools = await application_and_pools(application_id)
+    # the pools came with the application: a selection of them reads no statement of its own
+    loaders_of(info).pools.prime(application_id, pools)
+    return Application.from_row(line)
 
 
 @strawberry.input

@@ -20,9 +20,8 @@ from strawberry.dataloader import DataLoader
 
 from models.allocation_report import BalanceLine, balance_lines
 from models.consumption import Series, SeriesKey, consumption_series
-from models.credits import CreditPack as PackRow
 from models.credits import EndUser as EndUserRow
-from models.pools import PoolLine, pool_lines
+from models.pools import PackLine, PoolLine, newest_packs, pool_lines
 
 PackKey = tuple[int, int]  # (pool id, first)
 K = TypeVar("K")
@@ -43,19 +42,10 @@ class SharedLoader(DataLoader[K, T]):
         return await asyncio.shield(asyncio.gather(*loads))
 
 
-async def _packs(keys: Sequence[PackKey]) -> list[list[PackRow]]:
+async def _packs(keys: Sequence[PackKey]) -> list[list[PackLine]]:
     """The newest `first` packs of each pool, in one statement."""
     limit = max(first for _, first in keys)
-    pool_ids = ",".join(str(int(pool_id)) for pool_id in sorted({p for p, _ in keys}))
-    rows = await PackRow.raw(
-        "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY pool_id"
-        " ORDER BY purchased_at DESC, id DESC) AS n FROM credit_pack"
-        f" WHERE pool_id IN ({pool_ids})) x WHERE n <= {int(limit)}"
-        " ORDER BY pool_id, purchased_at DESC, id DESC"
-    )
-    by_pool: dict[int, list[PackRow]] = defaultdict(list)
-    for pack in rows:  # type: ignore[union-attr]
-        by_pool[pack.pool_id].append(pack)  # type: ignore[attr-defined]
+    by_pool = await newest_packs(sorted({pool_id for pool_id, _ in keys}), limit)
     return [by_pool[pool_id][:first] for pool_id, first in keys]
 
 

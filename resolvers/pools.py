@@ -12,7 +12,7 @@ from models.balances import PoolSnapshot
 from models.credits import CreditPack as PackRow
 from models.credits import CreditPool as PoolRow
 from models.errors import ValidationFailed
-from models.pools import PoolLine
+from models.pools import PackLine, PoolLine
 from resolvers.consumption import (
     SERIES_DESCRIPTION,
     ConsumptionSeries,
@@ -47,7 +47,7 @@ class CreditPack:
     reference: str | None
 
     @classmethod
-    def from_row(cls, row: PackRow) -> CreditPack:
+    def from_row(cls, row: PackRow | PackLine) -> CreditPack:
         return cls(
             id=strawberry.ID(str(row.id)),
             credits=row.credits,
