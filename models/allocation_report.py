@@ -438,24 +438,59 @@ _RANKINGS = {
 }
 
 
-@lru_cache(maxsize=4)
-def _ranked_statement(ranking: Ranking, postgres: bool) -> str:
+def _top(ranking: Ranking, limit: str, postgres: bool) -> str:
+    """The ranking's first `limit` (End User, sort key) pairs: the first of the report's
+    index order among the End Users unchanged since the fold, merged with the changed ones
+    taken live (`models.balance_report`)."""
     sql = _RANKINGS[ranking]
-    order = f"k {sql.direction}, end_user_id"
     return (
-        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3')}),"
-        " candidates AS (SELECT end_user_id, k FROM (SELECT r.end_user_id,"
+        "SELECT end_user_id, k FROM (SELECT end_user_id, k FROM (SELECT r.end_user_id,"
         f" {sql.report_key} AS k FROM balance_report r WHERE r.pool_id = $2"
         f" AND {sql.report_filter} AND r.end_user_id NOT IN (SELECT end_user_id FROM {CHANGED})"
-        f" ORDER BY {sql.report_key} {sql.direction}, r.end_user_id LIMIT $4) folded"
+        f" ORDER BY {sql.report_key} {sql.direction}, r.end_user_id LIMIT {limit}) folded"
         f" UNION ALL SELECT b.end_user_id, {sql.live_key} FROM {_live(postgres)} b"
-        f" WHERE {sql.live_filter}),"
-        f" top AS (SELECT end_user_id, k FROM candidates ORDER BY {order} LIMIT $4)"
-        f" SELECT {_END_USER_COLUMNS}, {_RANKED_COLUMNS}, top.k FROM top"
+        f" WHERE {sql.live_filter}) candidates"
+        f" ORDER BY k {sql.direction}, end_user_id LIMIT {limit}"
+    )
+
+
+def _ranked_rows(top: str, postgres: bool, tag: str = "") -> str:
+    """The End Users of CTE `top` with their balance in the pool and the sort key."""
+    # On PostgreSQL each of the few End Users by its key, in a subquery kept as one: for a
+    # generic LIMIT the planner may otherwise hash the whole table to join so few.
+    end_user = (
+        "CROSS JOIN LATERAL (SELECT * FROM end_user e WHERE e.id = top.end_user_id OFFSET 0) e"
+        if postgres
+        else "JOIN end_user e ON e.id = b.end_user_id"
+    )
+    return (
+        f"SELECT {tag}{_END_USER_COLUMNS}, {_RANKED_COLUMNS}, top.k FROM {top} top"
         " JOIN end_user_balance b ON b.end_user_id = top.end_user_id AND b.pool_id = $2"
-        " JOIN end_user e ON e.id = b.end_user_id"
+        f" {end_user}"
         " JOIN credit_pool p ON p.id = b.pool_id AND p.application_id = $1"
-        f" ORDER BY top.k {sql.direction}, e.id"
+    )
+
+
+@lru_cache(maxsize=4)
+def _ranked_statement(ranking: Ranking, postgres: bool) -> str:
+    direction = _RANKINGS[ranking].direction
+    return (
+        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3')}),"
+        f" top AS ({_top(ranking, '$4', postgres)}) {_ranked_rows('top', postgres)}"
+        f" ORDER BY top.k {direction}, e.id"
+    )
+
+
+@lru_cache(maxsize=2)
+def _both_rankings_statement(postgres: bool) -> str:
+    """Both rankings of a pool, the changed End Users found once for the two ($4 and $5:
+    how many of each); each row tagged with its ranking's position in `Ranking`."""
+    first, second = Ranking
+    return (
+        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3')}),"
+        f" top_0 AS ({_top(first, '$4', postgres)}), top_1 AS ({_top(second, '$5', postgres)})"
+        f" {_ranked_rows('top_0', postgres, '0 AS ranking, ')}"
+        f" UNION ALL {_ranked_rows('top_1', postgres, '1 AS ranking, ')}"
     )
 
 
@@ -464,20 +499,46 @@ async def ranked_end_users(
 ) -> list[EndUserLine]:
     """The first End Users of a pool by a ranking, ties by id. Top consumers: most used
     first. Close to running out: those holding credits and using them, by projected
-    exhaustion (remaining / window use). In one statement: the first of the report's
-    index order among the End Users unchanged since the fold, merged with the changed
-    ones taken live (`models.balance_report`)."""
+    exhaustion (remaining / window use). In one statement (`_top`)."""
+    return (await rankings(application_id, pool_id, {ranking: first}, now))[ranking]
+
+
+async def rankings(
+    application_id: int, pool_id: int, firsts: dict[Ranking, int], now: datetime
+) -> dict[Ranking, list[EndUserLine]]:
+    """The first `firsts[ranking]` End Users of a pool by each ranking asked for (as
+    `ranked_end_users`), in one statement whether one or both are asked for."""
+    if len(firsts) == 1:
+        (ranking, first), statement = next(iter(firsts.items())), _ranked_statement
+        rows = await single_statement(
+            lambda db: db.records(
+                statement(ranking, db.postgres),
+                application_id,
+                pool_id,
+                window_start(now),
+                first,
+                planned_once=True,
+            )
+        )
+        return {ranking: [_end_user(row, pool_id, now) for row in rows]}
+    order = list(Ranking)
     rows = await single_statement(
         lambda db: db.records(
-            _ranked_statement(ranking, db.postgres),
+            _both_rankings_statement(db.postgres),
             application_id,
             pool_id,
             window_start(now),
-            first,
+            *(firsts[ranking] for ranking in order),
             planned_once=True,
         )
     )
-    return [_end_user(row, pool_id, now) for row in rows]
+    found: dict[Ranking, list[EndUserLine]] = {ranking: [] for ranking in order}
+    for row in rows:
+        found[order[row["ranking"]]].append(_end_user(row, pool_id, now))
+    for ranking, lines in found.items():  # each ranking's order: its key, ties by id
+        lines.sort(key=lambda line: line.id)
+        lines.sort(key=lambda line: line.sort_key, reverse=_RANKINGS[ranking].direction == "DESC")
+    return found
 
 
 # ------------------------------------------------------------------------- End User lists

@@ -9,7 +9,6 @@ from models.allocation_report import (
     HORIZON_DAYS,
     Ranking,
     allocation_summary,
-    ranked_end_users,
 )
 from resolvers.context import Info
 from resolvers.end_users import EndUser, EndUserBalance, pool_id_of
@@ -48,9 +47,8 @@ class AllocationSummary:
     async def _ranked(self, info: Info, ranking: Ranking, first: int) -> list[EndUserBalance]:
         with errors_as_query_errors():
             check_page_size(first)
-        lines = await ranked_end_users(
-            self.application_id, self.pool_id, ranking, first, loaders_of(info).now
-        )
+        key = (self.application_id, self.pool_id, ranking, first)
+        lines = await loaders_of(info).rankings.load(key)
         return [
             EndUserBalance.from_line(line.balance, EndUser.from_row(line))
             for line in lines

@@ -25,6 +25,7 @@ from models.allocation_report import (
     allocation_summary,
     end_user_page,
     ranked_end_users,
+    rankings,
     window_days,
 )
 from models.consumption import Granularity, SeriesKey, bucket_range, consumption_series
@@ -106,6 +107,10 @@ async def _check(app: int, pool_id: int) -> None:
     assert [line.id for line in top] == expected.top
     close = await ranked_end_users(app, pool_id, Ranking.CLOSE_TO_RUNNING_OUT, FIRST, now)
     assert [line.id for line in close] == expected.close
+    # both in one statement: each as alone, whatever the other's length
+    firsts = {Ranking.TOP_CONSUMERS: FIRST, Ranking.CLOSE_TO_RUNNING_OUT: FIRST - 1}
+    both = await rankings(app, pool_id, firsts, now)
+    assert both == {Ranking.TOP_CONSUMERS: top, Ranking.CLOSE_TO_RUNNING_OUT: close[: FIRST - 1]}
 
 
 async def _fold_with_older_window(hours: int) -> None:
