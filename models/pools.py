@@ -89,35 +89,6 @@ async def pool_lines(application_ids: list[int]) -> list[PoolLine]:
     return [_pool_line(row) for row in rows]
 
 
-def _pool_line(row: Row) -> PoolLine:
-    return PoolLine(*(row[name] for name in PoolLine.__slots__))  # type: ignore[attr-defined]
-
-
-_POOLS_OF_APPLICATION = ", ".join(f"p.{name}" for name in PoolLine.__slots__)  # type: ignore[attr-defined]
-
-
-async def application_and_pools(application_id: int) -> tuple[ApplicationLine, list[PoolLine]]:
-    """One application and its pools (by id) in one statement, without ORM objects: every
-    dashboard reads both, and one statement reads them at one snapshot."""
-    statement = (
-        "SELECT a.name AS application_name, a.plan AS application_plan,"
-        f" a.created_at AS application_created_at, {_POOLS_OF_APPLICATION}"
-        " FROM application a LEFT JOIN credit_pool p ON p.application_id = a.id"
-        " WHERE a.id = $1 ORDER BY p.id"
-    )
-    rows = await single_statement(lambda db: db.records(statement, application_id))
-    if not rows:
-        raise NotFound("application not found", field="applicationId")
-    first = rows[0]
-    application = ApplicationLine(
-        application_id,
-        first["application_name"],
-        first["application_plan"],
-        as_utc(first["application_created_at"]),
-    )
-    return application, [_pool_line(row) for row in rows if row["id"] is not None]
-
-
 @dataclass(frozen=True, slots=True)
 class PackLine:
     """A pack as a read shows it (what `CreditPack` rows hold, read raw)."""
@@ -137,6 +108,70 @@ class PackLine:
 _PACK_COLUMNS = ", ".join(PackLine.__slots__)  # type: ignore[attr-defined]
 
 
+def _pool_line(row: Row) -> PoolLine:
+    return PoolLine(*(row[name] for name in PoolLine.__slots__))  # type: ignore[attr-defined]
+
+
+_POOLS_OF_APPLICATION = ", ".join(f"p.{name}" for name in PoolLine.__slots__)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationRead:
+    """An application, its pools (by id) and, when asked for, each pool's newest packs."""
+
+    application: ApplicationLine
+    pools: list[PoolLine]
+    packs: dict[int, list[PackLine]] | None  # by pool id
+
+
+_PACKS_OF_POOLS = ", ".join(f"k.{name} AS pack_{name}" for name in PackLine.__slots__)  # type: ignore[attr-defined]
+
+
+async def application_and_pools(application_id: int, packs: int | None = None) -> ApplicationRead:
+    """One application and its pools (by id), with the newest `packs` packs of each when
+    given, in one statement without ORM objects: every dashboard reads them, and one
+    statement reads them at one snapshot."""
+    args: tuple[int, ...] = (application_id,)
+    pack_columns = pack_join = ""
+    if packs is not None:
+        args += (packs,)
+        pack_columns = f", {_PACKS_OF_POOLS}"
+        pack_join = (
+            f" LEFT JOIN (SELECT {_PACK_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY pool_id"
+            " ORDER BY purchased_at DESC, id DESC) AS n FROM credit_pack WHERE pool_id IN"
+            " (SELECT id FROM credit_pool WHERE application_id = $1)) k"
+            " ON k.pool_id = p.id AND k.n <= $2"
+        )
+    statement = (
+        "SELECT a.name AS application_name, a.plan AS application_plan,"
+        f" a.created_at AS application_created_at, {_POOLS_OF_APPLICATION}{pack_columns}"
+        f" FROM application a LEFT JOIN credit_pool p ON p.application_id = a.id{pack_join}"
+        " WHERE a.id = $1 ORDER BY p.id"
+        + (", k.purchased_at DESC, k.id DESC" if packs is not None else "")
+    )
+    rows = await single_statement(lambda db: db.records(statement, *args))
+    if not rows:
+        raise NotFound("application not found", field="applicationId")
+    first = rows[0]
+    application = ApplicationLine(
+        application_id,
+        first["application_name"],
+        first["application_plan"],
+        as_utc(first["application_created_at"]),
+    )
+    pools: dict[int, PoolLine] = {}
+    for row in rows:
+        if row["id"] is not None and row["id"] not in pools:
+            pools[row["id"]] = _pool_line(row)
+    if packs is None:
+        return ApplicationRead(application, list(pools.values()), None)
+    found: dict[int, list[PackLine]] = {pool_id: [] for pool_id in pools}
+    for row in rows:
+        if row["pack_id"] is not None:
+            found[row["id"]].append(_pack_line(row, "pack_"))
+    return ApplicationRead(application, list(pools.values()), found)
+
+
 async def newest_packs(pool_ids: Sequence[int], first: int) -> dict[int, list[PackLine]]:
     """The newest `first` packs of each of these pools (by purchase, then id), in one
     statement and without ORM objects: a dashboard reads them on every request."""
@@ -151,19 +186,21 @@ async def newest_packs(pool_ids: Sequence[int], first: int) -> dict[int, list[Pa
     rows = await single_statement(lambda db: db.records(statement, first, *pool_ids))
     found: dict[int, list[PackLine]] = {pool_id: [] for pool_id in pool_ids}
     for row in rows:
-        expires_at = row["expires_at"]
-        found[row["pool_id"]].append(
-            PackLine(
-                row["id"],
-                row["pool_id"],
-                row["credits"],
-                row["unallocated"],
-                row["used"],
-                row["expired"],
-                as_utc(row["purchased_at"]),
-                None if expires_at is None else as_utc(expires_at),
-                row["package"],
-                row["reference"],
-            )
-        )
+        found[row["pool_id"]].append(_pack_line(row))
     return found
+
+
+def _pack_line(row: Row, prefix: str = "") -> PackLine:
+    expires_at = row[prefix + "expires_at"]
+    return PackLine(
+        row[prefix + "id"],
+        row[prefix + "pool_id"],
+        row[prefix + "credits"],
+        row[prefix + "unallocated"],
+        row[prefix + "used"],
+        row[prefix + "expired"],
+        as_utc(row[prefix + "purchased_at"]),
+        None if expires_at is None else as_utc(expires_at),
+        row[prefix + "package"],
+        row[prefix + "reference"],
+    )

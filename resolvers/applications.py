@@ -54,7 +54,12 @@ from resolvers.end_users import (
 )
 from resolvers.errors import UserError, errors_as_query_errors, errors_in_payload, query_error
 from resolvers.loaders import loaders_of
-from resolvers.pools import CreateCreditPoolInput, CreateCreditPoolPayload, CreditPool
+from resolvers.pools import (
+    CreateCreditPoolInput,
+    CreateCreditPoolPayload,
+    CreditPool,
+    selected_pack_pages,
+)
 from resolvers.request_log import (
     RequestLogConnection,
     RequestLogFilter,
@@ -250,10 +255,15 @@ async def resolve_applications(info: Info) -> list[Application]:
 async def resolve_application(info: Info, id: strawberry.ID) -> Application | None:
     with errors_as_query_errors():
         application_id = await visible_application(principal_of(info), id)
-        line, pools = await application_and_pools(application_id)
-    # the pools came with the application: a selection of them reads no statement of its own
-    loaders_of(info).pools.prime(application_id, pools)
-    return Application.from_row(line)
+        firsts = selected_pack_pages(info)
+        read = await application_and_pools(application_id, max(firsts, default=None))
+    # the pools (and their packs) came with the application: their fields read no statement
+    loaders = loaders_of(info)
+    loaders.pools.prime(application_id, read.pools)
+    for pool_id, packs in (read.packs or {}).items():
+        for first in firsts:
+            loaders.packs.prime((pool_id, first), packs[:first])
+    return Application.from_row(read.application)
 
 
 @strawberry.input

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 import strawberry
+from strawberry.types.nodes import SelectedField
 
 from models.balance_rules import BalanceStatus as DomainBalanceStatus
 from models.balances import PoolSnapshot
@@ -25,12 +26,39 @@ from resolvers.loaders import loaders_of
 
 BalanceStatus = strawberry.enum(DomainBalanceStatus, name="BalanceStatus")
 MAX_PAGE = 500
+PACKS_FIRST = 100  # packs(first:)'s default
 
 
 def check_page_size(first: int) -> None:
     """`first` of every list field: 0 to MAX_PAGE, else VALIDATION (never a silent clamp)."""
     if not 0 <= first <= MAX_PAGE:
         raise ValidationFailed(f"first must be between 0 and {MAX_PAGE}", field="first")
+
+
+def selected_pack_pages(info: Info) -> set[int]:
+    """The `first` of every `pools { packs(first:) }` under the field being resolved
+    (fragments included), so that its resolver may read those packs with the pools; empty
+    when any is not a plain valid page (a directive, a bad `first`): the packs' resolver
+    then reads and reports as it would."""
+    firsts: set[int] = set()
+    pending = [(field.selections, False) for field in info.selected_fields]
+    while pending:
+        selections, under_pools = pending.pop()
+        for node in selections:
+            if node.directives:
+                return set()
+            if not isinstance(node, SelectedField):  # a fragment: its selections, at this level
+                pending.append((node.selections, under_pools))
+            elif not under_pools and node.name == "pools":
+                pending.append((node.selections, True))
+            elif under_pools and node.name == "packs":
+                first = node.arguments.get("first", PACKS_FIRST)
+                if type(first) is str and first.lstrip("-").isdigit():
+                    first = int(first)  # a literal, as its IntValue node spells it
+                if type(first) is not int or not 0 <= first <= MAX_PAGE:
+                    return set()
+                firsts.add(first)
+    return firsts
 
 
 @strawberry.type
@@ -106,7 +134,7 @@ class CreditPool:
         return cls.from_row(row)
 
     @strawberry.field(description="The pool's packs, newest first.")
-    async def packs(self, info: Info, first: int = 100) -> list[CreditPack]:
+    async def packs(self, info: Info, first: int = PACKS_FIRST) -> list[CreditPack]:
         try:
             check_page_size(first)
         except ValidationFailed as error:

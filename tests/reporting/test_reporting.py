@@ -476,7 +476,7 @@ async def test_allocation_summary_filters_and_orders(backend: Backend) -> None:
 # ---------------------------------------------------------------- the dashboard, counted
 
 
-DASHBOARD_STATEMENTS = 8
+DASHBOARD_STATEMENTS = 7
 
 
 async def _bulk_end_users(app: int, count: int) -> None:
@@ -538,8 +538,8 @@ async def test_dashboard_statement_count_does_not_grow_with_end_users(backend: B
     buckets = many_data["application"]["pools"][0]["consumption"]["buckets"]
     assert len(buckets) == 91
     assert len(few) == len(many), "\n".join(many)
-    # the application with its pools, packs, series, summary, its two rankings, the End
-    # User page with its count, their balances with burn rates, and the request log
+    # the application with its pools and their packs, series, summary, its two rankings,
+    # the End User page with its count, their balances with burn rates, and the request log
     assert len(many) == DASHBOARD_STATEMENTS, "\n".join(many)
     assert await verify_ledger() == []
 
