@@ -509,10 +509,10 @@ async def rankings(
     """The first `firsts[ranking]` End Users of a pool by each ranking asked for (as
     `ranked_end_users`), in one statement whether one or both are asked for."""
     if len(firsts) == 1:
-        (ranking, first), statement = next(iter(firsts.items())), _ranked_statement
+        [(ranking, first)] = firsts.items()
         rows = await single_statement(
             lambda db: db.records(
-                statement(ranking, db.postgres),
+                _ranked_statement(ranking, db.postgres),
                 application_id,
                 pool_id,
                 window_start(now),

@@ -108,6 +108,14 @@ class PackLine:
 _PACK_COLUMNS = ", ".join(PackLine.__slots__)  # type: ignore[attr-defined]
 
 
+def _numbered_packs(pool_ids: str) -> str:
+    """The packs of the pools `pool_ids` (SQL) with `n`: 1 for each pool's newest."""
+    return (
+        f"SELECT {_PACK_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY pool_id"
+        f" ORDER BY purchased_at DESC, id DESC) AS n FROM credit_pack WHERE pool_id IN ({pool_ids})"
+    )
+
+
 def _pool_line(row: Row) -> PoolLine:
     return PoolLine(*(row[name] for name in PoolLine.__slots__))  # type: ignore[attr-defined]
 
@@ -136,10 +144,9 @@ async def application_and_pools(application_id: int, packs: int | None = None) -
     if packs is not None:
         args += (packs,)
         pack_columns = f", {_PACKS_OF_POOLS}"
+        pools_of_application = "SELECT id FROM credit_pool WHERE application_id = $1"
         pack_join = (
-            f" LEFT JOIN (SELECT {_PACK_COLUMNS}, ROW_NUMBER() OVER (PARTITION BY pool_id"
-            " ORDER BY purchased_at DESC, id DESC) AS n FROM credit_pack WHERE pool_id IN"
-            " (SELECT id FROM credit_pool WHERE application_id = $1)) k"
+            f" LEFT JOIN ({_numbered_packs(pools_of_application)}) k"
             " ON k.pool_id = p.id AND k.n <= $2"
         )
     statement = (
@@ -160,16 +167,16 @@ async def application_and_pools(application_id: int, packs: int | None = None) -
         as_utc(first["application_created_at"]),
     )
     pools: dict[int, PoolLine] = {}
-    for row in rows:
-        if row["id"] is not None and row["id"] not in pools:
-            pools[row["id"]] = _pool_line(row)
-    if packs is None:
-        return ApplicationRead(application, list(pools.values()), None)
-    found: dict[int, list[PackLine]] = {pool_id: [] for pool_id in pools}
-    for row in rows:
-        if row["pack_id"] is not None:
-            found[row["id"]].append(_pack_line(row, "pack_"))
-    return ApplicationRead(application, list(pools.values()), found)
+    found: dict[int, list[PackLine]] = {}
+    for row in rows:  # a row per pack (or per pool without any), by pool
+        pool_id = row["id"]
+        if pool_id is None:
+            continue  # an application without pools
+        if pool_id not in pools:
+            pools[pool_id], found[pool_id] = _pool_line(row), []
+        if packs is not None and row["pack_id"] is not None:
+            found[pool_id].append(_pack_line(row, "pack_"))
+    return ApplicationRead(application, list(pools.values()), None if packs is None else found)
 
 
 async def newest_packs(pool_ids: Sequence[int], first: int) -> dict[int, list[PackLine]]:
@@ -179,9 +186,8 @@ async def newest_packs(pool_ids: Sequence[int], first: int) -> dict[int, list[Pa
         return {}
     marks = ",".join(f"${i}" for i in range(2, len(pool_ids) + 2))
     statement = (
-        f"SELECT {_PACK_COLUMNS} FROM (SELECT {_PACK_COLUMNS}, ROW_NUMBER() OVER"
-        " (PARTITION BY pool_id ORDER BY purchased_at DESC, id DESC) AS n FROM credit_pack"
-        f" WHERE pool_id IN ({marks})) x WHERE n <= $1 ORDER BY pool_id, purchased_at DESC, id DESC"
+        f"SELECT {_PACK_COLUMNS} FROM ({_numbered_packs(marks)}) x WHERE n <= $1"
+        " ORDER BY pool_id, purchased_at DESC, id DESC"
     )
     rows = await single_statement(lambda db: db.records(statement, first, *pool_ids))
     found: dict[int, list[PackLine]] = {pool_id: [] for pool_id in pool_ids}

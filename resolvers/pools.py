@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Annotated
 
 import strawberry
-from strawberry.types.nodes import SelectedField
 
 from models.balance_rules import BalanceStatus as DomainBalanceStatus
 from models.balances import PoolSnapshot
@@ -23,6 +22,7 @@ from resolvers.consumption import (
 from resolvers.context import Info
 from resolvers.errors import UserError, query_error
 from resolvers.loaders import loaders_of
+from resolvers.selection import selected_arguments
 
 BalanceStatus = strawberry.enum(DomainBalanceStatus, name="BalanceStatus")
 MAX_PAGE = 500
@@ -36,28 +36,19 @@ def check_page_size(first: int) -> None:
 
 
 def selected_pack_pages(info: Info) -> set[int]:
-    """The `first` of every `pools { packs(first:) }` under the field being resolved
-    (fragments included), so that its resolver may read those packs with the pools; empty
-    when any is not a plain valid page (a directive, a bad `first`): the packs' resolver
-    then reads and reports as it would."""
+    """The `first` of every `pools { packs(first:) }` under the field being resolved, so
+    that its resolver may read those packs with the pools; empty when any is not a plain
+    valid page (a directive, a bad `first`): the packs' resolver then reads and reports
+    as it would."""
+    selected = selected_arguments(info, ("pools", "packs"))
     firsts: set[int] = set()
-    pending = [(field.selections, False) for field in info.selected_fields]
-    while pending:
-        selections, under_pools = pending.pop()
-        for node in selections:
-            if node.directives:
-                return set()
-            if not isinstance(node, SelectedField):  # a fragment: its selections, at this level
-                pending.append((node.selections, under_pools))
-            elif not under_pools and node.name == "pools":
-                pending.append((node.selections, True))
-            elif under_pools and node.name == "packs":
-                first = node.arguments.get("first", PACKS_FIRST)
-                if type(first) is str and first.lstrip("-").isdigit():
-                    first = int(first)  # a literal, as its IntValue node spells it
-                if type(first) is not int or not 0 <= first <= MAX_PAGE:
-                    return set()
-                firsts.add(first)
+    for arguments in selected or ():
+        first = arguments.get("first", PACKS_FIRST)
+        if type(first) is str and first.lstrip("-").isdigit():
+            first = int(first)  # a literal, as its IntValue node spells it
+        if type(first) is not int or not 0 <= first <= MAX_PAGE:
+            return set()
+        firsts.add(first)
     return firsts
 
 

@@ -28,3 +28,25 @@ def selects(info: Info, path: Sequence[str]) -> bool:
     """Whether the current field's selection reaches `path` (field names, aliases aside),
     e.g. ("edges", "node", "balances"), under any fragment or alias."""
     return any(_selects(field.selections, path) for field in info.selected_fields)
+
+
+def selected_arguments(info: Info, path: Sequence[str]) -> list[dict[str, object]] | None:
+    """The arguments of every field at `path` under the current field (fragments included,
+    aliases aside), for its resolver to read what those fields need with its own; None
+    when a directive stands on the way, which only the executor may weigh. Literal Ints
+    come as their IntValue nodes spell them (text), variables as their values."""
+    found: list[dict[str, object]] = []
+    pending = [(field.selections, 0) for field in info.selected_fields]
+    while pending:
+        selections, depth = pending.pop()
+        for node in selections:
+            if node.directives:
+                return None
+            if not isinstance(node, SelectedField):  # a fragment: its selections, at this level
+                pending.append((node.selections, depth))
+            elif node.name == path[depth]:
+                if depth + 1 == len(path):
+                    found.append(node.arguments)
+                else:
+                    pending.append((node.selections, depth + 1))
+    return found
