@@ -167,7 +167,8 @@ def _node(selection: tuple[Selected, ...], line: EndUserLine, balances: Balances
 def connection_json(
     selection: tuple[Selected, ...],
     lines: list[EndUserLine],
-    cursors: list[str],
+    cursor_of: Callable[[int], str],
+    count: int,
     balances: Balances,
     has_next: bool,
     total: int,
@@ -186,24 +187,28 @@ def connection_json(
         elif name == "totalCount":
             answer[part.response_name] = checked_int(total)
         elif name == "pageInfo":
-            end = cursors[-1] if cursors else None
+            end = cursor_of(count - 1) if count else None
             answer[part.response_name] = page_info(part.below or (), has_next, end)
         else:  # edges
             below = part.below or ()
             answer[part.response_name] = [
-                _edge(below, cursor, lambda node, i=i: _node(node, lines[i], balances))
+                _edge(below, i, cursor_of, lambda node, i=i: _node(node, lines[i], balances))
                 if written is None
-                else _edge(below, cursor, lambda _, i=i: written[i])
-                for i, cursor in enumerate(cursors)
+                else _edge(below, i, cursor_of, lambda _, i=i: written[i])
+                for i in range(count)
             ]
     return answer
 
 
 def _edge(
-    selection: tuple[Selected, ...], cursor: str, node_of: Callable[[tuple[Selected, ...]], Any]
+    selection: tuple[Selected, ...],
+    index: int,
+    cursor_of: Callable[[int], str],
+    node_of: Callable[[tuple[Selected, ...]], Any],
 ) -> dict[str, Any]:
+    # a cursor is only made when selected: most pages ask for pageInfo's end cursor alone
     return object_json(
         selection,
         "EndUserEdge",
-        lambda s: cursor if s.field_name == "cursor" else node_of(s.below or ()),
+        lambda s: cursor_of(index) if s.field_name == "cursor" else node_of(s.below or ()),
     )

@@ -422,9 +422,16 @@ async def _preserialized(
     elif ids and selects_balances(selection):
         burn = selects_burn(selection)
         balances = Balances(lines=await balance_lines(ids, now, burn=burn))
-    cursors = [end_user_cursor(order, key, end_user_id) for end_user_id, key in page.keys]
+    keys = page.keys
+
+    def cursor_of(index: int) -> str:
+        end_user_id, key = keys[index]
+        return end_user_cursor(order, key, end_user_id)
+
     return encode(
-        connection_json(selection, page.lines, cursors, balances, page.has_next, page.total)
+        connection_json(
+            selection, page.lines, cursor_of, len(keys), balances, page.has_next, page.total
+        )
     )
 
 

@@ -83,8 +83,39 @@ class Selected:
 def read_selection(info: Info, shape: Shape) -> tuple[Selected, ...] | None:
     """The selection under the field being resolved, fragments inlined and same-named
     entries merged in the order graphql-core answers them; None when it selects anything
-    outside `shape`, uses a directive, or gives a field of it an argument."""
-    return _collect([field.selections for field in info.selected_fields], shape)
+    outside `shape`, uses a directive, or gives a field of it an argument.
+
+    Kept per operation and field: with no argument and no directive in it, the answer
+    depends on the document alone, not on the variables (a document's operation is one
+    object while the parsed document is cached, `resolvers/request_rules.py`)."""
+    operation = info.operation
+    key = (id(operation), _field_path(info.path), id(shape))
+    kept = _READ.get(key)
+    if kept is not None and kept[0] is operation and kept[1] is shape:
+        return kept[2]
+    found = _collect([field.selections for field in info.selected_fields], shape)
+    if len(_READ) >= READ_KEPT:
+        del _READ[next(iter(_READ))]  # the oldest
+    _READ[key] = (operation, shape, found)
+    return found
+
+
+# read_selection's answers: (operation's id, field path, shape's id) -> (operation, shape,
+# answer). The objects are kept with the answer: an id is only unique while its object lives.
+_READ: dict[tuple[int, tuple[Any, ...], int], tuple[Any, Shape, tuple[Selected, ...] | None]] = {}
+READ_KEPT = 1024  # (about the parsed documents kept, resolvers/request_rules.py)
+
+
+def _field_path(path: Any) -> tuple[Any, ...]:
+    """The field's place in the operation: response names and parent types, no list index
+    (every item of a list has the same selection)."""
+    keys: list[Any] = []
+    while path is not None:
+        if type(path.key) is str:
+            keys.append(path.key)
+            keys.append(path.typename)
+        path = path.prev
+    return tuple(keys)
 
 
 # Same-named entries of a selection: name in the answer -> (field, their selection sets).

@@ -314,11 +314,13 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
     for _ in range(SELECTIONS):
         document = Writer(rng).document()
         answers = []
-        for each, preserialized in ((schema, True), (schema, False), (stock, False)):
+        # (twice preserialized: the second reads its selections as kept by the first)
+        runs = ((schema, True), (schema, True), (schema, False), (stock, False))
+        for each, preserialized in runs:
             context = Context(None, None, principal, preserialized=preserialized)
             result = await each.execute(document, variable_values=variables, context_value=context)
             answers.append(_answer(result))
-        assert answers[0] == answers[1] == answers[2], document
+        assert answers[0] == answers[1] == answers[2] == answers[3], document
         assert not answers[0][1], (document, answers[0][1])
     if fast_paths_enabled():
         # most selections are plain enough to be written preserialized, by every writer
@@ -355,3 +357,47 @@ async def test_a_page_of_written_nodes_the_writer_refuses_is_read_whole(
         answers.append(_answer(result))
     assert answers[0] == answers[1]
     assert len(answers[0][0]["application"]["endUsers"]["edges"]) == 5
+
+
+async def test_a_selection_is_read_once_per_operation_and_field(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read selections are kept per operation and field: a document sent again reads none,
+    and two documents, or two aliases, selecting differently at one place keep their own."""
+    from resolvers import preserialized
+
+    monkeypatch.setattr(preserialized, "_READ", {})  # (another test may have sent these)
+    reads = Counter[str]()
+    collect = preserialized._collect
+
+    def counted(*args: Any) -> Any:
+        reads["collect"] += 1
+        return collect(*args)
+
+    monkeypatch.setattr(preserialized, "_collect", counted)
+    app = await _application()
+    principal = Principal(0, app, ApiKeyRole.READ, None, None)
+    documents = [
+        "query($id: ID!) { application(id: $id) { endUsers(first: 3) { totalCount } } }",
+        "query($id: ID!) { application(id: $id) { endUsers(first: 3) {"
+        " edges { node { externalId } } } other: endUsers(first: 2) { totalCount } } }",
+    ]
+    expected = []
+    for document in documents:
+        context = Context(None, None, principal, preserialized=False)
+        result = await schema.execute(
+            document, variable_values={"id": str(app)}, context_value=context
+        )
+        expected.append(_answer(result))
+    for round_ in range(3):
+        for document, answer in zip(documents, expected, strict=True):
+            context = Context(None, None, principal, preserialized=True)
+            result = await schema.execute(
+                document, variable_values={"id": str(app)}, context_value=context
+            )
+            assert _answer(result) == answer, document
+        if round_ == 0:
+            first_reads = reads["collect"]
+            # with the fast paths off, nothing is preserialized: no selection is read
+            assert (first_reads > 0) == fast_paths_enabled()
+    assert reads["collect"] == first_reads  # the later rounds read none
