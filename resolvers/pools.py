@@ -22,7 +22,7 @@ from resolvers.consumption import (
 from resolvers.context import Info
 from resolvers.errors import UserError, query_error
 from resolvers.loaders import loaders_of
-from resolvers.selection import selected_arguments
+from resolvers.selection import PerField, selected_arguments
 
 BalanceStatus = strawberry.enum(DomainBalanceStatus, name="BalanceStatus")
 MAX_PAGE = 500
@@ -35,21 +35,34 @@ def check_page_size(first: int) -> None:
         raise ValidationFailed(f"first must be between 0 and {MAX_PAGE}", field="first")
 
 
-def selected_pack_pages(info: Info) -> set[int]:
+def selected_pack_pages(info: Info) -> frozenset[int]:
     """The `first` of every `pools { packs(first:) }` under the field being resolved, so
     that its resolver may read those packs with the pools; empty when any is not a plain
     valid page (a directive, a bad `first`): the packs' resolver then reads and reports
-    as it would."""
+    as it would. Kept per operation and field when every `first` is a literal."""
+    found, kept = _PACK_PAGES.get(info, _PACK_PAGES)
+    if found and kept is not None:
+        return kept
     selected = selected_arguments(info, ("pools", "packs"))
     firsts: set[int] = set()
+    literal = True
     for arguments in selected or ():
-        first = arguments.get("first", PACKS_FIRST)
+        first = arguments.get("first", PACKS_FIRST)  # (absent: the document's say too)
         if type(first) is str and first.lstrip("-").isdigit():
             first = int(first)  # a literal, as its IntValue node spells it
+        elif "first" in arguments:
+            literal = False  # a variable's value (an Int variable comes as an int)
         if type(first) is not int or not 0 <= first <= MAX_PAGE:
-            return set()
+            firsts = set()
+            break
         firsts.add(first)
-    return firsts
+    pages = frozenset(firsts)
+    if literal:
+        _PACK_PAGES.put(info, _PACK_PAGES, pages)
+    return pages
+
+
+_PACK_PAGES: PerField[frozenset[int]] = PerField()
 
 
 @strawberry.type

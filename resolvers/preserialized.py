@@ -26,6 +26,7 @@ from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField
 
 from resolvers.context import Info
 from resolvers.runtime.versions import fast_paths_enabled
+from resolvers.selection import PerField
 
 # A shape: for a type, the fields `read_selection` accepts, each with the shape under it
 # (None: a leaf). `__typename` is accepted everywhere.
@@ -86,36 +87,15 @@ def read_selection(info: Info, shape: Shape) -> tuple[Selected, ...] | None:
     outside `shape`, uses a directive, or gives a field of it an argument.
 
     Kept per operation and field: with no argument and no directive in it, the answer
-    depends on the document alone, not on the variables (a document's operation is one
-    object while the parsed document is cached, `resolvers/request_rules.py`)."""
-    operation = info.operation
-    key = (id(operation), _field_path(info.path), id(shape))
-    kept = _READ.get(key)
-    if kept is not None and kept[0] is operation and kept[1] is shape:
-        return kept[2]
-    found = _collect([field.selections for field in info.selected_fields], shape)
-    if len(_READ) >= READ_KEPT:
-        del _READ[next(iter(_READ))]  # the oldest
-    _READ[key] = (operation, shape, found)
-    return found
+    depends on the document alone, not on the variables."""
+    found, selection = _READ.get(info, shape)
+    if not found:
+        selection = _collect([field.selections for field in info.selected_fields], shape)
+        _READ.put(info, shape, selection)
+    return selection
 
 
-# read_selection's answers: (operation's id, field path, shape's id) -> (operation, shape,
-# answer). The objects are kept with the answer: an id is only unique while its object lives.
-_READ: dict[tuple[int, tuple[Any, ...], int], tuple[Any, Shape, tuple[Selected, ...] | None]] = {}
-READ_KEPT = 1024  # (about the parsed documents kept, resolvers/request_rules.py)
-
-
-def _field_path(path: Any) -> tuple[Any, ...]:
-    """The field's place in the operation: response names and parent types, no list index
-    (every item of a list has the same selection)."""
-    keys: list[Any] = []
-    while path is not None:
-        if type(path.key) is str:
-            keys.append(path.key)
-            keys.append(path.typename)
-        path = path.prev
-    return tuple(keys)
+_READ: PerField[tuple[Selected, ...] | None] = PerField()
 
 
 # Same-named entries of a selection: name in the answer -> (field, their selection sets).

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any, Generic, TypeVar
 
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
 from resolvers.context import Info
+
+T = TypeVar("T")
 
 
 def _fields(selections: Iterable[Selection], name: str) -> Iterable[SelectedField]:
@@ -50,3 +53,41 @@ def selected_arguments(info: Info, path: Sequence[str]) -> list[dict[str, object
                 else:
                     pending.append((node.selections, depth + 1))
     return found
+
+
+class PerField(Generic[T]):
+    """Answers about the selection under a field that the document alone decides (not the
+    variables), kept per operation and field: a document sent again, whose parsed operation
+    is the same object while `resolvers/request_rules.py` keeps it, finds them. Bounded;
+    each answer holds its operation and tag, since an id is only unique while its object
+    lives."""
+
+    def __init__(self, size: int = 1024) -> None:  # (about the parsed documents kept)
+        self.size = size
+        self._kept: dict[tuple[int, tuple[Any, ...], int], tuple[Any, object, T]] = {}
+
+    def get(self, info: Info, tag: object) -> tuple[bool, T | None]:
+        """(True, the answer kept for this field and `tag`), or (False, None)."""
+        operation = info.operation
+        kept = self._kept.get((id(operation), _field_path(info.path), id(tag)))
+        if kept is not None and kept[0] is operation and kept[1] is tag:
+            return True, kept[2]
+        return False, None
+
+    def put(self, info: Info, tag: object, answer: T) -> None:
+        if len(self._kept) >= self.size:
+            del self._kept[next(iter(self._kept))]  # the oldest
+        operation = info.operation
+        self._kept[(id(operation), _field_path(info.path), id(tag))] = (operation, tag, answer)
+
+
+def _field_path(path: Any) -> tuple[Any, ...]:
+    """The field's place in the operation: response names and parent types, no list index
+    (every item of a list has the same selection)."""
+    keys: list[Any] = []
+    while path is not None:
+        if type(path.key) is str:
+            keys.append(path.key)
+            keys.append(path.typename)
+        path = path.prev
+    return tuple(keys)

@@ -32,6 +32,7 @@ from resolvers.context import Context
 from resolvers.preserialized import NotPlain
 from resolvers.runtime.versions import fast_paths_enabled
 from resolvers.schema import Mutation, Query, Subscription, schema
+from resolvers.selection import PerField
 from tests.conftest import Backend
 
 SELECTIONS = 300
@@ -366,7 +367,8 @@ async def test_a_selection_is_read_once_per_operation_and_field(
     and two documents, or two aliases, selecting differently at one place keep their own."""
     from resolvers import preserialized
 
-    monkeypatch.setattr(preserialized, "_READ", {})  # (another test may have sent these)
+    # (another test may have sent these documents)
+    monkeypatch.setattr(preserialized, "_READ", PerField())
     reads = Counter[str]()
     collect = preserialized._collect
 

@@ -111,14 +111,18 @@ async def test_packs_read_with_the_application_answer_as_read_alone(
     n = ", $n: Int" if uses_n else ""
     one = f"query One($id: ID!{n}) {{ application(id: $id) {{ {selection} }} }} {fragment}"
     listed = f"query All{'($n: Int)' if uses_n else ''} {{ applications {{ {selection} }} }}"
-    given = {"n": 2} if uses_n else {}
-    with counting() as statements:
-        data, errors = await _answer(organization.id, app, one, id=str(app), **given)
-    reference, reference_errors = await _answer(organization.id, app, listed + fragment, **given)
-    assert errors == reference_errors == []
-    assert data["application"] == reference["applications"][0]
-    # the application with its pools and packs; a directive leaves the packs to their field
-    assert len(statements) == (2 if "@" in selection else 1), statements
+    # sent twice: the second finds the pages its document decides as the first left them,
+    # and reads a variable's again (here changed)
+    for given in ({"n": 2}, {"n": 3}) if uses_n else ({}, {}):
+        with counting() as statements:
+            data, errors = await _answer(organization.id, app, one, id=str(app), **given)
+        reference, reference_errors = await _answer(
+            organization.id, app, listed + fragment, **given
+        )
+        assert errors == reference_errors == []
+        assert data["application"] == reference["applications"][0]
+        # the application with its pools and packs; a directive leaves the packs to their field
+        assert len(statements) == (2 if "@" in selection else 1), statements
 
 
 async def test_a_bad_packs_page_is_reported_as_when_read_alone(backend: Backend) -> None:
