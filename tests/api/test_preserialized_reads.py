@@ -1,9 +1,10 @@
 """Preserialized reads (resolvers/preserialized.py) answer exactly what the general path
 answers: a few hundred generated selections over an application (its pools, End Users with
-their balances, series, request log and billing periods; aliases, fragments, inline
-fragments, repeated fields, directives, arguments, `__typename`) run as an HTTP request's
-answer is made (preserialized values spliced by the encoder) and through the general path,
-and through a stock Strawberry schema; the decoded answers must be equal."""
+their balances, series, request log, billing periods, and the allocation summary with its
+rankings; aliases, fragments, inline fragments, repeated fields, directives, arguments,
+`__typename`) run as an HTTP request's answer is made (preserialized values spliced by the
+encoder) and through the general path, and through a stock Strawberry schema; the decoded
+answers must be equal."""
 
 from __future__ import annotations
 
@@ -65,6 +66,22 @@ POOL_FIELDS = [
     "version",
     "__typename",
 ]
+SUMMARY_FIELDS = [
+    "pool",
+    "endUsersTotal",
+    "withAllocation",
+    "withCredits",
+    "low",
+    "exhausted",
+    "allocated",
+    "used",
+    "remaining",
+    "unallocated",
+    "burnRatePerDay",
+    "projectedShortfall",
+    "needsAllocation",
+    "__typename",
+]
 SERIES_FIELDS = ["granularity", "totalUsed", "totalExpired", "__typename"]
 BUCKET_FIELDS = ["start", "used", "expired", "purchased", "remaining", "spike", "__typename"]
 LOG_FIELDS = [
@@ -124,6 +141,24 @@ class Writer:
         if self.rng.random() < 0.1:
             fields.append("endUser { externalId }")
         return f"balances {{ {self.wrap('EndUserBalance', ' '.join(fields))} }}"
+
+    def ranked(self) -> str:
+        fields = self.pick(BALANCE_FIELDS)
+        if self.rng.random() < 0.6:
+            owner = self.wrap("EndUser", " ".join(self.pick(END_USER_FIELDS)))
+            fields.append(f"endUser {{ {owner} }}")
+        if self.rng.random() < 0.08:
+            fields.append("endUser { balances { pool remaining } }")  # left to the general path
+        return self.wrap("EndUserBalance", " ".join(fields))
+
+    def allocation_summary(self) -> str:
+        parts = self.pick(SUMMARY_FIELDS, least=0)
+        for name in ("topConsumers", "closeToRunningOut"):
+            if self.rng.random() < 0.7:
+                first = self.rng.choice([0, 1, 3, 10])
+                parts.append(f"{self.alias(name)}(first: {first}) {{ {self.ranked()} }}")
+        body = self.wrap("AllocationSummary", " ".join(parts or ["endUsersTotal"]))
+        return f'allocationSummary(pool: "ai") {{ {body} }}'
 
     def series(self) -> str:
         parts = self.pick(SERIES_FIELDS, least=0)
@@ -205,6 +240,8 @@ class Writer:
             parts.append(self.series())
         if self.rng.random() < 0.15:
             parts.append("billingPeriods(first: 2) { start end status endUserUsage }")
+        if self.rng.random() < 0.3:
+            parts.append(self.allocation_summary())
         return self.wrap("Application", " ".join(parts))
 
     def document(self) -> str:
