@@ -40,7 +40,7 @@ def selected_pack_pages(info: Info) -> frozenset[int]:
     that its resolver may read those packs with the pools; empty when any is not a plain
     valid page (a directive, a bad `first`): the packs' resolver then reads and reports
     as it would. Kept per operation and field when every `first` is a literal."""
-    found, kept = _PACK_PAGES.get(info, _PACK_PAGES)
+    found, kept = _PACK_PAGES.get(info)
     if found and kept is not None:
         return kept
     selected = selected_arguments(info, ("pools", "packs"))
@@ -58,7 +58,7 @@ def selected_pack_pages(info: Info) -> frozenset[int]:
         firsts.add(first)
     pages = frozenset(firsts)
     if literal:
-        _PACK_PAGES.put(info, _PACK_PAGES, pages)
+        _PACK_PAGES.put(info, pages)
     return pages
 
 

@@ -91,7 +91,7 @@ def read_selection(info: Info, shape: Shape) -> tuple[Selected, ...] | None:
     found, selection = _READ.get(info, shape)
     if not found:
         selection = _collect([field.selections for field in info.selected_fields], shape)
-        _READ.put(info, shape, selection)
+        _READ.put(info, selection, shape)
     return selection
 
 

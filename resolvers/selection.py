@@ -66,15 +66,16 @@ class PerField(Generic[T]):
         self.size = size
         self._kept: dict[tuple[int, tuple[Any, ...], int], tuple[Any, object, T]] = {}
 
-    def get(self, info: Info, tag: object) -> tuple[bool, T | None]:
-        """(True, the answer kept for this field and `tag`), or (False, None)."""
+    def get(self, info: Info, tag: object = None) -> tuple[bool, T | None]:
+        """(True, the answer kept for this field and `tag`), or (False, None). The tag
+        tells apart answers of different questions about one field (a shape, say)."""
         operation = info.operation
         kept = self._kept.get((id(operation), _field_path(info.path), id(tag)))
         if kept is not None and kept[0] is operation and kept[1] is tag:
             return True, kept[2]
         return False, None
 
-    def put(self, info: Info, tag: object, answer: T) -> None:
+    def put(self, info: Info, answer: T, tag: object = None) -> None:
         if len(self._kept) >= self.size:
             del self._kept[next(iter(self._kept))]  # the oldest
         operation = info.operation
