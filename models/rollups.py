@@ -441,33 +441,46 @@ FOLDED_WINDOW_START = "(SELECT window_start FROM rollup_state WHERE id = 1)"
 WINDOW_USED = "(COALESCE(wu.used, 0) + COALESCE(wd.used, 0))"
 
 
-def moved_window(ws: str) -> tuple[str, str]:
-    """The bounds of `occurred_at` between the folded window start and `ws` (empty when
-    they are the same moment): the use the folded window sums differs by these entries."""
-    folded = FOLDED_WINDOW_START
+def moved_window(ws: str, folded: str = FOLDED_WINDOW_START) -> tuple[str, str]:
+    """The bounds of `occurred_at` between the folded window start `folded` and `ws` (empty
+    when they are the same moment): the use the folded window sums differs by these
+    entries."""
     low = f"CASE WHEN {folded} < {ws} THEN {folded} ELSE {ws} END"
     high = f"CASE WHEN {folded} < {ws} THEN {ws} ELSE {folded} END"
     return low, high
+
+
+def moved_window_entries(ws: str, condition: str) -> str:
+    """FROM and WHERE of the CONSUME entries (ledger_entry l) meeting `condition` that
+    occurred between the folded window start and `ws` and were folded (created before the
+    watermark): none unless the window moved since the last fold. The state is joined once
+    (rollup_state s) rather than read by a scalar subquery at each use: PostgreSQL starts
+    every such subquery on each execution, and a report statement repeats these parts."""
+    low, high = moved_window(ws, "s.window_start")
+    return (
+        "rollup_state s JOIN ledger_entry l ON l.created_at < s.watermark"
+        f" AND l.occurred_at >= {low} AND l.occurred_at < {high}"
+        f" WHERE s.id = 1 AND s.window_start <> {ws} AND {condition} AND l.kind = 'CONSUME'"
+    )
 
 
 def window_used_of(end_user: str, pool: str, ws: str) -> str:
     """The credits End User `end_user` used in pool `pool` since the window start `ws` (SQL
     expressions; `ws` a parameter), exactly, as scalar subqueries of the row: the folded
     sum, the use between the folded window start and `ws` (only when the window moved
-    since the last fold) and the tail. Each is an index lookup per row, for statements
-    about a few balances (`window_used_joins` suits a whole pool's)."""
-    folded = FOLDED_WINDOW_START
-    low, high = moved_window(ws)
-    mine = f"l.end_user_id = {end_user} AND l.pool_id = {pool} AND l.kind = 'CONSUME'"
+    since the last fold: skipped by a guard otherwise) and the tail. Each is an index
+    lookup per row, for statements about a few balances (`window_used_joins` suits a whole
+    pool's)."""
+    mine = f"l.end_user_id = {end_user} AND l.pool_id = {pool}"
     return (
         "(COALESCE((SELECT wu.used FROM end_user_window_usage wu"
         f" WHERE wu.end_user_id = {end_user} AND wu.pool_id = {pool}), 0)"
-        f" + COALESCE((SELECT CAST(SUM(CASE WHEN l.occurred_at >= {folded} THEN l.amount"
-        f" ELSE -l.amount END) AS BIGINT) FROM ledger_entry l WHERE {folded} <> {ws}"
-        f" AND {mine} AND l.created_at < {WATERMARK} AND l.occurred_at >= {low}"
-        f" AND l.occurred_at < {high}), 0)"
+        f" + CASE WHEN {FOLDED_WINDOW_START} = {ws} THEN 0 ELSE"
+        " COALESCE((SELECT CAST(SUM(CASE WHEN l.occurred_at >= s.window_start THEN l.amount"
+        f" ELSE -l.amount END) AS BIGINT) FROM {moved_window_entries(ws, mine)}), 0) END"
         f" + COALESCE((SELECT CAST(SUM(CASE WHEN l.occurred_at >= {ws} THEN -l.amount ELSE 0 END)"
-        f" AS BIGINT) FROM ledger_entry l WHERE {mine} AND {in_tail('l')}), 0))"
+        f" AS BIGINT) FROM ledger_entry l WHERE {mine} AND l.kind = 'CONSUME'"
+        f" AND {in_tail('l')}), 0))"
     )
 
 
@@ -480,6 +493,8 @@ def window_used_joins(end_user: str, pool: str, scope_ledger: str, ws: str) -> s
     tail. `scope_ledger` restricts ledger_entry (alias l) on indexed columns."""
     folded = FOLDED_WINDOW_START
     low, high = moved_window(ws)
+    # (the state read by scalar subqueries here, not joined: a join makes PostgreSQL
+    # expect many more moved entries and plan the whole pool's join for them)
     delta = (
         "(SELECT end_user_id, pool_id, SUM(used) AS used FROM ("
         " SELECT l.end_user_id, l.pool_id,"

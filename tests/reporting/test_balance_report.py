@@ -19,6 +19,7 @@ from models.accounts import create_application, create_organization
 from models.alerts import set_low_balance_threshold
 from models.allocation_report import (
     HORIZON_DAYS,
+    NEVER,
     Listing,
     OrderField,
     Ranking,
@@ -47,12 +48,14 @@ class Expected:
     shortfall: float
     top: list[int]
     close: list[int]
+    # every End User by projected exhaustion in the pool, with its window use
+    by_exhaustion: list[tuple[int, int]]
 
 
 async def _expected(app: int, pool_id: int, now: datetime) -> Expected:
     """Straight from the live balances and the ledger."""
 
-    async def work(db: Sql) -> tuple[list[dict], list[dict], int]:
+    async def work(db: Sql) -> tuple[list[dict], list[dict], list[int]]:
         balances = await db.rows(
             "SELECT end_user_id, allocated, used, remaining, status FROM end_user_balance"
             " WHERE pool_id = $1",
@@ -64,10 +67,11 @@ async def _expected(app: int, pool_id: int, now: datetime) -> Expected:
             pool_id,
             window_start(now),
         )
-        total = await db.value("SELECT COUNT(*) FROM end_user WHERE application_id = $1", app)
-        return balances, window, total
+        ids = await db.rows("SELECT id FROM end_user WHERE application_id = $1", app)
+        return balances, window, [row["id"] for row in ids]
 
-    balances, window, total = await single_statement(work)
+    balances, window, end_users = await single_statement(work)
+    total = len(end_users)
     used = {row["end_user_id"]: int(row["used"]) for row in window}
     horizon = HORIZON_DAYS / window_days(now)
     counts = {
@@ -88,11 +92,18 @@ async def _expected(app: int, pool_id: int, now: datetime) -> Expected:
         (b for b in balances if b["remaining"] > 0 and used.get(b["end_user_id"], 0) > 0),
         key=lambda b: (b["remaining"] / used[b["end_user_id"]], b["end_user_id"]),
     )
+    remaining = {b["end_user_id"]: b["remaining"] for b in balances}
+
+    def exhaustion_key(end_user: int) -> tuple[float, int]:
+        use = used.get(end_user, 0)
+        return (remaining.get(end_user, 0) / use if use > 0 else NEVER, end_user)
+
     return Expected(
         counts,
         shortfall,
         [b["end_user_id"] for b in top[:FIRST]],
         [b["end_user_id"] for b in close[:FIRST]],
+        [(u, used.get(u, 0)) for u in sorted(end_users, key=exhaustion_key)],
     )
 
 
@@ -111,6 +122,13 @@ async def _check(app: int, pool_id: int) -> None:
     firsts = {Ranking.TOP_CONSUMERS: FIRST, Ranking.CLOSE_TO_RUNNING_OUT: FIRST - 1}
     both = await rankings(app, pool_id, firsts, now)
     assert both == {Ranking.TOP_CONSUMERS: top, Ranking.CLOSE_TO_RUNNING_OUT: close[: FIRST - 1]}
+    # a page ordered by projected exhaustion sums each End User's window use by joins
+    listing = Listing(pool_id, order=OrderField.PROJECTED_EXHAUSTION)
+    page = await end_user_page(app, listing, 100, None, now)
+    found_order = [
+        (line.id, line.balance.burn.window_used if line.balance else 0) for line in page.lines
+    ]
+    assert found_order == expected.by_exhaustion
 
 
 async def _fold_with_older_window(hours: int) -> None:
