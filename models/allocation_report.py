@@ -16,7 +16,6 @@ Every function answers in one statement, whatever the number of End Users."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -208,7 +207,6 @@ _TEXT_COLUMNS = ("pool_key", "status")
 # remaining credits (control characters, which its JSON never holds raw), which the server
 # replaces by the value (`write_burns`), so the two are computed by one code.
 BURN_MARKS = {"burnRatePerDay": "R", "projectedExhaustionAt": "E"}
-_BURN_MARK = re.compile("\x1e([RE])(-?[0-9]+),(-?[0-9]+)\x1f")
 _UNFIT = "-"  # a balance JSON the database could not write (an Int beyond 32 bits)
 
 
@@ -264,26 +262,41 @@ def balances_json_sql(
 
 def write_burns(texts: dict[int, str], now: datetime) -> dict[int, str]:
     """`texts` with the burn marks of `balances_json_sql` replaced by their values at `now`,
-    as the general path serializes them."""
+    as the general path serializes them (`burn_rate`, `exhaustion_time`: the same
+    arithmetic, one window length for the page)."""
     if not any("\x1e" in text for text in texts.values()):
         return texts
+    days = window_days(now)
+    # a UTC moment's ISO text is its naive one with the offset added, for less work
+    utc = now.tzinfo is UTC
+    start, offset = (now.replace(tzinfo=None), "+00:00") if utc else (now, "")
     written: dict[str, str] = {}  # (End Users of one page often share a mark: no use)
-
-    def value(mark: re.Match[str]) -> str:
-        found = written.get(mark[0])
+    # one pass over the page: the texts joined by a character their JSON never holds raw,
+    # cut at each mark's start; a piece is the mark, its end, and the text up to the next
+    pieces = "\x1d".join(texts.values()).split("\x1e")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        end = piece.index("\x1f")
+        mark = piece[:end]
+        found = written.get(mark)
         if found is None:
-            kind, window_used, remaining = mark.groups()
-            if kind == "R":
-                found = orjson.dumps(burn_rate(int(window_used), now)).decode()
+            comma = mark.index(",")
+            window_used = int(mark[1:comma])
+            if mark[0] == "R":
+                found = orjson.dumps(window_used / days).decode()
+            elif window_used <= 0:
+                found = "null"
             else:
-                at = exhaustion_time(int(window_used), int(remaining), now)
-                found = "null" if at is None else f'"{at.isoformat()}"'
-            written[mark[0]] = found
-        return found
-
-    # one pass over the page: the texts joined by a character their JSON never holds raw
-    joined = _BURN_MARK.sub(value, "\x1d".join(texts.values()))
-    return dict(zip(texts, joined.split("\x1d"), strict=True))
+                try:
+                    at = start + timedelta(days=int(mark[comma + 1 :]) / (window_used / days))
+                except OverflowError:  # past the calendar's end
+                    found = "null"
+                else:
+                    found = f'"{at.isoformat()}{offset}"'
+            written[mark] = found
+        out.append(found)
+        out.append(piece[end + 1 :])
+    return dict(zip(texts, "".join(out).split("\x1d"), strict=True))
 
 
 # ------------------------------------------------------------------------------- summary

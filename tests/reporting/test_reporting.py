@@ -8,7 +8,7 @@ import asyncio
 import gc
 import uuid
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -21,7 +21,13 @@ from api.http_answer import encode_json
 from bench.dashboard_query import DASHBOARD
 from models.access import Principal
 from models.accounts import create_application, create_organization
-from models.allocation_report import balance_lines, window_days
+from models.allocation_report import (
+    balance_lines,
+    burn_rate,
+    exhaustion_time,
+    window_days,
+    write_burns,
+)
 from models.consumption import (
     Granularity,
     SeriesKey,
@@ -91,6 +97,46 @@ def test_bad_ranges_are_validation_errors(
 ) -> None:
     with pytest.raises(ValidationFailed):
         bucket_range(start, end, granularity)
+
+
+_USES = st.one_of(st.integers(-5, 5), st.integers(-(2**31), 2**31 - 1))
+_MOMENTS = st.datetimes(
+    min_value=datetime(2000, 1, 1),
+    max_value=datetime(2100, 1, 1),
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_USES, _USES), min_size=1, max_size=12), _MOMENTS)
+def test_burn_marks_are_written_as_the_general_path_serializes_them(
+    balances: list[tuple[int, int]], now: datetime
+) -> None:
+    """The page writer's burn values (`write_burns`) equal `burn_rate` and
+    `exhaustion_time` encoded as an answer, for any use and remaining (none, negative, past
+    the calendar's end) and a moment in UTC or another offset."""
+
+    def node(window_used: int, remaining: int, value: Any = None, at: Any = None) -> str:
+        if value is None:
+            value = f"\x1eR{window_used},{remaining}\x1f"
+            at = f"\x1eE{window_used},{remaining}\x1f"
+        return f'{{"burnRatePerDay":{value},"projectedExhaustionAt":{at}}}'
+
+    texts = {i: node(*pair) for i, pair in enumerate(balances)}
+
+    def iso(at: datetime | None) -> str:  # as Strawberry's DateTime serializes it
+        return "null" if at is None else f'"{at.isoformat()}"'
+
+    expected = {
+        i: node(
+            0,
+            0,
+            encode_json(burn_rate(used, now)).decode(),
+            iso(exhaustion_time(used, remaining, now)),
+        )
+        for i, (used, remaining) in enumerate(balances)
+    }
+    assert write_burns(texts, now) == expected
 
 
 def test_spike_rule_flags_a_burst_but_not_a_flat_or_weekly_series() -> None:
