@@ -27,13 +27,14 @@ the typical bucket (a flat or gently noisy series never flags), and series short
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
+from itertools import accumulate
+from operator import sub
 from typing import Any
 
 from models.balance_rules import pool_remaining_sql
@@ -180,10 +181,18 @@ def spikes(used: Sequence[int]) -> list[bool]:
     """The spike rule of this module's docstring."""
     if len(used) < MIN_SPIKE_BUCKETS:
         return [False] * len(used)
-    median = statistics.median(used)
-    sigma = MAD_TO_SIGMA * statistics.median(abs(value - median) for value in used)
+    median = _median(sorted(used))
+    sigma = MAD_TO_SIGMA * _median(sorted([abs(value - median) for value in used]))
     threshold = median + max(SPIKE_SIGMAS * sigma, median, 1)
     return [value > threshold for value in used]
+
+
+def _median(ordered: list[Any]) -> Any:
+    """`statistics.median` of values already in order."""
+    half = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[half]
+    return (ordered[half - 1] + ordered[half]) / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +340,11 @@ async def _end_user_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
     return await db.records(statement, *args)
 
 
-def _assemble(key: SeriesKey, rows: list[Row]) -> Series:
+# A fact of a series: (bucket, used, expired, purchased, booked), bucket _AFTER or _NOW too.
+Fact = tuple[int, int, int, int, int]
+
+
+def _assemble(key: SeriesKey, facts: Sequence[Fact]) -> Series:
     count = key.range.count
     used = [0] * count
     expired = [0] * count
@@ -339,24 +352,40 @@ def _assemble(key: SeriesKey, rows: list[Row]) -> Series:
     booked = [0] * count  # the change of remaining the ledger booked in each bucket
     booked_after = 0
     remaining_now = 0
-    for row in rows:
-        bucket = int(row["bucket"])
-        if bucket == _NOW:
-            remaining_now += int(row["booked"])
-        elif bucket == _AFTER:
-            booked_after += int(row["booked"])
+    for bucket, bucket_used, bucket_expired, bucket_purchased, bucket_booked in facts:
+        if bucket >= 0:
+            used[bucket] += bucket_used
+            expired[bucket] += bucket_expired
+            purchased[bucket] += bucket_purchased
+            booked[bucket] += bucket_booked
+        elif bucket == _NOW:
+            remaining_now += bucket_booked
         else:
-            used[bucket] += int(row["used"])
-            expired[bucket] += int(row["expired"])
-            purchased[bucket] += int(row["purchased"])
-            booked[bucket] += int(row["booked"])
-    remaining = [0] * count
-    level = remaining_now - booked_after  # as the ledger stood at the range's end
-    for index in range(count - 1, -1, -1):
-        # (never under 0: see the module's docstring on transactions in flight)
-        remaining[index] = max(level, 0)
-        level -= booked[index]
+            booked_after += bucket_booked
+    # the level at each bucket's end, from the last back: as the ledger stood at the range's
+    # end, less what each later bucket booked (never under 0: see the module's docstring on
+    # transactions in flight)
+    levels = list(accumulate(reversed(booked), sub, initial=remaining_now - booked_after))
+    remaining = [level if level > 0 else 0 for level in reversed(levels[:count])]
     return Series(key.range, used, expired, purchased, remaining, spikes(used))
+
+
+def _facts(rows: list[Row], by_end_user: bool) -> dict[tuple[int, int], list[Fact]]:
+    """A statement's rows as facts, by (owner, pool): End User and pool, or pool twice."""
+    found: dict[tuple[int, int], list[Fact]] = defaultdict(list)
+    for row in rows:
+        owner = row["owner"]
+        pool = row["pool_id"] if by_end_user else owner
+        found[owner, pool].append(
+            (
+                int(row["bucket"]),
+                int(row["used"]),
+                int(row["expired"]),
+                int(row["purchased"]),
+                int(row["booked"]),
+            )
+        )
+    return found
 
 
 async def consumption_series(keys: Sequence[SeriesKey]) -> list[Series]:
@@ -371,15 +400,14 @@ async def consumption_series(keys: Sequence[SeriesKey]) -> list[Series]:
         by_end_user = members[0].end_user_id is not None
         fetch = _end_user_rows if by_end_user else _pool_rows
         rows = await single_statement(lambda db, m=members, f=fetch: f(db, m))
+        facts = _facts(rows, by_end_user)
         for key in members:
-            if by_end_user:
-                mine = [
-                    r
-                    for r in rows
-                    if r["owner"] == key.end_user_id
-                    and (key.pool_id is None or r["pool_id"] == key.pool_id)
-                ]
-            else:
-                mine = [r for r in rows if key.pool_id is None or r["owner"] == key.pool_id]
+            mine = [
+                fact
+                for (owner, pool), owned in facts.items()
+                if (owner == key.end_user_id if by_end_user else True)
+                and (key.pool_id is None or pool == key.pool_id)
+                for fact in owned
+            ]
             found[key] = _assemble(key, mine)
     return [found[key] for key in keys]

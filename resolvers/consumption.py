@@ -22,6 +22,7 @@ from resolvers.preserialized import (
     checked_int,
     encode,
     object_json,
+    objects_of_columns,
     read_selection,
     splicing,
 )
@@ -129,14 +130,13 @@ def _ints(column: list[int]) -> list[int]:
 
 def _buckets_json(selection: tuple[Selected, ...], series: Series) -> list[dict[str, Any]]:
     # column by column, then zipped: a series has hundreds of buckets
-    names = [s.response_name for s in selection]
     columns = [
         ["ConsumptionBucket"] * series.range.count
         if s.field_name == "__typename"
         else _COLUMNS[s.field_name](series)
         for s in selection
     ]
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+    return objects_of_columns([s.response_name for s in selection], columns)
 
 
 def series_json(selection: tuple[Selected, ...], series: Series) -> dict[str, Any]:

@@ -16,9 +16,10 @@ selections through both and compares the answers."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -212,6 +213,24 @@ def object_json(
         s.response_name: type_name if s.field_name == "__typename" else value_of(s)
         for s in selection
     }
+
+
+def objects_of_columns(names: Sequence[str], columns: Sequence[Iterable[Any]]) -> list[Any]:
+    """The objects whose entries are `names` (in order) and whose values are taken one from
+    each of `columns` (of one length) in turn: a series' buckets, kept column by column."""
+    return list(map(_object_maker(len(names))(tuple(names)), *columns))
+
+
+@lru_cache(maxsize=32)
+def _object_maker(size: int) -> Callable[[tuple[str, ...]], Callable[..., dict[str, Any]]]:
+    """For `size` entries: given their names, a function of `size` values answering their
+    dict. A dict display is three times quicker than `dict(zip(names, values))` per object;
+    the text compiled holds only indices, the names stay data."""
+    values = ", ".join(f"v{i}" for i in range(size))
+    entries = ", ".join(f"n[{i}]: v{i}" for i in range(size))
+    namespace: dict[str, Any] = {}
+    exec(f"def maker(n):\n    return lambda {values}: {{{entries}}}", namespace)
+    return namespace["maker"]  # type: ignore[no-any-return]
 
 
 def page_info(selection: tuple[Selected, ...], has_next: bool, end: str | None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import statistics
 import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta, timezone
@@ -29,6 +30,9 @@ from models.allocation_report import (
     write_burns,
 )
 from models.consumption import (
+    MAD_TO_SIGMA,
+    MIN_SPIKE_BUCKETS,
+    SPIKE_SIGMAS,
     Granularity,
     SeriesKey,
     bucket_floor,
@@ -146,6 +150,20 @@ def test_spike_rule_flags_a_burst_but_not_a_flat_or_weekly_series() -> None:
     assert flags[-1] and sum(flags) == 1
     assert not any(spikes([0] * 40 + [1]))  # one stray credit is no spike
     assert spikes([0] * 40 + [9])[-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-(2**40), 2**40) | st.integers(0, 20), max_size=40))
+def test_spike_rule_is_the_documented_formula(used: list[int]) -> None:
+    """The rule, stated with `statistics.median`: any length (odd, even, under the minimum),
+    ties, negative uses (a series narrowed by a release) and values past 32 bits."""
+    if len(used) < MIN_SPIKE_BUCKETS:
+        assert spikes(used) == [False] * len(used)
+        return
+    median = statistics.median(used)
+    sigma = MAD_TO_SIGMA * statistics.median(abs(value - median) for value in used)
+    threshold = median + max(SPIKE_SIGMAS * sigma, median, 1)
+    assert spikes(used) == [value > threshold for value in used]
 
 
 # ---------------------------------------------------------------------------- histories
