@@ -371,20 +371,15 @@ def _assemble(key: SeriesKey, facts: Sequence[Fact]) -> Series:
 
 
 def _facts(rows: list[Row], by_end_user: bool) -> dict[tuple[int, int], list[Fact]]:
-    """A statement's rows as facts, by (owner, pool): End User and pool, or pool twice."""
+    """A statement's rows as facts, by (owner, pool): End User and pool, or pool twice.
+    (A row's values in order: owner, the End User's pool, then the fact's columns.)"""
     found: dict[tuple[int, int], list[Fact]] = defaultdict(list)
+    start = 2 if by_end_user else 1
     for row in rows:
-        owner = row["owner"]
-        pool = row["pool_id"] if by_end_user else owner
-        found[owner, pool].append(
-            (
-                int(row["bucket"]),
-                int(row["used"]),
-                int(row["expired"]),
-                int(row["purchased"]),
-                int(row["booked"]),
-            )
-        )
+        values = tuple(row.values())
+        owner = values[0]
+        fact = tuple(map(int, values[start:]))
+        found[owner, values[1] if by_end_user else owner].append(fact)  # type: ignore[arg-type]
     return found
 
 
