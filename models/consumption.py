@@ -55,6 +55,8 @@ class Granularity(StrEnum):
     MONTH = "MONTH"
 
 
+_HOUR_SECONDS = 3600
+_DAY_SECONDS = 86400
 _WIDTH = {
     Granularity.HOUR: timedelta(hours=1),
     Granularity.DAY: timedelta(days=1),
@@ -225,13 +227,19 @@ def _index_sql(db: Sql, key: SeriesKey, column: str, start: str) -> str:
                 f" + CAST(strftime('%m', {column}) AS INTEGER) - 1)"
             )
         return f"({number} - {start})"
-    seconds = (
-        f"CAST(floor(extract(epoch FROM {column})) AS BIGINT)"
-        if db.postgres
-        else f"CAST(strftime('%s', {column}) AS INTEGER)"
-    )
     width = int(_WIDTH[granularity].total_seconds())
-    return f"(({seconds} - {start}) / {width})"
+    if not db.postgres:
+        return f"((CAST(strftime('%s', {column}) AS INTEGER) - {start}) / {width})"
+    # Whole days and hours by date arithmetic: PostgreSQL's epoch is a NUMERIC, and taking
+    # its floor cost a fifth of a pool series' statement. (The range starts on a bucket
+    # boundary and holds no value before it: every division is exact or of a value >= 0.)
+    utc = f"({column} AT TIME ZONE 'UTC')"
+    units = f"(CAST({utc} AS DATE) - DATE '1970-01-01')"
+    unit = _DAY_SECONDS
+    if granularity == Granularity.HOUR:
+        units = f"({units} * 24 + CAST(date_part('hour', {utc}) AS BIGINT))"
+        unit = _HOUR_SECONDS
+    return f"(({units} - CAST({start} AS BIGINT) / {unit}) / {width // unit})"
 
 
 def _range_origin(key: SeriesKey) -> int:
