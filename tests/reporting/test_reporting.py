@@ -264,6 +264,7 @@ async def test_bucket_sums_equal_the_ledger(
     for key, found in zip(keys, series, strict=True):
         assert len(found.buckets) == buckets.count  # empty buckets included
         assert [b.start for b in found.buckets] == buckets.starts()
+        assert {type(v) for b in found.buckets for v in (b.used, b.expired, b.remaining)} <= {int}
         if key.end_user_id is not None:
             assert found.total_used == sums[("used_user", key.end_user_id, key.pool_id)]
         elif key.pool_id is None:
