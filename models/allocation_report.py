@@ -270,31 +270,31 @@ def write_burns(texts: dict[int, str], now: datetime) -> dict[int, str]:
     # a UTC moment's ISO text is its naive one with the offset added, for less work
     utc = now.tzinfo is UTC
     start, offset = (now.replace(tzinfo=None), "+00:00") if utc else (now, "")
-    written: dict[str, str] = {}  # (End Users of one page often share a mark: no use)
+    # a balance's two marks carry the same use and remaining: both values are written at
+    # the first of them (and End Users of one page often share them: no use)
+    written: dict[str, tuple[str, str]] = {}
     # one pass over the page: the texts joined by a character their JSON never holds raw,
     # cut at each mark's start; a piece is the mark, its end, and the text up to the next
     pieces = "\x1d".join(texts.values()).split("\x1e")
     out = [pieces[0]]
     for piece in pieces[1:]:
         end = piece.index("\x1f")
-        mark = piece[:end]
-        found = written.get(mark)
+        values = piece[1:end]
+        found = written.get(values)
         if found is None:
-            comma = mark.index(",")
-            window_used = int(mark[1:comma])
-            if mark[0] == "R":
-                found = orjson.dumps(window_used / days).decode()
-            elif window_used <= 0:
-                found = "null"
-            else:
+            comma = values.index(",")
+            window_used = int(values[:comma])
+            rate = window_used / days
+            at = "null"
+            if window_used > 0:
                 try:
-                    at = start + timedelta(days=int(mark[comma + 1 :]) / (window_used / days))
+                    moment = start + timedelta(days=int(values[comma + 1 :]) / rate)
                 except OverflowError:  # past the calendar's end
-                    found = "null"
+                    pass
                 else:
-                    found = f'"{at.isoformat()}{offset}"'
-            written[mark] = found
-        out.append(found)
+                    at = f'"{moment.isoformat()}{offset}"'
+            found = written[values] = (orjson.dumps(rate).decode(), at)
+        out.append(found[0] if piece[0] == "R" else found[1])
         out.append(piece[end + 1 :])
     return dict(zip(texts, "".join(out).split("\x1d"), strict=True))
 
