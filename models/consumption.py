@@ -231,7 +231,7 @@ def _index_sql(db: Sql, key: SeriesKey, column: str, start: str) -> str:
     if not db.postgres:
         return f"((CAST(strftime('%s', {column}) AS INTEGER) - {start}) / {width})"
     # Whole days and hours by date arithmetic: PostgreSQL's epoch is a NUMERIC, and taking
-    # its floor cost a fifth of a pool series' statement. (The range starts on a bucket
+    # its floor cost a sixth of a pool series' statement. (The range starts on a bucket
     # boundary and holds no value before it: every division is exact or of a value >= 0.)
     utc = f"({column} AT TIME ZONE 'UTC')"
     units = f"(CAST({utc} AS DATE) - DATE '1970-01-01')"
