@@ -55,8 +55,6 @@ class Granularity(StrEnum):
     MONTH = "MONTH"
 
 
-_HOUR_SECONDS = 3600
-_DAY_SECONDS = 86400
 _WIDTH = {
     Granularity.HOUR: timedelta(hours=1),
     Granularity.DAY: timedelta(days=1),
@@ -235,10 +233,10 @@ def _index_sql(db: Sql, key: SeriesKey, column: str, start: str) -> str:
     # boundary and holds no value before it: every division is exact or of a value >= 0.)
     utc = f"({column} AT TIME ZONE 'UTC')"
     units = f"(CAST({utc} AS DATE) - DATE '1970-01-01')"
-    unit = _DAY_SECONDS
+    unit = int(_WIDTH[Granularity.DAY].total_seconds())
     if granularity == Granularity.HOUR:
         units = f"({units} * 24 + CAST(date_part('hour', {utc}) AS BIGINT))"
-        unit = _HOUR_SECONDS
+        unit = width
     return f"(({units} - CAST({start} AS BIGINT) / {unit}) / {width // unit})"
 
 
@@ -409,7 +407,7 @@ async def consumption_series(keys: Sequence[SeriesKey]) -> list[Series]:
             mine = [
                 fact
                 for (owner, pool), owned in facts.items()
-                if (owner == key.end_user_id if by_end_user else True)
+                if (not by_end_user or owner == key.end_user_id)
                 and (key.pool_id is None or pool == key.pool_id)
                 for fact in owned
             ]
