@@ -26,7 +26,12 @@ from typing import Any
 import orjson
 
 from models import json_sql
-from models.balance_report import CHANGED, among_changed, changed_end_users
+from models.balance_report import (
+    CHANGED,
+    among_changed,
+    borderline_end_users,
+    changed_end_users,
+)
 from models.balance_rules import BalanceStatus, pool_remaining_sql
 from models.errors import ValidationFailed
 from models.rollups import (
@@ -345,32 +350,50 @@ _SUMMED = ("with_allocation", "with_credits", "low", "exhausted", "window_used")
 _HORIZON = "CAST($4 AS DOUBLE PRECISION)"
 
 
-def _live(postgres: bool) -> str:
-    """The pool's balances of the changed End Users, live, with their window use."""
+def _live(postgres: bool, changed: str = CHANGED) -> str:
+    """The pool's balances of the changed End Users (CTE `changed`), live, with their
+    window use."""
     return (
         "(SELECT b.end_user_id, b.allocated, b.used, b.remaining, b.status,"
         f" {window_used_of('b.end_user_id', 'b.pool_id', '$3')} AS window_used"
         f" FROM end_user_balance b WHERE b.pool_id = $2"
-        f" AND {among_changed('b.end_user_id', postgres)})"
+        f" AND {among_changed('b.end_user_id', postgres, changed)})"
     )
 
 
-@lru_cache(maxsize=2)
-def _summary_statement(postgres: bool) -> str:
+# The summary's columns, in its SELECT's order.
+_SUMMARY_COLUMNS = (
+    "total",
+    "pool_allocated",
+    "pool_used",
+    "held",
+    "unallocated",
+    *_SUMMED,
+    "short_window_used",
+    "short_remaining",
+    "shortfall",
+)
+
+
+def _summary_parts(postgres: bool, changed: str) -> tuple[str, str]:
+    """The summary's CTEs (xl, xs) and its SELECT of `_SUMMARY_COLUMNS` ($1 application,
+    $2 pool, $3 window start, $4 horizon factor), the changed End Users (borderline ones
+    included) being CTE `changed`."""
     figures = ", ".join(f"COALESCE(r.{n}, 0) - xs.{n} + xl.{n} AS {n}" for n in _SUMMED)
-    return (
-        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', borderline=True)}),"
+    ctes = (
         # ($4, the horizon factor, typed: PostgreSQL would infer window_used's BIGINT)
-        f" xl AS (SELECT {_COUNTS}, COALESCE(SUM(CASE WHEN window_used * {_HORIZON} > remaining"
+        f"xl AS (SELECT {_COUNTS}, COALESCE(SUM(CASE WHEN window_used * {_HORIZON} > remaining"
         f" THEN window_used * {_HORIZON} - remaining ELSE 0 END), 0) AS shortfall"
-        f" FROM {_live(postgres)} live),"
+        f" FROM {_live(postgres, changed)} live),"
         f" xs AS (SELECT {_COUNTS},"
         " COALESCE(SUM(CASE WHEN shortfall_class = 1 THEN window_used ELSE 0 END), 0)"
         " AS short_window_used,"
         " COALESCE(SUM(CASE WHEN shortfall_class = 1 THEN remaining ELSE 0 END), 0)"
         " AS short_remaining FROM balance_report"
-        f" WHERE pool_id = $2 AND {among_changed('end_user_id', postgres)})"
-        f" SELECT {END_USER_TOTAL.format('$1')} AS total,"
+        f" WHERE pool_id = $2 AND {among_changed('end_user_id', postgres, changed)})"
+    )
+    select = (
+        f"SELECT {END_USER_TOTAL.format('$1')} AS total,"
         " p.allocated AS pool_allocated, p.used AS pool_used, p.end_user_remaining AS held,"
         f" {pool_remaining_sql('p.')} - p.end_user_remaining AS unallocated, {figures},"
         " COALESCE(r.short_window_used, 0) - xs.short_window_used AS short_window_used,"
@@ -378,32 +401,35 @@ def _summary_statement(postgres: bool) -> str:
         " xl.shortfall FROM credit_pool p LEFT JOIN pool_report r ON r.pool_id = p.id"
         " CROSS JOIN xl CROSS JOIN xs WHERE p.id = $2"
     )
+    return ctes, select
 
 
-async def allocation_summary(application_id: int, pool_id: int, now: datetime) -> AllocationSummary:
-    """The pool's End User figures (docs/reporting.md#burn-rate-exhaustion-allocation-summary) in
-    one statement: the pool's report sums, less the report rows of the End Users changed since the
-    fold, plus those End Users live (`models.balance_report`)."""
-    horizon = HORIZON_DAYS / window_days(now)  # window use → projected use of the horizon
-    rows = await single_statement(
-        lambda db: db.records(
-            _summary_statement(db.postgres),
-            application_id,
-            pool_id,
-            window_start(now),
-            horizon,
-            planned_once=True,
-        )
+@lru_cache(maxsize=2)
+def _summary_statement(postgres: bool) -> str:
+    ctes, select = _summary_parts(postgres, CHANGED)
+    return (
+        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', borderline=True)}),"
+        f" {ctes} {select}"
     )
-    row = rows[0]
+
+
+def _horizon(now: datetime) -> float:
+    """The factor from window use to the projected use of the horizon."""
+    return HORIZON_DAYS / window_days(now)
+
+
+def _summary(row: Row, pool_id: int, now: datetime, prefix: str = "") -> AllocationSummary:
+    """The summary of a row holding `_SUMMARY_COLUMNS`, each named with `prefix`."""
 
     def number(name: str) -> int:
-        return int(row[name] or 0)
+        return int(row[prefix + name] or 0)
 
     # Balances always short over the horizon add h·used - remaining (linear in h); the
     # others, taken live, add their own max(0, h·used - remaining).
     shortfall = (
-        horizon * number("short_window_used") - number("short_remaining") + float(row["shortfall"])
+        _horizon(now) * number("short_window_used")
+        - number("short_remaining")
+        + float(row[prefix + "shortfall"])
     )
     return AllocationSummary(
         pool_id=pool_id,
@@ -420,6 +446,23 @@ async def allocation_summary(application_id: int, pool_id: int, now: datetime) -
         shortfall=shortfall,
         now=now,
     )
+
+
+async def allocation_summary(application_id: int, pool_id: int, now: datetime) -> AllocationSummary:
+    """The pool's End User figures (docs/reporting.md#burn-rate-exhaustion-allocation-summary) in
+    one statement: the pool's report sums, less the report rows of the End Users changed since the
+    fold, plus those End Users live (`models.balance_report`)."""
+    rows = await single_statement(
+        lambda db: db.records(
+            _summary_statement(db.postgres),
+            application_id,
+            pool_id,
+            window_start(now),
+            _horizon(now),
+            planned_once=True,
+        )
+    )
+    return _summary(rows[0], pool_id, now)
 
 
 class Ranking(StrEnum):
@@ -545,6 +588,12 @@ async def rankings(
             planned_once=True,
         )
     )
+    return _ranked_lines(rows, pool_id, now)
+
+
+def _ranked_lines(rows: list[Row], pool_id: int, now: datetime) -> dict[Ranking, list[EndUserLine]]:
+    """Rows tagged with their ranking's position in `Ranking`, by ranking, in its order."""
+    order = list(Ranking)
     found: dict[Ranking, list[EndUserLine]] = {ranking: [] for ranking in order}
     for row in rows:
         found[order[row["ranking"]]].append(_end_user(row, pool_id, now))
@@ -552,6 +601,50 @@ async def rankings(
         lines.sort(key=lambda line: line.id)
         lines.sort(key=lambda line: line.sort_key, reverse=_RANKINGS[ranking].direction == "DESC")
     return found
+
+
+_WITH_BORDERLINE = "xb"  # the changed End Users and the borderline ones, for the summary
+
+
+@lru_cache(maxsize=2)
+def _summary_and_rankings_statement(postgres: bool) -> str:
+    """The summary ($4 the horizon factor) and both rankings ($5 and $6: how many of each)
+    of a pool: each ranked row with the summary's columns (named `s_` and theirs), or the
+    summary alone with NULLs when none is ranked. The changed End Users are found once."""
+    first, second = Ranking
+    ctes, summary = _summary_parts(postgres, _WITH_BORDERLINE)
+    summary_columns = ", ".join(f"s.{name} AS s_{name}" for name in _SUMMARY_COLUMNS)
+    ranked = (
+        f"{_ranked_rows('top_0', postgres, '0 AS ranking, ')}"
+        f" UNION ALL {_ranked_rows('top_1', postgres, '1 AS ranking, ')}"
+    )
+    return (
+        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3')}),"
+        f" {_WITH_BORDERLINE} AS (SELECT end_user_id FROM {CHANGED}"
+        f" UNION ALL {borderline_end_users('$2')}), {ctes}, s AS ({summary}),"
+        f" top_0 AS ({_top(first, '$5', postgres)}), top_1 AS ({_top(second, '$6', postgres)})"
+        f" SELECT {summary_columns}, ranked.* FROM s LEFT JOIN ({ranked}) ranked ON 1 = 1"
+    )
+
+
+async def summary_and_rankings(
+    application_id: int, pool_id: int, firsts: dict[Ranking, int], now: datetime
+) -> tuple[AllocationSummary, dict[Ranking, list[EndUserLine]]]:
+    """The pool's summary (as `allocation_summary`) and the rankings asked for (as
+    `rankings`), in one statement: a dashboard asks for them together."""
+    rows = await single_statement(
+        lambda db: db.records(
+            _summary_and_rankings_statement(db.postgres),
+            application_id,
+            pool_id,
+            window_start(now),
+            _horizon(now),
+            *(firsts.get(ranking, 0) for ranking in Ranking),
+            planned_once=True,
+        )
+    )
+    found = _ranked_lines([row for row in rows if row["ranking"] is not None], pool_id, now)
+    return _summary(rows[0], pool_id, now, "s_"), {ranking: found[ranking] for ranking in firsts}
 
 
 # ------------------------------------------------------------------------- End User lists

@@ -53,20 +53,26 @@ def changed_end_users(app: str, pool: str, ws: str, *, borderline: bool = False)
         f" AND t.{since})",
     ]
     if borderline:
-        parts.append(
-            f"SELECT r.end_user_id FROM balance_report r WHERE r.pool_id = {pool}"
-            " AND r.shortfall_class = 2"
-        )
+        parts.append(borderline_end_users(pool))
     # UNION ALL: readers only test membership, and a UNION's de-duplication would size
     # its hash table by the planner's guess at the tail (a third of the ledger)
     return " UNION ALL ".join(parts)
 
 
-def among_changed(column: str, postgres: bool) -> str:
-    """`column` is one of the changed End Users (CTE `CHANGED`). On PostgreSQL as `= ANY`
+def borderline_end_users(pool: str) -> str:
+    """A SELECT of the End Users whose shortfall in the pool depends on the time (class 2),
+    `pool` being an SQL expression."""
+    return (
+        f"SELECT r.end_user_id FROM balance_report r WHERE r.pool_id = {pool}"
+        " AND r.shortfall_class = 2"
+    )
+
+
+def among_changed(column: str, postgres: bool, changed: str = CHANGED) -> str:
+    """`column` is one of the changed End Users (CTE `changed`). On PostgreSQL as `= ANY`
     of an array built once: the planner, which cannot know how few they are (the tail's
     length is unknown to it), then looks them up by index instead of hashing every
     balance of the pool against them."""
     if postgres:
-        return f"{column} = ANY(ARRAY(SELECT end_user_id FROM {CHANGED}))"
-    return f"{column} IN (SELECT end_user_id FROM {CHANGED})"
+        return f"{column} = ANY(ARRAY(SELECT end_user_id FROM {changed}))"
+    return f"{column} IN (SELECT end_user_id FROM {changed})"

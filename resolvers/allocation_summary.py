@@ -9,18 +9,23 @@ from models.allocation_report import (
     HORIZON_DAYS,
     Ranking,
     allocation_summary,
+    summary_and_rankings,
 )
 from resolvers.context import Info
 from resolvers.end_users import EndUser, EndUserBalance, pool_id_of
 from resolvers.errors import errors_as_query_errors
 from resolvers.loaders import loaders_of
-from resolvers.pools import check_page_size
+from resolvers.pools import check_page_size, selected_pages
+from resolvers.selection import PerField
 
 NEEDS_ALLOCATION = (
     f"True when the End Users' projected use of the next {HORIZON_DAYS} days that their own"
     " credits do not cover (Σ max(0, 7 * burnRatePerDay - remaining), see"
     " projectedShortfall) is more than the pool's unallocated credits."
 )
+
+
+RANKING_FIRST = 10  # a ranking's `first` by default
 
 
 @strawberry.type
@@ -56,20 +61,34 @@ class AllocationSummary:
         ]
 
     @strawberry.field(description="End Users by credits used in the pool, most first.")
-    async def top_consumers(self, info: Info, first: int = 10) -> list[EndUserBalance]:
+    async def top_consumers(self, info: Info, first: int = RANKING_FIRST) -> list[EndUserBalance]:
         return await self._ranked(info, Ranking.TOP_CONSUMERS, first)
 
     @strawberry.field(
         description="End Users holding credits and using them, soonest projected exhaustion first."
     )
-    async def close_to_running_out(self, info: Info, first: int = 10) -> list[EndUserBalance]:
+    async def close_to_running_out(
+        self, info: Info, first: int = RANKING_FIRST
+    ) -> list[EndUserBalance]:
         return await self._ranked(info, Ranking.CLOSE_TO_RUNNING_OUT, first)
 
 
 async def allocation_summary_of(info: Info, application_id: int, pool: str) -> AllocationSummary:
     pool_id = await pool_id_of(info, application_id, pool)
     assert pool_id is not None
-    figures = await allocation_summary(application_id, pool_id, loaders_of(info).now)
+    loaders = loaders_of(info)
+    pages = selected_rankings(info)
+    if pages:
+        # the rankings asked for come with the summary: their fields read no statement
+        firsts = {ranking: max(page) for ranking, page in pages.items()}
+        figures, ranked = await summary_and_rankings(application_id, pool_id, firsts, loaders.now)
+        for ranking, page in pages.items():
+            for first in page:
+                loaders.rankings.prime(
+                    (application_id, pool_id, ranking, first), ranked[ranking][:first]
+                )
+    else:
+        figures = await allocation_summary(application_id, pool_id, loaders.now)
     return AllocationSummary(
         pool=pool,
         end_users_total=figures.end_users_total,
@@ -87,3 +106,24 @@ async def allocation_summary_of(info: Info, application_id: int, pool: str) -> A
         application_id=application_id,
         pool_id=pool_id,
     )
+
+
+_RANKED_FIELDS = {
+    Ranking.TOP_CONSUMERS: "topConsumers",
+    Ranking.CLOSE_TO_RUNNING_OUT: "closeToRunningOut",
+}
+_RANKING_PAGES: dict[Ranking, PerField[frozenset[int]]] = {
+    ranking: PerField() for ranking in Ranking
+}
+
+
+def selected_rankings(info: Info) -> dict[Ranking, frozenset[int]]:
+    """The `first` of every ranking field under the summary being resolved, by ranking, so
+    that the summary may read them with its figures (none for a ranking not asked for, or
+    not as a plain valid page: see `selected_pages`)."""
+    found = {}
+    for ranking, field in _RANKED_FIELDS.items():
+        pages = selected_pages(info, (field,), RANKING_FIRST, _RANKING_PAGES[ranking])
+        if pages:
+            found[ranking] = pages
+    return found

@@ -37,17 +37,26 @@ def check_page_size(first: int) -> None:
 
 def selected_pack_pages(info: Info) -> frozenset[int]:
     """The `first` of every `pools { packs(first:) }` under the field being resolved, so
-    that its resolver may read those packs with the pools; empty when any is not a plain
-    valid page (a directive, a bad `first`): the packs' resolver then reads and reports
-    as it would. Kept per operation and field when every `first` is a literal."""
-    found, kept = _PACK_PAGES.get(info)
-    if found and kept is not None:
-        return kept
-    selected = selected_arguments(info, ("pools", "packs"))
+    that its resolver may read those packs with the pools (see `selected_pages`)."""
+    return selected_pages(info, ("pools", "packs"), PACKS_FIRST, _PACK_PAGES)
+
+
+def selected_pages(
+    info: Info, path: tuple[str, ...], default: int, kept: PerField[frozenset[int]]
+) -> frozenset[int]:
+    """The `first` (`default` where absent) of every list field at `path` under the field
+    being resolved, so that its resolver may read those pages with its own; empty when any
+    is not a plain valid page (a directive, a bad `first`): the list's resolver then reads
+    and reports as it would. Kept in `kept` per operation and field when every `first` is
+    a literal."""
+    found, pages = kept.get(info)
+    if found and pages is not None:
+        return pages
+    selected = selected_arguments(info, path)
     firsts: set[int] = set()
     literal = True
     for arguments in selected or ():
-        first = arguments.get("first", PACKS_FIRST)  # (absent: the document's say too)
+        first = arguments.get("first", default)  # (absent: the document's say too)
         if type(first) is str and first.lstrip("-").isdigit():
             first = int(first)  # a literal, as its IntValue node spells it
         elif "first" in arguments:
@@ -58,7 +67,7 @@ def selected_pack_pages(info: Info) -> frozenset[int]:
         firsts.add(first)
     pages = frozenset(firsts)
     if literal:
-        _PACK_PAGES.put(info, pages)
+        kept.put(info, pages)
     return pages
 
 

@@ -27,6 +27,7 @@ from models.allocation_report import (
     end_user_page,
     ranked_end_users,
     rankings,
+    summary_and_rankings,
     window_days,
 )
 from models.consumption import Granularity, SeriesKey, bucket_range, consumption_series
@@ -122,6 +123,11 @@ async def _check(app: int, pool_id: int) -> None:
     firsts = {Ranking.TOP_CONSUMERS: FIRST, Ranking.CLOSE_TO_RUNNING_OUT: FIRST - 1}
     both = await rankings(app, pool_id, firsts, now)
     assert both == {Ranking.TOP_CONSUMERS: top, Ranking.CLOSE_TO_RUNNING_OUT: close[: FIRST - 1]}
+    # the summary with the rankings asked for, in one statement: each as alone
+    assert await summary_and_rankings(app, pool_id, firsts, now) == (summary, both)
+    for ranking, alone in ((Ranking.TOP_CONSUMERS, top), (Ranking.CLOSE_TO_RUNNING_OUT, close)):
+        together = await summary_and_rankings(app, pool_id, {ranking: FIRST}, now)
+        assert together == (summary, {ranking: alone})
     # a page ordered by projected exhaustion sums each End User's window use by joins
     listing = Listing(pool_id, order=OrderField.PROJECTED_EXHAUSTION)
     page = await end_user_page(app, listing, 100, None, now)
@@ -279,6 +285,12 @@ async def test_a_shortfall_that_depends_on_the_time_is_taken_live(backend: Backe
     assert early.shortfall == pytest.approx(1.0)
     late = await allocation_summary(app, pool_id, hour + timedelta(minutes=59))
     assert late.shortfall == 0
+    # so too with the rankings, which take only the changed End Users live
+    for now, alone in ((hour, early), (hour + timedelta(minutes=59), late)):
+        firsts = dict.fromkeys(Ranking, 10)
+        summary, ranked = await summary_and_rankings(app, pool_id, firsts, now)
+        assert summary == alone
+        assert ranked == await rankings(app, pool_id, firsts, now)
 
 
 async def test_use_a_moved_window_dropped_is_not_counted(backend: Backend) -> None:

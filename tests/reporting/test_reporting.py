@@ -541,7 +541,7 @@ async def test_allocation_summary_filters_and_orders(backend: Backend) -> None:
 # ---------------------------------------------------------------- the dashboard, counted
 
 
-DASHBOARD_STATEMENTS = 7
+DASHBOARD_STATEMENTS = 6
 
 
 async def _bulk_end_users(app: int, count: int) -> None:
@@ -603,10 +603,48 @@ async def test_dashboard_statement_count_does_not_grow_with_end_users(backend: B
     buckets = many_data["application"]["pools"][0]["consumption"]["buckets"]
     assert len(buckets) == 91
     assert len(few) == len(many), "\n".join(many)
-    # the application with its pools and their packs, series, summary, its two rankings,
-    # the End User page with its count, their balances with burn rates, and the request log
+    # the application with its pools and their packs, series, the summary with its two
+    # rankings, the End User page with its count, their balances with burn rates, and the
+    # request log
     assert len(many) == DASHBOARD_STATEMENTS, "\n".join(many)
     assert await verify_ledger() == []
+
+
+_SUMMARY_WITH_RANKINGS = """
+query($id: ID!, $n: Int!) { application(id: $id) { allocationSummary(pool: "ai") {
+  endUsersTotal withCredits low exhausted remaining burnRatePerDay projectedShortfall
+  top: topConsumers(first: 3)INCLUDE { used remaining endUser { externalId } }
+  more: topConsumers(first: 7)INCLUDE { used endUser { externalId } }
+  ... on AllocationSummary { closeToRunningOut(first: $n)INCLUDE {
+    remaining burnRatePerDay projectedExhaustionAt endUser { externalId } } }
+} } }"""
+
+
+async def test_the_summary_reads_its_rankings_with_its_figures(
+    backend: Backend, frozen_now: datetime
+) -> None:
+    """A summary's rankings (aliases, fragments and variables included) come with its
+    figures in one statement, answering as when each ranking reads its own (a directive on
+    the way leaves them to their loader)."""
+    app, _ = await application_with_allocations(10)
+    for i in range(10):
+        await consume_credits(app, "ai", EndUserRef(external_id=f"u{i}"), i + 1, FEATURES[i % 2])
+    await fold_usage()
+    for i in range(0, 10, 3):  # changed since the fold: taken live
+        await consume_credits(app, "ai", EndUserRef(external_id=f"u{i}"), 5, FEATURES[0])
+    together = _SUMMARY_WITH_RANKINGS.replace("INCLUDE", "")
+    apart = _SUMMARY_WITH_RANKINGS.replace("INCLUDE", " @include(if: true)")
+    for n in (0, 4, 10):
+        with counting() as joined:
+            data = await _execute(app, together, id=str(app), n=n)
+        with counting() as separate:
+            expected = await _execute(app, apart, id=str(app), n=n)
+        assert data == expected
+        assert len(joined) == len(separate) - 1, "\n".join(joined)
+        ranked = data["application"]["allocationSummary"]
+        assert len(ranked["top"]) == 3 and len(ranked["more"]) == 7
+        assert len(ranked["closeToRunningOut"]) == n
+        assert ranked["more"][:3] == [{k: e[k] for k in ("used", "endUser")} for e in ranked["top"]]
 
 
 async def test_the_dashboard_answers_the_same_without_the_fast_path(
