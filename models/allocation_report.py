@@ -260,7 +260,11 @@ def balances_json_sql(
         f"(SELECT CASE WHEN bool_and({fits}) IS FALSE THEN '{_UNFIT}' ELSE"
         f" '[' || COALESCE(string_agg({balance}, ',' ORDER BY x.pool_id), '') || ']' END"
         f" FROM (SELECT p.id AS pool_id, {_balance_columns(window_used)} FROM credit_pool p"
-        f" LEFT JOIN end_user_balance b ON b.end_user_id = {end_user} AND b.pool_id = p.id"
+        # (each balance by its key, in a subquery kept as one: a join lets the generic plan
+        # take all of the End User's balances by bitmap and filter them, a tenth dearer)
+        " LEFT JOIN LATERAL (SELECT b.allocated, b.used, b.expired, b.remaining, b.status,"
+        " b.version, b.low_balance_threshold FROM end_user_balance b"
+        f" WHERE b.end_user_id = {end_user} AND b.pool_id = p.id OFFSET 0) b ON TRUE"
         f" WHERE p.application_id = {application}{kept}) x)"
     )
 
