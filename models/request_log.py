@@ -366,6 +366,9 @@ async def entry_page(
         statement.replace("{columns}", _SELECT),
         params,
         lambda rows: any(row["j"] is None for row in rows),
+        # unfiltered, a page reads the (application_id, time, id) index whatever the
+        # application: planned once; a filter's best index depends on how selective it is
+        planned_once=not conditions,
     )
     if as_written:
         return [{"id": row["id"], "time": as_utc(row["time"]), "j": row["j"]} for row in rows]

@@ -69,3 +69,19 @@ def counting() -> Iterator[list[str]]:
         _recording.reset(token)
         for cls, name, original in originals:
             setattr(cls, name, original)
+
+
+def planned_once(monkeypatch: Any) -> list[str]:
+    """The statements read with generic plans (`models.sql._fetch_planned_once`) from now on,
+    in order, for the rest of the test."""
+    import models.sql
+
+    planned: list[str] = []
+    fetch = models.sql._fetch_planned_once
+
+    async def noting(client: object, statement: str, args: tuple[object, ...]) -> object:
+        planned.append(statement)
+        return await fetch(client, statement, args)
+
+    monkeypatch.setattr(models.sql, "_fetch_planned_once", noting)
+    return planned

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-import models.sql
 from models.accounts import create_application, create_organization
 from models.alerts import set_low_balance_threshold
 from models.allocation_report import (
@@ -38,6 +37,7 @@ from models.rollups import fold_usage, refresh_balance_report, window_start
 from models.sql import Sql, single_statement, transaction
 from models.verify import verify_ledger
 from tests.conftest import Backend
+from tests.statement_counter import planned_once
 
 USERS = 8
 FIRST = 3  # rankings shorter than the End User count: report and live candidates merge
@@ -405,14 +405,7 @@ async def test_id_ordered_pages_and_pool_series_are_planned_once(
     app, pool_id, ids = await _one_pool_tenant(3, 1_000)
     await allocate_credits(app, "ai", EndUserRef(id=ids[0]), 40)
     await consume_credits(app, "ai", EndUserRef(id=ids[0]), 5, "ai_generation")
-    planned: list[str] = []
-    fetch = models.sql._fetch_planned_once
-
-    async def noting(client: object, statement: str, args: tuple[object, ...]) -> object:
-        planned.append(statement)
-        return await fetch(client, statement, args)
-
-    monkeypatch.setattr(models.sql, "_fetch_planned_once", noting)
+    planned = planned_once(monkeypatch)
     now = datetime.now(UTC)
     page = await end_user_page(app, Listing(), 2, None, now)
     assert [key[0] for key in page.keys] == sorted(ids)[:2] and page.total == 3

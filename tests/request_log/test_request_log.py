@@ -10,13 +10,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from gql import gql
 
+from models.accounts import create_application, create_organization
 from models.end_user_tokens import sign_token
-from models.request_log import LogRow, RequestLogEntry, delete_entries_before, insert_entries
+from models.request_log import (
+    LogFilter,
+    LogRow,
+    Outcome,
+    RequestLogEntry,
+    delete_entries_before,
+    entry_page,
+    insert_entries,
+)
 from tests.applications import application
 from tests.graphql_client import CONSUME, REVOKE_API_KEY, Caller
+from tests.statement_counter import planned_once
 from tests.subscribing import next_event, subscribed
 
 LOG = """
@@ -536,3 +547,54 @@ async def test_an_end_user_named_with_a_nul_is_logged_without_one(backend, tenan
     assert await writer.flush() == 1
     entry = await RequestLogEntry.get(request_id=tag)
     assert entry.end_user_id is None and entry.end_user_external_id == "a\ufffdb"
+
+
+async def test_unfiltered_pages_are_planned_once(backend, monkeypatch) -> None:
+    """An unfiltered page (the first, or one after a cursor) reads the same index whatever
+    the application, so it is planned once; a filtered page keeps PostgreSQL's choice (the
+    best index depends on how selective the filter is). Each answers the same entries."""
+    organization, _ = await create_organization(f"org {uuid.uuid4().hex[:6]}")
+    app = (await create_application(organization.id, "log pages")).id
+    now = datetime.now(UTC)
+    await insert_entries(
+        [
+            LogRow(
+                app,
+                organization.id,
+                now - timedelta(seconds=i),
+                "POST",
+                "POST /graphql consumeCredits",
+                None,
+                None,
+                None,
+                None,
+                (200, 400)[i % 2],
+                ("OK", "CLIENT_ERROR")[i % 2],
+                None,
+                None,
+                1.5,
+                f"req-{i}",
+                "api",
+            )
+            for i in range(7)
+        ],
+        returning=False,
+    )
+    planned = planned_once(monkeypatch)
+    first = await entry_page(app, 3)
+    assert [row["request_id"] for row in first] == ["req-0", "req-1", "req-2", "req-3"]
+    after = (first[2]["time"], first[2]["id"])
+    later = await entry_page(app, 3, after, as_json=(("requestId", "requestId"),))
+    # (written as JSON by PostgreSQL, as rows by SQLite)
+    ids = [
+        orjson.loads(row["j"])["requestId"] if "j" in row else row["request_id"] for row in later
+    ]
+    assert ids == [f"req-{i}" for i in range(3, 7)]
+    unfiltered = len(planned)
+    failed = await entry_page(app, 10, None, LogFilter(outcome=Outcome.CLIENT_ERROR))
+    assert [row["request_id"] for row in failed] == ["req-1", "req-3", "req-5"]
+    assert len(planned) == unfiltered
+    if backend.postgres:
+        assert unfiltered == 2 and all("request_log" in statement for statement in planned)
+    else:
+        assert planned == []  # SQLite has one connection and plans as it does
