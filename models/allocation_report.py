@@ -365,25 +365,25 @@ def _live(postgres: bool, changed: str = CHANGED) -> str:
     )
 
 
-# The summary's columns, in its SELECT's order.
-_SUMMARY_COLUMNS = (
-    "total",
-    "pool_allocated",
-    "pool_used",
-    "held",
-    "unallocated",
-    *_SUMMED,
-    "short_window_used",
-    "short_remaining",
-    "shortfall",
+# The summary's columns: (name, SQL expression) in its SELECT's order; `xs` and `xl` are its
+# sums over the changed End Users' report rows and live balances, `r` the pool's report.
+_SUMMARY_SELECT = (
+    ("total", END_USER_TOTAL.format("$1")),
+    ("pool_allocated", "p.allocated"),
+    ("pool_used", "p.used"),
+    ("held", "p.end_user_remaining"),
+    ("unallocated", f"{pool_remaining_sql('p.')} - p.end_user_remaining"),
+    *((n, f"COALESCE(r.{n}, 0) - xs.{n} + xl.{n}") for n in _SUMMED),
+    ("short_window_used", "COALESCE(r.short_window_used, 0) - xs.short_window_used"),
+    ("short_remaining", "COALESCE(r.short_remaining, 0) - xs.short_remaining"),
+    ("shortfall", "xl.shortfall"),
 )
 
 
 def _summary_parts(postgres: bool, changed: str) -> tuple[str, str]:
-    """The summary's CTEs (xl, xs) and its SELECT of `_SUMMARY_COLUMNS` ($1 application,
+    """The summary's CTEs (xl, xs) and its SELECT of `_SUMMARY_SELECT` ($1 application,
     $2 pool, $3 window start, $4 horizon factor), the changed End Users (borderline ones
     included) being CTE `changed`."""
-    figures = ", ".join(f"COALESCE(r.{n}, 0) - xs.{n} + xl.{n} AS {n}" for n in _SUMMED)
     ctes = (
         # ($4, the horizon factor, typed: PostgreSQL would infer window_used's BIGINT)
         f"xl AS (SELECT {_COUNTS}, COALESCE(SUM(CASE WHEN window_used * {_HORIZON} > remaining"
@@ -396,13 +396,9 @@ def _summary_parts(postgres: bool, changed: str) -> tuple[str, str]:
         " AS short_remaining FROM balance_report"
         f" WHERE pool_id = $2 AND {among_changed('end_user_id', postgres, changed)})"
     )
+    columns = ", ".join(f"{sql} AS {name}" for name, sql in _SUMMARY_SELECT)
     select = (
-        f"SELECT {END_USER_TOTAL.format('$1')} AS total,"
-        " p.allocated AS pool_allocated, p.used AS pool_used, p.end_user_remaining AS held,"
-        f" {pool_remaining_sql('p.')} - p.end_user_remaining AS unallocated, {figures},"
-        " COALESCE(r.short_window_used, 0) - xs.short_window_used AS short_window_used,"
-        " COALESCE(r.short_remaining, 0) - xs.short_remaining AS short_remaining,"
-        " xl.shortfall FROM credit_pool p LEFT JOIN pool_report r ON r.pool_id = p.id"
+        f"SELECT {columns} FROM credit_pool p LEFT JOIN pool_report r ON r.pool_id = p.id"
         " CROSS JOIN xl CROSS JOIN xs WHERE p.id = $2"
     )
     return ctes, select
@@ -423,7 +419,8 @@ def _horizon(now: datetime) -> float:
 
 
 def _summary(row: Row, pool_id: int, now: datetime, prefix: str = "") -> AllocationSummary:
-    """The summary of a row holding `_SUMMARY_COLUMNS`, each named with `prefix`."""
+    """The summary of a row holding the columns of `_SUMMARY_SELECT`, each named with
+    `prefix`."""
 
     def number(name: str) -> int:
         return int(row[prefix + name] or 0)
@@ -617,7 +614,7 @@ def _summary_and_rankings_statement(postgres: bool) -> str:
     summary alone with NULLs when none is ranked. The changed End Users are found once."""
     first, second = Ranking
     ctes, summary = _summary_parts(postgres, _WITH_BORDERLINE)
-    summary_columns = ", ".join(f"s.{name} AS s_{name}" for name in _SUMMARY_COLUMNS)
+    summary_columns = ", ".join(f"s.{name} AS s_{name}" for name, _ in _SUMMARY_SELECT)
     ranked = (
         f"{_ranked_rows('top_0', postgres, '0 AS ranking, ')}"
         f" UNION ALL {_ranked_rows('top_1', postgres, '1 AS ranking, ')}"

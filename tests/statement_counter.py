@@ -13,6 +13,9 @@ from typing import Any
 
 import aiosqlite
 import asyncpg
+import pytest
+
+import models.sql
 
 _recording: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "statement_recording", default=None
@@ -71,11 +74,9 @@ def counting() -> Iterator[list[str]]:
             setattr(cls, name, original)
 
 
-def planned_once(monkeypatch: Any) -> list[str]:
+def planned_once(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The statements read with generic plans (`models.sql._fetch_planned_once`) from now on,
     in order, for the rest of the test."""
-    import models.sql
-
     planned: list[str] = []
     fetch = models.sql._fetch_planned_once
 
