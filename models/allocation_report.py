@@ -43,7 +43,7 @@ from models.rollups import (
     window_used_joins,
     window_used_of,
 )
-from models.sql import Row, single_statement, written_or_plain
+from models.sql import Row, on_postgres, single_statement, written_or_plain
 
 
 @lru_cache(maxsize=16)  # a request computes every burn at one `now`
@@ -764,6 +764,62 @@ class PageJson:
         return columns, lateral
 
 
+# The orders the balance report's indexes serve (migration 0018): each one's key on a report
+# row (the live key of a balance unchanged since the fold, `_KEY_SQL`'s on the report's
+# columns), and the key of an End User with no balance in the pool (nothing used, nothing
+# left, never running out).
+_NEVER_SQL = f"CAST({NEVER} AS DOUBLE PRECISION)"
+_REPORT_KEY_SQL = {
+    OrderField.USED: ("r.used", "0"),
+    OrderField.REMAINING: ("r.remaining", "0"),
+    OrderField.PROJECTED_EXHAUSTION: (
+        "(CASE WHEN r.window_used > 0 THEN CAST(r.remaining AS DOUBLE PRECISION) / r.window_used"
+        f" ELSE {_NEVER_SQL} END)",
+        _NEVER_SQL,
+    ),
+}
+
+
+def _report_candidates(
+    listing: Listing, app: str, pool: str, ws: str, limit: str, after: tuple[str, str] | None
+) -> str:
+    """CTEs (`changed`, `report_page`, `candidates`) giving End Users among whom the page's
+    first `limit` are, read through indexes instead of ordering every End User: those
+    changed since the fold (their keys are taken live), the first `limit` of the others by
+    the report's index, and the first `limit` of those with no balance in the pool (all of
+    one key; only when the report's first ones do not all come before that key). The
+    page's statement then orders these few as it would order them all."""
+    key, missing_key = _REPORT_KEY_SQL[listing.order]
+    direction = "DESC" if listing.descending else "ASC"
+    cmp, before = ("<", ">") if listing.descending else (">", "<")
+    report = f"r.pool_id = {pool} AND r.end_user_id NOT IN (SELECT end_user_id FROM changed)"
+    missing = (
+        f"e.application_id = {app} AND NOT EXISTS (SELECT 1 FROM end_user_balance b"
+        f" WHERE b.end_user_id = e.id AND b.pool_id = {pool})"
+        # (needed only when fewer than `limit` of the report's come before their key)
+        f" AND (SELECT COUNT(*) FROM report_page WHERE report_page.k {before} {missing_key})"
+        f" < {limit}"
+    )
+    if listing.statuses:
+        report += " AND r.status IN (" + ", ".join(f"'{s}'" for s in listing.statuses) + ")"
+    if after is not None:
+        k, i = after
+        report += f" AND ({key}, r.end_user_id) {cmp} ({k}, {i})"
+        missing += f" AND ({missing_key} {cmp} {k} OR ({missing_key} = {k} AND e.id {cmp} {i}))"
+    parts = ["SELECT end_user_id AS id FROM changed", "SELECT id FROM report_page"]
+    if not listing.statuses or StatusFilter.NO_ALLOCATION in listing.statuses:
+        parts.append(
+            f"SELECT id FROM (SELECT e.id FROM end_user e WHERE {missing}"
+            f" ORDER BY e.id {direction} LIMIT {limit}) m"
+        )
+    return (
+        f"changed AS ({changed_end_users(app, pool, ws)}),"
+        f" report_page AS (SELECT r.end_user_id AS id, {key} AS k FROM balance_report r"
+        f" WHERE {report} ORDER BY {key} {direction}, r.end_user_id {direction} LIMIT {limit}),"
+        f" candidates AS ({' UNION ALL '.join(parts)}), "
+    )
+
+
 class _Params:
     """Numbered parameters ($1, $2, ...) added as a statement is built."""
 
@@ -782,12 +838,15 @@ async def end_user_page(
     after: tuple[Any, int] | None,
     now: datetime,
     as_json: PageJson | None = None,
+    by_report: bool = True,
 ) -> Page:
     """A page of End Users after the keyset cursor (sort key, id) of the previous page's
     last one, with the total count, in one statement; on PostgreSQL with their balances or
     whole nodes as JSON too, as `as_json` asks. The order is total (ties broken by
     id, in the same direction), so pages never overlap or skip while the keys stay put; an
-    End User whose key changes between two pages (it consumed) moves, as in any live order."""
+    End User whose key changes between two pages (it consumed) moves, as in any live order.
+    On PostgreSQL a page ordered by a balance considers only the End Users the balance
+    report's indexes name (`_report_candidates`; `by_report=False`: every End User)."""
     if listing.pool_id is None and (listing.statuses or listing.order != OrderField.CREATED):
         raise ValidationFailed(
             "a status filter or an order by credits needs a pool", field="filter"
@@ -797,7 +856,7 @@ async def end_user_page(
     app = param(application_id)
     where = f"e.application_id = {app}"
     columns = _END_USER_COLUMNS
-    balance_join = joins = ""
+    balance_join = joins = pool = ws = ""
     if listing.pool_id is not None:
         pool = param(listing.pool_id)
         balance_join = (
@@ -807,31 +866,48 @@ async def end_user_page(
         # the window use is only needed (and joined) to order by projected exhaustion
         columns += ", " + _balance_columns(WINDOW_USED if projected else "0")
         if projected:
-            joins += window_used_joins(
-                "e.id",
-                pool,
-                f"l.pool_id = {pool}",
-                param(window_start(now)),
-            )
+            ws = param(window_start(now))
+            joins += window_used_joins("e.id", pool, f"l.pool_id = {pool}", ws)
     if listing.statuses:
         where += " AND (" + " OR ".join(_STATUS_SQL[s] for s in listing.statuses) + ")"
     keyset = ""
+    position = None
     if after is not None:
         cmp = "<" if listing.descending else ">"
         k, i = param(after[0]), param(after[1])
         keyset = f" WHERE x.k {cmp} {k} OR (x.k = {k} AND x.id {cmp} {i})"
+        position = (k, i)
     direction = "DESC" if listing.descending else "ASC"
+    limit = param(first + 1)
+    candidates, source = "", f"end_user e{joins}"
+    if by_report and listing.order in _REPORT_KEY_SQL and pool and on_postgres():
+        # the page's End Users are among a few the report's indexes find: each of them read
+        # by its key (the planner, guessing the changed End Users by the thousand, would
+        # otherwise hash every End User and balance of the pool to join them)
+        ws = ws or param(window_start(now))
+        candidates = _report_candidates(listing, app, pool, ws, limit, position)
+        source = (
+            "(SELECT DISTINCT id FROM candidates) c CROSS JOIN LATERAL"
+            " (SELECT * FROM end_user e WHERE e.id = c.id OFFSET 0) e LEFT JOIN LATERAL"
+            f" (SELECT * FROM end_user_balance b WHERE b.end_user_id = e.id AND b.pool_id = {pool}"
+            f" OFFSET 0) b ON TRUE JOIN credit_pool p ON p.id = {pool}"
+        )
+        if projected:  # the same WINDOW_USED columns, each End User's sum read by its key
+            source += (
+                f" CROSS JOIN LATERAL (SELECT {window_used_of('e.id', pool, ws)} AS used"
+                " OFFSET 0) wu CROSS JOIN (SELECT 0 AS used) wd"
+            )
     if listing.statuses:
         total = f"(SELECT COUNT(*) FROM end_user e{balance_join} WHERE {where})"
     else:  # every End User of the application: its count, not a scan of them all
         total = END_USER_TOTAL.format(app)
     statement = (
-        "WITH x AS NOT MATERIALIZED"
+        f"WITH {candidates}x AS NOT MATERIALIZED"
         f" (SELECT {columns}, {_KEY_SQL[listing.order]} AS k"
-        f" FROM end_user e{joins} WHERE {where}),"
+        f" FROM {source} WHERE {where}),"
         f" t AS (SELECT {total} AS total),"
         f" page AS (SELECT * FROM x{keyset} ORDER BY x.k {direction}, x.id {direction}"
-        f" LIMIT {param(first + 1)})"
+        f" LIMIT {limit})"
         " SELECT t.total, {page}{json} FROM t LEFT JOIN page ON 1 = 1{lateral}"
         f" ORDER BY page.k {direction}, page.id {direction}"
     )

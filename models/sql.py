@@ -144,6 +144,11 @@ def _retryable(exc: BaseException) -> bool:
     return any(marker in text for marker in _RETRYABLE)
 
 
+def on_postgres() -> bool:
+    """Whether the database is PostgreSQL (for a statement built before it runs)."""
+    return bool(connections.get("default").capabilities.dialect == "postgres")
+
+
 async def single_statement(work: Callable[[Sql], Awaitable[T]]) -> T:
     """Runs `work` (one statement, atomic by itself) without BEGIN and COMMIT around it."""
     return await work(Sql(connections.get("default")))

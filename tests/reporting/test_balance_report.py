@@ -22,6 +22,7 @@ from models.allocation_report import (
     Listing,
     OrderField,
     Ranking,
+    StatusFilter,
     allocation_summary,
     end_user_page,
     ranked_end_users,
@@ -135,6 +136,48 @@ async def _check(app: int, pool_id: int) -> None:
         (line.id, line.balance.burn.window_used if line.balance else 0) for line in page.lines
     ]
     assert found_order == expected.by_exhaustion
+    await _check_pages(app, pool_id, now)
+
+
+# Orders by a balance, read through the report's indexes on PostgreSQL
+# (`_report_candidates`): each walk of their pages equals the walk over every End User.
+_BY_BALANCE = (OrderField.USED, OrderField.REMAINING, OrderField.PROJECTED_EXHAUSTION)
+_STATUS_FILTERS: tuple[tuple[StatusFilter, ...], ...] = (
+    (),
+    (StatusFilter.LOW,),
+    (StatusFilter.NO_ALLOCATION,),
+    (StatusFilter.OK, StatusFilter.EXHAUSTED),
+)
+
+
+async def _walk(app: int, listing: Listing, now: datetime, by_report: bool) -> list[tuple]:
+    """Every page of `listing`, two End Users a page: each page's (id, key, balance) lines,
+    whether it has a next one and the total."""
+    walked: list[tuple] = []
+    after = None
+    while True:
+        page = await end_user_page(app, listing, 2, after, now, by_report=by_report)
+        walked.append(
+            (
+                [(line.id, line.sort_key, line.balance) for line in page.lines],
+                page.has_next,
+                page.total,
+            )
+        )
+        if not page.has_next:
+            return walked
+        last_id, last_key = page.keys[-1]
+        after = (last_key, last_id)
+
+
+async def _check_pages(app: int, pool_id: int, now: datetime) -> None:
+    for order in _BY_BALANCE:
+        for descending in (False, True):
+            for statuses in _STATUS_FILTERS:
+                listing = Listing(pool_id, statuses, order, descending)
+                assert await _walk(app, listing, now, True) == await _walk(
+                    app, listing, now, False
+                ), listing
 
 
 async def _fold_with_older_window(hours: int) -> None:
@@ -184,7 +227,7 @@ async def test_summary_and_rankings_stay_exact_around_folds(backend: Backend, se
             "SELECT id FROM credit_pool WHERE application_id = $1 AND key = 'ai'", app
         )
     )
-    for user in users[:-1]:  # the last one never gets any
+    for user in users[:-3]:  # the last three never get any (more than a page's worth)
         await allocate_credits(app, "ai", EndUserRef(id=user), rng.randint(20, 200))
     await set_low_balance_threshold(app, "ai", 30, end_user_default=True)
     await _check(app, pool_id)
@@ -193,7 +236,10 @@ async def test_summary_and_rankings_stay_exact_around_folds(backend: Backend, se
     now = datetime.now(UTC)
     # around the window's start too (7 days ago, within the hour a moved window changes)
     hours_ago = [0, 1, 5, 30, 24 * 6, 24 * 7 - 1, 24 * 7, 24 * 7 + 1, 24 * 9]
-    actions = ["fold", "fold", "older fold", "threshold", "default", "release", "allocate"]
+    actions = [
+        *("fold", "fold", "older fold", "threshold", "default", "release", "allocate"),
+        "new End User",
+    ]
     for _ in range(7):
         for _ in range(rng.randint(1, 4)):
             user = rng.choice(users)
@@ -223,6 +269,9 @@ async def test_summary_and_rankings_stay_exact_around_folds(backend: Backend, se
             await release_credits(app, "ai", EndUserRef(id=user), 1)
         elif action == "allocate":
             await allocate_credits(app, "ai", EndUserRef(id=user), rng.randint(1, 50))
+        elif action == "new End User":  # none in the report, no balance in the pool
+            news = [EndUserInput(f"n{uuid.uuid4().hex[:6]}") for _ in range(2)]
+            users += [row.id for row in await upsert_end_users(app, news)]
         await _check(app, pool_id)
         if rng.random() < 0.5:
             await fold_usage()
