@@ -927,8 +927,11 @@ async def end_user_page(
         # a node it could not write: the page is read whole
         lambda rows: nodes and any(row["id"] is not None and row["n"] is None for row in rows),
         param.values,
-        # in id order, every application's page reads the same index (end_user_by_application)
-        planned_once=listing.order == OrderField.CREATED and listing.pool_id is None,
+        # in id order, every application's page reads the same index (end_user_by_application),
+        # and so does a page by a balance read from the report's candidates, unless a status
+        # filter makes it count End Users one by one (whose best plan depends on how many)
+        planned_once=(listing.order == OrderField.CREATED and listing.pool_id is None)
+        or bool(candidates and not listing.statuses),
     )
     total = int(rows[0]["total"])
     rows = [row for row in rows if row["id"] is not None]

@@ -448,9 +448,10 @@ async def test_reports_planned_once_run_on_their_own_pool(backend: Backend) -> N
 async def test_id_ordered_pages_and_pool_series_are_planned_once(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An End User page in id order and a pool's series read the same index whatever the
-    application, so they are planned once; a page ordered by a balance is not (its best
-    plan depends on the application's size)."""
+    """An End User page in id order, a page ordered by a balance (on PostgreSQL, read from
+    the balance report's candidates) and a pool's series read the same indexes whatever the
+    application, so they are planned once; a page under a status filter is not (its count's
+    best plan depends on the application's size)."""
     app, pool_id, ids = await _one_pool_tenant(3, 1_000)
     await allocate_credits(app, "ai", EndUserRef(id=ids[0]), 40)
     await consume_credits(app, "ai", EndUserRef(id=ids[0]), 5, "ai_generation")
@@ -461,12 +462,16 @@ async def test_id_ordered_pages_and_pool_series_are_planned_once(
     by_id = len(planned)
     by_balance = Listing(pool_id=pool_id, order=OrderField.REMAINING)
     await end_user_page(app, by_balance, 2, None, now)
-    assert len(planned) == by_id
+    by_report = len(planned)
+    filtered = Listing(pool_id, (StatusFilter.OK,), OrderField.REMAINING)
+    await end_user_page(app, filtered, 2, None, now)
+    assert len(planned) == by_report
     day = bucket_range(now - timedelta(days=2), now, Granularity.DAY)
     (series,) = await consumption_series([SeriesKey(app, day, pool_id)])
     assert sum(series.used) == 5
     if backend.postgres:
         assert by_id == 1 and "end_user e" in planned[0]
-        assert len(planned) == 2 and "usage_rollup_day" in planned[1]
+        assert by_report == 2 and "balance_report r" in planned[1]
+        assert len(planned) == 3 and "usage_rollup_day" in planned[2]
     else:
         assert planned == []  # SQLite has one connection and plans as it does
