@@ -21,6 +21,8 @@ from models.allocation_report import (
 )
 from resolvers.preserialized import (
     PAGE_INFO_SHAPE,
+    Arguments,
+    NotPlain,
     Selected,
     Shape,
     checked_float,
@@ -68,7 +70,13 @@ class Balances:
 
 
 BALANCE_SHAPE: Shape = ("EndUserBalance", dict.fromkeys(_BALANCE))
-END_USER_SHAPE: Shape = ("EndUser", {**dict.fromkeys(_END_USER), "balances": BALANCE_SHAPE})
+END_USER_SHAPE: Shape = (
+    "EndUser",
+    {**dict.fromkeys(_END_USER), "balances": BALANCE_SHAPE, "balance": BALANCE_SHAPE},
+)
+# A node's `balance(pool:)`: its balance in the pool of that key (null when the application
+# has no such pool), read from the same lines as `balances`.
+CONNECTION_ARGUMENTS: Arguments = {("EndUser", "balance"): frozenset({"pool"})}
 CONNECTION_SHAPE: Shape = (
     "EndUserConnection",
     {
@@ -93,6 +101,18 @@ def _balance_selections(selection: tuple[Selected, ...]) -> list[Selected]:
 
 def selects_balances(selection: tuple[Selected, ...]) -> bool:
     return bool(_balance_selections(selection))
+
+
+def selects_pool_balance(selection: tuple[Selected, ...]) -> bool:
+    """Whether a node selects `balance(pool:)`."""
+    return any(
+        node.field_name == "balance"
+        for edge_part in selection
+        if edge_part.field_name == "edges" and edge_part.below
+        for node_part in edge_part.below
+        if node_part.field_name == "node" and node_part.below
+        for node in node_part.below
+    )
 
 
 def balance_entries(selection: tuple[Selected, ...]) -> tuple[tuple[str, str], ...] | None:
@@ -154,6 +174,8 @@ def _node(selection: tuple[Selected, ...], line: EndUserLine, balances: Balances
     for s in selection:
         if s.field_name == "__typename":
             node[s.response_name] = "EndUser"
+        elif s.field_name == "balance":
+            node[s.response_name] = _pool_balance(s, balances.lines.get(line.id) or [])
         elif s.below is not None:  # balances
             if balances.texts is not None:
                 node[s.response_name] = orjson.Fragment(balances.texts.get(line.id, "[]"))
@@ -162,6 +184,17 @@ def _node(selection: tuple[Selected, ...], line: EndUserLine, balances: Balances
         else:
             node[s.response_name] = _END_USER[s.field_name](line)
     return node
+
+
+def _pool_balance(selected: Selected, lines: list[BalanceLine]) -> dict[str, Any] | None:
+    """`balance(pool:)`: the line of that pool, as the general path finds it."""
+    pool = dict(selected.arguments).get("pool")
+    if type(pool) is not str:
+        raise NotPlain
+    for line in lines:
+        if line.pool_key == pool:
+            return _balances(selected.below or (), [line])[0]
+    return None
 
 
 def connection_json(

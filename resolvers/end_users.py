@@ -35,12 +35,14 @@ from resolvers.consumption import (
 from resolvers.context import Info
 from resolvers.cursors import cursor_value, encode_cursor
 from resolvers.end_user_json import (
+    CONNECTION_ARGUMENTS,
     CONNECTION_SHAPE,
     Balances,
     connection_json,
     page_json,
     selects_balances,
     selects_burn,
+    selects_pool_balance,
 )
 from resolvers.errors import UserError, query_error
 from resolvers.loaders import loaders_of
@@ -378,7 +380,9 @@ async def end_user_page(
         None if after is None else cursor_value(after, "EndUser", _sort_position(order), refusal)
     )
     now = loaders_of(info).now
-    selection = read_selection(info, CONNECTION_SHAPE) if splicing(info) else None
+    selection = (
+        read_selection(info, CONNECTION_SHAPE, CONNECTION_ARGUMENTS) if splicing(info) else None
+    )
     as_json = None if selection is None else page_json(selection)
     page = await report_page(application_id, listing, first, cursor, now, as_json)
     if selection is not None:
@@ -419,9 +423,17 @@ async def _preserialized(
         balances = Balances(nodes=write_burns(page.node_texts, now))
     elif page.balance_texts is not None:  # the database wrote them with the page
         balances = Balances(texts=write_burns(page.balance_texts, now))
-    elif ids and selects_balances(selection):
+    if (
+        ids
+        and balances.nodes is None
+        and (
+            selects_pool_balance(selection)
+            or (balances.texts is None and selects_balances(selection))
+        )
+    ):
         burn = selects_burn(selection)
-        balances = Balances(lines=await balance_lines(ids, now, burn=burn))
+        lines = await balance_lines(ids, now, burn=burn)
+        balances = Balances(lines=lines, texts=balances.texts)
     keys = page.keys
 
     def cursor_of(index: int) -> str:

@@ -16,7 +16,7 @@ selections through both and compares the answers."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -80,30 +80,50 @@ class Selected:
     response_name: str
     field_name: str
     below: tuple[Selected, ...] | None
+    # the field's arguments, for a field `read_selection` was told takes some (by name)
+    arguments: tuple[tuple[str, Any], ...] = ()
 
 
-def read_selection(info: Info, shape: Shape) -> tuple[Selected, ...] | None:
+# For `read_selection`: the fields that may take arguments, (type name, field name), and
+# the names of those they take.
+Arguments = Mapping[tuple[str, str], frozenset[str]]
+_NO_ARGUMENTS: Arguments = {}
+
+
+def read_selection(
+    info: Info, shape: Shape, arguments: Arguments = _NO_ARGUMENTS
+) -> tuple[Selected, ...] | None:
     """The selection under the field being resolved, fragments inlined and same-named
     entries merged in the order graphql-core answers them; None when it selects anything
-    outside `shape`, uses a directive, or gives a field of it an argument.
+    outside `shape`, uses a directive, or gives a field of it an argument that `arguments`
+    does not name (a shape is always read with the same `arguments`).
 
     Kept per operation and field: with no argument and no directive in it, the answer
-    depends on the document alone, not on the variables."""
+    depends on the document alone, not on the variables. A selection with arguments is
+    read again each time (a variable may give them)."""
     found, selection = _READ.get(info, shape)
     if not found:
-        selection = _collect([field.selections for field in info.selected_fields], shape)
-        _READ.put(info, selection, shape)
+        selection = _collect([field.selections for field in info.selected_fields], shape, arguments)
+        if selection is None or not _takes_arguments(selection):
+            _READ.put(info, selection, shape)
     return selection
+
+
+def _takes_arguments(selection: tuple[Selected, ...]) -> bool:
+    return any(s.arguments or (s.below and _takes_arguments(s.below)) for s in selection)
 
 
 _READ: PerField[tuple[Selected, ...] | None] = PerField()
 
 
-# Same-named entries of a selection: name in the answer -> (field, their selection sets).
-_Merged = dict[str, tuple[str, list[list[Selection]]]]
+# Same-named entries of a selection: name in the answer -> (field, its arguments, their
+# selection sets).
+_Merged = dict[str, tuple[str, tuple[tuple[str, Any], ...], list[list[Selection]]]]
 
 
-def _merge(selections: list[Selection], shape: Shape, merged: _Merged) -> bool:
+def _merge(
+    selections: list[Selection], shape: Shape, arguments: Arguments, merged: _Merged
+) -> bool:
     """Adds `selections` (fragments inlined) to `merged`; False when outside `shape`. (A
     function of its own, not a closure calling itself: that would be a reference cycle
     per call, left to the cyclic collector with the selection it holds.)"""
@@ -113,41 +133,48 @@ def _merge(selections: list[Selection], shape: Shape, merged: _Merged) -> bool:
             return False
         if isinstance(node, SelectedField):
             name = node.name
-            if node.arguments or (name != "__typename" and name not in fields):
+            if name != "__typename" and name not in fields:
                 return False
+            given: tuple[tuple[str, Any], ...] = ()
+            if node.arguments:
+                if not node.arguments.keys() <= arguments.get((type_name, name), frozenset()):
+                    return False
+                given = tuple(sorted(node.arguments.items()))
             key = node.alias or name
             found = merged.get(key)
             if found is None:
-                merged[key] = (name, [node.selections])
-            elif found[0] != name:
+                merged[key] = (name, given, [node.selections])
+            elif found[0] != name or found[1] != given:
                 return False  # validation refuses this; never guess
             else:
-                found[1].append(node.selections)
+                found[2].append(node.selections)
         elif isinstance(node, InlineFragment | FragmentSpread):
             if node.type_condition not in (None, type_name):
                 return False
-            if not _merge(node.selections, shape, merged):
+            if not _merge(node.selections, shape, arguments, merged):
                 return False
         else:
             return False
     return True
 
 
-def _collect(sets: Iterable[list[Selection]], shape: Shape) -> tuple[Selected, ...] | None:
+def _collect(
+    sets: Iterable[list[Selection]], shape: Shape, arguments: Arguments = _NO_ARGUMENTS
+) -> tuple[Selected, ...] | None:
     fields = shape[1]
     merged: _Merged = {}
-    if not all(_merge(selections, shape, merged) for selections in sets):
+    if not all(_merge(selections, shape, arguments, merged) for selections in sets):
         return None
     selected: list[Selected] = []
-    for key, (name, below_sets) in merged.items():
+    for key, (name, given, below_sets) in merged.items():
         below_shape = None if name == "__typename" else fields[name]
         if below_shape is None:
-            selected.append(Selected(key, name, None))
+            selected.append(Selected(key, name, None, given))
             continue
-        below = _collect(below_sets, below_shape)
+        below = _collect(below_sets, below_shape, arguments)
         if below is None:
             return None
-        selected.append(Selected(key, name, below))
+        selected.append(Selected(key, name, below, given))
     return tuple(selected)
 
 

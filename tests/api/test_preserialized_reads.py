@@ -142,6 +142,12 @@ class Writer:
             fields.append("endUser { externalId }")
         return f"balances {{ {self.wrap('EndUserBalance', ' '.join(fields))} }}"
 
+    def pool_balance(self) -> str:
+        """`balance(pool:)`: a literal pool, one given by a variable, or none by that key."""
+        pool = self.rng.choice(['"ai"', '"inbox_preview"', '"nowhere"', "$pool", "$pool"])
+        fields = " ".join(self.pick(BALANCE_FIELDS))
+        return f"{self.alias('balance')}(pool: {pool}) {{ {self.wrap('EndUserBalance', fields)} }}"
+
     def ranked(self) -> str:
         fields = self.pick(BALANCE_FIELDS)
         if self.rng.random() < 0.6:
@@ -175,8 +181,8 @@ class Writer:
             fields.append(self.balances())
         if self.rng.random() < 0.2:
             fields.append(self.balances())  # merged with the first
-        if self.rng.random() < 0.08:
-            fields.append('balance(pool: "ai") { remaining }')
+        if self.rng.random() < 0.25:
+            fields.append(self.pool_balance())
         if self.rng.random() < 0.06:
             fields.append(self.series())
         return self.wrap("EndUser", " ".join(fields))
@@ -248,6 +254,8 @@ class Writer:
         body = self.application()
         fragments = "\n".join(self.fragments)
         span = ", $from: DateTime!, $to: DateTime!" if "$from" in body + fragments else ""
+        if "$pool" in body + fragments:
+            span += ", $pool: String!"
         return f"query($id: ID!{span}) {{ application(id: $id) {{ {body} }} }}\n{fragments}"
 
 
@@ -351,6 +359,10 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
     rng = random.Random(20261203)
     for _ in range(SELECTIONS):
         document = Writer(rng).document()
+        if "$pool" in document:
+            variables["pool"] = rng.choice(["ai", "inbox_preview"])
+        else:
+            variables.pop("pool", None)
         answers = []
         # (twice preserialized: the second reads its selections as kept by the first)
         runs = ((schema, True), (schema, True), (schema, False), (stock, False))
@@ -440,3 +452,29 @@ async def test_a_selection_is_read_once_per_operation_and_field(
             # with the fast paths off, nothing is preserialized: no selection is read
             assert (first_reads > 0) == fast_paths_enabled()
     assert reads["collect"] == first_reads  # the later rounds read none
+
+
+async def test_a_balance_given_its_pool_by_a_variable_is_read_for_each_request(
+    backend: Backend, frozen_now: datetime
+) -> None:
+    """`balance(pool: $pool)` under a page's nodes is written preserialized, and read again
+    for every request: the same document asks for another pool with another variable."""
+    app = await _application()
+    principal = Principal(0, app, ApiKeyRole.READ, None, None)
+    document = (
+        "query($id: ID!, $pool: String!) { application(id: $id) { endUsers(first: 4,"
+        " orderBy: {field: USED, direction: DESC, pool: $pool}) { edges { node { externalId"
+        " balance(pool: $pool) { pool used remaining status burnRatePerDay } } } } } }"
+    )
+    answers: dict[tuple[str, bool], Any] = {}
+    for pool in ("ai", "inbox_preview", "ai"):
+        for preserialized in (True, False):
+            context = Context(None, None, principal, preserialized=preserialized)
+            result = await schema.execute(
+                document, variable_values={"id": str(app), "pool": pool}, context_value=context
+            )
+            answers[pool, preserialized] = _answer(result)
+        assert answers[pool, True] == answers[pool, False]
+        edges = answers[pool, True][0]["application"]["endUsers"]["edges"]
+        assert edges and all(edge["node"]["balance"]["pool"] == pool for edge in edges)
+    assert answers["ai", True] != answers["inbox_preview", True]
