@@ -185,30 +185,50 @@ def validate_period_start(start: datetime) -> datetime:
 
 # ---------------------------------------------------------------------------- the figures
 
+# A period's flows per pool and package, and its opening remaining: each lot's remaining
+# now (its counters equal its ledger sums, `usagegraph verify`) less what the entries booked
+# since the period's start changed, so a period reads the entries booked since it began,
+# not the application's whole history. A lot bought after the period has no part in it.
 _FLOWS = """
-SELECT l.pool_id, k.package,
-  SUM(CASE WHEN l.created_at < $2 AND l.kind IN ('PURCHASE', 'CONSUME', 'EXPIRE')
-           THEN l.amount ELSE 0 END) AS opening,
-  SUM(CASE WHEN l.created_at >= $2 AND l.kind = 'PURCHASE' THEN l.amount ELSE 0 END)
-    AS purchased,
-  -SUM(CASE WHEN l.created_at >= $2 AND l.kind = 'CONSUME' THEN l.amount ELSE 0 END) AS used,
-  -SUM(CASE WHEN l.created_at >= $2 AND l.kind = 'EXPIRE' THEN l.amount ELSE 0 END) AS expired,
-  SUM(CASE WHEN l.created_at >= $2 AND l.kind IN ('ALLOCATE', 'RELEASE')
-           THEN l.amount ELSE 0 END) AS allocated
-FROM ledger_entry l JOIN credit_pack k ON k.id = l.lot_id
-WHERE l.pool_id IN (SELECT id FROM credit_pool WHERE application_id = $1) AND l.created_at < $3
-GROUP BY l.pool_id, k.package
+WITH lots AS (
+  SELECT k.id, k.pool_id, k.package, k.credits - k.used - k.expired AS remaining
+  FROM credit_pack k JOIN credit_pool p ON p.id = k.pool_id
+  WHERE p.application_id = $1
+), since AS (
+  SELECT l.lot_id,
+    SUM(CASE WHEN l.created_at >= $3 AND l.kind = 'PURCHASE' THEN 1 ELSE 0 END) AS bought_after,
+    SUM(CASE WHEN l.kind IN ('PURCHASE', 'CONSUME', 'EXPIRE') THEN l.amount ELSE 0 END)
+      AS changed,
+    SUM(CASE WHEN l.created_at < $3 AND l.kind = 'PURCHASE' THEN l.amount ELSE 0 END)
+      AS purchased,
+    -SUM(CASE WHEN l.created_at < $3 AND l.kind = 'CONSUME' THEN l.amount ELSE 0 END) AS used,
+    -SUM(CASE WHEN l.created_at < $3 AND l.kind = 'EXPIRE' THEN l.amount ELSE 0 END)
+      AS expired,
+    SUM(CASE WHEN l.created_at < $3 AND l.kind IN ('ALLOCATE', 'RELEASE')
+             THEN l.amount ELSE 0 END) AS allocated
+  FROM ledger_entry l
+  WHERE l.pool_id IN (SELECT id FROM credit_pool WHERE application_id = $1)
+    AND l.created_at >= $2
+  GROUP BY l.lot_id
+)
+SELECT lots.pool_id, lots.package,
+  SUM(lots.remaining - COALESCE(since.changed, 0)) AS opening,
+  SUM(COALESCE(since.purchased, 0)) AS purchased, SUM(COALESCE(since.used, 0)) AS used,
+  SUM(COALESCE(since.expired, 0)) AS expired, SUM(COALESCE(since.allocated, 0)) AS allocated
+FROM lots LEFT JOIN since ON since.lot_id = lots.id
+WHERE COALESCE(since.bought_after, 0) = 0
+GROUP BY lots.pool_id, lots.package
 """
-_ACTIVE_PER_POOL = """
-SELECT pool_id, COUNT(DISTINCT end_user_id) AS active FROM ledger_entry
-WHERE pool_id IN (SELECT id FROM credit_pool WHERE application_id = $1) AND kind = 'CONSUME'
-  AND created_at >= $2 AND created_at < $3
-GROUP BY pool_id
-"""
-_ACTIVE_TOTAL = """
-SELECT COUNT(DISTINCT end_user_id) AS active FROM ledger_entry
-WHERE pool_id IN (SELECT id FROM credit_pool WHERE application_id = $1) AND kind = 'CONSUME'
-  AND created_at >= $2 AND created_at < $3
+# The End Users who consumed in the period, per pool and in all (pool NULL), from one read
+# of the period's consumptions.
+_ACTIVE = """
+WITH pairs AS (
+  SELECT DISTINCT pool_id, end_user_id FROM ledger_entry
+  WHERE pool_id IN (SELECT id FROM credit_pool WHERE application_id = $1) AND kind = 'CONSUME'
+    AND created_at >= $2 AND created_at < $3
+)
+SELECT pool_id, COUNT(*) AS active FROM pairs GROUP BY pool_id
+UNION ALL SELECT NULL, COUNT(DISTINCT end_user_id) FROM pairs
 """
 _POOLS = """
 SELECT id, key, name, created_at FROM credit_pool WHERE application_id = $1 ORDER BY id
@@ -223,10 +243,9 @@ async def compute_period(db: Sql, application_id: int, start: datetime) -> Billi
     bounds = (time_param(db, start), time_param(db, end))
     flows = await db.rows(_FLOWS, application_id, *bounds)
     active = {
-        row["pool_id"]: row["active"]
-        for row in await db.rows(_ACTIVE_PER_POOL, application_id, *bounds)
+        row["pool_id"]: row["active"] for row in await db.rows(_ACTIVE, application_id, *bounds)
     }
-    active_total = await db.value(_ACTIVE_TOTAL, application_id, *bounds) or 0
+    active_total = active.pop(None, 0) or 0
     by_pool: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in flows:
         by_pool[row["pool_id"]].append(row)

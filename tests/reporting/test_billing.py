@@ -5,6 +5,7 @@ per-package figures add up."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,8 +24,13 @@ from models.billing import (
     next_month,
     previous_month,
 )
+from models.clock import booked_at
 from models.credits import CreditPack, CreditPool
+from models.end_users import EndUserInput, upsert_end_users
+from models.expiry import expire_lots
+from models.ledger import allocate_credits, consume_credits, purchase_credits, release_credits
 from models.records import LedgerEntry
+from models.references import EndUserRef
 from models.sql import Sql, single_statement
 from tests.usage_history import (
     HttpApp,
@@ -273,6 +279,46 @@ async def test_the_job_closes_every_ended_month_once_and_back_dating_changes_non
         (_iso(last_month), "CLOSED"),
         (_iso(previous_month(last_month)), "CLOSED"),
     ]
+
+
+async def test_periods_open_where_the_ledger_stood_at_their_start(server, http) -> None:
+    """After months of booked history, each period computed live (none closed) opens with
+    the ledger's remaining at its start and has its own flows: lots bought, drawn, expired
+    and allocated in earlier, the same and later months, with and without a package."""
+    app = await new_application(server, http)
+    this_month = month_start(datetime.now(UTC))
+    last = previous_month(this_month)
+    before = previous_month(last)
+    await _back_date_application(app.row_id, before)
+    rows = await upsert_end_users(app.row_id, [EndUserInput(f"h{i}") for i in range(3)])
+    u0, u1, u2 = (EndUserRef(id=row.id) for row in rows)
+    day = timedelta(days=1)
+    with booked_at(before + 2 * day):
+        await purchase_credits(app.row_id, "ai", 500, package="Growth")
+        await purchase_credits(app.row_id, "ai", 80, expires_at=last + 3 * day)
+        await allocate_credits(app.row_id, "ai", u0, 200)
+        await consume_credits(app.row_id, "ai", u0, 40, "ai_generation")
+    with booked_at(last + 2 * day):
+        await purchase_credits(app.row_id, "inbox_preview", 60, package="Starter")
+        await allocate_credits(app.row_id, "ai", u1, 150)
+        await consume_credits(app.row_id, "ai", u1, 25, "ai_generation")
+        await consume_credits(app.row_id, "ai", u0, 10, "ai_generation")
+    with booked_at(last + 4 * day):
+        assert (await expire_lots()).lots == 1
+    with booked_at(this_month + timedelta(minutes=1)):
+        await purchase_credits(app.row_id, "ai", 300, package="Growth")
+        await release_credits(app.row_id, "ai", u1, 20)
+        await allocate_credits(app.row_id, "ai", u2, 100)
+        await consume_credits(app.row_id, "ai", u2, 7, "ai_generation")
+    periods = []
+    for start in (before, last, this_month):
+        period = await _period(app, start)
+        assert period is not None and period["status"] == "OPEN"
+        assert _figures(period) == await ledger_period(app.row_id, start), start
+        periods.append({p["pool"]: p for p in period["pools"]})
+    for earlier, later in itertools.pairwise(periods):  # each opens where the one before closed
+        assert later["ai"]["openingRemaining"] == earlier["ai"]["closingRemaining"] > 0
+    assert periods[2]["inbox_preview"]["openingRemaining"] == 60
 
 
 async def test_bad_periods_are_typed_errors(server, http) -> None:
