@@ -16,7 +16,7 @@ from models.api_key_use import flush_key_use
 from models.billing import close_ended_periods
 from models.expiry import SWEEP_BATCH, expire_lots, warn_expiring_lots
 from models.idempotency import forget_keys_before
-from models.request_log import delete_entries_before
+from models.request_log import delete_entries_before, merge_request_volume
 from models.rollups import fold_usage
 from models.webhook_queue import delete_settled_before
 
@@ -94,6 +94,7 @@ def default_jobs(settings: Settings) -> list[PeriodicJob]:
         PeriodicJob("expire-lots", settings.expiry_sweep_seconds, sweep_expired_lots),
         PeriodicJob("warn-expiring-lots", settings.expiry_sweep_seconds, expiry_warner(settings)),
         PeriodicJob("fold-usage", settings.rollup_fold_seconds, fold_usage, on_the_hour=True),
+        PeriodicJob("merge-request-volume", settings.rollup_fold_seconds, merge_request_volume),
         PeriodicJob(
             "request-log-retention",
             settings.request_log_retention_seconds,
