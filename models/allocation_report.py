@@ -672,15 +672,20 @@ _STATUS_SQL = {
 # Projected exhaustion orders by remaining / window use; End Users using nothing never run
 # out and come after every other (a key larger than any ratio of two Ints).
 NEVER = 1e18
+_NEVER_SQL = f"CAST({NEVER} AS DOUBLE PRECISION)"
+
+
+def _projection_key(remaining: str, window_used: str) -> str:
+    """The projected-exhaustion sort key of a balance's SQL expressions."""
+    ratio = EXHAUSTION_KEY.format(remaining=remaining, window_used=window_used)
+    return f"CASE WHEN {window_used} > 0 THEN {ratio} ELSE {_NEVER_SQL} END"
+
+
 _KEY_SQL = {
     OrderField.CREATED: "e.id",
     OrderField.USED: "COALESCE(b.used, 0)",
     OrderField.REMAINING: "COALESCE(b.remaining, 0)",
-    OrderField.PROJECTED_EXHAUSTION: (
-        f"CASE WHEN {WINDOW_USED} > 0"
-        f" THEN CAST(COALESCE(b.remaining, 0) AS DOUBLE PRECISION) / {WINDOW_USED}"
-        f" ELSE CAST({NEVER} AS DOUBLE PRECISION) END"
-    ),
+    OrderField.PROJECTED_EXHAUSTION: _projection_key("COALESCE(b.remaining, 0)", WINDOW_USED),
 }
 
 
@@ -768,13 +773,11 @@ class PageJson:
 # row (the live key of a balance unchanged since the fold, `_KEY_SQL`'s on the report's
 # columns), and the key of an End User with no balance in the pool (nothing used, nothing
 # left, never running out).
-_NEVER_SQL = f"CAST({NEVER} AS DOUBLE PRECISION)"
 _REPORT_KEY_SQL = {
     OrderField.USED: ("r.used", "0"),
     OrderField.REMAINING: ("r.remaining", "0"),
     OrderField.PROJECTED_EXHAUSTION: (
-        "(CASE WHEN r.window_used > 0 THEN CAST(r.remaining AS DOUBLE PRECISION) / r.window_used"
-        f" ELSE {_NEVER_SQL} END)",
+        f"({_projection_key('r.remaining', 'r.window_used')})",
         _NEVER_SQL,
     ),
 }

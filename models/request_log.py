@@ -395,7 +395,6 @@ async def entry_page(
     return [entry_dict(row) for row in rows]
 
 
-_PG_TRUNC = "date_trunc('{unit}', \"time\" AT TIME ZONE 'UTC')"
 _SQLITE_TRUNC = {
     Granularity.HOUR: "strftime('%Y-%m-%d %H:00:00', \"time\")",
     Granularity.DAY: "strftime('%Y-%m-%d 00:00:00', \"time\")",

@@ -87,7 +87,8 @@ CONNECTION_SHAPE: Shape = (
 )
 
 
-def _balance_selections(selection: tuple[Selected, ...]) -> list[Selected]:
+def _node_fields(selection: tuple[Selected, ...], name: str) -> list[Selected]:
+    """The entries of the nodes' field `name` (any alias) in a connection's selection."""
     return [
         node
         for edge_part in selection
@@ -95,8 +96,12 @@ def _balance_selections(selection: tuple[Selected, ...]) -> list[Selected]:
         for node_part in edge_part.below
         if node_part.field_name == "node" and node_part.below
         for node in node_part.below
-        if node.field_name == "balances"
+        if node.field_name == name
     ]
+
+
+def _balance_selections(selection: tuple[Selected, ...]) -> list[Selected]:
+    return _node_fields(selection, "balances")
 
 
 def selects_balances(selection: tuple[Selected, ...]) -> bool:
@@ -105,14 +110,7 @@ def selects_balances(selection: tuple[Selected, ...]) -> bool:
 
 def selects_pool_balance(selection: tuple[Selected, ...]) -> bool:
     """Whether a node selects `balance(pool:)`."""
-    return any(
-        node.field_name == "balance"
-        for edge_part in selection
-        if edge_part.field_name == "edges" and edge_part.below
-        for node_part in edge_part.below
-        if node_part.field_name == "node" and node_part.below
-        for node in node_part.below
-    )
+    return bool(_node_fields(selection, "balance"))
 
 
 def balance_entries(selection: tuple[Selected, ...]) -> tuple[tuple[str, str], ...] | None:
