@@ -3,19 +3,40 @@ Users, who uses most, who runs out first, and whether the pool must allocate mor
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import strawberry
 
 from models.allocation_report import (
     HORIZON_DAYS,
+    EndUserLine,
     Ranking,
     allocation_summary,
     summary_and_rankings,
 )
+from models.allocation_report import (
+    AllocationSummary as Figures,
+)
 from resolvers.context import Info
+from resolvers.end_user_json import RANKED_SHAPE, ranked_json
 from resolvers.end_users import EndUser, EndUserBalance, pool_id_of
 from resolvers.errors import errors_as_query_errors
 from resolvers.loaders import loaders_of
-from resolvers.pools import check_page_size, selected_pages
+from resolvers.pools import MAX_PAGE, check_page_size, selected_pages
+from resolvers.preserialized import (
+    Arguments,
+    NotPlain,
+    Selected,
+    Shape,
+    checked_float,
+    checked_int,
+    encode,
+    object_json,
+    read_selection,
+    splicing,
+    text,
+)
 from resolvers.selection import PerField
 
 NEEDS_ALLOCATION = (
@@ -78,6 +99,7 @@ async def allocation_summary_of(info: Info, application_id: int, pool: str) -> A
     assert pool_id is not None
     loaders = loaders_of(info)
     pages = selected_rankings(info)
+    ranked: dict[Ranking, list[EndUserLine]] = {}
     if pages:
         # the rankings asked for come with the summary: their fields read no statement
         firsts = {ranking: max(page) for ranking, page in pages.items()}
@@ -89,6 +111,12 @@ async def allocation_summary_of(info: Info, application_id: int, pool: str) -> A
                 )
     else:
         figures = await allocation_summary(application_id, pool_id, loaders.now)
+    selection = read_selection(info, SUMMARY_SHAPE, SUMMARY_ARGUMENTS) if splicing(info) else None
+    if selection is not None:
+        try:  # its JSON straight from the figures and ranked lines (resolvers/preserialized.py)
+            return cast(AllocationSummary, encode(summary_json(selection, pool, figures, ranked)))
+        except NotPlain:
+            pass  # the general path answers it, and reports what it reports
     return AllocationSummary(
         pool=pool,
         end_users_total=figures.end_users_total,
@@ -127,3 +155,65 @@ def selected_rankings(info: Info) -> dict[Ranking, frozenset[int]]:
         if pages:
             found[ranking] = pages
     return found
+
+
+# The summary's plain fields, each from the figures (Ints checked to fit 32 bits).
+_FIGURES: dict[str, Callable[[Figures], Any]] = {
+    "endUsersTotal": lambda f: checked_int(f.end_users_total),
+    "withAllocation": lambda f: checked_int(f.with_allocation),
+    "withCredits": lambda f: checked_int(f.with_credits),
+    "low": lambda f: checked_int(f.low),
+    "exhausted": lambda f: checked_int(f.exhausted),
+    "allocated": lambda f: checked_int(f.allocated),
+    "used": lambda f: checked_int(f.used),
+    "remaining": lambda f: checked_int(f.remaining),
+    "unallocated": lambda f: checked_int(f.unallocated),
+    "burnRatePerDay": lambda f: checked_float(f.burn_rate_per_day),
+    "projectedShortfall": lambda f: checked_int(int(-(-f.shortfall // 1))),
+    "needsAllocation": lambda f: f.needs_allocation,
+}
+_RANKINGS = {name: ranking for ranking, name in _RANKED_FIELDS.items()}
+SUMMARY_SHAPE: Shape = (
+    "AllocationSummary",
+    {"pool": None, **dict.fromkeys(_FIGURES), **dict.fromkeys(_RANKINGS, RANKED_SHAPE)},
+)
+SUMMARY_ARGUMENTS: Arguments = {
+    ("AllocationSummary", name): frozenset({"first"}) for name in _RANKINGS
+}
+
+
+def _first(selected: Selected) -> int:
+    """A ranking's `first` as the general path reads it (a literal comes as its text); a
+    page it would refuse is left to it, to report."""
+    first = dict(selected.arguments).get("first", RANKING_FIRST)
+    if type(first) is str and first.lstrip("-").isdigit():
+        first = int(first)
+    if type(first) is not int or not 0 <= first <= MAX_PAGE:
+        raise NotPlain
+    return first
+
+
+def summary_json(
+    selection: tuple[Selected, ...],
+    pool: str,
+    figures: Figures,
+    ranked: dict[Ranking, list[EndUserLine]],
+) -> dict[str, Any]:
+    """The summary's answer for `selection` (read with SUMMARY_SHAPE), each value as the
+    general path serializes it; the rankings from `ranked`, which must hold every page
+    asked for (read with the summary)."""
+
+    def value_of(part: Selected) -> Any:
+        name = part.field_name
+        if name == "pool":
+            return text(pool)
+        ranking = _RANKINGS.get(name)
+        if ranking is None:
+            return _FIGURES[name](figures)
+        lines = ranked.get(ranking)
+        if lines is None:
+            raise NotPlain  # not read with the summary
+        first = _first(part)
+        return ranked_json(part.below or (), [line for line in lines[:first] if line.balance])
+
+    return object_json(selection, "AllocationSummary", value_of)

@@ -74,6 +74,11 @@ END_USER_SHAPE: Shape = (
     "EndUser",
     {**dict.fromkeys(_END_USER), "balances": BALANCE_SHAPE, "balance": BALANCE_SHAPE},
 )
+# A ranked balance (the allocation summary's rankings) with its End User's plain fields.
+RANKED_SHAPE: Shape = (
+    "EndUserBalance",
+    {**dict.fromkeys(_BALANCE), "endUser": ("EndUser", dict.fromkeys(_END_USER))},
+)
 # A node's `balance(pool:)`: its balance in the pool of that key (null when the application
 # has no such pool), read from the same lines as `balances`.
 CONNECTION_ARGUMENTS: Arguments = {("EndUser", "balance"): frozenset({"pool"})}
@@ -165,6 +170,24 @@ def _balance_readers(
 def _balances(selection: tuple[Selected, ...], lines: list[BalanceLine]) -> list[dict[str, Any]]:
     readers = _balance_readers(selection)
     return [{name: read(line) for name, read in readers} for line in lines]
+
+
+def ranked_json(selection: tuple[Selected, ...], lines: list[EndUserLine]) -> list[dict[str, Any]]:
+    """Ranked balances (read with RANKED_SHAPE), each line's balance with its End User."""
+    return [
+        object_json(
+            selection,
+            "EndUserBalance",
+            lambda s, line=line: _ranked_value(s, line),
+        )
+        for line in lines
+    ]
+
+
+def _ranked_value(selected: Selected, line: EndUserLine) -> Any:
+    if selected.below is None:
+        return _BALANCE[selected.field_name](line.balance)  # type: ignore[arg-type]
+    return object_json(selected.below, "EndUser", lambda s: _END_USER[s.field_name](line))
 
 
 def _node(selection: tuple[Selected, ...], line: EndUserLine, balances: Balances) -> Any:

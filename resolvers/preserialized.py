@@ -98,19 +98,28 @@ def read_selection(
     outside `shape`, uses a directive, or gives a field of it an argument that `arguments`
     does not name (a shape is always read with the same `arguments`).
 
-    Kept per operation and field: with no argument and no directive in it, the answer
-    depends on the document alone, not on the variables. A selection with arguments is
-    read again each time (a variable may give them)."""
+    Kept per operation and field: with no directive in it and no argument given by a
+    variable, the answer depends on the document alone. A selection with an argument a
+    variable may give is read again each time."""
     found, selection = _READ.get(info, shape)
     if not found:
         selection = _collect([field.selections for field in info.selected_fields], shape, arguments)
-        if selection is None or not _takes_arguments(selection):
+        if selection is None or not _given_by_variables(selection, info.variable_values):
             _READ.put(info, selection, shape)
     return selection
 
 
-def _takes_arguments(selection: tuple[Selected, ...]) -> bool:
-    return any(s.arguments or (s.below and _takes_arguments(s.below)) for s in selection)
+def _given_by_variables(selection: tuple[Selected, ...], variables: dict[str, Any]) -> bool:
+    """Whether an argument of `selection` may come from a variable: Strawberry hands a
+    variable's argument as the very object of the request's variables, and a literal as the
+    document's own text; null (also an absent variable's), lists and input objects count
+    as variables' (they may hold one)."""
+    given = [id(value) for value in variables.values()]
+    return any(
+        value is None or isinstance(value, list | dict) or id(value) in given
+        for s in selection
+        for _, value in s.arguments
+    ) or any(s.below and _given_by_variables(s.below, variables) for s in selection)
 
 
 _READ: PerField[tuple[Selected, ...] | None] = PerField()

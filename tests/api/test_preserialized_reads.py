@@ -28,7 +28,7 @@ from models.references import EndUserRef
 from models.request_log import LogRow, insert_entries
 from models.rollups import fold_usage
 from models.tenancy import ApiKeyRole
-from resolvers import consumption, end_user_json, end_users, request_log
+from resolvers import allocation_summary, consumption, end_user_json, end_users, request_log
 from resolvers.context import Context
 from resolvers.preserialized import NotPlain
 from resolvers.runtime.versions import fast_paths_enabled
@@ -274,7 +274,10 @@ async def _application() -> int:
             await allocate_credits(app, "inbox_preview", EndUserRef(id=row.id), 50)
     for i, row in enumerate(rows[:8]):
         await consume_credits(app, "ai", EndUserRef(id=row.id), 90 + 3 * i, "ai_generation")
-    await set_low_balance_threshold(app, "ai", 5, end_user=EndUserRef(id=rows[0].id))
+    # one End User runs out and two run low: the summary's counts differ
+    await consume_credits(app, "ai", EndUserRef(id=rows[9].id), 100 + 40 * 9, "ai_generation")
+    await set_low_balance_threshold(app, "ai", 20, end_user=EndUserRef(id=rows[0].id))
+    await set_low_balance_threshold(app, "ai", 50, end_user=EndUserRef(id=rows[1].id))
     now = datetime.now(UTC)
     await insert_entries(
         [
@@ -319,6 +322,7 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
         (end_users, "_preserialized"),
         (request_log, "connection_json"),
         (consumption, "series_json"),
+        (allocation_summary, "summary_json"),
     )
     for module, name in writers:
         writer = getattr(module, name)
@@ -432,6 +436,9 @@ async def test_a_selection_is_read_once_per_operation_and_field(
         "query($id: ID!) { application(id: $id) { endUsers(first: 3) { totalCount } } }",
         "query($id: ID!) { application(id: $id) { endUsers(first: 3) {"
         " edges { node { externalId } } } other: endUsers(first: 2) { totalCount } } }",
+        # arguments given by literals are the document's too
+        'query($id: ID!) { application(id: $id) { allocationSummary(pool: "ai") { low'
+        " topConsumers(first: 2) { used endUser { externalId } } } } }",
     ]
     expected = []
     for document in documents:
@@ -466,15 +473,42 @@ async def test_a_balance_given_its_pool_by_a_variable_is_read_for_each_request(
         " orderBy: {field: USED, direction: DESC, pool: $pool}) { edges { node { externalId"
         " balance(pool: $pool) { pool used remaining status burnRatePerDay } } } } } }"
     )
-    answers: dict[tuple[str, bool], Any] = {}
+    answers: dict[str, Any] = {}
     for pool in ("ai", "inbox_preview", "ai"):
-        for preserialized in (True, False):
-            context = Context(None, None, principal, preserialized=preserialized)
-            result = await schema.execute(
-                document, variable_values={"id": str(app), "pool": pool}, context_value=context
-            )
-            answers[pool, preserialized] = _answer(result)
-        assert answers[pool, True] == answers[pool, False]
-        edges = answers[pool, True][0]["application"]["endUsers"]["edges"]
+        answers[pool] = await _both_paths(document, {"id": str(app), "pool": pool}, principal)
+        edges = answers[pool][0]["application"]["endUsers"]["edges"]
         assert edges and all(edge["node"]["balance"]["pool"] == pool for edge in edges)
-    assert answers["ai", True] != answers["inbox_preview", True]
+    assert answers["ai"] != answers["inbox_preview"]
+
+
+async def _both_paths(document: str, variables: dict[str, Any], principal: Principal) -> Any:
+    """The answer preserialized, which must equal the general path's."""
+    answers = []
+    for preserialized in (True, False):
+        context = Context(None, None, principal, preserialized=preserialized)
+        result = await schema.execute(document, variable_values=variables, context_value=context)
+        answers.append(_answer(result))
+    assert answers[0] == answers[1], (document, variables)
+    return answers[0]
+
+
+async def test_a_ranking_given_its_size_by_a_variable_is_read_for_each_request(
+    backend: Backend,
+) -> None:
+    """A ranking's `first` given by a variable is read again for every request (sizes
+    differ from one request to the next), absent included (the default size)."""
+    app = await _application()
+    principal = Principal(0, app, ApiKeyRole.READ, None, None)
+    document = (
+        'query($id: ID!, $n: Int) { application(id: $id) { allocationSummary(pool: "ai") {'
+        " endUsersTotal closeToRunningOut(first: $n) { remaining endUser { externalId } }"
+        " topConsumers(first: 3) { used } } } }"
+    )
+    sizes = []
+    for n in (None, 1, 4, None, 2):
+        variables: dict[str, Any] = {"id": str(app)} | ({} if n is None else {"n": n})
+        answer = await _both_paths(document, variables, principal)
+        summary = answer[0]["application"]["allocationSummary"]
+        sizes.append((len(summary["closeToRunningOut"]), len(summary["topConsumers"])))
+    assert sizes == [(sizes[0][0], 3), (1, 3), (4, 3), (sizes[0][0], 3), (2, 3)]
+    assert sizes[0][0] > 4  # the default size, 10, of the End Users running out
