@@ -33,6 +33,7 @@ from resolvers.preserialized import (
     checked_int,
     encode,
     object_json,
+    page_size,
     read_selection,
     splicing,
     text,
@@ -182,17 +183,6 @@ SUMMARY_ARGUMENTS: Arguments = {
 }
 
 
-def _first(selected: Selected) -> int:
-    """A ranking's `first` as the general path reads it (a literal comes as its text); a
-    page it would refuse is left to it, to report."""
-    first = dict(selected.arguments).get("first", RANKING_FIRST)
-    if type(first) is str and first.lstrip("-").isdigit():
-        first = int(first)
-    if type(first) is not int or not 0 <= first <= MAX_PAGE:
-        raise NotPlain
-    return first
-
-
 def summary_json(
     selection: tuple[Selected, ...],
     pool: str,
@@ -213,7 +203,7 @@ def summary_json(
         lines = ranked.get(ranking)
         if lines is None:
             raise NotPlain  # not read with the summary
-        first = _first(part)
+        first = page_size(part, RANKING_FIRST, MAX_PAGE)
         return ranked_json(part.below or (), [line for line in lines[:first] if line.balance])
 
     return object_json(selection, "AllocationSummary", value_of)

@@ -207,6 +207,17 @@ def node_entries(
     return entries if all(f in plain for _, f in entries) else None
 
 
+def page_size(selected: Selected, default: int, most: int) -> int:
+    """A list field's `first` as the general path reads it (`default` where absent; a
+    literal comes as its text); one it would refuse (beyond 0 to `most`) is left to it."""
+    first = dict(selected.arguments).get("first", default)
+    if type(first) is str and first.lstrip("-").isdigit():
+        first = int(first)
+    if type(first) is not int or not 0 <= first <= most:
+        raise NotPlain
+    return first
+
+
 def checked_int(value: int) -> int:
     """An Int as GraphQL serializes it; beyond 32 bits the general path reports the error."""
     if type(value) is not int or not INT_MIN <= value <= INT_MAX:

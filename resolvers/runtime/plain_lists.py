@@ -374,6 +374,8 @@ class PlainListExecutor(ClaimsLiveEvents, StrawberryGraphQLCoreExecutionContext)
         result: Any,
         position_context: Any,
     ) -> Any:
+        if type(result) is Preserialized:  # the resolver wrote this list's JSON
+            return result
         if self._fast and position_context is None and isinstance(result, list | tuple):
             plan = self._list_plan(return_type, field_details_list)
             if plan is not None:

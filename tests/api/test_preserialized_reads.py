@@ -28,7 +28,14 @@ from models.references import EndUserRef
 from models.request_log import LogRow, insert_entries
 from models.rollups import fold_usage
 from models.tenancy import ApiKeyRole
-from resolvers import allocation_summary, consumption, end_user_json, end_users, request_log
+from resolvers import (
+    allocation_summary,
+    consumption,
+    end_user_json,
+    end_users,
+    pool_json,
+    request_log,
+)
 from resolvers.context import Context
 from resolvers.preserialized import NotPlain
 from resolvers.runtime.versions import fast_paths_enabled
@@ -80,6 +87,19 @@ SUMMARY_FIELDS = [
     "burnRatePerDay",
     "projectedShortfall",
     "needsAllocation",
+    "__typename",
+]
+PACK_FIELDS = [
+    "id",
+    "credits",
+    "unallocated",
+    "used",
+    "expired",
+    "remaining",
+    "purchasedAt",
+    "expiresAt",
+    "package",
+    "reference",
     "__typename",
 ]
 SERIES_FIELDS = ["granularity", "totalUsed", "totalExpired", "__typename"]
@@ -173,7 +193,13 @@ class Writer:
             parts.append(f"buckets {{ {bucket} }}")
         granularity = self.rng.choice(["DAY", "WEEK", "MONTH"])
         body = self.wrap("ConsumptionSeries", " ".join(parts))
-        return f"consumption(from: $from, to: $to, granularity: {granularity}) {{ {body} }}"
+        span = "from: $from, to: $to"
+        roll = self.rng.random()
+        if roll < 0.1:  # moments as literals
+            span = 'from: "2026-01-01T00:00:00Z", to: "2026-01-03T12:00:00Z", feature: "x"'
+        elif roll < 0.3:
+            span += ", feature: " + self.rng.choice(['"ai_generation"', '"x"', "null"])
+        return f"consumption({span}, granularity: {granularity}) {{ {body} }}"
 
     def end_user(self) -> str:
         fields = self.pick(END_USER_FIELDS, least=0)
@@ -236,7 +262,11 @@ class Writer:
             pool = self.pick(POOL_FIELDS)
             if self.rng.random() < 0.4:
                 pool.append(self.series())
-            parts.append(f"pools {{ {' '.join(pool)} }}")
+            if self.rng.random() < 0.3:
+                first = self.rng.choice(["", "(first: 0)", "(first: 1)", "(first: 3)"])
+                packs = self.wrap("CreditPack", " ".join(self.pick(PACK_FIELDS)))
+                pool.append(f"{self.alias('packs')}{first} {{ {packs} }}")
+            parts.append(f"pools {{ {self.wrap('CreditPool', ' '.join(pool))} }}")
         for i in range(self.rng.choice([1, 1, 1, 2])):
             alias = f"list{i}: " if i or self.rng.random() < 0.2 else ""
             parts.append(f"{alias}endUsers({self.end_users_arguments()}) {{ {self.connection()} }}")
@@ -264,6 +294,8 @@ async def _application() -> int:
     app = (await create_application(organization.id, "preserialized")).id
     await purchase_credits(app, "ai", 100_000)
     await purchase_credits(app, "inbox_preview", 10_000)
+    later = datetime.now(UTC) + timedelta(days=30)
+    await purchase_credits(app, "ai", 500, expires_at=later, package="starter", reference="inv 1")
     rows = await upsert_end_users(
         app,
         [EndUserInput(f"u{i}", f"User {i}" if i % 3 else None, None) for i in range(12)],
@@ -323,6 +355,7 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
         (request_log, "connection_json"),
         (consumption, "series_json"),
         (allocation_summary, "summary_json"),
+        (pool_json, "encode"),
     )
     for module, name in writers:
         writer = getattr(module, name)
