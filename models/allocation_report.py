@@ -16,6 +16,7 @@ Every function answers in one statement, whatever the number of End Users."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -283,29 +284,31 @@ def write_burns(texts: dict[int, str], now: datetime) -> dict[int, str]:
     # the first of them (and End Users of one page often share them: no use)
     written: dict[str, tuple[str, str]] = {}
     # one pass over the page: the texts joined by a character their JSON never holds raw,
-    # cut at each mark's start; a piece is the mark, its end, and the text up to the next
-    pieces = "\x1d".join(texts.values()).split("\x1e")
-    out = [pieces[0]]
-    for piece in pieces[1:]:
-        end = piece.index("\x1f")
-        values = piece[1:end]
+    # split at the marks into [text, kind, values, text, kind, values, ..., text]
+    parts = _BURN_MARK.split("\x1d".join(texts.values()))
+    for i in range(1, len(parts), 3):
+        values = parts[i + 1]
         found = written.get(values)
         if found is None:
-            comma = values.index(",")
-            window_used = int(values[:comma])
+            used, remaining = values.split(",")
+            window_used = int(used)
             rate = window_used / days
             at = "null"
             if window_used > 0:
                 try:
-                    moment = start + timedelta(days=int(values[comma + 1 :]) / rate)
+                    moment = start + timedelta(days=int(remaining) / rate)
                 except OverflowError:  # past the calendar's end
                     pass
                 else:
                     at = f'"{moment.isoformat()}{offset}"'
             found = written[values] = (orjson.dumps(rate).decode(), at)
-        out.append(found[0] if piece[0] == "R" else found[1])
-        out.append(piece[end + 1 :])
-    return dict(zip(texts, "".join(out).split("\x1d"), strict=True))
+        parts[i] = found[0] if parts[i] == "R" else found[1]
+        parts[i + 1] = ""
+    return dict(zip(texts, "".join(parts).split("\x1d"), strict=True))
+
+
+# A burn mark of `_balance_value`: its kind (a letter of BURN_MARKS) and its values.
+_BURN_MARK = re.compile("\x1e(.)([^\x1f]*)\x1f")
 
 
 # ------------------------------------------------------------------------------- summary
