@@ -98,33 +98,96 @@ def read_selection(
     outside `shape`, uses a directive, or gives a field of it an argument that `arguments`
     does not name (a shape is always read with the same `arguments`).
 
-    Kept per operation and field: with no directive in it and no argument given by a
-    variable, the answer depends on the document alone. A selection with an argument a
-    variable may give is read again each time."""
-    found, selection = _READ.get(info, shape)
-    if not found:
-        selection = _collect([field.selections for field in info.selected_fields], shape, arguments)
-        if selection is None or not _given_by_variables(selection, info.variable_values):
-            _READ.put(info, selection, shape)
+    Kept per operation and field: without a directive, the selection depends on the
+    document alone but for the arguments variables give, which are bound anew for each
+    request (`_bindings`). One whose arguments may come from a variable without telling
+    which is read again each time."""
+    found, kept = _READ.get(info, shape)
+    if found and kept is not None:
+        if not kept.bound:
+            return kept.selection
+        if kept.selection is not None:
+            bound = _bind(kept.selection, kept.bound, info.variable_values)
+            if bound is not None:
+                return bound
+    selection = _collect([field.selections for field in info.selected_fields], shape, arguments)
+    bindings = {} if selection is None else _bindings(selection, info.variable_values)
+    if bindings is not None:
+        _READ.put(info, _Kept(selection, bindings), shape)
     return selection
 
 
-def _given_by_variables(selection: tuple[Selected, ...], variables: dict[str, Any]) -> bool:
-    """Whether an argument of `selection` may come from a variable: Strawberry hands a
-    variable's argument as the very object of the request's variables, and a literal as the
-    document's own text; null (also an absent variable's), lists and input objects count
-    as variables' (they may hold one). That identity is Strawberry's `convert_value`, as of
-    the verified version (resolvers/runtime/versions.py: with any other, nothing is
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A selection as read, and the arguments of its entries that variables give: by the
+    id of the entry (kept alive here), (argument, variable) pairs."""
+
+    selection: tuple[Selected, ...] | None
+    bound: dict[int, tuple[tuple[str, str], ...]]
+
+
+def _bindings(
+    selection: tuple[Selected, ...], variables: dict[str, Any]
+) -> dict[int, tuple[tuple[str, str], ...]] | None:
+    """Which variable gives each argument of `selection` that one gives; None when that
+    cannot be told. Strawberry hands a variable's argument as the very object of the
+    request's variables and a literal as the document's own value, so an argument is a
+    variable's when it is that variable's object, unless the object may be a literal's as
+    well (null, a boolean, a string of one character: shared objects) or several
+    variables' (it may be either); lists and input objects may hold a variable, and null
+    may be an absent one's. That identity is Strawberry's `convert_value`, as of the
+    verified version (resolvers/runtime/versions.py: with any other, nothing is
     preserialized); tests/api/test_preserialized_reads.py sizes a ranking by a variable."""
-    given = [id(value) for value in variables.values()]
-    return any(
-        value is None or isinstance(value, list | dict) or id(value) in given
-        for s in selection
-        for _, value in s.arguments
-    ) or any(s.below and _given_by_variables(s.below, variables) for s in selection)
+    found: dict[int, tuple[tuple[str, str], ...]] = {}
+    for entry in selection:
+        pairs = []
+        for argument, value in entry.arguments:
+            names = [name for name, given in variables.items() if given is value]
+            if value is None or isinstance(value, list | dict) or len(names) > 1:
+                return None
+            if names:
+                if type(value) is bool or (type(value) is str and len(value) < 2):
+                    return None  # a literal's object too, maybe
+                pairs.append((argument, names[0]))
+        if pairs:
+            found[id(entry)] = tuple(pairs)
+        if entry.below:
+            below = _bindings(entry.below, variables)
+            if below is None:
+                return None
+            found.update(below)
+    return found
 
 
-_READ: PerField[tuple[Selected, ...] | None] = PerField()
+def _bind(
+    selection: tuple[Selected, ...],
+    bound: dict[int, tuple[tuple[str, str], ...]],
+    variables: dict[str, Any],
+) -> tuple[Selected, ...] | None:
+    """`selection` with the arguments variables give taken from this request's
+    `variables`; None when one of them is absent (the selection is then read anew)."""
+    entries = []
+    for entry in selection:
+        below = entry.below
+        if below:
+            below = _bind(below, bound, variables)
+            if below is None:
+                return None
+        pairs = bound.get(id(entry))
+        if pairs or below is not entry.below:
+            given = dict(entry.arguments)
+            for argument, name in pairs or ():
+                if name not in variables:
+                    return None
+                given[argument] = variables[name]
+            entry = Selected(
+                entry.response_name, entry.field_name, below, tuple(sorted(given.items()))
+            )
+        entries.append(entry)
+    return tuple(entries)
+
+
+_READ: PerField[_Kept] = PerField()
 
 
 # Same-named entries of a selection: name in the answer -> (field, its arguments, their
