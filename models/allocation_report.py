@@ -474,7 +474,8 @@ class Ranking(StrEnum):
     CLOSE_TO_RUNNING_OUT = "CLOSE_TO_RUNNING_OUT"  # soonest projected exhaustion first
 
 
-_RANKED_COLUMNS = _balance_columns(window_used_of("b.end_user_id", "b.pool_id", "$3"))
+# (the window use comes with the ranked End User: see `_top`)
+_RANKED_COLUMNS = _balance_columns("top.w")
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,16 +500,18 @@ _RANKINGS = {
 
 
 def _top(ranking: Ranking, limit: str, postgres: bool) -> str:
-    """The ranking's first `limit` (End User, sort key) pairs: the first of the report's
-    index order among the End Users unchanged since the fold, merged with the changed ones
-    taken live (`models.balance_report`)."""
+    """The ranking's first `limit` (End User, sort key, window use) rows: the first of the
+    report's index order among the End Users unchanged since the fold, merged with the
+    changed ones taken live (`models.balance_report`). An unchanged End User's report row
+    holds its window use as it is now (a use in the hour the window left since the fold
+    makes it changed), so only the changed ones' is summed from the ledger."""
     sql = _RANKINGS[ranking]
     return (
-        "SELECT end_user_id, k FROM (SELECT end_user_id, k FROM (SELECT r.end_user_id,"
-        f" {sql.report_key} AS k FROM balance_report r WHERE r.pool_id = $2"
+        "SELECT end_user_id, k, w FROM (SELECT end_user_id, k, w FROM (SELECT r.end_user_id,"
+        f" {sql.report_key} AS k, r.window_used AS w FROM balance_report r WHERE r.pool_id = $2"
         f" AND {sql.report_filter} AND r.end_user_id NOT IN (SELECT end_user_id FROM {CHANGED})"
         f" ORDER BY {sql.report_key} {sql.direction}, r.end_user_id LIMIT {limit}) folded"
-        f" UNION ALL SELECT b.end_user_id, {sql.live_key} FROM {_live(postgres)} b"
+        f" UNION ALL SELECT b.end_user_id, {sql.live_key}, b.window_used FROM {_live(postgres)} b"
         f" WHERE {sql.live_filter}) candidates"
         f" ORDER BY k {sql.direction}, end_user_id LIMIT {limit}"
     )

@@ -120,6 +120,10 @@ async def _check(app: int, pool_id: int) -> None:
     assert [line.id for line in top] == expected.top
     close = await ranked_end_users(app, pool_id, Ranking.CLOSE_TO_RUNNING_OUT, FIRST, now)
     assert [line.id for line in close] == expected.close
+    # each ranked End User with its window use now (its burn rate and exhaustion)
+    window = dict(expected.by_exhaustion)
+    for line in (*top, *close):
+        assert line.balance is not None and line.balance.burn.window_used == window[line.id]
     # both in one statement: each as alone, whatever the other's length
     firsts = {Ranking.TOP_CONSUMERS: FIRST, Ranking.CLOSE_TO_RUNNING_OUT: FIRST - 1}
     both = await rankings(app, pool_id, firsts, now)
