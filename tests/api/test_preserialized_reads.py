@@ -22,7 +22,9 @@ from api.http_answer import encode_json
 from models.access import Principal
 from models.accounts import create_application, create_organization
 from models.alerts import set_low_balance_threshold
+from models.clock import booked_at
 from models.end_users import EndUserInput, upsert_end_users
+from models.expiry import expire_lots
 from models.ledger import allocate_credits, consume_credits, purchase_credits
 from models.references import EndUserRef
 from models.request_log import LogRow, insert_entries
@@ -296,6 +298,9 @@ async def _application() -> int:
     await purchase_credits(app, "inbox_preview", 10_000)
     later = datetime.now(UTC) + timedelta(days=30)
     await purchase_credits(app, "ai", 500, expires_at=later, package="starter", reference="inv 1")
+    with booked_at(datetime.now(UTC) - timedelta(days=2)):  # a pack that expired yesterday
+        await purchase_credits(app, "ai", 70, expires_at=datetime.now(UTC) - timedelta(days=1))
+    assert (await expire_lots()).lots == 1
     rows = await upsert_end_users(
         app,
         [EndUserInput(f"u{i}", f"User {i}" if i % 3 else None, None) for i in range(12)],
