@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any
 
 from models.consumption import Granularity, SeriesKey, bucket_range
-from models.errors import ValidationFailed
 from models.pools import PackLine, PoolLine
 from resolvers.consumption import SERIES_SHAPE, series_json
 from resolvers.context import Info
@@ -114,9 +113,7 @@ async def pools_json(
                 for pool in pools
             ]
         )
-    except (NotPlain, ValidationFailed):
-        return None
-    except Exception:
+    except Exception:  # NotPlain, an argument refused (ValidationFailed) or a failed read
         return None
 
 

@@ -22,6 +22,7 @@ from resolvers.consumption import (
 from resolvers.context import Info
 from resolvers.errors import UserError, query_error
 from resolvers.loaders import loaders_of
+from resolvers.preserialized import given_first
 from resolvers.selection import PerField, selected_arguments
 
 BalanceStatus = strawberry.enum(DomainBalanceStatus, name="BalanceStatus")
@@ -56,12 +57,11 @@ def selected_pages(
     firsts: set[int] = set()
     literal = True
     for arguments in selected or ():
-        first = arguments.get("first", default)  # (absent: the document's say too)
-        if type(first) is str and first.lstrip("-").isdigit():
-            first = int(first)  # a literal, as its IntValue node spells it
-        elif "first" in arguments:
+        given = arguments.get("first", default)  # (absent: the document's say too)
+        if "first" in arguments and type(given) is not str:
             literal = False  # a variable's value (an Int variable comes as an int)
-        if type(first) is not int or not 0 <= first <= MAX_PAGE:
+        first = given_first(given, MAX_PAGE)
+        if first is None:
             firsts = set()
             break
         firsts.add(first)

@@ -272,13 +272,19 @@ def node_entries(
     return entries if all(f in plain for _, f in entries) else None
 
 
-def page_size(selected: Selected, default: int, most: int) -> int:
-    """A list field's `first` as the general path reads it (`default` where absent; a
-    literal comes as its text); one it would refuse (beyond 0 to `most`) is left to it."""
-    first = dict(selected.arguments).get("first", default)
+def given_first(first: Any, most: int) -> int | None:
+    """A list field's `first` argument as Strawberry hands it (a literal as its IntValue
+    node spells it, a variable's as an int) read as the general path reads it; None for
+    one it would refuse (not an Int from 0 to `most`), which is left to it to report."""
     if type(first) is str and first.lstrip("-").isdigit():
         first = int(first)
-    if type(first) is not int or not 0 <= first <= most:
+    return first if type(first) is int and 0 <= first <= most else None
+
+
+def page_size(selected: Selected, default: int, most: int) -> int:
+    """A list field's `first` (`default` where absent), as `given_first` reads it."""
+    first = given_first(dict(selected.arguments).get("first", default), most)
+    if first is None:
         raise NotPlain
     return first
 
