@@ -17,7 +17,7 @@ Every function answers in one statement, whatever the number of End Users."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -675,6 +675,29 @@ class OrderField(StrEnum):
 _STATUS_SQL = {
     status: f"COALESCE(b.status, 'NO_ALLOCATION') = '{status}'" for status in StatusFilter
 }
+
+
+def _status_total(app: str, pool: str, statuses: Iterable[StatusFilter]) -> str:
+    """The number of the application's End Users whose status in the pool is one of
+    `statuses`, counted from the pool's balances, not End User by End User: an End User
+    holds at most one balance in a pool, and one without a balance was never allocated
+    anything there (NO_ALLOCATION). So it is the balances of those statuses, or, with
+    NO_ALLOCATION among them, every End User less the balances of the other statuses."""
+    wanted = set(statuses)
+    if StatusFilter.NO_ALLOCATION not in wanted:
+        counted, sign = wanted, ""
+    else:
+        counted, sign = set(StatusFilter) - wanted, f"{END_USER_TOTAL.format(app)} - "
+    names = ", ".join(f"'{status.value}'" for status in sorted(counted))
+    balances = (
+        f"(SELECT COUNT(*) FROM end_user_balance b WHERE b.pool_id = {pool}"
+        f" AND b.status IN ({names}))"
+        if counted
+        else "0"
+    )
+    return f"({sign}{balances})"
+
+
 # Projected exhaustion orders by remaining / window use; End Users using nothing never run
 # out and come after every other (a key larger than any ratio of two Ints).
 NEVER = 1e18
@@ -865,13 +888,13 @@ async def end_user_page(
     app = param(application_id)
     where = f"e.application_id = {app}"
     columns = _END_USER_COLUMNS
-    balance_join = joins = pool = ws = ""
+    joins = pool = ws = ""
     if listing.pool_id is not None:
         pool = param(listing.pool_id)
-        balance_join = (
+        joins = (
             f" LEFT JOIN end_user_balance b ON b.end_user_id = e.id AND b.pool_id = {pool}"
+            f" JOIN credit_pool p ON p.id = {pool}"
         )
-        joins = balance_join + f" JOIN credit_pool p ON p.id = {pool}"
         # the window use is only needed (and joined) to order by projected exhaustion
         columns += ", " + _balance_columns(WINDOW_USED if projected else "0")
         if projected:
@@ -907,7 +930,7 @@ async def end_user_page(
                 " OFFSET 0) wu CROSS JOIN (SELECT 0 AS used) wd"
             )
     if listing.statuses:
-        total = f"(SELECT COUNT(*) FROM end_user e{balance_join} WHERE {where})"
+        total = _status_total(app, pool, listing.statuses)
     else:  # every End User of the application: its count, not a scan of them all
         total = END_USER_TOTAL.format(app)
     statement = (

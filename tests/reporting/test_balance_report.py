@@ -7,6 +7,7 @@ that moved since it."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import uuid
 from dataclasses import dataclass
@@ -454,8 +455,8 @@ async def test_id_ordered_pages_and_pool_series_are_planned_once(
 ) -> None:
     """An End User page in id order, a page ordered by a balance (on PostgreSQL, read from
     the balance report's candidates) and a pool's series read the same indexes whatever the
-    application, so they are planned once; a page under a status filter is not (its count's
-    best plan depends on the application's size)."""
+    application, so they are planned once; a page under a status filter is not (how many
+    End Users it walks to fill a page depends on the application's size)."""
     app, pool_id, ids = await _one_pool_tenant(3, 1_000)
     await allocate_credits(app, "ai", EndUserRef(id=ids[0]), 40)
     await consume_credits(app, "ai", EndUserRef(id=ids[0]), 5, "ai_generation")
@@ -479,3 +480,31 @@ async def test_id_ordered_pages_and_pool_series_are_planned_once(
         assert len(planned) == 3 and "usage_rollup_day" in planned[2]
     else:
         assert planned == []  # SQLite has one connection and plans as it does
+
+
+async def test_a_status_filters_total_counts_every_end_user_of_those_statuses(
+    backend: Backend,
+) -> None:
+    """The total of a filtered page, counted from the pool's balances, equals the End Users
+    a page walk finds, for each status and mixes with and without NO_ALLOCATION: End Users
+    without a balance, one whose allocation went back to the pool (a balance in
+    NO_ALLOCATION), LOW, EXHAUSTED and OK ones, and another application's End Users in a
+    pool of its own."""
+    app, pool_id, ids = await _one_pool_tenant(9, 1_000)
+    await set_low_balance_threshold(app, "ai", 10, end_user_default=True)
+    for user, credits in zip(ids[:5], (50, 50, 8, 20, 30), strict=True):
+        await allocate_credits(app, "ai", EndUserRef(id=user), credits)
+    await consume_credits(app, "ai", EndUserRef(id=ids[1]), 50, "ai_generation")  # EXHAUSTED
+    await release_credits(app, "ai", EndUserRef(id=ids[3]), 20)  # NO_ALLOCATION, with a row
+    await consume_credits(app, "ai", EndUserRef(id=ids[4]), 21, "ai_generation")  # LOW
+    other, _, other_ids = await _one_pool_tenant(4, 100)
+    await allocate_credits(other, "ai", EndUserRef(id=other_ids[0]), 5)
+    expected = {"OK": 1, "LOW": 2, "EXHAUSTED": 1, "NO_ALLOCATION": 5}
+    now = datetime.now(UTC)
+    for size in range(1, len(StatusFilter) + 1):
+        for statuses in itertools.combinations(StatusFilter, size):
+            listing = Listing(pool_id, statuses)
+            walked = await _walk(app, listing, now, True)
+            found = sum(len(lines) for lines, _, _ in walked)
+            assert found == sum(expected[s.value] for s in statuses), statuses
+            assert {total for _, _, total in walked} == {found}, statuses
