@@ -30,6 +30,7 @@ from tortoise import fields
 from tortoise.models import Model
 
 from models.errors import ValidationFailed
+from models.rollups import in_tail
 from models.sql import Sql, dumps, loads, single_statement, transaction
 from models.tenancy import Application
 from models.webhook_events import WebhookEvent, enqueue_event
@@ -185,31 +186,44 @@ def validate_period_start(start: datetime) -> datetime:
 
 # ---------------------------------------------------------------------------- the figures
 
+# The entries of a period's application booked since $2: the rollups' days (folded
+# entries, `models.rollups.BillingRollupDay`), then the tail (the entries created since the
+# fold's watermark), each with its lot and the sums `_FLOWS` groups; those booked from $3 on
+# count only as a lot's change since then and its purchase after the period.
+_ENTRIES = f"""
+  SELECT r.lot_id, CASE WHEN r.day >= $3 THEN r.purchases ELSE 0 END AS bought_after,
+    r.changed,
+    CASE WHEN r.day < $3 THEN r.purchased ELSE 0 END AS purchased,
+    CASE WHEN r.day < $3 THEN r.used ELSE 0 END AS used,
+    CASE WHEN r.day < $3 THEN r.expired ELSE 0 END AS expired,
+    CASE WHEN r.day < $3 THEN r.allocated ELSE 0 END AS allocated
+  FROM credit_pool p JOIN billing_rollup_day r ON r.pool_id = p.id AND r.day >= $2
+  WHERE p.application_id = $1
+  UNION ALL
+  SELECT l.lot_id, CASE WHEN l.created_at >= $3 AND l.kind = 'PURCHASE' THEN 1 ELSE 0 END,
+    CASE WHEN l.kind IN ('PURCHASE', 'CONSUME', 'EXPIRE') THEN l.amount ELSE 0 END,
+    CASE WHEN l.created_at < $3 AND l.kind = 'PURCHASE' THEN l.amount ELSE 0 END,
+    CASE WHEN l.created_at < $3 AND l.kind = 'CONSUME' THEN -l.amount ELSE 0 END,
+    CASE WHEN l.created_at < $3 AND l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END,
+    CASE WHEN l.created_at < $3 AND l.kind IN ('ALLOCATE', 'RELEASE') THEN l.amount ELSE 0 END
+  FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id AND {in_tail("l")}
+    AND l.created_at >= $2
+  WHERE p.application_id = $1 AND l.lot_id IS NOT NULL
+"""
 # A period's flows per pool and package, and its opening remaining: each lot's remaining
 # now (its counters equal its ledger sums, `usagegraph verify`) less what the entries booked
-# since the period's start changed, so a period reads the entries booked since it began,
-# not the application's whole history. A lot bought after the period has no part in it.
-_FLOWS = """
+# since the period's start changed, so a period reads what was booked since it began, not
+# the application's whole history. A lot bought after the period has no part in it.
+_FLOWS = f"""
 WITH lots AS (
   SELECT k.id, k.pool_id, k.package, k.credits - k.used - k.expired AS remaining
   FROM credit_pack k JOIN credit_pool p ON p.id = k.pool_id
   WHERE p.application_id = $1
 ), since AS (
-  SELECT l.lot_id,
-    SUM(CASE WHEN l.created_at >= $3 AND l.kind = 'PURCHASE' THEN 1 ELSE 0 END) AS bought_after,
-    SUM(CASE WHEN l.kind IN ('PURCHASE', 'CONSUME', 'EXPIRE') THEN l.amount ELSE 0 END)
-      AS changed,
-    SUM(CASE WHEN l.created_at < $3 AND l.kind = 'PURCHASE' THEN l.amount ELSE 0 END)
-      AS purchased,
-    -SUM(CASE WHEN l.created_at < $3 AND l.kind = 'CONSUME' THEN l.amount ELSE 0 END) AS used,
-    -SUM(CASE WHEN l.created_at < $3 AND l.kind = 'EXPIRE' THEN l.amount ELSE 0 END)
-      AS expired,
-    SUM(CASE WHEN l.created_at < $3 AND l.kind IN ('ALLOCATE', 'RELEASE')
-             THEN l.amount ELSE 0 END) AS allocated
-  FROM ledger_entry l
-  WHERE l.pool_id IN (SELECT id FROM credit_pool WHERE application_id = $1)
-    AND l.created_at >= $2
-  GROUP BY l.lot_id
+  SELECT e.lot_id, SUM(e.bought_after) AS bought_after, SUM(e.changed) AS changed,
+    SUM(e.purchased) AS purchased, SUM(e.used) AS used, SUM(e.expired) AS expired,
+    SUM(e.allocated) AS allocated
+  FROM ({_ENTRIES}) e GROUP BY e.lot_id
 )
 SELECT lots.pool_id, lots.package,
   SUM(lots.remaining - COALESCE(since.changed, 0)) AS opening,
@@ -219,13 +233,18 @@ FROM lots LEFT JOIN since ON since.lot_id = lots.id
 WHERE COALESCE(since.bought_after, 0) = 0
 GROUP BY lots.pool_id, lots.package
 """
-# The End Users who consumed in the period, per pool and in all (pool NULL), from one read
-# of the period's consumptions.
-_ACTIVE = """
+# The End Users who consumed in the period, per pool and in all (pool NULL): the folded
+# months' (`models.rollups.BillingActiveMonth`) and the tail's.
+_ACTIVE = f"""
 WITH pairs AS (
-  SELECT DISTINCT pool_id, end_user_id FROM ledger_entry
-  WHERE pool_id IN (SELECT id FROM credit_pool WHERE application_id = $1) AND kind = 'CONSUME'
-    AND created_at >= $2 AND created_at < $3
+  SELECT a.pool_id, a.end_user_id
+  FROM credit_pool p JOIN billing_active_month a ON a.pool_id = p.id AND a.month = $2
+  WHERE p.application_id = $1
+  UNION
+  SELECT l.pool_id, l.end_user_id
+  FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id AND {in_tail("l")}
+    AND l.created_at >= $2 AND l.created_at < $3
+  WHERE p.application_id = $1 AND l.kind = 'CONSUME' AND l.end_user_id IS NOT NULL
 )
 SELECT pool_id, COUNT(*) AS active FROM pairs GROUP BY pool_id
 UNION ALL SELECT NULL, COUNT(DISTINCT end_user_id) FROM pairs

@@ -13,6 +13,9 @@ Two tables, both fed by `fold_usage` from the ledger entries created before a wa
 - `balance_report` and `pool_report`: each End User balance as the fold saw it, with its
   window use, and per pool the sums the allocation summary needs (`models.balance_report`
   states how readers stay exact with them).
+- `billing_rollup_day` and `billing_active_month`: per lot and UTC day of `created_at`, the
+  sums a billing period reads, and the End Users that consumed in each pool and UTC month of
+  `created_at` (`models.billing`).
 - `end_user_count`: End Users per application as deltas that triggers on `end_user` write
   in the creating statement (migration 0010); the fold merges each application's deltas.
 
@@ -38,6 +41,7 @@ from models.sql import Sql, transaction
 WINDOW = timedelta(days=7)  # burn rates: mean daily use over the last 7 days
 HORIZON_DAYS = 7  # the allocation summary projects use this far ahead
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the watermark before the first fold
+_EPOCH_TEXT = "1970-01-01 00:00:00+00:00"  # as SQLite holds it
 
 
 class _UsageSums(Model):
@@ -77,6 +81,43 @@ class UsageRollupDay(_UsageSums):
     class Meta:
         table = "usage_rollup_day"
         unique_together = (("pool_id", "day", "feature"),)
+
+
+class BillingRollupDay(Model):
+    """Per lot and UTC day of `created_at` (when the ledger booked it), over the entries
+    created before the fold watermark: the change of the lot's remaining (PURCHASE, CONSUME
+    and EXPIRE), what was purchased, used, expired and allocated (net of releases), and the
+    number of purchases. A billing period reads these and the tail (`models.billing`)."""
+
+    id = fields.BigIntField(primary_key=True)
+    pool_id = fields.BigIntField()  # no foreign key: written by the fold only
+    lot_id = fields.BigIntField()
+    day = fields.DatetimeField()
+    changed = fields.BigIntField(default=0)
+    purchased = fields.BigIntField(default=0)
+    used = fields.BigIntField(default=0)
+    expired = fields.BigIntField(default=0)
+    allocated = fields.BigIntField(default=0)
+    purchases = fields.BigIntField(default=0)
+
+    class Meta:
+        table = "billing_rollup_day"
+        unique_together = (("pool_id", "lot_id", "day"),)
+        indexes = (("pool_id", "day"),)
+
+
+class BillingActiveMonth(Model):
+    """An End User that consumed in a pool in a UTC month of `created_at`, over the entries
+    created before the fold watermark."""
+
+    id = fields.BigIntField(primary_key=True)
+    pool_id = fields.BigIntField()
+    month = fields.DatetimeField()
+    end_user_id = fields.BigIntField()
+
+    class Meta:
+        table = "billing_active_month"
+        unique_together = (("pool_id", "month", "end_user_id"),)
 
 
 class EndUserWindowUsage(Model):
@@ -185,11 +226,16 @@ def window_start(now: datetime) -> datetime:
     return floor_hour(now) - WINDOW
 
 
-_SQLITE_TRUNCATED = {"hour": "%Y-%m-%d %H:00:00+00:00", "day": "%Y-%m-%d 00:00:00+00:00"}
+_SQLITE_TRUNCATED = {
+    "hour": "%Y-%m-%d %H:00:00+00:00",
+    "day": "%Y-%m-%d 00:00:00+00:00",
+    "month": "%Y-%m-01 00:00:00+00:00",
+}
 
 
 def truncated_sql(db: Sql, period: str, column: str) -> str:
-    """The UTC hour or day a timestamp column falls in, as a value of the column's type."""
+    """The UTC hour, day or month a timestamp column falls in, as a value of the column's
+    type."""
     if db.postgres:
         return f"date_trunc('{period}', {column} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     return f"strftime('{_SQLITE_TRUNCATED[period]}', {column})"
@@ -211,6 +257,35 @@ async def fold_usage() -> bool:
     every ledger entry is either in the rollups (created before the watermark) or in the
     tail a report reads (created at or after it), never both."""
     return await transaction(_fold)
+
+
+_DERIVED = (
+    "usage_rollup",
+    "usage_rollup_day",
+    "billing_rollup_day",
+    "billing_active_month",
+    "end_user_window_usage",
+    "balance_report",
+    "pool_report",
+)
+
+
+async def rebuild_rollups() -> None:
+    """Every rollup summed afresh from the whole ledger, in one transaction: for history
+    booked in the past (`models.clock.booked_at`) once a fold has passed its time, whose
+    entries would otherwise be neither folded nor in the tail."""
+
+    async def work(db: Sql) -> None:
+        await db.run("SELECT watermark FROM rollup_state WHERE id = 1 FOR UPDATE")
+        for table in _DERIVED:
+            await db.run(f"DELETE FROM {table}")
+        await db.run(
+            "UPDATE rollup_state SET watermark = $1, window_start = $1 WHERE id = 1",
+            EPOCH if db.postgres else _EPOCH_TEXT,
+        )
+        await _fold(db)
+
+    await transaction(work)
 
 
 async def _fold(db: Sql) -> bool:
@@ -253,6 +328,7 @@ async def _fold(db: Sql) -> bool:
             old_mark,
             new_mark,
         )
+    await fold_billing(db, old_mark, new_mark)
     start = window_start(datetime.now(UTC))
     window_kept = _same_moment(state["window_start"], start)
     if window_kept:
@@ -288,6 +364,44 @@ async def _fold(db: Sql) -> bool:
         start,
     )
     return True
+
+
+async def fold_billing(db: Sql, old_mark: Any, new_mark: Any) -> None:
+    """Adds the entries created in [old_mark, new_mark) to the billing rollups."""
+    # through the (pool_id, created_at) index, one range per pool
+    entries = (
+        " FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id"
+        " AND l.created_at >= $1 AND l.created_at < $2"
+    )
+    await db.run(
+        "INSERT INTO billing_rollup_day (pool_id, lot_id, day, changed, purchased, used,"
+        f" expired, allocated, purchases) SELECT l.pool_id, l.lot_id,"
+        f" {truncated_sql(db, 'day', 'l.created_at')},"
+        f" SUM(CASE WHEN l.kind IN {_KINDS} THEN l.amount ELSE 0 END),"
+        " SUM(CASE WHEN l.kind = 'PURCHASE' THEN l.amount ELSE 0 END),"
+        " -SUM(CASE WHEN l.kind = 'CONSUME' THEN l.amount ELSE 0 END),"
+        " -SUM(CASE WHEN l.kind = 'EXPIRE' THEN l.amount ELSE 0 END),"
+        " SUM(CASE WHEN l.kind IN ('ALLOCATE', 'RELEASE') THEN l.amount ELSE 0 END),"
+        " SUM(CASE WHEN l.kind = 'PURCHASE' THEN 1 ELSE 0 END)"
+        f"{entries} WHERE l.lot_id IS NOT NULL GROUP BY 1, 2, 3"
+        " ON CONFLICT (pool_id, lot_id, day) DO UPDATE SET"
+        " changed = billing_rollup_day.changed + excluded.changed,"
+        " purchased = billing_rollup_day.purchased + excluded.purchased,"
+        " used = billing_rollup_day.used + excluded.used,"
+        " expired = billing_rollup_day.expired + excluded.expired,"
+        " allocated = billing_rollup_day.allocated + excluded.allocated,"
+        " purchases = billing_rollup_day.purchases + excluded.purchases",
+        old_mark,
+        new_mark,
+    )
+    await db.run(
+        "INSERT INTO billing_active_month (pool_id, month, end_user_id)"
+        f" SELECT DISTINCT l.pool_id, {truncated_sql(db, 'month', 'l.created_at')},"
+        f" l.end_user_id{entries} WHERE l.kind = 'CONSUME' AND l.end_user_id IS NOT NULL"
+        " ON CONFLICT (pool_id, month, end_user_id) DO NOTHING",
+        old_mark,
+        new_mark,
+    )
 
 
 # A balance's 7-day shortfall is max(0, h * window_used - remaining), h = HORIZON / the

@@ -31,6 +31,7 @@ from models.expiry import expire_lots
 from models.ledger import allocate_credits, consume_credits, purchase_credits, release_credits
 from models.records import LedgerEntry
 from models.references import EndUserRef
+from models.rollups import fold_usage, rebuild_rollups
 from models.sql import Sql, single_statement
 from tests.usage_history import (
     HttpApp,
@@ -310,15 +311,37 @@ async def test_periods_open_where_the_ledger_stood_at_their_start(server, http) 
         await release_credits(app.row_id, "ai", u1, 20)
         await allocate_credits(app.row_id, "ai", u2, 100)
         await consume_credits(app.row_id, "ai", u2, 7, "ai_generation")
+    # history booked behind a fold that already passed it: the rollups summed afresh
+    await rebuild_rollups()
+    periods = await _periods_match_the_ledger(app, (before, last, this_month))
+    for earlier, later in itertools.pairwise(periods):  # each opens where the one before closed
+        assert later["ai"]["openingRemaining"] == earlier["ai"]["closingRemaining"] > 0
+    assert periods[2]["inbox_preview"]["openingRemaining"] == 60
+    # entries booked now are in the tail, then folded: the same figures either way
+    await purchase_credits(app.row_id, "ai", 50, package="Growth")
+    await allocate_credits(app.row_id, "ai", u0, 30)
+    await consume_credits(app.row_id, "ai", u0, 9, "ai_generation")
+    await consume_credits(app.row_id, "ai", u2, 3, "ai_generation")
+    tail = await _periods_match_the_ledger(app, (before, last, this_month))
+    assert tail[2]["ai"]["used"] == periods[2]["ai"]["used"] + 12
+    await fold_usage()
+    assert await _periods_match_the_ledger(app, (before, last, this_month)) == tail
+    await consume_credits(app.row_id, "ai", u1, 1, "ai_generation")  # a tail after the fold
+    folded = await _periods_match_the_ledger(app, (before, last, this_month))
+    assert folded[2]["ai"]["used"] == tail[2]["ai"]["used"] + 1
+
+
+async def _periods_match_the_ledger(
+    app: HttpApp, starts: tuple[datetime, ...]
+) -> list[dict[str, Any]]:
+    """Each period's figures, checked against the ledger's rows summed here; by pool."""
     periods = []
-    for start in (before, last, this_month):
+    for start in starts:
         period = await _period(app, start)
         assert period is not None and period["status"] == "OPEN"
         assert _figures(period) == await ledger_period(app.row_id, start), start
         periods.append({p["pool"]: p for p in period["pools"]})
-    for earlier, later in itertools.pairwise(periods):  # each opens where the one before closed
-        assert later["ai"]["openingRemaining"] == earlier["ai"]["closingRemaining"] > 0
-    assert periods[2]["inbox_preview"]["openingRemaining"] == 60
+    return periods
 
 
 async def test_bad_periods_are_typed_errors(server, http) -> None:
