@@ -30,7 +30,7 @@ from tortoise import fields
 from tortoise.models import Model
 
 from models.errors import ValidationFailed
-from models.rollups import in_tail
+from models.rollups import BILLING_WATERMARK, in_tail
 from models.sql import Sql, dumps, loads, single_statement, transaction
 from models.tenancy import Application
 from models.webhook_events import WebhookEvent, enqueue_event
@@ -187,9 +187,10 @@ def validate_period_start(start: datetime) -> datetime:
 # ---------------------------------------------------------------------------- the figures
 
 # The entries of a period's application booked since $2: the rollups' days (folded
-# entries, `models.rollups.BillingRollupDay`), then the tail (the entries created since the
-# fold's watermark), each with its lot and the sums `_FLOWS` groups; those booked from $3 on
-# count only as a lot's change since then and its purchase after the period.
+# entries, `models.rollups.BillingRollupDay`), then the tail (the entries created since
+# the billing rollups' watermark), each with its lot and the sums `_FLOWS` groups; those
+# booked from $3 on count only as a lot's change since then and its purchase after the
+# period.
 _ENTRIES = f"""
   SELECT r.lot_id, CASE WHEN r.day >= $3 THEN r.purchases ELSE 0 END AS bought_after,
     r.changed,
@@ -206,7 +207,7 @@ _ENTRIES = f"""
     CASE WHEN l.created_at < $3 AND l.kind = 'CONSUME' THEN -l.amount ELSE 0 END,
     CASE WHEN l.created_at < $3 AND l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END,
     CASE WHEN l.created_at < $3 AND l.kind IN ('ALLOCATE', 'RELEASE') THEN l.amount ELSE 0 END
-  FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id AND {in_tail("l")}
+  FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id AND {in_tail("l", BILLING_WATERMARK)}
     AND l.created_at >= $2
   WHERE p.application_id = $1 AND l.lot_id IS NOT NULL
 """
@@ -242,7 +243,7 @@ WITH pairs AS (
   WHERE p.application_id = $1
   UNION
   SELECT l.pool_id, l.end_user_id
-  FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id AND {in_tail("l")}
+  FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id AND {in_tail("l", BILLING_WATERMARK)}
     AND l.created_at >= $2 AND l.created_at < $3
   WHERE p.application_id = $1 AND l.kind = 'CONSUME' AND l.end_user_id IS NOT NULL
 )

@@ -211,6 +211,11 @@ class RollupState(Model):
     id = fields.IntField(primary_key=True)
     watermark = fields.DatetimeField()
     window_start = fields.DatetimeField()
+    # Entries created before it are in the billing rollups. A mark of its own: a process of
+    # a version without them may still fold (during a rolling upgrade) and move `watermark`
+    # past entries it never added to them; billing's tail starts here and misses none.
+    # (Null only until migration 0020 sets it.)
+    billing_watermark = fields.DatetimeField(null=True)
 
     class Meta:
         table = "rollup_state"
@@ -280,7 +285,8 @@ async def rebuild_rollups() -> None:
         for table in _DERIVED:
             await db.run(f"DELETE FROM {table}")
         await db.run(
-            "UPDATE rollup_state SET watermark = $1, window_start = $1 WHERE id = 1",
+            "UPDATE rollup_state SET watermark = $1, window_start = $1, billing_watermark = $1"
+            " WHERE id = 1",
             EPOCH if db.postgres else _EPOCH_TEXT,
         )
         await _fold(db)
@@ -289,7 +295,10 @@ async def rebuild_rollups() -> None:
 
 
 async def _fold(db: Sql) -> bool:
-    state = await db.row("SELECT watermark, window_start FROM rollup_state WHERE id = 1 FOR UPDATE")
+    state = await db.row(
+        "SELECT watermark, window_start, billing_watermark FROM rollup_state WHERE id = 1"
+        " FOR UPDATE"
+    )
     assert state is not None, "migration 0008 creates the rollup state row"
     if db.postgres:
         new_mark = await db.value(_PG_WATERMARK)
@@ -328,7 +337,7 @@ async def _fold(db: Sql) -> bool:
             old_mark,
             new_mark,
         )
-    await fold_billing(db, old_mark, new_mark)
+    await fold_billing(db, state["billing_watermark"], new_mark)
     start = window_start(datetime.now(UTC))
     window_kept = _same_moment(state["window_start"], start)
     if window_kept:
@@ -367,7 +376,9 @@ async def _fold(db: Sql) -> bool:
 
 
 async def fold_billing(db: Sql, old_mark: Any, new_mark: Any) -> None:
-    """Adds the entries created in [old_mark, new_mark) to the billing rollups."""
+    """Adds the entries created in [old_mark, new_mark) to the billing rollups and moves
+    their watermark to `new_mark` (`old_mark`, the billing watermark, may lie behind the
+    fold's own: see `RollupState`)."""
     # through the (pool_id, created_at) index, one range per pool
     entries = (
         " FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id"
@@ -402,6 +413,7 @@ async def fold_billing(db: Sql, old_mark: Any, new_mark: Any) -> None:
         old_mark,
         new_mark,
     )
+    await db.run("UPDATE rollup_state SET billing_watermark = $1 WHERE id = 1", new_mark)
 
 
 # A balance's 7-day shortfall is max(0, h * window_used - remaining), h = HORIZON / the
@@ -539,13 +551,16 @@ def _same_moment(stored: Any, moment: datetime) -> bool:
 WATERMARK = "(SELECT watermark FROM rollup_state WHERE id = 1)"
 
 
-def in_tail(alias: str) -> str:
+BILLING_WATERMARK = "(SELECT billing_watermark FROM rollup_state WHERE id = 1)"
+
+
+def in_tail(alias: str, watermark: str = WATERMARK) -> str:
     """The entries of ledger_entry `alias` a report reads live: created at or after the
-    watermark. The bound 'infinity' excludes nothing (SQLite compares the text: digits sort
-    before 'i'); it makes PostgreSQL estimate a range of unknown bounds (0.5% of the rows)
-    instead of a third of the ledger, so the hash tables and plans built for the tail fit
-    its real size."""
-    return f"{alias}.created_at >= {WATERMARK} AND {alias}.created_at < 'infinity'"
+    watermark (`BILLING_WATERMARK` for the billing rollups). The bound 'infinity' excludes
+    nothing (SQLite compares the text: digits sort before 'i'); it makes PostgreSQL estimate
+    a range of unknown bounds (0.5% of the rows) instead of a third of the ledger, so the
+    hash tables and plans built for the tail fit its real size."""
+    return f"{alias}.created_at >= {watermark} AND {alias}.created_at < 'infinity'"
 
 
 FOLDED_WINDOW_START = "(SELECT window_start FROM rollup_state WHERE id = 1)"

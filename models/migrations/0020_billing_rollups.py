@@ -2,7 +2,8 @@
 (`billing_rollup_day`), and the End Users that consumed in each pool and UTC month of
 `created_at` (`billing_active_month`), so that an open period reads a row per lot and day
 and the tail instead of every entry booked in the month. The entries already folded are
-summed here; the fold keeps them from then on."""
+summed here; the fold keeps them from then on, from a watermark of their own
+(`billing_watermark`: a process of the previous version may still fold meanwhile)."""
 
 from tortoise import fields, migrations
 from tortoise.indexes import Index
@@ -18,12 +19,15 @@ _TRUNCATED = {
         "month": "strftime('%Y-%m-01 00:00:00+00:00', l.created_at)",
     },
 }
-_FOLDED = "l.created_at < (SELECT watermark FROM rollup_state WHERE id = 1)"
+_FOLDED = "l.created_at < (SELECT billing_watermark FROM rollup_state WHERE id = 1)"
 
 
 async def sum_folded(apps, schema_editor) -> None:
     client = schema_editor.client
     truncated = _TRUNCATED["postgres" if client.capabilities.dialect == "postgres" else "sqlite"]
+    # the billing rollups hold what was folded so far; a fold moving the watermark meanwhile
+    # (a process of the previous version) leaves its entries to billing's tail
+    await client.execute_script("UPDATE rollup_state SET billing_watermark = watermark WHERE id = 1")
     await client.execute_script(
         "INSERT INTO billing_rollup_day (pool_id, lot_id, day, changed, purchased, used,"
         f" expired, allocated, purchases) SELECT l.pool_id, l.lot_id, {truncated['day']},"
@@ -75,6 +79,11 @@ class Migration(migrations.Migration):
             ],
             options={"table": "billing_active_month", "app": "models", "unique_together": (("pool_id", "month", "end_user_id"),), "pk_attr": "id"},
             bases=["Model"],
+        ),
+        ops.AddField(
+            model_name="RollupState",
+            name="billing_watermark",
+            field=fields.DatetimeField(null=True, auto_now=False, auto_now_add=False),
         ),
         ops.RunPython(sum_folded),
     ]

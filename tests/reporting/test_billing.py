@@ -331,6 +331,33 @@ async def test_periods_open_where_the_ledger_stood_at_their_start(server, http) 
     assert folded[2]["ai"]["used"] == tail[2]["ai"]["used"] + 1
 
 
+async def test_a_fold_that_skips_the_billing_rollups_loses_no_entry(
+    server, http, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a rolling upgrade a process of the previous version folds without the billing
+    rollups and moves the fold's watermark past entries it never added to them: billing's
+    own watermark stays behind, its tail still holds them, and the next fold adds them."""
+    app = await new_application(server, http)
+    (row,) = await upsert_end_users(app.row_id, [EndUserInput("r0")])
+    user = EndUserRef(id=row.id)
+    await purchase_credits(app.row_id, "ai", 100, package="Growth")
+    await allocate_credits(app.row_id, "ai", user, 60)
+    await fold_usage()
+    this_month = month_start(datetime.now(UTC))
+    await consume_credits(app.row_id, "ai", user, 11, "ai_generation")
+    with monkeypatch.context() as patched:
+        patched.setattr("models.rollups.fold_billing", _no_billing)
+        assert await fold_usage()
+    (period,) = await _periods_match_the_ledger(app, (this_month,))
+    assert period["ai"]["used"] == 11 and period["ai"]["activeEndUsers"] == 1
+    await fold_usage()
+    assert await _periods_match_the_ledger(app, (this_month,)) == [period]
+
+
+async def _no_billing(*_: Any) -> None:
+    """A fold of a version without the billing rollups."""
+
+
 async def _periods_match_the_ledger(
     app: HttpApp, starts: tuple[datetime, ...]
 ) -> list[dict[str, Any]]:
