@@ -279,6 +279,7 @@ async def read_phase(args: argparse.Namespace, url: str, dsn: str, work_dir: Pat
         "no filter": None,
         "outcome SERVER_ERROR": {"outcome": "SERVER_ERROR"},
         "statusClass 4": {"statusClass": 4},
+        "statusClass 5 (rare)": {"statusClass": 5},
         "endpoint + last 7 days": {
             "endpoint": "POST /graphql allocateCredits",
             "from": (now - timedelta(days=7)).isoformat(),

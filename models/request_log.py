@@ -294,6 +294,8 @@ class LogFilter:
         if self.status_class is not None:
             add("status >= ?", self.status_class * 100)
             add("status < ?", self.status_class * 100 + 100)
+            if self.status_class >= 4:  # as the error entries' index is defined (0021)
+                conditions.append("status >= 400")
         if self.outcome is not None:
             add("outcome = ?", self.outcome.value)
         if self.endpoint is not None:

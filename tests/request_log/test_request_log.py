@@ -332,6 +332,9 @@ async def test_filters_and_keyset_pages(server, http) -> None:
 
     assert await ids(outcome="SERVER_ERROR") == {i for i in range(60) if i % 4 == 3}
     assert await ids(statusClass=4) == {i for i in range(60) if i % 4 in (1, 2)}
+    assert await ids(statusClass=5) == {i for i in range(60) if i % 4 == 3}
+    assert await ids(statusClass=2) == {i for i in range(60) if i % 4 == 0}
+    assert await ids(statusClass=5, apiKeyPrefix="svc-a") == {i for i in range(60) if i % 4 == 3}
     assert await ids(endpoint="POST /email/send") == {i for i in range(60) if i % 3 == 0}
     assert await ids(apiKeyPrefix="svc-b", outcome="OK") == {i for i in range(60) if i % 4 == 0}
     assert await ids(endUser={"externalId": "u0"}) == {i for i in range(60) if i % 5 == 0}
