@@ -31,7 +31,7 @@ from models.end_users import EndUserInput, upsert_end_users
 from models.expiry import expire_lots
 from models.ledger import allocate_credits, consume_credits, purchase_credits, release_credits
 from models.references import EndUserRef
-from models.rollups import fold_usage
+from models.rollups import rebuild_rollups
 from models.tenancy import ApiKey, ApiKeyRole, Application, Organization
 
 DEMO_ORGANIZATION = "usagegraph demo"
@@ -115,7 +115,8 @@ async def _book_history(settings: Settings, now: datetime) -> int:
     history = _History(application.id, start, now)
     await history.book()
     await book_requests(settings, application.id, backend_key.secret, now, history.rng)
-    await fold_usage()  # reports read the rollups: fold the history in
+    # reports read the rollups: the history summed in, also where a fold already passed it
+    await rebuild_rollups()
     organization.name = DEMO_ORGANIZATION
     await organization.save(update_fields=["name"])
     return application.id

@@ -10,6 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from models.rollups import truncated_sql
 from models.sql import Sql, transaction
 
 _SUMS = """
@@ -40,8 +41,9 @@ def _compare(
 
 async def verify_ledger() -> list[str]:
     """Every difference between a counter and its ledger sum, plus every broken lot
-    conservation (credits = unallocated + held + used + expired) and every application
-    whose End User count is not its number of End Users; [] when all agree."""
+    conservation (credits = unallocated + held + used + expired), every application
+    whose End User count is not its number of End Users, and every billing rollup that
+    differs from the ledger entries it folded; [] when all agree."""
     return await transaction(_verify)
 
 
@@ -139,4 +141,37 @@ async def _verify(db: Sql) -> list[str]:
                 f"lot {key}: {lot['credits']} credits but unallocated + held + used + expired"
                 f" = {total}"
             )
+    problems += await _billing_rollups(db)
     return problems
+
+
+async def _billing_rollups(db: Sql) -> list[str]:
+    """The billing rollups against the ledger entries created before their watermark."""
+    folded = "created_at < (SELECT billing_watermark FROM rollup_state WHERE id = 1)"
+    day, month = truncated_sql(db, "day", "created_at"), truncated_sql(db, "month", "created_at")
+    keys = ("pool_id", "lot_id", "day")
+    sums = await db.rows(
+        f"SELECT pool_id, lot_id, {day} AS day,"
+        " SUM(CASE WHEN kind IN ('PURCHASE', 'CONSUME', 'EXPIRE') THEN amount ELSE 0 END)"
+        f" AS changed, {_SUMS}, SUM(CASE WHEN kind = 'PURCHASE' THEN 1 ELSE 0 END) AS purchases"
+        f" FROM ledger_entry WHERE lot_id IS NOT NULL AND {folded} GROUP BY 1, 2, 3"
+    )
+    problems = _compare(
+        "billing day",
+        _by(await db.rows("SELECT * FROM billing_rollup_day"), keys),
+        _by(sums, keys),
+        {name: name for name in _BILLED},
+    )
+    active = await db.rows(
+        f"SELECT DISTINCT pool_id, {month} AS month, end_user_id FROM ledger_entry"
+        f" WHERE kind = 'CONSUME' AND end_user_id IS NOT NULL AND {folded}"
+    )
+    kept = await db.rows("SELECT pool_id, month, end_user_id FROM billing_active_month")
+    wanted = {tuple(row.values()) for row in active}
+    have = {tuple(row.values()) for row in kept}
+    problems += [f"billing active End User {key}: not in the rollup" for key in wanted - have]
+    problems += [f"billing active End User {key}: no such consumption" for key in have - wanted]
+    return problems
+
+
+_BILLED = ("changed", "purchased", "used", "expired", "allocated", "purchases")

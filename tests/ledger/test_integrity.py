@@ -1,5 +1,5 @@
 """The database itself refuses an overdraw and any change to a ledger entry (docs/ledger.md rule 2),
-and verify reports a counter that drifted from the ledger."""
+and verify reports a counter or a billing rollup that drifted from the ledger."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from tortoise import Tortoise
 from tortoise.exceptions import OperationalError
 
 from models.credits import CreditPool
+from models.ledger import consume_credits
 from models.records import LedgerEntry
+from models.references import EndUserRef
+from models.rollups import fold_usage, rebuild_rollups
 from models.verify import verify_ledger
 from tests.ledger_helpers import end_users_holding
 
@@ -58,6 +61,30 @@ async def test_verify_reports_a_counter_that_drifted(tenant) -> None:
         assert len(problems) == 1 and "allocated is 9, the ledger says 10" in problems[0]
     finally:
         await _execute(f"UPDATE credit_pool SET allocated = allocated + 1 WHERE id = {pool.id}")
+    assert await verify_ledger() == []
+
+
+async def test_verify_reports_a_billing_rollup_that_drifted(tenant) -> None:
+    users = await end_users_holding(tenant.application_id, count=2, credits_each=5)
+    pool = await CreditPool.get(application_id=tenant.application_id, key="ai")
+    await fold_usage()
+    mine = f"pool_id = {pool.id}"
+    await _execute(f"UPDATE billing_rollup_day SET allocated = allocated - 1 WHERE {mine}")
+    try:
+        problems = await verify_ledger()
+        assert len(problems) == 1 and "billing day" in problems[0], problems
+        assert "allocated is 9, the ledger says 10" in problems[0]
+    finally:
+        await _execute(f"UPDATE billing_rollup_day SET allocated = allocated + 1 WHERE {mine}")
+    await consume_credits(tenant.application_id, "ai", EndUserRef(id=users[0]), 1, "ai_generation")
+    assert await verify_ledger() == []
+    await fold_usage()
+    await _execute(f"DELETE FROM billing_active_month WHERE {mine}")
+    try:
+        problems = await verify_ledger()
+        assert len(problems) == 1 and "billing active End User" in problems[0], problems
+    finally:
+        await rebuild_rollups()
     assert await verify_ledger() == []
 
 
