@@ -43,7 +43,7 @@ def migrate() -> None:
 
 @app.command()
 def verify() -> None:
-    """Recompute every balance from the ledger; exit 1 on any difference."""
+    """Recompute every balance and billing rollup from the ledger; exit 1 on any difference."""
     from models.verify import verify_ledger
 
     problems = _with_database(verify_ledger)
@@ -53,6 +53,17 @@ def verify() -> None:
         typer.echo(f"{len(problems)} difference(s) between counters and ledger", err=True)
         raise typer.Exit(1)
     typer.echo("ledger verified: every counter equals its ledger sum")
+
+
+@app.command("rebuild-rollups")
+def rebuild_rollups() -> None:
+    """Sum every rollup afresh from the whole ledger (reports and billing read them): after
+    history was written behind the fold, as a restore can leave it. One transaction; the
+    service may keep running."""
+    from models.rollups import rebuild_rollups as rebuild
+
+    _with_database(rebuild)
+    typer.echo("rollups summed afresh from the ledger")
 
 
 @app.command("create-org")

@@ -76,6 +76,21 @@ def test_verify_exits_1_on_a_difference(migrated: Path) -> None:
     assert "purchased is 7, the ledger says 0" in bad.stderr
 
 
+def test_rebuild_rollups_sums_a_billing_rollup_that_drifted(migrated: Path) -> None:
+    with sqlite3.connect(migrated / "cli.sqlite3") as db:
+        db.execute(
+            "INSERT INTO billing_rollup_day (pool_id, lot_id, day, changed, purchased, used,"
+            " expired, allocated, purchases) VALUES (1, 1, '2026-01-01 00:00:00+00:00',"
+            " 0, 5, 0, 0, 0, 1)"
+        )
+    bad = _usagegraph(migrated, "verify")
+    assert bad.returncode == 1 and "billing day" in bad.stderr
+    rebuilt = _usagegraph(migrated, "rebuild-rollups")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    ok = _usagegraph(migrated, "verify")
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_serve_demo_prints_a_working_key(tmp_path: Path) -> None:
     """The README's first command: the service on the embedded default, with demo data."""
     with demo_server(tmp_path) as demo:
