@@ -629,6 +629,70 @@ async def ledger_scan(dsn: str, app: int, start: datetime, end: datetime) -> flo
     return statistics.median(times) * 1000
 
 
+# A billing period's two reads without the rollups: every entry booked since the period's
+# start, as a period was read before the billing rollups (the baseline of `billing_reads`).
+LEDGER_ENTRIES = """
+  SELECT l.lot_id, CASE WHEN l.created_at >= $3 AND l.kind = 'PURCHASE' THEN 1 ELSE 0 END
+      AS bought_after,
+    CASE WHEN l.kind IN ('PURCHASE', 'CONSUME', 'EXPIRE') THEN l.amount ELSE 0 END AS changed,
+    CASE WHEN l.created_at < $3 AND l.kind = 'PURCHASE' THEN l.amount ELSE 0 END AS purchased,
+    CASE WHEN l.created_at < $3 AND l.kind = 'CONSUME' THEN -l.amount ELSE 0 END AS used,
+    CASE WHEN l.created_at < $3 AND l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END AS expired,
+    CASE WHEN l.created_at < $3 AND l.kind IN ('ALLOCATE', 'RELEASE') THEN l.amount ELSE 0 END
+      AS allocated
+  FROM ledger_entry l
+  WHERE l.pool_id IN (SELECT id FROM credit_pool WHERE application_id = $1)
+    AND l.created_at >= $2
+"""
+LEDGER_ACTIVE = """
+WITH pairs AS (
+  SELECT DISTINCT pool_id, end_user_id FROM ledger_entry
+  WHERE pool_id IN (SELECT id FROM credit_pool WHERE application_id = $1) AND kind = 'CONSUME'
+    AND created_at >= $2 AND created_at < $3
+)
+SELECT pool_id, COUNT(*) AS active FROM pairs GROUP BY pool_id
+UNION ALL SELECT NULL, COUNT(DISTINCT end_user_id) FROM pairs
+"""
+
+
+async def billing_reads(dsn: str, app: int) -> list[tuple[datetime, int, float, float]]:
+    """Each month with entries: its entries, and the median time of its billing figures'
+    two statements as the server sends them (rollups and tail) and straight from the
+    ledger, after checking that both give the same rows."""
+    from models.billing import _ACTIVE, _FLOWS, flows_statement, next_month
+
+    conn = await asyncpg.connect(dsn)
+    found = []
+    try:
+        months = await conn.fetch(
+            "SELECT date_trunc('month', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS m,"
+            " COUNT(*) AS n FROM ledger_entry WHERE application_id = $1 GROUP BY 1 ORDER BY 1",
+            app,
+        )
+        for month in months:
+            start = month["m"]
+            end = next_month(start)
+            timings = {}
+            answers = {}
+            for name, pair in (
+                ("ours", (_FLOWS, _ACTIVE)),
+                ("ledger", (flows_statement(LEDGER_ENTRIES), LEDGER_ACTIVE)),
+            ):
+                times = []
+                for _ in range(5):
+                    began = time.perf_counter()
+                    rows = [await conn.fetch(text, app, start, end) for text in pair]
+                    times.append(time.perf_counter() - began)
+                timings[name] = statistics.median(times) * 1000
+                answers[name] = [sorted(map(tuple, part), key=str) for part in rows]
+            if answers["ours"] != answers["ledger"]:
+                raise SystemExit(f"billing figures of {start:%Y-%m} differ from the ledger's")
+            found.append((start, month["n"], timings["ours"], timings["ledger"]))
+    finally:
+        await conn.close()
+    return found
+
+
 # ------------------------------------------------------------ database and server (shared)
 
 
@@ -903,6 +967,7 @@ async def main() -> int:
         )
         encode_ms = encoding_ms(data)
         scan = await ledger_scan(dsn, app, now - timedelta(days=options.days), now)
+        billing = await billing_reads(dsn, app)
         print()
         print(
             f"| run of {now:%Y-%m-%d} ({options.end_users:,} End Users, {options.events:,}"
@@ -931,6 +996,12 @@ async def main() -> int:
             f"| 90 days of DAY buckets straight from the ledger (one query, alone) |"
             f" | {scan:.1f} ms | |"
         )
+        for start, entries, ours, ledger in billing:
+            print(
+                f"| billing figures of {start:%Y-%m} ({entries:,} entries booked): rollups and"
+                f" tail | | {ours:.1f} ms | |"
+            )
+            print(f"| (the same, straight from the ledger) | | {ledger:.1f} ms | |")
         if options.statements:
             await print_statement_costs(replay, statements, capture, options)
         verdict = result["p50"] < 50 and result["p99"] < 150

@@ -215,7 +215,12 @@ _ENTRIES = f"""
 # now (its counters equal its ledger sums, `usagegraph verify`) less what the entries booked
 # since the period's start changed, so a period reads what was booked since it began, not
 # the application's whole history. A lot bought after the period has no part in it.
-_FLOWS = f"""
+
+
+def flows_statement(entries: str) -> str:
+    """The flows statement over `entries`, a SELECT of the application's entries booked
+    since $2 as (lot_id, bought_after, changed, purchased, used, expired, allocated)."""
+    return f"""
 WITH lots AS (
   SELECT k.id, k.pool_id, k.package, k.credits - k.used - k.expired AS remaining
   FROM credit_pack k JOIN credit_pool p ON p.id = k.pool_id
@@ -224,7 +229,7 @@ WITH lots AS (
   SELECT e.lot_id, SUM(e.bought_after) AS bought_after, SUM(e.changed) AS changed,
     SUM(e.purchased) AS purchased, SUM(e.used) AS used, SUM(e.expired) AS expired,
     SUM(e.allocated) AS allocated
-  FROM ({_ENTRIES}) e GROUP BY e.lot_id
+  FROM ({entries}) e GROUP BY e.lot_id
 )
 SELECT lots.pool_id, lots.package,
   SUM(lots.remaining - COALESCE(since.changed, 0)) AS opening,
@@ -234,6 +239,9 @@ FROM lots LEFT JOIN since ON since.lot_id = lots.id
 WHERE COALESCE(since.bought_after, 0) = 0
 GROUP BY lots.pool_id, lots.package
 """
+
+
+_FLOWS = flows_statement(_ENTRIES)
 # The End Users who consumed in the period, per pool and in all (pool NULL): the folded
 # months' (`models.rollups.BillingActiveMonth`) and the tail's.
 _ACTIVE = f"""
