@@ -29,6 +29,7 @@ from models.allocation_report import (
     window_days,
     write_burns,
 )
+from models.billing import billing_period, month_start
 from models.consumption import (
     MAD_TO_SIGMA,
     MIN_SPIKE_BUCKETS,
@@ -765,3 +766,9 @@ async def test_concurrent_folds_and_consumptions_keep_series_exact(backend: Back
     (series,) = await consumption_series([SeriesKey(app, buckets, pool_id=pools["ai"])])
     assert series.total_used == sums[("used", pools["ai"])] == sum(1 + i % 5 for i in range(40))
     await _check_burn(app, users)
+    # the billing rollups too: each entry counted once, whether folded or in the tail
+    period = await billing_period(app, month_start(datetime.now(UTC)))
+    assert period is not None
+    (ai,) = [pool for pool in period.pools if pool.pool == "ai"]
+    assert ai.used == sum(1 + i % 5 for i in range(40)) and ai.active_end_users == 3
+    assert await verify_ledger() == []
