@@ -208,7 +208,6 @@ BALANCE_FIELD_COLUMNS = {
     "version": "version",
     "lowBalanceThreshold": "threshold",
 }
-_TEXT_COLUMNS = ("pool_key", "status")
 # A balance's fields of its burn: the database writes a mark with the window's use and the
 # remaining credits (control characters, which its JSON never holds raw), which the server
 # replaces by the value (`write_burns`), so the two are computed by one code.
@@ -224,8 +223,10 @@ def _balance_value(field: str) -> str:
             " || x.remaining::text || chr(31)"
         )
     column = BALANCE_FIELD_COLUMNS[field]
-    if column in _TEXT_COLUMNS:
-        return json_sql.json_text(f"x.{column}")
+    if column == "status":  # a BalanceStatus name, never null (`_balance_columns`)
+        return json_sql.name_text("x.status")
+    if column == "pool_key":  # text of the application's choosing: escaped
+        return json_sql.json_text("x.pool_key")
     return f"COALESCE(x.{column}::text, 'null')"
 
 

@@ -44,6 +44,12 @@ def json_text(sql: str) -> str:
     return f"COALESCE(to_json({sql})::text, 'null')"
 
 
+def name_text(sql: str) -> str:
+    """The JSON text of a non-null name of ours that JSON holds as it is (an enum value's
+    stored name: capitals and underscores), without `to_json`'s escaping pass."""
+    return f"('\"' || {sql} || '\"')"
+
+
 def type_name(name: str) -> str:
     """A `__typename` entry's value."""
     return f"'{name}'::text"
