@@ -631,19 +631,17 @@ async def ledger_scan(dsn: str, app: int, start: datetime, end: datetime) -> flo
 
 # A billing period's two reads without the rollups: every entry booked since the period's
 # start, as a period was read before the billing rollups (the baseline of `billing_reads`).
-LEDGER_ENTRIES = """
-  SELECT l.lot_id, CASE WHEN l.created_at >= $3 AND l.kind = 'PURCHASE' THEN 1 ELSE 0 END
-      AS bought_after,
-    CASE WHEN l.kind IN ('PURCHASE', 'CONSUME', 'EXPIRE') THEN l.amount ELSE 0 END AS changed,
-    CASE WHEN l.created_at < $3 AND l.kind = 'PURCHASE' THEN l.amount ELSE 0 END AS purchased,
-    CASE WHEN l.created_at < $3 AND l.kind = 'CONSUME' THEN -l.amount ELSE 0 END AS used,
-    CASE WHEN l.created_at < $3 AND l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END AS expired,
-    CASE WHEN l.created_at < $3 AND l.kind IN ('ALLOCATE', 'RELEASE') THEN l.amount ELSE 0 END
-      AS allocated
-  FROM ledger_entry l
-  WHERE l.pool_id IN (SELECT id FROM credit_pool WHERE application_id = $1)
-    AND l.created_at >= $2
-"""
+def ledger_entries() -> str:
+    """The entries of `models.billing.flows_statement` read from the ledger alone."""
+    from models.billing import ENTRY_COLUMNS
+
+    return (
+        f"SELECT {ENTRY_COLUMNS} FROM ledger_entry l"
+        " WHERE l.pool_id IN (SELECT id FROM credit_pool WHERE application_id = $1)"
+        " AND l.created_at >= $2"
+    )
+
+
 LEDGER_ACTIVE = """
 WITH pairs AS (
   SELECT DISTINCT pool_id, end_user_id FROM ledger_entry
@@ -676,7 +674,7 @@ async def billing_reads(dsn: str, app: int) -> list[tuple[datetime, int, float, 
             answers = {}
             for name, pair in (
                 ("ours", (_FLOWS, _ACTIVE)),
-                ("ledger", (flows_statement(LEDGER_ENTRIES), LEDGER_ACTIVE)),
+                ("ledger", (flows_statement(ledger_entries()), LEDGER_ACTIVE)),
             ):
                 times = []
                 for _ in range(5):

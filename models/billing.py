@@ -186,6 +186,17 @@ def validate_period_start(start: datetime) -> datetime:
 
 # ---------------------------------------------------------------------------- the figures
 
+# A ledger entry (l) booked since $2 as a period's flows sum it: its lot, whether it is the
+# lot's purchase after the period ($3 on), its change of the lot's remaining, and its part of
+# the period's purchased, used, expired and allocated.
+ENTRY_COLUMNS = """l.lot_id,
+    CASE WHEN l.created_at >= $3 AND l.kind = 'PURCHASE' THEN 1 ELSE 0 END AS bought_after,
+    CASE WHEN l.kind IN ('PURCHASE', 'CONSUME', 'EXPIRE') THEN l.amount ELSE 0 END AS changed,
+    CASE WHEN l.created_at < $3 AND l.kind = 'PURCHASE' THEN l.amount ELSE 0 END AS purchased,
+    CASE WHEN l.created_at < $3 AND l.kind = 'CONSUME' THEN -l.amount ELSE 0 END AS used,
+    CASE WHEN l.created_at < $3 AND l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END AS expired,
+    CASE WHEN l.created_at < $3 AND l.kind IN ('ALLOCATE', 'RELEASE') THEN l.amount ELSE 0 END
+      AS allocated"""
 # The entries of a period's application booked since $2: the rollups' days (folded
 # entries, `models.rollups.BillingRollupDay`), then the tail (the entries created since
 # the billing rollups' watermark), each with its lot and the sums `_FLOWS` groups; those
@@ -201,12 +212,7 @@ _ENTRIES = f"""
   FROM credit_pool p JOIN billing_rollup_day r ON r.pool_id = p.id AND r.day >= $2
   WHERE p.application_id = $1
   UNION ALL
-  SELECT l.lot_id, CASE WHEN l.created_at >= $3 AND l.kind = 'PURCHASE' THEN 1 ELSE 0 END,
-    CASE WHEN l.kind IN ('PURCHASE', 'CONSUME', 'EXPIRE') THEN l.amount ELSE 0 END,
-    CASE WHEN l.created_at < $3 AND l.kind = 'PURCHASE' THEN l.amount ELSE 0 END,
-    CASE WHEN l.created_at < $3 AND l.kind = 'CONSUME' THEN -l.amount ELSE 0 END,
-    CASE WHEN l.created_at < $3 AND l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END,
-    CASE WHEN l.created_at < $3 AND l.kind IN ('ALLOCATE', 'RELEASE') THEN l.amount ELSE 0 END
+  SELECT {ENTRY_COLUMNS}
   FROM credit_pool p JOIN ledger_entry l ON l.pool_id = p.id AND {in_tail("l", BILLING_WATERMARK)}
     AND l.created_at >= $2
   WHERE p.application_id = $1 AND l.lot_id IS NOT NULL

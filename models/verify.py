@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from models.rollups import truncated_sql
+from models.rollups import BILLING_WATERMARK, truncated_sql
 from models.sql import Sql, transaction
 
 _SUMS = """
@@ -147,7 +147,7 @@ async def _verify(db: Sql) -> list[str]:
 
 async def _billing_rollups(db: Sql) -> list[str]:
     """The billing rollups against the ledger entries created before their watermark."""
-    folded = "created_at < (SELECT billing_watermark FROM rollup_state WHERE id = 1)"
+    folded = f"created_at < {BILLING_WATERMARK}"
     day, month = truncated_sql(db, "day", "created_at"), truncated_sql(db, "month", "created_at")
     keys = ("pool_id", "lot_id", "day")
     sums = await db.rows(
