@@ -411,10 +411,8 @@ def _summary_parts(postgres: bool, changed: str) -> tuple[str, str]:
 @lru_cache(maxsize=2)
 def _summary_statement(postgres: bool) -> str:
     ctes, select = _summary_parts(postgres, CHANGED)
-    return (
-        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', borderline=True)}),"
-        f" {ctes} {select}"
-    )
+    changed = changed_end_users("$1", "$2", "$3", borderline=True, postgres=postgres)
+    return f"WITH {CHANGED} AS ({changed}), {ctes} {select}"
 
 
 def _horizon(now: datetime) -> float:
@@ -539,7 +537,7 @@ def _ranked_rows(top: str, postgres: bool, tag: str = "") -> str:
 def _ranked_statement(ranking: Ranking, postgres: bool) -> str:
     direction = _RANKINGS[ranking].direction
     return (
-        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3')}),"
+        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', postgres=postgres)}),"
         f" top AS ({_top(ranking, '$4', postgres)}) {_ranked_rows('top', postgres)}"
         f" ORDER BY top.k {direction}, e.id"
     )
@@ -551,7 +549,7 @@ def _both_rankings_statement(postgres: bool) -> str:
     how many of each); each row tagged with its ranking's position in `Ranking`."""
     first, second = Ranking
     return (
-        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3')}),"
+        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', postgres=postgres)}),"
         f" top_0 AS ({_top(first, '$4', postgres)}), top_1 AS ({_top(second, '$5', postgres)})"
         f" {_ranked_rows('top_0', postgres, '0 AS ranking, ')}"
         f" UNION ALL {_ranked_rows('top_1', postgres, '1 AS ranking, ')}"
@@ -627,7 +625,7 @@ def _summary_and_rankings_statement(postgres: bool) -> str:
         f" UNION ALL {_ranked_rows('top_1', postgres, '1 AS ranking, ')}"
     )
     return (
-        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3')}),"
+        f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', postgres=postgres)}),"
         f" {_WITH_BORDERLINE} AS (SELECT end_user_id FROM {CHANGED}"
         f" UNION ALL {borderline_end_users('$2')}), {ctes}, s AS ({summary}),"
         f" top_0 AS ({_top(first, '$5', postgres)}), top_1 AS ({_top(second, '$6', postgres)})"
@@ -846,7 +844,7 @@ def _report_candidates(
             f" ORDER BY e.id {direction} LIMIT {limit}) m"
         )
     return (
-        f"changed AS ({changed_end_users(app, pool, ws)}),"
+        f"changed AS ({changed_end_users(app, pool, ws, postgres=True)}),"
         f" report_page AS (SELECT r.end_user_id AS id, {key} AS k FROM balance_report r"
         f" WHERE {report} ORDER BY {key} {direction}, r.end_user_id {direction} LIMIT {limit}),"
         f" candidates AS ({' UNION ALL '.join(parts)}), "
