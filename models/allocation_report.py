@@ -358,13 +358,21 @@ _SUMMED = ("with_allocation", "with_credits", "low", "exhausted", "window_used")
 _HORIZON = "CAST($4 AS DOUBLE PRECISION)"
 
 
-def _live(postgres: bool, changed: str = CHANGED) -> str:
-    """The pool's balances of the changed End Users (CTE `changed`), live, with their
-    window use."""
+_LIVE_BALANCES = "lv"  # the CTE of `_live_balances`
+
+
+def _live_balances(postgres: bool, changed: str = CHANGED) -> str:
+    """The CTE `_LIVE_BALANCES`: the pool's balances of the End Users of CTE `changed`,
+    live, with their window use, each flagged `changed` when among CHANGED (a summary's
+    borderline End Users are not). A statement defines it once for its summary and
+    rankings: each use of the window's subqueries would otherwise be a copy of them, which
+    PostgreSQL sets up anew on every execution, run or not (most of a report's cost, on a
+    pool whose End Users are unchanged since the fold)."""
+    flag = "TRUE" if changed == CHANGED else among_changed("b.end_user_id", postgres)
     return (
-        "(SELECT b.end_user_id, b.allocated, b.used, b.remaining, b.status,"
-        f" {window_used_of('b.end_user_id', 'b.pool_id', '$3')} AS window_used"
-        f" FROM end_user_balance b WHERE b.pool_id = $2"
+        f"{_LIVE_BALANCES} AS (SELECT b.end_user_id, b.allocated, b.used, b.remaining,"
+        f" b.status, {window_used_of('b.end_user_id', 'b.pool_id', '$3')} AS window_used,"
+        f" {flag} AS changed FROM end_user_balance b WHERE b.pool_id = $2"
         f" AND {among_changed('b.end_user_id', postgres, changed)})"
     )
 
@@ -384,15 +392,15 @@ _SUMMARY_SELECT = (
 )
 
 
-def _summary_parts(postgres: bool, changed: str, live: str | None = None) -> tuple[str, str]:
+def _summary_parts(postgres: bool, changed: str) -> tuple[str, str]:
     """The summary's CTEs (xl, xs) and its SELECT of `_SUMMARY_SELECT` ($1 application,
     $2 pool, $3 window start, $4 horizon factor), the changed End Users (borderline ones
-    included) being CTE `changed`, and their live balances `_live` or the CTE `live`."""
+    included) being CTE `changed` and their live balances CTE `_LIVE_BALANCES`."""
     ctes = (
         # ($4, the horizon factor, typed: PostgreSQL would infer window_used's BIGINT)
         f"xl AS (SELECT {_COUNTS}, COALESCE(SUM(CASE WHEN window_used * {_HORIZON} > remaining"
         f" THEN window_used * {_HORIZON} - remaining ELSE 0 END), 0) AS shortfall"
-        f" FROM {live or _live(postgres, changed)} live),"
+        f" FROM {_LIVE_BALANCES} live),"
         f" xs AS (SELECT {_COUNTS},"
         " COALESCE(SUM(CASE WHEN shortfall_class = 1 THEN window_used ELSE 0 END), 0)"
         " AS short_window_used,"
@@ -412,7 +420,7 @@ def _summary_parts(postgres: bool, changed: str, live: str | None = None) -> tup
 def _summary_statement(postgres: bool) -> str:
     ctes, select = _summary_parts(postgres, CHANGED)
     changed = changed_end_users("$1", "$2", "$3", borderline=True, postgres=postgres)
-    return f"WITH {CHANGED} AS ({changed}), {ctes} {select}"
+    return f"WITH {CHANGED} AS ({changed}), {_live_balances(postgres)}, {ctes} {select}"
 
 
 def _horizon(now: datetime) -> float:
@@ -481,7 +489,7 @@ _RANKED_COLUMNS = _balance_columns("top.w")
 class _RankingSql:
     report_key: str  # on balance_report r
     report_filter: str
-    live_key: str  # on _live() b
+    live_key: str  # on the live balances b (`_live_balances`)
     live_filter: str
     direction: str
 
@@ -498,22 +506,21 @@ _RANKINGS = {
 }
 
 
-def _top(ranking: Ranking, limit: str, postgres: bool, live: str | None = None) -> str:
+def _top(ranking: Ranking, limit: str) -> str:
     """The ranking's first `limit` (End User, sort key, window use) rows: the first of the
     report's index order among the End Users unchanged since the fold, merged with the
     changed ones taken live (`models.balance_report`). An unchanged End User's report row
     holds its window use as it is now (a use in the hour the window left since the fold
-    makes it changed), so only the changed ones' is summed from the ledger: by `_live`, or
-    read from the CTE `live` (`_LIVE_BALANCES`: those with `changed`)."""
+    makes it changed), so only the changed ones' is summed from the ledger (the CTE
+    `_LIVE_BALANCES`, those flagged `changed`)."""
     sql = _RANKINGS[ranking]
-    source = f"{_live(postgres)} b WHERE" if live is None else f"{live} b WHERE b.changed AND"
     return (
         "SELECT end_user_id, k, w FROM (SELECT end_user_id, k, w FROM (SELECT r.end_user_id,"
         f" {sql.report_key} AS k, r.window_used AS w FROM balance_report r WHERE r.pool_id = $2"
         f" AND {sql.report_filter} AND r.end_user_id NOT IN (SELECT end_user_id FROM {CHANGED})"
         f" ORDER BY {sql.report_key} {sql.direction}, r.end_user_id LIMIT {limit}) folded"
-        f" UNION ALL SELECT b.end_user_id, {sql.live_key}, b.window_used FROM {source}"
-        f" {sql.live_filter}) candidates"
+        f" UNION ALL SELECT b.end_user_id, {sql.live_key}, b.window_used"
+        f" FROM {_LIVE_BALANCES} b WHERE b.changed AND {sql.live_filter}) candidates"
         f" ORDER BY k {sql.direction}, end_user_id LIMIT {limit}"
     )
 
@@ -540,7 +547,8 @@ def _ranked_statement(ranking: Ranking, postgres: bool) -> str:
     direction = _RANKINGS[ranking].direction
     return (
         f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', postgres=postgres)}),"
-        f" top AS ({_top(ranking, '$4', postgres)}) {_ranked_rows('top', postgres)}"
+        f" {_live_balances(postgres)}, top AS ({_top(ranking, '$4')})"
+        f" {_ranked_rows('top', postgres)}"
         f" ORDER BY top.k {direction}, e.id"
     )
 
@@ -552,7 +560,8 @@ def _both_rankings_statement(postgres: bool) -> str:
     first, second = Ranking
     return (
         f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', postgres=postgres)}),"
-        f" top_0 AS ({_top(first, '$4', postgres)}), top_1 AS ({_top(second, '$5', postgres)})"
+        f" {_live_balances(postgres)},"
+        f" top_0 AS ({_top(first, '$4')}), top_1 AS ({_top(second, '$5')})"
         f" {_ranked_rows('top_0', postgres, '0 AS ranking, ')}"
         f" UNION ALL {_ranked_rows('top_1', postgres, '1 AS ranking, ')}"
     )
@@ -612,7 +621,6 @@ def _ranked_lines(rows: list[Row], pool_id: int, now: datetime) -> dict[Ranking,
 
 
 _WITH_BORDERLINE = "xb"  # the changed End Users and the borderline ones, for the summary
-_LIVE_BALANCES = "lv"  # their live balances, each flagged `changed` or borderline only
 
 
 @lru_cache(maxsize=2)
@@ -621,7 +629,7 @@ def _summary_and_rankings_statement(postgres: bool) -> str:
     of a pool: each ranked row with the summary's columns (named `s_` and theirs), or the
     summary alone with NULLs when none is ranked. The changed End Users are found once."""
     first, second = Ranking
-    ctes, summary = _summary_parts(postgres, _WITH_BORDERLINE, _LIVE_BALANCES)
+    ctes, summary = _summary_parts(postgres, _WITH_BORDERLINE)
     summary_columns = ", ".join(f"s.{name} AS s_{name}" for name, _ in _SUMMARY_SELECT)
     ranked = (
         f"{_ranked_rows('top_0', postgres, '0 AS ranking, ')}"
@@ -631,15 +639,8 @@ def _summary_and_rankings_statement(postgres: bool) -> str:
         f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', postgres=postgres)}),"
         f" {_WITH_BORDERLINE} AS (SELECT end_user_id FROM {CHANGED}"
         f" UNION ALL {borderline_end_users('$2')}),"
-        # The live balances with their window use, once for the summary and both rankings:
-        # each use of them would otherwise be a copy of the window's subqueries, which
-        # PostgreSQL sets up anew on every execution, run or not (most of this statement's
-        # cost, on a pool whose End Users are unchanged since the fold).
-        f" {_LIVE_BALANCES} AS (SELECT live.*,"
-        f" {among_changed('live.end_user_id', postgres)} AS changed"
-        f" FROM {_live(postgres, _WITH_BORDERLINE)} live), {ctes}, s AS ({summary}),"
-        f" top_0 AS ({_top(first, '$5', postgres, _LIVE_BALANCES)}),"
-        f" top_1 AS ({_top(second, '$6', postgres, _LIVE_BALANCES)})"
+        f" {_live_balances(postgres, _WITH_BORDERLINE)}, {ctes}, s AS ({summary}),"
+        f" top_0 AS ({_top(first, '$5')}), top_1 AS ({_top(second, '$6')})"
         f" SELECT {summary_columns}, ranked.* FROM s LEFT JOIN ({ranked}) ranked ON 1 = 1"
     )
 

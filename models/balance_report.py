@@ -32,7 +32,7 @@ async def touch_balance_report(db: Sql, pool_id: int, end_user_id: int | None) -
 
 
 def changed_end_users(
-    app: str, pool: str, ws: str, *, borderline: bool = False, postgres: bool = False
+    app: str, pool: str, ws: str, *, postgres: bool, borderline: bool = False
 ) -> str:
     """A SELECT of the End Users (`end_user_id`) whose balance in the pool may differ from
     its report row, `app`, `pool` and `ws` (the burn window start) being SQL expressions;
