@@ -37,6 +37,7 @@ from itertools import accumulate
 from operator import sub
 from typing import Any
 
+from models import folded_sums
 from models.balance_rules import pool_remaining_sql
 from models.errors import ValidationFailed
 from models.rollups import in_tail
@@ -250,13 +251,19 @@ def _range_origin(key: SeriesKey) -> int:
 # (the change of remaining, by createdAt).
 _AFTER = -1  # facts after the range: only what they booked matters (remaining)
 _NOW = -2  # the counters' remaining now
+# What a pool series' row holds: sums of the rollups, of the tail (or the counters now), or
+# the rollup state's version (owner and bucket).
+_FOLDED, _LIVE, _VERSION = 0, 1, 2
 # The entries that change a pool's remaining, and an End User's.
 _POOL_KINDS = "('CONSUME', 'EXPIRE', 'PURCHASE')"
 _END_USER_KINDS = "('CONSUME', 'EXPIRE', 'ALLOCATE', 'RELEASE')"
 
 
-async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
-    """One statement for every pool series of a group: sums per (pool, bucket)."""
+async def _pool_rows(db: Sql, keys: list[SeriesKey], kept: tuple[int, int]) -> list[Row]:
+    """One statement for every pool series of a group: sums per (pool, bucket), each row
+    marked as the rollups' (FOLDED) or the tail's (LIVE). On PostgreSQL the rollups are
+    read only when the rollup state's version is not `kept`, and a last row (VERSION) gives
+    the version the statement saw (`models.folded_sums`)."""
     head = keys[0]
     all_pools = any(key.pool_id is None for key in keys)
     args: list[Any] = [head.range.start, head.range.end, _range_origin(head)]
@@ -272,6 +279,10 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
     if head.feature is not None:
         args.append(head.feature)
         feature_match = f"f.feature = ${len(args)}"
+    gate = ""
+    if db.postgres:
+        args += kept
+        gate = f" AND NOT {folded_sums.unchanged(f'${len(args) - 1}', f'${len(args)}')}"
     index = _index_sql(db, head, "f.at", "$3")
     # Buckets of a day or more are whole UTC days: the daily rollup holds them.
     table, at = (
@@ -283,10 +294,11 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
     # the change of remaining at its booking time, `created_at` (booked).
     statement = (
         "WITH f AS ("
-        f" SELECT r.pool_id, r.{at} AS at, r.feature, r.used, r.expired, r.purchased, r.booked"
-        f" FROM {table} r WHERE r.pool_id IN {pools} AND r.{at} >= $1"
+        f" SELECT {_FOLDED} AS source, r.pool_id, r.{at} AS at, r.feature, r.used, r.expired,"
+        f" r.purchased, r.booked FROM {table} r WHERE r.pool_id IN {pools} AND r.{at} >= $1"
+        f"{gate}"
         " UNION ALL"
-        " SELECT l.pool_id, l.occurred_at,"
+        f" SELECT {_LIVE}, l.pool_id, l.occurred_at,"
         " CASE WHEN l.kind = 'CONSUME' THEN COALESCE(l.feature, '') ELSE '' END,"
         " CASE WHEN l.kind = 'CONSUME' THEN -l.amount ELSE 0 END,"
         " CASE WHEN l.kind = 'EXPIRE' THEN -l.amount ELSE 0 END,"
@@ -294,7 +306,7 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
         f" FROM ledger_entry l WHERE l.pool_id IN {pools} AND {in_tail('l')}"
         f" AND l.occurred_at >= $1 AND l.kind IN {_POOL_KINDS}"
         " UNION ALL"
-        " SELECT l.pool_id, l.created_at, '', 0, 0, 0, l.amount"
+        f" SELECT {_LIVE}, l.pool_id, l.created_at, '', 0, 0, 0, l.amount"
         f" FROM ledger_entry l WHERE l.pool_id IN {pools} AND {in_tail('l')}"
         f" AND l.created_at >= $1 AND l.kind IN {_POOL_KINDS})"
         f" SELECT f.pool_id AS owner, CASE WHEN f.at >= $2 THEN {_AFTER} ELSE {index} END"
@@ -303,10 +315,13 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey]) -> list[Row]:
         f" CAST(SUM(CASE WHEN {feature_match} THEN f.used ELSE 0 END) AS BIGINT) AS used,"
         " CAST(SUM(f.expired) AS BIGINT) AS expired,"
         " CAST(SUM(f.purchased) AS BIGINT) AS purchased,"
-        " CAST(SUM(f.booked) AS BIGINT) AS booked FROM f GROUP BY 1, 2"
-        f" UNION ALL SELECT id, {_NOW}, 0, 0, 0, {pool_remaining_sql()}"
+        " CAST(SUM(f.booked) AS BIGINT) AS booked, f.source FROM f GROUP BY 1, 2, f.source"
+        f" UNION ALL SELECT id, {_NOW}, 0, 0, 0, {pool_remaining_sql()}, {_LIVE}"
         f" FROM credit_pool WHERE id IN {pools}"
     )
+    if db.postgres:
+        xmin, watermark = folded_sums.STATE_VERSION
+        statement += f" UNION ALL SELECT {xmin}, {watermark}, 0, 0, 0, 0, {_VERSION}"
     # (the rollups' (pool, bucket) index serves every pool alike: planned once)
     return await db.records(statement, *args, planned_once=True)
 
@@ -377,16 +392,45 @@ def _assemble(key: SeriesKey, facts: Sequence[Fact]) -> Series:
     return Series(key.range, used, expired, purchased, remaining, spikes(used))
 
 
-def _facts(rows: list[Row], by_end_user: bool) -> dict[tuple[int, int], list[Fact]]:
-    """A statement's rows as facts, by (owner, pool): End User and pool, or pool twice.
-    (A row's values in order: owner, the End User's pool, then the fact's columns, every
-    one an integer as the statements cast them.)"""
+def _end_user_facts(rows: list[Row]) -> dict[tuple[int, int], list[Fact]]:
+    """An End User series statement's rows as facts, by (End User, pool). (A row's values
+    in order: End User, pool, then the fact's columns, every one an integer as the
+    statement casts them.)"""
     found: dict[tuple[int, int], list[Fact]] = defaultdict(list)
-    start = 2 if by_end_user else 1
     for row in rows:
         values = tuple(row.values())
-        owner = values[0]
-        found[owner, values[1] if by_end_user else owner].append(values[start:])  # type: ignore[arg-type]
+        found[values[0], values[1]].append(values[2:])  # type: ignore[arg-type]
+    return found
+
+
+# The rollups' sums a pool series statement read, by what it asked, until the next fold.
+_KEPT_SUMS = folded_sums.FoldedSums()
+
+
+async def _pool_facts(members: list[SeriesKey]) -> dict[tuple[int, int], list[Fact]]:
+    """The facts of a group of pool series, by (pool, pool): the rollups' as kept since the
+    last fold, or read and kept, and the tail's (`_pool_rows`)."""
+    head = members[0]
+    pools = None if any(k.pool_id is None for k in members) else {k.pool_id for k in members}
+    key = (head.application_id, head.range, head.feature, pools and frozenset(pools))
+    kept, kept_facts = _KEPT_SUMS.kept(key)
+    rows = await single_statement(lambda db: _pool_rows(db, members, kept))
+    folded: dict[tuple[int, int], list[Fact]] = defaultdict(list)
+    found: dict[tuple[int, int], list[Fact]] = defaultdict(list)
+    version = None
+    for row in rows:
+        owner, *values, source = row.values()
+        if source == _VERSION:
+            version = (owner, values[0])
+        else:  # (a pool's row: its facts' columns, every one an integer as cast)
+            (folded if source == _FOLDED else found)[owner, owner].append(tuple(values))  # type: ignore[arg-type]
+    if version is not None:  # PostgreSQL: the rollups read now, or not read for `kept`
+        if version == kept:
+            folded = kept_facts
+        else:
+            _KEPT_SUMS.put(key, version, folded)
+    for owned, facts in folded.items():
+        found[owned] = [*facts, *found.get(owned, ())]
     return found
 
 
@@ -400,9 +444,11 @@ async def consumption_series(keys: Sequence[SeriesKey]) -> list[Series]:
     found: dict[SeriesKey, Series] = {}
     for members in groups.values():
         by_end_user = members[0].end_user_id is not None
-        fetch = _end_user_rows if by_end_user else _pool_rows
-        rows = await single_statement(lambda db, m=members, f=fetch: f(db, m))
-        facts = _facts(rows, by_end_user)
+        if by_end_user:
+            rows = await single_statement(lambda db, m=members: _end_user_rows(db, m))
+            facts = _end_user_facts(rows)
+        else:
+            facts = await _pool_facts(members)
         for key in members:
             mine = [
                 fact

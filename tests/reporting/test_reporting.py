@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from api.http_answer import encode_json
 from bench.dashboard_query import DASHBOARD
+from models import consumption as consumption_module
 from models.access import Principal
 from models.accounts import create_application, create_organization
 from models.allocation_report import (
@@ -30,6 +31,7 @@ from models.allocation_report import (
     write_burns,
 )
 from models.billing import billing_period, month_start
+from models.clock import booked_at
 from models.consumption import (
     MAD_TO_SIGMA,
     MIN_SPIKE_BUCKETS,
@@ -45,7 +47,7 @@ from models.end_users import EndUserInput, upsert_end_users
 from models.errors import ValidationFailed
 from models.ledger import allocate_credits, consume_credits, purchase_credits
 from models.references import EndUserRef
-from models.rollups import fold_usage, window_start
+from models.rollups import fold_usage, rebuild_rollups, window_start
 from models.sql import Sql, single_statement, transaction
 from models.tenancy import ApiKeyRole
 from models.verify import verify_ledger
@@ -281,6 +283,55 @@ async def test_bucket_sums_equal_the_ledger(
     for bucket, next_start in zip(ai.buckets, [*buckets.starts()[1:], buckets.end], strict=True):
         assert bucket.remaining == await booked_remaining(pools["ai"], None, next_start)
     assert await verify_ledger() == []
+
+
+async def test_pool_series_read_the_rollups_once_per_fold(backend: Backend) -> None:
+    """A pool series keeps what it read of the rollups until the next fold or rebuild
+    (PostgreSQL) and answers as a series read afresh does: with entries in the tail, after
+    a fold, after history booked in the past and the rollups rebuilt."""
+    app, users = await application_with_allocations(2)
+    pools = await _pool_ids(app)
+    now = datetime.now(UTC)
+    buckets = bucket_range(now - timedelta(days=20), now + timedelta(hours=1), Granularity.DAY)
+    keys = [SeriesKey(app, buckets, pool_id=p) for p in sorted(pools.values())]
+    keys += [SeriesKey(app, buckets), SeriesKey(app, buckets, pools["ai"], feature=FEATURES[1])]
+    kept_sums = consumption_module._KEPT_SUMS
+    pool_keys = (app, buckets, None, None)  # (one of the keys asks for every pool)
+
+    async def consume(user: int, credits: int, days_ago: int) -> None:
+        moment = now - timedelta(days=days_ago, minutes=user)
+        ref = EndUserRef(id=users[user])
+        await consume_credits(app, "ai", ref, credits, FEATURES[user], occurred_at=moment)
+
+    async def answers_as_afresh() -> tuple[int, int] | None:
+        kept = await consumption_series(keys)
+        version = kept_sums.kept(pool_keys)[0]
+        kept_sums.clear()
+        assert kept == await consumption_series(keys)
+        sums = await _ledger_sums(app, buckets.start, buckets.end)
+        assert kept[0].total_used == sums[("used", pools["ai"])]
+        assert kept[-1].total_used == sums[("used", pools["ai"], FEATURES[1])]
+        return version if backend.postgres else None
+
+    await consume(0, 5, 3)
+    await fold_usage()
+    folded = await answers_as_afresh()
+    await consume(1, 7, 2)  # in the tail
+    await consume(0, 11, 0)
+    assert await answers_as_afresh() == folded  # the rollups were not read again
+    if backend.postgres:  # and a statement given their version does not read them
+        rows = await single_statement(
+            lambda db: consumption_module._pool_rows(db, keys[:3], kept_sums.kept(pool_keys)[0])
+        )
+        assert {row["source"] for row in rows} == {1, 2}
+        assert folded is not None and folded != consumption_module.folded_sums.NONE
+    await fold_usage()
+    refolded = await answers_as_afresh()
+    assert refolded != folded or not backend.postgres
+    with booked_at(now - timedelta(days=4)):
+        await consume(1, 13, 4)
+    await rebuild_rollups()
+    assert await answers_as_afresh() not in {folded, refolded} or not backend.postgres
 
 
 async def test_series_are_contiguous_with_empty_buckets(backend: Backend) -> None:
