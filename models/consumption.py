@@ -320,8 +320,7 @@ async def _pool_rows(db: Sql, keys: list[SeriesKey], kept: tuple[int, int]) -> l
         f" FROM credit_pool WHERE id IN {pools}"
     )
     if db.postgres:
-        xmin, watermark = folded_sums.STATE_VERSION
-        statement += f" UNION ALL SELECT {xmin}, {watermark}, 0, 0, 0, 0, {_VERSION}"
+        statement += f" UNION ALL {folded_sums.version_row('0, 0, 0, 0', str(_VERSION))}"
     # (the rollups' (pool, bucket) index serves every pool alike: planned once)
     return await db.records(statement, *args, planned_once=True)
 
@@ -411,8 +410,9 @@ async def _pool_facts(members: list[SeriesKey]) -> dict[tuple[int, int], list[Fa
     """The facts of a group of pool series, by (pool, pool): the rollups' as kept since the
     last fold, or read and kept, and the tail's (`_pool_rows`)."""
     head = members[0]
-    pools = None if any(k.pool_id is None for k in members) else {k.pool_id for k in members}
-    key = (head.application_id, head.range, head.feature, pools and frozenset(pools))
+    every_pool = any(k.pool_id is None for k in members)
+    pools = None if every_pool else frozenset(k.pool_id for k in members)
+    key = (head.application_id, head.range, head.feature, pools)
     kept, kept_facts = _KEPT_SUMS.kept(key)
     rows = await single_statement(lambda db: _pool_rows(db, members, kept))
     folded: dict[tuple[int, int], list[Fact]] = defaultdict(list)

@@ -15,21 +15,23 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
-# The rollup state's version, as two BIGINTs: the transaction that wrote the row last and
-# the watermark in microseconds since the epoch.
-STATE_VERSION = (
-    "(SELECT CAST(CAST(xmin AS TEXT) AS BIGINT) FROM rollup_state WHERE id = 1)",
-    "(SELECT CAST(extract(epoch FROM watermark) * 1000000 AS BIGINT)"
-    " FROM rollup_state WHERE id = 1)",
-)
+# The rollup state's version, as two BIGINTs of its row: the transaction that wrote the row
+# last and the watermark in microseconds since the epoch.
+_XMIN = "CAST(CAST(xmin AS TEXT) AS BIGINT)"
+_WATERMARK = "CAST(extract(epoch FROM watermark) * 1000000 AS BIGINT)"
+_STATE = "FROM rollup_state WHERE id = 1"
 NONE: tuple[int, int] = (-1, -1)  # the version of nothing kept: every statement reads
+
+
+def version_row(*rest: str) -> str:
+    """A SELECT of the rollup state's version (two columns) followed by the columns `rest`."""
+    return f"SELECT {_XMIN}, {_WATERMARK}, {', '.join(rest)} {_STATE}"
 
 
 def unchanged(first: str, second: str) -> str:
     """SQL true when the rollup state's version is the one the parameters `first` and
     `second` name (a one-time filter: the rollups are not read at all when it holds)."""
-    xmin, watermark = STATE_VERSION
-    return f"({xmin} = {first} AND {watermark} = {second})"
+    return f"EXISTS (SELECT 1 {_STATE} AND {_XMIN} = {first} AND {_WATERMARK} = {second})"
 
 
 class FoldedSums:
