@@ -12,8 +12,10 @@ from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.migrations.api import migrate
 
 from api.settings import Settings
+from models.read_sessions import Connect, close_read_sessions, open_read_sessions
 from models.references import forget_references
 from models.sql import PLANNED_ONCE_CONNECTION
+from resolvers.runtime.versions import fast_paths_enabled
 
 MIGRATION_LOCK_ID = 7461001
 MODEL_MODULES = [
@@ -107,9 +109,19 @@ def tortoise_config(settings: Settings) -> dict[str, Any]:
 async def init_database(settings: Settings) -> None:
     # One process-wide context: request tasks and background jobs all see it.
     await Tortoise.init(config=tortoise_config(settings), _enable_global_fallback=True)
+    if settings.is_postgres and fast_paths_enabled():
+        open_read_sessions(read_session_connect(settings), settings.db_planned_pool_max)
+
+
+def read_session_connect(settings: Settings) -> Connect:
+    """Opens a session like those of Tortoise's pool of the reads planned once."""
+    dsn = plain_postgres_dsn(settings.database_url)
+    server_settings = planned_once_config(settings)["credentials"]["server_settings"]
+    return lambda: asyncpg.connect(dsn, server_settings=server_settings)
 
 
 async def close_database() -> None:
+    await close_read_sessions()
     await Tortoise.close_connections()
     forget_references()
 

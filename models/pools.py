@@ -156,7 +156,8 @@ async def application_and_pools(application_id: int, packs: int | None = None) -
         " WHERE a.id = $1 ORDER BY p.id"
         + (", k.purchased_at DESC, k.id DESC" if packs is not None else "")
     )
-    rows = await single_statement(lambda db: db.records(statement, *args))
+    # (by keys alone: every application is read by the same plan, so it is planned once)
+    rows = await single_statement(lambda db: db.records(statement, *args, planned_once=True))
     if not rows:
         raise NotFound("application not found", field="applicationId")
     first = rows[0]

@@ -22,6 +22,7 @@ from tortoise.exceptions import OperationalError
 from tortoise.transactions import in_transaction
 
 from models.clock import booking_time
+from models.read_sessions import read_sessions
 
 T = TypeVar("T")
 # A row of `Sql.records`: asyncpg's Record on PostgreSQL, a dict on SQLite; read it only
@@ -113,9 +114,13 @@ async def _fetch_planned_once(client: Any, statement: str, args: tuple[Any, ...]
     for statements whose best plan is the same for every argument: an index serves every
     application alike, whatever its size among the others. It runs on a small pool of its
     own whose sessions plan so (`plan_cache_mode`); the main pool keeps PostgreSQL's choice,
-    which suits its other statements better. Inside a caller's transaction the read runs as
-    it comes."""
+    which suits its other statements better: the process's read sessions
+    (models/read_sessions.py) when open, else Tortoise's pool of them. Inside a caller's
+    transaction the read runs as it comes."""
     if not isinstance(client, TransactionalDBClient):
+        sessions = read_sessions()
+        if sessions is not None:
+            return await sessions.fetch(statement, args)
         client = connections.get(PLANNED_ONCE_CONNECTION)
     async with client.acquire_connection() as connection:
         return await connection.fetch(statement, *args)
