@@ -225,7 +225,7 @@ class UsageGraphQL(GraphQL):
 
     def create_response(self, response_data: Any, sub_response: Response) -> Response:
         response = Response(
-            self.encode_json(response_data),
+            encode_json(response_data),  # bytes: not decoded to text only to be encoded again
             status_code=sub_response.status_code or 200,
             media_type=sub_response.media_type or JSON,
         )

@@ -40,6 +40,7 @@ from models.rollups import (
     EXHAUSTION_KEY,
     HORIZON_DAYS,
     WINDOW_USED,
+    tail_pools,
     window_start,
     window_used_joins,
     window_used_of,
@@ -256,7 +257,7 @@ def balances_json_sql(
     )
     window_used, kept = "0", ""
     if window_start is not None:
-        window_used = window_used_of(end_user, "p.id", window_start)
+        window_used = window_used_of(end_user, "p.id", window_start, tail_pools(application))
         kept = " OFFSET 0"  # (a subquery of its own: each window sum once, not once per use)
     return (
         f"(SELECT CASE WHEN bool_and({fits}) IS FALSE THEN '{_UNFIT}' ELSE"

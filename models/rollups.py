@@ -593,23 +593,41 @@ def moved_window_entries(ws: str, condition: str) -> str:
     )
 
 
-def window_used_of(end_user: str, pool: str, ws: str) -> str:
+def window_used_of(end_user: str, pool: str, ws: str, pools_with_tail: str | None = None) -> str:
     """The credits End User `end_user` used in pool `pool` since the window start `ws` (SQL
     expressions; `ws` a parameter), exactly, as scalar subqueries of the row: the folded
     sum, the use between the folded window start and `ws` (only when the window moved
     since the last fold: skipped by a guard otherwise) and the tail. Each is an index
     lookup per row, for statements about a few balances (`window_used_joins` suits a whole
-    pool's)."""
+    pool's). `pools_with_tail`, an array of the pools with entries in the tail
+    (`tail_pools`), spares the tail's lookup in the others."""
     mine = f"l.end_user_id = {end_user} AND l.pool_id = {pool}"
+    tail = (
+        f"COALESCE((SELECT CAST(SUM(CASE WHEN l.occurred_at >= {ws} THEN -l.amount ELSE 0 END)"
+        f" AS BIGINT) FROM ledger_entry l WHERE {mine} AND l.kind = 'CONSUME'"
+        f" AND {in_tail('l')}), 0)"
+    )
+    if pools_with_tail is not None:
+        tail = f"CASE WHEN {pool} = ANY({pools_with_tail}) THEN {tail} ELSE 0 END"
     return (
         "(COALESCE((SELECT wu.used FROM end_user_window_usage wu"
         f" WHERE wu.end_user_id = {end_user} AND wu.pool_id = {pool}), 0)"
         f" + CASE WHEN {FOLDED_WINDOW_START} = {ws} THEN 0 ELSE"
         " COALESCE((SELECT CAST(SUM(CASE WHEN l.occurred_at >= s.window_start THEN l.amount"
         f" ELSE -l.amount END) AS BIGINT) FROM {moved_window_entries(ws, mine)}), 0) END"
-        f" + COALESCE((SELECT CAST(SUM(CASE WHEN l.occurred_at >= {ws} THEN -l.amount ELSE 0 END)"
-        f" AS BIGINT) FROM ledger_entry l WHERE {mine} AND l.kind = 'CONSUME'"
-        f" AND {in_tail('l')}), 0))"
+        f" + {tail})"
+    )
+
+
+def tail_pools(application: str) -> str:
+    """PostgreSQL: the ids of application `application`'s pools (an SQL expression, not of
+    the row: evaluated once per statement) with entries in the tail, as an array: one index
+    probe per pool, where a page of End Users would probe the tail once per balance. Between
+    folds of a quiet pool, that tail is empty. (Any entry counts, not only consumption: a
+    pool whose tail holds a bulk allocation would otherwise be scanned through it.)"""
+    return (
+        f"ARRAY(SELECT t.id FROM credit_pool t WHERE t.application_id = {application}"
+        f" AND EXISTS (SELECT 1 FROM ledger_entry l WHERE l.pool_id = t.id AND {in_tail('l')}))"
     )
 
 

@@ -22,13 +22,16 @@ from api.http_answer import encode_json
 from models.access import Principal
 from models.accounts import create_application, create_organization
 from models.alerts import set_low_balance_threshold
+from models.allocation_report import window_days
 from models.clock import booked_at
+from models.credits import EndUser
 from models.end_users import EndUserInput, upsert_end_users
 from models.expiry import expire_lots
 from models.ledger import allocate_credits, consume_credits, purchase_credits
 from models.references import EndUserRef
 from models.request_log import LogRow, insert_entries
-from models.rollups import fold_usage, rebuild_rollups
+from models.rollups import fold_usage, rebuild_rollups, window_start
+from models.sql import single_statement
 from models.tenancy import ApiKeyRole
 from resolvers import (
     allocation_summary,
@@ -551,3 +554,57 @@ async def test_a_ranking_given_its_size_by_a_variable_is_read_for_each_request(
         sizes.append((len(summary["closeToRunningOut"]), len(summary["topConsumers"])))
     assert sizes == [(sizes[0][0], 3), (1, 3), (4, 3), (sizes[0][0], 3), (2, 3)]
     assert sizes[0][0] > 4  # the default size, 10, of the End Users running out
+
+
+async def test_a_page_written_by_the_database_reads_the_tail_of_the_pools_that_have_one(
+    backend: Backend, frozen_now: datetime
+) -> None:
+    """The written page looks up the tail only in the pools with entries in it
+    (models.rollups `tail_pools`): with a tail in one pool and none in the other, then in
+    both, then in neither after a fold, its burn values equal the general path's, and
+    each balance's rate is its use over the window as the ledger has it."""
+    app = await _application()  # folded: no tail in either pool
+    principal = Principal(0, app, ApiKeyRole.READ, None, None)
+    document = (
+        "query($id: ID!) { application(id: $id) { endUsers(first: 12) { edges { node {"
+        " externalId balances { pool used burnRatePerDay projectedExhaustionAt } } } } } }"
+    )
+    users = [u.id for u in await _end_users(app)]
+    window = window_days(frozen_now)
+    steps = (
+        ("ai", 7),  # a tail in "ai" only
+        ("inbox_preview", 3),  # in both
+        (None, 0),  # folded: in neither
+    )
+    for pool, amount in steps:
+        if pool is None:
+            await fold_usage()
+        else:
+            await consume_credits(app, pool, EndUserRef(id=users[1]), amount, "ai_generation")
+        answer = await _both_paths(document, {"id": str(app)}, principal)
+        used = await _window_use(app, frozen_now)
+        for edge in answer[0]["application"]["endUsers"]["edges"]:
+            external = edge["node"]["externalId"]
+            for balance in edge["node"]["balances"]:
+                expected = used.get((external, balance["pool"]), 0)
+                assert balance["burnRatePerDay"] == expected / window, (pool, external)
+                assert (balance["projectedExhaustionAt"] is None) == (expected == 0)
+
+
+async def _end_users(app: int) -> list[Any]:
+    return await EndUser.filter(application_id=app).order_by("id")
+
+
+async def _window_use(app: int, now: datetime) -> dict[tuple[str, str], int]:
+    """Each End User's consumption since the burn window's start, straight from the ledger."""
+    rows = await single_statement(
+        lambda db: db.rows(
+            "SELECT e.external_id, p.key, -SUM(l.amount) AS used FROM ledger_entry l"
+            " JOIN end_user e ON e.id = l.end_user_id JOIN credit_pool p ON p.id = l.pool_id"
+            " WHERE l.application_id = $1 AND l.kind = 'CONSUME' AND l.occurred_at >= $2"
+            " GROUP BY e.external_id, p.key",
+            app,
+            window_start(now),
+        )
+    )
+    return {(row["external_id"], row["key"]): int(row["used"]) for row in rows}
