@@ -28,18 +28,20 @@ the typical bucket (a flat or gently noisy series never flags), and series short
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from itertools import accumulate
 from operator import sub
-from typing import Any
+from typing import Any, cast
 
 from models import folded_sums
 from models.balance_rules import pool_remaining_sql
 from models.errors import ValidationFailed
+from models.folded_sums import Version
 from models.rollups import in_tail
 from models.sql import Row, Sql, single_statement
 
@@ -156,6 +158,9 @@ class Series:
     purchased: list[int]
     remaining: list[int]
     spike: list[bool]
+    # what the API made of this series, by what was asked of it (resolvers/consumption.py):
+    # a series read again unchanged is not written again
+    rendered: dict[Hashable, Any] = dataclass_field(default_factory=dict, compare=False, repr=False)
 
     @property
     def granularity(self) -> Granularity:
@@ -404,11 +409,18 @@ def _end_user_facts(rows: list[Row]) -> dict[tuple[int, int], list[Fact]]:
 
 # The rollups' sums a pool series statement read, by what it asked, until the next fold.
 _KEPT_SUMS = folded_sums.FoldedSums()
+# Pool series as assembled, by key, with the rollup state's version their folded facts were
+# read at and their live facts (the tail's and the counters'): a series is a function of
+# those, so one whose live facts are as they were is the series assembled then.
+_ASSEMBLED = folded_sums.FoldedSums()
 
 
-async def _pool_facts(members: list[SeriesKey]) -> dict[tuple[int, int], list[Fact]]:
+async def _pool_facts(
+    members: list[SeriesKey],
+) -> tuple[dict[tuple[int, int], list[Fact]], dict[tuple[int, int], list[Fact]], Version | None]:
     """The facts of a group of pool series, by (pool, pool): the rollups' as kept since the
-    last fold, or read and kept, and the tail's (`_pool_rows`)."""
+    last fold, or read and kept, and the live ones, the tail's and the counters'
+    (`_pool_rows`); and the rollup state's version the rollups' are of (None on SQLite)."""
     head = members[0]
     every_pool = any(k.pool_id is None for k in members)
     pools = None if every_pool else frozenset(k.pool_id for k in members)
@@ -429,9 +441,22 @@ async def _pool_facts(members: list[SeriesKey]) -> dict[tuple[int, int], list[Fa
             folded = kept_facts
         else:
             _KEPT_SUMS.put(key, version, folded)
-    for owned, facts in folded.items():
-        found[owned] = [*facts, *found.get(owned, ())]
-    return found
+    return folded, found, version
+
+
+def _pool_series(
+    key: SeriesKey, folded: list[Fact], live: list[Fact], version: Version | None
+) -> Series:
+    """The series of a pool key from its facts: the one assembled from the same facts
+    before, when its rollup state's version and live facts are the same."""
+    if version is None:
+        return _assemble(key, [*folded, *live])
+    kept_version, kept = _ASSEMBLED.kept(key)
+    if kept_version == version and kept[0] == live:
+        return cast(Series, kept[1])
+    series = _assemble(key, [*folded, *live])
+    _ASSEMBLED.put(key, version, (live, series))
+    return series
 
 
 async def consumption_series(keys: Sequence[SeriesKey]) -> list[Series]:
@@ -443,19 +468,26 @@ async def consumption_series(keys: Sequence[SeriesKey]) -> list[Series]:
         groups[key.group].append(key)
     found: dict[SeriesKey, Series] = {}
     for members in groups.values():
-        by_end_user = members[0].end_user_id is not None
-        if by_end_user:
+        if members[0].end_user_id is not None:
             rows = await single_statement(lambda db, m=members: _end_user_rows(db, m))
             facts = _end_user_facts(rows)
-        else:
-            facts = await _pool_facts(members)
+            for key in members:
+                found[key] = _assemble(key, _facts_of(key, facts, by_end_user=True))
+            continue
+        folded, live, version = await _pool_facts(members)
         for key in members:
-            mine = [
-                fact
-                for (owner, pool), owned in facts.items()
-                if (not by_end_user or owner == key.end_user_id)
-                and (key.pool_id is None or pool == key.pool_id)
-                for fact in owned
-            ]
-            found[key] = _assemble(key, mine)
+            found[key] = _pool_series(key, _facts_of(key, folded), _facts_of(key, live), version)
     return [found[key] for key in keys]
+
+
+def _facts_of(
+    key: SeriesKey, facts: dict[tuple[int, int], list[Fact]], by_end_user: bool = False
+) -> list[Fact]:
+    """The facts of `key` among a group's, by (owner, pool)."""
+    return [
+        fact
+        for (owner, pool), owned in facts.items()
+        if (not by_end_user or owner == key.end_user_id)
+        and (key.pool_id is None or pool == key.pool_id)
+        for fact in owned
+    ]

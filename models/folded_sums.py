@@ -20,7 +20,8 @@ from typing import Any
 _XMIN = "CAST(CAST(xmin AS TEXT) AS BIGINT)"
 _WATERMARK = "CAST(extract(epoch FROM watermark) * 1000000 AS BIGINT)"
 _STATE = "FROM rollup_state WHERE id = 1"
-NONE: tuple[int, int] = (-1, -1)  # the version of nothing kept: every statement reads
+Version = tuple[int, int]
+NONE: Version = (-1, -1)  # the version of nothing kept: every statement reads
 
 
 def version_row(*rest: str) -> str:
@@ -41,10 +42,10 @@ class FoldedSums:
     __slots__ = ("_kept", "size")
 
     def __init__(self, size: int = 128) -> None:
-        self._kept: OrderedDict[Hashable, tuple[tuple[int, int], Any]] = OrderedDict()
+        self._kept: OrderedDict[Hashable, tuple[Version, Any]] = OrderedDict()
         self.size = size
 
-    def kept(self, key: Hashable) -> tuple[tuple[int, int], Any]:
+    def kept(self, key: Hashable) -> tuple[Version, Any]:
         """The version and value kept for `key`: (NONE, None) when nothing is."""
         found = self._kept.get(key)
         if found is None:
@@ -52,7 +53,7 @@ class FoldedSums:
         self._kept.move_to_end(key)
         return found
 
-    def put(self, key: Hashable, version: tuple[int, int], value: Any) -> None:
+    def put(self, key: Hashable, version: Version, value: Any) -> None:
         self._kept[key] = (version, value)
         self._kept.move_to_end(key)
         while len(self._kept) > self.size:

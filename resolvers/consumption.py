@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
+import orjson
 import strawberry
 
 from models.consumption import Granularity as DomainGranularity
@@ -17,10 +18,10 @@ from resolvers.preserialized import (
     INT_MAX,
     INT_MIN,
     NotPlain,
+    Preserialized,
     Selected,
     Shape,
     checked_int,
-    encode,
     object_json,
     objects_of_columns,
     read_selection,
@@ -95,10 +96,26 @@ async def load_series(
     selection = read_selection(info, SERIES_SHAPE) if splicing(info) else None
     if selection is not None:
         try:  # its JSON straight from the buckets (resolvers/preserialized.py)
-            return cast(ConsumptionSeries, encode(series_json(selection, series)))
+            return cast(ConsumptionSeries, Preserialized(series_text(selection, series)))
         except NotPlain:
             pass  # the general path answers it, and reports what it reports
     return ConsumptionSeries.from_series(series)
+
+
+_RENDERED_PER_SERIES = 8  # selections kept with a series (a page asks one or two)
+
+
+def series_text(selection: tuple[Selected, ...], series: Series) -> bytes:
+    """The series' JSON text for `selection` (`series_json`), kept with the series: one
+    read again unchanged (models.consumption keeps a pool's until its facts change) is not
+    written again. Raises NotPlain as `series_json` does."""
+    written = series.rendered.get(selection)
+    if written is None:
+        written = orjson.dumps(series_json(selection, series))
+        if len(series.rendered) >= _RENDERED_PER_SERIES:
+            series.rendered.clear()
+        series.rendered[selection] = written  # (bytes: every answer shares them as they are)
+    return cast(bytes, written)
 
 
 # A bucket's fields, each as a column of the series (Ints checked to fit 32 bits).

@@ -10,9 +10,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from models.consumption import Granularity, SeriesKey, bucket_range
 from models.pools import PackLine, PoolLine
-from resolvers.consumption import SERIES_SHAPE, series_json
+from resolvers.consumption import SERIES_SHAPE, series_text
 from resolvers.context import Info
 from resolvers.loaders import loaders_of
 from resolvers.pools import MAX_PAGE, PACKS_FIRST
@@ -98,7 +100,8 @@ async def pools_json(
                 series_keys = _series_keys(part, application_id, pools)
                 found = await loaders.series.load_many(series_keys)
                 for pool, series in zip(pools, found, strict=True):
-                    values[part.response_name, pool.id] = series_json(part.below or (), series)
+                    text = series_text(part.below or (), series)
+                    values[part.response_name, pool.id] = orjson.Fragment(text)
         return encode(
             [
                 object_json(

@@ -608,3 +608,36 @@ async def _window_use(app: int, now: datetime) -> dict[tuple[str, str], int]:
         )
     )
     return {(row["external_id"], row["key"]): int(row["used"]) for row in rows}
+
+
+async def test_a_series_written_once_is_written_again_when_its_facts_change(
+    backend: Backend, frozen_now: datetime
+) -> None:
+    """A pool's series read again unchanged answers the JSON written before (kept with the
+    series, resolvers/consumption.py `series_text`); a consumption in its tail or a fold
+    makes a new series, whose JSON shows it, on both paths alike."""
+    app = await _application()
+    principal = Principal(0, app, ApiKeyRole.READ, None, None)
+    start = (frozen_now - timedelta(days=3)).isoformat()
+    document = (
+        "query($id: ID!, $from: DateTime!, $to: DateTime!) { application(id: $id) { pools {"
+        " key consumption(from: $from, to: $to, granularity: DAY) { totalUsed buckets { used"
+        " remaining } } } } }"
+    )
+    variables = {"id": str(app), "from": start, "to": frozen_now.isoformat()}
+
+    def used(answer: Any) -> dict[str, int]:
+        pools = answer[0]["application"]["pools"]
+        return {pool["key"]: pool["consumption"]["totalUsed"] for pool in pools}
+
+    first = await _both_paths(document, variables, principal)
+    assert await _both_paths(document, variables, principal) == first
+    user = (await _end_users(app))[1].id  # (it holds credits in both pools)
+    await consume_credits(app, "ai", EndUserRef(id=user), 9, "ai_generation")
+    consumed = await _both_paths(document, variables, principal)
+    assert used(consumed) == {**used(first), "ai": used(first)["ai"] + 9}
+    await fold_usage()
+    assert await _both_paths(document, variables, principal) == consumed
+    await consume_credits(app, "inbox_preview", EndUserRef(id=user), 2, "ai_generation")
+    later = await _both_paths(document, variables, principal)
+    assert used(later) == {**used(consumed), "inbox_preview": used(consumed)["inbox_preview"] + 2}

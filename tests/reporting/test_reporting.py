@@ -303,10 +303,15 @@ async def test_pool_series_read_the_rollups_once_per_fold(backend: Backend) -> N
         ref = EndUserRef(id=users[user])
         await consume_credits(app, "ai", ref, credits, FEATURES[user], occurred_at=moment)
 
+    assembled = consumption_module._ASSEMBLED
+
     async def answers_as_afresh() -> tuple[int, int] | None:
         kept = await consumption_series(keys)
+        again = await consumption_series(keys)  # nothing changed: each series as assembled
+        assert all(a is b for a, b in zip(again, kept, strict=True)) or not backend.postgres
         version = kept_sums.kept(pool_keys)[0]
         kept_sums.clear()
+        assembled.clear()
         assert kept == await consumption_series(keys)
         sums = await _ledger_sums(app, buckets.start, buckets.end)
         assert kept[0].total_used == sums[("used", pools["ai"])]
@@ -316,8 +321,11 @@ async def test_pool_series_read_the_rollups_once_per_fold(backend: Backend) -> N
     await consume(0, 5, 3)
     await fold_usage()
     folded = await answers_as_afresh()
+    before = await consumption_series(keys)
     await consume(1, 7, 2)  # in the tail
     await consume(0, 11, 0)
+    after = await consumption_series(keys)  # the tail changed: assembled anew
+    assert after[0] is not before[0] and after[0].total_used == before[0].total_used + 18
     assert await answers_as_afresh() == folded  # the rollups were not read again
     if backend.postgres:  # and a statement given their version does not read them
         rows = await single_statement(
