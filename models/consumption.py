@@ -412,7 +412,10 @@ _KEPT_SUMS = folded_sums.FoldedSums()
 # Pool series as assembled, by key, with the rollup state's version their folded facts were
 # read at and their live facts (the tail's and the counters'): a series is a function of
 # those, so one whose live facts are as they were is the series assembled then.
-_ASSEMBLED = folded_sums.FoldedSums()
+_ASSEMBLED = folded_sums.FoldedSums(64)
+# Only series of at most this many buckets are kept (a dashboard's 90 days, a month of hours):
+# the longest ranges would hold megabytes each.
+KEPT_BUCKETS = 1_000
 
 
 async def _pool_facts(
@@ -449,7 +452,7 @@ def _pool_series(
 ) -> Series:
     """The series of a pool key from its facts: the one assembled from the same facts
     before, when its rollup state's version and live facts are the same."""
-    if version is None:
+    if version is None or key.range.count > KEPT_BUCKETS:
         return _assemble(key, [*folded, *live])
     kept_version, kept = _ASSEMBLED.kept(key)
     if kept_version == version and kept[0] == live:

@@ -9,8 +9,8 @@ from typing import Any, cast
 import orjson
 import strawberry
 
+from models.consumption import KEPT_BUCKETS, Series, SeriesKey, bucket_range, iso_starts
 from models.consumption import Granularity as DomainGranularity
-from models.consumption import Series, SeriesKey, bucket_range, iso_starts
 from resolvers.context import Info
 from resolvers.errors import errors_as_query_errors
 from resolvers.loaders import loaders_of
@@ -102,7 +102,7 @@ async def load_series(
     return ConsumptionSeries.from_series(series)
 
 
-_RENDERED_PER_SERIES = 8  # selections kept with a series (a page asks one or two)
+_RENDERED_PER_SERIES = 2  # selections kept with a series (a page asks one or two)
 
 
 def series_text(selection: tuple[Selected, ...], series: Series) -> bytes:
@@ -112,9 +112,10 @@ def series_text(selection: tuple[Selected, ...], series: Series) -> bytes:
     written = series.rendered.get(selection)
     if written is None:
         written = orjson.dumps(series_json(selection, series))
-        if len(series.rendered) >= _RENDERED_PER_SERIES:
-            series.rendered.clear()
-        series.rendered[selection] = written  # (bytes: every answer shares them as they are)
+        if series.range.count <= KEPT_BUCKETS:  # (longer ones are not kept: models.consumption)
+            if len(series.rendered) >= _RENDERED_PER_SERIES:
+                series.rendered.clear()
+            series.rendered[selection] = written  # (bytes: every answer shares them as they are)
     return cast(bytes, written)
 
 

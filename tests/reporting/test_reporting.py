@@ -321,6 +321,11 @@ async def test_pool_series_read_the_rollups_once_per_fold(backend: Backend) -> N
     await consume(0, 5, 3)
     await fold_usage()
     folded = await answers_as_afresh()
+    long = bucket_range(now - timedelta(days=50), now, Granularity.HOUR)  # 1,200 buckets
+    long_keys = [SeriesKey(app, long, pool_id=pools["ai"])]
+    assert long.count > consumption_module.KEPT_BUCKETS
+    first, again = await consumption_series(long_keys), await consumption_series(long_keys)
+    assert first == again and first[0] is not again[0]  # too long to be kept
     before = await consumption_series(keys)
     await consume(1, 7, 2)  # in the tail
     await consume(0, 11, 0)
