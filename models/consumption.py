@@ -413,8 +413,8 @@ _KEPT_SUMS = folded_sums.FoldedSums()
 # read at and their live facts (the tail's and the counters'): a series is a function of
 # those, so one whose live facts are as they were is the series assembled then.
 _ASSEMBLED = folded_sums.FoldedSums(64)
-# Only series of at most this many buckets are kept (a dashboard's 90 days, a month of hours):
-# the longest ranges would hold megabytes each.
+# Only series of at most this many buckets are kept, their rollup sums included (a
+# dashboard's 90 days, a month of hours): the longest ranges would hold megabytes each.
 KEPT_BUCKETS = 1_000
 
 
@@ -442,7 +442,7 @@ async def _pool_facts(
     if version is not None:  # PostgreSQL: the rollups read now, or not read for `kept`
         if version == kept:
             folded = kept_facts
-        else:
+        elif head.range.count <= KEPT_BUCKETS:
             _KEPT_SUMS.put(key, version, folded)
     return folded, found, version
 

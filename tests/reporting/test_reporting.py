@@ -326,6 +326,7 @@ async def test_pool_series_read_the_rollups_once_per_fold(backend: Backend) -> N
     assert long.count > consumption_module.KEPT_BUCKETS
     first, again = await consumption_series(long_keys), await consumption_series(long_keys)
     assert first == again and first[0] is not again[0]  # too long to be kept
+    assert kept_sums.kept((app, long, None, frozenset({pools["ai"]})))[1] is None
     before = await consumption_series(keys)
     await consume(1, 7, 2)  # in the tail
     await consume(0, 11, 0)
