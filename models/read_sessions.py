@@ -71,11 +71,16 @@ class ReadSessions:
                 self._places.put_nowait(None)
         return self._places
 
-    def _give_back(self, places: asyncio.Queue[asyncpg.Connection | None], connection: Any) -> None:
-        if places is not self._places or connection is None or connection.is_closed():
+    def _give_back(
+        self, places: asyncio.Queue[asyncpg.Connection | None], connection: asyncpg.Connection
+    ) -> None:
+        """Returns the connection to its place; closes it when it ended, or when its places
+        are gone (another loop's, or closed), which then get nothing back."""
+        if places is not self._places:
             _close(connection)
-            connection = None
-        if places is self._places:
+        elif connection.is_closed():
+            places.put_nowait(None)
+        else:
             places.put_nowait(connection)
 
     def _retire(self, connection: asyncpg.Connection | None) -> None:

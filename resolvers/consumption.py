@@ -9,8 +9,8 @@ from typing import Any, cast
 import orjson
 import strawberry
 
-from models.consumption import KEPT_BUCKETS, Series, SeriesKey, bucket_range, iso_starts
 from models.consumption import Granularity as DomainGranularity
+from models.consumption import Series, SeriesKey, bucket_range, iso_starts
 from resolvers.context import Info
 from resolvers.errors import errors_as_query_errors
 from resolvers.loaders import loaders_of
@@ -107,15 +107,15 @@ _RENDERED_PER_SERIES = 2  # selections kept with a series (a page asks one or tw
 
 def series_text(selection: tuple[Selected, ...], series: Series) -> bytes:
     """The series' JSON text for `selection` (`series_json`), kept with the series: one
-    read again unchanged (models.consumption keeps a pool's until its facts change) is not
-    written again. Raises NotPlain as `series_json` does."""
+    read again unchanged (models.consumption keeps a pool's until its facts change, and only
+    short ones: a series it does not keep goes with its request) is not written again.
+    Raises NotPlain as `series_json` does."""
     written = series.rendered.get(selection)
     if written is None:
         written = orjson.dumps(series_json(selection, series))
-        if series.range.count <= KEPT_BUCKETS:  # (longer ones are not kept: models.consumption)
-            if len(series.rendered) >= _RENDERED_PER_SERIES:
-                series.rendered.clear()
-            series.rendered[selection] = written  # (bytes: every answer shares them as they are)
+        if len(series.rendered) >= _RENDERED_PER_SERIES:
+            series.rendered.clear()
+        series.rendered[selection] = written  # (bytes: every answer shares them as they are)
     return cast(bytes, written)
 
 
