@@ -62,7 +62,14 @@ def connection_config(settings: Settings) -> str | dict[str, Any]:
     config["credentials"]["connection_class"] = PooledConnection
     # Reports join a tail of unknown length (the ledger since the fold's watermark): the
     # planner's estimate crosses the JIT threshold, and compiling costs many times the query.
-    config["credentials"]["server_settings"] = {"jit": "off"}
+    # A page's statement writes burn values as text (models.allocation_report): rates in
+    # PostgreSQL's shortest float spelling (orjson's digits) and moments in the ISO style,
+    # whatever the server's defaults.
+    config["credentials"]["server_settings"] = {
+        "jit": "off",
+        "extra_float_digits": "1",
+        "DateStyle": "ISO, MDY",
+    }
     return config
 
 

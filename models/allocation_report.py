@@ -47,22 +47,38 @@ from models.rollups import (
 )
 from models.sql import Row, on_postgres, single_statement, written_or_plain
 
+_MICROSECOND = timedelta(microseconds=1)
+
 
 @lru_cache(maxsize=16)  # a request computes every burn at one `now`
 def window_days(now: datetime) -> float:
     return (now - window_start(now)) / timedelta(days=1)
 
 
+@lru_cache(maxsize=16)
+def window_micros(now: datetime) -> int:
+    """The burn window's length at `now` in microseconds."""
+    return (now - window_start(now)) // _MICROSECOND
+
+
 def burn_rate(window_used: int, now: datetime) -> float:
     return window_used / window_days(now)
+
+
+def exhaustion_micros(window_used: int, remaining: int, span: int) -> int:
+    """remaining / burn rate, the window being `span` microseconds long, in whole
+    microseconds (remaining · span / window_used, halves rounded up): integer arithmetic,
+    exact whatever the magnitudes, which PostgreSQL repeats (`_burn_values_sql`)."""
+    return (remaining * span + window_used // 2) // window_used
 
 
 def exhaustion_time(window_used: int, remaining: int, now: datetime) -> datetime | None:
     """None without use, or past the calendar's end (the year 9999)."""
     if window_used <= 0:
         return None
+    micros = exhaustion_micros(window_used, remaining, window_micros(now))
     try:
-        return now + timedelta(days=remaining / burn_rate(window_used, now))
+        return now + timedelta(microseconds=micros)
     except OverflowError:
         return None
 
@@ -216,9 +232,90 @@ BURN_MARKS = {"burnRatePerDay": "R", "projectedExhaustionAt": "E"}
 _UNFIT = "-"  # a balance JSON the database could not write (an Int beyond 32 bits)
 
 
-def _balance_value(field: str) -> str:
+class BurnSql:
+    """The parameters ($n) with which PostgreSQL writes the burn values at `now`, a moment
+    in UTC, each added with `param` where first used (a statement must use every one)."""
+
+    def __init__(self, param: Callable[[Any], str], now: datetime) -> None:
+        self._param = param
+        self._now = now
+        self._added: dict[str, str] = {}
+
+    def _get(self, name: str, value: Callable[[], Any]) -> str:
+        if name not in self._added:
+            self._added[name] = self._param(value())
+        return self._added[name]
+
+    @property
+    def days(self) -> str:  # float8: the window's length in days (`window_days`)
+        return self._get("days", lambda: window_days(self._now))
+
+    @property
+    def now(self) -> str:  # timestamp: the moment, without its offset
+        return self._get("now", lambda: self._now.replace(tzinfo=None))
+
+    @property
+    def fraction(self) -> str:  # int8: the moment's microseconds past its second
+        return self._get("fraction", lambda: self._now.microsecond)
+
+    @property
+    def span(self) -> str:  # int8: the window's length in microseconds (`window_micros`)
+        return self._get("span", lambda: window_micros(self._now))
+
+    @property
+    def last(self) -> str:  # int8: the microseconds from the moment to the calendar's end
+        return self._get(
+            "last", lambda: (datetime.max - self._now.replace(tzinfo=None)) // _MICROSECOND
+        )
+
+
+def burn_sql(param: Callable[[Any], str], now: datetime) -> BurnSql | None:
+    """PostgreSQL's burn parameters for `now`; None (marks written by the server,
+    `write_burns`) for a moment in another zone, whose offset it writes."""
+    return BurnSql(param, now) if now.tzinfo is UTC else None
+
+
+# The balances whose burn values PostgreSQL writes: a use of less than 10^15 credits (its
+# rate is then below 10^15, which PostgreSQL's shortest float text spells as orjson does,
+# digits and all, bar the ".0" of a whole number) and up to 10^7 remaining (remaining ·
+# span then fits 64 bits). The others come as marks.
+_BURN_WRITTEN = "x.window_used BETWEEN 0 AND 999999999999999 AND x.remaining BETWEEN 0 AND 10000000"
+
+
+def _burn_values_sql(kind: str, burn: BurnSql) -> str:
+    """The JSON text of a burn value on the row x, as `write_burns` would write it: the rate
+    `burn_rate` (a float8 division, as Python's), the exhaustion moment `exhaustion_time`
+    (`exhaustion_micros` in int8 arithmetic, added to the moment in whole days and
+    microseconds, each exact in the interval's float8 factor; the timestamp's own text,
+    cheaper than `to_char`)."""
+    mark = f"chr(30) || '{kind}' || x.window_used::text || ',' || x.remaining::text || chr(31)"
+    if kind == "R":
+        rate = f"(x.window_used::float8 / {burn.days}::float8)::text"
+        value = f"{rate} || CASE WHEN strpos({rate}, '.') = 0 THEN '.0' ELSE '' END"
+        return f"CASE WHEN NOT ({_BURN_WRITTEN}) THEN {mark} ELSE {value} END"
+    micros = f"((x.remaining * {burn.span}::int8 + x.window_used / 2) / x.window_used)"
+    moment = (
+        f"({burn.now}::timestamp + interval '1 day' * ({micros} / 86400000000)"
+        f" + interval '1 microsecond' * ({micros} % 86400000000))"
+    )
+    # a timestamp's text in the ISO DateStyle (api/database.py) is isoformat's with a space
+    # for the T and its fraction's trailing zeros dropped (all of it on a whole second)
+    text = f"replace({moment}::text, ' ', 'T')"
+    return (
+        f"CASE WHEN NOT ({_BURN_WRITTEN}) THEN {mark}"
+        # (apart: a CASE tests in order, an OR in any, and 0 must not divide)
+        f" WHEN x.window_used = 0 THEN 'null' WHEN {micros} > {burn.last}::int8 THEN 'null'"
+        f" WHEN ({burn.fraction}::int8 + {micros}) % 1000000 = 0"
+        f" THEN '\"' || {text} || '+00:00\"'"
+        f" ELSE '\"' || rpad({text}, 26, '0') || '+00:00\"' END"
+    )
+
+
+def _balance_value(field: str, burn: BurnSql | None = None) -> str:
     """The JSON text of a balance's `field` on the row x of `balances_json_sql`."""
     if field in BURN_MARKS:
+        if burn is not None:
+            return _burn_values_sql(BURN_MARKS[field], burn)
         return (
             f"chr(30) || '{BURN_MARKS[field]}' || x.window_used::text || ','"
             " || x.remaining::text || chr(31)"
@@ -237,17 +334,20 @@ def balances_json_sql(
     entries: tuple[tuple[str, str], ...],
     type_name: str,
     window_start: str | None = None,
+    burn: BurnSql | None = None,
 ) -> str:
     """PostgreSQL: End User `end_user`'s balances in every pool of application
     `application` (SQL expressions), in pool order, as a JSON array of objects of `entries`
     (name in the answer, field of BALANCE_FIELD_COLUMNS or BURN_MARKS, or `__typename`
     answered `type_name`): a scalar subquery answering the JSON text, or _UNFIT. Burn
-    fields need the burn window's start, `window_start` (a parameter), and come as marks
-    for `write_burns`."""
+    fields need the burn window's start, `window_start` (a parameter); they are written
+    with `burn` where it can (`_burn_values_sql`), else come as marks for `write_burns`."""
     balance = json_sql.text_object(
         (
             name,
-            json_sql.type_name_text(type_name) if field == "__typename" else _balance_value(field),
+            json_sql.type_name_text(type_name)
+            if field == "__typename"
+            else _balance_value(field, burn),
         )
         for name, field in entries
     )
@@ -278,7 +378,7 @@ def write_burns(texts: dict[int, str], now: datetime) -> dict[int, str]:
     arithmetic, one window length for the page)."""
     if not any("\x1e" in text for text in texts.values()):
         return texts
-    days = window_days(now)
+    days, span = window_days(now), window_micros(now)
     # a UTC moment's ISO text is its naive one with the offset added, for less work
     utc = now.tzinfo is UTC
     start, offset = (now.replace(tzinfo=None), "+00:00") if utc else (now, "")
@@ -298,7 +398,8 @@ def write_burns(texts: dict[int, str], now: datetime) -> dict[int, str]:
             at = "null"
             if window_used > 0:
                 try:
-                    moment = start + timedelta(days=int(remaining) / rate)
+                    micros = exhaustion_micros(window_used, int(remaining), span)
+                    moment = start + timedelta(microseconds=micros)
                 except OverflowError:  # past the calendar's end
                     pass
                 else:
@@ -785,7 +886,8 @@ class PageJson:
             entries, type_name = self.balances
             burn = any(field in BURN_MARKS for _, field in entries)
             window = param(window_start(now)) if burn else None
-            balances = balances_json_sql("page.id", app, entries, type_name, window)
+            written = burn_sql(param, now) if burn else None
+            balances = balances_json_sql("page.id", app, entries, type_name, window, written)
             # (OFFSET 0: kept a subquery, so its JSON is written once per row, not once
             # per use)
             lateral = f" LEFT JOIN LATERAL (SELECT {balances} AS j OFFSET 0) bj ON TRUE"

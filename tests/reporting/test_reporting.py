@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
+import random
 import statistics
 import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta, timezone
+from fractions import Fraction
 from typing import Any
 
 import orjson
@@ -24,8 +27,10 @@ from models import consumption as consumption_module
 from models.access import Principal
 from models.accounts import create_application, create_organization
 from models.allocation_report import (
+    _balance_value,
     balance_lines,
     burn_rate,
+    burn_sql,
     exhaustion_time,
     window_days,
     write_burns,
@@ -144,6 +149,68 @@ def test_burn_marks_are_written_as_the_general_path_serializes_them(
         for i, (used, remaining) in enumerate(balances)
     }
     assert write_burns(texts, now) == expected
+
+
+def _burn_cases(rng: random.Random) -> list[tuple[int, int]]:
+    """(window use, remaining) pairs: none used, the usual, a remaining beyond what the
+    database writes (10^7), an exhaustion past the calendar's end, uses up to 10^15."""
+    edges = [(0, 0), (0, 5), (1, 0), (1, 1), (7, 10_000_000), (1, 10_000_000)]
+    edges += [(3, 10_000_001), (999_999_999_999_999, 1), (10**15, 3), (2, 2**31 - 1)]
+    drawn = [
+        (
+            rng.choice([rng.randint(0, 50), rng.randint(1, 10**6), rng.randint(1, 10**15)]),
+            rng.choice([rng.randint(0, 100), rng.randint(0, 10**7), rng.randint(0, 2**31)]),
+        )
+        for _ in range(400)
+    ]
+    return edges + drawn
+
+
+async def _burn_texts(postgres: bool, cases: list[tuple[int, int]], now: datetime) -> list[str]:
+    """Each case's `{"r": rate, "e": exhaustion}` as a page's statement writes it on
+    PostgreSQL (values or marks), else as marks."""
+    if not postgres:
+        return [f'{{"r":\x1eR{u},{r}\x1f,"e":\x1eE{u},{r}\x1f}}' for u, r in cases]
+    params: list[Any] = []
+
+    def param(value: Any) -> str:
+        params.append(value)
+        return f"${len(params) + 2}"
+
+    burn = burn_sql(param, now)
+    rate = _balance_value("burnRatePerDay", burn)
+    at = _balance_value("projectedExhaustionAt", burn)
+    statement = (
+        f"SELECT ('{{\"r\":' || {rate} || ',\"e\":' || {at} || '}}') AS t"
+        " FROM unnest($1::int8[], $2::int8[]) WITH ORDINALITY AS x(window_used, remaining, i)"
+        " ORDER BY i"
+    )
+    used, remaining = [c[0] for c in cases], [c[1] for c in cases]
+    rows = await single_statement(lambda db: db.records(statement, used, remaining, *params))
+    return [row["t"] for row in rows]
+
+
+async def test_burn_values_written_by_the_database_equal_the_general_path(
+    backend: Backend,
+) -> None:
+    """On PostgreSQL the page's statement writes the burn values itself where it can
+    (`_burn_values_sql`), marks elsewhere: with `write_burns` after it, each equals
+    `burn_rate` and `exhaustion_time` encoded as an answer, at moments on and off a
+    whole second. On SQLite the marks alone do."""
+    cases = _burn_cases(random.Random(20261206))
+    base = datetime(2026, 12, 6, 6, 0, 0, tzinfo=UTC)
+    for now in (base, base + timedelta(minutes=17, microseconds=1), datetime.now(UTC)):
+        texts = dict(enumerate(await _burn_texts(backend.postgres, cases, now)))
+        written = write_burns(texts, now)
+        for i, (used, remaining) in enumerate(cases):
+            at = exhaustion_time(used, remaining, now)
+            expected = {"r": burn_rate(used, now), "e": None if at is None else at.isoformat()}
+            assert orjson.loads(written[i]) == expected, (now, used, remaining, texts[i])
+            rate = encode_json(burn_rate(used, now)).decode()  # the very spelling
+            assert written[i].startswith(f'{{"r":{rate},'), (now, used, remaining, written[i])
+        if backend.postgres:  # most written by the database, the rest marked
+            marked = sum("\x1e" in text for text in texts.values())
+            assert 0 < marked < len(cases) // 2, marked
 
 
 def test_spike_rule_flags_a_burst_but_not_a_flat_or_weekly_series() -> None:
@@ -385,6 +452,13 @@ async def _window_used(app: int) -> dict[tuple[int, int], int]:
     return {(r["end_user_id"], r["pool_id"]): int(r["used"]) for r in rows}
 
 
+def _projected(used: int, remaining: int, now: datetime) -> datetime:
+    """now + remaining / (used / window) to the nearest microsecond, halves up: the
+    documented projection, in exact rationals."""
+    window = Fraction((now - window_start(now)) // timedelta(microseconds=1))
+    return now + timedelta(microseconds=math.floor(remaining * window / used + Fraction(1, 2)))
+
+
 async def _check_burn(app: int, users: list[int]) -> None:
     now = datetime.now(UTC)
     expected = await _window_used(app)
@@ -395,8 +469,7 @@ async def _check_burn(app: int, users: list[int]) -> None:
             assert line.burn.window_used == used
             assert line.burn.rate_per_day == pytest.approx(used / window_days(now))
             if used:
-                days = line.remaining / (used / window_days(now))
-                assert line.burn.exhaustion_at == now + timedelta(days=days)
+                assert line.burn.exhaustion_at == _projected(used, line.remaining, now)
             else:
                 assert line.burn.exhaustion_at is None
 
