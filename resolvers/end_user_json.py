@@ -34,6 +34,7 @@ from resolvers.preserialized import (
     optional_time,
     page_info,
     text,
+    written_edges,
 )
 
 _BALANCE: dict[str, Callable[[BalanceLine], Any]] = {
@@ -230,9 +231,6 @@ def connection_json(
     """The connection's answer for `selection` (read with CONNECTION_SHAPE): the nodes the
     database wrote (`balances.nodes`, in the cursors' order; no lines then), or each
     line's."""
-    written = None
-    if balances.nodes is not None:
-        written = [orjson.Fragment(text) for text in balances.nodes.values()]
     answer: dict[str, Any] = {}
     for part in selection:
         name = part.field_name
@@ -245,12 +243,20 @@ def connection_json(
             answer[part.response_name] = page_info(part.below or (), has_next, end)
         else:  # edges
             below = part.below or ()
-            answer[part.response_name] = [
-                _edge(below, i, cursor_of, lambda node, i=i: _node(node, lines[i], balances))
-                if written is None
-                else _edge(below, i, cursor_of, lambda _, i=i: written[i])
-                for i in range(count)
-            ]
+            nodes = balances.nodes
+            edges = None if nodes is None else written_edges(below, nodes.values())
+            if edges is None and nodes is not None:
+                written = [orjson.Fragment(text) for text in nodes.values()]
+                edges = [
+                    _edge(below, i, cursor_of, lambda _, node=node: node)
+                    for i, node in enumerate(written)
+                ]
+            elif edges is None:
+                edges = [
+                    _edge(below, i, cursor_of, lambda node, i=i: _node(node, lines[i], balances))
+                    for i in range(count)
+                ]
+            answer[part.response_name] = edges
     return answer
 
 

@@ -351,6 +351,16 @@ def _object_maker(size: int) -> Callable[[tuple[str, ...]], Callable[..., dict[s
     return namespace["maker"]  # type: ignore[no-any-return]
 
 
+def written_edges(selection: tuple[Selected, ...], nodes: Iterable[str]) -> Any:
+    """A connection's edges as one JSON text, `[{"node": <text>}, ...]`, when each edge asks
+    for its node alone (`selection`, aliased or not) and the database wrote every node's
+    text; else None. One text instead of an object and a fragment per edge."""
+    if len(selection) != 1 or selection[0].field_name != "node":
+        return None
+    head = f'{{"{selection[0].response_name}":'  # a GraphQL name needs no escaping
+    return orjson.Fragment("[" + ",".join([f"{head}{text}}}" for text in nodes]) + "]")
+
+
 def page_info(selection: tuple[Selected, ...], has_next: bool, end: str | None) -> dict[str, Any]:
     """A Relay connection's pageInfo."""
     return object_json(

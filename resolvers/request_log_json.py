@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -20,6 +20,7 @@ from resolvers.preserialized import (
     optional_text,
     page_info,
     text,
+    written_edges,
 )
 
 Entry = dict[str, Any]
@@ -96,8 +97,15 @@ def connection_json(
             answer[part.response_name] = page_info(part.below or (), has_next, end)
         else:  # edges
             below = part.below or ()
-            wants_cursor = any(s.field_name == "cursor" for s in below)
-            answer[part.response_name] = [
-                _edge(below, entry, cursor_of(entry) if wants_cursor else "") for entry in entries
-            ]
+            texts = [entry.get("j") for entry in entries]
+            edges = None
+            if None not in texts:  # every node written by the database
+                edges = written_edges(below, cast(list[str], texts))
+            if edges is None:
+                wants_cursor = any(s.field_name == "cursor" for s in below)
+                edges = [
+                    _edge(below, entry, cursor_of(entry) if wants_cursor else "")
+                    for entry in entries
+                ]
+            answer[part.response_name] = edges
     return answer

@@ -40,6 +40,7 @@ from resolvers import (
     end_users,
     pool_json,
     request_log,
+    request_log_json,
 )
 from resolvers.context import Context
 from resolvers.preserialized import NotPlain
@@ -396,6 +397,18 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
         return page
 
     monkeypatch.setattr(end_users, "report_page", report_page)
+    for module in (end_user_json, request_log_json):
+        write_edges = module.written_edges
+
+        def edges_counted(
+            *args: Any, _write: Any = write_edges, _name: str = module.__name__
+        ) -> Any:
+            edges = _write(*args)
+            if edges is not None:
+                spliced[f"{_name} edges as one text"] += 1
+            return edges
+
+        monkeypatch.setattr(module, "written_edges", edges_counted)
     app = await _application()
     stock = strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription)
     principal = Principal(0, app, ApiKeyRole.READ, None, None)
@@ -430,6 +443,8 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
             assert spliced["End User nodes written by the database"] >= 10, spliced
             assert spliced["End User burns written"] >= 5, spliced
             assert spliced["End User burns marked"] == 0, spliced  # small values: none
+            assert spliced["resolvers.end_user_json edges as one text"] >= 5, spliced
+            assert spliced["resolvers.request_log_json edges as one text"] >= 5, spliced
 
 
 async def test_a_page_of_written_nodes_the_writer_refuses_is_read_whole(
@@ -536,6 +551,31 @@ async def _both_paths(document: str, variables: dict[str, Any], principal: Princ
         answers.append(_answer(result))
     assert answers[0] == answers[1], (document, variables)
     return answers[0]
+
+
+async def test_edges_asking_for_their_node_alone_come_as_one_text_under_its_alias(
+    backend: Backend,
+) -> None:
+    """Edges that ask for their node alone, aliased or not, are written as one text of the
+    database's nodes; the answer equals the general path's, alias and all, and so does one
+    whose edges ask for more (a cursor)."""
+    app = await _application()
+    principal = Principal(0, app, ApiKeyRole.READ, None, None)
+    for edge in ("n: node", "node", "cursor node"):
+        document = (
+            f"query($id: ID!) {{ application(id: $id) {{"
+            f" endUsers(first: 3) {{ edges {{ {edge} {{ externalId balances {{ used }} }} }} }}"
+            f" requestLog(first: 2) {{ edges {{ {edge} {{ endpoint status }} }} }} }} }}"
+        )
+        answer = (await _both_paths(document, {"id": str(app)}, principal))[0]["application"]
+        name = edge.split(":")[0] if ":" in edge else "node"
+        users = answer["endUsers"]["edges"]
+        assert len(users) == 3 and all(set(e) >= {name} for e in users), users
+        assert [u[name]["externalId"] for u in users] == sorted(
+            u[name]["externalId"] for u in users
+        )
+        entries = answer["requestLog"]["edges"]
+        assert all(set(e) >= {name} for e in entries), entries
 
 
 async def test_a_ranking_given_its_size_by_a_variable_is_read_for_each_request(
