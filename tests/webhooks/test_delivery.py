@@ -366,8 +366,10 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_says_so(backend, htt
                     [announced] = await watcher.wait_for("watch", 1)
                 with pytest.raises(TimeoutError):  # not a low-credit alert
                     await next_event(low_credit, wait=0.5)
-            assert f"webhook endpoint {made['id']} of application {app.id}" in caplog.text
-            assert deliverer.disabled == 1 and deliverer.failed_attempts >= 1
+            # disabled once; the deliverer serves the whole database, where other tests'
+            # endpoints (an unreachable address) may fail long enough to be disabled too
+            assert caplog.text.count(f"webhook endpoint {made['id']} of application {app.id}") == 1
+            assert deliverer.disabled >= 1 and deliverer.failed_attempts >= 1
             listing = await app.admin(ENDPOINT_ALERTS, id=app.id)
             state, watching = listing["application"]["webhookEndpoints"]
             assert state["enabled"] is False and "failing" in state["disabledReason"]
