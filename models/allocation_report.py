@@ -288,7 +288,7 @@ def _burn_values_sql(kind: str, burn: BurnSql) -> str:
     (`exhaustion_micros` in int8 arithmetic, added to the moment in whole days and
     microseconds, each exact in the interval's float8 factor; the timestamp's own text,
     cheaper than `to_char`)."""
-    mark = f"chr(30) || '{kind}' || x.window_used::text || ',' || x.remaining::text || chr(31)"
+    mark = _burn_mark(kind)
     if kind == "R":
         rate = f"(x.window_used::float8 / {burn.days}::float8)::text"
         value = f"{rate} || CASE WHEN strpos({rate}, '.') = 0 THEN '.0' ELSE '' END"
@@ -311,15 +311,16 @@ def _burn_values_sql(kind: str, burn: BurnSql) -> str:
     )
 
 
+def _burn_mark(kind: str) -> str:
+    """A burn value's mark on the row x for `write_burns`: its kind, use and remaining."""
+    return f"chr(30) || '{kind}' || x.window_used::text || ',' || x.remaining::text || chr(31)"
+
+
 def _balance_value(field: str, burn: BurnSql | None = None) -> str:
     """The JSON text of a balance's `field` on the row x of `balances_json_sql`."""
     if field in BURN_MARKS:
-        if burn is not None:
-            return _burn_values_sql(BURN_MARKS[field], burn)
-        return (
-            f"chr(30) || '{BURN_MARKS[field]}' || x.window_used::text || ','"
-            " || x.remaining::text || chr(31)"
-        )
+        kind = BURN_MARKS[field]
+        return _burn_mark(kind) if burn is None else _burn_values_sql(kind, burn)
     column = BALANCE_FIELD_COLUMNS[field]
     if column == "status":  # a BalanceStatus name, never null (`_balance_columns`)
         return json_sql.name_text("x.status")
