@@ -57,6 +57,9 @@ class Claimed:
     attempts: int  # made before this one
     url: str
     signing_secrets: list[str]
+    # The lease this claim stamped: an attempt settles the message only while it still holds
+    # (a redelivery asked for meanwhile, or another holder after it ran out, keeps it pending)
+    lease_until: datetime
 
     @property
     def message_id(self) -> str:
@@ -146,6 +149,8 @@ async def claim_runs(endpoints: int, per_endpoint: int, lease: timedelta) -> lis
     if not ids:
         return []
 
+    until = now + lease
+
     async def claim(db: Sql) -> list[dict[str, Any]]:
         n = len(ids)
         return await db.rows(
@@ -154,7 +159,7 @@ async def claim_runs(endpoints: int, per_endpoint: int, lease: timedelta) -> lis
             f" (lease_until IS NULL OR lease_until < ${n + 2}) FOR UPDATE SKIP LOCKED)"
             " RETURNING id, endpoint_id, application_id, event_type, payload, attempts",
             *ids,
-            time_param(db, now + lease),
+            time_param(db, until),
             time_param(db, now),
         )
 
@@ -171,13 +176,15 @@ async def claim_runs(endpoints: int, per_endpoint: int, lease: timedelta) -> lis
         unwanted += [i for i in run_ids[len(prefix) :] if i in held]
         if prefix and target is not None:
             url, signing = target
-            runs.append([_claimed(held[i], url, signing) for i in prefix])
+            runs.append([_claimed(held[i], url, signing, until) for i in prefix])
     if unwanted:
         await release(unwanted)
     return runs
 
 
-def _claimed(row: dict[str, Any], url: str, signing_secrets: list[str]) -> Claimed:
+def _claimed(
+    row: dict[str, Any], url: str, signing_secrets: list[str], lease_until: datetime
+) -> Claimed:
     return Claimed(
         id=row["id"],
         endpoint_id=row["endpoint_id"],
@@ -187,6 +194,7 @@ def _claimed(row: dict[str, Any], url: str, signing_secrets: list[str]) -> Claim
         attempts=row["attempts"],
         url=url,
         signing_secrets=signing_secrets,
+        lease_until=lease_until,
     )
 
 
@@ -211,6 +219,8 @@ async def _targets(endpoint_ids: list[int], now: datetime) -> dict[int, tuple[st
 
 async def release(message_ids: Sequence[int]) -> None:
     """Lets go of held messages not attempted (they stay pending, in their place)."""
+    if not message_ids:
+        return
     await single_statement(lambda db: _release(db, message_ids))
 
 
@@ -220,6 +230,14 @@ async def _release(db: Sql, message_ids: Sequence[int]) -> None:
         " AND status = 'PENDING'",
         *message_ids,
     )
+
+
+# The attempt's claim still holds the message: its lease is the one the claim stamped
+_HELD_M = "m.lease_until = v.lease"
+
+
+def _held(parameter: int) -> str:
+    return f"lease_until = ${parameter}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +255,9 @@ async def record_attempts(
     released: Sequence[int] = (),
 ) -> list[DisabledEndpoint]:
     """Stores what the attempts did (a message not PENDING any more, delivered meanwhile by
-    another holder, is left as it is), schedules retries, gives up on messages out of
+    another holder, is left as it is; one whose lease is not the attempt's any more, being
+    redelivered or held by another, gets the attempt counted and stays pending), schedules
+    retries, gives up on messages out of
     attempts, lets go of the `released` messages (held, not attempted), and disables the
     endpoints failing for longer than `disable_after`: those disabled now."""
     now = datetime.now(UTC)
@@ -248,43 +268,55 @@ async def record_attempts(
             await _release(db, released)
         delivered = [a for a in attempts if a.delivered]
         failed = [a for a in attempts if not a.delivered]
+        # An attempt settles its message (DELIVERED, FAILED or a retry's time) only while its
+        # claim's lease holds; otherwise it is counted and the message stays as it is
         if delivered and db.postgres:
             await db.run(
-                "UPDATE webhook_message m SET status = 'DELIVERED', attempts = m.attempts + 1,"
+                "UPDATE webhook_message m SET attempts = m.attempts + 1,"
                 " response_status = v.status, latency_ms = v.latency, last_error = NULL,"
-                " lease_until = NULL, delivered_at = $4 FROM unnest($1::bigint[], $2::int[],"
-                " $3::float8[]) AS v(id, status, latency) WHERE m.id = v.id"
-                " AND m.status = 'PENDING'",
+                f" status = CASE WHEN {_HELD_M} THEN 'DELIVERED' ELSE m.status END,"
+                f" delivered_at = CASE WHEN {_HELD_M} THEN $4 ELSE m.delivered_at END,"
+                f" lease_until = CASE WHEN {_HELD_M} THEN NULL ELSE m.lease_until END"
+                " FROM unnest($1::bigint[], $2::int[], $3::float8[], $5::timestamptz[])"
+                " AS v(id, status, latency, lease) WHERE m.id = v.id AND m.status = 'PENDING'",
                 [a.message.id for a in delivered],
                 [a.status for a in delivered],
                 [a.latency_ms for a in delivered],
                 now,
+                [a.message.lease_until for a in delivered],
             )
         else:
             for a in delivered:
                 await db.run(
-                    "UPDATE webhook_message SET status = 'DELIVERED', attempts = attempts + 1,"
-                    " response_status = $2, latency_ms = $3, last_error = NULL,"
-                    " lease_until = NULL, delivered_at = $4 WHERE id = $1"
-                    " AND status = 'PENDING'",
+                    "UPDATE webhook_message SET attempts = attempts + 1, response_status = $2,"
+                    " latency_ms = $3, last_error = NULL,"
+                    f" status = CASE WHEN {_held(5)} THEN 'DELIVERED' ELSE status END,"
+                    f" delivered_at = CASE WHEN {_held(5)} THEN $4 ELSE delivered_at END,"
+                    f" lease_until = CASE WHEN {_held(5)} THEN NULL ELSE lease_until END"
+                    " WHERE id = $1 AND status = 'PENDING'",
                     a.message.id,
                     a.status,
                     a.latency_ms,
                     at,
+                    time_param(db, a.message.lease_until),
                 )
         for a in failed:
             delay = policy.delay_after(a.message.attempts + 1)
             status = DeliveryStatus.PENDING if delay is not None else DeliveryStatus.FAILED
             await db.run(
-                "UPDATE webhook_message SET status = $2, attempts = attempts + 1,"
-                " response_status = $3, latency_ms = $4, last_error = $5, lease_until = NULL,"
-                " next_attempt_at = $6 WHERE id = $1 AND status = 'PENDING'",
+                "UPDATE webhook_message SET attempts = attempts + 1, response_status = $3,"
+                " latency_ms = $4, last_error = $5,"
+                f" status = CASE WHEN {_held(7)} THEN $2 ELSE status END,"
+                f" next_attempt_at = CASE WHEN {_held(7)} THEN $6 ELSE next_attempt_at END,"
+                f" lease_until = CASE WHEN {_held(7)} THEN NULL ELSE lease_until END"
+                " WHERE id = $1 AND status = 'PENDING'",
                 a.message.id,
                 status.value,
                 a.status,
                 a.latency_ms,
                 (a.error or "")[:MAX_ERROR] or None,
                 time_param(db, now + timedelta(seconds=delay or 0)),
+                time_param(db, a.message.lease_until),
             )
         answered = sorted({a.message.endpoint_id for a in delivered})
         if answered:

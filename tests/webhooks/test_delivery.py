@@ -25,6 +25,7 @@ from models.expiry import warn_expiring_lots
 from models.outbox import write_events
 from models.sql import transaction
 from models.tenancy import Application
+from models.webhook_queue import Attempt, RetryPolicy, claim_runs, record_attempts, release
 from models.webhooks import WebhookMessage
 from tests.applications import App, allocation, book, consume_input, keyed_application
 from tests.conftest import Backend, Server, serving
@@ -57,6 +58,10 @@ query($id: ID!) {
     alerts(first: 10) { edges { node { id kind pool remaining acknowledged endUser { id }
                                        webhookEndpoint { id enabled } } } }
   }
+}"""
+REDELIVER = """
+mutation($id: ID!) {
+  redeliverWebhook(id: $id) { delivery { messageId status } errors { code } }
 }"""
 ACKNOWLEDGE_ALERT = """
 mutation($id: ID!) { acknowledgeAlert(id: $id) { alert { acknowledged pool } errors { code } } }"""
@@ -258,6 +263,68 @@ async def test_many_clients_create_endpoints_and_events_at_once(hooked) -> None:
         assert {len(receiver.unique(p)) for p in paths} == {expected}
 
 
+async def test_a_redelivery_asked_for_while_its_message_is_in_flight_is_sent_again(
+    backend: Backend, http: httpx.AsyncClient
+) -> None:
+    """Redelivery asked for between an attempt and its record: the record counts the attempt
+    and leaves the message pending and due (delivered or failed), so it is sent again."""
+    settings = webhook_settings(backend.settings)
+    policy = RetryPolicy(first_delay=60, max_delay=60)
+    async with serving(Backend(backend.name, settings)) as server:
+        async with receiving(Receiver(fail_first=1)) as receiver:
+            app = await keyed_application(server, http)
+            await subscribe(app, receiver, "hook", ["PACK_PURCHASED"])
+            await app.admin(PURCHASE, input={"applicationId": app.id, "pool": "ai", "credits": 5})
+            sender = WebhookDeliverer(settings)
+
+            async def delivery() -> dict | None:
+                listing = await app.admin(WEBHOOK_DELIVERIES, id=app.id, first=1, filter=None)
+                edges = listing["application"]["webhookEndpoints"][0]["deliveries"]["edges"]
+                return edges[0]["node"] if edges else None
+
+            for _ in range(100):  # the outbox's relay writes the message
+                if await delivery() is not None:
+                    break
+                await asyncio.sleep(0.05)
+
+            async def in_flight_then_redelivered() -> tuple[Attempt, dict]:
+                claimed = await claim_runs(100_000, 1, timedelta(minutes=1))
+                [[message]] = [r for r in claimed if r[0].url == receiver.endpoint_url("hook")]
+                await release([r[0].id for r in claimed if r[0] is not message])
+                attempt = await sender.attempt(message)
+                node = await delivery()
+                assert node is not None and node["status"] == "PENDING"
+                again = await app.admin(REDELIVER, id=node["id"])
+                assert again["redeliverWebhook"]["errors"] == []
+                await record_attempts([attempt], policy, timedelta(days=1))
+                node = await delivery()
+                assert node is not None
+                return attempt, node
+
+            try:
+                failed, node = await in_flight_then_redelivered()  # the receiver's 500
+                assert (failed.delivered, failed.status) == (False, 500)
+                assert (node["status"], node["attempts"]) == ("PENDING", 1)
+                delivered, node = await in_flight_then_redelivered()  # due now, not in 60 s
+                assert delivered.delivered
+                assert (node["status"], node["attempts"]) == ("PENDING", 2)
+                await sender.start()
+                for _ in range(400):  # accepted: the second attempt and the deliverer's
+                    if len(receiver.accepted["hook"]) == 2:
+                        break
+                    await asyncio.sleep(0.05)
+                ids = [m.message_id for m in receiver.accepted["hook"]]
+                assert ids == [delivered.message.message_id] * 2
+                for _ in range(100):
+                    node = await delivery()
+                    if node is not None and node["status"] == "DELIVERED":
+                        break
+                    await asyncio.sleep(0.05)
+                assert node is not None and (node["status"], node["attempts"]) == ("DELIVERED", 3)
+            finally:
+                await sender.close()
+
+
 async def test_redelivery_and_the_request_log(hooked) -> None:
     async with receiving(Receiver()) as receiver:
         app = await empty_app(hooked)
@@ -266,11 +333,7 @@ async def test_redelivery_and_the_request_log(hooked) -> None:
         [first] = await receiver.wait_for("hook", 1)
         listing = await app.admin(WEBHOOK_DELIVERIES, id=app.id, first=10, filter=None)
         node = listing["application"]["webhookEndpoints"][0]["deliveries"]["edges"][0]["node"]
-        again = await app.admin(
-            """mutation($id: ID!) { redeliverWebhook(id: $id) {
-                 delivery { messageId status } errors { code } } }""",
-            id=node["id"],
-        )
+        again = await app.admin(REDELIVER, id=node["id"])
         assert again["redeliverWebhook"]["errors"] == []
         assert again["redeliverWebhook"]["delivery"]["messageId"] == first.message_id
         for _ in range(400):  # up to 20 s, as Receiver.wait_for

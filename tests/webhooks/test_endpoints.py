@@ -230,7 +230,10 @@ async def test_a_name_is_checked_again_when_connecting(backend, tenant) -> None:
         # the deliverer, told that its URL was checked for the run, still does not send it
         settings = backend.settings.model_copy(update={"webhooks_allow_private": False})
         deliverer = WebhookDeliverer(settings)
-        claimed = Claimed(0, made.id, tenant.application_id, "test", "{}", 0, url, [made.secret])
+        lease = datetime.now(UTC)
+        claimed = Claimed(
+            0, made.id, tenant.application_id, "test", "{}", 0, url, [made.secret], lease
+        )
         try:
             attempt = await deliverer.attempt(claimed, checked=True)
         finally:
