@@ -26,15 +26,11 @@ def finite(column: str) -> str:
     return f"{column} NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)"
 
 
-def json_object(pairs: Iterable[tuple[str, str]]) -> str:
-    """`json_build_object` of (name in the answer, SQL expression) pairs, in their order."""
-    return "json_build_object(" + ", ".join(f"'{name}', {sql}" for name, sql in pairs) + ")"
-
-
 def text_object(pairs: Iterable[tuple[str, str]]) -> str:
     """A JSON object as text from (name in the answer, SQL expression of the value's JSON
-    text) pairs, in their order: what `json_object` writes, built by concatenation so that a
-    value may be any text (a mark the server replaces, `models.allocation_report.write_burns`)."""
+    text) pairs, in their order, built by concatenation: cheaper than `json_build_object`,
+    which looks up each value's type on every call, and a value may be any text (a mark the
+    server replaces, `models.allocation_report.write_burns`). NULL if any value is."""
     parts = ",".join(f"\"{name}\":' || {sql} || '" for name, sql in pairs)
     return f"('{{{parts}}}')"
 
@@ -46,13 +42,9 @@ def json_text(sql: str) -> str:
 
 def name_text(sql: str) -> str:
     """The JSON text of a non-null name of ours that JSON holds as it is (an enum value's
-    stored name: capitals and underscores), without `to_json`'s escaping pass."""
+    stored name: capitals and underscores; an ISO time), without `to_json`'s escaping
+    pass."""
     return f"('\"' || {sql} || '\"')"
-
-
-def type_name(name: str) -> str:
-    """A `__typename` entry's value."""
-    return f"'{name}'::text"
 
 
 def type_name_text(name: str) -> str:
