@@ -361,7 +361,7 @@ async def entry_page(
     after: tuple[datetime, int] | None = None,
     where: LogFilter | None = None,
     as_json: EntryJson | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Row]:
     """Up to `first` + 1 entries of an application, newest first (by time, then id), after
     the keyset cursor `(time, id)` when given; the extra row tells that a next page exists.
     On PostgreSQL with `as_json`, when the database could write every entry's JSON text for
@@ -394,8 +394,8 @@ async def entry_page(
         # application: planned once; a filter's best index depends on how selective it is
         planned_once=not conditions,
     )
-    if as_written:
-        return [{"id": row["id"], "time": as_utc(row["time"]), "j": row["j"]} for row in rows]
+    if as_written:  # asyncpg's Records as they come (PostgreSQL's times are aware UTC)
+        return rows
     return [entry_dict(row) for row in rows]
 
 

@@ -4,7 +4,7 @@ pages), `Application.requestVolume` (requests and errors per bucket, with spikes
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -68,7 +68,7 @@ class RequestLogEntry:
         return cls.from_entry({"id": logged.id, **entry_dict(logged.row._asdict())})
 
     @classmethod
-    def from_entry(cls, entry: dict[str, Any]) -> RequestLogEntry:
+    def from_entry(cls, entry: Mapping[str, Any]) -> RequestLogEntry:
         return cls(
             id=strawberry.ID(str(entry["id"])),
             time=entry["time"],
@@ -161,7 +161,7 @@ def _cursor(time: datetime, entry_id: object) -> str:
     return encode_cursor(_CURSOR_KIND, f"{time.isoformat()}|{entry_id}")
 
 
-def _entry_cursor(entry: dict[str, Any]) -> str:
+def _entry_cursor(entry: Mapping[str, Any]) -> str:
     return _cursor(entry["time"], entry["id"])
 
 

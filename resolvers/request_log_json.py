@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import orjson
@@ -23,7 +23,7 @@ from resolvers.preserialized import (
     written_edges,
 )
 
-Entry = dict[str, Any]
+Entry = Mapping[str, Any]
 
 _ENTRY: dict[str, Callable[[Entry], Any]] = {
     "id": lambda e: str(e["id"]),

@@ -590,7 +590,7 @@ async def test_unfiltered_pages_are_planned_once(backend, monkeypatch) -> None:
     later = await entry_page(app, 3, after, as_json=(("requestId", "requestId"),))
     # (written as JSON by PostgreSQL, as rows by SQLite)
     ids = [
-        orjson.loads(row["j"])["requestId"] if "j" in row else row["request_id"] for row in later
+        orjson.loads(row["j"])["requestId"] if row.get("j") else row["request_id"] for row in later
     ]
     assert ids == [f"req-{i}" for i in range(3, 7)]
     unfiltered = len(planned)
