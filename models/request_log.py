@@ -316,7 +316,7 @@ def entry_dict(row: Row) -> dict[str, Any]:
 
 # An entry's fields as the API names them, each as the JSON text PostgreSQL writes for it
 # (models/json_sql.py), joined into an object by concatenation (json_build_object looks up
-# each value's type on every call: a sixth of a page's statement); an entry whose row breaks
+# each value's type on every call: a fifth of a page's statement); an entry whose row breaks
 # `_ENTRY_FITS` is written by Python.
 ENTRY_FIELD_SQL = {
     "id": json_sql.name_text("id::text"),

@@ -257,9 +257,9 @@ async def record_attempts(
     """Stores what the attempts did (a message not PENDING any more, delivered meanwhile by
     another holder, is left as it is; one whose lease is not the attempt's any more, being
     redelivered or held by another, gets the attempt counted and stays pending), schedules
-    retries, gives up on messages out of
-    attempts, lets go of the `released` messages (held, not attempted), and disables the
-    endpoints failing for longer than `disable_after`: those disabled now."""
+    retries, gives up on messages out of attempts, lets go of the `released` messages (held,
+    not attempted), and disables the endpoints failing for longer than `disable_after`: those
+    disabled now."""
     now = datetime.now(UTC)
 
     async def work(db: Sql) -> list[DisabledEndpoint]:
