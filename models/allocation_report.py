@@ -232,47 +232,69 @@ BURN_MARKS = {"burnRatePerDay": "R", "projectedExhaustionAt": "E"}
 _UNFIT = "-"  # a balance JSON the database could not write (an Int beyond 32 bits)
 
 
-class BurnSql:
-    """The parameters ($n) with which PostgreSQL writes the burn values at `now`, a moment
-    in UTC, each added with `param` where first used (a statement must use every one)."""
+# The parameters with which PostgreSQL writes burn values (`BurnSql`), by name: each one's
+# value at a moment in UTC.
+_BURN_PARAMS: dict[str, Callable[[datetime], Any]] = {
+    # float8: the window's length in days (`window_days`)
+    "days": window_days,
+    # timestamp: the moment, without its offset
+    "now": lambda now: now.replace(tzinfo=None),
+    # int8: the moment's microseconds past its second
+    "fraction": lambda now: now.microsecond,
+    # int8: the window's length in microseconds (`window_micros`)
+    "span": window_micros,
+    # int8: the microseconds from the moment to the calendar's end
+    "last": lambda now: (datetime.max - now.replace(tzinfo=None)) // _MICROSECOND,
+}
 
-    def __init__(self, param: Callable[[Any], str], now: datetime) -> None:
+
+def burn_params(names: Iterable[str], now: datetime) -> list[Any]:
+    """The values of the burn parameters `names` at `now`, a moment in UTC."""
+    return [_BURN_PARAMS[name](now) for name in names]
+
+
+class BurnSql:
+    """The parameters ($n) with which PostgreSQL writes the burn values (`_BURN_PARAMS`),
+    each added by name with `param` where first used (a statement must use every one), so
+    that a statement's text does not depend on the moment."""
+
+    def __init__(self, param: Callable[[str], str]) -> None:
         self._param = param
-        self._now = now
         self._added: dict[str, str] = {}
 
-    def _get(self, name: str, value: Callable[[], Any]) -> str:
+    def _get(self, name: str) -> str:
         if name not in self._added:
-            self._added[name] = self._param(value())
+            self._added[name] = self._param(name)
         return self._added[name]
 
     @property
-    def days(self) -> str:  # float8: the window's length in days (`window_days`)
-        return self._get("days", lambda: window_days(self._now))
+    def days(self) -> str:
+        return self._get("days")
 
     @property
-    def now(self) -> str:  # timestamp: the moment, without its offset
-        return self._get("now", lambda: self._now.replace(tzinfo=None))
+    def now(self) -> str:
+        return self._get("now")
 
     @property
-    def fraction(self) -> str:  # int8: the moment's microseconds past its second
-        return self._get("fraction", lambda: self._now.microsecond)
+    def fraction(self) -> str:
+        return self._get("fraction")
 
     @property
-    def span(self) -> str:  # int8: the window's length in microseconds (`window_micros`)
-        return self._get("span", lambda: window_micros(self._now))
+    def span(self) -> str:
+        return self._get("span")
 
     @property
-    def last(self) -> str:  # int8: the microseconds from the moment to the calendar's end
-        return self._get(
-            "last", lambda: (datetime.max - self._now.replace(tzinfo=None)) // _MICROSECOND
-        )
+    def last(self) -> str:
+        return self._get("last")
 
 
 def burn_sql(param: Callable[[Any], str], now: datetime) -> BurnSql | None:
-    """PostgreSQL's burn parameters for `now`; None (marks written by the server,
-    `write_burns`) for a moment in another zone, whose offset it writes."""
-    return BurnSql(param, now) if now.tzinfo is UTC else None
+    """PostgreSQL's burn parameters for `now`, each added by value with `param`; None
+    (marks written by the server, `write_burns`) for a moment in another zone, whose
+    offset it writes."""
+    if now.tzinfo is not UTC:
+        return None
+    return BurnSql(lambda name: param(_BURN_PARAMS[name](now)))
 
 
 # The balances whose burn values PostgreSQL writes: a use of less than 10^15 credits (its
@@ -711,61 +733,185 @@ async def rankings(
     return _ranked_lines(rows, pool_id, now)
 
 
+def _in_ranking_order(
+    items: list[Any], ranking: Ranking, key: Callable[[Any], Any], ident: Callable[[Any], int]
+) -> None:
+    """Sorts a ranking's items in its order: by their sort key `key`, ties by id `ident`."""
+    items.sort(key=ident)
+    items.sort(key=key, reverse=_RANKINGS[ranking].direction == "DESC")
+
+
 def _ranked_lines(rows: list[Row], pool_id: int, now: datetime) -> dict[Ranking, list[EndUserLine]]:
     """Rows tagged with their ranking's position in `Ranking`, by ranking, in its order."""
     order = list(Ranking)
     found: dict[Ranking, list[EndUserLine]] = {ranking: [] for ranking in order}
     for row in rows:
         found[order[row["ranking"]]].append(_end_user(row, pool_id, now))
-    for ranking, lines in found.items():  # each ranking's order: its key, ties by id
-        lines.sort(key=lambda line: line.id)
-        lines.sort(key=lambda line: line.sort_key, reverse=_RANKINGS[ranking].direction == "DESC")
+    for ranking, lines in found.items():
+        _in_ranking_order(lines, ranking, lambda line: line.sort_key, lambda line: line.id)
     return found
 
 
 _WITH_BORDERLINE = "xb"  # the changed End Users and the borderline ones, for the summary
 
+# What of a ranked balance the database writes as JSON: (name in the answer, field of
+# BALANCE_FIELD_COLUMNS or BURN_MARKS or `__typename`, None), or (name, `endUser`, its
+# entries: (name, field of END_USER_FIELD_SQL or `__typename`)).
+RankedEntries = tuple[tuple[str, str, tuple[tuple[str, str], ...] | None], ...]
+# Each ranking whose balances the database writes, with their entries.
+RankedAsJson = tuple[tuple[Ranking, RankedEntries], ...]
 
-@lru_cache(maxsize=2)
-def _summary_and_rankings_statement(postgres: bool) -> str:
+
+def _ranked_json_sql(entries: RankedEntries, burn: BurnSql | None) -> str:
+    """The JSON text of a ranked balance on the row x of `_ranked_rows`, or NULL when an Int
+    of it does not fit 32 bits (the server then writes it, and refuses it as the general
+    path does)."""
+    end_user = _end_user_field_sql("x")
+    pairs = []
+    for name, field, below in entries:
+        if field == "__typename":
+            value = json_sql.type_name_text("EndUserBalance")
+        elif below is not None:  # endUser
+            value = json_sql.text_object(
+                (n, json_sql.type_name_text("EndUser") if f == "__typename" else end_user[f])
+                for n, f in below
+            )
+        else:
+            value = _balance_value(field, burn)
+        pairs.append((name, value))
+    fits = " AND ".join(
+        f"COALESCE(x.{column} {json_sql.INT32}, TRUE)"
+        for column in ("allocated", "used", "remaining", "expired", "version", "threshold")
+    )
+    return f"CASE WHEN {fits} THEN {json_sql.text_object(pairs)} END"
+
+
+@lru_cache(maxsize=32)
+def _summary_and_rankings_statement(
+    postgres: bool, as_json: RankedAsJson = (), utc: bool = True
+) -> tuple[str, tuple[str, ...]]:
     """The summary ($4 the horizon factor) and both rankings ($5 and $6: how many of each)
     of a pool: each ranked row with the summary's columns (named `s_` and theirs), or the
-    summary alone with NULLs when none is ranked. The changed End Users are found once."""
+    summary alone with NULLs when none is ranked. The changed End Users are found once.
+    On PostgreSQL, the rankings of `as_json` come with each balance's JSON text (`j`),
+    burn values written with the parameters named in the answer ($7 on; at a moment in
+    UTC, `utc`), else as marks for `write_burns`."""
     first, second = Ranking
     ctes, summary = _summary_parts(postgres, _WITH_BORDERLINE)
     summary_columns = ", ".join(f"s.{name} AS s_{name}" for name, _ in _SUMMARY_SELECT)
-    ranked = (
-        f"{_ranked_rows('top_0', postgres, '0 AS ranking, ')}"
-        f" UNION ALL {_ranked_rows('top_1', postgres, '1 AS ranking, ')}"
-    )
-    return (
+    names: list[str] = []
+
+    def param(name: str) -> str:
+        names.append(name)
+        return f"${6 + len(names)}"
+
+    burn = BurnSql(param) if utc else None
+    written = dict(as_json)
+
+    def rows(position: int, ranking: Ranking) -> str:
+        ranked = _ranked_rows(f"top_{position}", postgres, f"{position} AS ranking, ")
+        if not written:
+            return ranked
+        entries = written.get(ranking)
+        json = "NULL::text" if entries is None else _ranked_json_sql(entries, burn)
+        return f"SELECT x.*, {json} AS j FROM ({ranked}) x"
+
+    statement = (
         f"WITH {CHANGED} AS ({changed_end_users('$1', '$2', '$3', postgres=postgres)}),"
         f" {_WITH_BORDERLINE} AS (SELECT end_user_id FROM {CHANGED}"
         f" UNION ALL {borderline_end_users('$2')}),"
         f" {_live_balances(postgres, _WITH_BORDERLINE)}, {ctes}, s AS ({summary}),"
         f" top_0 AS ({_top(first, '$5')}), top_1 AS ({_top(second, '$6')})"
-        f" SELECT {summary_columns}, ranked.* FROM s LEFT JOIN ({ranked}) ranked ON 1 = 1"
+        f" SELECT {summary_columns}, ranked.* FROM s LEFT JOIN"
+        f" ({rows(0, first)} UNION ALL {rows(1, second)}) ranked ON 1 = 1"
+    )
+    return statement, tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """The rankings read with a summary: their rows, made into lines when asked, and the
+    JSON texts of their balances where the database wrote every one of a ranking."""
+
+    rows: list[Row]
+    pool_id: int
+    now: datetime
+    asked: frozenset[Ranking]
+    texts: dict[Ranking, list[str]]
+
+    def lines(self) -> dict[Ranking, list[EndUserLine]]:
+        return _ranked_lines(self.rows, self.pool_id, self.now)
+
+
+def _ranked_texts(
+    rows: list[Row], as_json: RankedAsJson, now: datetime
+) -> dict[Ranking, list[str]]:
+    """The written JSON texts of each ranking of `as_json`, in its order, when all were."""
+    order = list(Ranking)
+    found: dict[Ranking, list[Row]] = {ranking: [] for ranking, _ in as_json}
+    for row in rows:
+        ranked = found.get(order[row["ranking"]])
+        if ranked is not None:
+            ranked.append(row)
+    texts = {}
+    for ranking, ranked in found.items():
+        if any(row["j"] is None for row in ranked):
+            continue  # an Int beyond 32 bits: the server's lines
+        _in_ranking_order(ranked, ranking, lambda row: row["k"], lambda row: row["id"])
+        texts[ranking] = [row["j"] for row in ranked]
+    # the marks of burn values the database did not write, replaced in one pass
+    written = write_burns(
+        {(ranking, i): text for ranking, ranked in texts.items() for i, text in enumerate(ranked)},
+        now,
+    )
+    for (ranking, i), text in written.items():
+        texts[ranking][i] = text
+    return texts
+
+
+async def summary_and_ranked(
+    application_id: int,
+    pool_id: int,
+    firsts: dict[Ranking, int],
+    now: datetime,
+    as_json: RankedAsJson = (),
+) -> tuple[AllocationSummary, Ranked]:
+    """The pool's summary (as `allocation_summary`) and the rankings asked for (as
+    `rankings`), in one statement: a dashboard asks for them together. On PostgreSQL the
+    balances of the rankings of `as_json` come as JSON texts too."""
+    utc = now.tzinfo is UTC
+
+    def read(db: Any) -> Any:
+        statement, names = _summary_and_rankings_statement(
+            db.postgres, as_json if db.postgres else (), utc
+        )
+        return db.records(
+            statement,
+            application_id,
+            pool_id,
+            window_start(now),
+            _horizon(now),
+            *(firsts.get(ranking, 0) for ranking in Ranking),
+            *burn_params(names, now),
+            planned_once=True,
+        )
+
+    rows = await single_statement(read)
+    ranked = [row for row in rows if row["ranking"] is not None]
+    # (the rows carry the texts where the database wrote them: on PostgreSQL)
+    texts = _ranked_texts(ranked, as_json, now) if as_json and "j" in rows[0].keys() else {}
+    return _summary(rows[0], pool_id, now, "s_"), Ranked(
+        ranked, pool_id, now, frozenset(firsts), texts
     )
 
 
 async def summary_and_rankings(
     application_id: int, pool_id: int, firsts: dict[Ranking, int], now: datetime
 ) -> tuple[AllocationSummary, dict[Ranking, list[EndUserLine]]]:
-    """The pool's summary (as `allocation_summary`) and the rankings asked for (as
-    `rankings`), in one statement: a dashboard asks for them together."""
-    rows = await single_statement(
-        lambda db: db.records(
-            _summary_and_rankings_statement(db.postgres),
-            application_id,
-            pool_id,
-            window_start(now),
-            _horizon(now),
-            *(firsts.get(ranking, 0) for ranking in Ranking),
-            planned_once=True,
-        )
-    )
-    found = _ranked_lines([row for row in rows if row["ranking"] is not None], pool_id, now)
-    return _summary(rows[0], pool_id, now, "s_"), {ranking: found[ranking] for ranking in firsts}
+    """The pool's summary and the rankings asked for, as lines (`summary_and_ranked`)."""
+    summary, ranked = await summary_and_ranked(application_id, pool_id, firsts, now)
+    lines = ranked.lines()
+    return summary, {ranking: lines[ranking] for ranking in firsts}
 
 
 # ------------------------------------------------------------------------- End User lists
@@ -859,15 +1005,21 @@ class Page:
 
 # The balances a page may carry as JSON (`balances_json_sql`): entries and type name.
 BalancesAsJson = tuple[tuple[tuple[str, str], ...], str]
+
+
 # An End User's fields as the API names them, as PostgreSQL writes their JSON text, on the
 # page's row `page` (models/json_sql.py).
-END_USER_FIELD_SQL = {
-    "id": json_sql.json_text("page.id::text"),
-    "externalId": json_sql.json_text("page.external_id"),
-    "name": json_sql.json_text("page.name"),
-    "email": json_sql.json_text("page.email"),
-    "createdAt": f"'\"' || {json_sql.iso_time('page.created_at')} || '\"'",
-}
+def _end_user_field_sql(row: str) -> dict[str, str]:
+    return {
+        "id": json_sql.json_text(f"{row}.id::text"),
+        "externalId": json_sql.json_text(f"{row}.external_id"),
+        "name": json_sql.json_text(f"{row}.name"),
+        "email": json_sql.json_text(f"{row}.email"),
+        "createdAt": f"'\"' || {json_sql.iso_time(f'{row}.created_at')} || '\"'",
+    }
+
+
+END_USER_FIELD_SQL = _end_user_field_sql("page")
 
 
 @dataclass(frozen=True, slots=True)

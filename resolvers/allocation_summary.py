@@ -6,20 +6,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+import orjson
 import strawberry
 
 from models.allocation_report import (
     HORIZON_DAYS,
     EndUserLine,
+    Ranked,
+    RankedAsJson,
     Ranking,
     allocation_summary,
-    summary_and_rankings,
+    summary_and_ranked,
 )
 from models.allocation_report import (
     AllocationSummary as Figures,
 )
 from resolvers.context import Info
-from resolvers.end_user_json import RANKED_SHAPE, ranked_json
+from resolvers.end_user_json import RANKED_SHAPE, ranked_entries, ranked_json
 from resolvers.end_users import EndUser, EndUserBalance, pool_id_of
 from resolvers.errors import errors_as_query_errors
 from resolvers.loaders import loaders_of
@@ -100,24 +103,29 @@ async def allocation_summary_of(info: Info, application_id: int, pool: str) -> A
     assert pool_id is not None
     loaders = loaders_of(info)
     pages = selected_rankings(info)
-    ranked: dict[Ranking, list[EndUserLine]] = {}
+    selection = read_selection(info, SUMMARY_SHAPE, SUMMARY_ARGUMENTS) if splicing(info) else None
+    ranked = None
     if pages:
         # the rankings asked for come with the summary: their fields read no statement
         firsts = {ranking: max(page) for ranking, page in pages.items()}
-        figures, ranked = await summary_and_rankings(application_id, pool_id, firsts, loaders.now)
-        for ranking, page in pages.items():
-            for first in page:
-                loaders.rankings.prime(
-                    (application_id, pool_id, ranking, first), ranked[ranking][:first]
-                )
+        as_json = () if selection is None else ranked_as_json(selection, frozenset(firsts))
+        figures, ranked = await summary_and_ranked(
+            application_id, pool_id, firsts, loaders.now, as_json
+        )
     else:
         figures = await allocation_summary(application_id, pool_id, loaders.now)
-    selection = read_selection(info, SUMMARY_SHAPE, SUMMARY_ARGUMENTS) if splicing(info) else None
     if selection is not None:
         try:  # its JSON straight from the figures and ranked lines (resolvers/preserialized.py)
             return cast(AllocationSummary, encode(summary_json(selection, pool, figures, ranked)))
         except NotPlain:
             pass  # the general path answers it, and reports what it reports
+    if ranked is not None:
+        lines = ranked.lines()
+        for ranking, page in pages.items():
+            for first in page:
+                loaders.rankings.prime(
+                    (application_id, pool_id, ranking, first), lines[ranking][:first]
+                )
     return AllocationSummary(
         pool=pool,
         end_users_total=figures.end_users_total,
@@ -183,27 +191,52 @@ SUMMARY_ARGUMENTS: Arguments = {
 }
 
 
+def ranked_as_json(selection: tuple[Selected, ...], asked: frozenset[Ranking]) -> RankedAsJson:
+    """The rankings of `selection` among those `asked` whose balances the database can
+    write as JSON: those selected with one selection (under any aliases) of plain or burn
+    fields (`ranked_entries`)."""
+    found: dict[Ranking, set[tuple[Selected, ...] | None]] = {}
+    for part in selection:
+        ranking = _RANKINGS.get(part.field_name)
+        if ranking in asked:
+            found.setdefault(ranking, set()).add(part.below)
+    written = []
+    for ranking, belows in found.items():
+        below = next(iter(belows))
+        entries = ranked_entries(below) if len(belows) == 1 and below else None
+        if entries is not None:
+            written.append((ranking, entries))
+    return tuple(written)
+
+
 def summary_json(
     selection: tuple[Selected, ...],
     pool: str,
     figures: Figures,
-    ranked: dict[Ranking, list[EndUserLine]],
+    ranked: Ranked | None,
 ) -> dict[str, Any]:
     """The summary's answer for `selection` (read with SUMMARY_SHAPE), each value as the
     general path serializes it; the rankings from `ranked`, which must hold every page
-    asked for (read with the summary)."""
+    asked for (read with the summary): the texts the database wrote, else the lines."""
+    lines: dict[Ranking, list[EndUserLine]] | None = None
 
     def value_of(part: Selected) -> Any:
+        nonlocal lines
         name = part.field_name
         if name == "pool":
             return text(pool)
         ranking = _RANKINGS.get(name)
         if ranking is None:
             return _FIGURES[name](figures)
-        lines = ranked.get(ranking)
-        if lines is None:
+        if ranked is None or ranking not in ranked.asked:
             raise NotPlain  # not read with the summary
         first = page_size(part, RANKING_FIRST, MAX_PAGE)
-        return ranked_json(part.below or (), [line for line in lines[:first] if line.balance])
+        texts = ranked.texts.get(ranking)
+        if texts is not None:
+            return orjson.Fragment("[" + ",".join(texts[:first]) + "]")
+        if lines is None:
+            lines = ranked.lines()
+        found = lines[ranking][:first]
+        return ranked_json(part.below or (), [line for line in found if line.balance])
 
     return object_json(selection, "AllocationSummary", value_of)

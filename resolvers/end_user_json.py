@@ -18,6 +18,7 @@ from models.allocation_report import (
     BalanceLine,
     EndUserLine,
     PageJson,
+    RankedEntries,
 )
 from resolvers.preserialized import (
     PAGE_INFO_SHAPE,
@@ -189,6 +190,26 @@ def _ranked_value(selected: Selected, line: EndUserLine) -> Any:
     if selected.below is None:
         return _BALANCE[selected.field_name](line.balance)  # type: ignore[arg-type]
     return object_json(selected.below, "EndUser", lambda s: _END_USER[s.field_name](line))
+
+
+_RANKED_WRITTEN = {"__typename", *BALANCE_FIELD_COLUMNS, *BURN_MARKS}
+
+
+def ranked_entries(selection: tuple[Selected, ...]) -> RankedEntries | None:
+    """The entries of a ranked balance's selection (read with RANKED_SHAPE) when the
+    database can write all of it (`models.allocation_report.RankedEntries`); else None."""
+    entries = []
+    for s in selection:
+        if s.below is None:  # a balance's field
+            if s.field_name not in _RANKED_WRITTEN:
+                return None
+            entries.append((s.response_name, s.field_name, None))
+            continue
+        below = tuple((e.response_name, e.field_name) for e in s.below)  # endUser
+        if not all(f == "__typename" or f in END_USER_FIELD_SQL for _, f in below):
+            return None
+        entries.append((s.response_name, s.field_name, below))
+    return tuple(entries)
 
 
 def _node(selection: tuple[Selected, ...], line: EndUserLine, balances: Balances) -> Any:

@@ -31,7 +31,7 @@ from models.ledger import allocate_credits, consume_credits, purchase_credits
 from models.references import EndUserRef
 from models.request_log import LogRow, insert_entries
 from models.rollups import fold_usage, rebuild_rollups, window_start
-from models.sql import single_statement
+from models.sql import Sql, single_statement
 from models.tenancy import ApiKeyRole
 from resolvers import (
     allocation_summary,
@@ -397,6 +397,15 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
         return page
 
     monkeypatch.setattr(end_users, "report_page", report_page)
+    read_summary = allocation_summary.summary_and_ranked
+
+    async def summary_and_ranked(*args: Any) -> Any:
+        figures, ranked = await read_summary(*args)
+        if ranked.texts:
+            spliced["rankings written by the database"] += 1
+        return figures, ranked
+
+    monkeypatch.setattr(allocation_summary, "summary_and_ranked", summary_and_ranked)
     for module in (end_user_json, request_log_json):
         write_edges = module.written_edges
 
@@ -443,6 +452,7 @@ async def test_generated_selections_answer_the_same_preserialized_or_not(
             assert spliced["End User nodes written by the database"] >= 10, spliced
             assert spliced["End User burns written"] >= 5, spliced
             assert spliced["End User burns marked"] == 0, spliced  # small values: none
+            assert spliced["rankings written by the database"] >= 10, spliced
             assert spliced["resolvers.end_user_json edges as one text"] >= 5, spliced
             assert spliced["resolvers.request_log_json edges as one text"] >= 5, spliced
 
@@ -598,6 +608,40 @@ async def test_a_ranking_given_its_size_by_a_variable_is_read_for_each_request(
         sizes.append((len(summary["closeToRunningOut"]), len(summary["topConsumers"])))
     assert sizes == [(sizes[0][0], 3), (1, 3), (4, 3), (sizes[0][0], 3), (2, 3)]
     assert sizes[0][0] > 4  # the default size, 10, of the End Users running out
+
+
+async def test_a_ranking_holding_an_int_past_32_bits_is_answered_as_the_general_path_does(
+    backend: Backend, frozen_now: datetime
+) -> None:
+    """A ranked balance with an Int past 32 bits is not written by the database: the answer
+    (an error where a selected field cannot be an Int, the values where none is) equals the
+    general path's, and the other End Users' rows are written alike."""
+    app = await _application()
+    big = (await upsert_end_users(app, [EndUserInput("big", "Big", None)]))[0].id
+    await purchase_credits(app, "ai", 1_000_000)
+    await allocate_credits(app, "ai", EndUserRef(id=big), 1_000_000)
+    await consume_credits(app, "ai", EndUserRef(id=big), 1_000, "ai_generation")
+
+    async def past_32_bits(db: Sql) -> None:  # (a balance's version counts every change)
+        statement = "UPDATE end_user_balance SET version = 3000000000 WHERE end_user_id = $1"
+        await db.run(statement, big)
+
+    await single_statement(past_32_bits)
+    principal = Principal(0, app, ApiKeyRole.READ, None, None)
+    for fields, fails in (("used burnRatePerDay", False), ("version", True)):
+        document = (
+            'query($id: ID!) { application(id: $id) { allocationSummary(pool: "ai") {'
+            f" topConsumers(first: 3) {{ {fields} endUser {{ externalId }} }} }} }} }}"
+        )
+        data, errors = await _both_paths(document, {"id": str(app)}, principal)
+        assert bool(errors) == fails, errors
+        if not fails:
+            ranked = data["application"]["allocationSummary"]["topConsumers"]
+            assert ranked[0] == {
+                "used": 1_000,
+                "burnRatePerDay": 1_000 / window_days(frozen_now),
+                "endUser": {"externalId": "big"},
+            }
 
 
 async def test_a_page_written_by_the_database_reads_the_tail_of_the_pools_that_have_one(
