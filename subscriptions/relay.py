@@ -30,6 +30,7 @@ RELAY_LOCK_ID = 7461002
 BATCH = 500
 IDLE_POLL_SECONDS = 0.02  # how soon another process's commit is seen by the leader
 LEADER_RETRY_SECONDS = 0.5
+_ANY_PENDING = "SELECT EXISTS (SELECT 1 FROM outbox_event)"
 
 
 class OutboxRelay:
@@ -105,12 +106,13 @@ class OutboxRelay:
                     await asyncio.sleep(LEADER_RETRY_SECONDS)
                     continue
                 async with self.publishing:
-                    sent = 0 if self.held else await self.publish_pending()
+                    sent = 0 if self.held else await self._publish_any()
                 backoff = 0.05
                 if sent < BATCH:
                     self.wake_event.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake_event.wait(), IDLE_POLL_SECONDS)
+                    with contextlib.suppress(TimeoutError):  # (no task, as wait_for makes)
+                        async with asyncio.timeout(IDLE_POLL_SECONDS):
+                            await self.wake_event.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # broker or database away: keep the rows, retry
@@ -119,6 +121,17 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 2.0)
                 if self.lock_connection is not None and self.lock_connection.is_closed():
                     self.lock_connection = None
+
+    async def _publish_any(self) -> int:
+        """`publish_pending`, asking first on the leader's own connection whether any row
+        waits: a poll finding none, the usual one, then costs a statement on a connection
+        that is idle anyway, not a pooled connection's loan and release (a tenth of this
+        process's CPU when idle)."""
+        if self.lock_connection is not None and not await self.lock_connection.fetchval(
+            _ANY_PENDING
+        ):
+            return 0
+        return await self.publish_pending()
 
     async def publish_pending(self) -> int:
         """Publishes up to BATCH unpublished rows in id order; the number published."""
