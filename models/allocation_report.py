@@ -1031,15 +1031,17 @@ class PageJson:
     balances: BalancesAsJson | None = None
     node: tuple[tuple[str, str], ...] | None = None
 
-    def sql(self, app: str, param: Callable[[Any], str], now: datetime) -> tuple[str, str]:
+    def sql(self, app: str, param: Callable[[str], str], utc: bool) -> tuple[str, str]:
         """The columns the page's statement adds (`j`: the balances, `n`: the node) and the
-        lateral join they read the balances from; `param` adds a parameter."""
+        lateral join they read the balances from; `param` adds a parameter by name (`ws`:
+        the burn window's start, or one of `_BURN_PARAMS`, which are written at a moment in
+        UTC, `utc`; else as marks)."""
         columns = lateral = ""
         if self.balances is not None:
             entries, type_name = self.balances
             burn = any(field in BURN_MARKS for _, field in entries)
-            window = param(window_start(now)) if burn else None
-            written = burn_sql(param, now) if burn else None
+            window = param("ws") if burn else None
+            written = BurnSql(param) if burn and utc else None
             balances = balances_json_sql("page.id", app, entries, type_name, window, written)
             # (OFFSET 0: kept a subquery, so its JSON is written once per row, not once
             # per use)
@@ -1120,44 +1122,50 @@ def _report_candidates(
 
 
 class _Params:
-    """Numbered parameters ($1, $2, ...) added as a statement is built."""
+    """Numbered parameters ($1, $2, ...) added by name as a statement is built, one for each
+    name; their values are given for each execution (`_PageStatement.values`)."""
 
     def __init__(self) -> None:
-        self.values: list[Any] = []
+        self.names: list[str] = []
 
-    def __call__(self, value: Any) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}"
+    def __call__(self, name: str) -> str:
+        if name not in self.names:
+            self.names.append(name)
+        return f"${self.names.index(name) + 1}"
 
 
-async def end_user_page(
-    application_id: int,
+@dataclass(frozen=True, slots=True)
+class _PageStatement:
+    """A page's statement as `end_user_page` sends it: read plainly, and with the JSON the
+    database writes (`as_json`), each with the names of its parameters in order."""
+
+    plain: str
+    plain_names: tuple[str, ...]
+    written: str | None
+    written_names: tuple[str, ...]
+    planned_once: bool
+
+
+@lru_cache(maxsize=256)
+def _page_statement(
     listing: Listing,
-    first: int,
-    after: tuple[Any, int] | None,
-    now: datetime,
-    as_json: PageJson | None = None,
-    by_report: bool = True,
-) -> Page:
-    """A page of End Users after the keyset cursor (sort key, id) of the previous page's
-    last one, with the total count, in one statement; on PostgreSQL with their balances or
-    whole nodes as JSON too, as `as_json` asks. The order is total (ties broken by
-    id, in the same direction), so pages never overlap or skip while the keys stay put; an
-    End User whose key changes between two pages (it consumed) moves, as in any live order.
-    On PostgreSQL a page ordered by a balance considers only the End Users the balance
-    report's indexes name (`_report_candidates`; `by_report=False`: every End User)."""
-    if listing.pool_id is None and (listing.statuses or listing.order != OrderField.CREATED):
-        raise ValidationFailed(
-            "a status filter or an order by credits needs a pool", field="filter"
-        )
+    paged: bool,
+    as_json: PageJson | None,
+    by_report: bool,
+    postgres: bool,
+    utc: bool,
+) -> _PageStatement:
+    """The statement of a page of `listing` (after a cursor: `paged`), built once per shape:
+    its parameters are named (`app`, `pool`, `ws`, `k` and `i` the cursor, `limit`, and
+    the burn's, `_BURN_PARAMS`), their values given for each execution."""
     projected = listing.order == OrderField.PROJECTED_EXHAUSTION
     param = _Params()
-    app = param(application_id)
+    app = param("app")
     where = f"e.application_id = {app}"
     columns = _END_USER_COLUMNS
     joins = pool = ws = ""
     if listing.pool_id is not None:
-        pool = param(listing.pool_id)
+        pool = param("pool")
         joins = (
             f" LEFT JOIN end_user_balance b ON b.end_user_id = e.id AND b.pool_id = {pool}"
             f" JOIN credit_pool p ON p.id = {pool}"
@@ -1165,25 +1173,25 @@ async def end_user_page(
         # the window use is only needed (and joined) to order by projected exhaustion
         columns += ", " + _balance_columns(WINDOW_USED if projected else "0")
         if projected:
-            ws = param(window_start(now))
+            ws = param("ws")
             joins += window_used_joins("e.id", pool, f"l.pool_id = {pool}", ws)
     if listing.statuses:
         where += " AND (" + " OR ".join(_STATUS_SQL[s] for s in listing.statuses) + ")"
     keyset = ""
     position = None
-    if after is not None:
+    if paged:
         cmp = "<" if listing.descending else ">"
-        k, i = param(after[0]), param(after[1])
+        k, i = param("k"), param("i")
         keyset = f" WHERE x.k {cmp} {k} OR (x.k = {k} AND x.id {cmp} {i})"
         position = (k, i)
     direction = "DESC" if listing.descending else "ASC"
-    limit = param(first + 1)
+    limit = param("limit")
     candidates, source = "", f"end_user e{joins}"
-    if by_report and listing.order in _REPORT_KEY_SQL and pool and on_postgres():
+    if by_report and listing.order in _REPORT_KEY_SQL and pool and postgres:
         # the page's End Users are among a few the report's indexes find: each of them read
         # by its key (the planner, guessing the changed End Users by the thousand, would
         # otherwise hash every End User and balance of the pool to join them)
-        ws = ws or param(window_start(now))
+        ws = ws or param("ws")
         candidates = _report_candidates(listing, app, pool, ws, limit, position)
         source = (
             "(SELECT DISTINCT id FROM candidates) c CROSS JOIN LATERAL"
@@ -1211,26 +1219,71 @@ async def end_user_page(
         f" ORDER BY page.k {direction}, page.id {direction}"
     )
     plain = statement.replace("{page}", "page.*").replace("{json}", "").replace("{lateral}", "")
-    nodes = as_json is not None and as_json.node is not None
+    plain_names = tuple(param.names)
     written = None
-    plain_args = list(param.values)
     if as_json is not None:
-        json, lateral = as_json.sql(app, param, now)
+        nodes = as_json.node is not None
+        json, lateral = as_json.sql(app, param, utc)
         # with the whole nodes written, a row is only what the cursors and the order need
         written = statement.replace("{page}", "page.id, page.k" if nodes else "page.*")
         written = written.replace("{json}", json).replace("{lateral}", lateral)
-    rows, as_written = await written_or_plain(
-        written,
+    return _PageStatement(
         plain,
-        plain_args,
+        plain_names,
+        written,
+        tuple(param.names),
+        # in id order, every application's page reads the same index
+        # (end_user_by_application), and so does a page by a balance read from the report's
+        # candidates, unless a status filter makes it count End Users one by one (whose best
+        # plan depends on how many)
+        (listing.order == OrderField.CREATED and listing.pool_id is None)
+        or bool(candidates and not listing.statuses),
+    )
+
+
+async def end_user_page(
+    application_id: int,
+    listing: Listing,
+    first: int,
+    after: tuple[Any, int] | None,
+    now: datetime,
+    as_json: PageJson | None = None,
+    by_report: bool = True,
+) -> Page:
+    """A page of End Users after the keyset cursor (sort key, id) of the previous page's
+    last one, with the total count, in one statement; on PostgreSQL with their balances or
+    whole nodes as JSON too, as `as_json` asks. The order is total (ties broken by
+    id, in the same direction), so pages never overlap or skip while the keys stay put; an
+    End User whose key changes between two pages (it consumed) moves, as in any live order.
+    On PostgreSQL a page ordered by a balance considers only the End Users the balance
+    report's indexes name (`_report_candidates`; `by_report=False`: every End User)."""
+    if listing.pool_id is None and (listing.statuses or listing.order != OrderField.CREATED):
+        raise ValidationFailed(
+            "a status filter or an order by credits needs a pool", field="filter"
+        )
+    utc = now.tzinfo is UTC
+    statement = _page_statement(listing, after is not None, as_json, by_report, on_postgres(), utc)
+    values: dict[str, Any] = {
+        "app": application_id,
+        "pool": listing.pool_id,
+        "limit": first + 1,
+        **({} if after is None else {"k": after[0], "i": after[1]}),
+    }
+
+    def value(name: str) -> Any:
+        if name in values:
+            return values[name]
+        return window_start(now) if name == "ws" else _BURN_PARAMS[name](now)
+
+    nodes = as_json is not None and as_json.node is not None
+    rows, as_written = await written_or_plain(
+        statement.written,
+        statement.plain,
+        [value(name) for name in statement.plain_names],
         # a node it could not write: the page is read whole
         lambda rows: nodes and any(row["id"] is not None and row["n"] is None for row in rows),
-        param.values,
-        # in id order, every application's page reads the same index (end_user_by_application),
-        # and so does a page by a balance read from the report's candidates, unless a status
-        # filter makes it count End Users one by one (whose best plan depends on how many)
-        planned_once=(listing.order == OrderField.CREATED and listing.pool_id is None)
-        or bool(candidates and not listing.statuses),
+        [value(name) for name in statement.written_names],
+        planned_once=statement.planned_once,
     )
     total = int(rows[0]["total"])
     rows = [row for row in rows if row["id"] is not None]
