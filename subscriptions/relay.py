@@ -100,19 +100,23 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         backoff = 0.05
+        polled = False  # whether this turn is a poll: no wake, nothing published last turn
         while True:
             try:
                 if not await self._lead():
                     await asyncio.sleep(LEADER_RETRY_SECONDS)
                     continue
                 async with self.publishing:
-                    sent = 0 if self.held else await self._publish_any()
+                    sent = 0 if self.held else await self._publish_any(polled)
                 backoff = 0.05
+                polled = False
                 if sent < BATCH:
                     self.wake_event.clear()
-                    with contextlib.suppress(TimeoutError):  # (no task, as wait_for makes)
+                    try:  # (no task, as wait_for makes)
                         async with asyncio.timeout(IDLE_POLL_SECONDS):
                             await self.wake_event.wait()
+                    except TimeoutError:
+                        polled = sent == 0
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # broker or database away: keep the rows, retry
@@ -122,13 +126,16 @@ class OutboxRelay:
                 if self.lock_connection is not None and self.lock_connection.is_closed():
                     self.lock_connection = None
 
-    async def _publish_any(self) -> int:
-        """`publish_pending`, asking first on the leader's own connection whether any row
-        waits: a poll finding none, the usual one, then costs a statement on a connection
-        that is idle anyway, not a pooled connection's loan and release (a tenth of this
-        process's CPU when idle)."""
-        if self.lock_connection is not None and not await self.lock_connection.fetchval(
-            _ANY_PENDING
+    async def _publish_any(self, polled: bool) -> int:
+        """`publish_pending`; a poll (`polled`) asks first on the leader's own connection
+        whether any row waits: finding none, the usual answer, then costs a statement on a
+        connection that is idle anyway, not a pooled connection's loan and release (a tenth
+        of this process's CPU when idle). A wake, or a turn after rows were published, reads
+        them at once."""
+        if (
+            polled
+            and self.lock_connection is not None
+            and not await self.lock_connection.fetchval(_ANY_PENDING)
         ):
             return 0
         return await self.publish_pending()
