@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
@@ -1123,7 +1123,7 @@ def _report_candidates(
 
 class _Params:
     """Numbered parameters ($1, $2, ...) added by name as a statement is built, one for each
-    name; their values are given for each execution (`_PageStatement.values`)."""
+    name; their values are given for each execution (`end_user_page`)."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -1148,7 +1148,7 @@ class _PageStatement:
 
 @lru_cache(maxsize=256)
 def _page_statement(
-    listing: Listing,
+    listing: Listing,  # its pool's id aside
     paged: bool,
     as_json: PageJson | None,
     by_report: bool,
@@ -1262,7 +1262,9 @@ async def end_user_page(
             "a status filter or an order by credits needs a pool", field="filter"
         )
     utc = now.tzinfo is UTC
-    statement = _page_statement(listing, after is not None, as_json, by_report, on_postgres(), utc)
+    # (one statement for every pool: its id is a parameter)
+    shape = listing if listing.pool_id is None else replace(listing, pool_id=0)
+    statement = _page_statement(shape, after is not None, as_json, by_report, on_postgres(), utc)
     values: dict[str, Any] = {
         "app": application_id,
         "pool": listing.pool_id,
