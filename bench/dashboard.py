@@ -796,7 +796,8 @@ async def against(
     options: argparse.Namespace,
 ) -> bool:
     """Interleaved rounds of this checkout's server and the `--against` one's: `--rounds`
-    A/B rounds at `--clients`, then as many of one sequential client. Prints the medians
+    A/B rounds at `--clients` (B/A every other round), then as many of one sequential
+    client. Prints the medians
     and the ratios; False when a request failed."""
     pair = (ours, theirs)
     loaded: dict[int, list[dict[str, float]]] = {id(s): [] for s in pair}
@@ -809,8 +810,9 @@ async def against(
             (options.clients, options.seconds, loaded),
             (1, options.single_seconds, single),
         ):
-            for _ in range(options.rounds):
-                for server in pair:
+            for number in range(options.rounds):
+                # each its turn first: neither gains by its place in the rounds
+                for server in pair if number % 2 == 0 else pair[::-1]:
                     rounds[id(server)].append(
                         await measured_round(
                             server,

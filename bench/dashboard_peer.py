@@ -328,13 +328,14 @@ async def interleaved(
     peer_name: str = PEER_APPLICATION_NAME,
     after_round: Callable[[int], None] | None = None,
 ) -> None:
-    """A/B rounds at `--clients` (`after_round(number)` called after each pair), then, when
-    `--single-seconds` is positive, A/B rounds of one client. The peer's PostgreSQL backends
-    carry the application_name `peer_name`."""
+    """A/B rounds at `--clients`, B/A every other round (`after_round(number)` called after
+    each pair), then, when `--single-seconds` is positive, such rounds of one client. The
+    peer's PostgreSQL backends carry the application_name `peer_name`."""
     admin = await asyncpg.connect(options.admin_dsn)
     try:
         for number in range(1, options.rounds + 1):
-            for system in systems:
+            # each its turn first: neither gains by its place in the rounds
+            for system in systems if number % 2 else systems[::-1]:
                 result = await measured_round(
                     system.server,
                     runner,
@@ -349,8 +350,8 @@ async def interleaved(
                 system.rounds.append(result)
             if after_round is not None:
                 after_round(number)
-        for _ in range(options.rounds if options.single_seconds > 0 else 0):
-            for system in systems:
+        for number in range(options.rounds if options.single_seconds > 0 else 0):
+            for system in systems if number % 2 == 0 else systems[::-1]:
                 single = await runner(
                     system.endpoint, key, system.body, 1, 0, options.single_seconds
                 )
