@@ -24,8 +24,10 @@ from tests.demo_server import DemoServer, demo_server, usagegraph
 
 # CPU seconds `serve --demo` spends up to its first answer on a fresh SQLite file (its wall
 # time on an idle machine is this plus its commits; CPU time does not depend on what else
-# the machine runs meanwhile).
-FIRST_ANSWER_CPU = 6.0
+# the machine runs meanwhile, but does on the machine's speed of the hour: 5-6 s on the
+# reference machine, 6.06 s in one slow hour). A guard against the demo's work growing, with
+# room for such hours.
+FIRST_ANSWER_CPU = 8.0
 
 
 @dataclass
