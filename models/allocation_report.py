@@ -288,15 +288,6 @@ class BurnSql:
         return self._get("last")
 
 
-def burn_sql(param: Callable[[Any], str], now: datetime) -> BurnSql | None:
-    """PostgreSQL's burn parameters for `now`, each added by value with `param`; None
-    (marks written by the server, `write_burns`) for a moment in another zone, whose
-    offset it writes."""
-    if now.tzinfo is not UTC:
-        return None
-    return BurnSql(lambda name: param(_BURN_PARAMS[name](now)))
-
-
 # The balances whose burn values PostgreSQL writes: a use of less than 10^15 credits (its
 # rate is then below 10^15, which PostgreSQL's shortest float text spells as orjson does,
 # digits and all, bar the ".0" of a whole number) and up to 10^7 remaining (remaining ·
@@ -351,6 +342,14 @@ def _balance_value(field: str, burn: BurnSql | None = None) -> str:
     return f"COALESCE(x.{column}::text, 'null')"
 
 
+# Whether the Ints of a balance on the row x (`_balance_columns`) fit 32 bits, as the
+# database must check before writing its JSON.
+_BALANCE_FITS = " AND ".join(
+    f"COALESCE(x.{column} {json_sql.INT32}, TRUE)"
+    for column in ("allocated", "used", "remaining", "expired", "version", "threshold")
+)
+
+
 def balances_json_sql(
     end_user: str,
     application: str,
@@ -374,10 +373,7 @@ def balances_json_sql(
         )
         for name, field in entries
     )
-    fits = " AND ".join(
-        f"COALESCE(x.{column} {json_sql.INT32}, TRUE)"
-        for column in ("allocated", "used", "remaining", "expired", "version", "threshold")
-    )
+    fits = _BALANCE_FITS
     window_used, kept = "0", ""
     if window_start is not None:
         window_used = window_used_of(end_user, "p.id", window_start, tail_pools(application))
@@ -779,10 +775,7 @@ def _ranked_json_sql(entries: RankedEntries, burn: BurnSql | None) -> str:
         else:
             value = _balance_value(field, burn)
         pairs.append((name, value))
-    fits = " AND ".join(
-        f"COALESCE(x.{column} {json_sql.INT32}, TRUE)"
-        for column in ("allocated", "used", "remaining", "expired", "version", "threshold")
-    )
+    fits = _BALANCE_FITS
     return f"CASE WHEN {fits} THEN {json_sql.text_object(pairs)} END"
 
 
@@ -1137,7 +1130,8 @@ class _Params:
 @dataclass(frozen=True, slots=True)
 class _PageStatement:
     """A page's statement as `end_user_page` sends it: read plainly, and with the JSON the
-    database writes (`as_json`), each with the names of its parameters in order."""
+    database writes (`as_json`), each with the names of its parameters in order (the plain
+    one's first among the written one's; the same when nothing is written)."""
 
     plain: str
     plain_names: tuple[str, ...]
@@ -1277,14 +1271,16 @@ async def end_user_page(
             return values[name]
         return window_start(now) if name == "ws" else _BURN_PARAMS[name](now)
 
+    # (the plain statement's parameters are the first of the written one's)
+    args = [value(name) for name in statement.written_names]
     nodes = as_json is not None and as_json.node is not None
     rows, as_written = await written_or_plain(
         statement.written,
         statement.plain,
-        [value(name) for name in statement.plain_names],
+        args[: len(statement.plain_names)],
         # a node it could not write: the page is read whole
         lambda rows: nodes and any(row["id"] is not None and row["n"] is None for row in rows),
-        [value(name) for name in statement.written_names],
+        args,
         planned_once=statement.planned_once,
     )
     total = int(rows[0]["total"])

@@ -27,10 +27,11 @@ from models import consumption as consumption_module
 from models.access import Principal
 from models.accounts import create_application, create_organization
 from models.allocation_report import (
+    BurnSql,
     _balance_value,
     balance_lines,
+    burn_params,
     burn_rate,
-    burn_sql,
     exhaustion_time,
     window_days,
     write_burns,
@@ -171,13 +172,14 @@ async def _burn_texts(postgres: bool, cases: list[tuple[int, int]], now: datetim
     PostgreSQL (values or marks), else as marks."""
     if not postgres:
         return [f'{{"r":\x1eR{u},{r}\x1f,"e":\x1eE{u},{r}\x1f}}' for u, r in cases]
-    params: list[Any] = []
+    names: list[str] = []
 
-    def param(value: Any) -> str:
-        params.append(value)
-        return f"${len(params) + 2}"
+    def param(name: str) -> str:
+        names.append(name)
+        return f"${len(names) + 2}"
 
-    burn = burn_sql(param, now)
+    # (a moment in another zone: marks, its offset written by the server)
+    burn = BurnSql(param) if now.tzinfo is UTC else None
     rate = _balance_value("burnRatePerDay", burn)
     at = _balance_value("projectedExhaustionAt", burn)
     statement = (
@@ -186,6 +188,7 @@ async def _burn_texts(postgres: bool, cases: list[tuple[int, int]], now: datetim
         " ORDER BY i"
     )
     used, remaining = [c[0] for c in cases], [c[1] for c in cases]
+    params = burn_params(names, now)
     rows = await single_statement(lambda db: db.records(statement, used, remaining, *params))
     return [row["t"] for row in rows]
 
