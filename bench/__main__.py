@@ -37,6 +37,7 @@ BENCHMARKS = (
     Benchmark("export"),
     Benchmark("request_log"),
     Benchmark("webhooks", ("--rounds", "6", "--round-seconds", "5")),
+    Benchmark("demo"),
 )
 
 

@@ -30,14 +30,6 @@ class DemoServer:
     database: Path
     page_link: str  # the Usage page link it printed (the key in the URL fragment)
     application_id: str  # the application id it printed
-    seconds_to_answer: float  # from the start to its first answer
-    cpu_to_answer: float  # CPU seconds the process spent up to then
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system time of a process (all its threads), from Linux's /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def usagegraph(*args: str) -> list[str]:
@@ -61,7 +53,6 @@ def demo_server(
     database = directory / "demo.sqlite3"
     env = {**os.environ, "DATABASE_URL": database_url or f"sqlite://{database}"}
     env.pop("REDIS_URL", None)
-    started = time.monotonic()
     process = subprocess.Popen(
         usagegraph("serve", "--demo", "--port", str(port)),
         cwd=directory,
@@ -95,8 +86,6 @@ def demo_server(
             database=database,
             page_link=printed["Usage page"],
             application_id=printed["application id"],
-            seconds_to_answer=time.monotonic() - started,
-            cpu_to_answer=cpu_seconds(process.pid),
         )
     finally:
         process.terminate()
