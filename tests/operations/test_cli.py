@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
-
-from tests.demo_server import demo_server
 
 
 def _usagegraph(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -89,39 +84,3 @@ def test_rebuild_rollups_sums_a_billing_rollup_that_drifted(migrated: Path) -> N
     assert rebuilt.returncode == 0, rebuilt.stderr
     ok = _usagegraph(migrated, "verify")
     assert ok.returncode == 0, ok.stderr
-
-
-def test_serve_demo_prints_a_working_key(tmp_path: Path) -> None:
-    """The README's first command: the service on the embedded default, with demo data."""
-    with demo_server(tmp_path) as demo:
-        query = "{ applications { pools { key purchased used } endUsers { totalCount } } }"
-        response = httpx.post(
-            f"{demo.url}/graphql",
-            json={"query": query},
-            headers={"Authorization": f"Bearer {demo.key}"},
-            timeout=10,
-        )
-        [application] = response.json()["data"]["applications"]
-        assert application["endUsers"]["totalCount"] == 90
-        assert {p["key"] for p in application["pools"]} == {"ai", "inbox_preview"}
-        assert all(p["purchased"] > 0 and p["used"] > 0 for p in application["pools"])
-        asyncio.run(_websocket_handshake(demo.port, demo.key))
-
-
-async def _websocket_handshake(port: int, key: str) -> None:
-    """The served app accepts graphql-transport-ws without permessage-deflate even when the
-    client offers it (USAGEGRAPH_WS_COMPRESSION is off by default: zlib state per idle
-    subscriber)."""
-    from websockets.asyncio.client import connect
-
-    async with connect(
-        f"ws://127.0.0.1:{port}/graphql",
-        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-        compression="deflate",
-    ) as socket:
-        assert socket.response is not None
-        assert "sec-websocket-extensions" not in socket.response.headers
-        await socket.send(
-            json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {key}"}})
-        )
-        assert json.loads(await socket.recv())["type"] == "connection_ack"
