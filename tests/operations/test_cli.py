@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -24,10 +25,20 @@ def _usagegraph(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def migrated(tmp_path: Path) -> Path:
-    result = _usagegraph(tmp_path, "migrate")
+@pytest.fixture(scope="module")
+def migrated_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database file `migrate` made on a fresh directory (once: a process start and every
+    migration take seconds)."""
+    directory = tmp_path_factory.mktemp("cli")
+    result = _usagegraph(directory, "migrate")
     assert result.returncode == 0, result.stderr
+    return directory / "cli.sqlite3"
+
+
+@pytest.fixture
+def migrated(tmp_path: Path, migrated_once: Path) -> Path:
+    """A directory with a migrated database file of the test's own (a copy of that one)."""
+    shutil.copyfile(migrated_once, tmp_path / "cli.sqlite3")
     return tmp_path
 
 
