@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -213,11 +214,16 @@ async def server(backend: Backend) -> AsyncIterator[Server]:
         yield served
 
 
+# httpx makes a TLS context for every client (20-30 ms: it loads the CA bundle); the tests'
+# clients speak plain HTTP on loopback, and share this one.
+CLIENT_TLS = ssl.create_default_context()
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for a test's requests to the `server` (64 connections at most)."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=60, verify=CLIENT_TLS) as client:
         yield client
 
 

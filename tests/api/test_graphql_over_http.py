@@ -12,6 +12,7 @@ import pytest
 from api.app import NOT_A_NAME
 from api.http_answer import NOT_A_REQUEST
 from resolvers.operation_choice import AMBIGUOUS_MESSAGE
+from tests.conftest import CLIENT_TLS
 
 JSON = "application/json"
 GRAPHQL_RESPONSE = "application/graphql-response+json"
@@ -30,13 +31,13 @@ async def _post(
     if key:
         headers["authorization"] = f"Bearer {server.organization_key}"
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=CLIENT_TLS) as client:
         return await client.post(server.graphql, content=content, headers=headers)
 
 
 async def _get(server, params: dict[str, str], *, accept: str = JSON) -> httpx.Response:
     headers = {"accept": accept, "authorization": f"Bearer {server.organization_key}"}
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=CLIENT_TLS) as client:
         return await client.get(server.graphql, params=params, headers=headers)
 
 

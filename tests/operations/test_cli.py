@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
-
-from tests.demo_server import demo_server
 
 
 def _usagegraph(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -29,10 +25,20 @@ def _usagegraph(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def migrated(tmp_path: Path) -> Path:
-    result = _usagegraph(tmp_path, "migrate")
+@pytest.fixture(scope="module")
+def migrated_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database file `migrate` made on a fresh directory (once: a process start and every
+    migration take seconds)."""
+    directory = tmp_path_factory.mktemp("cli")
+    result = _usagegraph(directory, "migrate")
     assert result.returncode == 0, result.stderr
+    return directory / "cli.sqlite3"
+
+
+@pytest.fixture
+def migrated(tmp_path: Path, migrated_once: Path) -> Path:
+    """A directory with a migrated database file of the test's own (a copy of that one)."""
+    shutil.copyfile(migrated_once, tmp_path / "cli.sqlite3")
     return tmp_path
 
 
@@ -89,39 +95,3 @@ def test_rebuild_rollups_sums_a_billing_rollup_that_drifted(migrated: Path) -> N
     assert rebuilt.returncode == 0, rebuilt.stderr
     ok = _usagegraph(migrated, "verify")
     assert ok.returncode == 0, ok.stderr
-
-
-def test_serve_demo_prints_a_working_key(tmp_path: Path) -> None:
-    """The README's first command: the service on the embedded default, with demo data."""
-    with demo_server(tmp_path) as demo:
-        query = "{ applications { pools { key purchased used } endUsers { totalCount } } }"
-        response = httpx.post(
-            f"{demo.url}/graphql",
-            json={"query": query},
-            headers={"Authorization": f"Bearer {demo.key}"},
-            timeout=10,
-        )
-        [application] = response.json()["data"]["applications"]
-        assert application["endUsers"]["totalCount"] == 90
-        assert {p["key"] for p in application["pools"]} == {"ai", "inbox_preview"}
-        assert all(p["purchased"] > 0 and p["used"] > 0 for p in application["pools"])
-        asyncio.run(_websocket_handshake(demo.port, demo.key))
-
-
-async def _websocket_handshake(port: int, key: str) -> None:
-    """The served app accepts graphql-transport-ws without permessage-deflate even when the
-    client offers it (USAGEGRAPH_WS_COMPRESSION is off by default: zlib state per idle
-    subscriber)."""
-    from websockets.asyncio.client import connect
-
-    async with connect(
-        f"ws://127.0.0.1:{port}/graphql",
-        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-        compression="deflate",
-    ) as socket:
-        assert socket.response is not None
-        assert "sec-websocket-extensions" not in socket.response.headers
-        await socket.send(
-            json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {key}"}})
-        )
-        assert json.loads(await socket.recv())["type"] == "connection_ack"

@@ -4,6 +4,7 @@ PostgreSQL), then read over HTTP and in its database: 60 days that look real."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import statistics
@@ -100,6 +101,36 @@ def served(demo_database: DemoDatabase) -> Iterator[Served]:
 def _as_time(value: Any) -> datetime:
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment.astimezone(UTC)
+
+
+def test_serve_demo_prints_a_working_key(served: Served) -> None:
+    """The README's first command: the key it prints answers over HTTP and WebSocket."""
+    query = "{ applications { pools { key purchased used } endUsers { totalCount } } }"
+    response = served.graphql(query)
+    [application] = response.json()["data"]["applications"]
+    assert application["endUsers"]["totalCount"] == 90
+    assert {p["key"] for p in application["pools"]} == {"ai", "inbox_preview"}
+    assert all(p["purchased"] > 0 and p["used"] > 0 for p in application["pools"])
+    asyncio.run(_websocket_handshake(served.demo.port, served.key))
+
+
+async def _websocket_handshake(port: int, key: str) -> None:
+    """The served app accepts graphql-transport-ws without permessage-deflate even when the
+    client offers it (USAGEGRAPH_WS_COMPRESSION is off by default: zlib state per idle
+    subscriber)."""
+    from websockets.asyncio.client import connect
+
+    async with connect(
+        f"ws://127.0.0.1:{port}/graphql",
+        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+        compression="deflate",
+    ) as socket:
+        assert socket.response is not None
+        assert "sec-websocket-extensions" not in socket.response.headers
+        await socket.send(
+            json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {key}"}})
+        )
+        assert json.loads(await socket.recv())["type"] == "connection_ack"
 
 
 def test_the_ledger_is_booked_over_60_days_in_order(

@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -86,9 +87,12 @@ class Hooked:
     http: httpx.AsyncClient
 
 
-@pytest.fixture
-async def hooked(backend: Backend, http: httpx.AsyncClient) -> AsyncIterator[Hooked]:
-    settings = webhook_settings(backend.settings)
+@asynccontextmanager
+async def hooking(
+    backend: Backend, http: httpx.AsyncClient, **changes: object
+) -> AsyncIterator[Hooked]:
+    """The server with a deliverer, on `webhook_settings` with `changes`."""
+    settings = webhook_settings(backend.settings, **changes)
     async with serving(Backend(backend.name, settings)) as server:
         deliverer = WebhookDeliverer(settings, server.request_log)
         await deliverer.start()
@@ -96,6 +100,12 @@ async def hooked(backend: Backend, http: httpx.AsyncClient) -> AsyncIterator[Hoo
             yield Hooked(server, deliverer, http)
         finally:
             await deliverer.close()
+
+
+@pytest.fixture
+async def hooked(backend: Backend, http: httpx.AsyncClient) -> AsyncIterator[Hooked]:
+    async with hooking(backend, http) as made:
+        yield made
 
 
 async def empty_app(hooked: Hooked) -> App:
@@ -195,9 +205,18 @@ async def test_a_rolled_back_change_sends_nothing(hooked) -> None:
         assert got[-1].body["data"]["allocated"] == 15
 
 
-async def test_failures_and_timeouts_are_retried_in_order_once_each(hooked) -> None:
-    receiver = Receiver(fail_first=2, slow_attempt=3, slow_seconds=0.7)
-    async with receiving(receiver):
+async def test_failures_and_timeouts_are_retried_in_order_once_each(
+    backend: Backend, http: httpx.AsyncClient
+) -> None:
+    # Every message waits out a timeout and three retry delays, one message after the
+    # other: short ones, the late answer coming about when the message is sent again.
+    receiver = Receiver(fail_first=2, slow_attempt=3, slow_seconds=0.3)
+    quick = {
+        "webhook_timeout_seconds": 0.2,
+        "webhook_retry_first_seconds": 0.02,
+        "webhook_retry_max_seconds": 0.08,
+    }
+    async with hooking(backend, http, **quick) as hooked, receiving(receiver):
         app = await empty_app(hooked)
         await subscribe(app, receiver, "flaky", ["ALLOCATION_CHANGED"])
         users = await book(app, users=3, credits=300, each=1)
