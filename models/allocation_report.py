@@ -779,6 +779,20 @@ def _ranked_json_sql(entries: RankedEntries, burn: BurnSql | None) -> str:
     return f"CASE WHEN {fits} THEN {json_sql.text_object(pairs)} END"
 
 
+class _Params:
+    """Numbered parameters ($first, then on) added by name as a statement is built, one for
+    each name; their values are given for each execution (`burn_params`, `end_user_page`)."""
+
+    def __init__(self, first: int = 1) -> None:
+        self.first = first
+        self.names: list[str] = []
+
+    def __call__(self, name: str) -> str:
+        if name not in self.names:
+            self.names.append(name)
+        return f"${self.first + self.names.index(name)}"
+
+
 @lru_cache(maxsize=32)
 def _summary_and_rankings_statement(
     postgres: bool, as_json: RankedAsJson = (), utc: bool = True
@@ -792,12 +806,7 @@ def _summary_and_rankings_statement(
     first, second = Ranking
     ctes, summary = _summary_parts(postgres, _WITH_BORDERLINE)
     summary_columns = ", ".join(f"s.{name} AS s_{name}" for name, _ in _SUMMARY_SELECT)
-    names: list[str] = []
-
-    def param(name: str) -> str:
-        names.append(name)
-        return f"${6 + len(names)}"
-
+    param = _Params(7)
     burn = BurnSql(param) if utc else None
     written = dict(as_json)
 
@@ -818,7 +827,7 @@ def _summary_and_rankings_statement(
         f" SELECT {summary_columns}, ranked.* FROM s LEFT JOIN"
         f" ({rows(0, first)} UNION ALL {rows(1, second)}) ranked ON 1 = 1"
     )
-    return statement, tuple(names)
+    return statement, tuple(param.names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1112,19 +1121,6 @@ def _report_candidates(
         f" WHERE {report} ORDER BY {key} {direction}, r.end_user_id {direction} LIMIT {limit}),"
         f" candidates AS ({' UNION ALL '.join(parts)}), "
     )
-
-
-class _Params:
-    """Numbered parameters ($1, $2, ...) added by name as a statement is built, one for each
-    name; their values are given for each execution (`end_user_page`)."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def __call__(self, name: str) -> str:
-        if name not in self.names:
-            self.names.append(name)
-        return f"${self.names.index(name) + 1}"
 
 
 @dataclass(frozen=True, slots=True)

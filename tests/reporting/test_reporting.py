@@ -29,6 +29,7 @@ from models.accounts import create_application, create_organization
 from models.allocation_report import (
     BurnSql,
     _balance_value,
+    _Params,
     balance_lines,
     burn_params,
     burn_rate,
@@ -172,12 +173,7 @@ async def _burn_texts(postgres: bool, cases: list[tuple[int, int]], now: datetim
     PostgreSQL (values or marks), else as marks."""
     if not postgres:
         return [f'{{"r":\x1eR{u},{r}\x1f,"e":\x1eE{u},{r}\x1f}}' for u, r in cases]
-    names: list[str] = []
-
-    def param(name: str) -> str:
-        names.append(name)
-        return f"${len(names) + 2}"
-
+    param = _Params(3)
     # (a moment in another zone: marks, its offset written by the server)
     burn = BurnSql(param) if now.tzinfo is UTC else None
     rate = _balance_value("burnRatePerDay", burn)
@@ -188,7 +184,7 @@ async def _burn_texts(postgres: bool, cases: list[tuple[int, int]], now: datetim
         " ORDER BY i"
     )
     used, remaining = [c[0] for c in cases], [c[1] for c in cases]
-    params = burn_params(names, now)
+    params = burn_params(param.names, now)
     rows = await single_statement(lambda db: db.records(statement, used, remaining, *params))
     return [row["t"] for row in rows]
 
