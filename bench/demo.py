@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import ROOT, free_port, machine_line, process_cpu_seconds
+from bench.harness import ROOT, free_port, machine_line, process_cpu_seconds, usagegraph_serve
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +39,7 @@ def started(demo: bool, directory: Path, patience: float = 300.0) -> Start:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite://{directory / 'usagegraph.sqlite3'}"}
     env.pop("REDIS_URL", None)
-    command = [sys.executable, "-c", "from api.cli import main; main()", "serve"]
-    command += ["--port", str(port), "--no-access-log", *(("--demo",) if demo else ())]
+    command = usagegraph_serve(port) + (["--demo"] if demo else [])
     began = time.monotonic()
     process = subprocess.Popen(
         command,
@@ -100,15 +99,13 @@ def main() -> int:
         for demo in (True, False) if number % 2 == 0 else (False, True):
             with tempfile.TemporaryDirectory(prefix="usagegraph_demo_") as directory:
                 found[demo].append(started(demo, Path(directory)))
+    cpu = {demo: statistics.median(s.cpu for s in starts) for demo, starts in found.items()}
     print(f"| fresh SQLite file, {runs} runs each (medians) | to the first answer | CPU |")
     print("|---|---|---|")
     for demo, label in ((True, "`serve --demo`"), (False, "`serve`, no demo")):
         seconds = statistics.median(s.seconds for s in found[demo])
-        cpu = statistics.median(s.cpu for s in found[demo])
-        print(f"| {label} | {seconds:.2f} s | {cpu:.2f} s |")
-    extra = statistics.median(s.cpu for s in found[True]) - statistics.median(
-        s.cpu for s in found[False]
-    )
+        print(f"| {label} | {seconds:.2f} s | {cpu[demo]:.2f} s |")
+    extra = cpu[True] - cpu[False]
     print(f"booking the demo's 60 days: {extra:.2f} s of CPU ({machine_line()})")
     return 0
 
