@@ -450,6 +450,66 @@ async def test_reports_planned_once_run_on_their_own_pool(backend: Backend) -> N
     assert count >= len(ids) and mode == "force_custom_plan"
 
 
+def _summary_reads(planned: list[str]) -> list[str]:
+    """Which statement read each summary with its rankings, in order: the reports alone
+    ("folded") or the live one ("live")."""
+    kinds = []
+    for statement in planned:
+        if statement.startswith("WITH s AS (SELECT"):
+            kinds.append("folded")
+        elif " AS s_quiet" in statement:
+            kinds.append("live")
+    return kinds
+
+
+async def test_a_pool_unchanged_since_the_fold_is_summed_from_the_reports_alone(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL, once a read found no End User of the pool changed since the fold, the
+    next ones read the summary and rankings from the reports alone; each kind of change
+    sends them back to the live statement (the folded one saying it cannot answer), until
+    the next fold. Every answer is what the live balances and the ledger say."""
+    app, pool_id, ids = await _one_pool_tenant(6, 1_000)
+    for end_user_id in ids:
+        await allocate_credits(app, "ai", EndUserRef(id=end_user_id), 40)
+        await consume_credits(app, "ai", EndUserRef(id=end_user_id), 7, "ai_generation")
+    await fold_usage()
+    planned = planned_once(monkeypatch)
+
+    async def reads() -> list[str]:
+        planned.clear()
+        await _check(app, pool_id)
+        return _summary_reads(planned)
+
+    def one(user: int) -> EndUserRef:
+        return EndUserRef(id=ids[user])
+
+    changes = {
+        "consume": lambda: consume_credits(app, "ai", one(0), 3, "ai_generation"),
+        "allocate": lambda: allocate_credits(app, "ai", one(1), 5),
+        "release": lambda: release_credits(app, "ai", one(2), 4),
+        "threshold": lambda: set_low_balance_threshold(app, "ai", 36, end_user=one(3)),
+        "default": lambda: set_low_balance_threshold(app, "ai", 34, end_user_default=True),
+        "purchase": lambda: purchase_credits(app, "ai", 10),
+    }
+    for change in changes.values():
+        settled = await reads()
+        if backend.postgres:
+            assert settled[0] == "live" or set(settled) == {"folded"}, settled
+            assert settled[-1] == "folded", settled
+        await change()
+        after = await reads()
+        if backend.postgres:  # tried once, then the live statement until the next fold
+            assert after[0] == "folded" and set(after[1:]) == {"live"}, after
+        await fold_usage()
+    # a new End User holds no balance: the pool stays unchanged, its total counts it
+    await reads()
+    await upsert_end_users(app, [EndUserInput("newcomer")])
+    assert set(await reads()) == ({"folded"} if backend.postgres else set())
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).end_users_total == 7
+    assert await verify_ledger() == []
+
+
 async def test_id_ordered_pages_and_pool_series_are_planned_once(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
