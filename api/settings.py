@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     )
     db_pool_min: int = Field(2, ge=1, alias="USAGEGRAPH_DB_POOL_MIN")
     db_pool_max: int = Field(20, ge=1, alias="USAGEGRAPH_DB_POOL_MAX")
-    # the reports' pool (PostgreSQL): the allocation summary and rankings, planned once
-    db_planned_pool_max: int = Field(4, ge=1, alias="USAGEGRAPH_DB_PLANNED_POOL_MAX")
+    # the reads planned once (PostgreSQL): a dashboard sends four at a time; with 4 sessions
+    # 16 clients' reads waited for one while cores were free (docs/performance.md)
+    db_planned_pool_max: int = Field(8, ge=1, alias="USAGEGRAPH_DB_PLANNED_POOL_MAX")
     # Browser origins allowed to call the API over HTTP (CORS, api/cors.py) and to open a
     # WebSocket (Strawberry refuses cross-origin handshakes otherwise). None by default.
     allowed_origins: list[str] = Field(default_factory=list, alias="USAGEGRAPH_ALLOWED_ORIGINS")
