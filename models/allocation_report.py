@@ -956,8 +956,10 @@ async def summary_and_ranked(
     as_json: RankedAsJson = (),
 ) -> tuple[AllocationSummary, Ranked]:
     """The pool's summary (as `allocation_summary`) and the rankings asked for (as
-    `rankings`), in one statement: a dashboard asks for them together. On PostgreSQL the
-    balances of the rankings of `as_json` come as JSON texts too."""
+    `rankings`), in one statement: a dashboard asks for them together (on PostgreSQL, from
+    the reports alone for a pool quiet at its last read, `_QUIET_POOLS`; two statements when
+    it changed since). On PostgreSQL the balances of the rankings of `as_json` come as JSON
+    texts too."""
     utc = now.tzinfo is UTC
     counts = tuple(firsts.get(ranking, 0) for ranking in Ranking)
 
