@@ -480,6 +480,16 @@ _SUMMED = ("with_allocation", "with_credits", "low", "exhausted", "window_used")
 _HORIZON = "CAST($4 AS DOUBLE PRECISION)"
 
 
+def _shortfall(postgres: bool) -> str:
+    """Σ max(0, h·window use - remaining) over rows of balances; on PostgreSQL a float summed
+    in End User order, the same bits whichever way the rows were read."""
+    order = " ORDER BY end_user_id" if postgres else ""
+    return (
+        f"COALESCE(SUM(CASE WHEN window_used * {_HORIZON} > remaining THEN window_used *"
+        f" {_HORIZON} - remaining ELSE 0 END{order}), 0)"
+    )
+
+
 _LIVE_BALANCES = "lv"  # the CTE of `_live_balances`
 
 
@@ -520,8 +530,7 @@ def _summary_parts(postgres: bool, changed: str) -> tuple[str, str]:
     included) being CTE `changed` and their live balances CTE `_LIVE_BALANCES`."""
     ctes = (
         # ($4, the horizon factor, typed: PostgreSQL would infer window_used's BIGINT)
-        f"xl AS (SELECT {_COUNTS}, COALESCE(SUM(CASE WHEN window_used * {_HORIZON} > remaining"
-        f" THEN window_used * {_HORIZON} - remaining ELSE 0 END), 0) AS shortfall"
+        f"xl AS (SELECT {_COUNTS}, {_shortfall(postgres)} AS shortfall"
         f" FROM {_LIVE_BALANCES} live),"
         f" xs AS (SELECT {_COUNTS},"
         " COALESCE(SUM(CASE WHEN shortfall_class = 1 THEN window_used ELSE 0 END), 0)"
@@ -811,15 +820,6 @@ class _Params:
 
 
 _SUMMARY_COLUMNS = ", ".join(f"s.{name} AS s_{name}" for name, _ in _SUMMARY_SELECT)
-# The summary's columns from the reports alone, when no End User changed since the fold.
-_FOLDED_SUMMARY_SELECT = tuple(
-    (name, f"COALESCE(r.{name}, 0)")
-    if name in (*_SUMMED, "short_window_used", "short_remaining")
-    else (name, "CAST(0 AS DOUBLE PRECISION)")
-    if name == "shortfall"
-    else (name, sql)
-    for name, sql in _SUMMARY_SELECT
-)
 
 
 def _ranked_select(
@@ -871,21 +871,36 @@ def _summary_and_rankings_statement(
     return statement, tuple(param.names)
 
 
+# The summary's columns for a pool unchanged since the fold: its report's sums, whose
+# borderline End Users' rows then equal their live balances (models/balance_report.py), so
+# that only their shortfall is added, summed as `_summary_parts` sums it.
+_BORDERLINE_ROWS = "pool_id = $2 AND shortfall_class = 2"
+_FOLDED_SUMMARY_SELECT = tuple(
+    (name, f"COALESCE(r.{name}, 0)")
+    if name in (*_SUMMED, "short_window_used", "short_remaining")
+    else (name, f"(SELECT {_shortfall(True)} FROM balance_report WHERE {_BORDERLINE_ROWS})")
+    if name == "shortfall"
+    else (name, sql)
+    for name, sql in _SUMMARY_SELECT
+)
+
+
 @lru_cache(maxsize=32)
 def _folded_summary_and_rankings_statement(
     as_json: RankedAsJson = (), utc: bool = True
 ) -> tuple[str, tuple[str, ...]]:
-    """PostgreSQL: `_summary_and_rankings_statement` read from the reports alone ($4 and $5
-    how many of each ranking, burn values from $6 on), which answers the same when its
-    `s_quiet` is true, and is then about half as dear: the live part's plan (most of
-    the other's nodes, each set up on every execution) is not there."""
+    """PostgreSQL: `_summary_and_rankings_statement` (the same parameters) for a pool whose
+    End Users are unchanged since the fold, which it answers the same when its `s_quiet`
+    is true, from the reports alone. Its plan lacks the search for the changed End Users,
+    their live balances and candidates: most of the other's nodes, each set up on every
+    execution, run or not."""
     first, second = Ranking
     columns = ", ".join(f"{sql} AS {name}" for name, sql in _FOLDED_SUMMARY_SELECT)
-    param = _Params(6)
+    param = _Params(7)
     statement = (
         f"WITH s AS (SELECT {columns} FROM credit_pool p LEFT JOIN pool_report r"
         " ON r.pool_id = p.id WHERE p.id = $2),"
-        f" top_0 AS ({_folded_top(first, '$4')}), top_1 AS ({_folded_top(second, '$5')})"
+        f" top_0 AS ({_folded_top(first, '$5')}), top_1 AS ({_folded_top(second, '$6')})"
         f" {_ranked_select(True, as_json, BurnSql(param) if utc else None, True)}"
     )
     return statement, tuple(param.names)
@@ -985,6 +1000,7 @@ async def summary_and_ranked(
             application_id,
             pool_id,
             window_start(now),
+            _horizon(now),
             *counts,
             *burn_params(names, now),
             planned_once=True,

@@ -79,16 +79,15 @@ def borderline_end_users(pool: str) -> str:
 
 
 def unchanged_since_fold(pool: str, ws: str) -> str:
-    """A condition true only when `changed_end_users` (borderline ones included) finds no
-    End User in the pool: no ledger entry of the pool and no threshold change since the
-    watermark, the window where the fold left it (`ws`), no borderline End User. Each part
-    a probe of an index (and stricter than the set: a purchase's entry counts too), so that
-    a report may test it before reading the report rows alone."""
+    """A condition true only when `changed_end_users` finds no End User in the pool: no
+    ledger entry of the pool and no threshold change since the watermark, and the window
+    where the fold left it (`ws`). Each part a probe of an index (and stricter than the
+    set: a purchase's entry counts too), so that a report may test it before reading every
+    balance from the report rows, the borderline End Users' included."""
     return (
         f"NOT EXISTS (SELECT 1 FROM ledger_entry l WHERE l.pool_id = {pool} AND {in_tail('l')})"
         f" AND NOT EXISTS (SELECT 1 FROM report_touch t WHERE t.pool_id = {pool}"
         f" AND t.created_at >= {WATERMARK}) AND {FOLDED_WINDOW_START} = {ws}"
-        f" AND NOT EXISTS ({borderline_end_users(pool)})"
     )
 
 

@@ -468,12 +468,23 @@ async def test_a_pool_unchanged_since_the_fold_is_summed_from_the_reports_alone(
     """On PostgreSQL, once a read found no End User of the pool changed since the fold, the
     next ones read the summary and rankings from the reports alone; each kind of change
     sends them back to the live statement (the folded one saying it cannot answer), until
-    the next fold. Every answer is what the live balances and the ledger say."""
-    app, pool_id, ids = await _one_pool_tenant(6, 1_000)
-    for end_user_id in ids:
+    the next fold. Every answer is what the live balances and the ledger say, the shortfall
+    of an End User whose shortfall depends on the time (borderline) to the bit."""
+    app, pool_id, ids = await _one_pool_tenant(7, 10_000)
+    for end_user_id in ids[:-1]:
         await allocate_credits(app, "ai", EndUserRef(id=end_user_id), 40)
         await consume_credits(app, "ai", EndUserRef(id=end_user_id), 7, "ai_generation")
+    # short by h * 1000 - 999, h = 7 / the window's length: positive early in the hour only
+    await allocate_credits(app, "ai", EndUserRef(id=ids[-1]), 1_999)
+    await consume_credits(app, "ai", EndUserRef(id=ids[-1]), 1_000, "ai_generation")
     await fold_usage()
+    borderline = await single_statement(
+        lambda db: db.value(
+            "SELECT COUNT(*) FROM balance_report WHERE pool_id = $1 AND shortfall_class = 2",
+            pool_id,
+        )
+    )
+    assert borderline == 1
     planned = planned_once(monkeypatch)
 
     async def reads() -> list[str]:
@@ -506,7 +517,15 @@ async def test_a_pool_unchanged_since_the_fold_is_summed_from_the_reports_alone(
     await reads()
     await upsert_end_users(app, [EndUserInput("newcomer")])
     assert set(await reads()) == ({"folded"} if backend.postgres else set())
-    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).end_users_total == 7
+    assert (await allocation_summary(app, pool_id, datetime.now(UTC))).end_users_total == 8
+    # at the hour's start the borderline End User is short by 1: the folded read adds it
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    firsts = {ranking: FIRST for ranking in Ranking}
+    planned.clear()
+    summary, _ = await summary_and_rankings(app, pool_id, firsts, hour)
+    assert _summary_reads(planned) == (["folded"] if backend.postgres else [])
+    assert summary == await allocation_summary(app, pool_id, hour)
+    assert summary.shortfall == pytest.approx(1.0)
     assert await verify_ledger() == []
 
 
