@@ -352,7 +352,9 @@ async def captured_statements(
     db: BenchDatabase, app: int, query: str, variables: dict[str, Any]
 ) -> list[Statement]:
     """The statements (and arguments) one in-process execution of the query sends, as the
-    server executes an HTTP request (preserialized values allowed)."""
+    server executes an HTTP request (preserialized values allowed), after one execution
+    uncaptured: what a server that has answered before sends (a quiet pool's summary read
+    from the reports alone, say), not what its first answer does."""
     from asyncpg.connection import Connection
 
     from models.access import Principal
@@ -370,13 +372,15 @@ async def captured_statements(
         return await original(self, query, args, *rest, **kw)
 
     principal = Principal(0, app, ApiKeyRole.READ, None, None)
+
+    async def execute() -> Any:
+        context = Context(None, None, principal, preserialized=True)
+        return await schema.execute(query, variable_values=variables, context_value=context)
+
+    await execute()
     Connection._execute = capture  # type: ignore[method-assign]
     try:
-        result = await schema.execute(
-            query,
-            variable_values=variables,
-            context_value=Context(None, None, principal, preserialized=True),
-        )
+        result = await execute()
     finally:
         Connection._execute = original  # type: ignore[method-assign]
     assert result.errors is None, result.errors
