@@ -222,7 +222,9 @@ CLIENT_TLS = ssl.create_default_context()
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for a test's requests to the `server` (64 connections at most)."""
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    # Idle connections dropped before uvicorn's keep-alive of 5 s ends them: at the same 5 s,
+    # a request after a wait could go out on a connection the server was closing (ReadError).
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2)
     async with httpx.AsyncClient(limits=limits, timeout=60, verify=CLIENT_TLS) as client:
         yield client
 
