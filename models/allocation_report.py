@@ -978,23 +978,12 @@ async def summary_and_ranked(
     utc = now.tzinfo is UTC
     counts = tuple(firsts.get(ranking, 0) for ranking in Ranking)
 
-    def read(db: Any) -> Any:
-        statement, names = _summary_and_rankings_statement(
-            db.postgres, as_json if db.postgres else (), utc
+    def read(db: Any, folded: bool = False) -> Any:
+        statement, names = (
+            _folded_summary_and_rankings_statement(as_json, utc)
+            if folded
+            else _summary_and_rankings_statement(db.postgres, as_json if db.postgres else (), utc)
         )
-        return db.records(
-            statement,
-            application_id,
-            pool_id,
-            window_start(now),
-            _horizon(now),
-            *counts,
-            *burn_params(names, now),
-            planned_once=True,
-        )
-
-    def read_folded(db: Any) -> Any:
-        statement, names = _folded_summary_and_rankings_statement(as_json, utc)
         return db.records(
             statement,
             application_id,
@@ -1008,7 +997,7 @@ async def summary_and_ranked(
 
     rows = None
     if pool_id in _QUIET_POOLS and on_postgres():
-        rows = await single_statement(read_folded)
+        rows = await single_statement(lambda db: read(db, folded=True))
         if not rows[0]["s_quiet"]:  # changed since: the reports alone do not answer
             rows = None
     if rows is None:
