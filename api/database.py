@@ -12,6 +12,7 @@ from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.migrations.api import migrate
 
 from api.settings import Settings
+from models.allocation_report import forget_kept_pages
 from models.read_sessions import Connect, close_read_sessions, open_read_sessions
 from models.references import forget_references
 from models.sql import PLANNED_ONCE_CONNECTION
@@ -131,6 +132,7 @@ async def close_database() -> None:
     await close_read_sessions()
     await Tortoise.close_connections()
     forget_references()
+    forget_kept_pages()
 
 
 async def apply_migrations(settings: Settings) -> None:

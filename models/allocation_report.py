@@ -36,6 +36,7 @@ from models.balance_report import (
 )
 from models.balance_rules import BalanceStatus, pool_remaining_sql
 from models.errors import ValidationFailed
+from models.kept_pages import KeptPages, marker_columns
 from models.rollups import (
     END_USER_TOTAL,
     EXHAUSTION_KEY,
@@ -1137,6 +1138,13 @@ class PageJson:
     balances: BalancesAsJson | None = None
     node: tuple[tuple[str, str], ...] | None = None
 
+    @property
+    def burns(self) -> bool:
+        """Whether the balances written carry burn values."""
+        return self.balances is not None and any(
+            field in BURN_MARKS for _, field in self.balances[0]
+        )
+
     def sql(self, app: str, param: Callable[[str], str], utc: bool) -> tuple[str, str]:
         """The columns the page's statement adds (`j`: the balances, `n`: the node) and the
         lateral join they read the balances from; `param` adds a parameter by name (`ws`:
@@ -1145,7 +1153,7 @@ class PageJson:
         columns = lateral = ""
         if self.balances is not None:
             entries, type_name = self.balances
-            burn = any(field in BURN_MARKS for _, field in entries)
+            burn = self.burns
             window = param("ws") if burn else None
             written = BurnSql(param) if burn and utc else None
             balances = balances_json_sql("page.id", app, entries, type_name, window, written)
@@ -1238,6 +1246,10 @@ class _PageStatement:
     written: str | None
     written_names: tuple[str, ...]
     planned_once: bool
+    # a page that may be kept (`models.kept_pages`): the written statement's rows carry its
+    # marker, and this statement reads the marker again, with its parameters' names
+    check: str | None = None
+    check_names: tuple[str, ...] = ()
 
 
 @lru_cache(maxsize=256)
@@ -1248,6 +1260,7 @@ def _page_statement(
     by_report: bool,
     postgres: bool,
     utc: bool,
+    keep: bool = True,
 ) -> _PageStatement:
     """The statement of a page of `listing` (after a cursor: `paged`), built once per shape:
     its parameters are named (`app`, `pool`, `ws`, `k` and `i` the cursor, `limit`, and
@@ -1281,6 +1294,12 @@ def _page_statement(
     direction = "DESC" if listing.descending else "ASC"
     limit = param("limit")
     candidates, source = "", f"end_user e{joins}"
+    # a page of all of an application's End Users, whole nodes or balances written by the
+    # database: kept between reads while its marker holds (models/kept_pages.py), unless
+    # read without (`keep`)
+    keep = keep and postgres and as_json is not None and listing.pool_id is None
+    if keep:
+        columns += ", e.xmin AS v"
     if by_report and listing.order in _REPORT_KEY_SQL and pool and postgres:
         # the page's End Users are among a few the report's indexes find: each of them read
         # by its key (the planner, guessing the changed End Users by the thousand, would
@@ -1306,21 +1325,30 @@ def _page_statement(
         f"WITH {candidates}x AS NOT MATERIALIZED"
         f" (SELECT {columns}, {_KEY_SQL[listing.order]} AS k"
         f" FROM {source} WHERE {where}),"
-        f" t AS (SELECT {total} AS total),"
         f" page AS (SELECT * FROM x{keyset} ORDER BY x.k {direction}, x.id {direction}"
-        f" LIMIT {limit})"
-        " SELECT t.total, {page}{json} FROM t LEFT JOIN page ON 1 = 1{lateral}"
+        f" LIMIT {limit}),"
+        f" t AS (SELECT {total} AS total{{marker}})"
+        " SELECT t.*, {page}{json} FROM t LEFT JOIN page ON 1 = 1{lateral}"
         f" ORDER BY page.k {direction}, page.id {direction}"
     )
     plain = statement.replace("{page}", "page.*").replace("{json}", "").replace("{lateral}", "")
+    plain = plain.replace("{marker}", "")
     plain_names = tuple(param.names)
     written = None
+    check, check_names = None, ()
     if as_json is not None:
         nodes = as_json.node is not None
-        json, lateral = as_json.sql(app, param, utc)
+        # a kept page's burn values are written at each read, from their marks
+        json, lateral = as_json.sql(app, param, utc and not keep)
         # with the whole nodes written, a row is only what the cursors and the order need
         written = statement.replace("{page}", "page.id, page.k" if nodes else "page.*")
         written = written.replace("{json}", json).replace("{lateral}", lateral)
+        marker = ""
+        if keep:
+            marker = ", " + marker_columns(app, param("ws"), "page")
+            burns = utc and as_json.burns
+            check, check_names = _page_check(listing, paged, burns)
+        written = written.replace("{marker}", marker)
     return _PageStatement(
         plain,
         plain_names,
@@ -1332,7 +1360,86 @@ def _page_statement(
         # plan depends on how many)
         (listing.order == OrderField.CREATED and listing.pool_id is None)
         or bool(candidates and not listing.statuses),
+        check,
+        check_names,
     )
+
+
+def _page_check(listing: Listing, paged: bool, burns: bool) -> tuple[str, tuple[str, ...]]:
+    """The statement reading the marker of a kept page of all of an application's End Users
+    in id order (`_page_statement`'s `keep`), with its parameters' names; with `burns`,
+    also the burn values of its balances' (window use, remaining) pairs `u` and `r`, in
+    their order, at a moment in UTC (`rates` and `exhaustions`: `_burn_values_sql`)."""
+    param = _Params()
+    app = param("app")
+    keyset = ""
+    if paged:
+        cmp = "<" if listing.descending else ">"
+        k, i = param("k"), param("i")
+        keyset = f" AND (e.id {cmp} {k} OR (e.id = {k} AND e.id {cmp} {i}))"
+    direction = "DESC" if listing.descending else "ASC"
+    statement = (
+        f"WITH page AS (SELECT e.id, e.xmin AS v FROM end_user e WHERE e.application_id = {app}"
+        f"{keyset} ORDER BY e.id {direction} LIMIT {param('limit')})"
+        f" SELECT {marker_columns(app, param('ws'), 'page')}"
+    )
+    if burns:
+        pairs = (
+            f" FROM unnest({param('u')}::int8[], {param('r')}::int8[]) WITH ORDINALITY"
+            " AS x(window_used, remaining, n) ORDER BY x.n"
+        )
+        burn = BurnSql(param)
+        statement += (
+            f", ARRAY(SELECT {_burn_values_sql('R', burn)}{pairs}) AS rates,"
+            f" ARRAY(SELECT {_burn_values_sql('E', burn)}{pairs}) AS exhaustions"
+        )
+    return statement, tuple(param.names)
+
+
+@dataclass(frozen=True, slots=True)
+class _KeptPage:
+    """A page as kept (models/kept_pages.py): its burn values as marks, and its texts cut
+    at them: `chunks`, where `slots` name each mark's place, its kind (a letter of
+    BURN_MARKS) and its pair's index in `used` and `remaining` (each pair once)."""
+
+    page: Page
+    chunks: tuple[str, ...]
+    slots: tuple[tuple[int, str, int], ...]
+    used: list[int]
+    remaining: list[int]
+
+
+def _kept_page(page: Page) -> _KeptPage:
+    texts = page.node_texts if page.node_texts is not None else page.balance_texts or {}
+    # (as `write_burns` reads them: joined, then split at the marks)
+    parts = _BURN_MARK.split("\x1d".join(texts.values()))
+    pairs: dict[str, int] = {}
+    slots = []
+    for i in range(1, len(parts), 3):
+        slots.append((i, parts[i], pairs.setdefault(parts[i + 1], len(pairs))))
+        parts[i], parts[i + 1] = "", ""
+    used, remaining = [], []
+    for pair in pairs:
+        a, b = pair.split(",")
+        used.append(int(a))
+        remaining.append(int(b))
+    return _KeptPage(page, tuple(parts), tuple(slots), used, remaining)
+
+
+def _written_burns(kept: _KeptPage, rates: list[str], exhaustions: list[str]) -> Page:
+    """The kept page with its burn values as the check wrote them (a mark where it could
+    not: `write_burns` writes those)."""
+    if not kept.slots:
+        return kept.page
+    parts = list(kept.chunks)
+    for i, kind, pair in kept.slots:
+        parts[i] = rates[pair] if kind == "R" else exhaustions[pair]
+    page = kept.page
+    nodes = page.node_texts is not None
+    ids = page.node_texts if nodes else page.balance_texts
+    assert ids is not None
+    texts = dict(zip(ids, "".join(parts).split("\x1d"), strict=True))
+    return replace(page, node_texts=texts) if nodes else replace(page, balance_texts=texts)
 
 
 async def end_user_page(
@@ -1358,7 +1465,8 @@ async def end_user_page(
     utc = now.tzinfo is UTC
     # (one statement for every pool: its id is a parameter)
     shape = listing if listing.pool_id is None else replace(listing, pool_id=0)
-    statement = _page_statement(shape, after is not None, as_json, by_report, on_postgres(), utc)
+    postgres = on_postgres()
+    statement = _page_statement(shape, after is not None, as_json, by_report, postgres, utc)
     values: dict[str, Any] = {
         "app": application_id,
         "pool": listing.pool_id,
@@ -1371,6 +1479,22 @@ async def end_user_page(
             return values[name]
         return window_start(now) if name == "ws" else _BURN_PARAMS[name](now)
 
+    kept_as: tuple[Any, ...] | None = None
+    if statement.check is not None:
+        # (what it writes, and where: the check's arguments but the pairs and the moment)
+        kept_as = (statement.written, *(values.get(name) for name in _PLACE))
+        kept = _KEPT_PAGES.get(kept_as)
+        if kept is not None:
+            marker, held = kept
+            found = await _check_kept(statement, held, value)
+            if found["quiet"] and found["marker"] == marker:
+                return _burns_of(statement, held, found)
+            _KEPT_PAGES.drop(kept_as)
+        if _KEPT_PAGES.busy(kept_as):  # changing: read without the marker, in one statement
+            kept_as = None
+            statement = _page_statement(
+                shape, after is not None, as_json, by_report, postgres, utc, keep=False
+            )
     # (the plain statement's parameters are the first of the written one's)
     args = [value(name) for name in statement.written_names]
     nodes = as_json is not None and as_json.node is not None
@@ -1383,16 +1507,64 @@ async def end_user_page(
         args,
         planned_once=statement.planned_once,
     )
-    total = int(rows[0]["total"])
+    head = rows[0]
+    total = int(head["total"])
     rows = [row for row in rows if row["id"] is not None]
     keys = [(row["id"], row["k"]) for row in rows[:first]]
     if nodes and as_written:
         node_texts = {row["id"]: row["n"] for row in rows[:first]}
-        return Page([], keys, len(rows) > first, total, node_texts=node_texts)
-    lines = [_end_user(row, listing.pool_id, now) for row in rows[:first]]
-    balance_texts = None
-    if as_written and as_json is not None and as_json.balances is not None:
-        balance_texts = {row["id"]: row["j"] for row in rows[:first]}
-        if _UNFIT in balance_texts.values():
-            balance_texts = None
-    return Page(lines, keys, len(rows) > first, total, balance_texts=balance_texts)
+        page = Page([], keys, len(rows) > first, total, node_texts=node_texts)
+    else:
+        lines = [_end_user(row, listing.pool_id, now) for row in rows[:first]]
+        balance_texts = None
+        if as_written and as_json is not None and as_json.balances is not None:
+            balance_texts = {row["id"]: row["j"] for row in rows[:first]}
+            if _UNFIT in balance_texts.values():
+                balance_texts = None
+        page = Page(lines, keys, len(rows) > first, total, balance_texts=balance_texts)
+    if kept_as is None or not as_written:
+        return page
+    if not head["quiet"]:
+        _KEPT_PAGES.found_busy(kept_as)
+        return page
+    held = _kept_page(page)
+    _KEPT_PAGES.put(kept_as, head["marker"], held)
+    if not held.slots or "u" not in statement.check_names:
+        return page  # no burn values, or marks `write_burns` writes
+    # the burn values of this page, by the check (whose marker, a later snapshot's, is not
+    # the page's: the page keeps its own)
+    return _burns_of(statement, held, await _check_kept(statement, held, value))
+
+
+# What a kept page's check reads is the same page: its statement's arguments but the burn
+# window's pairs and moment.
+_PLACE = ("app", "k", "i", "limit", "ws")
+
+
+async def _check_kept(
+    statement: _PageStatement, held: _KeptPage, value: Callable[[str], Any]
+) -> Row:
+    """The check's row for the kept page `held`: its marker, and its burn values if any."""
+    pairs = {"u": held.used, "r": held.remaining}
+    args = [pairs[name] if name in pairs else value(name) for name in statement.check_names]
+    check = statement.check
+    assert check is not None
+    found = await single_statement(lambda db: db.records(check, *args, planned_once=True))
+    return found[0]
+
+
+def _burns_of(statement: _PageStatement, held: _KeptPage, found: Row) -> Page:
+    """The kept page with the burn values its check wrote, if it writes them."""
+    if "u" not in statement.check_names:
+        return held.page
+    return _written_burns(held, found["rates"], found["exhaustions"])
+
+
+# Pages of End Users kept between reads (models/kept_pages.py), by the statement that wrote
+# them and the check's arguments.
+_KEPT_PAGES: KeptPages[_KeptPage] = KeptPages()
+
+
+def forget_kept_pages() -> None:
+    """Drops every kept page: the database they were read from is closed."""
+    _KEPT_PAGES.clear()

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tortoise import Tortoise
 from tortoise.expressions import Q
 
 from models.accounts import create_application, create_organization
+from models.alerts import set_low_balance_threshold
 from models.credits import CreditPack, CreditPool, EndUserBalance
 from models.end_users import EndUserInput, upsert_end_users
-from models.ledger import allocate_credits, purchase_credits
+from models.ledger import (
+    allocate_credits,
+    consume_credits,
+    purchase_credits,
+    release_credits,
+)
 from models.references import EndUserRef
 
 VOLATILE_COLUMNS: dict[str, set[str]] = {}
@@ -52,6 +59,23 @@ async def move_expiry_to_past(pack_id: int) -> None:
     await conn.execute_query(
         f"UPDATE credit_pack SET expires_at = '2000-01-01 00:00:00+00:00' WHERE id = {int(pack_id)}"
     )
+
+
+def balance_changes(app: int, ids: list[int]) -> dict[str, Callable[[], Awaitable[object]]]:
+    """One change of each kind that moves a balance of pool "ai" or its status, by name, on
+    End Users `ids` (at least four, each holding at least 5 credits there)."""
+
+    def one(user: int) -> EndUserRef:
+        return EndUserRef(id=ids[user])
+
+    return {
+        "consume": lambda: consume_credits(app, "ai", one(0), 3, "ai_generation"),
+        "allocate": lambda: allocate_credits(app, "ai", one(1), 5),
+        "release": lambda: release_credits(app, "ai", one(2), 4),
+        "threshold": lambda: set_low_balance_threshold(app, "ai", 36, end_user=one(3)),
+        "default": lambda: set_low_balance_threshold(app, "ai", 34, end_user_default=True),
+        "purchase": lambda: purchase_credits(app, "ai", 10),
+    }
 
 
 async def ledger_count(application_id: int, kind: str) -> int:

@@ -39,6 +39,7 @@ from models.rollups import fold_usage, refresh_balance_report, window_start
 from models.sql import Sql, single_statement, transaction
 from models.verify import verify_ledger
 from tests.conftest import Backend
+from tests.ledger_helpers import balance_changes
 from tests.statement_counter import planned_once
 
 USERS = 8
@@ -492,18 +493,7 @@ async def test_a_pool_unchanged_since_the_fold_is_summed_from_the_reports_alone(
         await _check(app, pool_id)
         return _summary_reads(planned)
 
-    def one(user: int) -> EndUserRef:
-        return EndUserRef(id=ids[user])
-
-    changes = {
-        "consume": lambda: consume_credits(app, "ai", one(0), 3, "ai_generation"),
-        "allocate": lambda: allocate_credits(app, "ai", one(1), 5),
-        "release": lambda: release_credits(app, "ai", one(2), 4),
-        "threshold": lambda: set_low_balance_threshold(app, "ai", 36, end_user=one(3)),
-        "default": lambda: set_low_balance_threshold(app, "ai", 34, end_user_default=True),
-        "purchase": lambda: purchase_credits(app, "ai", 10),
-    }
-    for change in changes.values():
+    for change in balance_changes(app, ids).values():
         settled = await reads()
         if backend.postgres:
             assert settled[0] == "live" or set(settled) == {"folded"}, settled
