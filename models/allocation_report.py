@@ -1368,8 +1368,11 @@ def _page_statement(
 def _page_check(listing: Listing, paged: bool, burns: bool) -> tuple[str, tuple[str, ...]]:
     """The statement reading the marker of a kept page of all of an application's End Users
     in id order (`_page_statement`'s `keep`), with its parameters' names; with `burns`,
-    also the burn values of its balances' (window use, remaining) pairs `u` and `r`, in
-    their order, at a moment in UTC (`rates` and `exhaustions`: `_burn_values_sql`)."""
+    also the burn values (`_burn_values_sql`, at a moment in UTC) of the page's marks, as
+    `burns`: their texts in order, each after a _VALUE_SEPARATOR but the first. The marks
+    come as texts (one parameter each, the same for every read of the page): `kinds` (a
+    letter of BURN_MARKS each) and `u` and `r` (window use and remaining, comma-separated).
+    """
     param = _Params()
     app = param("app")
     keyset = ""
@@ -1384,61 +1387,71 @@ def _page_check(listing: Listing, paged: bool, burns: bool) -> tuple[str, tuple[
         f" SELECT {marker_columns(app, param('ws'), 'page')}"
     )
     if burns:
-        pairs = (
-            f" FROM unnest({param('u')}::int8[], {param('r')}::int8[]) WITH ORDINALITY"
-            " AS x(window_used, remaining, n) ORDER BY x.n"
+        marks = (
+            f"unnest(string_to_array({param('kinds')}::text, NULL),"
+            f" string_to_array({param('u')}::text, ',')::int8[],"
+            f" string_to_array({param('r')}::text, ',')::int8[]) WITH ORDINALITY"
+            " AS x(kind, window_used, remaining, n)"
         )
         burn = BurnSql(param)
+        value = (
+            f"CASE WHEN x.kind = 'R' THEN {_burn_values_sql('R', burn)}"
+            f" ELSE {_burn_values_sql('E', burn)} END"
+        )
         statement += (
-            f", ARRAY(SELECT {_burn_values_sql('R', burn)}{pairs}) AS rates,"
-            f" ARRAY(SELECT {_burn_values_sql('E', burn)}{pairs}) AS exhaustions"
+            f", (SELECT string_agg({value}, chr({ord(_VALUE_SEPARATOR)}) ORDER BY x.n)"
+            f" FROM {marks})"
+            " AS burns"
         )
     return statement, tuple(param.names)
 
 
+_VALUE_SEPARATOR = "\x1c"  # (JSON text holds no raw control character; marks hold others)
+
+
 @dataclass(frozen=True, slots=True)
 class _KeptPage:
-    """A page as kept (models/kept_pages.py): its burn values as marks, and its texts cut
-    at them: `chunks`, where `slots` name each mark's place, its kind (a letter of
-    BURN_MARKS) and its pair's index in `used` and `remaining` (each pair once)."""
+    """A page as kept (models/kept_pages.py), its burn values as marks, and how the check
+    writes them: `parts`, its texts joined by \\x1d and cut at each mark, with a place
+    (None) for each mark's value between two cuts, and the marks' `kinds`, `used` and
+    `remaining` as the check takes them."""
 
     page: Page
-    chunks: tuple[str, ...]
-    slots: tuple[tuple[int, str, int], ...]
-    used: list[int]
-    remaining: list[int]
+    parts: list[str | None]
+    kinds: str
+    used: str
+    remaining: str
 
 
 def _kept_page(page: Page) -> _KeptPage:
     texts = page.node_texts if page.node_texts is not None else page.balance_texts or {}
-    # (as `write_burns` reads them: joined, then split at the marks)
-    parts = _BURN_MARK.split("\x1d".join(texts.values()))
-    pairs: dict[str, int] = {}
-    slots = []
-    for i in range(1, len(parts), 3):
-        slots.append((i, parts[i], pairs.setdefault(parts[i + 1], len(pairs))))
-        parts[i], parts[i + 1] = "", ""
-    used, remaining = [], []
-    for pair in pairs:
-        a, b = pair.split(",")
-        used.append(int(a))
-        remaining.append(int(b))
-    return _KeptPage(page, tuple(parts), tuple(slots), used, remaining)
+    # (as `write_burns` reads them: joined, then split at the marks into [text, kind,
+    # values, text, kind, values, ..., text])
+    cut = _BURN_MARK.split("\x1d".join(texts.values()))
+    kinds, used, remaining = [], [], []
+    for i in range(1, len(cut), 3):
+        kinds.append(cut[i])
+        window_used, left = cut[i + 1].split(",")
+        used.append(window_used)
+        remaining.append(left)
+    parts: list[str | None] = [None] * (2 * len(kinds) + 1)
+    parts[::2] = cut[::3]
+    return _KeptPage(page, parts, "".join(kinds), ",".join(used), ",".join(remaining))
 
 
-def _written_burns(kept: _KeptPage, rates: list[str], exhaustions: list[str]) -> Page:
-    """The kept page with its burn values as the check wrote them (a mark where it could
-    not: `write_burns` writes those)."""
-    if not kept.slots:
+def _written_burns(kept: _KeptPage, burns: str | None) -> Page:
+    """The kept page with its burn values as the check wrote them, `burns` (a mark where it
+    could not: `write_burns` writes those)."""
+    if not kept.kinds:
         return kept.page
-    parts = list(kept.chunks)
-    for i, kind, pair in kept.slots:
-        parts[i] = rates[pair] if kind == "R" else exhaustions[pair]
+    assert burns is not None
     page = kept.page
     nodes = page.node_texts is not None
     ids = page.node_texts if nodes else page.balance_texts
     assert ids is not None
-    texts = dict(zip(ids, "".join(parts).split("\x1d"), strict=True))
+    parts = kept.parts.copy()
+    parts[1::2] = burns.split(_VALUE_SEPARATOR)  # (a list of as many: else ValueError)
+    texts = dict(zip(ids, "".join(parts).split("\x1d"), strict=True))  # type: ignore[arg-type]
     return replace(page, node_texts=texts) if nodes else replace(page, balance_texts=texts)
 
 
@@ -1529,7 +1542,7 @@ async def end_user_page(
         return page
     held = _kept_page(page)
     _KEPT_PAGES.put(kept_as, head["marker"], held)
-    if not held.slots or "u" not in statement.check_names:
+    if not held.kinds or "u" not in statement.check_names:
         return page  # no burn values, or marks `write_burns` writes
     # the burn values of this page, by the check (whose marker, a later snapshot's, is not
     # the page's: the page keeps its own)
@@ -1545,8 +1558,8 @@ async def _check_kept(
     statement: _PageStatement, held: _KeptPage, value: Callable[[str], Any]
 ) -> Row:
     """The check's row for the kept page `held`: its marker, and its burn values if any."""
-    pairs = {"u": held.used, "r": held.remaining}
-    args = [pairs[name] if name in pairs else value(name) for name in statement.check_names]
+    marks = {"kinds": held.kinds, "u": held.used, "r": held.remaining}
+    args = [marks[name] if name in marks else value(name) for name in statement.check_names]
     check = statement.check
     assert check is not None
     found = await single_statement(lambda db: db.records(check, *args, planned_once=True))
@@ -1557,7 +1570,7 @@ def _burns_of(statement: _PageStatement, held: _KeptPage, found: Row) -> Page:
     """The kept page with the burn values its check wrote, if it writes them."""
     if "u" not in statement.check_names:
         return held.page
-    return _written_burns(held, found["rates"], found["exhaustions"])
+    return _written_burns(held, found["burns"])
 
 
 # Pages of End Users kept between reads (models/kept_pages.py), by the statement that wrote
