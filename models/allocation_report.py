@@ -1368,11 +1368,11 @@ def _page_statement(
 def _page_check(listing: Listing, paged: bool, burns: bool) -> tuple[str, tuple[str, ...]]:
     """The statement reading the marker of a kept page of all of an application's End Users
     in id order (`_page_statement`'s `keep`), with its parameters' names; with `burns`,
-    also the burn values (`_burn_values_sql`, at a moment in UTC) of the page's marks, as
-    `burns`: their texts in order, each after a _VALUE_SEPARATOR but the first. The marks
-    come as texts (one parameter each, the same for every read of the page): `kinds` (a
-    letter of BURN_MARKS each) and `u` and `r` (window use and remaining, comma-separated).
-    """
+    also the burn values (`_burn_values_sql`, at a moment in UTC) of the page's (window
+    use, remaining) pairs, `u` and `r` (texts, the numbers comma-separated, the same for
+    every read of the page), as `burns`: each pair's rate and exhaustion in order, each
+    after a _VALUE_SEPARATOR but the first (a pair each, rather than a mark each: a
+    balance's two marks carry the same, and half the rows cost less)."""
     param = _Params()
     app = param("app")
     keyset = ""
@@ -1387,21 +1387,16 @@ def _page_check(listing: Listing, paged: bool, burns: bool) -> tuple[str, tuple[
         f" SELECT {marker_columns(app, param('ws'), 'page')}"
     )
     if burns:
-        marks = (
-            f"unnest(string_to_array({param('kinds')}::text, NULL),"
-            f" string_to_array({param('u')}::text, ',')::int8[],"
+        pairs = (
+            f"unnest(string_to_array({param('u')}::text, ',')::int8[],"
             f" string_to_array({param('r')}::text, ',')::int8[]) WITH ORDINALITY"
-            " AS x(kind, window_used, remaining, n)"
+            " AS x(window_used, remaining, n)"
         )
         burn = BurnSql(param)
-        value = (
-            f"CASE WHEN x.kind = 'R' THEN {_burn_values_sql('R', burn)}"
-            f" ELSE {_burn_values_sql('E', burn)} END"
-        )
+        separator = f"chr({ord(_VALUE_SEPARATOR)})"
+        both = f"{_burn_values_sql('R', burn)} || {separator} || {_burn_values_sql('E', burn)}"
         statement += (
-            f", (SELECT string_agg({value}, chr({ord(_VALUE_SEPARATOR)}) ORDER BY x.n)"
-            f" FROM {marks})"
-            " AS burns"
+            f", (SELECT string_agg({both}, {separator} ORDER BY x.n) FROM {pairs}) AS burns"
         )
     return statement, tuple(param.names)
 
@@ -1413,12 +1408,13 @@ _VALUE_SEPARATOR = "\x1c"  # (JSON text holds no raw control character; marks ho
 class _KeptPage:
     """A page as kept (models/kept_pages.py), its burn values as marks, and how the check
     writes them: `parts`, its texts joined by \\x1d and cut at each mark, with a place
-    (None) for each mark's value between two cuts, and the marks' `kinds`, `used` and
-    `remaining` as the check takes them."""
+    (None) for each mark's value between two cuts; `values`, the place in the check's
+    `burns` of each mark's value; `used` and `remaining`, the marks' pairs (each once) as
+    the check takes them."""
 
     page: Page
     parts: list[str | None]
-    kinds: str
+    values: tuple[int, ...]
     used: str
     remaining: str
 
@@ -1428,29 +1424,31 @@ def _kept_page(page: Page) -> _KeptPage:
     # (as `write_burns` reads them: joined, then split at the marks into [text, kind,
     # values, text, kind, values, ..., text])
     cut = _BURN_MARK.split("\x1d".join(texts.values()))
-    kinds, used, remaining = [], [], []
+    pairs: dict[str, int] = {}
+    values = []
     for i in range(1, len(cut), 3):
-        kinds.append(cut[i])
-        window_used, left = cut[i + 1].split(",")
-        used.append(window_used)
-        remaining.append(left)
-    parts: list[str | None] = [None] * (2 * len(kinds) + 1)
+        pair = pairs.setdefault(cut[i + 1], len(pairs))
+        values.append(2 * pair + (0 if cut[i] == "R" else 1))  # (the rate first)
+    split = [pair.split(",") for pair in pairs]
+    parts: list[str | None] = [None] * (2 * len(values) + 1)
     parts[::2] = cut[::3]
-    return _KeptPage(page, parts, "".join(kinds), ",".join(used), ",".join(remaining))
+    used, remaining = ",".join(p[0] for p in split), ",".join(p[1] for p in split)
+    return _KeptPage(page, parts, tuple(values), used, remaining)
 
 
 def _written_burns(kept: _KeptPage, burns: str | None) -> Page:
     """The kept page with its burn values as the check wrote them, `burns` (a mark where it
     could not: `write_burns` writes those)."""
-    if not kept.kinds:
+    if not kept.values:
         return kept.page
     assert burns is not None
     page = kept.page
     nodes = page.node_texts is not None
     ids = page.node_texts if nodes else page.balance_texts
     assert ids is not None
+    written = burns.split(_VALUE_SEPARATOR)
     parts = kept.parts.copy()
-    parts[1::2] = burns.split(_VALUE_SEPARATOR)  # (a list of as many: else ValueError)
+    parts[1::2] = [written[i] for i in kept.values]
     texts = dict(zip(ids, "".join(parts).split("\x1d"), strict=True))  # type: ignore[arg-type]
     return replace(page, node_texts=texts) if nodes else replace(page, balance_texts=texts)
 
@@ -1542,7 +1540,7 @@ async def end_user_page(
         return page
     held = _kept_page(page)
     _KEPT_PAGES.put(kept_as, head["marker"], held)
-    if not held.kinds or "u" not in statement.check_names:
+    if not held.values or "u" not in statement.check_names:
         return page  # no burn values, or marks `write_burns` writes
     # the burn values of this page, by the check (whose marker, a later snapshot's, is not
     # the page's: the page keeps its own)
@@ -1558,8 +1556,8 @@ async def _check_kept(
     statement: _PageStatement, held: _KeptPage, value: Callable[[str], Any]
 ) -> Row:
     """The check's row for the kept page `held`: its marker, and its burn values if any."""
-    marks = {"kinds": held.kinds, "u": held.used, "r": held.remaining}
-    args = [marks[name] if name in marks else value(name) for name in statement.check_names]
+    pairs = {"u": held.used, "r": held.remaining}
+    args = [pairs[name] if name in pairs else value(name) for name in statement.check_names]
     check = statement.check
     assert check is not None
     found = await single_statement(lambda db: db.records(check, *args, planned_once=True))
