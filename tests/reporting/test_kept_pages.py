@@ -33,9 +33,9 @@ from tests.ledger_helpers import balance_changes, move_expiry_to_past
 from tests.statement_counter import planned_once
 
 PAGE = """
-query Page($id: ID!) {
+query Page($id: ID!, $after: String) {
   application(id: $id) {
-    endUsers(first: 4) {
+    endUsers(first: 4, after: $after) {
       totalCount pageInfo { hasNextPage endCursor }
       edges { node { externalId name email balances {
         pool allocated used remaining expired status lowBalanceThreshold
@@ -63,6 +63,7 @@ class _Reader:
         self.app = app
         self.planned = planned
         self.monkeypatch = monkeypatch
+        self.after: str | None = None  # the cursor of the page read
         self.at(datetime.now(UTC))
 
     def at(self, moment: datetime) -> None:
@@ -79,9 +80,8 @@ class _Reader:
     async def _answer(self, each: strawberry.Schema, preserialized: bool) -> Any:
         principal = Principal(0, self.app, ApiKeyRole.READ, None, None)
         context = Context(None, None, principal, preserialized=preserialized)
-        result = await each.execute(
-            PAGE, variable_values={"id": str(self.app)}, context_value=context
-        )
+        variables = {"id": str(self.app), "after": self.after}
+        result = await each.execute(PAGE, variable_values=variables, context_value=context)
         assert result.errors is None, result.errors
         return orjson.loads(encode_json(result.data))
 
@@ -92,6 +92,7 @@ class _Reader:
         answer = await self._answer(schema, True)
         kinds = [kind for kind in map(_kind, self.planned) if kind is not None]
         assert answer == await self._answer(STOCK, False)
+        self.answer = answer
         return kinds
 
 
@@ -183,3 +184,37 @@ async def test_a_page_that_keeps_changing_is_read_in_one_statement(
     kept = await reader.read()
     if backend.postgres and fast_paths_enabled():
         assert tried[:1] == ["kept page"] and kept == ["check"], (tried, kept)
+
+
+async def test_a_page_after_a_cursor_is_kept_as_its_own_end_users_stand(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second page (End Users k4 and k5 of k0-k5) is kept apart from the first: a change
+    to an End User of the first page leaves it kept, one of its own or an End User joining
+    it reads it afresh."""
+    monkeypatch.setattr("models.kept_pages.BUSY_SECONDS", 0.0)
+    app, _ = await _tenant()
+    reader = _Reader(app, planned_once(monkeypatch), monkeypatch)
+    kept = backend.postgres and fast_paths_enabled()
+    await reader.read()
+    reader.after = reader.answer["application"]["endUsers"]["pageInfo"]["endCursor"]
+    await reader.read()
+    edges = reader.answer["application"]["endUsers"]["edges"]
+    assert [edge["node"]["externalId"] for edge in edges] == ["k4", "k5"]
+    steps = {
+        "nothing": (None, ["check"]),
+        "an End User of the first page": ("k0", ["check"]),
+        "one of its own": ("k5", ["check", "kept page", "check"]),
+        "a newcomer": ("k6", ["check", "kept page", "check"]),
+    }
+    for name, (external_id, expected) in steps.items():
+        settled = await reader.read()
+        if kept:
+            assert settled == ["check"], (name, settled)
+        if external_id is not None:
+            await upsert_end_users(app, [EndUserInput(external_id, f"{name} renamed")])
+        found = await reader.read()
+        if kept:
+            assert found == expected, (name, found)
+    edges = reader.answer["application"]["endUsers"]["edges"]
+    assert [edge["node"]["externalId"] for edge in edges] == ["k4", "k5", "k6"]
