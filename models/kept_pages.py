@@ -29,7 +29,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from models.balance_report import unchanged_since_fold
@@ -64,61 +63,62 @@ def marker_columns(app: str, ws: str, page: str) -> str:
     return f"{marker} AS marker, {quiet} AS quiet"
 
 
-@dataclass(frozen=True, slots=True)
-class _Kept(Generic[T]):
-    marker: str
-    value: T
-    until: float  # time.monotonic()
+class _Expiring(Generic[T]):
+    """At most `size` values by key, each forgotten at its time (time.monotonic()), the
+    least recently read dropped first when full."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._values: OrderedDict[Hashable, tuple[float, T]] = OrderedDict()
+
+    def get(self, key: Hashable) -> T | None:
+        found = self._values.get(key)
+        if found is None:
+            return None
+        if found[0] < time.monotonic():
+            del self._values[key]
+            return None
+        self._values.move_to_end(key)
+        return found[1]
+
+    def put(self, key: Hashable, value: T, seconds: float) -> None:
+        self._values[key] = (time.monotonic() + seconds, value)
+        self._values.move_to_end(key)
+        while len(self._values) > self._size:
+            self._values.popitem(last=False)
+
+    def drop(self, key: Hashable) -> None:
+        self._values.pop(key, None)
+
+    def clear(self) -> None:
+        self._values.clear()
 
 
 class KeptPages(Generic[T]):
     """Pages by the statement and arguments that read them, with the marker read with each;
-    and the pages last found changing, which are not worth keeping for a while (`BUSY`)."""
+    and the pages last found changing, which are not worth keeping for a while (`BUSY_SECONDS`)."""
 
-    def __init__(self, size: int = KEPT_PAGES, seconds: float = KEPT_SECONDS) -> None:
-        self._size = size
-        self._seconds = seconds
-        self._kept: OrderedDict[Hashable, _Kept[T]] = OrderedDict()
-        self._busy: OrderedDict[Hashable, float] = OrderedDict()
+    def __init__(self, size: int = KEPT_PAGES) -> None:
+        self._kept: _Expiring[tuple[str, T]] = _Expiring(size)
+        self._busy: _Expiring[bool] = _Expiring(size)
 
     def busy(self, key: Hashable) -> bool:
         """Whether the page was found changing less than `BUSY_SECONDS` ago."""
-        until = self._busy.get(key)
-        if until is None:
-            return False
-        if until < time.monotonic():
-            del self._busy[key]
-            return False
-        return True
+        return self._busy.get(key) is not None
 
     def found_busy(self, key: Hashable) -> None:
-        self._busy[key] = time.monotonic() + BUSY_SECONDS
-        self._busy.move_to_end(key)
-        while len(self._busy) > self._size:
-            self._busy.popitem(last=False)
+        self._busy.put(key, True, BUSY_SECONDS)
 
     def get(self, key: Hashable) -> tuple[str, T] | None:
-        kept = self._kept.get(key)
-        if kept is None:
-            return None
-        if kept.until < time.monotonic():
-            del self._kept[key]
-            return None
-        self._kept.move_to_end(key)
-        return kept.marker, kept.value
+        """The kept page's marker and page, if kept."""
+        return self._kept.get(key)
 
     def put(self, key: Hashable, marker: str, value: T) -> None:
-        self._kept[key] = _Kept(marker, value, time.monotonic() + self._seconds)
-        self._kept.move_to_end(key)
-        while len(self._kept) > self._size:
-            self._kept.popitem(last=False)
+        self._kept.put(key, (marker, value), KEPT_SECONDS)
 
     def drop(self, key: Hashable) -> None:
-        self._kept.pop(key, None)
+        self._kept.drop(key)
 
     def clear(self) -> None:
         self._kept.clear()
         self._busy.clear()
-
-    def __len__(self) -> int:
-        return len(self._kept)
